@@ -1,0 +1,187 @@
+"""Typed schemas for every Hydra config group: a wrong key or type fails when the config is composed.
+
+Each YAML file under ``conf/<group>/`` is validated against the dataclass registered for its
+group here. The entrypoint turns the composed ``DictConfig`` into these frozen dataclasses
+(``to_settings``); library code below the CLI only ever sees plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent
+DATA_ENV = "LAYERLAKE_DATA"
+
+
+def project_root() -> Path:
+    """The source checkout holding ``conf/`` when installed editable; else the working directory."""
+    candidate = CONF_DIR.parent
+    if (candidate / "pyproject.toml").is_file():
+        return candidate
+    return Path.cwd()
+
+
+def default_data_dir() -> Path:
+    """``$LAYERLAKE_DATA`` if set, else ``data/`` under the project root."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser().resolve() if env else project_root() / "data"
+
+
+def default_warehouse_root() -> Path:
+    return default_data_dir() / "warehouse"
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("layerlake.data_dir"):
+        OmegaConf.register_new_resolver("layerlake.data_dir", lambda: str(default_data_dir()))
+
+
+_register_resolvers()
+
+
+@dataclass
+class PathsConfig:
+    data: str = "${layerlake.data_dir:}"
+    suites: str = "${paths.data}/suites"
+    warehouse: str = "${paths.data}/warehouse"
+    runs: str = "${paths.data}/runs"
+
+
+@dataclass
+class ModelSpec:
+    """One model of a suite. Shapes are needed to build the embedded suite; hub suites give them too."""
+
+    name: str = MISSING
+    repo: Optional[str] = None  # hub repo id (source=hf)
+    n_layers: int = MISSING
+    d_model: int = MISSING
+    n_heads: int = MISSING
+    d_mlp: Optional[int] = None  # default 4 * d_model
+    n_params_label: Optional[str] = None  # e.g. "160m"
+
+
+@dataclass
+class TrainConfig:
+    """How the embedded suite is trained (ignored for hub suites)."""
+
+    seq_len: int = 64
+    batch_size: int = 16
+    max_steps: int = 512
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 32
+    weight_decay: float = 0.01
+    vocab_size: int = 512
+    seed: int = 1234
+    torch_threads: int = 2
+
+
+@dataclass
+class SuiteConfig:
+    name: str = MISSING
+    source: str = "local"  # local | hf
+    tokens_per_step: int = MISSING
+    models: list[ModelSpec] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # the suite's full checkpoint schedule
+    subsets: dict[str, list[int]] = field(default_factory=dict)  # named step subsets, e.g. paper
+    final_step: Optional[int] = None  # the reference checkpoint; default the last of `steps`
+    evict_after_use: bool = False  # hf: delete a revision's cached files once extracted
+    trust_remote_code: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class StepsConfig:
+    """Which steps of the suite to use: all of them, a named subset of the suite, or a list."""
+
+    subset: Optional[str] = None  # name in suite.subsets; None = all
+    only: Optional[list[int]] = None  # explicit steps; wins over subset
+
+
+@dataclass
+class ProbeConfig:
+    source: str = "embedded"  # embedded | file | hub
+    path: Optional[str] = None  # source=file
+    dataset: Optional[str] = None  # source=hub
+    n_sequences: int = 32
+    seq_len: int = 64
+    positions: str = "last"  # last | all | sample
+    n_sample: int = 64  # positions=sample: how many (sequence, position) pairs
+    seed: int = 0
+
+
+@dataclass
+class ExecutorConfig:
+    kind: str = "local"  # local | ray
+    num_cpus: Optional[int] = None
+    num_gpus: int = 0
+    address: Optional[str] = None  # join an existing Ray cluster
+    max_retries: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    torch_threads: Optional[int] = None
+
+
+@dataclass
+class ExtractConfig:
+    sites: list[str] = field(
+        default_factory=lambda: ["attn_out", "mlp_out", "resid_post", "ov"]
+    )
+    per_head: bool = True
+    v_slice: str = "true_v"  # true_v | paper_last_third
+    gradients: bool = False
+    weight_spectra: bool = True
+    kernels: list[str] = field(default_factory=lambda: ["linear"])
+    estimators: list[str] = field(default_factory=lambda: ["biased", "debiased"])
+    near_zero_eps: float = 1e-3
+
+
+@dataclass
+class RecipeConfig:
+    name: str = MISSING
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    steps: StepsConfig = field(default_factory=StepsConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    recipe: Optional[RecipeConfig] = None
+    models: Optional[list[str]] = None  # restrict to these model names; None = all of the suite
+    progress: bool = True
+
+
+GROUPS: dict[str, type] = {
+    "paths": PathsConfig,
+    "suite": SuiteConfig,
+    "steps": StepsConfig,
+    "probe": ProbeConfig,
+    "executor": ExecutorConfig,
+    "extract": ExtractConfig,
+    "recipe": RecipeConfig,
+}
+
+
+def register_schemas() -> None:
+    """Register ``config_schema`` and ``<group>/schema`` so YAML files can extend them."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, node in GROUPS.items():
+        cs.store(group=group, name="schema", node=node)
+
+
+def to_settings(cfg: Any) -> Config:
+    """The composed ``DictConfig`` as plain, fully resolved dataclasses."""
+    resolved = OmegaConf.to_object(cfg)
+    assert isinstance(resolved, Config)
+    return resolved

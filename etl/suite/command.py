@@ -1,0 +1,3 @@
+def build(settings):
+    print(settings.suite.name, settings.paths.suites, len(settings.suite.steps))
+show = build

@@ -1,0 +1,190 @@
+"""The warehouse's data contract: every table, its columns, their types and meaning.
+
+Names in here (tables, columns, and the site / matrix / metric names that land in rows) are
+part of the stored data: changing one is a schema change and bumps ``SCHEMA_VERSION``.
+
+Layout on disk (hive-partitioned Parquet, one immutable shard per task and table)::
+
+    <root>/<table>/suite=<suite>/model=<model>/part-<task_id>.parquet
+    <root>/_manifest/commits.jsonl      one JSON line per committed (or failed) task
+    <root>/_staging/                    shards being written; never read
+
+``suite`` and ``model`` are hive partition columns: they are not stored inside the files,
+and readers recover them from the path (``hive_partitioning = true``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+PARTITION_COLUMNS = ("suite", "model")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+
+    def arrow_schema(self, with_partitions: bool = False) -> pa.Schema:
+        """The schema of a shard file (``with_partitions`` adds suite and model first)."""
+        fields = [pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns]
+        if with_partitions:
+            fields = [pa.field(p, pa.string(), nullable=False) for p in PARTITION_COLUMNS] + fields
+        return pa.schema(fields)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+def _c(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> Column:
+    return Column(name, type_, doc, nullable)
+
+
+_STEP = _c("step", pa.int64(), "training step the checkpoint is labelled with (an attribute, not its identity)")
+_LAYER = _c("layer", pa.int32(), "0-based transformer block index")
+_HEAD = _c("head", pa.int32(), "attention head index; NULL for the whole layer", nullable=True)
+_PROBE = _c("probe_id", pa.string(), "hash of the probe's token ids and position rule")
+_WEIGHTS = _c("weights_sha256", pa.string(), "sha256 of the checkpoint's weights: the checkpoint's identity")
+
+CHECKPOINTS = Table(
+    name="checkpoints",
+    doc="One row per extracted checkpoint (model revision).",
+    key=("suite", "model", "revision", "probe_id"),
+    columns=(
+        _c("revision", pa.string(), "revision name, e.g. step1000"),
+        _STEP,
+        _c("tokens_seen", pa.int64(), "tokens the model had been trained on at this step"),
+        _c("source", pa.string(), "checkpoint source kind: local | hf"),
+        _c("location", pa.string(), "where it was loaded from: a folder or a hub repo id"),
+        _WEIGHTS,
+        _c("n_params", pa.int64(), "number of parameters"),
+        _c("architecture", pa.string(), "architecture family: gpt_neox | llama"),
+        _c("n_layers", pa.int32(), "number of transformer blocks"),
+        _c("d_model", pa.int32(), "hidden size"),
+        _c("n_heads", pa.int32(), "attention heads"),
+        _c("d_head", pa.int32(), "head dimension"),
+        _c("config_json", pa.string(), "the model's config.json as text"),
+        _PROBE,
+        _c("task_id", pa.string(), "id of the extraction task that produced this row"),
+    ),
+)
+
+PROBES = Table(
+    name="probes",
+    doc="One row per probe batch: the fixed token sequences and position rule every checkpoint sees.",
+    key=("suite", "model", "probe_id"),
+    columns=(
+        _PROBE,
+        _c("source", pa.string(), "where the text came from: embedded | file:<path> | hub:<dataset>"),
+        _c("n_sequences", pa.int32(), "sequences in the batch"),
+        _c("seq_len", pa.int32(), "tokens per sequence"),
+        _c("positions", pa.string(), "position rule: last | all | sample"),
+        _c("n", pa.int32(), "probe rows per activation matrix (sequences x positions)"),
+        _c("seed", pa.int64(), "seed of the sample rule", nullable=True),
+    ),
+)
+
+ACTIVATION_STATS = Table(
+    name="activation_stats",
+    doc="Summaries of one site's activations at the probe positions (an n x d matrix).",
+    key=("suite", "model", "step", "weights_sha256", "layer", "site", "head", "probe_id"),
+    columns=(
+        _STEP,
+        _WEIGHTS,
+        _LAYER,
+        _c("site", pa.string(), "canonical site name (etl.sites.SITES)"),
+        _HEAD,
+        _PROBE,
+        _c("n", pa.int32(), "rows: probe positions"),
+        _c("d", pa.int32(), "columns: features"),
+        _c("mean_norm", pa.float64(), "mean L2 norm of the rows"),
+        _c("rms", pa.float64(), "root mean square of all entries"),
+        _c("std", pa.float64(), "standard deviation of all entries"),
+        _c("max_abs", pa.float64(), "largest absolute entry"),
+        _c("kurtosis", pa.float64(), "excess kurtosis of all entries (0 for a Gaussian)"),
+        _c("frac_near_zero", pa.float64(), "share of entries with |x| <= near_zero_eps * rms"),
+        _c("sv", pa.list_(pa.float64()), "singular values of the column-centred matrix, descending"),
+    ),
+)
+
+SKETCHES = Table(
+    name="sketches",
+    doc=(
+        "Centred n x n Gram matrix of a site's probe rows, row-major, so that CKA between any two "
+        "sketches of the same probe, kernel and estimator is a normalised dot product."
+    ),
+    key=("suite", "model", "step", "weights_sha256", "layer", "site", "head", "probe_id", "kernel", "estimator"),
+    columns=(
+        _STEP,
+        _WEIGHTS,
+        _LAYER,
+        _c("site", pa.string(), "canonical site name"),
+        _HEAD,
+        _PROBE,
+        _c("kernel", pa.string(), "linear | rbf"),
+        _c("estimator", pa.string(), "biased (H K H) | debiased (U-centred K)"),
+        _c("n", pa.int32(), "probe rows"),
+        _c("d", pa.int32(), "features of the activation the Gram was computed from"),
+        _c("gram", pa.list_(pa.float32()), "the centred Gram matrix, n*n values, row-major"),
+        _c("gram_norm", pa.float64(), "Frobenius norm of the stored matrix (sqrt of its self dot product)"),
+    ),
+)
+
+SPECTRA = Table(
+    name="spectra",
+    doc="Singular values of a weight matrix or of its gradient (float64, descending).",
+    key=("suite", "model", "step", "weights_sha256", "layer", "tensor", "matrix", "head"),
+    columns=(
+        _STEP,
+        _WEIGHTS,
+        _LAYER,
+        _c("tensor", pa.string(), "weight | grad"),
+        _c("matrix", pa.string(), "canonical matrix name (etl.sites.MATRICES)"),
+        _HEAD,
+        _c("rows", pa.int32(), "matrix rows"),
+        _c("cols", pa.int32(), "matrix columns"),
+        _c("sv", pa.list_(pa.float64()), "singular values, descending"),
+        _c("probe_id", pa.string(), "probe the gradient was taken on; NULL for weights", nullable=True),
+    ),
+)
+
+IMPORTED_METRICS = Table(
+    name="imported_metrics",
+    doc="Per-layer metrics computed elsewhere and imported in long form, with their source recorded.",
+    key=("suite", "model", "source", "step", "layer", "site", "metric"),
+    columns=(
+        _c("source", pa.string(), "name given at import, e.g. pythia-paper"),
+        _STEP,
+        _LAYER,
+        _c("site", pa.string(), "site or module name as given by the source"),
+        _c("metric", pa.string(), "metric name as given by the source, e.g. cka_scores"),
+        _c("value", pa.float64(), "the value", nullable=True),
+    ),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (CHECKPOINTS, PROBES, ACTIVATION_STATS, SKETCHES, SPECTRA, IMPORTED_METRICS)
+}
+
+
+def table(name: str) -> Table:
+    """The table called ``name``; a clear error lists the known ones otherwise."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        known = ", ".join(sorted(TABLES))
+        raise KeyError(f"unknown table {name!r}; the warehouse has: {known}") from None
