@@ -1,0 +1,121 @@
+"""The plain values that travel between the planner, the executors and the task function.
+
+Everything here is a frozen dataclass of plain Python values (no tensors, no DictConfig), so a
+task pickles cheaply into a Ray worker and its identity can be hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """Where one checkpoint (one model at one step) lives. Its identity is its weights' sha256,
+    known only once loaded; ``step`` is a label."""
+
+    suite: str
+    model: str
+    step: int
+    revision: str  # e.g. "step1000"
+    tokens_seen: int
+    source: str  # "local" | "hf"
+    location: str  # local: absolute folder of the checkpoint; hf: the hub repo id
+    trust_remote_code: bool = False
+    evict_after_use: bool = False
+
+
+@dataclass(frozen=True)
+class ProbeBatch:
+    """The fixed batch every checkpoint of a suite sees: token ids plus the positions read out.
+
+    ``positions`` lists (sequence index, token index) pairs in the order rows are stacked: the
+    activation matrix of a site is ``n = len(positions)`` rows by ``d`` features.
+    """
+
+    probe_id: str
+    source: str
+    token_ids: tuple[tuple[int, ...], ...]  # n_sequences x seq_len
+    positions: tuple[tuple[int, int], ...]
+    rule: str  # last | all | sample
+    seed: int | None = None
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.token_ids[0]) if self.token_ids else 0
+
+    @property
+    def n(self) -> int:
+        return len(self.positions)
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """What one pass computes (from ``conf/extract``), plus device and dtype (from ``conf/executor``)."""
+
+    sites: tuple[str, ...] = ("attn_out", "mlp_out", "resid_post", "ov")
+    per_head: bool = True
+    v_slice: str = "true_v"  # true_v | paper_last_third
+    gradients: bool = False
+    weight_spectra: bool = True
+    kernels: tuple[str, ...] = ("linear",)
+    estimators: tuple[str, ...] = ("biased", "debiased")
+    near_zero_eps: float = 1e-3
+    device: str = "cpu"
+    dtype: str = "float32"
+    torch_threads: int | None = None
+
+    def config_hash(self) -> str:
+        """Hash of what changes the numbers (device and threads do not)."""
+        payload = {k: v for k, v in asdict(self).items() if k not in ("device", "torch_threads")}
+        return stable_hash(payload)
+
+
+@dataclass(frozen=True)
+class ExtractTask:
+    """One unit of work: one checkpoint, one probe, one set of options."""
+
+    ref: CheckpointRef
+    probe: ProbeBatch
+    options: ExtractOptions
+    code_version: str = field(default="")
+
+    @property
+    def task_id(self) -> str:
+        """Deterministic: the same checkpoint, probe and options always give the same id, so a
+        re-run finds (and skips) what was committed before."""
+        return stable_hash(
+            {
+                "suite": self.ref.suite,
+                "model": self.ref.model,
+                "revision": self.ref.revision,
+                "location": self.ref.location,
+                "probe_id": self.probe.probe_id,
+                "options": self.options.config_hash(),
+            }
+        )[:20]
+
+
+def stable_hash(payload: object) -> str:
+    """sha256 of the canonical JSON of ``payload``."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class TaskResult:
+    """What a task returns to the driver: one Arrow table per warehouse table (shard columns only,
+    without the ``suite``/``model`` partition columns), the checkpoint's identity, and timings."""
+
+    task_id: str
+    ref: CheckpointRef
+    weights_sha256: str
+    tables: dict  # table name -> pyarrow.Table matching warehouse.schema.<table>.arrow_schema()
+    timings: dict  # phase -> seconds: load, forward, backward, svd, total
+    n_params: int = 0
