@@ -24,6 +24,7 @@ class Command:
     help: str
     hydra: bool  # takes Hydra overrides and receives conf.schema.Config
     positional: str | None = None  # hydra commands: a leading bare word becomes this override key
+    rewrite: str | None = None  # hydra commands: "module:function" mapping args to Hydra overrides
 
     def load(self) -> Callable:
         module, function = self.target.split(":")
@@ -35,7 +36,13 @@ COMMANDS: dict[str, Command] = {
     "suite build": Command("etl.suite.command:build", "build (or reuse) the configured embedded suite", True),
     "suite show": Command("etl.suite.command:show", "print a table of the configured suite", True),
     "extract": Command("etl.command:extract", "extract the configured suite's checkpoints into the warehouse", True),
-    "query": Command("queries.command:query", "run a recipe: layerlake query <recipe> key=value ...", True, "recipe"),
+    "query": Command(
+        "queries.command:query",
+        "run a recipe: layerlake query <recipe> key=value ...",
+        True,
+        positional="recipe",
+        rewrite="queries.command:rewrite_args",
+    ),
     "recipes": Command("queries.command:list_recipes", "list the recipes with their parameters", False),
     "import-metrics": Command("queries.command:import_metrics", "import per-layer metrics computed elsewhere", False),
     "sql": Command("warehouse.command:sql", "run a read-only SQL query over the warehouse views", False),

@@ -7,6 +7,7 @@ by Hydra. A ``LayerlakeError`` raised inside a job is printed without a tracebac
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import hydra
@@ -27,6 +28,9 @@ def run_hydra_command(name: str, command, args: list[str]) -> int:
     register_schemas()
     target = command.load()
     args = rewrite_positional(command, args)
+    if command.rewrite:
+        module, function = command.rewrite.split(":")
+        args = getattr(importlib.import_module(module), function)(args)
     outcome: dict[str, int] = {"code": 0}
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
