@@ -119,3 +119,4 @@ class TaskResult:
     tables: dict  # table name -> pyarrow.Table matching warehouse.schema.<table>.arrow_schema()
     timings: dict  # phase -> seconds: load, forward, backward, svd, total
     n_params: int = 0
+    placement: dict = field(default_factory=dict)  # pid, Ray GPU ids, device: where it ran

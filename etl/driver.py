@@ -1,0 +1,122 @@
+"""The extraction driver: plans tasks, skips committed ones, runs the rest, commits each as it arrives.
+
+The driver is the warehouse's only writer. Workers return Arrow tables; the driver writes each
+task's shards and appends its manifest entry, or records the task's failure and goes on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from conf.schema import Config
+from etl.executors import Outcome, make_executor
+from etl.plan import Plan, make_plan
+from etl.progress import ExtractProgress
+from etl.task import ExtractTask, ProbeBatch, stable_hash
+from warehouse.schema import PROBES
+from warehouse.writer import Warehouse
+
+
+@dataclass
+class ExtractReport:
+    planned: int = 0
+    skipped: int = 0
+    committed: list[str] = field(default_factory=list)  # "model step"
+    failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def task_label(task: ExtractTask) -> str:
+    return f"{task.ref.model} {task.ref.revision}"
+
+
+def task_meta(task: ExtractTask) -> dict:
+    ref = task.ref
+    return {
+        "kind": "extract",
+        "revision": ref.revision,
+        "step": ref.step,
+        "tokens_seen": ref.tokens_seen,
+        "source": ref.source,
+        "location": ref.location,
+        "probe_id": task.probe.probe_id,
+        "config_hash": task.options.config_hash(),
+        "code_version": task.code_version,
+    }
+
+
+def commit_probes(warehouse: Warehouse, plan: Plan) -> None:
+    """One ``probes`` row per (model, probe): the batch every checkpoint of the model saw."""
+    from etl.probes import probe_row
+
+    for model in plan.models:
+        task_id = "probe-" + stable_hash({"suite": plan.suite, "model": model, "probe": plan.probe.probe_id})[:14]
+        if warehouse.is_committed(task_id):
+            continue
+        table = pa.Table.from_pylist([probe_row(plan.probe)], schema=PROBES.arrow_schema())
+        warehouse.commit(task_id, plan.suite, model, {"probes": table}, probe_meta(plan.probe))
+
+
+def probe_meta(probe: ProbeBatch) -> dict:
+    return {"kind": "probe", "probe_id": probe.probe_id, "source": probe.source, "rule": probe.rule}
+
+
+def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> None:
+    task = outcome.task
+    meta = task_meta(task)
+    if outcome.result is None:
+        meta["traceback"] = outcome.detail
+        warehouse.record_failure(task.task_id, task.ref.suite, task.ref.model, outcome.error or "", meta)
+        report.failed.append((task_label(task), outcome.error or "unknown error"))
+        return
+    result = outcome.result
+    meta |= {"weights_sha256": result.weights_sha256, "timings": result.timings, "placement": result.placement}
+    warehouse.commit(task.task_id, task.ref.suite, task.ref.model, result.tables, meta)
+    report.committed.append(task_label(task))
+
+
+def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, int, int]]:
+    """Steps of one model whose weights hash equals an earlier step's (mislabelled revisions)."""
+    seen: dict[tuple[str, str], int] = {}
+    duplicates = []
+    entries = sorted(
+        (e for e in warehouse.committed().values() if e.meta.get("kind") == "extract" and e.suite == plan.suite),
+        key=lambda e: (e.model, e.meta.get("step", 0)),
+    )
+    for entry in entries:
+        if entry.model not in plan.models:
+            continue
+        key = (entry.model, entry.meta.get("weights_sha256", ""))
+        if key in seen:
+            duplicates.append((entry.model, entry.meta["step"], seen[key]))
+        else:
+            seen[key] = entry.meta["step"]
+    return duplicates
+
+
+def run_extract(settings: Config) -> ExtractReport:
+    plan = make_plan(settings)
+    warehouse = Warehouse(settings.paths.warehouse)
+    report = ExtractReport(planned=len(plan.tasks))
+    todo = [t for t in plan.tasks if not warehouse.is_committed(t.task_id)]
+    report.skipped = report.planned - len(todo)
+    commit_probes(warehouse, plan)
+    if todo:
+        executor = make_executor(settings.executor)
+        per_model = Counter(t.ref.model for t in todo)
+        try:
+            with ExtractProgress(per_model, enabled=settings.progress) as progress:
+                for outcome in executor.run(todo):
+                    record(warehouse, outcome, report)
+                    progress.advance(outcome)
+        finally:
+            executor.close()
+    report.duplicates = find_weight_duplicates(warehouse, plan)
+    return report

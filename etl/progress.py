@@ -1,0 +1,62 @@
+"""Rich progress for extraction: one bar overall, one per model, ETA, and a line per finished task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from etl.executors import Outcome
+
+
+def format_timings(timings: Mapping[str, float]) -> str:
+    order = ("load", "forward", "backward", "svd", "total")
+    parts = [f"{k} {timings[k]:.2f}s" for k in order if k in timings]
+    return "  ".join(parts)
+
+
+class ExtractProgress:
+    """Context manager; ``advance(outcome)`` after each finished task."""
+
+    def __init__(self, per_model: Mapping[str, int], enabled: bool = True, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not enabled,
+        )
+        self.overall = self.progress.add_task("all checkpoints", total=sum(per_model.values()))
+        self.models = {m: self.progress.add_task(m, total=n) for m, n in per_model.items()}
+
+    def __enter__(self) -> ExtractProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def advance(self, outcome: Outcome) -> None:
+        ref = outcome.task.ref
+        self.progress.advance(self.overall)
+        self.progress.advance(self.models[ref.model])
+        if not self.enabled:
+            return
+        if outcome.result is not None:
+            self.progress.console.log(f"[green]ok[/] {ref.model} {ref.revision}  {format_timings(outcome.result.timings)}")
+        else:
+            self.progress.console.log(f"[red]failed[/] {ref.model} {ref.revision}: {escape(outcome.error or '')}")

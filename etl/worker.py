@@ -1,0 +1,110 @@
+"""The task function every executor runs: load one checkpoint once, extract it in one pass.
+
+It returns Arrow tables and never touches the warehouse: only the driver commits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pyarrow as pa
+
+from etl.task import ExtractTask, TaskResult
+from warehouse.schema import CHECKPOINTS
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` means the GPU this process was given (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    import torch
+
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            from etl.errors import ExtractionError
+
+            raise ExtractionError(
+                f"device {requested!r} was asked for but no CUDA device is visible",
+                fix="use executor.device=auto or executor.device=cpu",
+            )
+        return requested
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def placement() -> dict:
+    """Where this task ran: process, and the GPU ids Ray assigned (empty outside Ray or without GPUs)."""
+    info: dict = {"pid": os.getpid(), "gpu_ids": []}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+            info["node_id"] = ray.get_runtime_context().get_node_id()
+    except ImportError:  # the local executor runs where Ray may not be installed
+        pass
+    return info
+
+
+def checkpoint_row(task: ExtractTask, loaded) -> pa.Table:
+    """The task's row of the ``checkpoints`` table."""
+    config = loaded.config
+    n_heads = int(getattr(config, "num_attention_heads", 0))
+    d_model = int(getattr(config, "hidden_size", 0))
+    row = {
+        "revision": task.ref.revision,
+        "step": task.ref.step,
+        "tokens_seen": task.ref.tokens_seen,
+        "source": task.ref.source,
+        "location": task.ref.location,
+        "weights_sha256": loaded.weights_sha256,
+        "n_params": loaded.n_params,
+        "architecture": str(getattr(config, "model_type", "unknown")),
+        "n_layers": int(getattr(config, "num_hidden_layers", 0)),
+        "d_model": d_model,
+        "n_heads": n_heads,
+        "d_head": int(getattr(config, "head_dim", 0) or (d_model // n_heads if n_heads else 0)),
+        "config_json": json.dumps(config.to_dict(), sort_keys=True, default=str),
+        "probe_id": task.probe.probe_id,
+        "task_id": task.task_id,
+    }
+    return pa.Table.from_pylist([row], schema=CHECKPOINTS.arrow_schema())
+
+
+def run_task(task: ExtractTask) -> TaskResult:
+    """Load ``task.ref`` once, run the probe batch once, return every table's rows for it."""
+    import torch
+
+    from etl.extract import extract_from_model
+    from etl.sources import load_checkpoint, release_checkpoint
+
+    if task.options.torch_threads:
+        torch.set_num_threads(task.options.torch_threads)
+    device = resolve_device(task.options.device)
+    options = task.options if device == task.options.device else _with_device(task.options, device)
+    start = time.perf_counter()
+    loaded = load_checkpoint(task.ref, device=device, dtype=options.dtype)
+    timings = {"load": time.perf_counter() - start}
+    try:
+        tables, pass_timings = extract_from_model(
+            loaded.model, task.ref, loaded.weights_sha256, task.probe, options
+        )
+        timings.update(pass_timings)
+        tables["checkpoints"] = checkpoint_row(task, loaded)
+    finally:
+        release_checkpoint(task.ref)
+    timings["total"] = time.perf_counter() - start
+    return TaskResult(
+        task_id=task.task_id,
+        ref=task.ref,
+        weights_sha256=loaded.weights_sha256,
+        tables=tables,
+        timings=timings,
+        n_params=loaded.n_params,
+        placement=placement() | {"device": device},
+    )
+
+
+def _with_device(options, device: str):
+    from dataclasses import replace
+
+    return replace(options, device=device)
