@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# GPU check for a machine with a CUDA device, torch and transformers, and no network or Ray.
+# Missing pure-Python packages travel as wheels in .whl/ (see docs/gpu.md); this script installs them.
+# Prints per-checkpoint time (load, forward, backward, svd, write) for Pythia-160m and -410m shapes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+out=${OUT:-/tmp/layerlake-gpu}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total --format=csv || true
+python3 benchmarks/gpu.py --out "$out" "$@"
