@@ -44,6 +44,7 @@ def extract_options(settings: Config) -> ExtractOptions:
         kernels=tuple(ex.kernels),
         estimators=tuple(ex.estimators),
         near_zero_eps=ex.near_zero_eps,
+        batch_size=ex.batch_size,
         device=run.device,
         dtype=run.dtype,
         torch_threads=run.torch_threads,

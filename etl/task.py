@@ -70,10 +70,11 @@ class ExtractOptions:
     device: str = "cpu"
     dtype: str = "float32"
     torch_threads: int | None = None
+    batch_size: int | None = None  # sequences per forward chunk; None = the whole probe at once
 
     def config_hash(self) -> str:
-        """Hash of what changes the numbers (device and threads do not)."""
-        payload = {k: v for k, v in asdict(self).items() if k not in ("device", "torch_threads")}
+        """Hash of what changes the numbers (device, threads and chunking do not)."""
+        payload = {k: v for k, v in asdict(self).items() if k not in ("device", "torch_threads", "batch_size")}
         return stable_hash(payload)
 
 

@@ -1,0 +1,331 @@
+"""One extraction pass over one loaded checkpoint: activations, sketches and spectra as Arrow tables.
+
+The orchestrator only: names come from :mod:`etl.sites`, hooks and the pass from :mod:`etl.capture`,
+numbers from :mod:`etl.metrics`. Per call:
+
+1. the model moves to ``options.device``; weight spectra are taken from the weights as loaded
+   (float64 SVD), before any dtype cast;
+2. the model is cast to ``options.dtype`` (in place) and set to eval mode (restored afterwards);
+3. one forward (and one backward if ``options.gradients``) captures the chosen sites at the probe
+   positions;
+4. each (layer, site[, head]) activation matrix gives one ``activation_stats`` row and one
+   ``sketches`` row per kernel x estimator; gradients give ``spectra`` rows with ``tensor="grad"``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from etl import capture, metrics, sites
+from etl.errors import ExtractionError, ProbeError
+from etl.task import CheckpointRef, ExtractOptions, ProbeBatch
+from warehouse.schema import TABLES
+
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+OUTPUT_TABLES = ("activation_stats", "sketches", "spectra")
+
+
+def extract_from_model(
+    model: nn.Module,
+    ref: CheckpointRef,
+    weights_sha256: str,
+    probe: ProbeBatch,
+    options: ExtractOptions,
+) -> tuple[dict[str, pa.Table], dict[str, float]]:
+    """Every summary of one checkpoint from one pass: ``({table: pa.Table}, {phase: seconds})``.
+
+    Tables are ``activation_stats``, ``sketches`` and ``spectra``, each matching
+    ``TABLES[name].arrow_schema()`` (no suite/model partition columns). Phases: ``forward``,
+    ``backward`` (0 without gradients), ``svd`` (weight and gradient spectra) and ``reduce``
+    (activation summaries and sketches). The model is moved to ``options.device`` and cast to
+    ``options.dtype`` in place.
+    """
+    family, shape = sites.family_of(model), sites.shape_of(model)
+    _check_options(options, family, probe, model)
+    device = torch.device(options.device)
+    if options.torch_threads:
+        torch.set_num_threads(options.torch_threads)
+    rows = Rows(ref.step, weights_sha256, probe.probe_id)
+    timings = {"forward": 0.0, "backward": 0.0, "svd": 0.0, "reduce": 0.0}
+    was_training = model.training
+    model.to(device)
+    try:
+        if options.weight_spectra:
+            with _timed(timings, "svd", device):
+                _add_spectra(rows, model, family, shape, options, "weight")
+        model.to(DTYPES[options.dtype]).eval()
+        with _grads_enabled(model, options.gradients):
+            ids, positions = probe_tensors(probe, device)
+            captured, pass_times = capture.run_pass(
+                model,
+                ids,
+                positions,
+                capture_targets(model, family, options.sites),
+                gradients=options.gradients,
+                batch_size=options.batch_size,
+            )
+            timings.update(pass_times)
+            with _timed(timings, "reduce", device):
+                _add_activations(rows, captured, model, family, shape, options)
+            if options.gradients:
+                with _timed(timings, "svd", device):
+                    _add_spectra(rows, model, family, shape, options, "grad")
+    finally:
+        model.train(was_training)
+    return rows.tables(), timings
+
+
+def _check_options(
+    options: ExtractOptions, family: sites.Family, probe: ProbeBatch, model: nn.Module
+) -> None:
+    """Fail before any work, naming the option and its fix."""
+    sites.check_names(tuple(options.sites), options.v_slice, family)
+    bad = [k for k in options.kernels if k not in metrics.KERNELS] + [
+        e for e in options.estimators if e not in metrics.ESTIMATORS
+    ]
+    if bad:
+        raise ExtractionError(
+            f"unknown kernel/estimator {bad}; kernels: {metrics.KERNELS}, estimators: {metrics.ESTIMATORS}",
+            fix="set extract.kernels / extract.estimators",
+        )
+    if options.dtype not in DTYPES:
+        raise ExtractionError(
+            f"unknown dtype {options.dtype!r}; expected one of {list(DTYPES)}",
+            fix="set executor.dtype to float32, bfloat16 or float16",
+        )
+    if "debiased" in options.estimators and probe.n < 4:
+        raise ExtractionError(
+            f"the debiased estimator needs n >= 4 probe rows; probe {probe.probe_id} has {probe.n}",
+            fix="use more probe sequences/positions or extract.estimators=[biased]",
+        )
+    if options.gradients and model.get_output_embeddings() is None:
+        raise ExtractionError(
+            "gradients need the language-model loss, but the model has no LM head",
+            fix="load a *ForCausalLM model, or set extract.gradients=false",
+        )
+
+
+def probe_tensors(probe: ProbeBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's token ids (n_sequences x seq_len, long) and positions (n x 2, long) on ``device``."""
+    lengths = {len(seq) for seq in probe.token_ids}
+    if probe.n_sequences == 0 or len(lengths) != 1 or probe.n == 0:
+        raise ProbeError(
+            f"probe {probe.probe_id} must hold equal-length sequences and at least one position "
+            f"(sequences: {probe.n_sequences}, lengths: {sorted(lengths)}, positions: {probe.n})",
+            fix="rebuild the probe batch with a fixed seq_len",
+        )
+    positions = torch.tensor(probe.positions, dtype=torch.long).reshape(-1, 2)
+    in_range = (
+        (positions >= 0).all()
+        and (positions[:, 0] < probe.n_sequences).all()
+        and (positions[:, 1] < probe.seq_len).all()
+    )
+    if not in_range:
+        raise ProbeError(
+            f"probe {probe.probe_id} has positions outside its {probe.n_sequences} x "
+            f"{probe.seq_len} token ids",
+            fix="rebuild the probe batch",
+        )
+    ids = torch.tensor(probe.token_ids, dtype=torch.long)
+    return ids.to(device), positions.to(device)
+
+
+def capture_targets(
+    model: nn.Module, family: sites.Family, wanted: tuple[str, ...]
+) -> dict[capture.Key, nn.Module]:
+    """The modules to hook: one per (layer, capture name); the ``ov`` site captures the value module."""
+    names = sorted({"value" if s == "ov" else s for s in wanted})
+    return {
+        (i, name): sites.module_at(block, family.site_modules[name])
+        for i, block in enumerate(sites.blocks(model))
+        for name in names
+    }
+
+
+def _add_activations(
+    rows: Rows,
+    captured: dict,
+    model: nn.Module,
+    family: sites.Family,
+    shape: sites.Shape,
+    options: ExtractOptions,
+) -> None:
+    """Stats and sketches of every captured (layer, site[, head]) matrix."""
+    for layer, block in enumerate(sites.blocks(model)):
+        for site in options.sites:
+            if site != "ov":
+                rows.add_activation(layer, site, None, captured[(layer, site)], options)
+                continue
+            v = sites.split_value_output(captured[(layer, "value")], family, shape, options.v_slice)
+            w_o = metrics.as64(sites.module_at(block, family.out_module).weight)
+            whole, per_head = sites.ov_activations(v, w_o)
+            rows.add_activation(layer, "ov", None, whole, options)
+            if options.per_head:
+                for head in range(shape.n_heads):
+                    rows.add_activation(layer, "ov", head, per_head[head], options)
+
+
+def _add_spectra(
+    rows: Rows,
+    model: nn.Module,
+    family: sites.Family,
+    shape: sites.Shape,
+    options: ExtractOptions,
+    tensor: str,
+) -> None:
+    """Spectra of every matrix of every block, of the weights or of their gradients."""
+    if tensor == "weight":
+
+        def take(lin):
+            return lin.weight.detach()
+    else:
+
+        def take(lin):
+            return lin.weight.grad
+
+    for layer, block in enumerate(sites.blocks(model)):
+        for (matrix, head), (a, b) in sites.block_matrices(
+            block, family, shape, options.v_slice, take
+        ).items():
+            if head is not None and not options.per_head:
+                continue
+            sv = metrics.product_svdvals(a, b)
+            cols = a.shape[1] if b is None else b.shape[1]
+            rows.add_spectrum(layer, tensor, matrix, head, a.shape[0], cols, sv)
+
+
+class Rows:
+    """Column lists for the three output tables, filled row by row, turned into Arrow at the end."""
+
+    def __init__(self, step: int, weights_sha256: str, probe_id: str) -> None:
+        self.common = {"step": step, "weights_sha256": weights_sha256}
+        self.probe_id = probe_id
+        self.cols: dict[str, dict[str, list]] = {
+            name: {c: [] for c in TABLES[name].column_names} for name in OUTPUT_TABLES
+        }
+
+    def _append(self, table: str, **values) -> None:
+        for column, items in self.cols[table].items():
+            items.append(self.common[column] if column in self.common else values[column])
+
+    def add_activation(
+        self, layer: int, site: str, head: int | None, x: torch.Tensor, options: ExtractOptions
+    ) -> None:
+        """One ``activation_stats`` row and one ``sketches`` row per kernel and estimator."""
+        key = {"layer": layer, "site": site, "head": head, "probe_id": self.probe_id}
+        summary = metrics.activation_summary(x, options.near_zero_eps)
+        summary["sv"] = np.asarray(summary["sv"], dtype=np.float64)
+        self._append("activation_stats", **key, **summary)
+        for kernel in options.kernels:
+            k = metrics.gram(x, kernel)
+            for estimator in options.estimators:
+                g = metrics.center(k, estimator).to(torch.float32).cpu()
+                self._append(
+                    "sketches",
+                    **key,
+                    kernel=kernel,
+                    estimator=estimator,
+                    n=summary["n"],
+                    d=summary["d"],
+                    gram=g.reshape(-1).numpy(),
+                    gram_norm=metrics.frobenius(g),
+                )
+
+    def add_spectrum(
+        self,
+        layer: int,
+        tensor: str,
+        matrix: str,
+        head: int | None,
+        n_rows: int,
+        n_cols: int,
+        sv: torch.Tensor,
+    ) -> None:
+        self._append(
+            "spectra",
+            layer=layer,
+            tensor=tensor,
+            matrix=matrix,
+            head=head,
+            rows=n_rows,
+            cols=n_cols,
+            sv=sv.cpu().numpy(),
+            probe_id=self.probe_id if tensor == "grad" else None,
+        )
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {name: _to_arrow(name, cols) for name, cols in self.cols.items()}
+
+
+def _to_arrow(name: str, cols: dict[str, list]) -> pa.Table:
+    """Columns -> a table with the warehouse schema; list columns go in as one flat numpy buffer."""
+    schema = TABLES[name].arrow_schema()
+    arrays = []
+    for f in schema:
+        values = cols[f.name]
+        if pa.types.is_list(f.type):
+            arrays.append(_list_array(values, f.type))
+        else:
+            arrays.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _list_array(values: list[np.ndarray], type_: pa.ListType) -> pa.ChunkedArray:
+    """A list column from per-row numpy arrays, chunked so each chunk's int32 offsets stay below 2**31."""
+    item = type_.value_type.to_pandas_dtype()
+    chunks, group, size = [], [], 0
+    for v in [*values, None]:
+        if v is None or (group and size + len(v) > _MAX_CHUNK_VALUES):
+            offsets = np.zeros(len(group) + 1, dtype=np.int32)
+            np.cumsum([len(g) for g in group], out=offsets[1:])
+            flat = np.concatenate(group).astype(item) if group else np.zeros(0, dtype=item)
+            chunks.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=type_.value_type)))
+            group, size = [], 0
+        if v is not None:
+            group.append(v)
+            size += len(v)
+    return pa.chunked_array([c.cast(type_) for c in chunks], type=type_)
+
+
+_MAX_CHUNK_VALUES = 2**30
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str, device: torch.device) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings[phase] += time.perf_counter() - start
+
+
+@contextmanager
+def _grads_enabled(model: nn.Module, gradients: bool) -> Iterator[None]:
+    """With gradients: every parameter requires grad and starts at None; both restored/freed after."""
+    if not gradients:
+        yield
+        return
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(True)
+            p.grad = None
+        yield
+    finally:
+        for p, flag in saved:
+            p.grad = None
+            p.requires_grad_(flag)

@@ -1,0 +1,263 @@
+"""The numbers computed from one activation matrix or weight matrix: pure ``Tensor -> numbers`` functions.
+
+Everything is computed in float64 on the tensor's device. ``x`` is an activation matrix of ``n``
+probe rows by ``d`` features. Names of kernels and estimators are stored in rows (``sketches``).
+
+CKA between two sketches ``G1``, ``G2`` of the same probe, kernel and estimator is
+``<G1, G2> / (|G1| |G2|)`` (Frobenius): with ``biased`` (``H K H``) sketches of the linear kernel this
+is Kornblith et al.'s linear CKA, with ``debiased`` (U-centred) sketches the debiased CKA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+KERNELS = ("linear", "rbf")
+ESTIMATORS = ("biased", "debiased")
+
+
+def as64(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float64 on its own device."""
+    return x.detach().to(torch.float64)
+
+
+# --- activation summaries -------------------------------------------------------------------------
+
+
+def mean_row_norm(x: torch.Tensor) -> float:
+    """Mean L2 norm of the rows: ``(1/n) sum_i ||x_i||_2``.
+
+    >>> mean_row_norm(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+    2.5
+    """
+    return torch.linalg.vector_norm(as64(x), dim=1).mean().item()
+
+
+def rms(x: torch.Tensor) -> float:
+    """Root mean square of all entries: ``sqrt((1/(n d)) sum_ij x_ij^2)``.
+
+    >>> rms(torch.full((2, 3), -2.0))
+    2.0
+    """
+    return as64(x).square().mean().sqrt().item()
+
+
+def std(x: torch.Tensor) -> float:
+    """Population standard deviation of all entries: ``sqrt(mean((x - mean(x))^2))`` (ddof 0).
+
+    >>> std(torch.tensor([[1.0, 3.0], [1.0, 3.0]]))
+    1.0
+    """
+    x = as64(x)
+    return (x - x.mean()).square().mean().sqrt().item()
+
+
+def max_abs(x: torch.Tensor) -> float:
+    """Largest absolute entry: ``max_ij |x_ij|``.
+
+    >>> max_abs(torch.tensor([[1.0, -5.0], [2.0, 0.5]]))
+    5.0
+    """
+    return as64(x).abs().max().item()
+
+
+def excess_kurtosis(x: torch.Tensor) -> float:
+    """Excess kurtosis of all entries: ``m4 / m2^2 - 3`` with central moments ``m_k = mean((x - mean x)^k)``.
+
+    0 for a Gaussian, -2 for a symmetric two-point distribution; NaN for a constant matrix, where
+    it is undefined (m2 = 0), rather than a made-up number.
+
+    >>> excess_kurtosis(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+    -2.0
+    >>> math.isnan(excess_kurtosis(torch.zeros(2, 2)))
+    True
+    """
+    x = as64(x)
+    c = x - x.mean()
+    m2 = c.square().mean().item()
+    if m2 == 0.0:
+        return math.nan
+    return c.pow(4).mean().item() / (m2 * m2) - 3.0
+
+
+def frac_near_zero(x: torch.Tensor, eps: float) -> float:
+    """Share of entries with ``|x_ij| <= eps * rms(x)`` (all of them for an all-zero matrix).
+
+    >>> frac_near_zero(torch.tensor([[0.0, 1.0], [1.0, 1.0]]), 1e-3)
+    0.25
+    """
+    x = as64(x)
+    threshold = eps * x.square().mean().sqrt()
+    return (x.abs() <= threshold).double().mean().item()
+
+
+def svdvals64(m: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``m`` in float64, descending (``torch.linalg.svdvals``).
+
+    >>> svdvals64(torch.diag(torch.tensor([1.0, 3.0, 2.0]))).tolist()
+    [3.0, 2.0, 1.0]
+    """
+    return torch.linalg.svdvals(as64(m))
+
+
+def centred_svdvals(x: torch.Tensor) -> torch.Tensor:
+    """Singular values of the column-centred matrix ``x - 1 mean_cols(x)``, float64, descending.
+
+    A rank-one ``x = u v^T`` with mean-zero ``u`` keeps its one singular value ``|u| |v|``:
+
+    >>> [round(s, 12) for s in centred_svdvals(torch.tensor([[3.0, 4.0], [-3.0, -4.0]])).tolist()]
+    [7.071067811865, 0.0]
+    """
+    x = as64(x)
+    return svdvals64(x - x.mean(dim=0, keepdim=True))
+
+
+def product_svdvals(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Singular values of ``a @ b`` (or of ``a``), float64, descending, ``min(rows, cols)`` of them.
+
+    When the inner dimension r is smaller than both outer ones (an OV head: d x dh times dh x d),
+    the product has rank <= r: with ``a = Qa Ra`` and ``b^T = Qb Rb`` (reduced QR),
+    ``a b = Qa (Ra Rb^T) Qb^T`` has the singular values of the r x r ``Ra Rb^T``, and the rest are
+    exactly 0. That costs O(d r^2) instead of the O(d^3) SVD of the d x d product.
+
+    >>> a = torch.tensor([[1.0], [0.0], [0.0]]); b = torch.tensor([[0.0, 2.0, 0.0]])
+    >>> product_svdvals(a, b).tolist()
+    [2.0, 0.0, 0.0]
+    """
+    if b is None:
+        return svdvals64(a)
+    a, b = as64(a), as64(b)
+    rows, inner, cols = a.shape[0], a.shape[1], b.shape[1]
+    if inner >= min(rows, cols):
+        return svdvals64(a @ b)
+    _, ra = torch.linalg.qr(a)
+    _, rb = torch.linalg.qr(b.T)
+    small = svdvals64(ra @ rb.T)
+    return torch.cat([small, small.new_zeros(min(rows, cols) - inner)])
+
+
+def activation_summary(x: torch.Tensor, near_zero_eps: float) -> dict:
+    """Every ``activation_stats`` number of one n x d activation matrix (the ``sv`` list included)."""
+    return {
+        "n": int(x.shape[0]),
+        "d": int(x.shape[1]),
+        "mean_norm": mean_row_norm(x),
+        "rms": rms(x),
+        "std": std(x),
+        "max_abs": max_abs(x),
+        "kurtosis": excess_kurtosis(x),
+        "frac_near_zero": frac_near_zero(x, near_zero_eps),
+        "sv": centred_svdvals(x).cpu().tolist(),
+    }
+
+
+# --- Gram sketches -------------------------------------------------------------------------------
+
+
+def linear_gram(x: torch.Tensor) -> torch.Tensor:
+    """The linear-kernel Gram of the rows: ``K = X X^T`` (n x n, float64).
+
+    >>> linear_gram(torch.tensor([[1.0, 2.0], [0.0, 1.0]])).tolist()
+    [[5.0, 2.0], [2.0, 1.0]]
+    """
+    x = as64(x)
+    return x @ x.T
+
+
+def rbf_gram(x: torch.Tensor) -> torch.Tensor:
+    """The Gaussian-kernel Gram ``K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2))``, sigma the median distance.
+
+    ``sigma`` is the median (mean of the middle two for an even count) of the Euclidean distances
+    ``|x_i - x_j|`` over pairs i < j: the "median heuristic", Kornblith et al.'s ``threshold = 1``
+    but taken over distinct pairs, so the n zero self-distances do not pull it down. If that median is 0 (more than half the rows are
+    identical) sigma is the mean positive distance, and 1 if every row is the same.
+
+    >>> rbf_gram(torch.tensor([[0.0], [1.0]])).tolist() == [[1.0, math.exp(-0.5)], [math.exp(-0.5), 1.0]]
+    True
+    """
+    x = as64(x)
+    dist = torch.cdist(x, x)
+    n = x.shape[0]
+    pairs = dist[torch.triu_indices(n, n, offset=1, device=x.device).unbind()]
+    sigma = _median(pairs) if pairs.numel() else x.new_tensor(1.0)
+    if sigma <= 0:
+        positive = pairs[pairs > 0]
+        sigma = positive.mean() if positive.numel() else x.new_tensor(1.0)
+    return torch.exp(-dist.square() / (2.0 * sigma * sigma))
+
+
+def _median(v: torch.Tensor) -> torch.Tensor:
+    """The median, averaging the two middle values of an even count (``torch.median`` takes the lower)."""
+    s = v.sort().values
+    m = s.numel()
+    return (s[(m - 1) // 2] + s[m // 2]) / 2
+
+
+def center_biased(k: torch.Tensor) -> torch.Tensor:
+    """The doubly centred Gram ``H K H`` with ``H = I - 11^T / n`` (the biased HSIC estimator).
+
+    ``<HKH, HLH> / (n-1)^2`` is the biased HSIC; for the linear kernel ``<HKH, HLH> = ||Y_c^T X_c||_F^2``.
+
+    >>> center_biased(torch.ones(3, 3)).abs().max().item()
+    0.0
+    """
+    k = as64(k)
+    k = k - k.mean(dim=0, keepdim=True)
+    return k - k.mean(dim=1, keepdim=True)
+
+
+def center_unbiased(k: torch.Tensor) -> torch.Tensor:
+    """The U-centred Gram (Szekely & Rizzo 2014) of ``K`` with its diagonal first set to 0 (call it K~):
+
+    ``U_ij = K~_ij - r_i / (n-2) - r_j / (n-2) + S / ((n-1)(n-2))`` for i != j, ``U_ii = 0``,
+    with row sums ``r_i = sum_l K~_il`` and total ``S = sum_kl K~_kl``. Then
+    ``<U(K), U(L)> / (n (n-3))`` is the unbiased HSIC of Song et al. (2012); needs n >= 4.
+
+    >>> center_unbiased(torch.ones(4, 4)).abs().max().item()
+    0.0
+    """
+    k = as64(k).clone()
+    n = k.shape[0]
+    if n < 4:
+        raise ValueError(f"the U-centred (debiased) Gram needs n >= 4 probe rows, got n={n}")
+    k.fill_diagonal_(0.0)
+    means = k.sum(dim=0) / (n - 2)
+    means = means - means.sum() / (2 * (n - 1))
+    u = k - means[:, None] - means[None, :]
+    return u.fill_diagonal_(0.0)
+
+
+def gram(x: torch.Tensor, kernel: str) -> torch.Tensor:
+    """The n x n Gram of ``x``'s rows under ``kernel`` (``linear`` or ``rbf``)."""
+    if kernel == "linear":
+        return linear_gram(x)
+    if kernel == "rbf":
+        return rbf_gram(x)
+    raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+
+
+def center(k: torch.Tensor, estimator: str) -> torch.Tensor:
+    """``k`` centred for ``estimator``: ``biased`` -> H K H, ``debiased`` -> U-centred."""
+    if estimator == "biased":
+        return center_biased(k)
+    if estimator == "debiased":
+        return center_unbiased(k)
+    raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+
+
+def frobenius(g: torch.Tensor) -> float:
+    """``sqrt(<G, G>)`` computed in float64 (of the values as given, e.g. the stored float32 ones)."""
+    return torch.linalg.vector_norm(as64(g)).item()
+
+
+def cka(g1: torch.Tensor, g2: torch.Tensor) -> float:
+    """CKA of two centred Grams of the same probe: ``<G1, G2> / (|G1| |G2|)``.
+
+    >>> g = center_biased(linear_gram(torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])))
+    >>> round(cka(g, 3.0 * g), 12)
+    1.0
+    """
+    g1, g2 = as64(g1), as64(g2)
+    return (g1 * g2).sum().item() / (frobenius(g1) * frobenius(g2))

@@ -1,0 +1,302 @@
+"""The registry of site and matrix names that land in stored rows, and where each lives per architecture.
+
+Names here are part of the data contract (``warehouse.schema``): they are written into the ``site``
+and ``matrix`` columns, so they are spelled out once, documented, and never derived from Python
+import paths. Each architecture family maps the canonical names onto its own modules:
+
+==================  ===============================  ==========================================
+canonical name      gpt_neox (Pythia)                llama
+==================  ===============================  ==========================================
+site attn_out       ``attention.dense`` output       ``self_attn.o_proj`` output
+site mlp_out        ``mlp.dense_4h_to_h`` output     ``mlp.down_proj`` output
+site resid_post     block output                     block output
+site ov             V (split from the fused          V from ``self_attn.v_proj``, head h reading
+                    ``query_key_value``) times W_O   its kv group h // (n_heads / n_kv_heads)
+matrix query_key_value  ``attention.query_key_value``    (none: llama has no fused QKV)
+matrix query/key/value  per-head split of the fused QKV  ``q_proj`` / ``k_proj`` / ``v_proj``
+matrix dense        ``attention.dense`` (W_O)        ``self_attn.o_proj`` (W_O)
+matrix dense_h_to_4h    ``mlp.dense_h_to_4h``        (none: the gated MLP has two input maps)
+matrix gate_proj    (none)                           ``mlp.gate_proj`` (goes through the SiLU)
+matrix up_proj      (none)                           ``mlp.up_proj`` (multiplies the gate)
+matrix dense_4h_to_h    ``mlp.dense_4h_to_h``        ``mlp.down_proj``
+matrix ov           W_O_h W_V_h per head, W_O W_V    the same, W_V_h of head h's kv group
+==================  ===============================  ==========================================
+
+``gate_proj`` and ``up_proj`` keep llama's names because neither means what ``dense_h_to_4h``
+means (the single map into the MLP's hidden layer); mapping one of them onto it would make a
+cross-family query compare different things silently.
+
+The OV activation (the paper's "OV circuit" activation) is V at the probe positions times W_O,
+without attention mixing: per head ``ov_h = V_h @ W_O[:, h]^T`` (n x d_model) and per layer
+``ov = concat_h(V_h) @ W_O^T = sum_h ov_h``. The output bias of W_O is not added (as the paper).
+
+GPT-NeoX fuses Q, K and V *interleaved per head*: the fused output, viewed as
+``(..., n_heads, 3 * d_head)``, holds ``[q_h | k_h | v_h]`` for each head h. ``v_slice="true_v"``
+(the default) takes the true V; ``v_slice="paper_last_third"`` takes the last third of the fused
+output as the paper's code did, which is q, k and v of the last third of the heads (it agrees with
+the true V only for a single head). The slice applies to the ``ov`` site and the ``ov`` matrix (as
+in the paper); the ``value`` matrix is always the true V.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from etl.errors import ExtractionError
+
+
+@dataclass(frozen=True)
+class Name:
+    """One canonical name stored in rows, with what it means."""
+
+    name: str
+    doc: str
+
+
+SITES: dict[str, Name] = {
+    s.name: s
+    for s in (
+        Name(
+            "attn_out", "attention block output written to the residual stream (W_O applied, bias included)"
+        ),
+        Name("mlp_out", "MLP block output written to the residual stream (GPT-NeoX dense_4h_to_h)"),
+        Name("resid_post", "residual stream after the block (the block's output hidden state)"),
+        Name("ov", "V at the probe positions times W_O, no attention mixing; per layer and per head"),
+    )
+}
+
+MATRICES: dict[str, Name] = {
+    m.name: m
+    for m in (
+        Name("query_key_value", "the fused QKV projection (GPT-NeoX), rows interleaved per head"),
+        Name("query", "the query projection (true per-head split of a fused QKV)"),
+        Name("key", "the key projection (true per-head split of a fused QKV)"),
+        Name("value", "the value projection (true per-head split of a fused QKV)"),
+        Name("dense", "the attention output projection W_O"),
+        Name("dense_h_to_4h", "the MLP input projection (non-gated MLPs)"),
+        Name("gate_proj", "the gated MLP's gate projection (llama)"),
+        Name("up_proj", "the gated MLP's up projection (llama)"),
+        Name("dense_4h_to_h", "the MLP output projection"),
+        Name("ov", "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL)"),
+    )
+}
+
+V_SLICES = ("true_v", "paper_last_third")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where the canonical sites and matrices live inside one transformer block of a family."""
+
+    name: str
+    site_modules: dict[str, str]  # capture name -> module path inside a block ("" = the block)
+    plain_matrices: dict[str, str]  # canonical matrix -> module path of an nn.Linear in a block
+    value_module: str  # module whose output holds V
+    out_module: str  # module holding W_O
+    fused_qkv: bool
+
+
+FAMILIES: dict[str, Family] = {
+    "gpt_neox": Family(
+        name="gpt_neox",
+        site_modules={
+            "attn_out": "attention.dense",
+            "mlp_out": "mlp.dense_4h_to_h",
+            "resid_post": "",
+            "value": "attention.query_key_value",
+        },
+        plain_matrices={
+            "query_key_value": "attention.query_key_value",
+            "dense": "attention.dense",
+            "dense_h_to_4h": "mlp.dense_h_to_4h",
+            "dense_4h_to_h": "mlp.dense_4h_to_h",
+        },
+        value_module="attention.query_key_value",
+        out_module="attention.dense",
+        fused_qkv=True,
+    ),
+    "llama": Family(
+        name="llama",
+        site_modules={
+            "attn_out": "self_attn.o_proj",
+            "mlp_out": "mlp.down_proj",
+            "resid_post": "",
+            "value": "self_attn.v_proj",
+        },
+        plain_matrices={
+            "query": "self_attn.q_proj",
+            "key": "self_attn.k_proj",
+            "value": "self_attn.v_proj",
+            "dense": "self_attn.o_proj",
+            "gate_proj": "mlp.gate_proj",
+            "up_proj": "mlp.up_proj",
+            "dense_4h_to_h": "mlp.down_proj",
+        },
+        value_module="self_attn.v_proj",
+        out_module="self_attn.o_proj",
+        fused_qkv=False,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The attention geometry of a model, read from its config."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+
+    @property
+    def group(self) -> int:
+        """Query heads per kv head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family of a loaded model, from ``config.model_type``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FAMILIES:
+        raise ExtractionError(
+            f"model type {model_type!r} has no site layout; layerlake knows: {', '.join(FAMILIES)}",
+            fix="extract a gpt_neox or llama model, or add its layout to etl.sites.FAMILIES",
+        )
+    return FAMILIES[model_type]
+
+
+def shape_of(model: nn.Module) -> Shape:
+    """Layers, widths and heads of a loaded model."""
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    return Shape(cfg.num_hidden_layers, cfg.hidden_size, n_heads, n_kv, d_head)
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks, in order (``base_model.layers`` in both families)."""
+    return list(model.base_model.layers)
+
+
+def module_at(block: nn.Module, path: str) -> nn.Module:
+    """The submodule of ``block`` at a dotted ``path`` (``""`` is the block itself)."""
+    return block.get_submodule(path) if path else block
+
+
+def check_names(sites: tuple[str, ...], v_slice: str, family: Family) -> None:
+    """Fail early, naming the bad value, when options ask for something this registry lacks."""
+    unknown = [s for s in sites if s not in SITES]
+    if unknown:
+        raise ExtractionError(
+            f"unknown site(s) {unknown}; known sites: {', '.join(SITES)}",
+            fix="set extract.sites to names from etl.sites.SITES",
+        )
+    if v_slice not in V_SLICES:
+        raise ExtractionError(
+            f"unknown v_slice {v_slice!r}; expected one of {V_SLICES}",
+            fix="set extract.v_slice=true_v (or paper_last_third for the paper's slice)",
+        )
+    if v_slice == "paper_last_third" and not family.fused_qkv:
+        raise ExtractionError(
+            f"v_slice=paper_last_third needs a fused QKV; {family.name} has separate V",
+            fix="set extract.v_slice=true_v for this model",
+        )
+
+
+# --- V and W_V per head -------------------------------------------------------------------------
+
+
+def split_value_output(out: torch.Tensor, family: Family, shape: Shape, v_slice: str) -> torch.Tensor:
+    """V per query head from the value module's output: (n, features) -> (n, n_heads, d_head).
+
+    Fused QKV (``[head][q|k|v][d_head]``): ``true_v`` is ``out.view(n, H, 3, dh)[:, :, 2]``;
+    ``paper_last_third`` is ``out[:, 2d:].view(n, H, dh)``. Llama: ``v_proj`` output viewed as
+    ``(n, n_kv, dh)``, each kv head repeated for the ``n_heads / n_kv`` query heads of its group.
+    """
+    n = out.shape[0]
+    h, dh = shape.n_heads, shape.d_head
+    if family.fused_qkv:
+        if v_slice == "paper_last_third":
+            return out[:, 2 * h * dh :].reshape(n, h, dh)
+        return out.reshape(n, h, 3, dh)[:, :, 2, :]
+    v = out.reshape(n, shape.n_kv_heads, dh)
+    return v.repeat_interleave(shape.group, dim=1)
+
+
+def split_value_weight(w: torch.Tensor, family: Family, shape: Shape, v_slice: str) -> torch.Tensor:
+    """W_V per query head from the value module's weight: (features, d_model) -> (n_heads, d_head, d_model).
+
+    Rows follow the same layout as :func:`split_value_output` (a Linear's output features are its rows).
+    """
+    h, dh = shape.n_heads, shape.d_head
+    if family.fused_qkv:
+        if v_slice == "paper_last_third":
+            return w[2 * h * dh :].reshape(h, dh, -1)
+        return w.reshape(h, 3, dh, -1)[:, 2]
+    return w.reshape(shape.n_kv_heads, dh, -1).repeat_interleave(shape.group, dim=0)
+
+
+def split_fused_qkv(w: torch.Tensor, shape: Shape) -> dict[str, torch.Tensor]:
+    """The true Q, K, V parts of a fused QKV weight, each (n_heads * d_head, d_model)."""
+    parts = w.reshape(shape.n_heads, 3, shape.d_head, -1)
+    return {
+        name: parts[:, i].reshape(shape.n_heads * shape.d_head, -1)
+        for i, name in enumerate(("query", "key", "value"))
+    }
+
+
+def ov_activations(v: torch.Tensor, w_o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OV activations from V per head (n, H, dh) and W_O (d_model, H*dh).
+
+    Per head ``ov_h = V_h @ W_O[:, h*dh:(h+1)*dh]^T`` -> (H, n, d_model); per layer
+    ``concat_h(V_h) @ W_O^T`` (n, d_model), which equals ``sum_h ov_h``.
+    """
+    n, h, dh = v.shape
+    w_o_heads = w_o.reshape(w_o.shape[0], h, dh)  # (d_model, H, dh)
+    per_head = torch.einsum("nhk,dhk->hnd", v, w_o_heads)
+    return v.reshape(n, h * dh) @ w_o.T, per_head
+
+
+# --- the matrices of one block ------------------------------------------------------------------
+
+MatrixKey = tuple[str, "int | None"]  # (canonical matrix, head or None)
+
+
+def block_matrices(
+    block: nn.Module,
+    family: Family,
+    shape: Shape,
+    v_slice: str,
+    take: Callable[[nn.Linear], torch.Tensor | None],
+) -> dict[MatrixKey, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Every canonical matrix of one block, as ``(key) -> (a, b)`` with the matrix equal to ``a @ b``
+    (``b`` None for a plain matrix), so low-rank products keep their factors for a cheap SVD.
+
+    ``take`` reads the tensor of a Linear: its weight, or its weight's gradient. The ``ov`` matrix is
+    ``W_O_h @ W_V_h`` per head and ``W_O @ W_V`` per layer; applied to gradients it is the same
+    product of the two gradients (as the paper computed it: OV is not itself a parameter).
+    """
+    out: dict[MatrixKey, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for name, path in family.plain_matrices.items():
+        t = take(module_at(block, path))
+        if t is not None:
+            out[(name, None)] = (t, None)
+    if family.fused_qkv and ("query_key_value", None) in out:
+        for name, part in split_fused_qkv(out[("query_key_value", None)][0], shape).items():
+            out[(name, None)] = (part, None)
+    w_v_raw = take(module_at(block, family.value_module))
+    w_o = take(module_at(block, family.out_module))
+    if w_v_raw is None or w_o is None:
+        return out
+    w_v = split_value_weight(w_v_raw, family, shape, v_slice)  # (H, dh, d_model)
+    out[("ov", None)] = (w_o, w_v.reshape(shape.n_heads * shape.d_head, -1))
+    w_o_heads = w_o.reshape(w_o.shape[0], shape.n_heads, shape.d_head)
+    for h in range(shape.n_heads):
+        out[("ov", h)] = (w_o_heads[:, h, :], w_v[h])
+    return out

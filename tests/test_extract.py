@@ -1,0 +1,272 @@
+"""extract_from_model end to end on tiny random models: schemas, row sets, and numbers checked by numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from etl.errors import ExtractionError
+from etl.extract import extract_from_model
+from etl.task import CheckpointRef, ExtractOptions, ProbeBatch
+from warehouse.schema import TABLES
+
+REF = CheckpointRef("tiny", "m", 64, "step64", 64 * 1024, "local", "/nowhere")
+SHA = "f" * 64
+_G = torch.Generator().manual_seed(11)
+TOKENS = tuple(tuple(int(t) for t in row) for row in torch.randint(0, 40, (6, 10), generator=_G))
+PROBE = ProbeBatch("probe-1", "test", TOKENS, tuple((s, 9) for s in range(6)) + ((0, 4), (3, 2)), "sample")
+
+
+def _randomise(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.2) + (1.0 if p.ndim == 1 else 0)
+            )
+    return model.eval()
+
+
+def neox(n_heads=2, seed=0):
+    cfg = GPTNeoXConfig(
+        vocab_size=40,
+        hidden_size=12,
+        num_hidden_layers=2,
+        num_attention_heads=n_heads,
+        intermediate_size=20,
+        max_position_embeddings=32,
+    )
+    return _randomise(GPTNeoXForCausalLM(cfg), seed)
+
+
+def llama(seed=0):
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+    )
+    return _randomise(LlamaForCausalLM(cfg), seed)
+
+
+def rows(table: pa.Table, **where) -> list[dict]:
+    return [r for r in table.to_pylist() if all(r[k] == v for k, v in where.items())]
+
+
+def assert_sv_close(got, matrix: np.ndarray, rel=1e-8):
+    expected = np.linalg.svd(matrix, compute_uv=False)
+    got = np.asarray(got)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=rel * max(expected[0], 1e-300))
+
+
+def test_tables_match_the_warehouse_schema_and_carry_identity():
+    tables, timings = extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(kernels=("linear", "rbf")))
+    assert set(tables) == {"activation_stats", "sketches", "spectra"}
+    for name, table in tables.items():
+        assert table.schema.equals(TABLES[name].arrow_schema()), name
+        assert set(table.column("step").to_pylist()) == {64}
+        assert set(table.column("weights_sha256").to_pylist()) == {SHA}
+    stats = tables["activation_stats"]
+    # per layer: attn_out, mlp_out, resid_post, ov (whole) + 2 ov heads
+    assert stats.num_rows == 2 * (3 + 1 + 2)
+    assert tables["sketches"].num_rows == stats.num_rows * 2 * 2  # kernels x estimators
+    assert set(stats.column("n").to_pylist()) == {PROBE.n}
+    assert set(tables["spectra"].column("probe_id").to_pylist()) == {None}
+    assert set(timings) >= {"forward", "backward", "svd"} and timings["backward"] == 0.0
+
+
+def _ov_by_hand(model, layer: int, v_rows: np.ndarray, n_heads: int, d_head: int, slice_: str):
+    """OV activations from the fused qkv output rows, by index arithmetic on the interleaved layout."""
+    w_o = model.gpt_neox.layers[layer].attention.dense.weight.detach().double().numpy()
+    heads = []
+    for h in range(n_heads):
+        start = h * 3 * d_head + 2 * d_head if slice_ == "true_v" else n_heads * 2 * d_head + h * d_head
+        v_h = v_rows[:, start : start + d_head]
+        heads.append(v_h @ w_o[:, h * d_head : (h + 1) * d_head].T)
+    return sum(heads), heads
+
+
+@pytest.mark.parametrize("v_slice", ["true_v", "paper_last_third"])
+def test_ov_sketches_and_stats_equal_independent_ov(v_slice):
+    model = neox(n_heads=2)
+    with torch.no_grad():
+        hidden = model(torch.tensor(TOKENS), output_hidden_states=True).hidden_states
+        block = model.gpt_neox.layers[1]
+        qkv = block.attention.query_key_value(block.input_layernorm(hidden[1])).double().numpy()
+    pos = np.array(PROBE.positions)
+    whole, heads = _ov_by_hand(model, 1, qkv[pos[:, 0], pos[:, 1]], 2, 6, v_slice)
+    np.testing.assert_allclose(whole, heads[0] + heads[1], rtol=1e-12)
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(v_slice=v_slice))
+    for head, x in [(None, whole), (1, heads[1])]:
+        (stat,) = rows(tables["activation_stats"], layer=1, site="ov", head=head)
+        assert stat["rms"] == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-5)
+        (sk,) = rows(tables["sketches"], layer=1, site="ov", head=head, kernel="linear", estimator="biased")
+        xc = x - x.mean(axis=0)
+        expected = xc @ xc.T
+        np.testing.assert_allclose(
+            np.array(sk["gram"]).reshape(8, 8), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+        )
+        assert sk["gram_norm"] == pytest.approx(
+            np.linalg.norm(np.array(sk["gram"], dtype=np.float64)), rel=1e-12
+        )
+
+
+def _ov_stats(model, v_slice):
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(v_slice=v_slice, sites=("ov",)))
+    return tables["activation_stats"].column("rms").to_pylist(), [
+        r["sv"] for r in rows(tables["spectra"], matrix="ov")
+    ]
+
+
+def test_paper_slice_differs_from_true_v_with_several_heads_and_agrees_with_one():
+    many_true, many_paper = (
+        _ov_stats(neox(n_heads=2), "true_v"),
+        _ov_stats(neox(n_heads=2), "paper_last_third"),
+    )
+    assert not np.allclose(many_true[0], many_paper[0])
+    assert not np.allclose(many_true[1][0], many_paper[1][0])
+    one_true, one_paper = _ov_stats(neox(n_heads=1), "true_v"), _ov_stats(neox(n_heads=1), "paper_last_third")
+    assert one_true == one_paper
+
+
+def test_weight_spectra_equal_numpy():
+    model = neox(n_heads=2)
+    weights = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions())
+    spectra = tables["spectra"]
+    names = {r["matrix"] for r in spectra.to_pylist()}
+    assert names == {
+        "query_key_value",
+        "query",
+        "key",
+        "value",
+        "dense",
+        "dense_h_to_4h",
+        "dense_4h_to_h",
+        "ov",
+    }
+    for layer in range(2):
+        p = f"gpt_neox.layers.{layer}."
+        qkv = weights[p + "attention.query_key_value.weight"]  # rows: [head][q|k|v][d_head]
+        w_o = weights[p + "attention.dense.weight"]
+        expected = {
+            ("query_key_value", None): qkv,
+            ("dense", None): w_o,
+            ("dense_h_to_4h", None): weights[p + "mlp.dense_h_to_4h.weight"],
+            ("dense_4h_to_h", None): weights[p + "mlp.dense_4h_to_h.weight"],
+        }
+        v_rows = [qkv[h * 18 + 12 : h * 18 + 18] for h in range(2)]
+        expected[("query", None)] = np.concatenate([qkv[h * 18 : h * 18 + 6] for h in range(2)])
+        expected[("key", None)] = np.concatenate([qkv[h * 18 + 6 : h * 18 + 12] for h in range(2)])
+        expected[("value", None)] = np.concatenate(v_rows)
+        expected[("ov", None)] = w_o @ np.concatenate(v_rows)
+        for h in range(2):
+            expected[("ov", h)] = w_o[:, h * 6 : (h + 1) * 6] @ v_rows[h]
+        got = {(r["matrix"], r["head"]): r for r in rows(spectra, layer=layer, tensor="weight")}
+        assert got.keys() == expected.keys()
+        for key, matrix in expected.items():
+            assert (got[key]["rows"], got[key]["cols"]) == matrix.shape, key
+            assert_sv_close(got[key]["sv"], matrix)
+
+
+def test_gradient_spectra_equal_numpy_of_the_lm_loss_gradient():
+    model = neox(n_heads=2, seed=3)
+    ids = torch.tensor(TOKENS)
+    model.zero_grad()
+    model(ids, labels=ids).loss.backward()  # transformers' own mean next-token cross-entropy
+    grads = {k: p.grad.double().numpy().copy() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    tables, timings = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True, batch_size=4))
+    grad_rows = rows(tables["spectra"], tensor="grad")
+    assert {r["probe_id"] for r in grad_rows} == {"probe-1"}
+    assert timings["backward"] > 0
+    p = "gpt_neox.layers.0."
+    expected = {
+        ("dense_4h_to_h", None): grads[p + "mlp.dense_4h_to_h.weight"],
+        ("query_key_value", None): grads[p + "attention.query_key_value.weight"],
+        # the paper's gradient OV: the product of the two gradients
+        ("ov", 1): grads[p + "attention.dense.weight"][:, 6:12]
+        @ grads[p + "attention.query_key_value.weight"][30:36],
+    }
+    got = {(r["matrix"], r["head"]): r["sv"] for r in grad_rows if r["layer"] == 0}
+    for key, matrix in expected.items():
+        assert_sv_close(got[key], matrix, rel=1e-5)
+    assert all(q.grad is None for q in model.parameters())
+    assert all(q.requires_grad for q in model.parameters())
+
+
+def test_per_head_false_skips_head_rows():
+    tables, _ = extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(per_head=False))
+    for table in tables.values():
+        assert set(table.column("head").to_pylist()) == {None}
+
+
+def test_llama_gqa_extraction_uses_the_kv_group_of_each_head():
+    model = llama()
+    weights = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions())
+    stats = tables["activation_stats"]
+    assert stats.num_rows == 2 * (3 + 1 + 4)
+    names = {r["matrix"] for r in tables["spectra"].to_pylist()}
+    assert names == {"query", "key", "value", "dense", "gate_proj", "up_proj", "dense_4h_to_h", "ov"}
+    w_o = weights["model.layers.1.self_attn.o_proj.weight"]  # (16, 4 heads * 4)
+    w_v = weights["model.layers.1.self_attn.v_proj.weight"]  # (2 kv heads * 4, 16)
+    with torch.no_grad():
+        hidden = model(torch.tensor(TOKENS), output_hidden_states=True).hidden_states
+        v = model.model.layers[1].input_layernorm(hidden[1]).double().numpy() @ w_v.T
+    pos = np.array(PROBE.positions)
+    v = v[pos[:, 0], pos[:, 1]]
+    for h in range(4):
+        g = h // 2  # two query heads per kv head
+        (row,) = rows(tables["spectra"], layer=1, tensor="weight", matrix="ov", head=h)
+        assert_sv_close(row["sv"], w_o[:, h * 4 : (h + 1) * 4] @ w_v[g * 4 : (g + 1) * 4])
+        ov_h = v[:, g * 4 : (g + 1) * 4] @ w_o[:, h * 4 : (h + 1) * 4].T
+        (stat,) = rows(stats, layer=1, site="ov", head=h)
+        assert stat["max_abs"] == pytest.approx(np.abs(ov_h).max(), rel=1e-5)
+        np.testing.assert_allclose(
+            stat["sv"],
+            np.linalg.svd(ov_h - ov_h.mean(axis=0), compute_uv=False),
+            rtol=0,
+            atol=1e-5 * np.abs(ov_h).max(),
+        )
+
+
+def test_bad_options_name_the_option():
+    with pytest.raises(ExtractionError, match="unknown site"):
+        extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(sites=("attn_out", "nope")))
+    with pytest.raises(ExtractionError, match="paper_last_third"):
+        extract_from_model(llama(), REF, SHA, PROBE, ExtractOptions(v_slice="paper_last_third"))
+    with pytest.raises(ExtractionError, match="kernel"):
+        extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(kernels=("cosine",)))
+
+
+def test_bfloat16_pass_keeps_weight_spectra_of_the_loaded_weights():
+    model = neox()
+    w = model.gpt_neox.layers[0].mlp.dense_4h_to_h.weight.detach().double().numpy()
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(dtype="bfloat16"))
+    assert model.gpt_neox.layers[0].mlp.dense_4h_to_h.weight.dtype == torch.bfloat16
+    (row,) = rows(tables["spectra"], layer=0, matrix="dense_4h_to_h")
+    assert_sv_close(row["sv"], w)
+    assert np.isfinite(tables["activation_stats"].column("rms").to_numpy()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pass_matches_cpu_pass():
+    cpu, _ = extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(gradients=True))
+    gpu, _ = extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(gradients=True, device="cuda"))
+    for name in ("activation_stats", "spectra"):
+        for a, b in zip(cpu[name].to_pylist(), gpu[name].to_pylist(), strict=True):
+            np.testing.assert_allclose(
+                b["sv"], a["sv"], rtol=1e-4, atol=1e-6 * max(max(a["sv"], default=0), 1)
+            )
+    (cpu_g,) = rows(cpu["sketches"], layer=1, site="mlp_out", head=None, estimator="debiased")
+    (gpu_g,) = rows(gpu["sketches"], layer=1, site="mlp_out", head=None, estimator="debiased")
+    assert float(np.dot(cpu_g["gram"], gpu_g["gram"]) / (cpu_g["gram_norm"] * gpu_g["gram_norm"])) > 1 - 1e-6

@@ -1,0 +1,129 @@
+"""Unit tests of etl.metrics against independent numpy computations (and its doctests)."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+import torch
+
+from etl import metrics
+
+
+def _rand(n: int, d: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)) * np.linspace(0.2, 3.0, d)
+
+
+def test_doctests_pass():
+    result = doctest.testmod(metrics)
+    assert result.attempted >= 15
+    assert result.failed == 0
+
+
+def test_summary_matches_numpy():
+    x = _rand(20, 7, 0)
+    x[0, :3] = 0.0  # three exact zeros: near zero at any eps
+    s = metrics.activation_summary(torch.from_numpy(x).float(), near_zero_eps=1e-3)
+    x32 = x.astype(np.float32).astype(np.float64)  # the float32 values the function saw
+    c = x32 - x32.mean()
+    assert (s["n"], s["d"]) == (20, 7)
+    assert s["mean_norm"] == pytest.approx(np.mean(np.linalg.norm(x32, axis=1)), rel=1e-12)
+    assert s["rms"] == pytest.approx(np.sqrt(np.mean(x32**2)), rel=1e-12)
+    assert s["std"] == pytest.approx(np.std(x32), rel=1e-12)
+    assert s["max_abs"] == pytest.approx(np.abs(x32).max(), rel=1e-12)
+    assert s["kurtosis"] == pytest.approx(np.mean(c**4) / np.mean(c**2) ** 2 - 3.0, rel=1e-10)
+    rms = np.sqrt(np.mean(x32**2))
+    assert s["frac_near_zero"] == pytest.approx(np.mean(np.abs(x32) <= 1e-3 * rms), abs=0)
+    assert s["frac_near_zero"] >= 3 / 140
+    expected_sv = np.linalg.svd(x32 - x32.mean(axis=0), compute_uv=False)
+    np.testing.assert_allclose(s["sv"], expected_sv, rtol=1e-10, atol=1e-12)
+    assert list(s["sv"]) == sorted(s["sv"], reverse=True)
+
+
+def test_kurtosis_of_gaussian_sample_is_near_zero():
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((400, 250)))
+    assert abs(metrics.excess_kurtosis(x)) < 0.05
+
+
+def _kornblith_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Feature-space linear CKA (Kornblith et al. 2019): ||Y^T X||^2 / (||X^T X|| ||Y^T Y||), centred."""
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def _stored(x: np.ndarray, kernel: str, estimator: str) -> np.ndarray:
+    """The sketch as it is stored: float32, read back into float64."""
+    g = metrics.center(metrics.gram(torch.from_numpy(x), kernel), estimator)
+    return g.to(torch.float32).numpy().astype(np.float64)
+
+
+def test_biased_sketch_cka_equals_feature_space_linear_cka():
+    x, y = _rand(24, 5, 1), _rand(24, 40, 2) + 0.3 * np.tile(_rand(24, 5, 1), 8)
+    gx, gy = _stored(x, "linear", "biased"), _stored(y, "linear", "biased")
+    from_sketches = float(np.sum(gx * gy) / (np.linalg.norm(gx) * np.linalg.norm(gy)))
+    expected = _kornblith_linear_cka(x, y)
+    assert 0.05 < expected < 0.95
+    assert from_sketches == pytest.approx(expected, abs=1e-6)
+    assert metrics.cka(torch.from_numpy(gx), torch.from_numpy(gy)) == pytest.approx(expected, abs=1e-6)
+
+
+def _song_unbiased_hsic(k: np.ndarray, l_: np.ndarray) -> float:
+    """Unbiased HSIC (Song et al. 2012, eq. 5), written out from the paper's formula."""
+    n = k.shape[0]
+    kt, lt = k.copy(), l_.copy()
+    np.fill_diagonal(kt, 0.0)
+    np.fill_diagonal(lt, 0.0)
+    one = np.ones(n)
+    term = np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+    term -= 2.0 / (n - 2) * (one @ kt @ lt @ one)
+    return term / (n * (n - 3))
+
+
+def test_u_centred_sketches_give_unbiased_hsic_and_debiased_cka():
+    x, y = _rand(15, 6, 4), _rand(15, 30, 5)
+    kx, ky = x @ x.T, y @ y.T
+    ux = metrics.center_unbiased(torch.from_numpy(kx)).numpy()
+    uy = metrics.center_unbiased(torch.from_numpy(ky)).numpy()
+    n = 15
+    assert np.all(np.diag(ux) == 0.0)
+    assert np.sum(ux * uy) / (n * (n - 3)) == pytest.approx(_song_unbiased_hsic(kx, ky), rel=1e-10)
+    expected = _song_unbiased_hsic(kx, ky) / np.sqrt(
+        _song_unbiased_hsic(kx, kx) * _song_unbiased_hsic(ky, ky)
+    )
+    gx, gy = _stored(x, "linear", "debiased"), _stored(y, "linear", "debiased")
+    assert float(np.sum(gx * gy) / (np.linalg.norm(gx) * np.linalg.norm(gy))) == pytest.approx(
+        expected, abs=1e-6
+    )
+    # and it is not the biased value: the estimator matters at this n
+    assert abs(expected - _kornblith_linear_cka(x, y)) > 1e-3
+
+
+def test_unbiased_needs_four_rows():
+    with pytest.raises(ValueError, match="n >= 4"):
+        metrics.center_unbiased(torch.ones(3, 3))
+
+
+def test_rbf_gram_uses_median_pairwise_distance():
+    x = _rand(9, 4, 6)
+    dist = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1)
+    sigma = np.median(dist[np.triu_indices(9, k=1)])
+    expected = np.exp(-(dist**2) / (2 * sigma**2))
+    np.testing.assert_allclose(metrics.rbf_gram(torch.from_numpy(x)).numpy(), expected, rtol=1e-12)
+
+
+def test_gram_norm_is_frobenius_in_float64():
+    g = torch.from_numpy(_rand(6, 6, 7)).float()
+    assert metrics.frobenius(g) == pytest.approx(np.linalg.norm(g.numpy().astype(np.float64)), rel=1e-14)
+
+
+@pytest.mark.parametrize("inner", [3, 12])
+def test_product_svdvals_match_numpy(inner: int):
+    a, b = _rand(10, inner, 8), _rand(inner, 9, 9).T.copy().T
+    got = metrics.product_svdvals(torch.from_numpy(a).float(), torch.from_numpy(b).float()).numpy()
+    a32, b32 = a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
+    expected = np.linalg.svd(a32 @ b32, compute_uv=False)
+    assert got.shape == (9,)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-8 * expected[0])
+    assert np.all(np.diff(got) <= 0)
