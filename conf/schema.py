@@ -140,6 +140,7 @@ class ExtractConfig:
     kernels: list[str] = field(default_factory=lambda: ["linear"])
     estimators: list[str] = field(default_factory=lambda: ["biased", "debiased"])
     near_zero_eps: float = 1e-3
+    batch_size: Optional[int] = None  # sequences per forward chunk (bounds memory); None = all at once
 
 
 @dataclass
