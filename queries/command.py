@@ -1,0 +1,204 @@
+"""The recipe commands: ``layerlake query <recipe> k=v ...``, ``layerlake recipes``, ``layerlake import-metrics``.
+
+``query`` is a Hydra command: ``rewrite_args`` turns ``threshold=0.9`` into the override
+``++recipe.params.threshold=0.9`` (top-level keys such as ``suite=`` or ``models=[...]`` stay Hydra's),
+so ``layerlake query -m stabilisation threshold=0.8,0.9,0.95`` is a Hydra multirun over the parameter.
+Two parameters come from the composed config unless given: ``suite`` (the configured suite's name) and
+``models`` (``models=[...]``, null = all). Each job writes into its Hydra run folder::
+
+    result.parquet  result.csv  <recipe>.png (if the recipe has a plot)  job.json (params, status, error)
+
+and a multirun's ``queries.sweep.SweepAggregator`` callback joins the jobs into ``aggregate.parquet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+from layerlake.errors import ConfigError, LayerlakeError
+from queries.errors import RecipeError
+from queries.loader import Recipe, bind_params, load_recipe, recipe_names
+from queries.loader import list_recipes as load_all
+
+# Parameters filled from the composed config when the recipe declares them and the user did not set them.
+CONTEXT_PARAMS = ("suite", "models")
+JOB_FILE = "job.json"
+
+
+def top_level_keys() -> set[str]:
+    from conf.schema import Config
+
+    return {f.name for f in dataclasses.fields(Config)} | {"hydra"}
+
+
+def rewrite_args(args: list[str]) -> list[str]:
+    """Hydra overrides from ``query`` arguments: ``recipe=x`` (or a bare ``x``) -> ``+recipe=x`` (the
+    group has no default in ``conf/config.yaml``),
+    ``key=v`` for a recipe parameter -> ``++recipe.params.key=v``; flags and config keys pass unchanged.
+
+    An argument that is neither a config key nor a parameter of the chosen recipe(s) is an error
+    naming the recipe's parameters.
+    """
+    # `query -m stabilisation ...`: the CLI only lifts a leading bare word, so lift one after flags here
+    args = [f"recipe={a}" if not a.startswith("-") and "=" not in a else a for a in args]
+    recipes = _chosen_recipes(args)
+    declared = {p.name: r for r in recipes for p in r.params}
+    top, out = top_level_keys(), []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if arg.startswith("-") or not sep or key[:1] in "+~" or key == "recipe" or key.split(".")[0] in top:
+            out.append(f"+{arg}" if key == "recipe" else arg)
+        elif key in declared:
+            out.append(f"++recipe.params.{key}={hydra_value(value)}")
+        else:
+            names = sorted({p.name for r in recipes for p in r.params} - set(CONTEXT_PARAMS))
+            where = ", ".join(r.name for r in recipes)
+            raise ConfigError(
+                f"{key!r} is neither a parameter of recipe {where} nor a config key",
+                fix=f"use one of its parameters: {', '.join(names)} (`layerlake recipes`)",
+            )
+    return out
+
+
+def hydra_value(value: str) -> str:
+    """``value`` unchanged if Hydra's override grammar takes it (numbers, lists, sweeps ``a,b``), else
+    quoted as one string, so text such as ``0.9; drop table x`` reaches the type check (and is refused
+    there, naming the parameter) instead of failing in Hydra's lexer."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_override(f"key={value}")
+        return value
+    except HydraException:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _chosen_recipes(args: list[str]) -> list[Recipe]:
+    chosen = [a.partition("=")[2] for a in args if a.startswith(("recipe=", "+recipe="))]
+    if not chosen:
+        raise ConfigError(
+            "no recipe given",
+            fix=f"run `layerlake query <recipe> key=value ...` with one of: {', '.join(recipe_names())}",
+        )
+    return [load_recipe(name.strip()) for name in chosen[-1].split(",")]
+
+
+def context_params(recipe: Recipe, settings: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` plus ``suite`` / ``models`` from the composed config where the recipe declares them."""
+    params = dict(given)
+    context = {
+        "suite": settings.suite.name,
+        "models": None if settings.models is None else list(settings.models),
+    }
+    for name in CONTEXT_PARAMS:
+        if recipe.param(name) is not None and name not in params:
+            params[name] = context[name]
+    return params
+
+
+def query(settings: Any) -> int:
+    """Run the configured recipe on the warehouse; print, save and plot the result in the run folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if settings.recipe is None:
+        raise ConfigError(
+            "no recipe chosen", fix=f"run `layerlake query <recipe>`; recipes: {', '.join(recipe_names())}"
+        )
+    hydra = HydraConfig.get()
+    folder = Path(hydra.runtime.output_dir)
+    name, given = settings.recipe.name, dict(settings.recipe.params)
+    job: dict[str, Any] = {
+        "recipe": name, "given": _plain(given), "status": "failed",
+        "job": hydra.job.get("num"), "overrides": list(hydra.overrides.task),
+    }  # fmt: skip
+    try:
+        recipe = load_recipe(name)
+        bound = bind_params(recipe, context_params(recipe, settings, given))
+        job["params"] = bound
+        written = _run_and_save(recipe, bound, settings.paths.warehouse, folder)
+        job.update(status="ok", **written)
+    except LayerlakeError as error:  # every failure is recorded in the job folder, then reported by name
+        job["error"] = error.message
+        raise
+    except Exception as error:
+        job.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        raise RecipeError(f"recipe {name!r} failed: {error}", fix=f"see {folder / JOB_FILE}") from error
+    finally:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / JOB_FILE).write_text(json.dumps(_plain(job), indent=2, default=str) + "\n")
+    return 0
+
+
+def _run_and_save(recipe: Recipe, bound: dict[str, Any], warehouse_root: str, folder: Path) -> dict[str, Any]:
+    from rich.console import Console
+
+    import warehouse
+    from queries import output, plots
+    from queries.loader import run_recipe
+
+    con = warehouse.connect(warehouse_root)
+    try:
+        table = run_recipe(con, recipe.name, bound)
+    finally:
+        con.close()
+    parquet, csv = output.save(table, folder)
+    png = plots.plot(recipe.name, table, folder / f"{recipe.name}.png")
+    console = Console()
+    shown = ", ".join(f"{k}={v}" for k, v in bound.items() if v != recipe.param(k).default)
+    output.print_table(table, f"{recipe.name}" + (f" ({shown})" if shown else ""), console)
+    for path in (parquet, csv, png):
+        if path is not None:
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True, markup=False)
+    return {
+        "rows": table.num_rows,
+        "result": str(parquet),
+        "csv": str(csv),
+        "plot": None if png is None else str(png),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers and tuples as plain JSON-able values."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (
+        hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
+    ):
+        return [_plain(v) for v in value]
+    return value
+
+
+def list_recipes(argv: list[str]) -> int:
+    """``layerlake recipes``: a table of every recipe, its description, parameters and plot."""
+    argparse.ArgumentParser(
+        prog="layerlake recipes", description="List the SQL recipes and their parameters."
+    ).parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title="recipes (layerlake query <recipe> key=value ...)", show_lines=True)
+    for column in ("recipe", "description", "parameters", "grain / plot"):
+        view.add_column(column, overflow="fold")
+    for recipe in load_all():
+        params = "\n".join(
+            f"{p.name}: {p.type}"
+            + ("" if p.required else f" = {json.dumps(p.default)}")
+            + (" (from config)" if p.name in CONTEXT_PARAMS else "")
+            for p in recipe.params
+        )
+        view.add_row(recipe.name, recipe.description, params, f"{recipe.grain}\nplot: {recipe.plot}")
+    Console().print(view)
+    return 0
+
+
+def import_metrics(argv: list[str]) -> int:
+    """``layerlake import-metrics FILE --source NAME``: load per-layer metrics computed elsewhere."""
+    from queries.imports import main
+
+    return main(argv)

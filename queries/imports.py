@@ -1,0 +1,270 @@
+"""Imports per-layer metrics computed elsewhere (CSV or Parquet, long form) into ``imported_metrics``.
+
+Input columns, exactly: ``model, step, layer, site`` (or ``module``), ``metric, value``; one row per
+(model, step, layer, site, metric). The whole file is validated (columns, types, duplicates, names)
+before anything is written; then each model is one commit through ``warehouse.writer.Warehouse``
+with the deterministic task id ``import.<source>.<model>``: importing the same rows again is a no-op
+(the manifest entry records their sha256), importing changed rows replaces that model's shard cleanly.
+
+Module names map to layerlake's sites (``SITE_MAP``, extendable with ``--site-map FROM=TO``), so the
+curve recipes read imported CKA as they read computed CKA. The map for the Pythia paper's modules:
+
+    attention.dense            -> ov              their "OV" activation: W_O applied to their V slice
+    mlp.dense_4h_to_h          -> mlp_out         the MLP block's output
+    attention.query_key_value  -> qkv_last_third  the last third of the fused QKV output, which they took
+                                                  as V but which holds q, k and v of the last third of the
+                                                  heads (GPT-NeoX interleaves per head): a site of its own
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from queries.errors import MetricsImportError
+
+SITE_MAP = {
+    "attention.dense": "ov",
+    "mlp.dense_4h_to_h": "mlp_out",
+    "attention.query_key_value": "qkv_last_third",
+}
+KEY = ("model", "step", "layer", "site", "metric")
+COLUMNS = ("model", "step", "layer", "site", "metric", "value")
+SHOWN = 5  # offending rows quoted in an error
+
+
+@dataclass(frozen=True)
+class Outcome:
+    model: str
+    task_id: str
+    rows: int
+    status: str  # committed | unchanged
+
+
+def read_file(path: Path) -> pa.Table:
+    """The file as an Arrow table: Parquet by suffix ``.parquet`` / ``.pq``, else CSV (all text)."""
+    if not path.is_file():
+        raise MetricsImportError(f"no metrics file at {path}", fix="pass the path of a CSV or Parquet file")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pq.read_table(path)
+        with path.open(newline="") as handle:
+            header = next(csv.reader(handle), [])
+        types = {name: pa.string() for name in header}  # read as text: _integers/_floats say which row is bad
+        return pacsv.read_csv(
+            path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
+        )
+    except (pa.ArrowInvalid, OSError) as error:
+        raise MetricsImportError(
+            f"cannot read {path}: {error}", fix="pass a well-formed CSV or Parquet file"
+        ) from error
+
+
+def validate(table: pa.Table, site_map: dict[str, str], where: str) -> pa.Table:
+    """The rows as (model, step, layer, site, metric, value) with contract types and mapped sites."""
+    names = table.column_names
+    if "module" in names and "site" in names:
+        raise MetricsImportError(f"{where} has both `site` and `module` columns", fix="keep one of them")
+    if "module" in names:
+        table = table.rename_columns(["site" if n == "module" else n for n in names])
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    unknown = [c for c in table.column_names if c not in COLUMNS]
+    if missing or unknown:
+        raise MetricsImportError(
+            f"{where}: missing columns {missing}, unknown columns {unknown}",
+            fix="give exactly: model, step, layer, site (or module), metric, value",
+        )
+    columns = {
+        "model": _text(table, "model", where),
+        "step": _integers(table, "step", where),
+        "layer": _integers(table, "layer", where),
+        "site": _mapped(_text(table, "site", where), site_map),
+        "metric": _text(table, "metric", where),
+        "value": _floats(table, "value", where),
+    }
+    result = pa.table(columns)
+    _check_duplicates(result, where)
+    return result
+
+
+def _bad(where: str, column: str, rows: list[int], values: list, expected: str) -> MetricsImportError:
+    quoted = ", ".join(f"row {r + 2}: {v!r}" for r, v in zip(rows[:SHOWN], values[:SHOWN], strict=False))
+    return MetricsImportError(
+        f"{where}: column {column!r} must hold {expected}; {len(rows)} bad value(s) ({quoted})",
+        fix=f"fix those rows of {column} (row numbers count the header as row 1)",
+    )
+
+
+def _text(table: pa.Table, column: str, where: str) -> pa.Array:
+    values = table.column(column).combine_chunks()
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        values = values.cast(pa.string())
+    bad = [i for i, v in enumerate(values.to_pylist()) if v is None or not v.strip()]
+    if bad:
+        raise _bad(where, column, bad, [values[i].as_py() for i in bad], "non-empty text")
+    return pc.utf8_trim_whitespace(values).cast(pa.string())
+
+
+def _integers(table: pa.Table, column: str, where: str) -> pa.Array:
+    values = table.column(column).combine_chunks()
+    parsed = [_int(v) for v in values.to_pylist()]
+    bad = [i for i, v in enumerate(parsed) if v is None or v < 0]
+    if bad:
+        raise _bad(where, column, bad, [values[i].as_py() for i in bad], "non-negative integers")
+    return pa.array(parsed, pa.int64())
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _floats(table: pa.Table, column: str, where: str) -> pa.Array:
+    """Numbers; an empty cell is NULL (a missing value); text that is not a number is an error."""
+    values = table.column(column).combine_chunks()
+    if pa.types.is_floating(values.type) or pa.types.is_integer(values.type):
+        return values.cast(pa.float64())
+    parsed, bad = [], []
+    for i, v in enumerate(values.to_pylist()):
+        text = "" if v is None else str(v).strip()
+        try:
+            parsed.append(float(text) if text else None)
+        except ValueError:
+            parsed.append(None)
+            bad.append(i)
+    if bad:
+        raise _bad(where, column, bad, [values[i].as_py() for i in bad], "numbers (or empty for missing)")
+    return pa.array(parsed, pa.float64())
+
+
+def _mapped(sites: pa.Array, site_map: dict[str, str]) -> pa.Array:
+    return pa.array([site_map.get(s, s) for s in sites.to_pylist()], pa.string())
+
+
+def _check_duplicates(table: pa.Table, where: str) -> None:
+    counts = table.group_by(list(KEY)).aggregate([([], "count_all")])
+    dupes = counts.filter(pc.greater(counts["count_all"], 1))
+    if dupes.num_rows:
+        shown = "; ".join(
+            ", ".join(f"{k}={row[k]}" for k in KEY) for row in dupes.slice(0, SHOWN).to_pylist()
+        )
+        raise MetricsImportError(
+            f"{where}: {dupes.num_rows} (model, step, layer, site, metric) key(s) appear more than once ({shown})",
+            fix="keep one row per key (after module names are mapped to sites: check --site-map)",
+        )
+
+
+def content_sha256(table: pa.Table) -> str:
+    """sha256 of a model's rows in key order: equal rows give equal hashes whatever the file order."""
+    ordered = table.sort_by([(k, "ascending") for k in KEY if k in table.column_names])
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(ordered, sink)  # text, not raw buffers: padding bytes would make the hash unstable
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict) -> list[Outcome]:
+    """Commit validated ``rows`` (from ``validate``) model by model; returns what happened per model."""
+    from warehouse.writer import Warehouse, check_name
+
+    check_name("source", source)
+    check_name("suite", suite)
+    models = sorted(set(rows.column("model").to_pylist()))
+    for model in models:
+        check_name("model", model)
+    store = Warehouse(root)
+    outcomes = []
+    for model in models:
+        part = rows.filter(pc.equal(rows["model"], model)).drop_columns(["model"])
+        part = part.sort_by([(k, "ascending") for k in ("step", "layer", "site", "metric")])
+        part = part.append_column("source", pa.array([source] * part.num_rows, pa.string()))
+        task_id, digest = f"import.{source}.{model}", content_sha256(part)
+        if store.is_committed(task_id) and store.committed()[task_id].meta.get("content_sha256") == digest:
+            outcomes.append(Outcome(model, task_id, part.num_rows, "unchanged"))
+            continue
+        entry_meta = {**meta, "source": source, "content_sha256": digest, "kind": "import-metrics"}
+        store.commit(task_id, suite, model, {"imported_metrics": part}, entry_meta)
+        outcomes.append(Outcome(model, task_id, part.num_rows, "committed"))
+    return outcomes
+
+
+def parse_site_map(pairs: list[str], defaults: bool) -> dict[str, str]:
+    """The built-in map (unless ``defaults`` is False) updated with ``FROM=TO`` pairs."""
+    mapping = dict(SITE_MAP) if defaults else {}
+    for pair in pairs:
+        source, sep, target = pair.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise MetricsImportError(
+                f"--site-map {pair!r} is not FROM=TO", fix="write e.g. --site-map attention.dense=ov"
+            )
+        mapping[source.strip()] = target.strip()
+    return mapping
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="layerlake import-metrics",
+        description="Import per-layer metrics (model, step, layer, site|module, metric, value) into the warehouse.",
+    )
+    p.add_argument("file", type=Path, help="CSV or Parquet file in long form")
+    p.add_argument("--source", required=True, help="name recorded with every row, e.g. pythia-paper")
+    p.add_argument("--suite", help="suite the models belong to (default: the configured suite)")
+    p.add_argument(
+        "--site-map",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="map a module name to a site (repeatable; extends the built-in paper map)",
+    )
+    p.add_argument("--no-default-site-map", action="store_true", help="do not apply the built-in paper map")
+    p.add_argument("--root", type=Path, help="warehouse root (default: the configured paths.warehouse)")
+    return p
+
+
+def configured_defaults() -> tuple[str, Path]:
+    """The composed config's suite name and warehouse root (what ``layerlake query`` would use)."""
+    from hydra import compose, initialize_config_dir
+
+    from conf.schema import CONF_DIR, register_schemas, to_settings
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        settings = to_settings(compose(config_name="config"))
+    return settings.suite.name, Path(settings.paths.warehouse)
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from rich.console import Console
+
+    site_map = parse_site_map(args.site_map, not args.no_default_site_map)
+    rows = validate(read_file(args.file), site_map, str(args.file))
+    suite, root = (args.suite, args.root) if args.suite and args.root else _fill(args.suite, args.root)
+    meta = {"file": str(Path(args.file).resolve()), "site_map": site_map}
+    outcomes = import_table(rows, root.expanduser().resolve(), suite, args.source, meta)
+    console = Console(highlight=False, soft_wrap=True)
+    for o in outcomes:
+        console.print(f"{o.status:>9}  {o.model}: {o.rows} rows (task {o.task_id})")
+    sites = ", ".join(sorted(set(rows.column("site").to_pylist())))
+    console.print(f"imported into {root} as suite={suite} source={args.source}; sites: {sites}")
+    return 0
+
+
+def _fill(suite: str | None, root: Path | None) -> tuple[str, Path]:
+    default_suite, default_root = configured_defaults()
+    return suite or default_suite, root or default_root

@@ -1,0 +1,213 @@
+"""Draws a recipe's result as a PNG, as its header's ``-- plot:`` line asks.
+
+A plot spec is a kind and ``key=column`` options, e.g. ``heatmap x=step y=layer value=cka panels=model,site``:
+
+    bands    the paper's Figure 1: p10-p90 and p25-p75 bands and the median per x (log-x steps)
+    heatmap  value over an x by y grid (layer x checkpoint, step x step, layer x layer)
+    lines    y over x, one line per ``line`` value (rank trajectories per layer; log-x steps)
+    bars     value per x (e.g. stabilisation fraction per layer; a never-stabilised layer is marked x)
+
+``panels`` names the columns that split the figure: the first gives the rows of the grid, the rest the
+columns; ``suite`` and ``source`` join the rows when they take several values. Uses matplotlib's Agg
+canvas directly (no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from matplotlib.figure import Figure
+
+from queries.errors import RecipeError
+from queries.loader import load_recipe
+
+MAX_PANELS = 36
+KINDS = ("bands", "heatmap", "lines", "bars")
+# Attention before MLP, as in the paper's figures; unknown sites follow in name order.
+SITE_ORDER = ("ov", "attn_out", "qkv_last_third", "attention", "mlp_out", "mlp", "resid_post")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([mbk])\b", re.IGNORECASE)
+_SUFFIX = {"xs": 0, "s": 1, "m": 2, "l": 3, "xl": 4}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"heatmap x=step y=layer"`` -> ``("heatmap", {"x": "step", "y": "layer"})``."""
+    kind, *options = spec.split()
+    return kind, dict(option.split("=", 1) for option in options)
+
+
+def plot(name: str, table: pa.Table, path: str | Path) -> Path | None:
+    """Draw recipe ``name``'s result ``table`` into ``path`` (PNG); None if it has no plot or no rows."""
+    kind, options = parse_spec(load_recipe(name).plot)
+    if kind == "none" or table.num_rows == 0:
+        return None
+    if kind not in KINDS:
+        raise RecipeError(
+            f"recipe {name!r} asks for unknown plot kind {kind!r}", fix=f"use one of {KINDS} or none"
+        )
+    rows = table.to_pylist()
+    panels = _panels(rows, options.get("panels", ""), table.column_names)
+    shown = panels[:MAX_PANELS]
+    n_rows = len({r for r, _ in (key for key, _ in shown)})
+    n_cols = max(1, len({c for _, c in (key for key, _ in shown)}))
+    figure = Figure(figsize=(4.2 * n_cols + 1, 3.0 * n_rows + 0.6), layout="constrained")
+    axes = figure.subplots(n_rows, n_cols, squeeze=False, sharey=kind != "heatmap")
+    row_index = {r: i for i, r in enumerate(dict.fromkeys(r for (r, _), _ in shown))}
+    col_index = {c: i for i, c in enumerate(dict.fromkeys(c for (_, c), _ in shown))}
+    image = None
+    for (row_key, col_key), panel in shown:
+        ax = axes[row_index[row_key]][col_index[col_key]]
+        ax.set_title(" · ".join(str(k) for k in (*row_key, *col_key) if k is not None), fontsize=9)
+        image = DRAW[kind](ax, panel, options) or image
+    for ax in axes.flat:
+        if not ax.has_data():
+            ax.set_visible(False)
+    if image is not None:
+        figure.colorbar(image, ax=axes, shrink=0.8, label=options.get("value", ""))
+    if len(panels) > MAX_PANELS:
+        figure.suptitle(f"{name}: first {MAX_PANELS} of {len(panels)} panels (filter with models= / sites=)")
+    else:
+        figure.suptitle(name)
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def _panels(rows: list[dict], spec: str, columns: list[str]) -> list[tuple[tuple[tuple, tuple], list[dict]]]:
+    """Rows grouped by panel: key = ((row values), (column values)), in a natural order."""
+    wanted = [c for c in spec.split(",") if c in columns]
+    varying = [
+        c for c in ("suite", "source") if c in columns and c not in wanted and len({r[c] for r in rows}) > 1
+    ]
+    row_cols, col_cols = [*varying, *wanted[:1]], wanted[1:]
+    groups: dict[tuple[tuple, tuple], list[dict]] = {}
+    for row in rows:
+        key = (tuple(row[c] for c in row_cols), tuple(row[c] for c in col_cols))
+        groups.setdefault(key, []).append(row)
+    return sorted(groups.items(), key=lambda item: (_order(item[0][0]), _order(item[0][1])))
+
+
+def _order(values: tuple) -> tuple:
+    return tuple(natural_key(v) for v in values)
+
+
+def natural_key(value: object) -> tuple:
+    """Sort key: sites in the paper's order, model names by size (70m < 160m < 1.4b; s < m < l)."""
+    if value is None:
+        return (0, 0.0, "")
+    text = str(value)
+    if text in SITE_ORDER:
+        return (1, float(SITE_ORDER.index(text)), text)
+    size = _SIZE.search(text)
+    if size:
+        scale = {"k": 1e3, "m": 1e6, "b": 1e9}[size[2].lower()]
+        return (2, float(size[1]) * scale, text)
+    suffix = text.rsplit("-", 1)[-1].lower()
+    if suffix in _SUFFIX:
+        return (3, float(_SUFFIX[suffix]), text)
+    if isinstance(value, (int, float)):
+        return (4, float(value), "")
+    return (5, 0.0, text)
+
+
+def _steps_axis(ax, xs: list) -> None:
+    """Log-x for training steps: symlog keeps step 0 on the axis (linear below 1)."""
+    if xs and min(xs) >= 0 and max(xs) > 10:
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(0, max(xs) * 1.1)
+
+
+def _bands(ax, rows: list[dict], options: dict[str, str]) -> None:
+    x = options.get("x", "step")
+    rows = sorted(rows, key=lambda r: r[x])
+    xs = [r[x] for r in rows]
+    get = {
+        q: np.array([np.nan if r[q] is None else r[q] for r in rows], dtype=float)
+        for q in ("p10", "p25", "p50", "p75", "p90")
+    }
+    ax.fill_between(xs, get["p10"], get["p90"], alpha=0.2, color="C0", label="10-90th")
+    ax.fill_between(xs, get["p25"], get["p75"], alpha=0.4, color="C0", label="25-75th")
+    ax.plot(xs, get["p50"], color="C0", lw=1.6, label="median")
+    _steps_axis(ax, xs)
+    ax.set_xlabel(x)
+    ax.set_ylabel("CKA to reference")
+    ax.set_ylim(min(0.0, float(np.nanmin(get["p10"]))) if np.isfinite(get["p10"]).any() else 0.0, 1.02)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def _heatmap(ax, rows: list[dict], options: dict[str, str]):
+    x, y, value = options["x"], options["y"], options["value"]
+    xs = sorted({r[x] for r in rows}, key=natural_key)
+    ys = sorted({r[y] for r in rows}, key=natural_key)
+    grid = np.full((len(ys), len(xs)), np.nan)
+    xi, yi = {v: i for i, v in enumerate(xs)}, {v: i for i, v in enumerate(ys)}
+    for r in rows:
+        if r[value] is not None:
+            grid[yi[r[y]], xi[r[x]]] = r[value]
+    low = min(0.0, float(np.nanmin(grid))) if np.isfinite(grid).any() else 0.0
+    image = ax.imshow(
+        grid, origin="lower", aspect="auto", vmin=low, vmax=1.0, cmap="viridis", interpolation="nearest"
+    )
+    _ticks(ax.set_xticks, ax.set_xticklabels, xs, rotate=True)
+    _ticks(ax.set_yticks, ax.set_yticklabels, ys)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    return image
+
+
+def _ticks(set_ticks, set_labels, values: list, rotate: bool = False) -> None:
+    stride = max(1, math.ceil(len(values) / 10))
+    positions = list(range(0, len(values), stride))
+    set_ticks(positions)
+    set_labels([str(values[i]) for i in positions], rotation=60 if rotate else 0, fontsize=7)
+
+
+def _lines(ax, rows: list[dict], options: dict[str, str]) -> None:
+    x, y, line = options["x"], options["y"], options.get("line")
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r[line] if line else None, []).append(r)
+    keys = sorted(groups, key=natural_key)
+    for i, key in enumerate(keys):
+        points = sorted(groups[key], key=lambda r: r[x])
+        colour = _viridis(i / max(1, len(keys) - 1))
+        ax.plot(
+            [p[x] for p in points],
+            [np.nan if p[y] is None else p[y] for p in points],
+            color=colour,
+            lw=1.2,
+            label=None if key is None else f"{line} {key}",
+        )
+    _steps_axis(ax, [r[x] for r in rows])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if 1 < len(keys) <= 12:
+        ax.legend(fontsize=6, ncol=2)
+
+
+def _viridis(fraction: float):
+    from matplotlib import colormaps
+
+    return colormaps["viridis"](fraction)
+
+
+def _bars(ax, rows: list[dict], options: dict[str, str]) -> None:
+    x, value = options["x"], options["value"]
+    rows = sorted(rows, key=lambda r: natural_key(r[x]))
+    positions = list(range(len(rows)))
+    heights = [np.nan if r[value] is None else r[value] for r in rows]
+    ax.bar(positions, np.nan_to_num(heights, nan=0.0), color="C0")
+    never = [p for p, h in zip(positions, heights, strict=True) if np.isnan(h)]
+    if never:
+        ax.plot(never, [1.02] * len(never), "x", color="C3", label="never")
+        ax.legend(fontsize=7)
+    _ticks(ax.set_xticks, ax.set_xticklabels, [r[x] for r in rows])
+    ax.set_xlabel(x)
+    ax.set_ylabel(value)
+    ax.set_ylim(0, 1.08)
+
+
+DRAW = {"bands": _bands, "heatmap": _heatmap, "lines": _lines, "bars": _bars}

@@ -1,0 +1,63 @@
+-- name: rank_and_convergence
+-- description: Per model and site, how a layer's rank relates to its convergence. The site's matrix
+--    (ov -> ov, mlp_out -> dense_4h_to_h, attn_out -> dense, qkv_last_third -> query_key_value) gives
+--    each layer's PER at the model's last spectra step (averaged over heads with per_head=true).
+--    spearman: rank correlation (average ranks for ties) between that PER and the layer's
+--    stabilisation_fraction, a layer never stabilised ranking last (NULL when undefined: one layer, or all
+--    tied); negative = higher rank converges
+--    earlier. agreement: the paper's share of layers where "good CKA" (mean CKA above the model's median
+--    over layers) and "good PER" (PER above its median) agree: both above, or both at or below.
+-- grain: one row per (suite, model, source, probe_id, site, tensor)
+-- plot: none
+-- staging: layer_stabilisation, spectra_ranks
+with site_matrix(site, matrix) as (
+    values ('ov', 'ov'), ('mlp_out', 'dense_4h_to_h'), ('attn_out', 'dense'), ('qkv_last_third', 'query_key_value')
+),
+last_step as (
+    select suite, model, tensor, max(step) as step
+    from spectra_ranks
+    group by suite, model, tensor
+),
+final_per as (
+    select r.suite, r.model, r.tensor, r.matrix, r.layer, avg(r.per) as per
+    from spectra_ranks as r
+    join last_step as l using (suite, model, tensor, step)
+    group by r.suite, r.model, r.tensor, r.matrix, r.layer
+),
+layers as (
+    select
+        s.suite, s.model, s.source, s.probe_id, s.site, p.tensor, s.layer, p.per, s.mean_cka,
+        coalesce(s.stabilisation_fraction, 'infinity'::double) as stabilisation_order
+    from layer_stabilisation as s
+    join site_matrix as m using (site)
+    join final_per as p on p.suite = s.suite and p.model = s.model and p.matrix = m.matrix and p.layer = s.layer
+    where s.head is null
+),
+ranked as (
+    select
+        *,
+        rank() over (partition by suite, model, source, probe_id, site, tensor order by per)
+            + (count(*) over (partition by suite, model, source, probe_id, site, tensor, per) - 1) / 2.0 as per_rank,
+        rank() over (partition by suite, model, source, probe_id, site, tensor order by stabilisation_order)
+            + (count(*) over (partition by suite, model, source, probe_id, site, tensor, stabilisation_order) - 1) / 2.0
+            as stabilisation_rank,
+        per > median(per) over (partition by suite, model, source, probe_id, site, tensor) as good_per,
+        mean_cka > median(mean_cka) over (partition by suite, model, source, probe_id, site, tensor) as good_cka
+    from layers
+),
+per_model as (
+    select
+        suite, model, source, probe_id, site, tensor,
+        count(*) as n_layers,
+        nullif(corr(per_rank, stabilisation_rank), 'nan'::double) as spearman,  -- NULL, not NaN, for < 2 layers or all ties
+        avg(case when good_per = good_cka then 1.0 else 0.0 end) as agreement,
+        median(per) as median_per,
+        median(mean_cka) as median_mean_cka
+    from ranked
+    group by suite, model, source, probe_id, site, tensor
+),
+final as (
+    select * from per_model
+    order by suite, model, source, probe_id, site, tensor
+)
+select * from final

@@ -1,0 +1,11 @@
+-- name: rank_trajectories
+-- description: Effective rank and PER (erank / k, k by parameter: head_dim, rank or min_side) of each
+--    layer's weight and gradient matrices over training, from the stored spectra; stable rank too.
+-- grain: one row per (suite, model, tensor, matrix, layer, head, step)
+-- plot: lines x=step y=per line=layer panels=model,tensor,matrix
+-- staging: spectra_ranks
+with final as (
+    select * from spectra_ranks
+    order by suite, model, tensor, matrix, layer, head nulls first, step
+)
+select * from final

@@ -1,0 +1,92 @@
+"""SQL recipes tested as data: each fixture under tests/fixtures/recipes/ gives input rows (warehouse
+tables), parameters and the expected output rows, computed independently (see generate.py there).
+
+The inputs become Arrow tables with the warehouse contract's exact schema, registered on an in-memory
+DuckDB as views named like the warehouse's; the real macros are installed; the real recipe runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+import queries
+from warehouse import macros, schema
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recipes"
+CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))
+CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+def connection(inputs: dict[str, list[dict]]) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with one view per warehouse table (fixture rows, or empty) and the macros."""
+    con = duckdb.connect(config=CONFIG)
+    for name, spec in schema.TABLES.items():
+        table = pa.Table.from_pylist(inputs.get(name, []), schema=spec.arrow_schema(with_partitions=True))
+        con.register(name, table)
+    macros.install(con)
+    return con
+
+
+def load_inputs(name: str) -> dict[str, list[dict]]:
+    return json.loads((FIXTURES / "inputs" / f"{name}.json").read_text())
+
+
+def same(actual, expected, tolerance: float = 1e-5) -> bool:
+    if isinstance(expected, float) and actual is not None:
+        return math.isclose(actual, expected, rel_tol=tolerance, abs_tol=tolerance)
+    return actual == expected
+
+
+def test_every_recipe_has_a_fixture():
+    covered = {json.loads((FIXTURES / f"{c}.json").read_text())["recipe"] for c in CASES}
+    assert covered == set(queries.recipe_names())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_recipe_fixture(case):
+    fixture = json.loads((FIXTURES / f"{case}.json").read_text())
+    con = connection(load_inputs(fixture["input"]))
+    result = queries.run_recipe(con, fixture["recipe"], fixture["params"]).to_pylist()
+    expected = fixture["expected"]
+    assert expected, "a fixture must expect rows"
+    columns = list(expected[0])
+    actual = [{c: row[c] for c in columns} for row in result]
+    assert len(actual) == len(expected), f"{case}: {len(actual)} rows, expected {len(expected)}"
+    for got, want in zip(actual, expected, strict=True):
+        assert all(same(got[c], want[c]) for c in columns), f"{case}: got {got}, expected {want}"
+
+
+def test_fixture_that_would_catch_a_wrong_estimator():
+    # The same sketches under the other estimator give other numbers: the fixtures pin the estimator.
+    fixture = json.loads((FIXTURES / "convergence_debiased.json").read_text())
+    con = connection(load_inputs("sketches"))
+    rows = queries.run_recipe(con, "convergence", {**fixture["params"], "estimator": "biased"}).to_pylist()
+    biased = {(r["site"], r["layer"], r["step"]): r["cka"] for r in rows if r["probe_id"] == "probe-fx"}
+    expected = {(r["site"], r["layer"], r["step"]): r["cka"] for r in fixture["expected"]}
+    assert biased.keys() == expected.keys()
+    assert (
+        sum(not same(biased[k], v) for k, v in expected.items()) == len(expected) - 4
+    )  # all but the reference
+
+
+def test_per_head_rows_are_kept_apart():
+    con = connection(load_inputs("sketches"))
+    rows = queries.run_recipe(con, "convergence", {"per_head": True}).to_pylist()
+    assert {(r["model"], r["layer"], r["site"], r["head"], r["step"]) for r in rows} == {
+        ("tiny-a", 0, "ov", 0, 10)
+    }
+    # its only reference is itself (no head-0 sketch at step 40 exists): CKA to itself is 1
+    assert rows[0]["reference_step"] == 40 or rows[0]["cka"] == pytest.approx(1.0)
+
+
+def test_sources_side_by_side():
+    con = connection(load_inputs("curves"))
+    rows = queries.run_recipe(con, "layer_percentiles", {"source": None}).to_pylist()
+    assert {r["source"] for r in rows} == {"fixture-paper", "elsewhere"}
+    assert {r["suite"] for r in rows} == {"fx", "other"}

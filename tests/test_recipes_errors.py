@@ -1,0 +1,209 @@
+"""A recipe is refused unless it is one read-only query whose declared and used parameters agree, and a
+parameter value is refused unless it fits its declared type: clear errors, nothing run or written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+import yaml
+
+import queries
+from conf.schema import CONF_DIR
+from layerlake.cli import main
+from queries.command import CONTEXT_PARAMS, rewrite_args
+from queries.errors import ParameterError, RecipeError
+from queries.imports import import_table, validate
+from warehouse import macros
+
+BAD = Path(__file__).resolve().parent / "fixtures" / "recipes" / "bad"
+CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("writes", "not a single read-only query"),
+        ("two_statements", "not a single read-only query"),
+        ("copies", "not a single read-only query"),
+        ("undeclared", "the SQL uses ['x', 'y']"),
+        ("unused", "declared parameters ['x', 'y']"),
+        ("wrong_name", "header says name 'something_else'"),
+        ("bad_default", "parameter $x is not a valid value ('abc'): expected an integer"),
+        ("no_such_recipe", "unknown recipe 'no_such_recipe'"),
+        ("../etc/passwd", "unknown recipe"),
+    ],
+)
+def test_loader_refuses(name, message):
+    with pytest.raises(RecipeError) as error:
+        queries.load_recipe(name, BAD)
+    assert message in str(error.value)
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(RecipeError) as error:
+        queries.load_recipe("stabilization")
+    assert "stabilisation" in error.value.fix
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"x": "0.9; drop table sketches"},
+            "$x is not a valid value ('0.9; drop table sketches'): expected a finite number",
+        ),
+        ({"x": "abc"}, "$x is not a valid value ('abc')"),
+        ({"x": float("nan")}, "expected a finite number"),
+        ({"x": True}, "expected a finite number"),
+        ({"n": 1.5}, "$n is not a valid value (1.5): expected an integer"),
+        ({"who": "m1"}, "$who is not a list ('m1')"),
+        ({"who": ["m1", "x'; drop table t; --"]}, "expected a list of [a name"),
+        ({"mode": "c"}, "expected one of a, b"),
+        ({"flag": "yes"}, "expected true or false"),
+        ({"must": None}, "$must is required (missing)"),
+        ({"y": 1}, "unknown parameter(s) y for recipe 'ok'"),
+    ],
+)
+def test_bad_parameter_values(params, message):
+    recipe = queries.load_recipe("ok", BAD)
+    given = {"must": "m", **params}
+    with pytest.raises(ParameterError) as error:
+        queries.bind_params(recipe, given)
+    assert message in str(error.value)
+
+
+def test_good_parameter_values_are_converted():
+    recipe = queries.load_recipe("ok", BAD)
+    bound = queries.bind_params(recipe, {"must": "m", "x": 1, "n": "4", "who": ("a", "b-1.4b")})
+    assert bound == {
+        "x": 1.0,
+        "n": 4,
+        "who": ["a", "b-1.4b"],
+        "mode": "a",
+        "flag": False,
+        "label": "hi",
+        "must": "m",
+    }
+    con = duckdb.connect(config=CONFIG)
+    row = queries.run_recipe(con, "ok", {"must": "m", "who": ["a"]}, BAD).to_pylist()[0]
+    assert row == {"x": 0.5, "n": 3, "who": ["a"], "mode": "a", "flag": False, "label": "hi", "must": "m"}
+
+
+def test_a_refused_value_runs_nothing():
+    con = duckdb.connect(config=CONFIG)
+    con.register("sketches", pa.table({"x": [1, 2]}))
+    macros.install(con)
+    with pytest.raises(ParameterError):
+        queries.run_recipe(con, "stabilisation", {"threshold": "0.9; drop view sketches"})
+    assert con.sql("select count(*) from sketches").fetchall() == [(2,)]
+
+
+def test_every_recipe_loads_and_its_yaml_matches_its_header():
+    names = queries.recipe_names()
+    assert sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml")) == names
+    for recipe in queries.list_recipes():
+        assert recipe.description and recipe.grain and recipe.plot, recipe.name
+        conf = yaml.safe_load((CONF_DIR / "recipe" / f"{recipe.name}.yaml").read_text())
+        assert conf["name"] == recipe.name
+        header = {p.name: p.default for p in recipe.params if p.name not in CONTEXT_PARAMS}
+        assert (conf["params"] or {}) == header, recipe.name
+        assert recipe.sql.rstrip().endswith("select * from final") or "final_" in recipe.sql, recipe.name
+
+
+def test_every_recipe_composes_with_hydra(compose, tmp_path):
+    for name in queries.recipe_names():
+        settings = compose(tmp_path, f"+recipe={name}")
+        assert settings.recipe.name == name
+
+
+def test_rewrite_args():
+    args = rewrite_args(
+        ["recipe=stabilisation", "threshold=0.8,0.9", "suite=pythia", "models=[a]", "paths.data=/x", "-m"]
+    )
+    assert args == [
+        "+recipe=stabilisation", "++recipe.params.threshold=0.8,0.9", "suite=pythia", "models=[a]", "paths.data=/x", "-m",
+    ]  # fmt: skip
+    assert rewrite_args(["-m", "stabilised_share", "by_fraction=0.1"])[1:] == [
+        "+recipe=stabilised_share", "++recipe.params.by_fraction=0.1",
+    ]  # fmt: skip
+    with pytest.raises(Exception) as error:
+        rewrite_args(["recipe=stabilisation", "treshold=0.9"])
+    assert "'treshold' is neither a parameter of recipe stabilisation" in str(error.value)
+
+
+def curves_warehouse(root: Path) -> None:
+    rows = pa.table({
+        "model": ["m1"] * 4, "step": [0, 10, 0, 10], "layer": [0, 0, 1, 1], "site": ["ov"] * 4,
+        "metric": ["cka_scores"] * 4, "value": [0.5, 1.0, 0.95, 1.0],
+    })  # fmt: skip
+    import_table(validate(rows, {}, "test"), root, "embedded", "fx", {})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["query", "no_such_recipe"], "unknown recipe 'no_such_recipe'"),
+        (
+            ["query", "stabilisation", "threshold=0.9; drop table sketches"],
+            "parameter $threshold is not a valid value",
+        ),
+        (["query", "stabilisation", "threshold=abc"], "expected a finite number"),
+        (["query", "step_similarity"], "parameter $model is required"),
+        (["query", "stabilisation", "bogus=1"], "'bogus' is neither a parameter"),
+    ],
+)
+def test_cli_errors_change_nothing(tmp_path, capsys, args, message):
+    curves_warehouse(tmp_path / "warehouse")
+    manifest = (tmp_path / "warehouse" / "_manifest" / "commits.jsonl").read_bytes()
+    code = main([*args, f"paths.data={tmp_path}", f"hydra.run.dir={tmp_path}/run"])
+    assert code == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+    assert (tmp_path / "warehouse" / "_manifest" / "commits.jsonl").read_bytes() == manifest
+    written = (
+        sorted(p.name for p in (tmp_path / "run").glob("result.*")) if (tmp_path / "run").exists() else []
+    )
+    assert written == []
+    if (tmp_path / "run" / "job.json").exists():  # the failure is recorded where the job ran
+        assert json.loads((tmp_path / "run" / "job.json").read_text())["status"] == "failed"
+
+
+def test_cli_query_writes_result_and_plot(tmp_path, capsys):
+    curves_warehouse(tmp_path / "warehouse")
+    code = main(
+        [
+            "query",
+            "stabilisation",
+            "source=fx",
+            "threshold=0.9",
+            f"paths.data={tmp_path}",
+            f"hydra.run.dir={tmp_path}/run",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "run" / "result.parquet") in out
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "run" / "result.parquet").to_pylist()
+    assert [(r["layer"], r["stabilisation_step"]) for r in rows] == [(0, 10), (1, 0)]
+    assert (tmp_path / "run" / "result.csv").read_text().startswith('"suite"')
+    assert (tmp_path / "run" / "stabilisation.png").stat().st_size > 1000
+    assert main(["recipes"]) == 0
+    assert "layer_percentiles" in capsys.readouterr().out
+
+
+def test_recipe_side_never_imports_heavy_modules():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, queries, queries.command, queries.plots, queries.imports, queries.sweep, queries.output; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'ray')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
