@@ -1,0 +1,16 @@
+"""The query side's storage: hive-partitioned Parquet shards, a commit manifest, and DuckDB views.
+
+- ``warehouse.connect(root=None, read_only=True, attach=())``: a DuckDB connection over the committed
+  shards, one typed view per table of ``warehouse/schema.py`` plus ``manifest`` and ``failures``, with
+  the SQL macros of ``warehouse/macros.sql`` installed (``warehouse.views``).
+- ``warehouse.writer.Warehouse``: the single-writer commit protocol the extraction driver uses.
+- ``layerlake sql`` / ``layerlake check``: ``warehouse.command``.
+
+Never imports torch, transformers or ray: a collaborator who only queries needs duckdb and pyarrow.
+"""
+
+from __future__ import annotations
+
+from warehouse.views import connect, default_root
+
+__all__ = ["connect", "default_root"]

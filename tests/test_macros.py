@@ -1,0 +1,171 @@
+"""The SQL macros of warehouse/macros.sql against independent numpy computations."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+from warehouse.macros import MACROS, install
+from warehouse.synthetic import centred_gram
+
+CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+@pytest.fixture(scope="module")
+def con():
+    connection = install(duckdb.connect(config=CONFIG))
+    yield connection
+    connection.close()
+
+
+def q(con, sql, *params):
+    return con.execute(sql, list(params)).fetchall()[0][0]
+
+
+# -- numpy references ---------------------------------------------------------------------------------
+
+
+def np_erank(s):
+    s = np.asarray(s, dtype=float)
+    s = s[s > 0]
+    if s.size == 0:
+        return None
+    p = s / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def np_alpha(s):
+    lam = np.sort(np.asarray(s, dtype=float) ** 2)[::-1]
+    lam = lam[lam > 0]
+    k = lam.size // 2
+    if k == 0:
+        return None
+    tail = lam[:k]
+    denom = np.log(tail / tail[-1]).sum()
+    return None if denom == 0 else float(1 + k / denom)
+
+
+def np_measures(s):
+    s = np.asarray(s, dtype=float)
+    pos = s[s > 0]
+    return {
+        "erank": np_erank(s),
+        "stable_rank": float((s**2).sum() / s.max() ** 2) if pos.size else None,
+        "condition_number": float(pos.max() / pos.min()) if pos.size else None,
+        "spectral_norm": float(s.max()) if s.size else None,
+        "nuclear_norm": float(s.sum()) if s.size else None,
+        "frobenius_norm": float(np.sqrt((s**2).sum())) if s.size else None,
+        "powerlaw_alpha": np_alpha(s),
+    }
+
+
+RNG = np.random.default_rng(0)
+SPECTRA = {
+    "random": np.sort(RNG.gamma(2.0, 1.0, size=64))[::-1],
+    "heavy_tail": np.sort(RNG.pareto(2.5, size=200) + 1)[::-1],
+    "with_zeros": np.array([3.0, 2.0, 1.0, 0.0, 0.0]),
+    "one_value": np.array([2.5]),
+    "ties": np.array([1.0, 1.0, 1.0, 1.0]),
+    "unsorted": np.array([1.0, 4.0, 2.0, 3.0]),
+    "all_zero": np.array([0.0, 0.0, 0.0]),
+    "empty": np.array([]),
+}
+
+
+@pytest.mark.parametrize("case", list(SPECTRA))
+def test_spectrum_macros_match_numpy(con, case):
+    s = SPECTRA[case]
+    expected = np_measures(s)
+    for macro, want in expected.items():
+        got = q(con, f"select {macro}(?::DOUBLE[])", s.tolist())
+        if want is None:
+            assert got is None, (macro, case, got)
+        else:
+            assert got == pytest.approx(want, rel=1e-9), (macro, case)
+
+
+def test_known_values(con):
+    assert q(con, "select erank([1.0, 1.0, 1.0, 1.0])") == pytest.approx(4.0)
+    assert q(con, "select erank([5.0, 0.0])") == pytest.approx(1.0)
+    assert q(con, "select per([1.0, 1.0], 4)") == pytest.approx(0.5)
+    assert q(con, "select stable_rank([2.0, 2.0, 2.0])") == pytest.approx(3.0)
+    # lambda = s^2 = 4, 1 (top half of [2, 1, 0.5, 0.25] squared): alpha = 1 + 2 / ln(4 / 1).
+    assert q(con, "select powerlaw_alpha([2.0, 1.0, 0.5, 0.25])") == pytest.approx(1 + 2 / np.log(4.0))
+
+
+@pytest.mark.parametrize("macro", [m for m in MACROS if m not in ("cka", "cka_normed", "per")])
+def test_null_spectrum_is_null(con, macro):
+    assert q(con, f"select {macro}(NULL::DOUBLE[])") is None
+
+
+def test_per_with_bad_k_is_null(con):
+    assert q(con, "select per([1.0, 2.0], 0)") is None
+    assert q(con, "select per([1.0, 2.0], NULL)") is None
+    assert q(con, "select per([1.0, 2.0], 2)") == pytest.approx(np_erank([1.0, 2.0]) / 2)
+
+
+def test_no_nan_from_float_lists(con):
+    # FLOAT[] (as stored for Grams) and DOUBLE[] both work; zeros never give NaN.
+    assert q(con, "select erank([0, 0]::FLOAT[])") is None
+    assert q(con, "select condition_number([0, 0]::FLOAT[])") is None
+
+
+def direct_linear_cka(x, y):
+    """Feature-space linear CKA (Kornblith et al. 2019): ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    return np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+
+
+def test_cka_on_grams_equals_direct_cka(con):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 48))
+    y = x @ rng.normal(size=(48, 20)) + 0.5 * rng.normal(size=(32, 20))
+    a = centred_gram(x).astype(np.float32).ravel().tolist()
+    b = centred_gram(y).astype(np.float32).ravel().tolist()
+    want = direct_linear_cka(x, y)
+    assert 0.1 < want < 0.99
+    assert q(con, "select cka(?::FLOAT[], ?::FLOAT[])", a, b) == pytest.approx(want, rel=1e-5)
+    na, nb = np.linalg.norm(centred_gram(x)), np.linalg.norm(centred_gram(y))
+    assert q(con, "select cka_normed(?::FLOAT[], ?::FLOAT[], ?, ?)", a, b, na, nb) == pytest.approx(
+        want, rel=1e-5
+    )
+    assert q(con, "select cka(?::FLOAT[], ?::FLOAT[])", a, a) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_debiased_cka_matches_numpy_formula(con):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(24, 64)), rng.normal(size=(24, 64))
+    ua, ub = centred_gram(x, "debiased"), centred_gram(y, "debiased")
+    want = (ua * ub).sum() / np.sqrt((ua * ua).sum() * (ub * ub).sum())
+    # Independent random features: the debiased estimate is near 0, the biased one is not.
+    assert abs(want) < 0.2 < direct_linear_cka(x, y)
+    got = q(con, "select cka(?::DOUBLE[], ?::DOUBLE[])", ua.ravel().tolist(), ub.ravel().tolist())
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_cka_of_zero_gram_is_null(con):
+    assert q(con, "select cka([0, 0]::FLOAT[], [1, 2]::FLOAT[])") is None
+    assert q(con, "select cka_normed([1, 0]::FLOAT[], [1, 0]::FLOAT[], 1.0, 0.0)") is None
+    assert q(con, "select cka(NULL::FLOAT[], [1, 2]::FLOAT[])") is None
+
+
+def test_every_public_macro_is_defined(con):
+    defined = {
+        r[0]
+        for r in con.execute(
+            "select function_name from duckdb_functions() where macro_definition is not null"
+        ).fetchall()
+    }
+    assert set(MACROS) <= defined
+
+
+def test_schema_doc_is_in_step_with_the_code():
+    from pathlib import Path
+
+    from warehouse.schema_doc import render
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
+    assert doc.read_text() == render(), (
+        "docs/schema.md is stale: run `.venv/bin/python -m warehouse.schema_doc > docs/schema.md`"
+    )

@@ -1,0 +1,201 @@
+"""The commit log: one JSON line per committed (or failed) task in ``<root>/_manifest/commits.jsonl``.
+
+The manifest is the single source of truth for what a reader sees: a shard file exists for readers
+only once the line listing it has been appended. Lines are only ever appended; the latest ``ok`` entry
+of a task id wins. A process killed mid-append leaves a torn last line (no trailing newline): readers
+ignore it, and the next writer truncates it away (``repair``) before appending.
+
+An entry::
+
+    {"status": "ok" | "failed", "task_id", "suite", "model",
+     "files": [{"table", "path" (relative to the root, posix), "sha256", "rows", "bytes"}],
+     "meta": {config_hash, code_version, probe_id, weights_sha256, revision, step, source, ...},
+     "schema_version", "committed_at" (UTC ISO 8601), "error" (failed entries only)}
+
+A batch line (written by ``layerlake share import``) holds several entries at once: see ``append_batch``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warehouse.errors import ManifestError
+
+MANIFEST_DIR = "_manifest"
+COMMITS_FILE = "commits.jsonl"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One shard file a commit lists."""
+
+    table: str
+    path: str  # relative to the warehouse root, posix separators
+    sha256: str
+    rows: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table": self.table, "path": self.path, "sha256": self.sha256, "rows": self.rows, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class CommitEntry:
+    """One line of the manifest."""
+
+    status: str  # ok | failed
+    task_id: str
+    suite: str
+    model: str
+    files: tuple[FileEntry, ...]
+    meta: dict[str, Any]
+    schema_version: int
+    committed_at: str
+    error: str | None = None
+    line: int = field(default=0, compare=False)  # 1-based line number in the manifest (0: not read from one)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": self.status,
+            "task_id": self.task_id,
+            "suite": self.suite,
+            "model": self.model,
+            "files": [f.to_json() for f in self.files],
+            "meta": self.meta,
+            "schema_version": self.schema_version,
+            "committed_at": self.committed_at,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], line: int = 0) -> CommitEntry:
+        files = tuple(FileEntry(**{k: f[k] for k in ("table", "path", "sha256", "rows", "bytes")}) for f in data["files"])
+        return cls(
+            status=data["status"],
+            task_id=data["task_id"],
+            suite=data["suite"],
+            model=data["model"],
+            files=files,
+            meta=dict(data.get("meta") or {}),
+            schema_version=int(data["schema_version"]),
+            committed_at=data["committed_at"],
+            error=data.get("error"),
+            line=line,
+        )
+
+
+def manifest_path(root: Path) -> Path:
+    return root / MANIFEST_DIR / COMMITS_FILE
+
+
+def read_entries(path: Path) -> list[CommitEntry]:
+    """Every complete entry of the manifest at ``path``, in order; a torn last line is ignored.
+
+    A missing file is an empty manifest. A complete line that is not a valid entry is corruption
+    (not a crash artefact) and raises ``ManifestError``.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn append
+    entries = []
+    for number, raw in enumerate(data[:end].splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            entries += _entries_of_line(json.loads(raw), number)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ManifestError(
+                f"manifest {path} line {number} is not a valid commit entry ({error})",
+                fix="restore the line from a backup, or delete it to forget that commit (its files become orphans)",
+            ) from error
+    return entries
+
+
+def latest(entries: list[CommitEntry]) -> tuple[dict[str, CommitEntry], dict[str, CommitEntry]]:
+    """``(committed, failed)``: per task id the latest ok entry, and the latest failure with no later ok."""
+    committed: dict[str, CommitEntry] = {}
+    failed: dict[str, CommitEntry] = {}
+    for entry in entries:
+        if entry.status == "ok":
+            committed[entry.task_id] = entry
+            failed.pop(entry.task_id, None)
+        else:
+            failed[entry.task_id] = entry
+    return committed, failed
+
+
+def repair(path: Path) -> int:
+    """Truncate a torn last line (bytes after the last newline); returns how many bytes were cut."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb+") as handle:
+        # Read back from the end in blocks until a newline is found: the torn tail is short.
+        pos, keep = size, 0
+        while pos > 0:
+            start = max(0, pos - 65536)
+            handle.seek(start)
+            block = handle.read(pos - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            pos = start
+        if keep == size:
+            return 0
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+        return size - keep
+
+
+def append_entry(path: Path, entry: CommitEntry) -> None:
+    """Append ``entry`` as one line and fsync; the caller holds the writer lock."""
+    _append_line(path, entry.to_json())
+
+
+def _append_line(path: Path, payload: dict[str, Any]) -> None:
+    line = (json.dumps(payload, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    repair(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(line)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- batch lines (added for warehouse.share) -----------------------------------------------------------
+# An import publishes many tasks at once. Several lines could tear between them and show half an
+# import, so the batch is ONE line ``{"status": "batch", "entries": [entry, ...], "committed_at"}``:
+# a torn batch line hides the whole import, a complete one shows all of it. Readers expand it in place.
+BATCH_STATUS = "batch"
+
+
+def _entries_of_line(data: dict[str, Any], line: int) -> list[CommitEntry]:
+    if data.get("status") == BATCH_STATUS:
+        return [CommitEntry.from_json(item, line=line) for item in data["entries"]]
+    return [CommitEntry.from_json(data, line=line)]
+
+
+def append_batch(path: Path, entries: list[CommitEntry], committed_at: str) -> None:
+    """Append ``entries`` as one batch line and fsync (all visible or none); the caller holds the lock."""
+    payload = {
+        "status": BATCH_STATUS,
+        "entries": [e.to_json() for e in entries],
+        "committed_at": committed_at,
+    }
+    _append_line(path, payload)

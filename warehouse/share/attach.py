@@ -1,0 +1,36 @@
+"""``layerlake share attach``: query a shared dataset in place, read-only, beside the local warehouse.
+
+The shared folder is checked first (``verify_folder``: layout, sizes, footers, rows, columns, unlisted
+files; sha256 only with ``checksums=True``, since hashing gigabytes on every attach is slow), then
+``warehouse.connect(root, attach=[folder])`` serves both through the same views and macros. A task the
+local warehouse already has (same task id) is shown once, from the local copy. Without a local
+warehouse, the shared folder is served alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from warehouse.manifest import manifest_path
+from warehouse.share.verify import verify_folder
+from warehouse.views import connect, default_root
+
+
+def attach(
+    folder: str | Path, root: str | Path | None = None, checksums: bool = False, read_only: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """A ``warehouse.connect`` connection over the warehouse at ``root`` plus the shared ``folder``.
+
+    ``root=None`` means ``warehouse.default_root()``, or the shared folder alone if there is no
+    warehouse there. ``folder`` may also be another warehouse root (it has a ``_manifest``).
+    """
+    folder = Path(folder).expanduser().resolve()
+    if not manifest_path(folder).is_file():
+        verify_folder(folder, checksums=checksums)
+    if root is None:
+        root = default_root()
+        if not Path(root).is_dir():
+            root = folder  # nothing local: the shared folder's views alone
+    return connect(root, read_only=read_only, attach=[folder])

@@ -1,0 +1,259 @@
+"""The human and machine descriptions of an export: ``README.md`` (a Hugging Face dataset card) and
+``croissant.json`` (MLCommons Croissant 1.0).
+
+The card's YAML header declares one ``datasets`` config per table (``data_files: <table>/**/*.parquet``),
+so ``datasets.load_dataset(DIR, "<table>")`` loads it; its body says what is inside (models, steps,
+sites, estimators, sizes), how to read it without layerlake, and one example query that runs as is.
+Column descriptions come from ``warehouse/schema.py``, so the card cannot drift from the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse import schema
+from warehouse.manifest import CommitEntry
+from warehouse.views import duck_type
+
+
+@dataclass
+class Summary:
+    """What an export holds, read from its files (not from the warehouse it came from)."""
+
+    models: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (suite, model) -> facts
+    values: dict[str, set] = field(default_factory=dict)  # "site", "kernel", ... -> distinct values
+
+
+# Distinct values worth stating in the card: summary name -> (table, column).
+_DISTINCT = {
+    "sites": (("activation_stats", "site"), ("sketches", "site")),
+    "kernels": (("sketches", "kernel"),),
+    "estimators": (("sketches", "estimator"),),
+    "probe rows (n)": (("sketches", "n"), ("activation_stats", "n")),
+    "matrices": (("spectra", "matrix"),),
+    "tensors": (("spectra", "tensor"),),
+    "probes": (("probes", "probe_id"),),
+}
+_FACTS = ("architecture", "n_layers", "d_model", "n_heads", "n_params")
+
+
+def summarize(folder: Path, entries: list[CommitEntry]) -> Summary:
+    """Models (with their steps and shapes) and the distinct sites, kernels, ... of the files in ``folder``."""
+    summary = Summary()
+    for entry in entries:
+        facts = summary.models.setdefault((entry.suite, entry.model), {"steps": set()})
+        if isinstance(entry.meta.get("step"), int):
+            facts["steps"].add(entry.meta["step"])
+        for f in entry.files:
+            if f.table == "checkpoints":
+                for row in pq.read_table(folder / f.path, columns=["step", *_FACTS]).to_pylist():
+                    facts["steps"].add(row.pop("step"))
+                    facts.update(row)
+            for name, sources in _DISTINCT.items():
+                for table, column in sources:
+                    if f.table == table:
+                        values = pq.read_table(folder / f.path, columns=[column]).column(column).unique()
+                        summary.values.setdefault(name, set()).update(
+                            v for v in values.to_pylist() if v is not None
+                        )
+    return summary
+
+
+def steps_text(steps: Iterable[int]) -> str:
+    """``0, 1, 2, 4 ... 143000 (27 steps)``: short, but says the range and the count."""
+    ordered = sorted(steps)
+    if not ordered:
+        return "-"
+    if len(ordered) <= 8:
+        return ", ".join(map(str, ordered))
+    head, tail = ", ".join(map(str, ordered[:4])), ", ".join(map(str, ordered[-2:]))
+    return f"{head} ... {tail} ({len(ordered)} steps)"
+
+
+def size_text(n: int) -> str:
+    """``1.5 MiB``: a byte count for people."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def header(manifest: dict[str, Any]) -> str:
+    """The YAML front matter: one ``datasets`` config per table, plus tags (text built by hand, no YAML lib)."""
+    lines = ["---", "pretty_name: layerlake per-layer checkpoint statistics", "tags:"]
+    lines += [
+        f"- {t}" for t in ("layerlake", "training-dynamics", "interpretability", "cka", "effective-rank")
+    ]
+    lines += ["configs:"]
+    for name in manifest["tables"]:
+        lines += [f"- config_name: {name}", f'  data_files: "{name}/**/*.parquet"']
+    return "\n".join(lines + ["---", ""])
+
+
+def example_query(summary: Summary) -> str:
+    """A query that runs as is from inside the folder with plain DuckDB (no layerlake macros)."""
+    estimators = sorted(summary.values.get("estimators", ()))
+    if not estimators:
+        return (
+            "-- every checkpoint in the dataset, with its identity\n"
+            "select suite, model, step, revision, weights_sha256\n"
+            "from read_parquet('checkpoints/**/*.parquet', hive_partitioning = true)\norder by suite, model, step;"
+        )
+    estimator = "debiased" if "debiased" in estimators else estimators[0]
+    return f"""-- Linear CKA of every layer's representation at every step against the same layer at the
+-- model's last step: the cosine of two stored centred Gram matrices, <A, B> / (|A| |B|).
+with s as (
+    select * from read_parquet('sketches/**/*.parquet', hive_partitioning = true)
+    where kernel = 'linear' and estimator = '{estimator}' and head is null
+), last_step as (
+    select suite, model, max(step) as step from s group by suite, model
+), final as (
+    select s.* from s join last_step using (suite, model, step)
+)
+select s.model, s.site, s.layer, s.step,
+       list_dot_product(s.gram::double[], final.gram::double[]) / (s.gram_norm * final.gram_norm) as cka
+from s join final
+  on s.suite = final.suite and s.model = final.model and s.layer = final.layer
+ and s.site = final.site and s.probe_id = final.probe_id
+order by s.model, s.site, s.layer, s.step;"""
+
+
+def render_card(manifest: dict[str, Any], summary: Summary) -> str:
+    """The whole ``README.md``."""
+    parts = [header(manifest), "# layerlake per-layer checkpoint statistics", "",
+             "Per-layer statistics of language-model training checkpoints (activation summaries, centred Gram",
+             "matrices for CKA, weight spectra), exported by layerlake "
+             f"(`{manifest['created_by']}`, {manifest['created_at']}).",
+             f"Dataset id `{manifest['dataset_id']}`, schema version {manifest['schema_version']}. "
+             "`manifest.json` lists every file with its sha256, rows and bytes, and the provenance of every",
+             "checkpoint (source, revision, weights sha256, probe id, code version, config hash).", ""]  # fmt: skip
+    parts += _contents(manifest, summary) + _reading(manifest, summary) + _columns(manifest)
+    return "\n".join(parts) + "\n"
+
+
+def _contents(manifest: dict[str, Any], summary: Summary) -> list[str]:
+    lines = ["## Contents", "", "| suite | model | architecture | layers | d_model | parameters | steps |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for (suite, model), f in sorted(summary.models.items()):
+        shape = [f.get(k, "-") for k in ("architecture", "n_layers", "d_model", "n_params")]
+        lines.append(f"| {suite} | {model} | {' | '.join(map(str, shape))} | {steps_text(f['steps'])} |")
+    lines += [""] + [f"- {name}: {', '.join(map(str, sorted(v)))}" for name, v in summary.values.items() if v]
+    lines += ["", "| table | files | rows | size |", "| --- | --- | --- | --- |"]
+    for name, t in manifest["tables"].items():
+        lines.append(f"| {name} | {t['files']} | {t['rows']} | {size_text(t['bytes'])} |")
+    versions = sorted({str(c.get("code_version")) for c in manifest["checkpoints"]})
+    configs = sorted({str(c.get("config_hash")) for c in manifest["checkpoints"]})
+    lines += [
+        "",
+        f"Code versions: {', '.join(versions) or '-'}. Extraction config hashes: {', '.join(configs) or '-'}.",
+        "",
+    ]
+    return lines
+
+
+def _reading(manifest: dict[str, Any], summary: Summary) -> list[str]:
+    table = next(iter(manifest["tables"]))
+    glob = f"DIR/{table}/**/*.parquet"
+    return [
+        "## Reading it (no layerlake needed)", "",
+        "Every table is a folder of hive-partitioned Parquet files, `<table>/suite=<s>/model=<m>/part-*.parquet`;",
+        "`suite` and `model` are read from the folder names. `DIR` is this folder.", "",
+        "```python", "import duckdb",
+        f"rel = duckdb.sql(\"select * from read_parquet('{glob}', hive_partitioning = true)\")",
+        "rel.df()    # pandas      rel.pl()   # polars      rel.arrow()   # pyarrow", "",
+        "import pandas as pd, polars as pl",
+        f'pd.read_parquet("DIR/{table}")                                # pyarrow finds suite= / model=',
+        f'pl.read_parquet("{glob}", hive_partitioning=True)', "",
+        "import datasets",
+        f'datasets.load_dataset("DIR", "{table}")                      # one config per table', "```", "",
+        "A model name that looks like a number (`070`) is read as one unless you add",
+        "`hive_types = {'suite': VARCHAR, 'model': VARCHAR}` to `read_parquet`.", "",
+        "With layerlake: `layerlake share attach DIR --sql \"...\"` queries it beside your warehouse through the",
+        "usual views and macros; `layerlake share import DIR` verifies it and merges it into your warehouse.", "",
+        "## Example query", "", "Run from inside this folder (`duckdb` CLI or `duckdb.sql(...)`):", "",
+        "```sql", example_query(summary), "```", "",
+    ]  # fmt: skip
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a '|' inside a Markdown table cell would split it
+
+
+def _columns(manifest: dict[str, Any]) -> list[str]:
+    lines = ["## Columns", ""]
+    for name in manifest["tables"]:
+        spec = schema.table(name)
+        lines += [f"### {name}", "", spec.doc, "", "| column | type | meaning |", "| --- | --- | --- |"]
+        lines += ["| suite | VARCHAR | suite (folder name) |", "| model | VARCHAR | model (folder name) |"]
+        lines += [
+            f"| {c.name} | {duck_type(c.type)} | {_cell(c.doc)}{' (may be NULL)' if c.nullable else ''} |"
+            for c in spec.columns
+        ]
+        lines.append("")
+    return lines
+
+
+# --- Croissant ------------------------------------------------------------------------------------------
+
+_CROISSANT_CONTEXT = {
+    "@language": "en", "@vocab": "https://schema.org/", "sc": "https://schema.org/",
+    "cr": "http://mlcommons.org/croissant/", "dct": "http://purl.org/dc/terms/",
+    "citeAs": "cr:citeAs", "column": "cr:column", "conformsTo": "dct:conformsTo",
+    "data": {"@id": "cr:data", "@type": "@json"}, "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract", "field": "cr:field",
+    "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject", "fileSet": "cr:fileSet",
+    "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath", "key": "cr:key", "md5": "cr:md5", "parentField": "cr:parentField",
+    "path": "cr:path", "recordSet": "cr:recordSet", "references": "cr:references", "regex": "cr:regex",
+    "repeated": "cr:repeated", "replace": "cr:replace", "separator": "cr:separator", "source": "cr:source",
+    "subField": "cr:subField", "transform": "cr:transform",
+}  # fmt: skip
+
+
+def _croissant_type(type_: pa.DataType) -> str:
+    inner = type_.value_type if pa.types.is_list(type_) else type_
+    if pa.types.is_integer(inner):
+        return "sc:Integer"
+    return "sc:Float" if pa.types.is_floating(inner) else "sc:Text"
+
+
+def croissant(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
+    """Croissant 1.0 metadata: one FileSet and one RecordSet per table (partition columns from the path)."""
+    models = ", ".join(f"{s}/{m}" for s, m in sorted(summary.models))
+    distribution, record_sets = [], []
+    for name in manifest["tables"]:
+        spec, files_id = schema.table(name), f"{name}-files"
+        distribution.append({"@type": "cr:FileSet", "@id": files_id, "name": files_id,
+                             "encodingFormat": "application/x-parquet", "includes": f"{name}/**/*.parquet"})  # fmt: skip
+        fields = [_partition_field(name, files_id, p) for p in schema.PARTITION_COLUMNS]
+        fields += [
+            {"@type": "cr:Field", "@id": f"{name}/{c.name}", "name": c.name, "description": c.doc,
+             "dataType": _croissant_type(c.type), **({"repeated": True} if pa.types.is_list(c.type) else {}),
+             "source": {"fileSet": {"@id": files_id}, "extract": {"column": c.name}}}
+            for c in spec.columns
+        ]  # fmt: skip
+        record_sets.append(
+            {"@type": "cr:RecordSet", "@id": name, "name": name, "description": spec.doc, "field": fields}
+        )
+    return {
+        "@context": _CROISSANT_CONTEXT, "@type": "sc:Dataset", "conformsTo": "http://mlcommons.org/croissant/1.0",
+        "name": f"layerlake-{manifest['dataset_id']}", "version": f"{manifest['schema_version']}.0.0",
+        "description": f"Per-layer statistics of training checkpoints of {models}, exported by {manifest['created_by']}.",
+        "datePublished": manifest["created_at"], "distribution": distribution, "recordSet": record_sets,
+    }  # fmt: skip
+
+
+def _partition_field(table: str, files_id: str, column: str) -> dict[str, Any]:
+    return {
+        "@type": "cr:Field", "@id": f"{table}/{column}", "name": column, "dataType": "sc:Text",
+        "description": f"{column}, read from the folder name {column}=<value>",
+        "source": {"fileSet": {"@id": files_id}, "extract": {"fileProperty": "fullpath"},
+                   "transform": {"regex": f"^.*/{column}=([^/]+)/.*$"}},
+    }  # fmt: skip

@@ -1,0 +1,88 @@
+"""``layerlake share <export|import|attach>``: the command line of ``warehouse.share``.
+
+    layerlake share export DIR [--root R] [--suite S] [--models a,b] [--steps 0,1000] [--tables t,u]
+    layerlake share import DIR [--root R] [--dry-run]
+    layerlake share attach DIR [--root R] [--sql "select ..."] [--verify]
+
+``--root`` is the local warehouse (default: ``warehouse.default_root()``). Errors are ``ShareError``s:
+the CLI prints them and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from warehouse.share.attach import attach
+from warehouse.share.card import size_text
+from warehouse.share.export import export_dataset
+from warehouse.share.importer import import_dataset
+from warehouse.views import default_root
+
+_SUMMARY = (
+    "select table_name, root, count(*) as files, sum(rows) as rows from manifest group by all order by all"
+)
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip() for w in text.split(",") if w.strip()]
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(w) for w in _words(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--steps takes integers separated by commas, got {text!r}"
+        ) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="layerlake share", description="Export, import or attach a shared dataset."
+    )
+    sub = top.add_subparsers(dest="action", required=True)
+    root_help = f"local warehouse folder (default: {default_root()})"
+    ex = sub.add_parser(
+        "export", help="write a stand-alone dataset folder (Parquet, manifest.json, README.md)"
+    )
+    ex.add_argument("dir", help="new (or empty) folder to export into")
+    ex.add_argument("--root", help=root_help)
+    ex.add_argument("--suite", help="only this suite")
+    ex.add_argument("--models", type=_words, help="only these models, comma separated")
+    ex.add_argument("--steps", type=_steps, help="only these steps, comma separated")
+    ex.add_argument("--tables", type=_words, help="only these tables, comma separated")
+    ex.add_argument("--no-croissant", action="store_true", help="do not write croissant.json")
+    im = sub.add_parser("import", help="verify a shared folder and merge it into the warehouse")
+    im.add_argument("dir", help="the shared dataset folder")
+    im.add_argument("--root", help=root_help)
+    im.add_argument("--dry-run", action="store_true", help="verify and plan only; change nothing")
+    at = sub.add_parser("attach", help="query a shared folder in place beside the warehouse (read-only)")
+    at.add_argument("dir", help="the shared dataset folder")
+    at.add_argument("--root", help=root_help)
+    at.add_argument("--sql", help="a query over the views (default: files and rows per table and root)")
+    at.add_argument("--verify", action="store_true", help="also check every file's sha256 first")
+    return top
+
+
+def share(argv: list[str]) -> int:
+    """Entry point of ``layerlake share``; returns the exit status."""
+    args = parser().parse_args(argv)
+    if args.action == "export":
+        root = default_root() if args.root is None else args.root
+        report = export_dataset(
+            root, args.dir, args.suite, args.models, args.steps, args.tables, not args.no_croissant
+        )
+        print(f"exported {report.tasks} tasks, {report.files} files, {report.rows} rows ({size_text(report.bytes)}) "
+              f"to {report.dest} (dataset {report.dataset_id})")  # fmt: skip
+    elif args.action == "import":
+        report = import_dataset(args.dir, args.root, dry_run=args.dry_run)
+        verb = "would import" if args.dry_run else "imported"
+        print(f"{verb} {len(report.imported)} tasks ({report.files} files, {report.rows} rows, {size_text(report.bytes)}) "
+              f"into {report.root}; {len(report.present)} already present")  # fmt: skip
+    else:
+        con = attach(args.dir, args.root, checksums=args.verify)
+        try:
+            print(con.sql(args.sql or _SUMMARY))
+        finally:
+            con.close()
+    return 0

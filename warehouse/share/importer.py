@@ -1,0 +1,247 @@
+"""``layerlake share import``: merge a verified shared dataset into a local warehouse, all or nothing.
+
+Order of work, so that a refused import leaves the warehouse byte for byte as it was:
+
+1. ``verify_folder`` (checksums, schema version, columns ...) reads only the shared folder;
+2. ``plan_import`` reads only the local warehouse: each shared file is *present* (the same file, or the
+   same rows under the same keys), *new*, or a *conflict* (a row key of ``warehouse/schema.py`` that
+   the warehouse already holds with other values): any conflict refuses the whole import;
+3. under the writer lock the plan is made again (a commit may have landed meanwhile), the new files
+   are copied into ``_staging`` (sha256 checked while copying), renamed into place, and ONE manifest
+   line (``warehouse.manifest.append_batch``) lists every imported task: a crash before that line
+   leaves only orphan files no reader sees (``Warehouse.gc`` removes them).
+
+Imported tasks keep their task ids (so ``layerlake extract`` skips checkpoints already imported) and
+their meta, plus where they came from: ``imported_from``, ``import_dataset_id``, ``imported_at``,
+``original_task_id``, ``original_committed_at``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from warehouse import schema
+from warehouse.errors import ManifestError, ShareError
+from warehouse.manifest import CommitEntry, FileEntry, append_batch, latest, manifest_path, read_entries
+from warehouse.share.export import copy_verified
+from warehouse.share.verify import SharedDataset, verify_folder
+from warehouse.views import default_root
+from warehouse.writer import Warehouse, fsync_dir, now_utc
+
+_SHOWN = 8  # conflicting rows named in an error; the rest are counted
+
+
+@dataclass
+class ImportReport:
+    folder: Path
+    root: Path
+    dataset_id: str
+    imported: list[str] = field(default_factory=list)  # task ids committed by this import
+    present: list[str] = field(default_factory=list)  # task ids the warehouse already had
+    files: int = 0  # files copied
+    rows: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class Plan:
+    """What an import would do: entries to commit with the files to copy, and tasks already present."""
+
+    new: list[tuple[CommitEntry, tuple[FileEntry, ...]]] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+
+
+def import_dataset(folder: str | Path, root: str | Path | None = None, dry_run: bool = False) -> ImportReport:
+    """Verify the shared dataset at ``folder`` and merge it into the warehouse at ``root``."""
+    dataset = verify_folder(folder, checksums=True)
+    root = default_root() if root is None else Path(root).expanduser().resolve()
+    plan = plan_import(dataset, root)  # refuses conflicts before anything is created
+    if not dry_run and plan.new:
+        warehouse = Warehouse(root)
+        with warehouse.lock():
+            plan = plan_import(dataset, root)
+            if plan.new:
+                publish(warehouse, dataset, plan)
+    copied = [f for _, files in plan.new for f in files]
+    return ImportReport(dataset.folder, root, dataset.dataset_id, [e.task_id for e, _ in plan.new], plan.present,
+                        len(copied), sum(f.rows for f in copied), sum(f.bytes for f in copied))  # fmt: skip
+
+
+def plan_import(dataset: SharedDataset, root: Path) -> Plan:
+    """Classify every shared task against the warehouse at ``root`` (read only); raise on conflicts."""
+    committed = latest(read_entries(manifest_path(root)))[0] if root.is_dir() else {}
+    index = LocalRows(root, committed)
+    plan, conflicts = Plan(), []
+    for entry in dataset.entries:
+        local = committed.get(entry.task_id)
+        verdicts = {f.path: classify(dataset.folder, entry, f, local, index) for f in entry.files}
+        problems = [line for v in verdicts.values() if isinstance(v, list) for line in v]
+        new = tuple(f for f in entry.files if verdicts[f.path] == "new")
+        if not problems and new and local is None and len(new) < len(entry.files):
+            problems.append(f"task {entry.task_id}: some of its rows are already present under another task")
+        if problems:
+            conflicts += problems
+        elif not new:
+            plan.present.append(entry.task_id)
+        else:
+            plan.new.append((imported_entry(dataset, entry, local, new), new))
+    if conflicts:
+        raise _conflict_error(dataset, root, conflicts)
+    return plan
+
+
+def classify(
+    folder: Path, entry: CommitEntry, f: FileEntry, local: CommitEntry | None, index: LocalRows
+) -> Any:
+    """``"present"``, ``"new"``, or a list of lines naming the conflicting rows."""
+    same_path = next((x for x in local.files if x.path == f.path), None) if local else None
+    if same_path is not None and same_path.sha256 == f.sha256:
+        return "present"
+    same, differ = index.compare(f.table, entry.suite, entry.model, folder / f.path)
+    if differ:
+        return differ
+    if same_path is not None and len(same) != f.rows:
+        return [f"{f.path}: the warehouse has this file with other rows (task {entry.task_id} differs)"]
+    if len(same) == f.rows:
+        return "present"
+    if same:
+        shown = "; ".join(same[:3])
+        return [
+            f"{f.path}: {len(same)} of its {f.rows} rows are already present ({shown}); importing would repeat them"
+        ]
+    return "new"
+
+
+class LocalRows:
+    """The keys (``warehouse/schema.py``) of the warehouse's committed rows, per table and partition."""
+
+    def __init__(self, root: Path, committed: dict[str, CommitEntry]) -> None:
+        self.root, self.committed = root, committed
+        self._keys: dict[tuple[str, str, str], dict[tuple, tuple[Path, int, str]]] = {}
+
+    def keys(self, table: str, suite: str, model: str) -> dict[tuple, tuple[Path, int, str]]:
+        """key values -> (file, row index, task id) for every committed row of (table, suite, model)."""
+        part = (table, suite, model)
+        if part not in self._keys:
+            found: dict[tuple, tuple[Path, int, str]] = {}
+            for entry in self.committed.values():
+                if (entry.suite, entry.model) != (suite, model):
+                    continue
+                for f in entry.files:
+                    if f.table == table:
+                        path = self.root / f.path
+                        for i, key in enumerate(read_keys(table, path)):
+                            found[key] = (path, i, entry.task_id)
+            self._keys[part] = found
+        return self._keys[part]
+
+    def compare(self, table: str, suite: str, model: str, path: Path) -> tuple[list[str], list[str]]:
+        """(rows of ``path`` the warehouse holds identically, lines naming rows it holds differently)."""
+        local = self.keys(table, suite, model)
+        overlap = [(i, key, local[key]) for i, key in enumerate(read_keys(table, path)) if key in local]
+        if not overlap:
+            return [], []
+        theirs = pq.read_table(path).take([i for i, _, _ in overlap]).to_pylist()
+        files: dict[Path, Any] = {}  # each local file read once, whole, only when rows overlap
+        same, differ = [], []
+        for row, (_, key, (local_path, j, task)) in zip(theirs, overlap, strict=True):
+            if local_path not in files:
+                files[local_path] = pq.read_table(local_path)
+            mine = files[local_path].slice(j, 1).to_pylist()[0]
+            columns = [c for c in row if _canonical(row[c]) != _canonical(mine.get(c))]
+            label = describe_key(table, suite, model, key)
+            if columns:
+                differ.append(f"{label}: differs in {', '.join(columns)} (local task {task})")
+            else:
+                same.append(f"{label} (local task {task})")
+        return same, differ
+
+
+def read_keys(table: str, path: Path) -> list[tuple]:
+    """The key tuples (key columns of ``warehouse/schema.py`` minus suite and model) of one shard."""
+    columns = key_columns(table)
+    data = pq.read_table(path, columns=list(columns)).to_pydict()
+    return list(zip(*(data[c] for c in columns), strict=True))
+
+
+def key_columns(table: str) -> tuple[str, ...]:
+    return tuple(c for c in schema.table(table).key if c not in schema.PARTITION_COLUMNS)
+
+
+def describe_key(table: str, suite: str, model: str, key: tuple) -> str:
+    """``sketches suite=s model=m step=10 ... head=NULL``: a row named by its key."""
+    parts = [f"{c}={_short(v)}" for c, v in zip(key_columns(table), key, strict=True)]
+    return " ".join([table, f"suite={suite}", f"model={model}", *parts])
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    text = str(value)
+    return text[:12] if len(text) == 64 else text  # a sha256 is recognisable by its first 12 hex digits
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)  # NaN == NaN here, unlike Python floats
+
+
+def imported_entry(
+    dataset: SharedDataset, entry: CommitEntry, local: CommitEntry | None, new: tuple[FileEntry, ...]
+) -> CommitEntry:
+    """The manifest entry an imported task gets (a task the warehouse has gains the new files only)."""
+    provenance = {
+        "imported_from": str(dataset.folder),
+        "import_dataset_id": dataset.dataset_id,
+        "imported_at": now_utc(),
+        "original_task_id": entry.task_id,
+        "original_committed_at": entry.meta.get("original_committed_at", entry.committed_at),
+    }
+    if local is None:
+        return CommitEntry("ok", entry.task_id, entry.suite, entry.model, entry.files, {**entry.meta, **provenance},
+                           entry.schema_version, now_utc())  # fmt: skip
+    merged = {**local.meta, "merged_import": {**provenance, "tables": sorted(f.table for f in new)}}
+    return CommitEntry("ok", local.task_id, local.suite, local.model, local.files + new, merged,
+                       local.schema_version, now_utc())  # fmt: skip
+
+
+def publish(warehouse: Warehouse, dataset: SharedDataset, plan: Plan) -> None:
+    """Copy the plan's new files into place, then append one batch line listing every new entry."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for _, files in plan.new:
+            for f in files:
+                tmp = warehouse.staging / f"import.{uuid.uuid4().hex}.parquet.tmp"
+                staged.append((tmp, warehouse.root / f.path))
+                copy_verified(dataset.folder / f.path, tmp, f)
+        for tmp, target in staged:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+    except ManifestError as error:
+        raise ShareError(
+            f"a file of {dataset.folder} changed while it was imported ({error.message}); nothing was imported",
+            fix="wait until the folder is completely copied, then import again",
+        ) from error
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    append_batch(warehouse.manifest, [entry for entry, _ in plan.new], now_utc())
+
+
+def _conflict_error(dataset: SharedDataset, root: Path, conflicts: list[str]) -> ShareError:
+    lines = [f"  - {c}" for c in conflicts[:_SHOWN]]
+    if len(conflicts) > _SHOWN:
+        lines.append(f"  ... and {len(conflicts) - _SHOWN} more")
+    return ShareError(
+        f"shared dataset {dataset.folder} conflicts with the warehouse at {root}: rows with the same key hold "
+        f"other values (or would be repeated); nothing was imported:\n" + "\n".join(lines),
+        fix="compare the two `manifest` views' provenance (code_version, config_hash, weights_sha256); query both "
+        "side by side with `layerlake share attach`, or import into a separate warehouse with --root",
+    )

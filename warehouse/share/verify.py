@@ -1,0 +1,253 @@
+"""Check a shared dataset folder before anything reads it into a warehouse: every fault is named.
+
+Checks, in order (all problems are collected, then reported together):
+
+1. ``manifest.json`` is readable, of format ``layerlake-share``, and its ``schema_version`` is not newer
+   than this layerlake's ``warehouse.schema.SCHEMA_VERSION`` (a newer one is refused at once);
+2. every listed file has a shard path (``<table>/suite=<s>/model=<m>/part-<task>.parquet``) that agrees
+   with its table, suite, model and task, a table this layerlake knows, and a task entry listing it;
+3. every listed file exists with the listed size and sha256 (``checksums=False`` skips the hash);
+4. every file is readable Parquet whose footer row count equals the listed rows and whose columns and
+   types are exactly the contract's (``warehouse/schema.py``);
+5. no other file is present (only the metadata files and dot-files such as ``.git`` at the top).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse import schema
+from warehouse.errors import ShareError
+from warehouse.manifest import CommitEntry, FileEntry
+from warehouse.share.layout import FORMAT, FORMAT_VERSION, MANIFEST_JSON, METADATA_FILES, parse_shard_path
+from warehouse.writer import sha256_file
+
+_REEXPORT = "ask its author to export it again with `layerlake share export`"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a shared folder: which file, what, and how to fix it."""
+
+    path: str
+    what: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class SharedDataset:
+    """A shared folder that verified: its manifest, and its commit entries (paths relative to it)."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    entries: tuple[CommitEntry, ...]
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.manifest["schema_version"])
+
+    @property
+    def dataset_id(self) -> str:
+        return str(self.manifest.get("dataset_id", ""))
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of ``folder``; a ``ShareError`` if it is missing or malformed."""
+    path = folder / MANIFEST_JSON
+    if not folder.is_dir():
+        raise ShareError(
+            f"shared dataset folder {folder} does not exist", fix="pass the folder `share export` made"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShareError(
+            f"{path} is missing: {folder} is not a layerlake shared dataset", fix=_REEXPORT
+        ) from None
+    except (OSError, ValueError) as error:
+        raise ShareError(f"{path} is not readable JSON ({error})", fix=_REEXPORT) from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ShareError(f"{path} is not a {FORMAT} manifest (format {data.get('format')!r})", fix=_REEXPORT)
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise ShareError(f"{path} has no integer schema_version", fix=_REEXPORT)
+    if version > schema.SCHEMA_VERSION:
+        raise ShareError(
+            f"shared dataset {folder} has schema version {version}, newer than this layerlake's "
+            f"{schema.SCHEMA_VERSION}; nothing was read",
+            fix=f"upgrade layerlake to a release with schema version {version} or later",
+        )
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise ShareError(
+            f"{path} has format_version {data.get('format_version')}, newer than {FORMAT_VERSION}",
+            fix="upgrade layerlake",
+        )
+    return data
+
+
+def verify_folder(folder: str | Path, checksums: bool = True) -> SharedDataset:
+    """Verify the shared dataset at ``folder`` (see the module docstring); raises ``ShareError``."""
+    folder = Path(folder).expanduser().resolve()
+    manifest = read_manifest(folder)
+    entries, problems = _entries(manifest)
+    listed: set[str] = set()
+    for entry in entries:
+        for f in entry.files:
+            listed.add(f.path)
+            problems += _check_file(folder, f, checksums)
+    problems += _unlisted(folder, listed)
+    if problems:
+        raise _error(folder, problems)
+    return SharedDataset(folder, manifest, tuple(entries))
+
+
+def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]]:
+    """The manifest's task entries, cross-checked with its flat file list and the shard path rule."""
+    problems: list[Problem] = []
+    try:
+        entries = [CommitEntry.from_json(t) for t in manifest["tasks"]]
+        files = {f["path"]: f for f in manifest["files"]}
+    except (KeyError, TypeError, ValueError) as error:
+        return [], [Problem(MANIFEST_JSON, f"has no valid 'tasks' and 'files' lists ({error!r})", _REEXPORT)]
+    by_task: set[str] = set()
+    for entry in entries:
+        for f in entry.files:
+            by_task.add(f.path)
+            name = parse_shard_path(f.path)
+            if name is None:
+                problems.append(
+                    Problem(
+                        f.path,
+                        "is not a shard path <table>/suite=<s>/model=<m>/part-<task>.parquet",
+                        _REEXPORT,
+                    )
+                )
+            elif (name.table, name.suite, name.model, name.task_id) != (
+                f.table,
+                entry.suite,
+                entry.model,
+                entry.task_id,
+            ):
+                problems.append(
+                    Problem(f.path, f"is listed as table {f.table!r} of task {entry.task_id!r}", _REEXPORT)
+                )
+            elif f.table not in schema.TABLES:
+                problems.append(
+                    Problem(
+                        f.path, f"holds table {f.table!r}, unknown to this layerlake", "upgrade layerlake"
+                    )
+                )
+            elif files.get(f.path, {}).get("sha256") != f.sha256:
+                problems.append(Problem(f.path, "is listed differently under 'files' and 'tasks'", _REEXPORT))
+    for path in sorted(set(files) - by_task):
+        problems.append(Problem(path, "is listed under 'files' but by no task", _REEXPORT))
+    return entries, problems
+
+
+def _check_file(folder: Path, f: FileEntry, checksums: bool) -> list[Problem]:
+    """Size, sha256, Parquet footer, rows and columns of one listed file."""
+    path = folder / f.path
+    if path.is_symlink():  # a link could point anywhere on the importer's machine
+        return [
+            Problem(f.path, "is a symbolic link, not a file", "copy the folder with links resolved (cp -L)")
+        ]
+    if not path.is_file():
+        return [
+            Problem(
+                f.path,
+                "is listed in manifest.json but missing",
+                "copy the whole folder again (it is incomplete)",
+            )
+        ]
+    size = path.stat().st_size
+    if size != f.bytes:
+        return [
+            Problem(
+                f.path,
+                f"has {size} bytes, manifest.json says {f.bytes}",
+                "copy the folder again (the file is damaged)",
+            )
+        ]
+    if checksums and sha256_file(path) != f.sha256:
+        return [
+            Problem(
+                f.path, "sha256 differs from manifest.json", "copy the folder again (the file is damaged)"
+            )
+        ]
+    try:
+        meta = pq.ParquetFile(path).metadata
+        file_schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as error:
+        return [
+            Problem(
+                f.path,
+                f"is not a readable Parquet file ({error})",
+                "copy the folder again (the file is damaged)",
+            )
+        ]
+    problems = []
+    if meta.num_rows != f.rows:
+        problems.append(
+            Problem(f.path, f"holds {meta.num_rows} rows, manifest.json says {f.rows}", _REEXPORT)
+        )
+    problems += _check_columns(f, file_schema)
+    return problems
+
+
+def _check_columns(f: FileEntry, file_schema: pa.Schema) -> list[Problem]:
+    """The file's columns and types against ``warehouse/schema.py`` (names exact, types equal)."""
+    contract = schema.table(f.table).arrow_schema()
+    given = {field.name: field.type for field in file_schema}
+    wanted = {field.name: field.type for field in contract}
+    missing = [c for c in wanted if c not in given]
+    unknown = [c for c in given if c not in wanted]
+    wrong = [f"{c} is {given[c]}, expected {t}" for c, t in wanted.items() if c in given and given[c] != t]
+    if not (missing or unknown or wrong):
+        return []
+    what = f"columns do not match table {f.table!r} of schema version {schema.SCHEMA_VERSION}:"
+    details = [
+        f" missing {missing}" if missing else "",
+        f" unknown {unknown}" if unknown else "",
+        f" {'; '.join(wrong)}",
+    ]
+    return [
+        Problem(
+            f.path,
+            what + ",".join(d for d in details if d.strip()),
+            _REEXPORT + " from an unmodified warehouse",
+        )
+    ]
+
+
+def _unlisted(folder: Path, listed: set[str]) -> list[Problem]:
+    """Files no manifest entry lists (a reader's ``**/*.parquet`` glob would see them)."""
+    problems = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if rel.parts[0].startswith(".") or path.is_dir():
+            continue  # a clone's .git / .gitattributes; folders hold nothing by themselves
+        name = rel.as_posix()
+        if name not in listed and name not in METADATA_FILES:
+            problems.append(
+                Problem(name, "is not listed in manifest.json", f"delete {name}, or export the dataset again")
+            )
+    return problems
+
+
+def _error(folder: Path, problems: list[Problem]) -> ShareError:
+    shown = problems[:20]
+    lines = [f"  - {p.path}: {p.what}" for p in shown]
+    if len(problems) > len(shown):
+        lines.append(f"  ... and {len(problems) - len(shown)} more")
+    fixes = list(dict.fromkeys(p.fix for p in problems))
+    return ShareError(
+        f"shared dataset {folder} does not verify ({len(problems)} problem{'s' if len(problems) > 1 else ''}); "
+        "the local warehouse was not touched:\n" + "\n".join(lines),
+        fix="; ".join(fixes),
+    )

@@ -1,0 +1,240 @@
+"""Open the warehouse for reading: a DuckDB in-memory connection with typed views over committed shards.
+
+Views (one per table of ``warehouse/schema.py``, plus ``manifest`` and ``failures``) read only the
+files listed by the latest ok manifest entry of each task, so a stray ``.parquet`` in the tree, an
+orphan left by a killed writer, or a task whose files no longer match their listed sizes is invisible.
+A table without files is an empty view with the contract's columns and types.
+
+Results come back the usual DuckDB ways::
+
+    con = warehouse.connect("data/warehouse")
+    rel = con.sql("select model, step, erank(sv) from spectra")   # a lazy DuckDB relation
+    rel.df()        # pandas        rel.pl()       # polars (if installed)
+    rel.arrow()     # pyarrow       rel.fetchall() # Python tuples
+
+Design notes. A view cannot hold bound parameters, so each view reads its file list from a DuckDB
+variable (``getvariable('ll_files_<table>')``) set with a bound parameter: no path is ever formatted into
+SQL. Paths are absolute, so views do not depend on the working directory. ``hive_types`` pins the
+partition columns to VARCHAR (a model named ``070`` stays text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from warehouse import macros, schema
+from warehouse.errors import ManifestError, WarehouseError
+from warehouse.manifest import CommitEntry, latest, manifest_path, read_entries
+
+DATA_ENV = "LAYERLAKE_DATA"  # the same variable conf.schema reads (a test keeps the two in step)
+SHARED_MANIFEST = "manifest.json"
+DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One readable file: where it is and which commit listed it."""
+
+    table: str
+    path: Path  # absolute
+    root: Path  # the warehouse root (or shared folder) it belongs to
+    entry: CommitEntry | None  # None for a shared folder's file
+
+
+def default_root() -> Path:
+    """``$LAYERLAKE_DATA/warehouse`` if set, else ``data/warehouse`` under the project root.
+
+    Mirrors ``conf.schema.default_warehouse_root()`` without importing Hydra.
+    """
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser().resolve() / "warehouse"
+    checkout = Path(__file__).resolve().parent.parent
+    base = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    return base / "data" / "warehouse"
+
+
+def duck_type(type_: pa.DataType) -> str:
+    """The DuckDB SQL type of an Arrow type used in the contract."""
+    if pa.types.is_list(type_):
+        return duck_type(type_.value_type) + "[]"
+    names = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
+             pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}  # fmt: skip
+    if type_ not in names:
+        raise WarehouseError(f"contract type {type_} has no DuckDB mapping", fix="add it to warehouse.connect.duck_type")
+    return names[type_]
+
+
+def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
+    """The files of a warehouse root that readers may see, and its standing failures.
+
+    A task is shown only if every file its latest ok entry lists exists with the listed size
+    (a re-commit killed between rename and manifest append hides the task, never half of it).
+    """
+    committed, failed = latest(read_entries(manifest_path(root)))
+    shards = []
+    for entry in committed.values():
+        files = [(f.table, root / f.path, f.bytes) for f in entry.files]
+        if all(_size(path) == size for _, path, size in files):
+            shards += [Shard(t, path, root, entry) for t, path, _ in files if t in schema.TABLES]
+    return shards, list(failed.values())
+
+
+def shared_shards(folder: Path) -> list[Shard]:
+    """The files a shared dataset folder lists in its ``manifest.json`` (``{"files": [{"table", "path"}]}``)."""
+    try:
+        shared = json.loads((folder / SHARED_MANIFEST).read_text())
+        # (added for warehouse.share) an export also lists each file's commit entry under "tasks", so
+        # the manifest view keeps its provenance and gather() drops a task the local root already has.
+        tasks = {t["task_id"]: CommitEntry.from_json(t) for t in shared.get("tasks", ())}
+        return [
+            Shard(f["table"], folder / f["path"], folder, tasks.get(f.get("task_id")))
+            for f in shared["files"]
+            if f["table"] in schema.TABLES
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ManifestError(
+            f"shared dataset {folder} has no readable {SHARED_MANIFEST} ({error})",
+            fix="attach a folder made by `layerlake share export`, or a warehouse root",
+        ) from error
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
+def _resolve(root: Any) -> Path:
+    path = default_root() if root is None else Path(root).expanduser().resolve()
+    if not path.is_dir():
+        raise WarehouseError(
+            f"no warehouse at {path}",
+            fix="run `layerlake extract` (or `layerlake demo`) first, or pass the warehouse folder as root / --root",
+        )
+    return path
+
+
+def gather(root: Path, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
+    """Shards of ``root`` and every attached folder; a (table, task) seen twice is kept once (first wins)."""
+    shards, failures = committed_shards(root)
+    for other in attach:
+        folder = _resolve(other)
+        if manifest_path(folder).is_file():
+            more, more_failed = committed_shards(folder)
+            failures += more_failed
+        else:
+            more = shared_shards(folder)
+        shards += more
+    seen, unique = set(), []
+    for shard in shards:
+        key = (shard.table, shard.entry.task_id if shard.entry else shard.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(shard)
+    return unique, failures
+
+
+def view_sql(table: schema.Table, has_files: bool) -> str:
+    """The SELECT of a table's view: contract columns cast to their types (SQL text from the contract only)."""
+    partitions = [f"CAST({p} AS VARCHAR) AS {p}" for p in schema.PARTITION_COLUMNS]
+    if not has_files:
+        partitions = [f"CAST(NULL AS VARCHAR) AS {p}" for p in schema.PARTITION_COLUMNS]
+        columns = [f"CAST(NULL AS {duck_type(c.type)}) AS {c.name}" for c in table.columns]
+        return f"SELECT {', '.join(partitions + columns)} WHERE false"
+    columns = [f"CAST({c.name} AS {duck_type(c.type)}) AS {c.name}" for c in table.columns]
+    source = (
+        f"read_parquet(getvariable('ll_files_{table.name}'), hive_partitioning = true, union_by_name = true, "
+        "hive_types = {'suite': VARCHAR, 'model': VARCHAR})"
+    )
+    return f"SELECT {', '.join(partitions + columns)} FROM {source}"
+
+
+def manifest_tables(shards: list[Shard], failures: list[CommitEntry]) -> tuple[pa.Table, pa.Table]:
+    """Arrow tables behind the ``manifest`` (one row per visible file) and ``failures`` views."""
+    rows = []
+    for s in shards:
+        entry, meta = s.entry, (s.entry.meta if s.entry else {})
+        listed = next((f for f in entry.files if f.table == s.table), None) if entry else None
+        rows.append({
+            "task_id": entry.task_id if entry else None, "table_name": s.table, "path": str(s.path),
+            "root": str(s.root), "suite": entry.suite if entry else None, "model": entry.model if entry else None,
+            "rows": listed.rows if listed else None, "bytes": listed.bytes if listed else None,
+            "sha256": listed.sha256 if listed else None, **_meta_columns(meta),
+            "schema_version": entry.schema_version if entry else None,
+            "committed_at": entry.committed_at if entry else None, "meta_json": json.dumps(meta, sort_keys=True),
+        })  # fmt: skip
+    fails = [
+        {"task_id": e.task_id, "suite": e.suite, "model": e.model, "error": e.error, **_meta_columns(e.meta),
+         "committed_at": e.committed_at, "meta_json": json.dumps(e.meta, sort_keys=True)}
+        for e in failures
+    ]  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), pa.Table.from_pylist(fails, schema=FAILURES_SCHEMA)
+
+
+_META = ("config_hash", "code_version", "probe_id", "weights_sha256", "revision", "step", "source")
+
+
+def _meta_columns(meta: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (None if meta.get(k) is None else str(meta[k])) for k in _META}
+    out["step"] = meta.get("step") if isinstance(meta.get("step"), int) else None
+    return out
+
+
+_META_FIELDS = [pa.field(k, pa.int64() if k == "step" else pa.string()) for k in _META]
+MANIFEST_SCHEMA = pa.schema(
+    [pa.field(n, pa.string()) for n in ("task_id", "table_name", "path", "root", "suite", "model")]
+    + [pa.field("rows", pa.int64()), pa.field("bytes", pa.int64()), pa.field("sha256", pa.string())]
+    + _META_FIELDS
+    + [pa.field("schema_version", pa.int32()), pa.field("committed_at", pa.string()), pa.field("meta_json", pa.string())]
+)
+FAILURES_SCHEMA = pa.schema(
+    [pa.field(n, pa.string()) for n in ("task_id", "suite", "model", "error")]
+    + _META_FIELDS
+    + [pa.field("committed_at", pa.string()), pa.field("meta_json", pa.string())]
+)
+
+
+def connect(root: Any = None, read_only: bool = True, attach: Iterable[Any] = ()) -> duckdb.DuckDBPyConnection:
+    """A DuckDB in-memory connection over the warehouse at ``root`` (default: ``default_root()``).
+
+    One typed view per contract table over the committed shards of ``root`` and of every folder in
+    ``attach`` (other warehouse roots, or shared dataset folders with a ``manifest.json``), plus the
+    ``manifest`` and ``failures`` views and the SQL macros of ``warehouse/macros.sql``.
+
+    ``read_only=True`` turns DuckDB's external access off except for the listed shard files: the
+    connection can read the warehouse and nothing else, and can write no file. ``read_only=False``
+    leaves file access on (e.g. to ``COPY`` results out or join your own files); the warehouse is still
+    only read through views.
+    """
+    path = _resolve(root)
+    shards, failures = gather(path, attach)
+    con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
+    try:
+        macros.install(con)
+        for table in schema.TABLES.values():
+            files = sorted(str(s.path) for s in shards if s.table == table.name)
+            if files:
+                con.execute(f"SET VARIABLE ll_files_{table.name} = ?", [files])
+            con.execute(f"CREATE VIEW {table.name} AS {view_sql(table, bool(files))}")
+        manifest_rows, failure_rows = manifest_tables(shards, failures)
+        con.register("_ll_manifest", manifest_rows)
+        con.register("_ll_failures", failure_rows)
+        con.execute("CREATE VIEW manifest AS SELECT * FROM _ll_manifest")
+        con.execute("CREATE VIEW failures AS SELECT * FROM _ll_failures")
+        if read_only:
+            con.execute("SET allowed_paths = ?", [sorted({str(s.path) for s in shards})])
+            con.execute("SET enable_external_access = false")
+    except BaseException:
+        con.close()
+        raise
+    return con
