@@ -1,3 +1,153 @@
-def build(settings):
-    print(settings.suite.name, settings.paths.suites, len(settings.suite.steps))
-show = build
+"""``layerlake suite build`` and ``layerlake suite show``: build (or reuse) the embedded suite, and
+print a table of any configured suite.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from conf.schema import Config
+from etl.errors import SuiteError
+from etl.suite import build as builder
+from etl.suite import corpus, manifest
+from etl.suite.train import LOSS_FILE
+
+
+def build(settings: Config) -> int:
+    """Build the configured local suite under ``<paths.suites>/<suite>/``; reuse what is complete."""
+    from rich.console import Console
+
+    suite = settings.suite
+    if suite.source != "local":
+        raise SuiteError(
+            f"suite {suite.name!r} comes from the hub (source={suite.source!r}): hub suites are downloaded "
+            "when extracted, not built",
+            fix="run `layerlake extract suite="
+            + suite.name
+            + "` directly, or build a local suite (suite=embedded)",
+        )
+    builder.validate_local_suite(suite)
+    specs = builder.selected_models(suite, settings.models)
+    console = Console(highlight=False)
+    root = Path(settings.paths.suites) / suite.name
+    started = time.perf_counter()
+    train_text, _ = corpus.split_corpus(corpus.corpus_text())
+    corpus_sha = corpus.corpus_sha256()
+    record = manifest.read(root)
+    record.setdefault("models", {})
+    record.update({"suite": suite.name, "format": manifest.FORMAT_VERSION, "corpus_sha256": corpus_sha})
+    tokenizer = builder.ensure_tokenizer(root, suite, train_text, corpus_sha, record)
+    jobs = builder.plan_jobs(root, suite, specs, record, corpus_sha)
+    for job in jobs:
+        console.print(f"{job.spec.name}: {job.action} ({job.reason})")
+    todo = [job for job in jobs if job.action != "reuse"]
+    if todo:
+        tokens = corpus.encode(tokenizer, train_text)
+        with _Progress(console, len(todo) * suite.train.max_steps, settings.progress) as progress:
+            lines = builder.run_jobs(root, suite, jobs, record, tokens, progress)
+        for line in lines:
+            console.print(line)
+    hashes = {name: entry["config_hash"] for name, entry in sorted(record["models"].items())}
+    record["suite_hash"] = manifest.suite_hash(hashes)
+    manifest.write(root, record)
+    verb = "built" if todo else "reused"
+    console.print(f"suite {suite.name!r} {verb} at {root} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def suite_table_rows(settings: Config) -> list[dict]:
+    """One row per model of the configured suite: model, parameters, params_label, layers, width,
+    heads, checkpoints (built, for local suites), first_loss and last_loss (None for hub suites)."""
+    suite = settings.suite
+    root = Path(settings.paths.suites) / suite.name
+    record = manifest.read(root) if suite.source == "local" else {"models": {}}
+    rows = []
+    for spec in suite.models:
+        row = {
+            "model": spec.name,
+            "parameters": record["models"].get(spec.name, {}).get("n_params"),
+            "params_label": spec.n_params_label,
+            "layers": spec.n_layers,
+            "width": spec.d_model,
+            "heads": spec.n_heads,
+            "checkpoints": len(suite.steps),
+            "first_loss": None,
+            "last_loss": None,
+        }
+        if suite.source == "local":
+            folder = root / spec.name
+            row["checkpoints"] = sum(
+                (folder / f"step{s}" / "model.safetensors").is_file() for s in suite.steps
+            )
+            row["first_loss"], row["last_loss"] = _loss_ends(folder / LOSS_FILE)
+        rows.append(row)
+    return rows
+
+
+def show(settings: Config) -> int:
+    """Print the suite's table (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    suite = settings.suite
+    table = Table(title=f"suite {suite.name} ({suite.source}, {len(suite.steps)} scheduled checkpoints)")
+    for name in ("model", "parameters", "layers", "width", "heads", "checkpoints", "first loss", "last loss"):
+        table.add_column(name, justify="left" if name == "model" else "right", no_wrap=name == "model")
+    for row in suite_table_rows(settings):
+        params = f"{row['parameters']:,}" if row["parameters"] else (row["params_label"] or "")
+        losses = [f"{row[k]:.3f}" if row[k] is not None else "" for k in ("first_loss", "last_loss")]
+        table.add_row(
+            row["model"], params, str(row["layers"]), str(row["width"]), str(row["heads"]),
+            str(row["checkpoints"]), *losses,
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def _loss_ends(path: Path) -> tuple[float | None, float | None]:
+    if not path.is_file():
+        return None, None
+    import pyarrow.parquet as pq
+
+    loss = pq.read_table(path, columns=["loss"]).column("loss").to_pylist()
+    return (loss[0], loss[-1]) if loss else (None, None)
+
+
+class _Progress:
+    """Rich progress bars: one overall, one per model; a no-op when ``enabled`` is false."""
+
+    def __init__(self, console, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.done: dict[str, int] = {}
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, transient=False,
+            )  # fmt: skip
+            self.overall = self.bar.add_task("all models", total=total, note="")
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+    def callback(self, model: str, max_steps: int):
+        """``on_update(step, note)`` for one model's training loop."""
+        if not self.enabled:
+            return lambda step, note: None
+        task = self.bar.add_task(model, total=max_steps, note="")
+
+        def on_update(step: int, note: str) -> None:
+            self.done[model] = step
+            self.bar.update(task, completed=step, note=note)
+            self.bar.update(self.overall, completed=sum(self.done.values()))
+
+        return on_update

@@ -1,0 +1,374 @@
+"""Checkpoint sources: where a suite's (model, step) checkpoints live, and one loader for all of them.
+
+Two sources behind one interface (``open_source``):
+
+- ``local``: Hugging Face model folders ``<suites_root>/<suite>/<model>/step<N>/`` (what
+  ``layerlake suite build`` writes); a ref's ``location`` is that absolute folder.
+- ``hf``: hub repos whose revisions are ``step<N>`` (Pythia); ``location`` is the repo id.
+
+Both load through ``AutoModelForCausalLM.from_pretrained`` (``_from_pretrained``), so the embedded
+suite exercises the hub code path. Loading never runs code from a checkpoint unless the suite
+says ``trust_remote_code``: weights come from safetensors, or ``torch.load(weights_only=True)``.
+
+A checkpoint's identity is the sha256 of its weights (``weights_sha256``), never its step label:
+Pythia serves duplicated and mislabelled revisions, which ``find_duplicates`` reports.
+
+The hub loader reads ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` when it is called (not only when
+``huggingface_hub`` is imported), so a Ray worker or a test can point it at a cache.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conf.schema import ModelSpec, StepsConfig, SuiteConfig
+from etl.errors import CheckpointError, SuiteError
+from etl.task import CheckpointRef
+
+DTYPES = ("float32", "bfloat16", "float16")
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A loaded checkpoint: the model (eval mode, on its device), its config, identity and size."""
+
+    model: Any  # torch.nn.Module
+    config: Any  # transformers.PretrainedConfig
+    weights_sha256: str
+    n_params: int
+
+
+class CheckpointSource:
+    """The checkpoints of one suite. Subclasses say where a (model, step) lives."""
+
+    kind = ""
+
+    def __init__(self, suite: SuiteConfig, suites_root: str | Path) -> None:
+        self.suite = suite
+        self.suites_root = Path(suites_root).resolve()
+
+    def model_spec(self, model: str) -> ModelSpec:
+        """The suite's spec for ``model``; an unknown name lists the suite's models."""
+        for spec in self.suite.models:
+            if spec.name == model:
+                return spec
+        known = ", ".join(m.name for m in self.suite.models) or "(none)"
+        raise CheckpointError(
+            f"suite {self.suite.name!r} has no model {model!r}; its models are: {known}",
+            fix="pick one of those names (models=[...]) or another suite (suite=...)",
+        )
+
+    def refs(self, model: str, steps: Sequence[int]) -> list[CheckpointRef]:
+        """One ref per step, in the given order; a step the source cannot serve is a CheckpointError."""
+        spec = self.model_spec(model)
+        return [self._ref(spec, int(step)) for step in steps]
+
+    def load(self, ref: CheckpointRef, device: str = "cpu", dtype: str = "float32") -> LoadedCheckpoint:
+        return load_checkpoint(ref, device=device, dtype=dtype)
+
+    def release(self, ref: CheckpointRef) -> None:
+        release_checkpoint(ref)
+
+    def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
+        raise NotImplementedError
+
+    def _make_ref(self, spec: ModelSpec, step: int, location: str) -> CheckpointRef:
+        return CheckpointRef(
+            suite=self.suite.name,
+            model=spec.name,
+            step=step,
+            revision=f"step{step}",
+            tokens_seen=step * self.suite.tokens_per_step,
+            source=self.kind,
+            location=location,
+            trust_remote_code=self.suite.trust_remote_code,
+            evict_after_use=self.suite.evict_after_use,
+        )
+
+
+class LocalSource(CheckpointSource):
+    """Model folders on disk: ``<suites_root>/<suite>/<model>/step<N>/``."""
+
+    kind = "local"
+
+    def model_dir(self, model: str) -> Path:
+        return self.suites_root / self.suite.name / model
+
+    def available_steps(self, model: str) -> list[int]:
+        """Steps whose folder holds a weights file, ascending."""
+        folder = self.model_dir(model)
+        if not folder.is_dir():
+            return []
+        steps = [_step_of(p.name) for p in folder.glob("step*") if (p / WEIGHTS_FILE).is_file()]
+        return sorted(s for s in steps if s is not None)
+
+    def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
+        folder = self.model_dir(spec.name) / f"step{step}"
+        if not (folder / WEIGHTS_FILE).is_file():
+            available = self.available_steps(spec.name)
+            raise CheckpointError(
+                f"checkpoint {folder} does not exist ({_nearest_text(step, available)})",
+                fix="build the suite with `layerlake suite build`, or choose available steps with steps.only=[...]",
+            )
+        return self._make_ref(spec, step, str(folder))
+
+
+class HubSource(CheckpointSource):
+    """Hub repos with one revision ``step<N>`` per checkpoint (Pythia's layout)."""
+
+    kind = "hf"
+
+    def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
+        if not spec.repo:
+            raise SuiteError(
+                f"model {spec.name!r} of hub suite {self.suite.name!r} has no `repo`",
+                fix="set repo: <org>/<name> for it in the suite config",
+            )
+        if self.suite.steps and step not in self.suite.steps:
+            raise CheckpointError(
+                f"{spec.repo} has no revision step{step} in suite {self.suite.name!r}'s schedule "
+                f"({_nearest_text(step, sorted(self.suite.steps))})",
+                fix="choose steps from the schedule (steps.only=[...] or steps=paper)",
+            )
+        return self._make_ref(spec, step, spec.repo)
+
+
+SOURCES: dict[str, type[CheckpointSource]] = {"local": LocalSource, "hf": HubSource}
+
+
+def open_source(suite: SuiteConfig, suites_root: str | Path) -> CheckpointSource:
+    """The checkpoint source of ``suite`` (``suite.source``: local | hf)."""
+    try:
+        return SOURCES[suite.source](suite, suites_root)
+    except KeyError:
+        raise SuiteError(
+            f"suite {suite.name!r} has unknown source {suite.source!r}",
+            fix=f"set suite.source to one of: {', '.join(SOURCES)}",
+        ) from None
+
+
+def load_checkpoint(ref: CheckpointRef, device: str = "cpu", dtype: str = "float32") -> LoadedCheckpoint:
+    """Load the checkpoint ``ref`` points at, from the ref alone (what a Ray worker calls).
+
+    The weights hash is taken on the CPU copy, before the move to ``device``.
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}", fix=f"use one of: {', '.join(DTYPES)}")
+    model = _from_pretrained(ref, getattr(torch, dtype))
+    model.eval()
+    digest = weights_sha256(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    if device != "cpu":
+        model.to(device)
+    return LoadedCheckpoint(model=model, config=model.config, weights_sha256=digest, n_params=n_params)
+
+
+def release_checkpoint(ref: CheckpointRef) -> None:
+    """Hub refs with ``evict_after_use``: delete that revision's files from the local cache.
+
+    Blobs still used by another cached revision are kept (``huggingface_hub``'s own deletion
+    strategy decides). Local checkpoints and refs without ``evict_after_use`` are left alone.
+    """
+    if ref.source != "hf" or not ref.evict_after_use:
+        return
+    from huggingface_hub import scan_cache_dir
+
+    cache = hub_cache_dir()
+    try:
+        info = scan_cache_dir(cache)
+    except Exception:  # no cache folder yet: nothing to evict
+        return
+    commits = [
+        revision.commit_hash
+        for repo in info.repos
+        if repo.repo_id == ref.location and repo.repo_type == "model"
+        for revision in repo.revisions
+        if ref.revision in revision.refs or revision.commit_hash == ref.revision
+    ]
+    if commits:
+        info.delete_revisions(*commits).execute()
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is a complete safetensors file.
+
+    Reads only the header: 8 bytes (little-endian header length h), h bytes of JSON giving each
+    tensor's ``data_offsets``; a complete file is exactly 8 + h + max(end offset) bytes long.
+    """
+    path = Path(path)
+    fix = f"delete {path.parent} and rebuild it (`layerlake suite build`) or download it again"
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_len > size - 8:
+                raise ValueError(f"header of {header_len} bytes in a {size}-byte file")
+            header = json.loads(handle.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file {path} does not exist", fix=fix) from None
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise CheckpointError(
+            f"weights file {path} is corrupt: unreadable header ({error})", fix=fix
+        ) from None
+    if size != 8 + header_len + end:
+        raise CheckpointError(
+            f"weights file {path} is truncated or corrupt: {size} bytes, its header says {8 + header_len + end}",
+            fix=fix,
+        )
+
+
+def weights_sha256(model) -> str:
+    """sha256 over the state dict, tensors in sorted name order: name, dtype, shape, raw bytes.
+
+    Equal hashes mean bit-identical weights; a different dtype is a different identity.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def find_duplicates(items: Iterable[tuple[CheckpointRef, str]]) -> list[tuple[CheckpointRef, CheckpointRef]]:
+    """Pairs ``(first, duplicate)`` of refs whose weights hash is equal; ``first`` is the earliest step
+    (then revision) of its group, each later ref of the group is paired with it."""
+    groups: dict[str, list[CheckpointRef]] = {}
+    for ref, digest in items:
+        groups.setdefault(digest, []).append(ref)
+    pairs = []
+    for refs in groups.values():
+        refs = sorted(refs, key=lambda r: (r.suite, r.model, r.step, r.revision))
+        pairs += [(refs[0], dup) for dup in refs[1:]]
+    return sorted(pairs, key=lambda p: (p[1].model, p[1].step))
+
+
+def select_steps(suite: SuiteConfig, steps_cfg: StepsConfig) -> list[int]:
+    """The steps to use: ``steps_cfg.only`` if given, else the named ``subset``, else all, ascending.
+
+    Every step must be in the suite's schedule (``suite.steps``).
+    """
+    if steps_cfg.only is not None:
+        chosen, what = list(steps_cfg.only), "steps.only"
+    elif steps_cfg.subset is not None:
+        if steps_cfg.subset not in suite.subsets:
+            known = ", ".join(suite.subsets) or "(none)"
+            raise SuiteError(
+                f"suite {suite.name!r} has no step subset {steps_cfg.subset!r}; its subsets are: {known}",
+                fix="use steps=all, steps.subset=<one of those>, or steps.only=[...]",
+            )
+        chosen, what = list(suite.subsets[steps_cfg.subset]), f"subset {steps_cfg.subset!r}"
+    else:
+        return sorted(set(suite.steps))
+    schedule = sorted(set(suite.steps))
+    missing = [s for s in chosen if s not in schedule]
+    if missing:
+        raise SuiteError(
+            f"{what} asks for step {missing[0]}, which is not in suite {suite.name!r}'s schedule "
+            f"({_nearest_text(missing[0], schedule)})",
+            fix="choose steps from the suite's `steps` list",
+        )
+    return sorted(set(chosen))
+
+
+def _from_pretrained(ref: CheckpointRef, torch_dtype):
+    """The one loader: a local folder or a hub repo at a revision, safetensors or weights-only pickles."""
+    from transformers import AutoModelForCausalLM
+
+    if ref.source == "local":
+        target, kwargs = ref.location, {"use_safetensors": True}
+        weights = Path(ref.location) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise CheckpointError(
+                f"checkpoint {ref.location} has no {WEIGHTS_FILE}",
+                fix="rebuild it with `layerlake suite build`, or choose other steps (steps.only=[...])",
+            )
+        check_weights_file(weights)
+        what, fix = str(weights), "delete that step folder and rebuild with `layerlake suite build`"
+    elif ref.source == "hf":
+        target, kwargs = ref.location, {"revision": ref.revision, "cache_dir": hub_cache_dir()}
+        if hub_offline():
+            kwargs["local_files_only"] = True
+        what = f"{ref.location}@{ref.revision}"
+        fix = "check the repo and revision exist on the hub (or are cached, offline); re-download with a clean cache"
+    else:
+        raise CheckpointError(f"checkpoint {ref.model}@{ref.revision} has unknown source {ref.source!r}",
+                              fix="use source local or hf")  # fmt: skip
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            target, dtype=torch_dtype, trust_remote_code=ref.trust_remote_code, weights_only=True, **kwargs
+        )
+    except CheckpointError:
+        raise
+    except Exception as error:  # safetensors, OSError, hub errors: all mean "this checkpoint is unusable"
+        raise CheckpointError(
+            f"cannot load checkpoint {what} ({ref.suite}/{ref.model} step {ref.step}): "
+            f"{type(error).__name__}: {_first_line(error)}{_cached_hint(ref)}",
+            fix=fix,
+        ) from error
+
+
+def hub_cache_dir() -> str:
+    """The hub cache folder: ``$HF_HUB_CACHE`` as set now, else ``huggingface_hub``'s default."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set now: load from the cache only."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    return flag.upper() in ("1", "ON", "YES", "TRUE") if flag else constants.HF_HUB_OFFLINE
+
+
+def _cached_hint(ref: CheckpointRef) -> str:
+    """For hub refs: the nearest revisions in the local cache (all that is reachable offline)."""
+    if ref.source != "hf":
+        return ""
+    steps = cached_hub_steps(ref.location)
+    return f"; cached revisions: {_nearest_text(ref.step, steps)}" if steps else ""
+
+
+def cached_hub_steps(repo: str) -> list[int]:
+    """``step<N>`` revisions of ``repo`` present in the local hub cache, ascending."""
+    refs_dir = Path(hub_cache_dir()) / f"models--{repo.replace('/', '--')}" / "refs"
+    if not refs_dir.is_dir():
+        return []
+    return sorted(s for s in (_step_of(p.name) for p in refs_dir.iterdir()) if s is not None)
+
+
+def _step_of(name: str) -> int | None:
+    digits = name.removeprefix("step")
+    return int(digits) if name.startswith("step") and digits.isdigit() else None
+
+
+def _nearest_text(step: int, available: Sequence[int], k: int = 3) -> str:
+    """``nearest available steps: 96, 128, 160`` (or that none exist)."""
+    if not available:
+        return "no steps are available"
+    i = bisect.bisect_left(available, step)
+    window = sorted(available[max(0, i - k) : i + k], key=lambda s: (abs(s - step), s))[:k]
+    return "nearest available steps: " + ", ".join(str(s) for s in sorted(window))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""

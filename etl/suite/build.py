@@ -1,0 +1,160 @@
+"""Builds the embedded suite: checks the config, trains the tokenizer once, then each model that is
+missing, incomplete (resumed) or built from another config (rebuilt); complete ones are reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from conf.schema import ModelSpec, SuiteConfig
+from etl.errors import CheckpointError, SuiteError
+from etl.suite import corpus, manifest
+from etl.suite.train import TrainPlan, train_model
+
+
+@dataclass
+class ModelJob:
+    spec: ModelSpec
+    config_hash: str
+    action: str  # reuse | build | resume | rebuild
+    reason: str
+
+
+def validate_local_suite(suite: SuiteConfig) -> None:
+    """The checks a local suite must pass before anything is trained."""
+    train = suite.train
+    if not suite.models:
+        raise SuiteError(
+            f"suite {suite.name!r} has no models", fix="list models under `models:` in its config"
+        )
+    names = [m.name for m in suite.models]
+    if len(set(names)) != len(names):
+        raise SuiteError(
+            f"suite {suite.name!r} names a model twice: {names}", fix="give each model a unique name"
+        )
+    steps = list(suite.steps)
+    if not steps or steps != sorted(set(steps)) or steps[0] < 0:
+        raise SuiteError(
+            f"suite {suite.name!r}: steps must be distinct, ascending and >= 0, got {steps}",
+            fix="write the schedule as e.g. [0, 1, 2, 4, 8, 16, 32, 64, 96, 128]",
+        )
+    if steps[-1] != train.max_steps:
+        raise SuiteError(
+            f"suite {suite.name!r}: the last checkpoint step {steps[-1]} is not train.max_steps={train.max_steps}",
+            fix=f"end `steps` with {train.max_steps}, or set suite.train.max_steps={steps[-1]}",
+        )
+    if suite.tokens_per_step != train.batch_size * train.seq_len:
+        raise SuiteError(
+            f"suite {suite.name!r}: tokens_per_step={suite.tokens_per_step} but each update trains on "
+            f"batch_size x seq_len = {train.batch_size * train.seq_len} tokens",
+            fix=f"set suite.tokens_per_step={train.batch_size * train.seq_len}",
+        )
+    if train.vocab_size <= 257:
+        raise SuiteError(
+            f"suite {suite.name!r}: vocab_size={train.vocab_size} leaves no room for BPE merges",
+            fix="use suite.train.vocab_size >= 300 (256 bytes + 1 special token + merges)",
+        )
+
+
+def selected_models(suite: SuiteConfig, only: list[str] | None) -> list[ModelSpec]:
+    """The suite's models, restricted to ``only`` (the top-level ``models=`` override) if given."""
+    if only is None:
+        return list(suite.models)
+    known = {m.name: m for m in suite.models}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise SuiteError(
+            f"suite {suite.name!r} has no model {', '.join(map(repr, unknown))}",
+            fix=f"use models=[...] with names from: {', '.join(known)}",
+        )
+    return [known[name] for name in only]
+
+
+def ensure_tokenizer(root: Path, suite: SuiteConfig, train_text: str, corpus_sha: str, record: dict) -> Path:
+    """``<suite>/tokenizer.json``, trained once per (corpus, vocab size) and then reused."""
+    path = root / manifest.TOKENIZER
+    key = manifest.tokenizer_key(suite, corpus_sha)
+    if not path.is_file() or record.get("tokenizer_key") != key:
+        corpus.save_tokenizer(corpus.train_tokenizer(train_text, suite.train.vocab_size), path)
+    record["tokenizer_key"] = key
+    record["tokenizer_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return path
+
+
+def plan_jobs(
+    root: Path, suite: SuiteConfig, specs: list[ModelSpec], record: dict, corpus_sha: str
+) -> list[ModelJob]:
+    """Decide for each model: reuse, build, resume or rebuild, with the reason shown to the user."""
+    jobs = []
+    for spec in specs:
+        digest = manifest.model_config_hash(spec, suite, corpus_sha, record["tokenizer_sha256"])
+        entry = record["models"].get(spec.name)
+        folder = root / spec.name
+        if entry is None or not folder.exists():
+            jobs.append(ModelJob(spec, digest, "build", "not built yet"))
+        elif entry["config_hash"] != digest:
+            jobs.append(ModelJob(spec, digest, "rebuild", "its config changed since it was built"))
+        elif entry.get("complete") and _complete_on_disk(folder, suite.steps):
+            damaged = _damaged_weights(folder, suite.steps)
+            if damaged:
+                jobs.append(ModelJob(spec, digest, "rebuild", f"{damaged}"))
+            else:
+                jobs.append(ModelJob(spec, digest, "reuse", "complete, config unchanged"))
+        else:
+            jobs.append(ModelJob(spec, digest, "resume", "interrupted; continuing from its last checkpoint"))
+    return jobs
+
+
+def run_jobs(
+    root: Path, suite: SuiteConfig, jobs: list[ModelJob], record: dict, tokens, progress
+) -> list[str]:
+    """Train every job that is not a reuse, updating ``suite.json`` before and after each; returns
+    one summary line per model."""
+    lines = []
+    for job in jobs:
+        folder = root / job.spec.name
+        if job.action == "reuse":
+            continue
+        if job.action in ("build", "rebuild") and folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        record["models"][job.spec.name] = {"config_hash": job.config_hash, "complete": False}
+        manifest.write(root, record)
+        plan = TrainPlan(job.spec, suite.train, tuple(suite.steps), folder, tokens, job.config_hash)
+        started = time.perf_counter()
+        outcome = train_model(plan, progress.callback(job.spec.name, suite.train.max_steps))
+        record["models"][job.spec.name] = {
+            "config_hash": job.config_hash,
+            "complete": True,
+            "n_params": outcome.n_params,
+            "steps": list(suite.steps),
+        }
+        manifest.write(root, record)
+        resumed = "" if outcome.resumed_from is None else f", resumed at step {outcome.resumed_from}"
+        lines.append(
+            f"{job.spec.name}: loss {outcome.first_loss:.3f} -> {outcome.last_loss:.3f}, "
+            f"{outcome.n_params:,} parameters, {time.perf_counter() - started:.0f} s{resumed}"
+        )
+    return lines
+
+
+def _damaged_weights(folder: Path, steps: list[int]) -> str | None:
+    """The first corrupt weights file of a built model, as a reason to rebuild it; None if all are intact."""
+    from etl.sources import check_weights_file
+
+    for step in steps:
+        try:
+            check_weights_file(folder / f"step{step}" / "model.safetensors")
+        except CheckpointError as error:
+            return error.message
+    return None
+
+
+def _complete_on_disk(folder: Path, steps: list[int]) -> bool:
+    return (folder / "loss.parquet").is_file() and all(
+        (folder / f"step{s}" / "model.safetensors").is_file() for s in steps
+    )

@@ -1,0 +1,208 @@
+"""Trains one model of the embedded suite, saving a checkpoint at every scheduled step; resumable.
+
+Everything that decides the weights is a pure function of the config: the initial weights of
+``model_seed(seed, name)``, the batch of step ``t`` (``batch_at``), the learning rate of step ``t``
+(``lr_at``). So a run that resumes from a checkpoint (its weights + the AdamW state saved beside
+it in ``<model>/_resume/``) takes exactly the same updates as one that never stopped.
+
+Step ``t`` means "after ``t`` optimizer updates": ``step0`` is the initialisation, as in Pythia.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from conf.schema import ModelSpec, TrainConfig
+from etl.task import stable_hash
+
+RESUME_DIR = "_resume"
+LOSS_FILE = "loss.parquet"
+GRAD_CLIP = 1.0  # Pythia clips the global gradient norm at 1.0
+
+
+@dataclass
+class TrainPlan:
+    """One model to train: its spec, the schedule, where it goes, and the identity of its config."""
+
+    spec: ModelSpec
+    train: TrainConfig
+    steps: tuple[int, ...]
+    folder: Path  # <suites>/<suite>/<model>
+    tokens: np.ndarray = field(repr=False)  # training token ids (int64)
+    config_hash: str = ""
+
+
+@dataclass
+class TrainOutcome:
+    n_params: int
+    resumed_from: int | None
+    first_loss: float
+    last_loss: float
+
+
+def lr_at(step: int, train: TrainConfig) -> float:
+    """Learning rate of update ``step`` (1-based): linear warmup, then cosine decay to ``min_lr_ratio``.
+
+    lr(t) = lr * t / w                                        for t <= w
+    lr(t) = lr * (r + (1 - r) * (1 + cos(pi * p)) / 2),  p = (t - w) / (T - w)   otherwise
+
+    >>> cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    >>> lr_at(5, cfg), lr_at(10, cfg), round(lr_at(60, cfg), 6), round(lr_at(110, cfg), 6)
+    (0.5, 1.0, 0.55, 0.1)
+    """
+    warmup = max(train.warmup_steps, 0)
+    if step <= warmup:
+        return train.lr * step / max(warmup, 1)
+    progress = (step - warmup) / max(train.max_steps - warmup, 1)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return train.lr * (train.min_lr_ratio + (1.0 - train.min_lr_ratio) * cosine)
+
+
+def batch_at(tokens: np.ndarray, step: int, train: TrainConfig) -> np.ndarray:
+    """The batch of update ``step``: ``batch_size`` random windows of ``seq_len`` tokens.
+
+    The generator is seeded by ``(seed, step)``, so every model of the suite sees the same data in
+    the same order, and a resumed run needs no data-loader state.
+    """
+    rng = np.random.default_rng([train.seed, step])
+    starts = rng.integers(0, len(tokens) - train.seq_len, size=train.batch_size)
+    return np.stack([tokens[s : s + train.seq_len] for s in starts])
+
+
+def model_seed(seed: int, name: str) -> int:
+    """Init seed of one model: tied to its name, not its position in the suite's list."""
+    return int(stable_hash({"seed": seed, "model": name})[:8], 16)
+
+
+def train_model(plan: TrainPlan, on_update: Callable[[int, str], None]) -> TrainOutcome:
+    """Train ``plan``'s model to ``train.max_steps``, resuming from ``_resume/`` when it can.
+
+    ``on_update(step, note)`` is called after every update (for progress bars). Writes the
+    checkpoints, then ``loss.parquet``, then removes ``_resume/``.
+    """
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from etl.suite.model import new_model
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars would fight the rich progress display
+    torch.set_num_threads(plan.train.torch_threads)
+    model = new_model(plan.spec, plan.train, model_seed(plan.train.seed, plan.spec.name))
+    optimizer = _optimizer(model, plan.train)
+    losses: list[tuple[int, float, float, int]] = []
+    start = _resume(plan, model, optimizer, losses)
+    if start is None and 0 in plan.steps:
+        _save_checkpoint(plan, model, optimizer, losses, 0)
+    model.train()
+    tokens_per_update = plan.train.batch_size * plan.train.seq_len
+    for step in range(1 if start is None else start + 1, plan.train.max_steps + 1):
+        lr = lr_at(step, plan.train)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = torch.from_numpy(batch_at(plan.tokens, step, plan.train))
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append((step, float(loss.item()), lr, step * tokens_per_update))
+        if step in plan.steps:
+            _save_checkpoint(plan, model, optimizer, losses, step)
+        on_update(step, f"loss {losses[-1][1]:.3f}")
+    _write_losses(plan.folder / LOSS_FILE, losses)
+    shutil.rmtree(plan.folder / RESUME_DIR, ignore_errors=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    return TrainOutcome(n_params, start, losses[0][1], losses[-1][1])
+
+
+def _optimizer(model, train: TrainConfig):
+    """AdamW; no weight decay on biases and LayerNorm gains (1-d tensors), as in GPT-NeoX."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _save_checkpoint(plan: TrainPlan, model, optimizer, losses, step: int) -> None:
+    """``step<N>/`` (config.json + model.safetensors) appears complete or not at all; then the
+    resume state for that step, so a resume point always has its weights on disk."""
+    import torch
+
+    final = plan.folder / f"step{step}"
+    tmp = plan.folder / f".tmp-step{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if final.exists():  # left by a run killed before it saved the matching resume state
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    resume = plan.folder / RESUME_DIR
+    resume.mkdir(exist_ok=True)
+    state = {
+        "step": step,
+        "config_hash": plan.config_hash,
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "losses": list(losses),
+    }
+    tmp_state = resume / f".state-step{step}.pt.tmp"
+    torch.save(state, tmp_state)
+    os.replace(tmp_state, resume / f"state-step{step}.pt")
+    for old in resume.glob("state-step*.pt"):
+        if old.name != f"state-step{step}.pt":
+            old.unlink()
+
+
+def _resume(plan: TrainPlan, model, optimizer, losses: list) -> int | None:
+    """Load the newest resume state whose checkpoint folder is complete; its step, or None."""
+    import torch
+
+    for path in sorted((plan.folder / RESUME_DIR).glob("state-step*.pt"), key=_state_step, reverse=True):
+        weights = plan.folder / f"step{_state_step(path)}" / "model.safetensors"
+        if not weights.is_file():
+            continue
+        state = torch.load(path, weights_only=True)
+        if state["config_hash"] != plan.config_hash:
+            return None
+        # Through from_pretrained: transformers 5 saves GPT-NeoX's lm_head under Pythia's on-disk name
+        # `embed_out`, so the file's keys are not the module's state-dict keys.
+        saved = type(model).from_pretrained(weights.parent, dtype=torch.float32)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        losses[:] = [tuple(row) for row in state["losses"]]
+        return int(state["step"])
+    return None
+
+
+def _state_step(path: Path) -> int:
+    return int(path.name.removeprefix("state-step").removesuffix(".pt"))
+
+
+def _write_losses(path: Path, losses: list[tuple[int, float, float, int]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    step, loss, lr, tokens = (list(col) for col in zip(*losses, strict=True)) if losses else ([], [], [], [])
+    table = pa.table(
+        {
+            "step": pa.array(step, pa.int64()),
+            "loss": pa.array(loss, pa.float64()),
+            "lr": pa.array(lr, pa.float64()),
+            "tokens_seen": pa.array(tokens, pa.int64()),
+        }
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,220 @@
+"""Checkpoint sources: local folders, the hub path on a real on-disk hub cache, errors, duplicates."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conf.schema import ModelSpec, ProbeConfig, StepsConfig, SuiteConfig
+from etl.errors import CheckpointError, SuiteError
+from etl.probes import build_probe
+from etl.sources import (
+    check_weights_file,
+    find_duplicates,
+    load_checkpoint,
+    open_source,
+    release_checkpoint,
+    select_steps,
+    weights_sha256,
+)
+
+
+def _copy_model(tiny_suite, tmp_path: Path, model: str = "tiny-a") -> tuple[SuiteConfig, Path]:
+    settings, root = tiny_suite
+    dest = tmp_path / "suites"
+    shutil.copytree(root / settings.suite.name / model, dest / settings.suite.name / model)
+    return settings.suite, dest
+
+
+def test_missing_step_names_the_folder_and_nearest_steps(tiny_suite):
+    settings, root = tiny_suite
+    with pytest.raises(CheckpointError) as caught:
+        open_source(settings.suite, root).refs("tiny-a", [0, 12])
+    error = caught.value
+    assert str(root / "embedded/tiny-a/step12") in error.message
+    assert "nearest available steps: 4, 8, 16" in error.message
+    assert "layerlake suite build" in error.fix
+
+
+def test_unknown_model_lists_the_suite_models(tiny_suite):
+    settings, root = tiny_suite
+    with pytest.raises(CheckpointError, match="its models are: tiny-a, tiny-b"):
+        open_source(settings.suite, root).refs("tiny-z", [0])
+
+
+def test_truncated_safetensors_is_a_clear_error(tiny_suite, tmp_path):
+    suite, root = _copy_model(tiny_suite, tmp_path)
+    source = open_source(suite, root)
+    (ref,) = source.refs("tiny-a", [8])
+    weights = Path(ref.location) / "model.safetensors"
+    check_weights_file(weights)  # intact before
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as caught:
+        source.load(ref)
+    assert str(weights) in caught.value.message and "truncated" in caught.value.message
+    assert "rebuild" in caught.value.fix
+
+
+def test_garbage_safetensors_header_is_a_clear_error(tiny_suite, tmp_path):
+    suite, root = _copy_model(tiny_suite, tmp_path)
+    (ref,) = open_source(suite, root).refs("tiny-a", [4])
+    weights = Path(ref.location) / "model.safetensors"
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!" + b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(ref)
+
+
+def test_copied_step_is_reported_as_duplicate(tiny_suite, tmp_path):
+    suite, root = _copy_model(tiny_suite, tmp_path)
+    folder = root / suite.name / "tiny-a"
+    shutil.copytree(folder / "step8", folder / "step12")
+    source = open_source(suite, root)
+    refs = source.refs("tiny-a", [0, 1, 4, 8, 12, 16])
+    items = [(ref, source.load(ref).weights_sha256) for ref in refs]
+    pairs = find_duplicates(items)
+    assert [(a.step, b.step) for a, b in pairs] == [(8, 12)]
+
+
+def test_weights_hash_is_identity_of_the_bits(tiny_suite):
+    import torch
+
+    settings, root = tiny_suite
+    (ref,) = open_source(settings.suite, root).refs("tiny-a", [32])
+    a, b = load_checkpoint(ref), load_checkpoint(ref)
+    assert a.weights_sha256 == b.weights_sha256 == weights_sha256(a.model)
+    with torch.no_grad():
+        b.model.gpt_neox.layers[0].mlp.dense_4h_to_h.weight[0, 0] += 1e-7
+    assert weights_sha256(b.model) != a.weights_sha256
+    half = load_checkpoint(ref, dtype="bfloat16")
+    assert half.weights_sha256 != a.weights_sha256
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert half.model.training is False
+
+
+def test_select_steps_all_subset_only(tiny_suite):
+    suite = tiny_suite[0].suite
+    assert select_steps(suite, StepsConfig()) == [0, 1, 2, 4, 8, 16, 24, 32]
+    assert select_steps(suite, StepsConfig(subset="paper")) == [0, 4, 32]
+    assert select_steps(suite, StepsConfig(subset="paper", only=[32, 8, 8])) == [8, 32]
+    with pytest.raises(SuiteError, match="no step subset 'nope'; its subsets are: paper"):
+        select_steps(suite, StepsConfig(subset="nope"))
+    with pytest.raises(SuiteError, match="step 5, which is not in .*nearest available steps: 2, 4, 8"):
+        select_steps(suite, StepsConfig(only=[5]))
+
+
+# --- the hub code path, on a real Hugging Face cache laid out on disk ------------------------------------
+
+REPO_ID = "tinyorg/tiny-a"
+
+
+def _hub_cache(tiny_suite, cache: Path, steps: list[int]) -> None:
+    """Lay out ``steps`` of tiny-a as the hub cache does: content-addressed blobs, one snapshot per
+    commit holding symlinks into blobs, and ``refs/step<N>`` naming the commit."""
+    settings, root = tiny_suite
+    repo = cache / f"models--{REPO_ID.replace('/', '--')}"
+    for step in steps:
+        commit = hashlib.sha1(f"step{step}".encode()).hexdigest()
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for file in sorted((root / settings.suite.name / "tiny-a" / f"step{step}").iterdir()):
+            data = file.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
+        tokenizer = (root / settings.suite.name / "tokenizer.json").read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(tokenizer).hexdigest()
+        blob.write_bytes(tokenizer)
+        (snapshot / "tokenizer.json").symlink_to(Path("../../blobs") / blob.name)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / f"step{step}").write_text(commit)
+    (repo / "refs" / "main").write_text(hashlib.sha1(f"step{steps[-1]}".encode()).hexdigest())
+
+
+def _hub_suite(tiny_suite, evict: bool) -> SuiteConfig:
+    local = tiny_suite[0].suite
+    spec = ModelSpec(name="tiny-a", repo=REPO_ID, n_layers=1, d_model=32, n_heads=2, d_mlp=64)
+    return replace(local, name="tinyhub", source="hf", models=[spec], evict_after_use=evict)
+
+
+@pytest.fixture
+def hub_cache(tiny_suite, tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    _hub_cache(tiny_suite, cache, [0, 8, 16])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_hub_source_loads_cached_revisions_with_the_same_weights(tiny_suite, hub_cache):
+    settings, root = tiny_suite
+    hub = open_source(_hub_suite(tiny_suite, evict=False), "/nonexistent")
+    local = open_source(settings.suite, root)
+    for step in (0, 8, 16):
+        (ref,) = hub.refs("tiny-a", [step])
+        assert (ref.source, ref.location, ref.revision) == ("hf", REPO_ID, f"step{step}")
+        assert ref.tokens_seen == step * settings.suite.tokens_per_step
+        loaded = hub.load(ref)
+        assert loaded.weights_sha256 == local.load(local.refs("tiny-a", [step])[0]).weights_sha256
+    hub.release(ref)  # evict_after_use is off: nothing is deleted
+    assert (hub_cache / "models--tinyorg--tiny-a/refs/step16").exists()
+
+
+def test_hub_source_missing_revision_is_a_clear_error(tiny_suite, hub_cache):
+    hub = open_source(_hub_suite(tiny_suite, evict=False), "/nonexistent")
+    (ref,) = hub.refs("tiny-a", [4])  # in the schedule, but not cached (and offline)
+    with pytest.raises(CheckpointError) as caught:
+        hub.load(ref)
+    assert f"{REPO_ID}@step4" in caught.value.message
+    assert "cached revisions: nearest available steps: 0, 8, 16" in caught.value.message
+    with pytest.raises(CheckpointError, match="no revision step5 .*nearest available steps: 2, 4, 8"):
+        hub.refs("tiny-a", [5])
+
+
+def test_hub_eviction_deletes_only_that_revision(tiny_suite, hub_cache):
+    hub = open_source(_hub_suite(tiny_suite, evict=True), "/nonexistent")
+    repo = hub_cache / "models--tinyorg--tiny-a"
+    blobs_before = {p.name for p in (repo / "blobs").iterdir()}
+    (ref8,) = hub.refs("tiny-a", [8])
+    hub.load(ref8)
+    release_checkpoint(ref8)  # the module-level function a Ray worker calls, from the ref alone
+    commit8 = hashlib.sha1(b"step8").hexdigest()
+    assert not (repo / "refs/step8").exists()
+    assert not (repo / "snapshots" / commit8).exists()
+    blobs_after = {p.name for p in (repo / "blobs").iterdir()}
+    assert len(blobs_after) < len(blobs_before)
+    # config.json is the same bytes in every step: its blob is shared, so it stays for step16.
+    (ref16,) = hub.refs("tiny-a", [16])
+    assert hub.load(ref16).n_params > 0
+    with pytest.raises(CheckpointError, match="step8"):
+        hub.load(ref8)
+
+
+def test_unknown_source_kind(tiny_suite):
+    with pytest.raises(SuiteError, match="unknown source 'ftp'"):
+        open_source(replace(tiny_suite[0].suite, source="ftp"), "/x")
+
+
+def test_hub_suite_probe_uses_the_repo_tokenizer(tiny_suite, hub_cache):
+    settings, root = tiny_suite
+    probe = ProbeConfig(n_sequences=4, seq_len=16)
+    from_hub = build_probe(probe, _hub_suite(tiny_suite, evict=False), "/nonexistent")
+    local = build_probe(probe, settings.suite, root)
+    assert from_hub.token_ids == local.token_ids and from_hub.probe_id == local.probe_id
+
+
+@pytest.mark.gpu
+def test_load_onto_cuda_in_bfloat16_keeps_the_cpu_identity(tiny_suite):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    settings, root = tiny_suite
+    (ref,) = open_source(settings.suite, root).refs("tiny-b", [32])
+    on_gpu = load_checkpoint(ref, device="cuda", dtype="bfloat16")
+    assert next(on_gpu.model.parameters()).device.type == "cuda"
+    assert on_gpu.weights_sha256 == load_checkpoint(ref, dtype="bfloat16").weights_sha256
