@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/layerlake demo
+	$(VENV)/bin/layerlake demo executor=ray
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -19,9 +19,10 @@ from etl.executors import Outcome
 
 
 def format_timings(timings: Mapping[str, float]) -> str:
-    order = ("load", "forward", "backward", "svd", "total")
-    parts = [f"{k} {timings[k]:.2f}s" for k in order if k in timings]
-    return "  ".join(parts)
+    """``0.47s (load 0.04 forward 0.10 backward 0.16 svd 0.14)``"""
+    order = ("load", "forward", "backward", "reduce", "svd")
+    parts = " ".join(f"{k} {timings[k]:.2f}" for k in order if timings.get(k))
+    return f"{timings.get('total', 0.0):.2f}s ({parts})"
 
 
 class ExtractProgress:
@@ -57,6 +58,8 @@ class ExtractProgress:
         if not self.enabled:
             return
         if outcome.result is not None:
-            self.progress.console.log(f"[green]ok[/] {ref.model} {ref.revision}  {format_timings(outcome.result.timings)}")
+            self.progress.console.print(
+                f"[green]ok[/] {ref.model} {ref.revision}  {format_timings(outcome.result.timings)}", highlight=False
+            )
         else:
-            self.progress.console.log(f"[red]failed[/] {ref.model} {ref.revision}: {escape(outcome.error or '')}")
+            self.progress.console.print(f"[red]failed[/] {ref.model} {ref.revision}: {escape(outcome.error or '')}")

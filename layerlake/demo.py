@@ -14,20 +14,32 @@ from rich.table import Table
 
 from conf.schema import Config
 
-# (recipe, parameters, title): the findings the demo prints and plots.
+# (recipe, parameters, title, columns printed): the findings the demo prints and plots.
 DEMO_FINDINGS = (
-    ("stabilisation_summary", {}, "Share of layers stabilised (CKA to the final checkpoint stays >= 0.9)"),
-    ("rank_convergence", {}, "Rank and convergence: does a layer's PER predict when it stabilises?"),
-    ("layer_percentiles", {}, None),
-    ("convergence_heatmap", {}, None),
-    ("rank_trajectories", {}, None),
+    (
+        "stabilised_share",
+        {"threshold": 0.9, "by_fraction": 0.5},
+        "Layers stabilised by half of training (CKA to the final checkpoint stays >= 0.9 from then on)",
+        ("model", "site", "n_layers", "n_stabilised", "share_stabilised", "median_stabilisation_fraction"),
+    ),
+    (
+        "rank_and_convergence",
+        {"threshold": 0.9, "k": "rank"},
+        "Rank and convergence: Spearman correlation of a layer's final PER with its stabilisation "
+        "(negative: higher-rank layers settle earlier)",
+        ("model", "site", "tensor", "n_layers", "spearman", "agreement"),
+    ),
+    ("layer_percentiles", {}, None, ()),
+    ("convergence", {}, None, ()),
+    ("rank_trajectories", {"matrices": ["ov", "dense_4h_to_h"], "k": "rank"}, None, ()),
 )
 
 
-def print_rows(console: Console, title: str, table, limit: int = 30) -> None:
+def print_rows(console: Console, title: str, table, columns: tuple[str, ...], limit: int = 40) -> None:
+    table = table.select(list(columns))
     rich_table = Table(title=title)
-    for name in table.column_names:
-        rich_table.add_column(name)
+    for name in columns:
+        rich_table.add_column(name.replace("_", " "), overflow="fold")
     for row in table.slice(0, limit).to_pylist():
         rich_table.add_row(*(_fmt(v) for v in row.values()))
     console.print(rich_table)
@@ -48,10 +60,10 @@ def run_findings(settings: Config, console: Console) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     con = warehouse.connect(settings.paths.warehouse)
     plots = []
-    for name, params, title in DEMO_FINDINGS:
+    for name, params, title, columns in DEMO_FINDINGS:
         table = run_recipe(con, name, params | {"suite": settings.suite.name})
         if title:
-            print_rows(console, title, table)
+            print_rows(console, title, table, columns)
         path = plot(name, table, out_dir / f"{name}.png")
         if path is not None:
             plots.append(path)
@@ -79,6 +91,6 @@ def run(settings: Config) -> int:
     for path in plots:
         console.print(f"plot: {path}")
     console.print(
-        f"\nQuery the warehouse yourself: layerlake sql \"select model, layer, site, step, n, d from activation_stats limit 5\""
+        "\nQuery the warehouse yourself: layerlake sql \"select model, layer, site, step, n, d from activation_stats limit 5\""
     )
     return 0

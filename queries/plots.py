@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from queries.errors import RecipeError
 from queries.loader import load_recipe
 
 MAX_PANELS = 36
+MAX_COLUMNS = 4
 KINDS = ("bands", "heatmap", "lines", "bars")
 # Attention before MLP, as in the paper's figures; unknown sites follow in name order.
 SITE_ORDER = ("ov", "attn_out", "qkv_last_third", "attention", "mlp_out", "mlp", "resid_post")
@@ -51,29 +53,46 @@ def plot(name: str, table: pa.Table, path: str | Path) -> Path | None:
     rows = table.to_pylist()
     panels = _panels(rows, options.get("panels", ""), table.column_names)
     shown = panels[:MAX_PANELS]
-    n_rows = len({r for r, _ in (key for key, _ in shown)})
-    n_cols = max(1, len({c for _, c in (key for key, _ in shown)}))
-    figure = Figure(figsize=(4.2 * n_cols + 1, 3.0 * n_rows + 0.6), layout="constrained")
-    axes = figure.subplots(n_rows, n_cols, squeeze=False, sharey=kind != "heatmap")
-    row_index = {r: i for i, r in enumerate(dict.fromkeys(r for (r, _), _ in shown))}
-    col_index = {c: i for i, c in enumerate(dict.fromkeys(c for (_, c), _ in shown))}
+    figure, cells = _grid(shown, sharey=kind != "heatmap")
     image = None
-    for (row_key, col_key), panel in shown:
-        ax = axes[row_index[row_key]][col_index[col_key]]
+    for ((row_key, col_key), panel), ax in zip(shown, cells, strict=True):
         ax.set_title(" · ".join(str(k) for k in (*row_key, *col_key) if k is not None), fontsize=9)
         image = DRAW[kind](ax, panel, options) or image
-    for ax in axes.flat:
+    for ax in figure.axes:
         if not ax.has_data():
             ax.set_visible(False)
     if image is not None:
-        figure.colorbar(image, ax=axes, shrink=0.8, label=options.get("value", ""))
+        figure.colorbar(image, ax=figure.axes, shrink=0.8, label=options.get("value", ""))
+    title = f"{name}: {headline(load_recipe(name).description)}"
     if len(panels) > MAX_PANELS:
-        figure.suptitle(f"{name}: first {MAX_PANELS} of {len(panels)} panels (filter with models= / sites=)")
-    else:
-        figure.suptitle(name)
+        title += f"\n(first {MAX_PANELS} of {len(panels)} panels: filter with models= / sites=)"
+    figure.suptitle(title, fontsize=11)
     path = Path(path)
     figure.savefig(path, dpi=110)
     return path
+
+
+def headline(description: str, width: int = 110) -> str:
+    """The description's first sentence, wrapped: the figure says what it shows."""
+    sentence = description.split(". ")[0].rstrip(".")
+    return "\n".join(textwrap.wrap(sentence, width))
+
+
+def _grid(shown: list, sharey: bool) -> tuple[Figure, list]:
+    """One axis per panel: a (row key x column key) grid, or, when the column keys are many
+    (rank trajectories: tensor x matrix), the panels in reading order, MAX_COLUMNS to a row."""
+    row_keys = list(dict.fromkeys(r for (r, _), _ in shown))
+    col_keys = list(dict.fromkeys(c for (_, c), _ in shown))
+    if len(col_keys) <= MAX_COLUMNS:
+        n_rows, n_cols = len(row_keys), max(1, len(col_keys))
+        places = [(row_keys.index(r), col_keys.index(c)) for (r, c), _ in shown]
+    else:
+        n_cols = MAX_COLUMNS
+        n_rows = math.ceil(len(shown) / n_cols)
+        places = [divmod(i, n_cols) for i in range(len(shown))]
+    figure = Figure(figsize=(4.2 * n_cols + 1, 3.0 * n_rows + 0.9), layout="constrained")
+    axes = figure.subplots(n_rows, n_cols, squeeze=False, sharey=sharey)
+    return figure, [axes[r][c] for r, c in places]
 
 
 def _panels(rows: list[dict], spec: str, columns: list[str]) -> list[tuple[tuple[tuple, tuple], list[dict]]]:
