@@ -26,6 +26,7 @@ from torch import nn
 from etl import capture, metrics, sites
 from etl.errors import ExtractionError, ProbeError
 from etl.task import CheckpointRef, ExtractOptions, ProbeBatch
+from warehouse.gram import pack as pack_gram
 from warehouse.schema import TABLES
 
 DTYPES = {
@@ -231,7 +232,8 @@ class Rows:
         for kernel in options.kernels:
             k = metrics.gram(x, kernel)
             for estimator in options.estimators:
-                g = metrics.center(k, estimator).to(torch.float32).cpu()
+                # Stored packed (upper triangle, off-diagonal x sqrt 2): same dot products, half the bytes.
+                g = torch.from_numpy(pack_gram(metrics.center(k, estimator).to(torch.float32).cpu().numpy()))
                 self._append(
                     "sketches",
                     **key,
@@ -239,7 +241,7 @@ class Rows:
                     estimator=estimator,
                     n=summary["n"],
                     d=summary["d"],
-                    gram=g.reshape(-1).numpy(),
+                    gram=g.numpy(),
                     gram_norm=metrics.frobenius(g),
                 )
 

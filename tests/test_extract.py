@@ -11,6 +11,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaFo
 from etl.errors import ExtractionError
 from etl.extract import extract_from_model
 from etl.task import CheckpointRef, ExtractOptions, ProbeBatch
+from warehouse.gram import unpack
 from warehouse.schema import TABLES
 
 REF = CheckpointRef("tiny", "m", 64, "step64", 64 * 1024, "local", "/nowhere")
@@ -111,7 +112,7 @@ def test_ov_sketches_and_stats_equal_independent_ov(v_slice):
         xc = x - x.mean(axis=0)
         expected = xc @ xc.T
         np.testing.assert_allclose(
-            np.array(sk["gram"]).reshape(8, 8), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+            unpack(sk["gram"], sk["n"]), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
         )
         assert sk["gram_norm"] == pytest.approx(
             np.linalg.norm(np.array(sk["gram"], dtype=np.float64)), rel=1e-12

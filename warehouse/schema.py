@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # bump when a table, a column or a stored encoding changes
 PARTITION_COLUMNS = ("suite", "model")
 
 
@@ -124,8 +124,8 @@ ACTIVATION_STATS = Table(
 SKETCHES = Table(
     name="sketches",
     doc=(
-        "Centred n x n Gram matrix of a site's probe rows, row-major, so that CKA between any two "
-        "sketches of the same probe, kernel and estimator is a normalised dot product."
+        "Centred n x n Gram matrix of a site's probe rows, stored packed (warehouse.gram), so that CKA "
+        "between any two sketches of the same probe, kernel and estimator is a normalised dot product."
     ),
     key=("suite", "model", "step", "weights_sha256", "layer", "site", "head", "probe_id", "kernel", "estimator"),
     columns=(
@@ -139,7 +139,12 @@ SKETCHES = Table(
         _c("estimator", pa.string(), "biased (H K H) | debiased (U-centred K)"),
         _c("n", pa.int32(), "probe rows"),
         _c("d", pa.int32(), "features of the activation the Gram was computed from"),
-        _c("gram", pa.list_(pa.float32()), "the centred Gram matrix, n*n values, row-major"),
+        _c(
+            "gram",
+            pa.list_(pa.float32()),
+            "the centred Gram matrix packed: diagonal, then sqrt(2) x the upper triangle row by row, "
+            "n(n+1)/2 values (warehouse.gram.unpack gives the n x n matrix; dot products are preserved)",
+        ),
         _c("gram_norm", pa.float64(), "Frobenius norm of the stored matrix (sqrt of its self dot product)"),
     ),
 )

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from warehouse import schema
+from warehouse.gram import pack
 
 TOKENS_PER_STEP = 2_097_152  # Pythia: 1024 sequences x 2048 tokens
 
@@ -60,12 +61,12 @@ def checkpoint_tables(
         "config_json": ["{}"], "probe_id": [probe_id], "task_id": [f"{model}-{step}"],
     }  # fmt: skip
     keys = sorted(grams)
-    flat = [np.asarray(grams[k], dtype=np.float32).ravel() for k in keys]
+    flat = [pack(np.asarray(grams[k], dtype=np.float32)) for k in keys]  # stored form: warehouse.gram
     sketches = {
         "step": [step] * len(keys), "weights_sha256": [sha] * len(keys), "layer": [k[0] for k in keys],
         "site": [k[1] for k in keys], "head": [None] * len(keys), "probe_id": [probe_id] * len(keys),
         "kernel": ["linear"] * len(keys), "estimator": ["biased"] * len(keys),
-        "n": [int(np.sqrt(f.size)) for f in flat], "d": [d] * len(keys),
+        "n": [int(np.asarray(grams[k]).shape[0]) for k in keys], "d": [d] * len(keys),
         "gram": pa.array(flat, type=pa.list_(pa.float32())),
         "gram_norm": [float(np.sqrt(np.dot(f.astype(np.float64), f.astype(np.float64)))) for f in flat],
     }  # fmt: skip
