@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[bench]'
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/query.py
 

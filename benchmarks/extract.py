@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+N_SEQUENCES = 128  # the study's n: 128 probe sequences, last token of each
 SITES = {"attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "resid_post": "hook_resid_post"}
 
 
@@ -36,7 +37,8 @@ def settings_for(data: Path, models: list[str]):
 
     return compose([f"paths.data={data}", f"paths.suites={ROOT / 'data' / 'suites'}", f"models=[{','.join(models)}]",
                     "progress=false", "extract.sites=[attn_out,mlp_out,resid_post]", "extract.per_head=false",
-                    "extract.estimators=[biased]"])
+                    "extract.estimators=[biased]", "extract.gradients=false",
+                    f"probe.n_sequences={N_SEQUENCES}"])
 
 
 def run_layerlake(data: Path, models: list[str]) -> dict:
@@ -121,6 +123,9 @@ def run_baseline(data: Path, models: list[str]) -> dict:
 def child(side: str, models: list[str], out: Path) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

@@ -73,9 +73,12 @@ def checkpoint_row(task: ExtractTask, loaded) -> pa.Table:
 def run_task(task: ExtractTask) -> TaskResult:
     """Load ``task.ref`` once, run the probe batch once, return every table's rows for it."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     from etl.extract import extract_from_model
     from etl.sources import load_checkpoint, release_checkpoint
+
+    hf_logging.disable_progress_bar()  # the extraction's own progress display reports each checkpoint
 
     if task.options.torch_threads:
         torch.set_num_threads(task.options.torch_threads)

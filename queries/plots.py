@@ -63,7 +63,8 @@ def plot(name: str, table: pa.Table, path: str | Path) -> Path | None:
             ax.set_visible(False)
     if image is not None:
         figure.colorbar(image, ax=figure.axes, shrink=0.8, label=options.get("value", ""))
-    title = f"{name}: {headline(load_recipe(name).description)}"
+    width = int(9 * figure.get_figwidth())  # characters that fit across the figure at this font size
+    title = f"{name}: {headline(load_recipe(name).description, width)}"
     if len(panels) > MAX_PANELS:
         title += f"\n(first {MAX_PANELS} of {len(panels)} panels: filter with models= / sites=)"
     figure.suptitle(title, fontsize=11)
