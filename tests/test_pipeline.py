@@ -198,3 +198,14 @@ def test_ray_extract_matches_local_extract(tiny_suite, tmp_path):
     for row_a, row_b in zip(a, b, strict=True):
         assert row_a[:5] == row_b[:5]
         assert row_a[5] == pytest.approx(row_b[5], rel=1e-6)
+
+
+def test_a_wrong_option_fails_before_any_task_runs_or_is_recorded(tiny_suite, tmp_path):
+    from etl.errors import ExtractionError
+
+    settings, _ = tiny_suite
+    settings = with_paths(settings, tmp_path)
+    settings = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, sites=["bogus"]))
+    with pytest.raises(ExtractionError, match="unknown site"):
+        run_extract(settings)
+    assert not (tmp_path / "warehouse" / "_manifest" / "commits.jsonl").exists()
