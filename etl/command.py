@@ -15,6 +15,11 @@ def print_report(report: ExtractReport, warehouse: str, console: Console) -> Non
         f"extracted {len(report.committed)} checkpoint(s), skipped {report.skipped} already committed, "
         f"{len(report.failed)} failed; warehouse: {warehouse}"
     )
+    if report.replaced:
+        console.print(
+            f"{report.replaced} checkpoint(s) had been extracted with other extraction options: "
+            "extracted again, their rows replaced (one set of rows per checkpoint and probe)"
+        )
     if report.duplicates:
         table = Table(title="checkpoints with identical weights (the step label is not their identity)")
         for column in ("model", "step", "same weights as step"):

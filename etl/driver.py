@@ -24,6 +24,7 @@ from warehouse.writer import Warehouse
 class ExtractReport:
     planned: int = 0
     skipped: int = 0
+    replaced: int = 0  # committed before with other extraction options: extracted again, rows replaced
     committed: list[str] = field(default_factory=list)  # "model step"
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
@@ -101,11 +102,26 @@ def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, 
     return duplicates
 
 
+def tasks_to_run(warehouse: Warehouse, plan: Plan) -> tuple[list[ExtractTask], int]:
+    """Tasks not yet committed, or committed with other extraction options (their rows get replaced),
+    or whose files no longer verify; and how many of them are replacements."""
+    committed = warehouse.committed()
+    todo, replaced = [], 0
+    for task in plan.tasks:
+        entry = committed.get(task.task_id)
+        if entry is None or warehouse.problems(entry):
+            todo.append(task)
+        elif entry.meta.get("config_hash") != task.options.config_hash():
+            todo.append(task)
+            replaced += 1
+    return todo, replaced
+
+
 def run_extract(settings: Config) -> ExtractReport:
     plan = make_plan(settings)
     warehouse = Warehouse(settings.paths.warehouse)
     report = ExtractReport(planned=len(plan.tasks))
-    todo = [t for t in plan.tasks if not warehouse.is_committed(t.task_id)]
+    todo, report.replaced = tasks_to_run(warehouse, plan)
     report.skipped = report.planned - len(todo)
     commit_probes(warehouse, plan)
     if todo:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from conf.schema import Config, ModelSpec
 from etl.errors import SuiteError
-from layerlake.errors import ConfigError
 from etl.task import ExtractOptions, ExtractTask, ProbeBatch
+from layerlake.errors import ConfigError
 
 CODE_VERSION = "layerlake-0.1.0"
 

@@ -89,8 +89,9 @@ class ExtractTask:
 
     @property
     def task_id(self) -> str:
-        """Deterministic: the same checkpoint, probe and options always give the same id, so a
-        re-run finds (and skips) what was committed before."""
+        """Deterministic: one checkpoint seen through one probe is one task, so a re-run finds (and
+        skips) what was committed before. The options are not part of it: extracting a checkpoint again
+        with other options replaces its rows (the driver compares ``options.config_hash()``)."""
         return stable_hash(
             {
                 "suite": self.ref.suite,
@@ -98,7 +99,6 @@ class ExtractTask:
                 "revision": self.ref.revision,
                 "location": self.ref.location,
                 "probe_id": self.probe.probe_id,
-                "options": self.options.config_hash(),
             }
         )[:20]
 

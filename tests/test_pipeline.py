@@ -209,3 +209,24 @@ def test_a_wrong_option_fails_before_any_task_runs_or_is_recorded(tiny_suite, tm
     with pytest.raises(ExtractionError, match="unknown site"):
         run_extract(settings)
     assert not (tmp_path / "warehouse" / "_manifest" / "commits.jsonl").exists()
+
+
+def test_extracting_again_with_other_options_replaces_the_rows(tiny_suite, tmp_path):
+    settings, _ = tiny_suite
+    settings = with_paths(settings, tmp_path)
+    settings = dataclasses.replace(settings, steps=dataclasses.replace(settings.steps, only=[0, 32]))
+    without = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, gradients=False))
+    with_grads = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, gradients=True))
+    first = run_extract(without)
+    assert first.ok and first.replaced == 0
+    second = run_extract(with_grads)
+    assert second.ok and second.replaced == len(first.committed) and second.skipped == 0
+
+    con = warehouse.connect(settings.paths.warehouse)
+    assert con.sql("select count(*) from spectra where tensor = 'grad'").fetchall()[0][0] > 0
+    per_checkpoint = con.sql("select model, step, count(*) from checkpoints group by all").fetchall()
+    assert all(count == 1 for *_, count in per_checkpoint)
+    twice = con.sql(
+        "select model, step, layer, site, head, count(*) c from activation_stats group by all having c > 1"
+    ).fetchall()
+    assert twice == []
