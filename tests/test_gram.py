@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 
-import warehouse.gram
 from warehouse.gram import pack, packed_length, unpack
 
 
@@ -28,7 +25,3 @@ def test_pack_preserves_frobenius_inner_products(n):
 def test_unpack_refuses_a_wrong_length():
     with pytest.raises(ValueError, match="has 6 values, not 5"):
         unpack(np.zeros(5), 3)
-
-
-def test_doctests():
-    assert doctest.testmod(warehouse.gram).failed == 0

@@ -115,7 +115,12 @@ ACTIVATION_STATS = Table(
         _c("rms", pa.float64(), "root mean square of all entries"),
         _c("std", pa.float64(), "standard deviation of all entries"),
         _c("max_abs", pa.float64(), "largest absolute entry"),
-        _c("kurtosis", pa.float64(), "excess kurtosis of all entries (0 for a Gaussian)"),
+        _c(
+            "kurtosis",
+            pa.float64(),
+            "excess kurtosis of all entries (0 for a Gaussian); NULL for a constant matrix",
+            nullable=True,
+        ),
         _c("frac_near_zero", pa.float64(), "share of entries with |x| <= near_zero_eps * rms"),
         _c("sv", pa.list_(pa.float64()), "singular values of the column-centred matrix, descending"),
     ),

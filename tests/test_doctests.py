@@ -1,0 +1,16 @@
+"""The formulas' docstring examples run: a docstring that disagrees with the code fails here."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ("etl.probes", "etl.suite.corpus", "etl.suite.train", "warehouse.gram")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0
