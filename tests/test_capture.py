@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import tiny_models
 import torch
 from torch.nn import functional as F
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from etl import capture, sites
 from etl.extract import capture_targets
@@ -13,40 +13,8 @@ from etl.extract import capture_targets
 ALL = ("attn_out", "mlp_out", "resid_post", "ov")
 
 
-def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random weights and biases of a useful size (HF init zeroes biases, which would hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(
-                torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.2) + (1.0 if p.ndim == 1 else 0)
-            )
-    return model.eval()
-
-
-def neox(n_heads: int = 2, seed: int = 0) -> GPTNeoXForCausalLM:
-    cfg = GPTNeoXConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=n_heads,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    return _randomise(GPTNeoXForCausalLM(cfg), seed)
-
-
-def llama(seed: int = 0) -> LlamaForCausalLM:
-    cfg = LlamaConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=32,
-    )
-    return _randomise(LlamaForCausalLM(cfg), seed)
+neox = tiny_models.neox
+llama = tiny_models.llama
 
 
 IDS = torch.randint(0, 40, (5, 9), generator=torch.Generator().manual_seed(7))

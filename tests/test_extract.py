@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import tiny_models
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from etl.errors import ExtractionError
 from etl.extract import extract_from_model
@@ -21,39 +21,11 @@ TOKENS = tuple(tuple(int(t) for t in row) for row in torch.randint(0, 40, (6, 10
 PROBE = ProbeBatch("probe-1", "test", TOKENS, tuple((s, 9) for s in range(6)) + ((0, 4), (3, 2)), "sample")
 
 
-def _randomise(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(
-                torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.2) + (1.0 if p.ndim == 1 else 0)
-            )
-    return model.eval()
-
-
 def neox(n_heads=2, seed=0):
-    cfg = GPTNeoXConfig(
-        vocab_size=40,
-        hidden_size=12,
-        num_hidden_layers=2,
-        num_attention_heads=n_heads,
-        intermediate_size=20,
-        max_position_embeddings=32,
-    )
-    return _randomise(GPTNeoXForCausalLM(cfg), seed)
+    return tiny_models.neox(n_heads, seed, hidden_size=12, intermediate_size=20)
 
 
-def llama(seed=0):
-    cfg = LlamaConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=32,
-    )
-    return _randomise(LlamaForCausalLM(cfg), seed)
+llama = tiny_models.llama
 
 
 def rows(table: pa.Table, **where) -> list[dict]:
