@@ -230,3 +230,26 @@ def test_extracting_again_with_other_options_replaces_the_rows(tiny_suite, tmp_p
         "select model, step, layer, site, head, count(*) c from activation_stats group by all having c > 1"
     ).fetchall()
     assert twice == []
+
+
+@pytest.mark.ray
+def test_ray_executor_joins_an_existing_cluster_by_address(tiny_suite, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from etl.executors import RayExecutor
+
+    settings, _ = tiny_suite
+    settings = with_paths(settings, tmp_path)
+    tasks = make_plan(settings).tasks[:2]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        config = dataclasses.replace(settings.executor, kind="ray", address=cluster.address)
+        executor = RayExecutor(config)
+        outcomes = list(executor.run(tasks))
+        assert ray.get_runtime_context().gcs_address == cluster.address
+        executor.close()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert [o.error for o in outcomes] == [None, None]
