@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from conf.schema import ExecutorConfig
@@ -42,15 +42,19 @@ def run_guarded(task: ExtractTask) -> tuple[TaskResult | None, str | None, str |
         return None, summary, detail
 
 
+TaskFunction = Callable[[ExtractTask], tuple]  # task -> (result | None, error | None, detail | None)
+
+
 class LocalExecutor:
     """An in-process loop: for debugging, and for GPU machines where Ray is not installed."""
 
-    def __init__(self, config: ExecutorConfig) -> None:
+    def __init__(self, config: ExecutorConfig, task_function: TaskFunction = run_guarded) -> None:
         self.config = config
+        self.task_function = task_function
 
     def run(self, tasks: Sequence[ExtractTask]) -> Iterator[Outcome]:
         for task in tasks:
-            result, error, detail = run_guarded(task)
+            result, error, detail = self.task_function(task)
             yield Outcome(task, result, error, detail)
 
     def close(self) -> None:
@@ -62,7 +66,7 @@ class RayExecutor:
     its own device through CUDA_VISIBLE_DEVICES). Crashed workers are retried ``max_retries`` times;
     results stream back with ``ray.wait`` in completion order."""
 
-    def __init__(self, config: ExecutorConfig) -> None:
+    def __init__(self, config: ExecutorConfig, task_function: TaskFunction = run_guarded) -> None:
         try:
             import ray
         except ImportError as error:
@@ -86,7 +90,7 @@ class RayExecutor:
             self.started_here = True
         resources = {"num_gpus": 1, "num_cpus": 0} if config.num_gpus > 0 else {"num_cpus": 1}
         self.remote = ray.remote(max_retries=config.max_retries, retry_exceptions=False, **resources)(
-            run_guarded
+            task_function
         )
 
     def run(self, tasks: Sequence[ExtractTask]) -> Iterator[Outcome]:
