@@ -253,3 +253,14 @@ def test_ray_executor_joins_an_existing_cluster_by_address(tiny_suite, tmp_path)
         ray.shutdown()
         cluster.shutdown()
     assert [o.error for o in outcomes] == [None, None]
+
+
+def test_cli_names_a_missing_checkpoint_folder_and_exits_non_zero(tiny_suite, tmp_path):
+    settings, _ = tiny_suite
+    suites = copy_suite(settings, tmp_path / "suites")
+    settings = with_paths(settings, tmp_path / "data", suites)
+    gone = make_plan(settings).tasks[-1].ref
+    shutil.rmtree(gone.location)
+    proc = run_cli(settings, "extract")
+    assert proc.returncode != 0
+    assert gone.revision in proc.stderr and "fix:" in proc.stderr
