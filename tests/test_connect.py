@@ -126,3 +126,23 @@ def test_layerlake_connect_delegates(tmp_path):
     assert con.sql("select round(erank(sv), 6) from spectra").fetchall()[0][0] == pytest.approx(
         float(np.exp(-(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3)))), abs=1e-6
     )
+
+
+def view_text(con, name: str) -> str:
+    return con.sql("select sql from duckdb_views() where view_name = ?", params=[name]).fetchall()[0][0]
+
+
+def test_union_by_name_only_when_schema_versions_mix(tmp_path):
+    w = Warehouse(tmp_path)
+    commit(w, "m1", 0, "t0")
+    commit(w, "m1", 10, "t1")
+    assert "union_by_name = false" in view_text(warehouse.connect(tmp_path), "sketches")
+
+    manifest = tmp_path / "_manifest" / "commits.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[0] = lines[0].replace(f'"schema_version":{schema.SCHEMA_VERSION}', '"schema_version":0')
+    assert lines[0] != manifest.read_text().splitlines()[0]
+    manifest.write_text("\n".join(lines) + "\n")
+    con = warehouse.connect(tmp_path)
+    assert "union_by_name = true" in view_text(con, "sketches")
+    assert con.sql("select count(distinct step) from sketches").fetchall() == [(2,)]
