@@ -83,7 +83,8 @@ def best_of(fn, repeat: int = 3):
     return min(times), result
 
 
-def sql_cka(root: Path, steps: list[int], ref: int, macro: str = "cka_normed") -> pa.Table:
+def sql_cka(root: Path, steps: list[int] | None, ref: int, macro: str = "cka_normed") -> pa.Table:
+    """CKA to ``ref`` for ``steps`` (None: every stored step) through ``warehouse/cka_to_final.sql``."""
     import warehouse
 
     con = warehouse.connect(root)
@@ -197,8 +198,8 @@ def report(root: Path, models: dict, steps: list[int], args) -> None:
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"built {built['tasks']} tasks in {built['build_s']:.1f} s; bytes on disk: {built['bytes']}")
     ref = steps[-1]
-    sql_s, sql_out = best_of(lambda: sql_cka(root, steps, ref))
-    sql_plain_s, _ = best_of(lambda: sql_cka(root, steps, ref, macro="cka"), repeat=1)
+    sql_s, sql_out = best_of(lambda: sql_cka(root, None, ref))  # every step: no step filter
+    sql_plain_s, _ = best_of(lambda: sql_cka(root, None, ref, macro="cka"), repeat=1)
     np_s, np_out = best_of(lambda: numpy_cka(root, steps, ref))
     a = sorted(zip(*(sql_out.column(c).to_pylist() for c in ("model", "layer", "site", "step", "cka")), strict=True))
     b = sorted(zip(*(np_out.column(c).to_pylist() for c in ("model", "layer", "site", "step", "cka")), strict=True))
@@ -208,7 +209,7 @@ def report(root: Path, models: dict, steps: list[int], args) -> None:
     print(f"(b) numpy+pyarrow:  {np_s:.2f} s   SQL/numpy = {sql_s / np_s:.2f}")
     for subset in ([s for s in PAPER_STEPS if s in steps], steps[::2] + [ref], steps):
         sub = sorted(set(subset))
-        t, out = best_of(lambda sub=sub: sql_cka(root, sub, ref))
+        t, out = best_of(lambda sub=sub: sql_cka(root, None if sub == steps else sub, ref))
         print(f"    SQL over {len(sub):3d} checkpoints: {t:.2f} s ({out.num_rows} rows)")
     ml = run_mlflow(sql_out, args.mlflow_python)
     if ml is None:
