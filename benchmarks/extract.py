@@ -35,10 +35,19 @@ SITES = {"attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "resid_post": "
 def settings_for(data: Path, models: list[str]):
     from conf.compose import compose
 
-    return compose([f"paths.data={data}", f"paths.suites={ROOT / 'data' / 'suites'}", f"models=[{','.join(models)}]",
-                    "progress=false", "extract.sites=[attn_out,mlp_out,resid_post]", "extract.per_head=false",
-                    "extract.estimators=[biased]", "extract.gradients=false",
-                    f"probe.n_sequences={N_SEQUENCES}"])
+    return compose(
+        [
+            f"paths.data={data}",
+            f"paths.suites={ROOT / 'data' / 'suites'}",
+            f"models=[{','.join(models)}]",
+            "progress=false",
+            "extract.sites=[attn_out,mlp_out,resid_post]",
+            "extract.per_head=false",
+            "extract.estimators=[biased]",
+            "extract.gradients=false",
+            f"probe.n_sequences={N_SEQUENCES}",
+        ]
+    )
 
 
 def run_layerlake(data: Path, models: list[str]) -> dict:
@@ -64,8 +73,12 @@ def run_layerlake(data: Path, models: list[str]) -> dict:
         """
     ).fetchall()
     total_s = time.perf_counter() - start
-    return {"checkpoints": len(report.committed), "extract_s": extract_s, "total_s": total_s,
-            "cka": [[m, st, la, si, v] for m, st, la, si, v in cka]}
+    return {
+        "checkpoints": len(report.committed),
+        "extract_s": extract_s,
+        "total_s": total_s,
+        "cka": [[m, st, la, si, v] for m, st, la, si, v in cka],
+    }
 
 
 def linear_cka(x, y) -> float:
@@ -98,9 +111,12 @@ def run_baseline(data: Path, models: list[str]) -> dict:
         bridge = TransformerBridge.boot_transformers(ref.location, device="cpu")
         with torch.no_grad():
             _, cache = bridge.run_with_cache(tokens)
-        kept[(ref.model, ref.step)] = {k: v.numpy() for k, v in cache.items() if k.split(".")[-1] in SITES.values()}
-        weights[(ref.model, ref.step)] = {k: v.detach().numpy().copy() for k, v in bridge.state_dict().items()
-                                          if v.ndim == 2}
+        kept[(ref.model, ref.step)] = {
+            k: v.numpy() for k, v in cache.items() if k.split(".")[-1] in SITES.values()
+        }
+        weights[(ref.model, ref.step)] = {
+            k: v.detach().numpy().copy() for k, v in bridge.state_dict().items() if v.ndim == 2
+        }
         del bridge, cache
     extract_s = time.perf_counter() - start
     cka = []
@@ -137,8 +153,11 @@ def child(side: str, models: list[str], out: Path) -> None:
 def spawn(side: str, models: list[str]) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = Path(handle.name)
-    subprocess.run([sys.executable, __file__, "--child", side, "--models", ",".join(models), "--out", str(out)],
-                   check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, __file__, "--child", side, "--models", ",".join(models), "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+    )
     return json.loads(out.read_text())
 
 
@@ -174,13 +193,19 @@ def main() -> int:
     peak = {side: max(r["peak_rss_mib"] for r in rs) for side, rs in runs.items()}
     n = runs["layerlake"][0]["checkpoints"]
     diff = compare(runs["layerlake"][0]["cka"], runs["baseline"][0]["cka"])
-    print(f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(
+        f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     print(f"checkpoints: {n} ({args.models}); repeats: {args.repeats} (best of)")
     for side in ("baseline", "layerlake"):
-        print(f"{side:>10}: {best[side]:.1f} s total, {1000 * best[side] / n:.0f} ms per checkpoint, "
-              f"peak RSS {peak[side]:.0f} MiB")
-    print(f"speed-up: {best['baseline'] / best['layerlake']:.2f}x; peak memory ratio: "
-          f"{peak['layerlake'] / peak['baseline']:.2f}; max |CKA difference|: {diff:.2e}")
+        print(
+            f"{side:>10}: {best[side]:.1f} s total, {1000 * best[side] / n:.0f} ms per checkpoint, "
+            f"peak RSS {peak[side]:.0f} MiB"
+        )
+    print(
+        f"speed-up: {best['baseline'] / best['layerlake']:.2f}x; peak memory ratio: "
+        f"{peak['layerlake'] / peak['baseline']:.2f}; max |CKA difference|: {diff:.2e}"
+    )
     return 0
 
 

@@ -59,7 +59,9 @@ def random_probe(n_sequences: int, seq_len: int):
     token_ids = tuple(tuple(row) for row in ids)
     positions = tuple((i, seq_len - 1) for i in range(n_sequences))
     probe_id = stable_hash({"ids": token_ids, "positions": positions})[:16]
-    return ProbeBatch(probe_id=probe_id, source="random", token_ids=token_ids, positions=positions, rule="last")
+    return ProbeBatch(
+        probe_id=probe_id, source="random", token_ids=token_ids, positions=positions, rule="last"
+    )
 
 
 def main() -> int:
@@ -85,7 +87,9 @@ def main() -> int:
     rows = []
     for label in args.models.split(","):
         for step, folder in enumerate(build_checkpoints(args.out / "suites", label, args.steps)):
-            ref = CheckpointRef("gpu-bench", f"pythia-{label}-random", step, f"step{step}", 0, "local", str(folder))
+            ref = CheckpointRef(
+                "gpu-bench", f"pythia-{label}-random", step, f"step{step}", 0, "local", str(folder)
+            )
             task = ExtractTask(ref, probe, options, "gpu-bench")
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()

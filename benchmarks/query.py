@@ -66,9 +66,17 @@ def build(root: Path, models: dict, steps: list[int], n: int, spectrum_len: int 
             gram = {(layer, site): grams[layer, j] for layer in range(layers) for j, site in enumerate(SITES)}
             k = spectrum_len or d
             spec = {
-                (layer, m): np.sort(rng.gamma(2.0, 1.0, size=k))[::-1] for layer in range(layers) for m in ("dense", "dense_4h_to_h")
+                (layer, m): np.sort(rng.gamma(2.0, 1.0, size=k))[::-1]
+                for layer in range(layers)
+                for m in ("dense", "dense_4h_to_h")
             }
-            w.commit(f"{model}-{step}", "pythia", model, checkpoint_tables(model, step, gram, spec, d=d), {"step": step})
+            w.commit(
+                f"{model}-{step}",
+                "pythia",
+                model,
+                checkpoint_tables(model, step, gram, spec, d=d),
+                {"step": step},
+            )
     seconds = time.perf_counter() - t0
     sizes = {t: sum(p.stat().st_size for p in (root / t).rglob("*.parquet")) for t in ("sketches", "spectra")}
     return {"build_s": seconds, "bytes": sizes, "tasks": len(models) * len(steps)}
@@ -108,13 +116,28 @@ def numpy_cka(root: Path, steps: list[int], ref: int) -> pa.Table:
     n2 = len(gram.values) // len(gram)
     g = gram.values.to_numpy().reshape(len(gram), n2)
     norm = table.column("gram_norm").to_numpy()
-    keys = list(zip(table.column("model").to_pylist(), table.column("layer").to_pylist(), table.column("site").to_pylist(), strict=True))
+    keys = list(
+        zip(
+            table.column("model").to_pylist(),
+            table.column("layer").to_pylist(),
+            table.column("site").to_pylist(),
+            strict=True,
+        )
+    )
     step = table.column("step").to_numpy()
     ref_row = {key: i for i, (key, s) in enumerate(zip(keys, step, strict=True)) if s == ref}
     idx = np.array([ref_row[k] for k in keys])
     dots = np.einsum("ij,ij->i", g, g[idx], dtype=np.float64)
     cka = dots / (norm * norm[idx])
-    return pa.table({"model": [k[0] for k in keys], "layer": [k[1] for k in keys], "site": [k[2] for k in keys], "step": step, "cka": cka})
+    return pa.table(
+        {
+            "model": [k[0] for k in keys],
+            "layer": [k[1] for k in keys],
+            "site": [k[2] for k in keys],
+            "step": step,
+            "cka": cka,
+        }
+    )
 
 
 def mlflow_part(values_path: Path, workdir: Path) -> dict:
@@ -167,7 +190,10 @@ def run_mlflow(values: pa.Table, mlflow_python: str | None) -> dict | None:
             if not mlflow_python:
                 return None
         out = subprocess.run(
-            [mlflow_python, __file__, "--mlflow-worker", str(path), tmp], capture_output=True, text=True, check=True
+            [mlflow_python, __file__, "--mlflow-worker", str(path), tmp],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -201,9 +227,15 @@ def report(root: Path, models: dict, steps: list[int], args) -> None:
     sql_s, sql_out = best_of(lambda: sql_cka(root, None, ref))  # every step: no step filter
     sql_plain_s, _ = best_of(lambda: sql_cka(root, None, ref, macro="cka"), repeat=1)
     np_s, np_out = best_of(lambda: numpy_cka(root, steps, ref))
-    a = sorted(zip(*(sql_out.column(c).to_pylist() for c in ("model", "layer", "site", "step", "cka")), strict=True))
-    b = sorted(zip(*(np_out.column(c).to_pylist() for c in ("model", "layer", "site", "step", "cka")), strict=True))
-    assert len(a) == len(b) and np.allclose([x[4] for x in a], [x[4] for x in b], rtol=1e-5), "SQL and numpy disagree"
+    a = sorted(
+        zip(*(sql_out.column(c).to_pylist() for c in ("model", "layer", "site", "step", "cka")), strict=True)
+    )
+    b = sorted(
+        zip(*(np_out.column(c).to_pylist() for c in ("model", "layer", "site", "step", "cka")), strict=True)
+    )
+    assert len(a) == len(b) and np.allclose([x[4] for x in a], [x[4] for x in b], rtol=1e-5), (
+        "SQL and numpy disagree"
+    )
     print(f"rows: {sql_out.num_rows}")
     print(f"(a) SQL cka_normed: {sql_s:.2f} s   (SQL cka, no stored norms: {sql_plain_s:.2f} s)")
     print(f"(b) numpy+pyarrow:  {np_s:.2f} s   SQL/numpy = {sql_s / np_s:.2f}")

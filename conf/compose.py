@@ -1,7 +1,7 @@
 """Compose the project's config outside the CLI (tests, benchmarks, notebooks)::
 
-    from conf.compose import compose
-    settings = compose(["suite=pythia", "steps=paper"])
+from conf.compose import compose
+settings = compose(["suite=pythia", "steps=paper"])
 """
 
 from __future__ import annotations

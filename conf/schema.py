@@ -130,9 +130,7 @@ class ExecutorConfig:
 
 @dataclass
 class ExtractConfig:
-    sites: list[str] = field(
-        default_factory=lambda: ["attn_out", "mlp_out", "resid_post", "ov"]
-    )
+    sites: list[str] = field(default_factory=lambda: ["attn_out", "mlp_out", "resid_post", "ov"])
     per_head: bool = True
     v_slice: str = "true_v"  # true_v | paper_last_third
     gradients: bool = False

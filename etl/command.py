@@ -28,7 +28,9 @@ def print_report(report: ExtractReport, warehouse: str, console: Console) -> Non
             table.add_row(model, str(step), str(first))
         console.print(table)
     if report.failed:
-        table = Table(title=f"{len(report.failed)} failed task(s): fix them and re-run; only these are retried")
+        table = Table(
+            title=f"{len(report.failed)} failed task(s): fix them and re-run; only these are retried"
+        )
         table.add_column("checkpoint", style="bold")
         table.add_column("error", style="red")
         for label, error in report.failed:

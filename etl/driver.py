@@ -58,7 +58,9 @@ def commit_probes(warehouse: Warehouse, plan: Plan) -> None:
     from etl.probes import probe_row
 
     for model in plan.models:
-        task_id = "probe-" + stable_hash({"suite": plan.suite, "model": model, "probe": plan.probe.probe_id})[:14]
+        task_id = (
+            "probe-" + stable_hash({"suite": plan.suite, "model": model, "probe": plan.probe.probe_id})[:14]
+        )
         if warehouse.is_committed(task_id):
             continue
         table = pa.Table.from_pylist([probe_row(plan.probe)], schema=PROBES.arrow_schema())
@@ -78,7 +80,11 @@ def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> Non
         report.failed.append((task_label(task), outcome.error or "unknown error"))
         return
     result = outcome.result
-    meta |= {"weights_sha256": result.weights_sha256, "timings": result.timings, "placement": result.placement}
+    meta |= {
+        "weights_sha256": result.weights_sha256,
+        "timings": result.timings,
+        "placement": result.placement,
+    }
     warehouse.commit(task.task_id, task.ref.suite, task.ref.model, result.tables, meta)
     report.committed.append(task_label(task))
 
@@ -88,7 +94,11 @@ def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, 
     seen: dict[tuple[str, str], int] = {}
     duplicates = []
     entries = sorted(
-        (e for e in warehouse.committed().values() if e.meta.get("kind") == "extract" and e.suite == plan.suite),
+        (
+            e
+            for e in warehouse.committed().values()
+            if e.meta.get("kind") == "extract" and e.suite == plan.suite
+        ),
         key=lambda e: (e.model, e.meta.get("step", 0)),
     )
     for entry in entries:

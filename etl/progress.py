@@ -59,7 +59,10 @@ class ExtractProgress:
             return
         if outcome.result is not None:
             self.progress.console.print(
-                f"[green]ok[/] {ref.model} {ref.revision}  {format_timings(outcome.result.timings)}", highlight=False
+                f"[green]ok[/] {ref.model} {ref.revision}  {format_timings(outcome.result.timings)}",
+                highlight=False,
             )
         else:
-            self.progress.console.print(f"[red]failed[/] {ref.model} {ref.revision}: {escape(outcome.error or '')}")
+            self.progress.console.print(
+                f"[red]failed[/] {ref.model} {ref.revision}: {escape(outcome.error or '')}"
+            )

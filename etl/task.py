@@ -74,7 +74,9 @@ class ExtractOptions:
 
     def config_hash(self) -> str:
         """Hash of what changes the numbers (device, threads and chunking do not)."""
-        payload = {k: v for k, v in asdict(self).items() if k not in ("device", "torch_threads", "batch_size")}
+        payload = {
+            k: v for k, v in asdict(self).items() if k not in ("device", "torch_threads", "batch_size")
+        }
         return stable_hash(payload)
 
 

@@ -35,7 +35,9 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("layerlake.demo:run", "build the embedded suite, extract it, print the findings", True),
     "suite build": Command("etl.suite.command:build", "build (or reuse) the configured embedded suite", True),
     "suite show": Command("etl.suite.command:show", "print a table of the configured suite", True),
-    "extract": Command("etl.command:extract", "extract the configured suite's checkpoints into the warehouse", True),
+    "extract": Command(
+        "etl.command:extract", "extract the configured suite's checkpoints into the warehouse", True
+    ),
     "query": Command(
         "queries.command:query",
         "run a recipe: layerlake query <recipe> key=value ...",
@@ -44,7 +46,9 @@ COMMANDS: dict[str, Command] = {
         rewrite="queries.command:rewrite_args",
     ),
     "recipes": Command("queries.command:list_recipes", "list the recipes with their parameters", False),
-    "import-metrics": Command("queries.command:import_metrics", "import per-layer metrics computed elsewhere", False),
+    "import-metrics": Command(
+        "queries.command:import_metrics", "import per-layer metrics computed elsewhere", False
+    ),
     "sql": Command("warehouse.command:sql", "run a read-only SQL query over the warehouse views", False),
     "check": Command("warehouse.command:check", "audit the warehouse; exit non-zero listing bad rows", False),
     "share": Command("warehouse.share.command:share", "export, import or attach a shared dataset", False),
@@ -78,7 +82,8 @@ def find_command(argv: list[str]) -> tuple[str, list[str]]:
             return name, argv[words:]
     if argv and argv[0] == "suite":
         raise LayerlakeError(
-            f"unknown suite command {' '.join(argv[:2])!r}", fix="use `layerlake suite build` or `layerlake suite show`"
+            f"unknown suite command {' '.join(argv[:2])!r}",
+            fix="use `layerlake suite build` or `layerlake suite show`",
         )
     known = ", ".join(COMMANDS)
     raise LayerlakeError(f"unknown command {argv[0]!r}", fix=f"use one of: {known} (see `layerlake --help`)")

@@ -91,6 +91,6 @@ def run(settings: Config) -> int:
     for path in plots:
         console.print(f"plot: {path}")
     console.print(
-        "\nQuery the warehouse yourself: layerlake sql \"select model, layer, site, step, n, d from activation_stats limit 5\""
+        '\nQuery the warehouse yourself: layerlake sql "select model, layer, site, step, n, d from activation_stats limit 5"'
     )
     return 0

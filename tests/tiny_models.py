@@ -17,7 +17,9 @@ def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def neox(n_heads: int = 2, seed: int = 0, hidden_size: int = 16, intermediate_size: int = 32) -> GPTNeoXForCausalLM:
+def neox(
+    n_heads: int = 2, seed: int = 0, hidden_size: int = 16, intermediate_size: int = 32
+) -> GPTNeoXForCausalLM:
     cfg = GPTNeoXConfig(
         vocab_size=40,
         hidden_size=hidden_size,

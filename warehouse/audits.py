@@ -48,7 +48,9 @@ def run_audit(con: Any, audit: Audit) -> pa.Table:
     try:
         return con.sql(audit.sql).to_arrow_table()
     except duckdb.Error as error:
-        raise QueryError(f"audit {audit.name!r} failed: {error}", fix="check warehouse/audits.sql against the views") from error
+        raise QueryError(
+            f"audit {audit.name!r} failed: {error}", fix="check warehouse/audits.sql against the views"
+        ) from error
 
 
 def file_problems(root: Path, verify_files: bool) -> pa.Table:
@@ -66,6 +68,8 @@ def file_problems(root: Path, verify_files: bool) -> pa.Table:
             elif verify_files and sha256_file(path) != f.sha256:
                 problem = "sha256 differs from the manifest"
             if problem:
-                rows.append({"task_id": entry.task_id, "table_name": f.table, "path": f.path, "problem": problem})
+                rows.append(
+                    {"task_id": entry.task_id, "table_name": f.table, "path": f.path, "problem": problem}
+                )
     names = ("task_id", "table_name", "path", "problem")
     return pa.Table.from_pylist(rows, schema=pa.schema([pa.field(n, pa.string()) for n in names]))

@@ -37,7 +37,9 @@ def statement_type(con: Any, sql: str) -> str:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as error:
-        raise QueryError(f"cannot parse the query: {error}", fix="see the views with `layerlake sql --schema`") from error
+        raise QueryError(
+            f"cannot parse the query: {error}", fix="see the views with `layerlake sql --schema`"
+        ) from error
     if len(statements) != 1:
         raise QueryError(f"expected one statement, got {len(statements)}", fix="run one SELECT at a time")
     kind = statements[0].type.name
@@ -57,7 +59,9 @@ def run_query(con: Any, sql: str) -> pa.Table:
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as error:
-        raise QueryError(f"query failed: {error}", fix="see the views and columns with `layerlake sql --schema`") from error
+        raise QueryError(
+            f"query failed: {error}", fix="see the views and columns with `layerlake sql --schema`"
+        ) from error
 
 
 def render(table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
@@ -102,7 +106,9 @@ def write_result(table: pa.Table, fmt: str, output: str | None) -> None:
     import pyarrow.parquet as pq
 
     if fmt == "parquet" and output is None and sys.stdout.isatty():
-        raise QueryError("refusing to write Parquet to a terminal", fix="pass --output FILE or redirect stdout")
+        raise QueryError(
+            "refusing to write Parquet to a terminal", fix="pass --output FILE or redirect stdout"
+        )
     sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115 (closed below)
     try:
         if fmt == "csv":
@@ -124,7 +130,9 @@ def describe_views(con: Any) -> pa.Table:
     names = list(schema.TABLES) + ["manifest", "failures"]
     for view in names:
         docs = {c.name: c.doc for c in schema.TABLES[view].columns} if view in schema.TABLES else {}
-        docs.update({p: "hive partition: " + p for p in schema.PARTITION_COLUMNS} if view in schema.TABLES else {})
+        docs.update(
+            {p: "hive partition: " + p for p in schema.PARTITION_COLUMNS} if view in schema.TABLES else {}
+        )
         for name, type_, *_ in con.sql(f"DESCRIBE {view}").fetchall():
             rows.append({"view": view, "column": name, "type": type_, "doc": docs.get(name, "")})
     return pa.Table.from_pylist(rows)
@@ -132,11 +140,19 @@ def describe_views(con: Any) -> pa.Table:
 
 def sql(argv: list[str]) -> int:
     """``layerlake sql "<query>" [--format F] [--output FILE] [--schema] [--root DIR]``."""
-    parser = argparse.ArgumentParser(prog="layerlake sql", description="Run a read-only SQL query over the warehouse views.")
+    parser = argparse.ArgumentParser(
+        prog="layerlake sql", description="Run a read-only SQL query over the warehouse views."
+    )
     parser.add_argument("query", nargs="?", help="one SELECT (or EXPLAIN SELECT) statement")
-    parser.add_argument("--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)")
-    parser.add_argument("--attach", action="append", default=[], help="another warehouse root or shared folder")
-    parser.add_argument("--format", choices=FORMATS, help="output format (default: table, or from --output's suffix)")
+    parser.add_argument(
+        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+    )
+    parser.add_argument(
+        "--attach", action="append", default=[], help="another warehouse root or shared folder"
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, help="output format (default: table, or from --output's suffix)"
+    )
     parser.add_argument("--output", help="write the result to this file instead of stdout")
     parser.add_argument("--schema", action="store_true", help="describe the views: columns, types, docs")
     parser.add_argument("--max-rows", type=int, default=50, help="rows shown by --format table")
@@ -146,10 +162,14 @@ def sql(argv: list[str]) -> int:
         render(describe_views(con), title="warehouse views", max_rows=10_000)
         return 0
     if not args.query:
-        raise QueryError("no query given", fix='pass one, e.g. layerlake sql "select * from checkpoints limit 5"')
+        raise QueryError(
+            "no query given", fix='pass one, e.g. layerlake sql "select * from checkpoints limit 5"'
+        )
     fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "table")
     if fmt not in FORMATS:
-        raise QueryError(f"unknown output format {fmt!r}", fix=f"use --format with one of {', '.join(FORMATS)}")
+        raise QueryError(
+            f"unknown output format {fmt!r}", fix=f"use --format with one of {', '.join(FORMATS)}"
+        )
     result = run_query(con, args.query)
     if fmt == "table":
         render(result, max_rows=args.max_rows)
@@ -161,9 +181,15 @@ def sql(argv: list[str]) -> int:
 def check(argv: list[str]) -> int:
     """``layerlake check [--root DIR] [--verify-files] [--allow AUDIT ...]``; exit 1 when an audit fails."""
     audits = load_audits()
-    parser = argparse.ArgumentParser(prog="layerlake check", description="Audit the warehouse; list offending rows.")
-    parser.add_argument("--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)")
-    parser.add_argument("--verify-files", action="store_true", help="also verify every committed file's sha256")
+    parser = argparse.ArgumentParser(
+        prog="layerlake check", description="Audit the warehouse; list offending rows."
+    )
+    parser.add_argument(
+        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+    )
+    parser.add_argument(
+        "--verify-files", action="store_true", help="also verify every committed file's sha256"
+    )
     parser.add_argument(
         "--allow", action="append", default=[], choices=[a.name for a in audits],
         help="show this audit's rows but do not fail on them (e.g. duplicate_weights for Pythia)",
@@ -172,7 +198,13 @@ def check(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     root = _resolve(args.root)
     con = connect(root, read_only=True)
-    results = [("manifest_files", "committed files missing or not matching the manifest", file_problems(root, args.verify_files))]
+    results = [
+        (
+            "manifest_files",
+            "committed files missing or not matching the manifest",
+            file_problems(root, args.verify_files),
+        )
+    ]
     results += [(a.name, a.doc, run_audit(con, a)) for a in audits]
     return report(results, set(args.allow), args.max_rows)
 

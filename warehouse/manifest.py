@@ -40,7 +40,13 @@ class FileEntry:
     bytes: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"table": self.table, "path": self.path, "sha256": self.sha256, "rows": self.rows, "bytes": self.bytes}
+        return {
+            "table": self.table,
+            "path": self.path,
+            "sha256": self.sha256,
+            "rows": self.rows,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,10 @@ class CommitEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], line: int = 0) -> CommitEntry:
-        files = tuple(FileEntry(**{k: f[k] for k in ("table", "path", "sha256", "rows", "bytes")}) for f in data["files"])
+        files = tuple(
+            FileEntry(**{k: f[k] for k in ("table", "path", "sha256", "rows", "bytes")})
+            for f in data["files"]
+        )
         return cls(
             status=data["status"],
             task_id=data["task_id"],

@@ -54,7 +54,9 @@ def _c(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> Colum
     return Column(name, type_, doc, nullable)
 
 
-_STEP = _c("step", pa.int64(), "training step the checkpoint is labelled with (an attribute, not its identity)")
+_STEP = _c(
+    "step", pa.int64(), "training step the checkpoint is labelled with (an attribute, not its identity)"
+)
 _LAYER = _c("layer", pa.int32(), "0-based transformer block index")
 _HEAD = _c("head", pa.int32(), "attention head index; NULL for the whole layer", nullable=True)
 _PROBE = _c("probe_id", pa.string(), "hash of the probe's token ids and position rule")
@@ -132,7 +134,18 @@ SKETCHES = Table(
         "Centred n x n Gram matrix of a site's probe rows, stored packed (warehouse.gram), so that CKA "
         "between any two sketches of the same probe, kernel and estimator is a normalised dot product."
     ),
-    key=("suite", "model", "step", "weights_sha256", "layer", "site", "head", "probe_id", "kernel", "estimator"),
+    key=(
+        "suite",
+        "model",
+        "step",
+        "weights_sha256",
+        "layer",
+        "site",
+        "head",
+        "probe_id",
+        "kernel",
+        "estimator",
+    ),
     columns=(
         _STEP,
         _WEIGHTS,

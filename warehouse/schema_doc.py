@@ -27,7 +27,14 @@ def render() -> str:
         "",
     ]
     for table in schema.TABLES.values():
-        lines += [f"## `{table.name}`", "", table.doc, "", "Key: " + ", ".join(f"`{k}`" for k in table.key), ""]
+        lines += [
+            f"## `{table.name}`",
+            "",
+            table.doc,
+            "",
+            "Key: " + ", ".join(f"`{k}`" for k in table.key),
+            "",
+        ]
         lines += ["| column | type | null | meaning |", "| --- | --- | --- | --- |"]
         for c in table.columns:
             null = "yes" if c.nullable else "no"
@@ -37,8 +44,12 @@ def render() -> str:
     lines += [
         "## `manifest` and `failures` (views, not files)",
         "",
-        "`manifest`: one row per committed file a view reads: " + ", ".join(f"`{n}`" for n in MANIFEST_SCHEMA.names) + ".",
-        "`failures`: one row per task whose latest entry failed: " + ", ".join(f"`{n}`" for n in FAILURES_SCHEMA.names) + ".",
+        "`manifest`: one row per committed file a view reads: "
+        + ", ".join(f"`{n}`" for n in MANIFEST_SCHEMA.names)
+        + ".",
+        "`failures`: one row per task whose latest entry failed: "
+        + ", ".join(f"`{n}`" for n in FAILURES_SCHEMA.names)
+        + ".",
         "",
     ]
     return "\n".join(lines)

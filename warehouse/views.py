@@ -69,7 +69,9 @@ def duck_type(type_: pa.DataType) -> str:
     names = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
              pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}  # fmt: skip
     if type_ not in names:
-        raise WarehouseError(f"contract type {type_} has no DuckDB mapping", fix="add it to warehouse.connect.duck_type")
+        raise WarehouseError(
+            f"contract type {type_} has no DuckDB mapping", fix="add it to warehouse.connect.duck_type"
+        )
     return names[type_]
 
 
@@ -185,7 +187,9 @@ def manifest_tables(shards: list[Shard], failures: list[CommitEntry]) -> tuple[p
          "committed_at": e.committed_at, "meta_json": json.dumps(e.meta, sort_keys=True)}
         for e in failures
     ]  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), pa.Table.from_pylist(fails, schema=FAILURES_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), pa.Table.from_pylist(
+        fails, schema=FAILURES_SCHEMA
+    )
 
 
 _META = ("config_hash", "code_version", "probe_id", "weights_sha256", "revision", "step", "source")
@@ -202,7 +206,11 @@ MANIFEST_SCHEMA = pa.schema(
     [pa.field(n, pa.string()) for n in ("task_id", "table_name", "path", "root", "suite", "model")]
     + [pa.field("rows", pa.int64()), pa.field("bytes", pa.int64()), pa.field("sha256", pa.string())]
     + _META_FIELDS
-    + [pa.field("schema_version", pa.int32()), pa.field("committed_at", pa.string()), pa.field("meta_json", pa.string())]
+    + [
+        pa.field("schema_version", pa.int32()),
+        pa.field("committed_at", pa.string()),
+        pa.field("meta_json", pa.string()),
+    ]
 )
 FAILURES_SCHEMA = pa.schema(
     [pa.field(n, pa.string()) for n in ("task_id", "suite", "model", "error")]
@@ -211,7 +219,9 @@ FAILURES_SCHEMA = pa.schema(
 )
 
 
-def connect(root: Any = None, read_only: bool = True, attach: Iterable[Any] = ()) -> duckdb.DuckDBPyConnection:
+def connect(
+    root: Any = None, read_only: bool = True, attach: Iterable[Any] = ()
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB in-memory connection over the warehouse at ``root`` (default: ``default_root()``).
 
     One typed view per contract table over the committed shards of ``root`` and of every folder in

@@ -207,7 +207,9 @@ class Warehouse:
         finally:
             os.close(fd)  # closing releases the flock
 
-    def commit(self, task_id: str, suite: str, model: str, tables: dict[str, pa.Table], meta: dict) -> CommitEntry:
+    def commit(
+        self, task_id: str, suite: str, model: str, tables: dict[str, pa.Table], meta: dict
+    ) -> CommitEntry:
         """Publish ``tables`` as task ``task_id`` of (suite, model); returns the manifest entry.
 
         Re-committing a task id replaces its files (rename over) and appends a new entry that wins.
@@ -224,10 +226,18 @@ class Warehouse:
                     data = parquet_bytes(name, table, task_id)
                     tmp = self.staging / f"{name}.{task_id}.{uuid.uuid4().hex}.parquet.tmp"
                     write_durable(tmp, data)
-                    target = self.root / name / f"suite={suite}" / f"model={model}" / f"part-{task_id}.parquet"
+                    target = (
+                        self.root / name / f"suite={suite}" / f"model={model}" / f"part-{task_id}.parquet"
+                    )
                     staged.append((tmp, target))
                     files.append(
-                        FileEntry(name, target.relative_to(self.root).as_posix(), sha256_bytes(data), table.num_rows, len(data))
+                        FileEntry(
+                            name,
+                            target.relative_to(self.root).as_posix(),
+                            sha256_bytes(data),
+                            table.num_rows,
+                            len(data),
+                        )
                     )
                 for tmp, target in staged:
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -249,9 +259,18 @@ class Warehouse:
         return entry
 
     def _entry(
-        self, status: str, task_id: str, suite: str, model: str, files: tuple, meta: dict, error: str | None = None
+        self,
+        status: str,
+        task_id: str,
+        suite: str,
+        model: str,
+        files: tuple,
+        meta: dict,
+        error: str | None = None,
     ) -> CommitEntry:
-        entry = CommitEntry(status, task_id, suite, model, files, dict(meta), schema.SCHEMA_VERSION, now_utc(), error)
+        entry = CommitEntry(
+            status, task_id, suite, model, files, dict(meta), schema.SCHEMA_VERSION, now_utc(), error
+        )
         try:
             json.dumps(entry.to_json())
         except (TypeError, ValueError) as exc:
@@ -293,4 +312,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
