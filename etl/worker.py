@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import pyarrow as pa
@@ -34,14 +35,10 @@ def resolve_device(requested: str) -> str:
 def placement() -> dict:
     """Where this task ran: process, and the GPU ids Ray assigned (empty outside Ray or without GPUs)."""
     info: dict = {"pid": os.getpid(), "gpu_ids": []}
-    try:
-        import ray
-
-        if ray.is_initialized():
-            info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
-            info["node_id"] = ray.get_runtime_context().get_node_id()
-    except ImportError:  # the local executor runs where Ray may not be installed
-        pass
+    ray = sys.modules.get("ray")  # imported in every Ray worker; never imported here just to ask
+    if ray is not None and ray.is_initialized():
+        info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+        info["node_id"] = ray.get_runtime_context().get_node_id()
     return info
 
 
