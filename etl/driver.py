@@ -53,7 +53,7 @@ def task_meta(task: ExtractTask) -> dict:
     }
 
 
-def commit_probes(warehouse: Warehouse, plan: Plan) -> None:
+def commit_probes(warehouse: Warehouse, plan: Plan, committed: dict) -> None:
     """One ``probes`` row per (model, probe): the batch every checkpoint of the model saw."""
     from etl.probes import probe_row
 
@@ -61,7 +61,7 @@ def commit_probes(warehouse: Warehouse, plan: Plan) -> None:
         task_id = (
             "probe-" + stable_hash({"suite": plan.suite, "model": model, "probe": plan.probe.probe_id})[:14]
         )
-        if warehouse.is_committed(task_id):
+        if task_id in committed and not warehouse.problems(committed[task_id]):
             continue
         table = pa.Table.from_pylist([probe_row(plan.probe)], schema=PROBES.arrow_schema())
         warehouse.commit(task_id, plan.suite, model, {"probes": table}, probe_meta(plan.probe))
@@ -112,10 +112,9 @@ def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, 
     return duplicates
 
 
-def tasks_to_run(warehouse: Warehouse, plan: Plan) -> tuple[list[ExtractTask], int]:
+def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int]:
     """Tasks not yet committed, or committed with other extraction options (their rows get replaced),
     or whose files no longer verify; and how many of them are replacements."""
-    committed = warehouse.committed()
     todo, replaced = [], 0
     for task in plan.tasks:
         entry = committed.get(task.task_id)
@@ -131,9 +130,10 @@ def run_extract(settings: Config) -> ExtractReport:
     plan = make_plan(settings)
     warehouse = Warehouse(settings.paths.warehouse)
     report = ExtractReport(planned=len(plan.tasks))
-    todo, report.replaced = tasks_to_run(warehouse, plan)
+    committed = warehouse.committed()  # the manifest, read once for the whole plan
+    todo, report.replaced = tasks_to_run(warehouse, plan, committed)
     report.skipped = report.planned - len(todo)
-    commit_probes(warehouse, plan)
+    commit_probes(warehouse, plan, committed)
     if todo:
         executor = make_executor(settings.executor)
         per_model = Counter(t.ref.model for t in todo)

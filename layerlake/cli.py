@@ -27,8 +27,13 @@ class Command:
     rewrite: str | None = None  # hydra commands: "module:function" mapping args to Hydra overrides
 
     def load(self) -> Callable:
-        module, function = self.target.split(":")
-        return getattr(importlib.import_module(module), function)
+        return resolve(self.target)
+
+
+def resolve(target: str) -> Callable:
+    """``"module:function"`` -> the function (imported only now)."""
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 COMMANDS: dict[str, Command] = {

@@ -7,13 +7,13 @@ by Hydra. A ``LayerlakeError`` raised inside a job is printed without a tracebac
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from conf.schema import CONF_DIR, register_schemas, to_settings
+from layerlake.cli import resolve
 from layerlake.errors import LayerlakeError
 
 
@@ -29,8 +29,7 @@ def run_hydra_command(name: str, command, args: list[str]) -> int:
     target = command.load()
     args = rewrite_positional(command, args)
     if command.rewrite:
-        module, function = command.rewrite.split(":")
-        args = getattr(importlib.import_module(module), function)(args)
+        args = resolve(command.rewrite)(args)
     outcome: dict[str, int] = {"code": 0}
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
