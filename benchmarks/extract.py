@@ -33,7 +33,7 @@ SITES = {"attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "resid_post": "
 
 
 def settings_for(data: Path, models: list[str]):
-    from conf.compose import compose
+    from layerlake.conf.compose import compose
 
     return compose(
         [
@@ -52,8 +52,8 @@ def settings_for(data: Path, models: list[str]):
 
 def run_layerlake(data: Path, models: list[str]) -> dict:
     """The real pipeline, then CKA to each model's final checkpoint through SQL."""
-    import warehouse
-    from etl.driver import run_extract
+    from layerlake import warehouse
+    from layerlake.etl.driver import run_extract
 
     settings = settings_for(data, models)
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def run_baseline(data: Path, models: list[str]) -> dict:
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
-    from etl.plan import make_plan
+    from layerlake.etl.plan import make_plan
 
     settings = settings_for(data, models)
     plan = make_plan(settings)
@@ -180,8 +180,8 @@ def main() -> int:
     if args.child:
         child(args.child, models, args.out)
         return 0
-    from conf.compose import compose
-    from etl.suite.command import build
+    from layerlake.conf.compose import compose
+    from layerlake.etl.suite.command import build
 
     build(compose([f"paths.suites={ROOT / 'data' / 'suites'}"]))
     runs = {"layerlake": [], "baseline": []}

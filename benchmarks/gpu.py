@@ -52,7 +52,8 @@ def build_checkpoints(root: Path, label: str, steps: int) -> list[Path]:
 def random_probe(n_sequences: int, seq_len: int):
     import torch
 
-    from etl.task import ProbeBatch, stable_hash
+    from layerlake.core.hashing import stable_hash
+    from layerlake.etl.task import ProbeBatch
 
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 50304, (n_sequences, seq_len), generator=generator).tolist()
@@ -67,9 +68,9 @@ def random_probe(n_sequences: int, seq_len: int):
 def main() -> int:
     import torch
 
-    from etl.task import CheckpointRef, ExtractOptions, ExtractTask
-    from etl.worker import run_task
-    from warehouse.writer import Warehouse
+    from layerlake.etl.task import CheckpointRef, ExtractOptions, ExtractTask
+    from layerlake.etl.worker import run_task
+    from layerlake.warehouse.writer import Warehouse
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)

@@ -51,8 +51,8 @@ def centred(f: np.ndarray) -> np.ndarray:
 
 def build(root: Path, models: dict, steps: list[int], n: int, spectrum_len: int | None) -> dict:
     """Commit one task per (model, step); returns sizes and timings."""
-    from warehouse.synthetic import checkpoint_tables
-    from warehouse.writer import Warehouse
+    from layerlake.warehouse.synthetic import checkpoint_tables
+    from layerlake.warehouse.writer import Warehouse
 
     w = Warehouse(root)
     rng = np.random.default_rng(0)
@@ -93,7 +93,7 @@ def best_of(fn, repeat: int = 3):
 
 def sql_cka(root: Path, steps: list[int] | None, ref: int, macro: str = "cka_normed") -> pa.Table:
     """CKA to ``ref`` for ``steps`` (None: every stored step) through ``warehouse/cka_to_final.sql``."""
-    import warehouse
+    from layerlake import warehouse
 
     con = warehouse.connect(root)
     query = CKA_SQL

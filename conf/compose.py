@@ -1,6 +1,6 @@
 """Compose the project's config outside the CLI (tests, benchmarks, notebooks)::
 
-from conf.compose import compose
+from layerlake.conf.compose import compose
 settings = compose(["suite=pythia", "steps=paper"])
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
-from conf.schema import CONF_DIR, Config, register_schemas, to_settings
+from layerlake.conf.schema import CONF_DIR, Config, register_schemas, to_settings
 
 
 def compose(overrides: Sequence[str] = ()) -> Config:

@@ -7,7 +7,6 @@ group here. The entrypoint turns the composed ``DictConfig`` into these frozen d
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,26 +14,21 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from layerlake.core.choices import (
+    Dtype,
+    Estimator,
+    ExecutorKind,
+    Kernel,
+    PositionRule,
+    ProbeSource,
+    Site,
+    SuiteSource,
+    VSlice,
+    check_device,
+)
+from layerlake.core.paths import default_data_dir
+
 CONF_DIR = Path(__file__).resolve().parent
-DATA_ENV = "LAYERLAKE_DATA"
-
-
-def project_root() -> Path:
-    """The source checkout holding ``conf/`` when installed editable; else the working directory."""
-    candidate = CONF_DIR.parent
-    if (candidate / "pyproject.toml").is_file():
-        return candidate
-    return Path.cwd()
-
-
-def default_data_dir() -> Path:
-    """``$LAYERLAKE_DATA`` if set, else ``data/`` under the project root."""
-    env = os.environ.get(DATA_ENV)
-    return Path(env).expanduser().resolve() if env else project_root() / "data"
-
-
-def default_warehouse_root() -> Path:
-    return default_data_dir() / "warehouse"
 
 
 def _register_resolvers() -> None:
@@ -85,7 +79,7 @@ class TrainConfig:
 @dataclass
 class SuiteConfig:
     name: str = MISSING
-    source: str = "local"  # local | hf
+    source: SuiteSource = SuiteSource.local
     tokens_per_step: int = MISSING
     models: list[ModelSpec] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)  # the suite's full checkpoint schedule
@@ -106,37 +100,40 @@ class StepsConfig:
 
 @dataclass
 class ProbeConfig:
-    source: str = "embedded"  # embedded | file | hub
+    source: ProbeSource = ProbeSource.embedded
     path: Optional[str] = None  # source=file
     dataset: Optional[str] = None  # source=hub
     n_sequences: int = 32
     seq_len: int = 64
-    positions: str = "last"  # last | all | sample
+    positions: PositionRule = PositionRule.last
     n_sample: int = 64  # positions=sample: how many (sequence, position) pairs
     seed: int = 0
 
 
 @dataclass
 class ExecutorConfig:
-    kind: str = "local"  # local | ray
+    kind: ExecutorKind = ExecutorKind.local
     num_cpus: Optional[int] = None
     num_gpus: int = 0
     address: Optional[str] = None  # join an existing Ray cluster
     max_retries: int = 2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (checked when composed)
+    dtype: Dtype = Dtype.float32
     torch_threads: Optional[int] = None
+
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_device(self.device)
 
 
 @dataclass
 class ExtractConfig:
-    sites: list[str] = field(default_factory=lambda: ["attn_out", "mlp_out", "resid_post", "ov"])
+    sites: list[Site] = field(default_factory=lambda: list(Site))
     per_head: bool = True
-    v_slice: str = "true_v"  # true_v | paper_last_third
+    v_slice: VSlice = VSlice.true_v
     gradients: bool = False
     weight_spectra: bool = True
-    kernels: list[str] = field(default_factory=lambda: ["linear"])
-    estimators: list[str] = field(default_factory=lambda: ["biased", "debiased"])
+    kernels: list[Kernel] = field(default_factory=lambda: [Kernel.linear])
+    estimators: list[Estimator] = field(default_factory=lambda: list(Estimator))
     near_zero_eps: float = 1e-3
     batch_size: Optional[int] = None  # sequences per forward chunk (bounds memory); None = all at once
 
@@ -179,8 +176,14 @@ def register_schemas() -> None:
         cs.store(group=group, name="schema", node=node)
 
 
+def register_recipe(name: str, params: dict[str, Any]) -> None:
+    """Make ``+recipe=<name>`` composable, with ``params`` as its defaults (declared in the recipe's SQL)."""
+    ConfigStore.instance().store(group="recipe", name=name, node=RecipeConfig(name=name, params=dict(params)))
+
+
 def to_settings(cfg: Any) -> Config:
-    """The composed ``DictConfig`` as plain, fully resolved dataclasses."""
+    """The composed ``DictConfig`` as plain, fully resolved dataclasses (closed sets as ``Choice`` members)."""
     resolved = OmegaConf.to_object(cfg)
-    assert isinstance(resolved, Config)
+    if not isinstance(resolved, Config):
+        raise TypeError(f"the composed config is a {type(resolved).__name__}, not a Config")
     return resolved

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from etl.errors import ExtractionError
+from layerlake.etl.errors import ExtractionError
 
 Key = tuple[int, str]  # (layer, capture name)
 

@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from conf.schema import Config
-from etl.driver import ExtractReport, run_extract
+from layerlake.conf.schema import Config
+from layerlake.etl.driver import ExtractReport, run_extract
 
 
 def print_report(report: ExtractReport, warehouse: str, console: Console) -> None:

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from conf.schema import Config
-from etl.executors import Outcome, make_executor
-from etl.plan import Plan, make_plan
-from etl.progress import ExtractProgress
-from etl.task import ExtractTask, ProbeBatch, stable_hash
-from warehouse.schema import PROBES
-from warehouse.writer import Warehouse
+from layerlake.conf.schema import Config
+from layerlake.core.hashing import stable_hash
+from layerlake.etl.executors import Outcome, make_executor
+from layerlake.etl.plan import Plan, make_plan
+from layerlake.etl.progress import ExtractProgress
+from layerlake.etl.task import ExtractTask, ProbeBatch
+from layerlake.warehouse.schema import PROBES
+from layerlake.warehouse.writer import Warehouse
 
 
 @dataclass
@@ -55,7 +56,7 @@ def task_meta(task: ExtractTask) -> dict:
 
 def commit_probes(warehouse: Warehouse, plan: Plan, committed: dict) -> None:
     """One ``probes`` row per (model, probe): the batch every checkpoint of the model saw."""
-    from etl.probes import probe_row
+    from layerlake.etl.probes import probe_row
 
     for model in plan.models:
         task_id = (
@@ -90,26 +91,22 @@ def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> Non
 
 
 def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, int, int]]:
-    """Steps of one model whose weights hash equals an earlier step's (mislabelled revisions)."""
-    seen: dict[tuple[str, str], int] = {}
-    duplicates = []
-    entries = sorted(
-        (
-            e
-            for e in warehouse.committed().values()
-            if e.meta.get("kind") == "extract" and e.suite == plan.suite
-        ),
-        key=lambda e: (e.model, e.meta.get("step", 0)),
-    )
-    for entry in entries:
-        if entry.model not in plan.models:
-            continue
-        key = (entry.model, entry.meta.get("weights_sha256", ""))
-        if key in seen:
-            duplicates.append((entry.model, entry.meta["step"], seen[key]))
-        else:
-            seen[key] = entry.meta["step"]
-    return duplicates
+    """``(model, step, first step)`` for each step of a planned model whose weights equal an earlier
+    step's (mislabelled revisions), from the warehouse's ``duplicate_weights`` audit (its one home)."""
+    from layerlake.warehouse import connect
+    from layerlake.warehouse.audits import AUDITS, run_audit
+
+    con = connect(warehouse.root)
+    try:
+        rows = run_audit(con, AUDITS.get("duplicate_weights")).to_pylist()
+    finally:
+        con.close()
+    return [
+        (row["model"], step, row["steps"][0])
+        for row in rows
+        if row["suite"] == plan.suite and row["model"] in plan.models
+        for step in row["steps"][1:]
+    ]
 
 
 def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int]:
@@ -133,16 +130,17 @@ def run_extract(settings: Config) -> ExtractReport:
     committed = warehouse.committed()  # the manifest, read once for the whole plan
     todo, report.replaced = tasks_to_run(warehouse, plan, committed)
     report.skipped = report.planned - len(todo)
-    commit_probes(warehouse, plan, committed)
-    if todo:
-        executor = make_executor(settings.executor)
-        per_model = Counter(t.ref.model for t in todo)
-        try:
+    executor = make_executor(settings.executor) if todo else None  # fails (e.g. no ray) before any write
+    try:
+        commit_probes(warehouse, plan, committed)
+        if executor is not None:
+            per_model = Counter(t.ref.model for t in todo)
             with ExtractProgress(per_model, enabled=settings.progress) as progress:
                 for outcome in executor.run(todo):
                     record(warehouse, outcome, report)
                     progress.advance(outcome)
-        finally:
+    finally:
+        if executor is not None:
             executor.close()
     report.duplicates = find_weight_duplicates(warehouse, plan)
     return report

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from layerlake.errors import LayerlakeError
+from layerlake.core.errors import LayerlakeError
 
 
 class EtlError(LayerlakeError):

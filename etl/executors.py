@@ -11,9 +11,10 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from conf.schema import ExecutorConfig
-from etl.task import ExtractTask, TaskResult
-from layerlake.errors import ConfigError, LayerlakeError
+from layerlake.conf.schema import ExecutorConfig
+from layerlake.core.choices import ExecutorKind
+from layerlake.core.errors import ConfigError, LayerlakeError
+from layerlake.etl.task import ExtractTask, TaskResult
 
 
 @dataclass
@@ -33,7 +34,7 @@ def describe_error(error: BaseException) -> tuple[str, str]:
 
 def run_guarded(task: ExtractTask) -> tuple[TaskResult | None, str | None, str | None]:
     """``run_task`` with its failure returned as data (so Ray does not retry a deterministic error)."""
-    from etl.worker import run_task
+    from layerlake.etl.worker import run_task
 
     try:
         return run_task(task), None, None
@@ -112,9 +113,9 @@ class RayExecutor:
             self.ray.shutdown()
 
 
+EXECUTORS = {ExecutorKind.local: LocalExecutor, ExecutorKind.ray: RayExecutor}
+
+
 def make_executor(config: ExecutorConfig) -> LocalExecutor | RayExecutor:
-    if config.kind == "local":
-        return LocalExecutor(config)
-    if config.kind == "ray":
-        return RayExecutor(config)
-    raise ConfigError(f"unknown executor.kind {config.kind!r}", fix="use executor=local or executor=ray")
+    """The executor ``config.kind`` names (checked when the config was composed)."""
+    return EXECUTORS[ExecutorKind.parse(config.kind, "executor.kind")](config)

@@ -23,17 +23,18 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from etl import capture, metrics, sites
-from etl.errors import ExtractionError, ProbeError
-from etl.task import CheckpointRef, ExtractOptions, ProbeBatch
-from warehouse.gram import pack as pack_gram
-from warehouse.schema import TABLES
+from layerlake.core.choices import Dtype
+from layerlake.etl import capture, metrics, sites
+from layerlake.etl.errors import ExtractionError, ProbeError
+from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
+from layerlake.warehouse.gram import pack as pack_gram
+from layerlake.warehouse.schema import TABLES
 
-DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
+TORCH_DTYPES = {
+    Dtype.float32: torch.float32,
+    Dtype.bfloat16: torch.bfloat16,
+    Dtype.float16: torch.float16,
+    Dtype.float64: torch.float64,
 }
 OUTPUT_TABLES = ("activation_stats", "sketches", "spectra")
 
@@ -66,7 +67,7 @@ def extract_from_model(
         if options.weight_spectra:
             with _timed(timings, "svd", device):
                 _add_spectra(rows, model, family, shape, options, "weight")
-        model.to(DTYPES[options.dtype]).eval()
+        model.to(TORCH_DTYPES[options.dtype]).eval()
         with _grads_enabled(model, options.gradients):
             ids, positions = probe_tensors(probe, device)
             captured, pass_times = capture.run_pass(
@@ -91,21 +92,9 @@ def extract_from_model(
 def _check_options(
     options: ExtractOptions, family: sites.Family, probe: ProbeBatch, model: nn.Module
 ) -> None:
-    """Fail before any work, naming the option and its fix."""
-    sites.check_names(tuple(options.sites), options.v_slice, family)
-    bad = [k for k in options.kernels if k not in metrics.KERNELS] + [
-        e for e in options.estimators if e not in metrics.ESTIMATORS
-    ]
-    if bad:
-        raise ExtractionError(
-            f"unknown kernel/estimator {bad}; kernels: {metrics.KERNELS}, estimators: {metrics.ESTIMATORS}",
-            fix="set extract.kernels / extract.estimators",
-        )
-    if options.dtype not in DTYPES:
-        raise ExtractionError(
-            f"unknown dtype {options.dtype!r}; expected one of {list(DTYPES)}",
-            fix="set executor.dtype to float32, bfloat16 or float16",
-        )
+    """Fail before any work, naming the option and its fix (values of closed sets were checked when
+    the options were built; what is left depends on this model and probe)."""
+    sites.check_family_options(options.v_slice, family)
     if "debiased" in options.estimators and probe.n < 4:
         raise ExtractionError(
             f"the debiased estimator needs n >= 4 probe rows; probe {probe.probe_id} has {probe.n}",

@@ -14,8 +14,10 @@ import math  # noqa: F401 - the doctests use it
 
 import torch
 
-KERNELS = ("linear", "rbf")
-ESTIMATORS = ("biased", "debiased")
+from layerlake.core.choices import Estimator, Kernel
+
+KERNELS = Kernel.values()
+ESTIMATORS = Estimator.values()
 
 
 def as64(x: torch.Tensor) -> torch.Tensor:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from conf.schema import Config, ModelSpec
-from etl.errors import SuiteError
-from etl.task import ExtractOptions, ExtractTask, ProbeBatch
-from layerlake.errors import ConfigError
+from layerlake.conf.schema import Config, ModelSpec
+from layerlake.etl.errors import SuiteError
+from layerlake.etl.task import ExtractOptions, ExtractTask, ProbeBatch
 
 CODE_VERSION = "layerlake-0.1.0"
 
@@ -52,37 +51,16 @@ def extract_options(settings: Config) -> ExtractOptions:
     )
 
 
-def check_options(options: ExtractOptions) -> None:
-    """Fail before any task runs (and before anything is recorded) when an option names nothing known."""
-    from etl import metrics, sites
-
-    unknown_sites = [s for s in options.sites if s not in sites.SITES]
-    if unknown_sites or options.v_slice not in sites.V_SLICES:
-        sites.check_names(options.sites, options.v_slice, sites.FAMILIES["gpt_neox"])
-    for key, values, known in (
-        ("extract.kernels", options.kernels, metrics.KERNELS),
-        ("extract.estimators", options.estimators, metrics.ESTIMATORS),
-    ):
-        bad = [v for v in values if v not in known]
-        if bad:
-            raise ConfigError(f"unknown {key} value(s) {bad}", fix=f"use values from {list(known)}")
-    if options.dtype not in ("float32", "float16", "bfloat16", "float64"):
-        raise ConfigError(
-            f"unknown executor.dtype {options.dtype!r}", fix="use float32, bfloat16, float16 or float64"
-        )
-
-
 def make_plan(settings: Config) -> Plan:
     """Every (model, step) the config selects, with the one probe batch they all share."""
-    from etl.probes import build_probe
-    from etl.sources import open_source, select_steps
+    from layerlake.etl.probes import build_probe
+    from layerlake.etl.sources import open_source, select_steps
 
     models = selected_models(settings)
     steps = select_steps(settings.suite, settings.steps)
     source = open_source(settings.suite, settings.paths.suites)
     probe = build_probe(settings.probe, settings.suite, settings.paths.suites)
     options = extract_options(settings)
-    check_options(options)
     tasks = tuple(
         ExtractTask(ref=ref, probe=probe, options=options, code_version=CODE_VERSION)
         for model in models

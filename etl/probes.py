@@ -19,20 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from conf.schema import ProbeConfig, SuiteConfig
-from etl.errors import ProbeError
-from etl.task import ProbeBatch, stable_hash
-
-RULES = ("last", "all", "sample")
-SOURCES = ("embedded", "file", "hub")
+from layerlake.conf.schema import ProbeConfig, SuiteConfig
+from layerlake.core.choices import PositionRule, ProbeSource
+from layerlake.core.hashing import stable_hash
+from layerlake.etl.errors import ProbeError
+from layerlake.etl.task import ProbeBatch
 
 
 def build_probe(probe: ProbeConfig, suite: SuiteConfig, suites_root: str | Path) -> ProbeBatch:
     """The probe batch ``probe`` describes, tokenized with ``suite``'s tokenizer."""
-    if probe.positions not in RULES:
-        raise ProbeError(
-            f"unknown probe position rule {probe.positions!r}", fix=f"use one of: {', '.join(RULES)}"
-        )
+    PositionRule.parse(probe.positions, "probe.positions")
     if probe.n_sequences < 1 or probe.seq_len < 1:
         raise ProbeError(
             f"probe needs n_sequences >= 1 and seq_len >= 1, got {probe.n_sequences} and {probe.seq_len}",
@@ -82,20 +78,22 @@ def select_positions(probe: ProbeConfig) -> tuple[tuple[int, int], ...]:
 def probe_text(probe: ProbeConfig) -> tuple[str, str]:
     """``(text, source label)`` for the probe's text source."""
     if probe.source == "embedded":
-        from etl.suite.corpus import held_out_text
+        from layerlake.etl.suite.corpus import held_out_text
 
         return held_out_text(), "embedded"
     if probe.source == "file":
         return _file_text(probe.path), f"file:{probe.path}"
     if probe.source == "hub":
         return _hub_text(probe.dataset), f"hub:{probe.dataset}"
-    raise ProbeError(f"unknown probe source {probe.source!r}", fix=f"use one of: {', '.join(SOURCES)}")
+    raise ProbeError(
+        f"unknown probe source {probe.source!r}", fix=f"use one of: {', '.join(ProbeSource.values())}"
+    )
 
 
 def load_tokenizer(suite: SuiteConfig, suites_root: str | Path):
     """The suite's tokenizer: local suites ``<suite>/tokenizer.json``; hub suites the first model's repo."""
     if suite.source == "local":
-        from etl.suite.corpus import load_tokenizer_file
+        from layerlake.etl.suite.corpus import load_tokenizer_file
 
         path = Path(suites_root) / suite.name / "tokenizer.json"
         if not path.is_file():
@@ -109,7 +107,7 @@ def load_tokenizer(suite: SuiteConfig, suites_root: str | Path):
         raise ProbeError(f"hub suite {suite.name!r} names no model repo", fix="set `repo:` on its models")
     from transformers import AutoTokenizer
 
-    from etl.sources import hub_cache_dir, hub_offline
+    from layerlake.etl.sources import hub_cache_dir, hub_offline
 
     try:
         return AutoTokenizer.from_pretrained(
@@ -171,7 +169,7 @@ def _hub_text(dataset: str | None) -> str:
             f"probe.source=hub (dataset {dataset!r}) needs the `datasets` package, which is not installed",
             fix="pip install datasets, or use probe.source=embedded / probe.source=file",
         ) from None
-    from etl.sources import hub_offline
+    from layerlake.etl.sources import hub_offline
 
     if hub_offline():
         raise ProbeError(

@@ -15,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from etl.executors import Outcome
+from layerlake.etl.executors import Outcome
 
 
 def format_timings(timings: Mapping[str, float]) -> str:

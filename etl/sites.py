@@ -46,46 +46,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from etl.errors import ExtractionError
+from layerlake.core.choices import Matrix, Site, VSlice
+from layerlake.etl.errors import ExtractionError
 
-
-@dataclass(frozen=True)
-class Name:
-    """One canonical name stored in rows, with what it means."""
-
-    name: str
-    doc: str
-
-
-SITES: dict[str, Name] = {
-    s.name: s
-    for s in (
-        Name(
-            "attn_out", "attention block output written to the residual stream (W_O applied, bias included)"
-        ),
-        Name("mlp_out", "MLP block output written to the residual stream (GPT-NeoX dense_4h_to_h)"),
-        Name("resid_post", "residual stream after the block (the block's output hidden state)"),
-        Name("ov", "V at the probe positions times W_O, no attention mixing; per layer and per head"),
-    )
-}
-
-MATRICES: dict[str, Name] = {
-    m.name: m
-    for m in (
-        Name("query_key_value", "the fused QKV projection (GPT-NeoX), rows interleaved per head"),
-        Name("query", "the query projection (true per-head split of a fused QKV)"),
-        Name("key", "the key projection (true per-head split of a fused QKV)"),
-        Name("value", "the value projection (true per-head split of a fused QKV)"),
-        Name("dense", "the attention output projection W_O"),
-        Name("dense_h_to_4h", "the MLP input projection (non-gated MLPs)"),
-        Name("gate_proj", "the gated MLP's gate projection (llama)"),
-        Name("up_proj", "the gated MLP's up projection (llama)"),
-        Name("dense_4h_to_h", "the MLP output projection"),
-        Name("ov", "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL)"),
-    )
-}
-
-V_SLICES = ("true_v", "paper_last_third")
+# The canonical names and their meanings are the closed sets ``Site`` and ``Matrix`` of
+# ``layerlake.core.choices`` (one list each); this module says where each lives per family.
+SITES = {s.value: s for s in Site}
+MATRICES = {m.value: m for m in Matrix}
 
 
 @dataclass(frozen=True)
@@ -189,20 +156,9 @@ def module_at(block: nn.Module, path: str) -> nn.Module:
     return block.get_submodule(path) if path else block
 
 
-def check_names(sites: tuple[str, ...], v_slice: str, family: Family) -> None:
-    """Fail early, naming the bad value, when options ask for something this registry lacks."""
-    unknown = [s for s in sites if s not in SITES]
-    if unknown:
-        raise ExtractionError(
-            f"unknown site(s) {unknown}; known sites: {', '.join(SITES)}",
-            fix="set extract.sites to names from etl.sites.SITES",
-        )
-    if v_slice not in V_SLICES:
-        raise ExtractionError(
-            f"unknown v_slice {v_slice!r}; expected one of {V_SLICES}",
-            fix="set extract.v_slice=true_v (or paper_last_third for the paper's slice)",
-        )
-    if v_slice == "paper_last_third" and not family.fused_qkv:
+def check_family_options(v_slice: VSlice, family: Family) -> None:
+    """Fail early, naming the option, when an option cannot apply to this family."""
+    if v_slice == VSlice.paper_last_third and not family.fused_qkv:
         raise ExtractionError(
             f"v_slice=paper_last_third needs a fused QKV; {family.name} has separate V",
             fix="set extract.v_slice=true_v for this model",
@@ -222,7 +178,7 @@ def split_value_output(out: torch.Tensor, family: Family, shape: Shape, v_slice:
     n = out.shape[0]
     h, dh = shape.n_heads, shape.d_head
     if family.fused_qkv:
-        if v_slice == "paper_last_third":
+        if v_slice == VSlice.paper_last_third:
             return out[:, 2 * h * dh :].reshape(n, h, dh)
         return out.reshape(n, h, 3, dh)[:, :, 2, :]
     v = out.reshape(n, shape.n_kv_heads, dh)
@@ -236,7 +192,7 @@ def split_value_weight(w: torch.Tensor, family: Family, shape: Shape, v_slice: s
     """
     h, dh = shape.n_heads, shape.d_head
     if family.fused_qkv:
-        if v_slice == "paper_last_third":
+        if v_slice == VSlice.paper_last_third:
             return w[2 * h * dh :].reshape(h, dh, -1)
         return w.reshape(h, 3, dh, -1)[:, 2]
     return w.reshape(shape.n_kv_heads, dh, -1).repeat_interleave(shape.group, dim=0)

@@ -11,7 +11,7 @@ suite exercises the hub code path. Loading never runs code from a checkpoint unl
 says ``trust_remote_code``: weights come from safetensors, or ``torch.load(weights_only=True)``.
 
 A checkpoint's identity is the sha256 of its weights (``weights_sha256``), never its step label:
-Pythia serves duplicated and mislabelled revisions, which ``find_duplicates`` reports.
+Pythia serves duplicated and mislabelled revisions, which the ``duplicate_weights`` audit reports.
 
 The hub loader reads ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` when it is called (not only when
 ``huggingface_hub`` is imported), so a Ray worker or a test can point it at a cache.
@@ -23,16 +23,16 @@ import bisect
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conf.schema import ModelSpec, StepsConfig, SuiteConfig
-from etl.errors import CheckpointError, SuiteError
-from etl.task import CheckpointRef
+from layerlake.conf.schema import ModelSpec, StepsConfig, SuiteConfig
+from layerlake.core.choices import Dtype, SuiteSource
+from layerlake.etl.errors import CheckpointError, SuiteError
+from layerlake.etl.task import CheckpointRef
 
-DTYPES = ("float32", "bfloat16", "float16")
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -49,7 +49,7 @@ class LoadedCheckpoint:
 class CheckpointSource:
     """The checkpoints of one suite. Subclasses say where a (model, step) lives."""
 
-    kind = ""
+    kind: SuiteSource
 
     def __init__(self, suite: SuiteConfig, suites_root: str | Path) -> None:
         self.suite = suite
@@ -97,7 +97,7 @@ class CheckpointSource:
 class LocalSource(CheckpointSource):
     """Model folders on disk: ``<suites_root>/<suite>/<model>/step<N>/``."""
 
-    kind = "local"
+    kind = SuiteSource.local
 
     def model_dir(self, model: str) -> Path:
         return self.suites_root / self.suite.name / model
@@ -124,7 +124,7 @@ class LocalSource(CheckpointSource):
 class HubSource(CheckpointSource):
     """Hub repos with one revision ``step<N>`` per checkpoint (Pythia's layout)."""
 
-    kind = "hf"
+    kind = SuiteSource.hf
 
     def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
         if not spec.repo:
@@ -141,7 +141,10 @@ class HubSource(CheckpointSource):
         return self._make_ref(spec, step, spec.repo)
 
 
-SOURCES: dict[str, type[CheckpointSource]] = {"local": LocalSource, "hf": HubSource}
+SOURCES: dict[SuiteSource, type[CheckpointSource]] = {
+    SuiteSource.local: LocalSource,
+    SuiteSource.hf: HubSource,
+}
 
 
 def open_source(suite: SuiteConfig, suites_root: str | Path) -> CheckpointSource:
@@ -162,9 +165,8 @@ def load_checkpoint(ref: CheckpointRef, device: str = "cpu", dtype: str = "float
     """
     import torch
 
-    if dtype not in DTYPES:
-        raise CheckpointError(f"unknown dtype {dtype!r}", fix=f"use one of: {', '.join(DTYPES)}")
-    model = _from_pretrained(ref, getattr(torch, dtype))
+    dtype = Dtype.parse(dtype, "executor.dtype")
+    model = _from_pretrained(ref, getattr(torch, dtype.value))
     model.eval()
     digest = weights_sha256(model)
     n_params = sum(p.numel() for p in model.parameters())
@@ -244,19 +246,6 @@ def weights_sha256(model) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def find_duplicates(items: Iterable[tuple[CheckpointRef, str]]) -> list[tuple[CheckpointRef, CheckpointRef]]:
-    """Pairs ``(first, duplicate)`` of refs whose weights hash is equal; ``first`` is the earliest step
-    (then revision) of its group, each later ref of the group is paired with it."""
-    groups: dict[str, list[CheckpointRef]] = {}
-    for ref, digest in items:
-        groups.setdefault(digest, []).append(ref)
-    pairs = []
-    for refs in groups.values():
-        refs = sorted(refs, key=lambda r: (r.suite, r.model, r.step, r.revision))
-        pairs += [(refs[0], dup) for dup in refs[1:]]
-    return sorted(pairs, key=lambda p: (p[1].model, p[1].step))
 
 
 def select_steps(suite: SuiteConfig, steps_cfg: StepsConfig) -> list[int]:

@@ -6,9 +6,10 @@ task pickles cheaply into a Ray worker and its identity can be hashed.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+
+from layerlake.core.choices import Dtype, Estimator, Kernel, Site, SuiteSource, VSlice, check_device
+from layerlake.core.hashing import stable_hash
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class CheckpointRef:
     step: int
     revision: str  # e.g. "step1000"
     tokens_seen: int
-    source: str  # "local" | "hf"
+    source: SuiteSource
     location: str  # local: absolute folder of the checkpoint; hf: the hub repo id
     trust_remote_code: bool = False
     evict_after_use: bool = False
@@ -59,24 +60,33 @@ class ProbeBatch:
 class ExtractOptions:
     """What one pass computes (from ``conf/extract``), plus device and dtype (from ``conf/executor``)."""
 
-    sites: tuple[str, ...] = ("attn_out", "mlp_out", "resid_post", "ov")
+    sites: tuple[Site, ...] = tuple(Site)
     per_head: bool = True
-    v_slice: str = "true_v"  # true_v | paper_last_third
+    v_slice: VSlice = VSlice.true_v
     gradients: bool = False
     weight_spectra: bool = True
-    kernels: tuple[str, ...] = ("linear",)
-    estimators: tuple[str, ...] = ("biased", "debiased")
+    kernels: tuple[Kernel, ...] = (Kernel.linear,)
+    estimators: tuple[Estimator, ...] = tuple(Estimator)
     near_zero_eps: float = 1e-3
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: Dtype = Dtype.float32
     torch_threads: int | None = None
     batch_size: int | None = None  # sequences per forward chunk; None = the whole probe at once
 
+    def __post_init__(self) -> None:
+        """Closed sets become ``Choice`` members (a wrong value is a ``ConfigError`` naming the option)."""
+        for name, kind in (("sites", Site), ("kernels", Kernel), ("estimators", Estimator)):
+            object.__setattr__(
+                self, name, tuple(kind.parse(v, f"extract.{name}") for v in getattr(self, name))
+            )
+        object.__setattr__(self, "v_slice", VSlice.parse(self.v_slice, "extract.v_slice"))
+        object.__setattr__(self, "dtype", Dtype.parse(self.dtype, "executor.dtype"))
+        check_device(self.device)
+
     def config_hash(self) -> str:
         """Hash of what changes the numbers (device, threads and chunking do not)."""
-        payload = {
-            k: v for k, v in asdict(self).items() if k not in ("device", "torch_threads", "batch_size")
-        }
+        skip = ("device", "torch_threads", "batch_size")
+        payload = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
         return stable_hash(payload)
 
 
@@ -105,10 +115,11 @@ class ExtractTask:
         )[:20]
 
 
-def stable_hash(payload: object) -> str:
-    """sha256 of the canonical JSON of ``payload``."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def _plain(value: object) -> object:
+    """Choice members as their string values (tuples as lists), for hashing."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, str) else value
 
 
 @dataclass

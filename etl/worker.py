@@ -12,8 +12,8 @@ import time
 
 import pyarrow as pa
 
-from etl.task import ExtractTask, TaskResult
-from warehouse.schema import CHECKPOINTS
+from layerlake.etl.task import ExtractTask, TaskResult
+from layerlake.warehouse.schema import CHECKPOINTS
 
 
 def resolve_device(requested: str) -> str:
@@ -22,7 +22,7 @@ def resolve_device(requested: str) -> str:
 
     if requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            from etl.errors import ExtractionError
+            from layerlake.etl.errors import ExtractionError
 
             raise ExtractionError(
                 f"device {requested!r} was asked for but no CUDA device is visible",
@@ -72,8 +72,8 @@ def run_task(task: ExtractTask) -> TaskResult:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from etl.extract import extract_from_model
-    from etl.sources import load_checkpoint, release_checkpoint
+    from layerlake.etl.extract import extract_from_model
+    from layerlake.etl.sources import load_checkpoint, release_checkpoint
 
     hf_logging.disable_progress_bar()  # the extraction's own progress display reports each checkpoint
 

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 def connect(root: Any = None, read_only: bool = True, **kwargs: Any) -> Any:
     """A DuckDB connection over the warehouse at ``root`` (see ``warehouse.connect``)."""
-    from warehouse import connect as _connect
+    from layerlake.warehouse import connect as _connect
 
     return _connect(root=root, read_only=read_only, **kwargs)
 

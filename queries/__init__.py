@@ -8,6 +8,6 @@ never imports torch, transformers or ray. See ``queries/README.md`` for every fi
 
 from __future__ import annotations
 
-from queries.loader import Recipe, bind_params, list_recipes, load_recipe, recipe_names, run_recipe
+from layerlake.queries.loader import Recipe, bind_params, list_recipes, load_recipe, recipe_names, run_recipe
 
 __all__ = ["Recipe", "bind_params", "list_recipes", "load_recipe", "recipe_names", "run_recipe"]

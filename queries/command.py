@@ -20,18 +20,23 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from layerlake.errors import ConfigError, LayerlakeError
-from queries.errors import RecipeError
-from queries.loader import Recipe, bind_params, load_recipe, recipe_names
-from queries.loader import list_recipes as load_all
+from layerlake.core.errors import ConfigError, LayerlakeError
+from layerlake.queries.errors import RecipeError
+from layerlake.queries.loader import (
+    CONTEXT_PARAMS,
+    Recipe,
+    bind_params,
+    load_recipe,
+    recipe_names,
+    register_recipe_configs,
+)
+from layerlake.queries.loader import list_recipes as load_all
 
-# Parameters filled from the composed config when the recipe declares them and the user did not set them.
-CONTEXT_PARAMS = ("suite", "models")
 JOB_FILE = "job.json"
 
 
 def top_level_keys() -> set[str]:
-    from conf.schema import Config
+    from layerlake.conf.schema import Config
 
     return {f.name for f in dataclasses.fields(Config)} | {"hydra"}
 
@@ -44,6 +49,7 @@ def rewrite_args(args: list[str]) -> list[str]:
     An argument that is neither a config key nor a parameter of the chosen recipe(s) is an error
     naming the recipe's parameters.
     """
+    register_recipe_configs()  # `+recipe=<name>` composes each recipe's declared parameters and defaults
     # `query -m stabilisation ...`: the CLI only lifts a leading bare word, so lift one after flags here
     args = [f"recipe={a}" if not a.startswith("-") and "=" not in a else a for a in args]
     recipes = _chosen_recipes(args)
@@ -138,20 +144,21 @@ def query(settings: Any) -> int:
 def _run_and_save(recipe: Recipe, bound: dict[str, Any], warehouse_root: str, folder: Path) -> dict[str, Any]:
     from rich.console import Console
 
-    import warehouse
-    from queries import output, plots
-    from queries.loader import run_recipe
+    from layerlake import warehouse
+    from layerlake.core import render
+    from layerlake.queries import plots
+    from layerlake.queries.loader import run_recipe
 
     con = warehouse.connect(warehouse_root)
     try:
         table = run_recipe(con, recipe.name, bound)
     finally:
         con.close()
-    parquet, csv = output.save(table, folder)
+    parquet, csv = render.save(table, folder)
     png = plots.plot(recipe.name, table, folder / f"{recipe.name}.png")
     console = Console()
     shown = ", ".join(f"{k}={v}" for k, v in bound.items() if v != recipe.param(k).default)
-    output.print_table(table, f"{recipe.name}" + (f" ({shown})" if shown else ""), console)
+    render.print_table(table, f"{recipe.name}" + (f" ({shown})" if shown else ""), console)
     for path in (parquet, csv, png):
         if path is not None:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True, markup=False)
@@ -199,6 +206,6 @@ def list_recipes(argv: list[str]) -> int:
 
 def import_metrics(argv: list[str]) -> int:
     """``layerlake import-metrics FILE --source NAME``: load per-layer metrics computed elsewhere."""
-    from queries.imports import main
+    from layerlake.queries.imports import main
 
     return main(argv)

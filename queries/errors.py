@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from layerlake.errors import LayerlakeError
+from layerlake.core.errors import LayerlakeError, ParameterError, SqlError
 
 
-class RecipeError(LayerlakeError):
+class RecipeError(SqlError):
     """A recipe is unknown, malformed (header and SQL disagree), not read-only, or failed to run."""
-
-
-class ParameterError(RecipeError):
-    """A recipe parameter is missing, unknown, or not of its declared type; nothing was run."""
 
 
 class MetricsImportError(LayerlakeError):
     """A metrics file to import is unreadable or invalid; nothing was written."""
+
+
+__all__ = ["MetricsImportError", "ParameterError", "RecipeError"]

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from queries.errors import MetricsImportError
+from layerlake.queries.errors import MetricsImportError
 
 SITE_MAP = {
     "attention.dense": "ov",
@@ -180,7 +180,8 @@ def content_sha256(table: pa.Table) -> str:
 
 def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict) -> list[Outcome]:
     """Commit validated ``rows`` (from ``validate``) model by model; returns what happened per model."""
-    from warehouse.writer import Warehouse, check_name
+    from layerlake.warehouse.layout import check_name
+    from layerlake.warehouse.writer import Warehouse
 
     check_name("source", source)
     check_name("suite", suite)
@@ -238,13 +239,9 @@ def parser() -> argparse.ArgumentParser:
 
 def configured_defaults() -> tuple[str, Path]:
     """The composed config's suite name and warehouse root (what ``layerlake query`` would use)."""
-    from hydra import compose, initialize_config_dir
+    from layerlake.conf.compose import compose
 
-    from conf.schema import CONF_DIR, register_schemas, to_settings
-
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        settings = to_settings(compose(config_name="config"))
+    settings = compose()
     return settings.suite.name, Path(settings.paths.warehouse)
 
 

@@ -4,7 +4,7 @@
 --    linearly between order statistics (quantile_cont, numpy's default), so p50 is the median over layers.
 -- grain: one row per (suite, model, source, probe_id, site, step)
 -- plot: bands x=step panels=model,site
--- staging: cka_curves
+-- uses: cka_curves
 with percentiles as (
     select
         suite, model, source, probe_id, site, step,

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 from matplotlib.figure import Figure
 
-from queries.errors import RecipeError
-from queries.loader import load_recipe
+from layerlake.queries.errors import RecipeError
+from layerlake.queries.loader import load_recipe
 
 MAX_PANELS = 36
 MAX_COLUMNS = 4

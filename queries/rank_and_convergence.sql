@@ -9,7 +9,7 @@
 --    over layers) and "good PER" (PER above its median) agree: both above, or both at or below.
 -- grain: one row per (suite, model, source, probe_id, site, tensor)
 -- plot: none
--- staging: layer_stabilisation, spectra_ranks
+-- uses: layer_stabilisation, spectra_ranks
 with site_matrix(site, matrix) as (
     values ('ov', 'ov'), ('mlp_out', 'dense_4h_to_h'), ('attn_out', 'dense'), ('qkv_last_third', 'query_key_value')
 ),

@@ -3,7 +3,7 @@
 --    layer's weight and gradient matrices over training, from the stored spectra; stable rank too.
 -- grain: one row per (suite, model, tensor, matrix, layer, head, step)
 -- plot: lines x=step y=per line=layer panels=model,tensor,matrix
--- staging: spectra_ranks
+-- uses: spectra_ranks
 with final as (
     select * from spectra_ranks
     order by suite, model, tensor, matrix, layer, head nulls first, step

@@ -5,7 +5,7 @@
 -- param: $by_fraction double = 0.2 | share of training (stabilisation_step / last step) to count by
 -- grain: one row per (suite, model, source, probe_id, site)
 -- plot: none
--- staging: layer_stabilisation
+-- uses: layer_stabilisation
 with per_model as (
     select
         suite, model, source, probe_id, site,

@@ -5,8 +5,8 @@
 -- param: $layer integer = 0 | 0-based layer
 -- param: $site name = mlp_out | site, e.g. ov, mlp_out, attn_out, resid_post
 -- param: $head integer? = null | attention head; null = the whole layer
--- param: $estimator enum(biased|debiased) = biased | CKA estimator
--- param: $kernel enum(linear|rbf) = linear | kernel the Grams were computed with
+-- param: $estimator estimator = biased | CKA estimator
+-- param: $kernel kernel = linear | kernel the Grams were computed with
 -- param: $suite name? = null | suite to read (the command binds the configured suite); null = every suite
 -- grain: one row per (step_a, step_b)
 -- plot: heatmap x=step_a y=step_b value=cka panels=model

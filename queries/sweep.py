@@ -21,8 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from queries import output
-from queries.command import JOB_FILE
+from layerlake.core import render
+from layerlake.queries.command import JOB_FILE
 
 AGGREGATE = "aggregate"
 PARAM_PREFIX = "recipe.params."
@@ -101,7 +101,7 @@ class SweepAggregator(Callback):
             )
         summary = {"failed": [str(folder) for folder, _ in failed], "aggregate": None}
         if table is not None:
-            parquet, _ = output.save(table, sweep_dir, AGGREGATE)
+            parquet, _ = render.save(table, sweep_dir, AGGREGATE)
             summary["aggregate"] = str(parquet)
             print(f"sweep: {table.num_rows} rows from the successful jobs in {parquet}")
         (sweep_dir / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -33,7 +33,7 @@ def compose_settings(data_dir: str | Path, *overrides: str):
     """The composed ``conf.schema.Config`` of the tiny suite under ``data_dir`` (plus ``overrides``)."""
     import hydra
 
-    from conf.schema import CONF_DIR, register_schemas, to_settings
+    from layerlake.conf.schema import CONF_DIR, register_schemas, to_settings
 
     register_schemas()
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -56,7 +56,7 @@ def tiny_overrides() -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def tiny_suite(tmp_path_factory):
     """``(settings, suites_root)``: the tiny suite, built once per session (a few seconds)."""
-    from etl.suite.command import build
+    from layerlake.etl.suite.command import build
 
     data = tmp_path_factory.mktemp("tiny-data")
     settings = compose_settings(data)

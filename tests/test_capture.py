@@ -7,8 +7,8 @@ import tiny_models
 import torch
 from torch.nn import functional as F
 
-from etl import capture, sites
-from etl.extract import capture_targets
+from layerlake.etl import capture, sites
+from layerlake.etl.extract import capture_targets
 
 ALL = ("attn_out", "mlp_out", "resid_post", "ov")
 

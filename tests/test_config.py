@@ -10,8 +10,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conf.compose import compose
-from conf.schema import CONF_DIR, GROUPS
+from layerlake.conf.compose import compose
+from layerlake.conf.schema import CONF_DIR, GROUPS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,19 +1,20 @@
-"""warehouse.connect: typed views over committed shards only, empty warehouses, attach, read-only."""
+"""layerlake.warehouse.connect: typed views over committed shards only, empty warehouses, attach, read-only."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
 
-import warehouse
-from warehouse import schema
-from warehouse.errors import WarehouseError
-from warehouse.synthetic import checkpoint_tables
-from warehouse.views import default_root, duck_type
-from warehouse.writer import Warehouse
+from layerlake import warehouse
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import WarehouseError
+from layerlake.warehouse.synthetic import checkpoint_tables
+from layerlake.warehouse.views import default_root, duck_type
+from layerlake.warehouse.writer import Warehouse
 
 
 def commit(w: Warehouse, model: str, step: int, task_id: str) -> None:
@@ -110,11 +111,11 @@ def test_missing_root_is_a_clear_error(tmp_path):
 
 
 def test_default_root_matches_conf(monkeypatch, tmp_path):
-    from conf.schema import default_warehouse_root
+    from layerlake.conf.compose import compose
 
-    assert default_root() == default_warehouse_root()
+    assert Path(compose().paths.warehouse) == default_root()
     monkeypatch.setenv("LAYERLAKE_DATA", str(tmp_path))
-    assert default_root() == default_warehouse_root() == tmp_path / "warehouse"
+    assert Path(compose().paths.warehouse) == default_root() == tmp_path / "warehouse"
 
 
 def test_layerlake_connect_delegates(tmp_path):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conf.schema import ExecutorConfig
-from etl.executors import LocalExecutor, RayExecutor
-from etl.task import CheckpointRef, ExtractOptions, ExtractTask, ProbeBatch
+from layerlake.conf.schema import ExecutorConfig
+from layerlake.etl.executors import LocalExecutor, RayExecutor
+from layerlake.etl.task import CheckpointRef, ExtractOptions, ExtractTask, ProbeBatch
 
 PROBE = ProbeBatch("p", "test", ((1, 2, 3),), ((0, 2),), "last")
 

@@ -8,11 +8,12 @@ import pytest
 import tiny_models
 import torch
 
-from etl.errors import ExtractionError
-from etl.extract import extract_from_model
-from etl.task import CheckpointRef, ExtractOptions, ProbeBatch
-from warehouse.gram import unpack
-from warehouse.schema import TABLES
+from layerlake.core.errors import ConfigError
+from layerlake.etl.errors import ExtractionError
+from layerlake.etl.extract import extract_from_model
+from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
+from layerlake.warehouse.gram import unpack
+from layerlake.warehouse.schema import TABLES
 
 REF = CheckpointRef("tiny", "m", 64, "step64", 64 * 1024, "local", "/nowhere")
 SHA = "f" * 64
@@ -212,12 +213,14 @@ def test_llama_gqa_extraction_uses_the_kv_group_of_each_head():
 
 
 def test_bad_options_name_the_option():
-    with pytest.raises(ExtractionError, match="unknown site"):
-        extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(sites=("attn_out", "nope")))
+    with pytest.raises(ConfigError, match="extract.sites 'nope' is not one of"):
+        ExtractOptions(sites=("attn_out", "nope"))
     with pytest.raises(ExtractionError, match="paper_last_third"):
         extract_from_model(llama(), REF, SHA, PROBE, ExtractOptions(v_slice="paper_last_third"))
-    with pytest.raises(ExtractionError, match="kernel"):
-        extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(kernels=("cosine",)))
+    with pytest.raises(ConfigError, match="extract.kernels 'cosine'"):
+        ExtractOptions(kernels=("cosine",))
+    with pytest.raises(ConfigError, match="executor.dtype 'float8'"):
+        ExtractOptions(dtype="float8")
 
 
 def test_bfloat16_pass_keeps_weight_spectra_of_the_loaded_weights():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from warehouse.gram import pack, packed_length, unpack
+from layerlake.warehouse.gram import pack, packed_length, unpack
 
 
 def symmetric(n: int, seed: int) -> np.ndarray:

@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import queries
-import warehouse
-from layerlake.cli import main
+from layerlake import queries, warehouse
+from layerlake.cli.main import main
 
 HEADER = "model,step,layer,module,metric,value\n"
 ROWS = [

@@ -1,4 +1,4 @@
-"""The SQL macros of warehouse/macros.sql against independent numpy computations."""
+"""The SQL macros of warehouse/sql/macros/ against independent numpy computations."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import duckdb
 import numpy as np
 import pytest
 
-from warehouse.macros import MACROS, install
-from warehouse.synthetic import centred_gram
+from layerlake.warehouse.macros import install_functions, public_macros
+from layerlake.warehouse.synthetic import centred_gram
+
+MACROS = [m.name for m in public_macros()]
 
 CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 @pytest.fixture(scope="module")
 def con():
-    connection = install(duckdb.connect(config=CONFIG))
+    connection = install_functions(duckdb.connect(config=CONFIG))
     yield connection
     connection.close()
 
@@ -163,9 +165,9 @@ def test_every_public_macro_is_defined(con):
 def test_schema_doc_is_in_step_with_the_code():
     from pathlib import Path
 
-    from warehouse.schema_doc import render
+    from layerlake.warehouse.schema_doc import render
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
     assert doc.read_text() == render(), (
-        "docs/schema.md is stale: run `.venv/bin/python -m warehouse.schema_doc > docs/schema.md`"
+        "docs/schema.md is stale: run `.venv/bin/python -m layerlake.warehouse.schema_doc > docs/schema.md`"
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from etl import metrics
+from layerlake.etl import metrics
 
 
 def _rand(n: int, d: int, seed: int) -> np.ndarray:

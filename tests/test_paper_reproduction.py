@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import queries
-import warehouse
-from queries import plots
-from queries.imports import SITE_MAP, import_table, read_file, validate
+from layerlake import queries, warehouse
+from layerlake.queries import plots
+from layerlake.queries.imports import SITE_MAP, import_table, read_file, validate
 
 METRICS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pythia-paper" / "metrics.csv"
 SHA256 = "f2f521682fef91e8e98304f6fd1fbdb181375ead769f34f0d57ecd0608be6952"

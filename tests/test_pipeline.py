@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import warehouse
-from etl.driver import run_extract
-from etl.plan import make_plan
+from layerlake import warehouse
+from layerlake.etl.driver import run_extract
+from layerlake.etl.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_sigkill_mid_run_then_rerun_leaves_exactly_one_set_of_rows(tiny_suite, t
 def test_ray_executor_gives_each_gpu_task_its_own_device(tiny_suite, tmp_path):
     import ray
 
-    from etl.executors import RayExecutor
+    from layerlake.etl.executors import RayExecutor
 
     settings, _ = tiny_suite
     settings = with_paths(settings, tmp_path)
@@ -201,12 +201,12 @@ def test_ray_extract_matches_local_extract(tiny_suite, tmp_path):
 
 
 def test_a_wrong_option_fails_before_any_task_runs_or_is_recorded(tiny_suite, tmp_path):
-    from etl.errors import ExtractionError
+    from layerlake.core.errors import ConfigError
 
     settings, _ = tiny_suite
     settings = with_paths(settings, tmp_path)
     settings = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, sites=["bogus"]))
-    with pytest.raises(ExtractionError, match="unknown site"):
+    with pytest.raises(ConfigError, match="extract.sites 'bogus'"):
         run_extract(settings)
     assert not (tmp_path / "warehouse" / "_manifest" / "commits.jsonl").exists()
 
@@ -237,7 +237,7 @@ def test_ray_executor_joins_an_existing_cluster_by_address(tiny_suite, tmp_path)
     import ray
     from ray.cluster_utils import Cluster
 
-    from etl.executors import RayExecutor
+    from layerlake.etl.executors import RayExecutor
 
     settings, _ = tiny_suite
     settings = with_paths(settings, tmp_path)

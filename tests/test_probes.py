@@ -7,11 +7,12 @@ from dataclasses import replace
 import pyarrow as pa
 import pytest
 
-from conf.schema import ProbeConfig
-from etl.errors import ProbeError
-from etl.probes import build_probe, load_tokenizer, probe_row
-from etl.suite import corpus
-from warehouse.schema import PROBES
+from layerlake.conf.schema import ProbeConfig
+from layerlake.core.errors import ConfigError
+from layerlake.etl.errors import ProbeError
+from layerlake.etl.probes import build_probe, load_tokenizer, probe_row
+from layerlake.etl.suite import corpus
+from layerlake.warehouse.schema import PROBES
 
 
 def _probe(**kwargs) -> ProbeConfig:
@@ -85,7 +86,7 @@ def test_bad_sources_are_clear_errors(tiny_suite, tmp_path):
         build_probe(_probe(source="file"), settings.suite, root)
     with pytest.raises(ProbeError, match="unknown probe source 'web'"):
         build_probe(_probe(source="web"), settings.suite, root)
-    with pytest.raises(ProbeError, match="unknown probe position rule 'first'"):
+    with pytest.raises(ConfigError, match="probe.positions 'first' is not one of"):
         build_probe(_probe(positions="first"), settings.suite, root)
     with pytest.raises(ProbeError, match="no tokenizer at"):
         build_probe(_probe(), settings.suite, tmp_path)
@@ -111,7 +112,7 @@ def test_probe_row_matches_the_warehouse_table(tiny_suite):
 
 
 def test_hub_suite_tokenizer_offline_is_a_probe_error(tiny_suite, monkeypatch, tmp_path):
-    from conf.schema import ModelSpec
+    from layerlake.conf.schema import ModelSpec
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))

@@ -15,8 +15,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-import queries
-from warehouse import macros, schema
+from layerlake import queries
+from layerlake.warehouse import macros, schema
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recipes"
 CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))

@@ -9,15 +9,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-import yaml
 
-import queries
-from conf.schema import CONF_DIR
-from layerlake.cli import main
-from queries.command import CONTEXT_PARAMS, rewrite_args
-from queries.errors import ParameterError, RecipeError
-from queries.imports import import_table, validate
-from warehouse import macros
+from layerlake import queries
+from layerlake.cli.main import main
+from layerlake.queries.command import rewrite_args
+from layerlake.queries.errors import ParameterError, RecipeError
+from layerlake.queries.imports import import_table, validate
+from layerlake.queries.loader import CONTEXT_PARAMS, register_recipe_configs
+from layerlake.warehouse import macros
 
 BAD = Path(__file__).resolve().parent / "fixtures" / "recipes" / "bad"
 CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
@@ -96,28 +95,26 @@ def test_good_parameter_values_are_converted():
 def test_a_refused_value_runs_nothing():
     con = duckdb.connect(config=CONFIG)
     con.register("sketches", pa.table({"x": [1, 2]}))
-    macros.install(con)
+    macros.install_functions(con)
     with pytest.raises(ParameterError):
         queries.run_recipe(con, "stabilisation", {"threshold": "0.9; drop view sketches"})
     assert con.sql("select count(*) from sketches").fetchall() == [(2,)]
 
 
-def test_every_recipe_loads_and_its_yaml_matches_its_header():
-    names = queries.recipe_names()
-    assert sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml")) == names
+def test_every_recipe_loads_with_its_metadata():
     for recipe in queries.list_recipes():
         assert recipe.description and recipe.grain and recipe.plot, recipe.name
-        conf = yaml.safe_load((CONF_DIR / "recipe" / f"{recipe.name}.yaml").read_text())
-        assert conf["name"] == recipe.name
+        assert recipe.sql.rstrip().endswith("select * from final"), recipe.name
+
+
+def test_every_recipe_composes_with_hydra_from_its_header_alone(compose, tmp_path):
+    """The parameters are declared once, in the SQL header: the Hydra config is made from it."""
+    register_recipe_configs()
+    for recipe in queries.list_recipes():
+        settings = compose(tmp_path, f"+recipe={recipe.name}")
+        assert settings.recipe.name == recipe.name
         header = {p.name: p.default for p in recipe.params if p.name not in CONTEXT_PARAMS}
-        assert (conf["params"] or {}) == header, recipe.name
-        assert recipe.sql.rstrip().endswith("select * from final") or "final_" in recipe.sql, recipe.name
-
-
-def test_every_recipe_composes_with_hydra(compose, tmp_path):
-    for name in queries.recipe_names():
-        settings = compose(tmp_path, f"+recipe={name}")
-        assert settings.recipe.name == name
+        assert dict(settings.recipe.params) == header, recipe.name
 
 
 def test_rewrite_args():
@@ -194,16 +191,3 @@ def test_cli_query_writes_result_and_plot(tmp_path, capsys):
     assert (tmp_path / "run" / "stabilisation.png").stat().st_size > 1000
     assert main(["recipes"]) == 0
     assert "layer_percentiles" in capsys.readouterr().out
-
-
-def test_recipe_side_never_imports_heavy_modules():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, queries, queries.command, queries.plots, queries.imports, queries.sweep, queries.output; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'ray')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"

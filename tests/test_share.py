@@ -19,14 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import warehouse
-from layerlake.cli import main
-from warehouse import schema
-from warehouse.errors import ShareError
-from warehouse.manifest import manifest_path, read_entries
-from warehouse.share import attach, export_dataset, import_dataset, verify_folder
-from warehouse.synthetic import centred_gram, checkpoint_tables
-from warehouse.writer import Warehouse, sha256_file
+from layerlake import warehouse
+from layerlake.cli.main import main
+from layerlake.core.hashing import sha256_file
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import ShareError
+from layerlake.warehouse.manifest import manifest_path, read_entries
+from layerlake.warehouse.share import attach, export_dataset, import_dataset, verify_folder
+from layerlake.warehouse.synthetic import centred_gram, checkpoint_tables
+from layerlake.warehouse.writer import Warehouse
 
 SUITE = "toy"
 MODELS = ("m1", "m2")
@@ -342,7 +343,7 @@ def test_real_extraction_round_trips_and_reruns_skip_imported_tasks(tiny_suite, 
     into the importing warehouse finds every task already committed."""
     import dataclasses
 
-    from etl.driver import run_extract
+    from layerlake.etl.driver import run_extract
 
     settings, _ = tiny_suite
 

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from test_share import build_warehouse, tree_hash  # tests/ is on sys.path under pytest
 
-from layerlake.cli import main
-from warehouse.errors import ShareError
-from warehouse.share import attach, export_dataset, import_dataset
-from warehouse.writer import sha256_file
+from layerlake.cli.main import main
+from layerlake.core.hashing import sha256_file
+from layerlake.warehouse.errors import ShareError
+from layerlake.warehouse.share import attach, export_dataset, import_dataset
 
 SHARD = "sketches/suite=toy/model=m1/part-t-m1-10.parquet"
 

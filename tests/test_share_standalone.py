@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_share import build_warehouse  # tests/ is on sys.path under pytest
 
-from warehouse.share import export_dataset
+from layerlake.warehouse.share import export_dataset
 
 # Runs in a fresh interpreter: any import of a layerlake package fails, then every table is read.
 READER = r"""

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from layerlake.cli import main
-from warehouse.command import sql
-from warehouse.errors import QueryError
-from warehouse.synthetic import checkpoint_tables
-from warehouse.writer import Warehouse
+from layerlake.cli.main import main
+from layerlake.warehouse.command import sql
+from layerlake.warehouse.errors import QueryError
+from layerlake.warehouse.synthetic import checkpoint_tables
+from layerlake.warehouse.writer import Warehouse
 
 
 @pytest.fixture

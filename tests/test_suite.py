@@ -15,13 +15,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conf.schema import TrainConfig
-from etl.errors import SuiteError
-from etl.sources import load_checkpoint, open_source, weights_sha256
-from etl.suite import corpus
-from etl.suite.command import build, show, suite_table_rows
-from etl.suite.train import lr_at
-from layerlake.cli import main as cli_main
+from layerlake.cli.main import main as cli_main
+from layerlake.conf.schema import TrainConfig
+from layerlake.etl.errors import SuiteError
+from layerlake.etl.sources import load_checkpoint, open_source, weights_sha256
+from layerlake.etl.suite import corpus
+from layerlake.etl.suite.command import build, show, suite_table_rows
+from layerlake.etl.suite.train import lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERLAKE = str(REPO / ".venv" / "bin" / "layerlake")

@@ -9,10 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import queries
-import warehouse
-from layerlake.cli import main
-from queries.imports import import_table, validate
+from layerlake import queries, warehouse
+from layerlake.cli.main import main
+from layerlake.queries.imports import import_table, validate
 
 MODELS = ("m-small", "m-large")
 

@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from warehouse import schema
-from warehouse.errors import WarehouseError
-from warehouse.manifest import read_entries
-from warehouse.synthetic import checkpoint_tables
-from warehouse.writer import Warehouse, sha256_file
+from layerlake.core.hashing import sha256_file
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import WarehouseError
+from layerlake.warehouse.manifest import read_entries
+from layerlake.warehouse.synthetic import checkpoint_tables
+from layerlake.warehouse.writer import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -153,8 +154,8 @@ def test_is_committed_false_when_a_file_is_gone(tmp_path):
 LOOP = """
 import sys
 import numpy as np
-from warehouse.synthetic import checkpoint_tables
-from warehouse.writer import Warehouse
+from layerlake.warehouse.synthetic import checkpoint_tables
+from layerlake.warehouse.writer import Warehouse
 w = Warehouse(sys.argv[1])
 rng = np.random.default_rng(0)
 for i in range(100000):
@@ -167,7 +168,7 @@ for i in range(100000):
 
 
 def test_sigkill_while_committing_leaves_only_complete_tasks(tmp_path):
-    import warehouse
+    from layerlake import warehouse
 
     proc = subprocess.Popen(
         [sys.executable, "-c", LOOP, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True

@@ -11,6 +11,6 @@ Never imports torch, transformers or ray: a collaborator who only queries needs 
 
 from __future__ import annotations
 
-from warehouse.views import connect, default_root
+from layerlake.warehouse.views import connect, default_root
 
 __all__ = ["connect", "default_root"]

@@ -12,9 +12,6 @@ offending rows and exits 1 when any audit that is not ``--allow``-ed returns row
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,40 +19,24 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from warehouse import schema
-from warehouse.audits import file_problems, load_audits, run_audit
-from warehouse.errors import QueryError
-from warehouse.views import _resolve, connect
+from layerlake.core.choices import OutputFormat
+from layerlake.core.duck import read_only_statement
+from layerlake.core.errors import SqlError
+from layerlake.core.render import print_table, write_table
+from layerlake.warehouse import schema
+from layerlake.warehouse.audits import file_problems, load_audits, run_audit
+from layerlake.warehouse.errors import QueryError
+from layerlake.warehouse.views import _resolve, connect
 
-ALLOWED_STATEMENTS = {"SELECT"}  # EXPLAIN is allowed when what it explains is allowed
-_EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
-FORMATS = ("table", "csv", "json", "parquet")
-
-
-def statement_type(con: Any, sql: str) -> str:
-    """The one statement type of ``sql`` (EXPLAIN unwrapped); ``QueryError`` for a write or several."""
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as error:
-        raise QueryError(
-            f"cannot parse the query: {error}", fix="see the views with `layerlake sql --schema`"
-        ) from error
-    if len(statements) != 1:
-        raise QueryError(f"expected one statement, got {len(statements)}", fix="run one SELECT at a time")
-    kind = statements[0].type.name
-    if kind == "EXPLAIN":
-        return statement_type(con, _EXPLAIN.sub("", statements[0].query, count=1))
-    if kind not in ALLOWED_STATEMENTS:
-        raise QueryError(
-            f"`layerlake sql` is read-only: a {kind} statement is refused",
-            fix="write a SELECT (or WITH ... SELECT) over the views; to change data, re-run `layerlake extract`",
-        )
-    return kind
+FORMATS = OutputFormat.values()
 
 
 def run_query(con: Any, sql: str) -> pa.Table:
     """The result of the read-only statement ``sql`` as Arrow."""
-    statement_type(con, sql)
+    try:
+        read_only_statement(sql, "`layerlake sql`")
+    except SqlError as error:
+        raise QueryError(error.message, fix=error.fix) from error
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as error:
@@ -65,63 +46,21 @@ def run_query(con: Any, sql: str) -> pa.Table:
 
 
 def render(table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
-    """Print ``table`` as a rich table (first ``max_rows`` rows; a note says how many were left out)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    view = Table(title=title, show_lines=False)
-    for name in table.column_names:
-        view.add_column(name, overflow="fold")
-    for row in table.slice(0, max_rows).to_pylist():
-        view.add_row(*(_cell(v) for v in row.values()))
-    console = Console(soft_wrap=False)
-    console.print(view)
-    if table.num_rows > max_rows:
-        console.print(f"... {table.num_rows - max_rows} more rows (use --max-rows or --format csv)")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, list) and len(value) > 6:
-        return "[" + ", ".join(_cell(v) for v in value[:3]) + f", ... ({len(value)} values)]"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN / inf
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
+    """Print ``table`` on the terminal (first and last rows; a caption says how many there are)."""
+    print_table(table, title or "", max_rows=max_rows, hoist_constants=False, digits=6)
 
 
 def write_result(table: pa.Table, fmt: str, output: str | None) -> None:
     """Write ``table`` as csv / json / parquet to ``output`` (a path) or to stdout."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise QueryError(
             "refusing to write Parquet to a terminal", fix="pass --output FILE or redirect stdout"
         )
-    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115 (closed below)
-    try:
-        if fmt == "csv":
-            pcsv.write_csv(table, sink)
-        elif fmt == "json":
-            text = json.dumps([_json_safe(r) for r in table.to_pylist()], default=str, indent=1)
-            sink.write((text + "\n").encode())
-        else:
-            pq.write_table(table, sink, compression="zstd")
-        sink.flush()
-    finally:
-        if output:
-            sink.close()
+    if output is None:
+        write_table(table, fmt, sys.stdout.buffer)
+        return
+    with open(output, "wb") as sink:
+        write_table(table, fmt, sink)
 
 
 def describe_views(con: Any) -> pa.Table:
@@ -205,22 +144,23 @@ def check(argv: list[str]) -> int:
             file_problems(root, args.verify_files),
         )
     ]
-    results += [(a.name, a.doc, run_audit(con, a)) for a in audits]
+    results += [(a.name, a.description, run_audit(con, a)) for a in audits]
     return report(results, set(args.allow), args.max_rows)
 
 
 def report(results: list[tuple[str, str, pa.Table]], allowed: set[str], max_rows: int) -> int:
     """Print each audit's verdict (and offending rows); 1 if any audit not in ``allowed`` has rows."""
     from rich.console import Console
+    from rich.text import Text
 
     console = Console(highlight=False)
     failed = False
     for name, doc, rows in results:
         if rows.num_rows == 0:
-            console.print(f"[green]PASS[/green] {name}: {doc}")
+            console.print(Text.assemble(("PASS", "green"), f" {name}: {doc}"))
             continue
-        verdict = "[yellow]WARN[/yellow]" if name in allowed else "[red]FAIL[/red]"
+        verdict = ("WARN", "yellow") if name in allowed else ("FAIL", "red")
         failed = failed or name not in allowed
-        console.print(f"{verdict} {name}: {doc} ({rows.num_rows} rows)")
+        console.print(Text.assemble(verdict, f" {name}: {doc} ({rows.num_rows} rows)"))
         render(rows, title=name, max_rows=max_rows)
     return 1 if failed else 0

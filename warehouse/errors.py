@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from layerlake.errors import LayerlakeError
+from layerlake.core.errors import LayerlakeError, SqlError
 
 
 class WarehouseError(LayerlakeError):
@@ -13,7 +13,7 @@ class ManifestError(WarehouseError):
     """The manifest or a file it lists is missing, unreadable or does not verify."""
 
 
-class QueryError(WarehouseError):
+class QueryError(WarehouseError, SqlError):
     """A query is refused (it writes) or fails."""
 
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warehouse.errors import ManifestError
+from layerlake.core.hashing import sha256_file
+from layerlake.warehouse.errors import ManifestError
+from layerlake.warehouse.layout import MANIFEST_DIR
 
-MANIFEST_DIR = "_manifest"
 COMMITS_FILE = "commits.jsonl"
 
 
@@ -101,6 +102,32 @@ class CommitEntry:
 
 def manifest_path(root: Path) -> Path:
     return root / MANIFEST_DIR / COMMITS_FILE
+
+
+def file_problem(path: Path, listed: FileEntry, verify_sha256: bool = False) -> str | None:
+    """What is wrong with the file at ``path`` against its manifest listing: missing, wrong size, or
+    (with ``verify_sha256``) wrong sha256; None when it matches. The one file check of the warehouse."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if size != listed.bytes:
+        return f"{size} bytes, the manifest lists {listed.bytes}"
+    if verify_sha256 and sha256_file(path) != listed.sha256:
+        return "sha256 differs from the manifest"
+    return None
+
+
+def entry_problems(
+    root: Path, entry: CommitEntry, verify_sha256: bool = False
+) -> list[tuple[FileEntry, str]]:
+    """``(file, problem)`` for every file of ``entry`` (under ``root``) that does not match its listing."""
+    found = []
+    for f in entry.files:
+        problem = file_problem(root / f.path, f, verify_sha256)
+        if problem is not None:
+            found.append((f, problem))
+    return found
 
 
 def read_entries(path: Path) -> list[CommitEntry]:

@@ -1,12 +1,12 @@
 """Render ``docs/schema.md`` from ``warehouse/schema.py`` (a drift test keeps the file in step).
 
-Regenerate with ``.venv/bin/python -m warehouse.schema_doc > docs/schema.md``.
+Regenerate with ``.venv/bin/python -m layerlake.warehouse.schema_doc > docs/schema.md``.
 """
 
 from __future__ import annotations
 
-from warehouse import schema
-from warehouse.views import FAILURES_SCHEMA, MANIFEST_SCHEMA, duck_type
+from layerlake.warehouse import schema
+from layerlake.warehouse.views import FAILURES_SCHEMA, MANIFEST_SCHEMA, duck_type
 
 
 def render() -> str:
@@ -14,8 +14,8 @@ def render() -> str:
     lines = [
         "# Warehouse schema",
         "",
-        "Generated from `warehouse/schema.py` by `warehouse.schema_doc.render()`; do not edit by hand",
-        "(`.venv/bin/python -m warehouse.schema_doc > docs/schema.md`). A test fails when the two disagree.",
+        "Generated from `warehouse/schema.py` by `layerlake.warehouse.schema_doc.render()`; do not edit by hand",
+        "(`.venv/bin/python -m layerlake.warehouse.schema_doc > docs/schema.md`). A test fails when the two disagree.",
         "",
         f"Schema version: **{schema.SCHEMA_VERSION}** (written into every Parquet file's key-value metadata as",
         "`layerlake.schema_version`, beside `layerlake.task_id` and `layerlake.table`, and into every manifest entry).",

@@ -11,8 +11,8 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from warehouse import schema
-from warehouse.gram import pack
+from layerlake.warehouse import schema
+from layerlake.warehouse.gram import pack
 
 TOKENS_PER_STEP = 2_097_152  # Pythia: 1024 sequences x 2048 tokens
 

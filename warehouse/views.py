@@ -21,7 +21,6 @@ partition columns to VARCHAR (a model named ``070`` stays text).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +29,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from warehouse import macros, schema
-from warehouse.errors import ManifestError, WarehouseError
-from warehouse.manifest import CommitEntry, latest, manifest_path, read_entries
+from layerlake.core.duck import memory_connection
+from layerlake.core.paths import default_warehouse_root
+from layerlake.warehouse import macros, schema
+from layerlake.warehouse.errors import ManifestError, WarehouseError
+from layerlake.warehouse.manifest import CommitEntry, entry_problems, latest, manifest_path, read_entries
 
-DATA_ENV = "LAYERLAKE_DATA"  # the same variable conf.schema reads (a test keeps the two in step)
 SHARED_MANIFEST = "manifest.json"
-DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 @dataclass(frozen=True)
@@ -50,16 +49,8 @@ class Shard:
 
 
 def default_root() -> Path:
-    """``$LAYERLAKE_DATA/warehouse`` if set, else ``data/warehouse`` under the project root.
-
-    Mirrors ``conf.schema.default_warehouse_root()`` without importing Hydra.
-    """
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser().resolve() / "warehouse"
-    checkout = Path(__file__).resolve().parent.parent
-    base = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
-    return base / "data" / "warehouse"
+    """``$LAYERLAKE_DATA/warehouse`` if set, else ``data/warehouse`` under the project root."""
+    return default_warehouse_root()
 
 
 def duck_type(type_: pa.DataType) -> str:
@@ -84,9 +75,10 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
     committed, failed = latest(read_entries(manifest_path(root)))
     shards = []
     for entry in committed.values():
-        files = [(f.table, root / f.path, f.bytes) for f in entry.files]
-        if all(_size(path) == size for _, path, size in files):
-            shards += [Shard(t, path, root, entry) for t, path, _ in files if t in schema.TABLES]
+        if not entry_problems(root, entry):
+            shards += [
+                Shard(f.table, root / f.path, root, entry) for f in entry.files if f.table in schema.TABLES
+            ]
     return shards, list(failed.values())
 
 
@@ -107,13 +99,6 @@ def shared_shards(folder: Path) -> list[Shard]:
             f"shared dataset {folder} has no readable {SHARED_MANIFEST} ({error})",
             fix="attach a folder made by `layerlake share export`, or a warehouse root",
         ) from error
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return -1
 
 
 def _resolve(root: Any) -> Path:
@@ -235,9 +220,8 @@ def connect(
     """
     path = _resolve(root)
     shards, failures = gather(path, attach)
-    con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
+    con = memory_connection()
     try:
-        macros.install(con)
         for table in schema.TABLES.values():
             mine = [s for s in shards if s.table == table.name]
             files = sorted(str(s.path) for s in mine)
@@ -251,6 +235,7 @@ def connect(
         con.register("_ll_failures", failure_rows)
         con.execute("CREATE VIEW manifest AS SELECT * FROM _ll_manifest")
         con.execute("CREATE VIEW failures AS SELECT * FROM _ll_failures")
+        macros.install(con)  # after the views: a staging table macro is bound against them when created
         if read_only:
             con.execute("SET allowed_paths = ?", [sorted({str(s.path) for s in shards})])
             con.execute("SET enable_external_access = false")

@@ -19,10 +19,8 @@ task until it is committed again). ``Warehouse.gc()`` removes staging leftovers 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,34 +30,23 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse import schema
-from warehouse.errors import ManifestError, WarehouseError
-from warehouse.manifest import (
-    MANIFEST_DIR,
+from layerlake.core.hashing import sha256_bytes
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import ManifestError, WarehouseError
+from layerlake.warehouse.layout import MANIFEST_DIR, STAGING_DIR, check_name, shard_path
+from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
     append_entry,
+    entry_problems,
     latest,
     manifest_path,
     read_entries,
 )
 
-STAGING_DIR = "_staging"
 LOCK_FILE = ".lock"
-# Names become path components (suite=<s>/model=<m>/part-<t>.parquet): keep them plain.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Float arrays (Grams, spectra) gain nothing from dictionary encoding; everything else is small.
 _NO_DICTIONARY_TYPES = (pa.list_(pa.float32()), pa.list_(pa.float64()))
-
-
-def check_name(kind: str, value: str) -> str:
-    """``value`` if it is safe as a path component; a ``WarehouseError`` otherwise."""
-    if not isinstance(value, str) or not _NAME.match(value) or "=" in value:
-        raise WarehouseError(
-            f"{kind} {value!r} cannot name a warehouse partition or file",
-            fix=f"use letters, digits, '.', '_', '+' or '-' for the {kind} (no '/', '=' or spaces)",
-        )
-    return value
 
 
 def conform(name: str, table: pa.Table, suite: str, model: str) -> pa.Table:
@@ -181,19 +168,7 @@ class Warehouse:
 
     def problems(self, entry: CommitEntry, verify_sha256: bool = False) -> list[str]:
         """What is wrong with the files of ``entry`` (missing, wrong size, wrong sha256); empty if none."""
-        found = []
-        for f in entry.files:
-            path = self.root / f.path
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                found.append(f"{f.path}: missing")
-                continue
-            if size != f.bytes:
-                found.append(f"{f.path}: {size} bytes, manifest says {f.bytes}")
-            elif verify_sha256 and sha256_file(path) != f.sha256:
-                found.append(f"{f.path}: sha256 differs from the manifest")
-        return found
+        return [f"{f.path}: {problem}" for f, problem in entry_problems(self.root, entry, verify_sha256)]
 
     # -- writing ----------------------------------------------------------------------------------------
 
@@ -226,9 +201,7 @@ class Warehouse:
                     data = parquet_bytes(name, table, task_id)
                     tmp = self.staging / f"{name}.{task_id}.{uuid.uuid4().hex}.parquet.tmp"
                     write_durable(tmp, data)
-                    target = (
-                        self.root / name / f"suite={suite}" / f"model={model}" / f"part-{task_id}.parquet"
-                    )
+                    target = self.root / shard_path(name, suite, model, task_id)
                     staged.append((tmp, target))
                     files.append(
                         FileEntry(
@@ -300,15 +273,3 @@ class Warehouse:
                     path.unlink(missing_ok=True)
                 removed.append(path)
         return removed
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conf.schema import ModelSpec, SuiteConfig
-from etl.errors import CheckpointError, SuiteError
-from etl.suite import corpus, manifest
-from etl.suite.train import TrainPlan, train_model
+from layerlake.conf.schema import ModelSpec, SuiteConfig
+from layerlake.etl.errors import CheckpointError, SuiteError
+from layerlake.etl.suite import corpus, manifest
+from layerlake.etl.suite.train import TrainPlan, train_model
 
 
 @dataclass
@@ -144,7 +144,7 @@ def run_jobs(
 
 def _damaged_weights(folder: Path, steps: list[int]) -> str | None:
     """The first corrupt weights file of a built model, as a reason to rebuild it; None if all are intact."""
-    from etl.sources import check_weights_file
+    from layerlake.etl.sources import check_weights_file
 
     for step in steps:
         try:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conf.schema import Config
-from etl.errors import SuiteError
-from etl.suite import build as builder
-from etl.suite import corpus, manifest
-from etl.suite.train import LOSS_FILE
+from layerlake.conf.schema import Config
+from layerlake.etl.errors import SuiteError
+from layerlake.etl.suite import build as builder
+from layerlake.etl.suite import corpus, manifest
+from layerlake.etl.suite.train import LOSS_FILE
 
 
 def build(settings: Config) -> int:

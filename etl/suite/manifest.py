@@ -12,8 +12,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from conf.schema import ModelSpec, SuiteConfig
-from etl.task import stable_hash
+from layerlake.conf.schema import ModelSpec, SuiteConfig
+from layerlake.core.hashing import stable_hash
 
 MANIFEST = "suite.json"
 TOKENIZER = "tokenizer.json"

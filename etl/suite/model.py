@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conf.schema import ModelSpec, TrainConfig
-from etl.errors import SuiteError
+from layerlake.conf.schema import ModelSpec, TrainConfig
+from layerlake.etl.errors import SuiteError
 
 ROTARY_FRACTION = 0.25  # Pythia rotates the first quarter of each head's dimensions
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from conf.schema import ModelSpec, TrainConfig
-from etl.task import stable_hash
+from layerlake.conf.schema import ModelSpec, TrainConfig
+from layerlake.core.hashing import stable_hash
 
 RESUME_DIR = "_resume"
 LOSS_FILE = "loss.parquet"
@@ -90,7 +90,7 @@ def train_model(plan: TrainPlan, on_update: Callable[[int, str], None]) -> Train
     import torch
     from transformers.utils import logging as hf_logging
 
-    from etl.suite.model import new_model
+    from layerlake.etl.suite.model import new_model
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars would fight the rich progress display
     torch.set_num_threads(plan.train.torch_threads)

@@ -12,10 +12,10 @@ Like the rest of ``warehouse``, never imports torch, transformers or ray. See ``
 
 from __future__ import annotations
 
-from warehouse.share.attach import attach
-from warehouse.share.export import ExportReport, export_dataset
-from warehouse.share.importer import ImportReport, import_dataset
-from warehouse.share.verify import SharedDataset, verify_folder
+from layerlake.warehouse.share.attach import attach
+from layerlake.warehouse.share.export import ExportReport, export_dataset
+from layerlake.warehouse.share.importer import ImportReport, import_dataset
+from layerlake.warehouse.share.verify import SharedDataset, verify_folder
 
 __all__ = [
     "ExportReport",

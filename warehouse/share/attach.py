@@ -13,9 +13,9 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.manifest import manifest_path
-from warehouse.share.verify import verify_folder
-from warehouse.views import connect, default_root
+from layerlake.warehouse.manifest import manifest_path
+from layerlake.warehouse.share.verify import verify_folder
+from layerlake.warehouse.views import connect, default_root
 
 
 def attach(

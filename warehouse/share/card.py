@@ -17,9 +17,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse import schema
-from warehouse.manifest import CommitEntry
-from warehouse.views import duck_type
+from layerlake.warehouse import schema
+from layerlake.warehouse.manifest import CommitEntry
+from layerlake.warehouse.views import duck_type
 
 
 @dataclass

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-from warehouse.share.attach import attach
-from warehouse.share.card import size_text
-from warehouse.share.export import export_dataset
-from warehouse.share.importer import import_dataset
-from warehouse.views import default_root
+from layerlake.warehouse.share.attach import attach
+from layerlake.warehouse.share.card import size_text
+from layerlake.warehouse.share.export import export_dataset
+from layerlake.warehouse.share.importer import import_dataset
+from layerlake.warehouse.views import default_root
 
 _SUMMARY = (
     "select table_name, root, count(*) as files, sum(rows) as rows from manifest group by all order by all"

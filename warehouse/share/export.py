@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warehouse import schema
-from warehouse.errors import ManifestError, ShareError
-from warehouse.manifest import CommitEntry, FileEntry, latest, manifest_path, read_entries
-from warehouse.share import card
-from warehouse.share.layout import CARD, CROISSANT, FORMAT, FORMAT_VERSION, MANIFEST_JSON
-from warehouse.writer import fsync_dir, now_utc
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import ManifestError, ShareError
+from layerlake.warehouse.manifest import CommitEntry, FileEntry, latest, manifest_path, read_entries
+from layerlake.warehouse.share import card
+from layerlake.warehouse.share.layout import CARD, CROISSANT, FORMAT, FORMAT_VERSION, MANIFEST_JSON
+from layerlake.warehouse.writer import fsync_dir, now_utc
 
 # Meta keys of a commit entry that say where a checkpoint's rows came from (the dataset's provenance).
 PROVENANCE_KEYS = (

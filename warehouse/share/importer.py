@@ -27,13 +27,20 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from warehouse import schema
-from warehouse.errors import ManifestError, ShareError
-from warehouse.manifest import CommitEntry, FileEntry, append_batch, latest, manifest_path, read_entries
-from warehouse.share.export import copy_verified
-from warehouse.share.verify import SharedDataset, verify_folder
-from warehouse.views import default_root
-from warehouse.writer import Warehouse, fsync_dir, now_utc
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import ManifestError, ShareError
+from layerlake.warehouse.manifest import (
+    CommitEntry,
+    FileEntry,
+    append_batch,
+    latest,
+    manifest_path,
+    read_entries,
+)
+from layerlake.warehouse.share.export import copy_verified
+from layerlake.warehouse.share.verify import SharedDataset, verify_folder
+from layerlake.warehouse.views import default_root
+from layerlake.warehouse.writer import Warehouse, fsync_dir, now_utc
 
 _SHOWN = 8  # conflicting rows named in an error; the rest are counted
 

@@ -1,4 +1,4 @@
-"""The shape of a shared dataset folder: file names, the shard path rule, and the manifest's format.
+"""The shape of a shared dataset folder: its file names and format (shard paths: ``warehouse.layout``).
 
 A shared folder (``layerlake share export``) looks like a warehouse without its ``_manifest``::
 
@@ -13,8 +13,7 @@ warehouse that made it to every warehouse that imports it.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from layerlake.warehouse.layout import ShardName, parse_shard_path, shard_path
 
 MANIFEST_JSON = "manifest.json"
 CARD = "README.md"
@@ -23,31 +22,7 @@ METADATA_FILES = (MANIFEST_JSON, CARD, CROISSANT)
 FORMAT = "layerlake-share"
 FORMAT_VERSION = 1
 
-# The same name rule as warehouse.writer.check_name: no '/', '=', spaces or leading dot.
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
-_SHARD = re.compile(
-    rf"^(?P<table>[a-z_]+)/suite=(?P<suite>{_NAME})/model=(?P<model>{_NAME})/part-(?P<task>{_NAME})\.parquet$"
-)
-
-
-@dataclass(frozen=True)
-class ShardName:
-    """What a shard's relative path says about it."""
-
-    table: str
-    suite: str
-    model: str
-    task_id: str
-
-
-def shard_path(table: str, suite: str, model: str, task_id: str) -> str:
-    """``<table>/suite=<s>/model=<m>/part-<task>.parquet`` (posix, relative)."""
-    return f"{table}/suite={suite}/model={model}/part-{task_id}.parquet"
-
-
-def parse_shard_path(path: str) -> ShardName | None:
-    """The parts of a shard path, or None if ``path`` does not follow the rule (e.g. ``../x``)."""
-    match = _SHARD.match(path)
-    if match is None or ".." in path.split("/"):
-        return None
-    return ShardName(match["table"], match["suite"], match["model"], match["task"])
+__all__ = [
+    "CARD", "CROISSANT", "FORMAT", "FORMAT_VERSION", "MANIFEST_JSON", "METADATA_FILES", "ShardName",
+    "parse_shard_path", "shard_path",
+]  # fmt: skip

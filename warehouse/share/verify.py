@@ -22,11 +22,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse import schema
-from warehouse.errors import ShareError
-from warehouse.manifest import CommitEntry, FileEntry
-from warehouse.share.layout import FORMAT, FORMAT_VERSION, MANIFEST_JSON, METADATA_FILES, parse_shard_path
-from warehouse.writer import sha256_file
+from layerlake.core.hashing import sha256_file
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import ShareError
+from layerlake.warehouse.manifest import CommitEntry, FileEntry
+from layerlake.warehouse.share.layout import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_JSON,
+    METADATA_FILES,
+    parse_shard_path,
+)
 
 _REEXPORT = "ask its author to export it again with `layerlake share export`"
 

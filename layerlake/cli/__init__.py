@@ -1,0 +1,1 @@
+"""The top floor: the ``layerlake`` command (``main``), its Hydra runner, and the demo."""

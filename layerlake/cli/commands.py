@@ -1,0 +1,76 @@
+"""The table of ``layerlake`` commands: what each runs, and how it takes its arguments.
+
+Targets are ``"module:function"`` strings, imported only when the command runs, so ``layerlake sql``
+never loads torch. A command that needs the ``extract`` extra says so, and the dispatcher checks for
+it before importing anything heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    target: str  # "module:function"
+    help: str
+    hydra: bool  # takes Hydra overrides and receives layerlake.conf.schema.Config
+    positional: str | None = None  # hydra commands: a leading bare word becomes this override key
+    rewrite: str | None = None  # hydra commands: "module:function" mapping args to Hydra overrides
+    extra: str | None = None  # optional extra the command needs ("extract"), checked before it runs
+
+    def load(self) -> Callable:
+        return resolve(self.target)
+
+
+def resolve(target: str) -> Callable:
+    """``"module:function"`` -> the function (imported only now)."""
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "layerlake.cli.demo:run",
+        "build the embedded suite, extract it, print the findings",
+        True,
+        extra="extract",
+    ),
+    "suite build": Command(
+        "layerlake.etl.suite.command:build",
+        "build (or reuse) the configured embedded suite",
+        True,
+        extra="extract",
+    ),
+    "suite show": Command("layerlake.etl.suite.command:show", "print a table of the configured suite", True),
+    "extract": Command(
+        "layerlake.etl.command:extract",
+        "extract the configured suite's checkpoints into the warehouse",
+        True,
+        extra="extract",
+    ),
+    "query": Command(
+        "layerlake.queries.command:query",
+        "run a recipe: layerlake query <recipe> key=value ...",
+        True,
+        positional="recipe",
+        rewrite="layerlake.queries.command:rewrite_args",
+    ),
+    "recipes": Command(
+        "layerlake.queries.command:list_recipes", "list the recipes with their parameters", False
+    ),
+    "import-metrics": Command(
+        "layerlake.queries.command:import_metrics", "import per-layer metrics computed elsewhere", False
+    ),
+    "sql": Command(
+        "layerlake.warehouse.command:sql", "run a read-only SQL query over the warehouse views", False
+    ),
+    "check": Command(
+        "layerlake.warehouse.command:check", "audit the warehouse; exit non-zero listing bad rows", False
+    ),
+    "share": Command(
+        "layerlake.warehouse.share.command:share", "export, import or attach a shared dataset", False
+    ),
+}

@@ -1,0 +1,159 @@
+"""Every closed set of values, one ``Enum`` each: the single list that the config schemas, the command
+line, the SQL parameter types and the extraction code all check against.
+
+Members are strings (``Site.ov == "ov"``), so they print, hash, compare and serialise as their value.
+Names that land in stored rows (sites, matrices, tensors, estimators, kernels) are part of the data
+contract: changing one is a schema change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from enum import Enum
+
+from layerlake.core.errors import ConfigError
+
+
+class Choice(str, Enum):
+    """A string enum whose members carry a one-line ``doc``."""
+
+    doc: str
+
+    def __new__(cls, value: str, doc: str = "") -> Choice:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.doc = doc
+        return member
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+    @classmethod
+    def parse(cls, value: object, what: str) -> Choice:
+        """``value`` as a member; a ``ConfigError`` naming ``what``, the choices and the nearest one."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(
+                f"{what} {value!r} is not one of: {', '.join(cls.values())}{did_you_mean(value, cls.values())}",
+                fix=f"set {what} to one of: {', '.join(cls.values())}",
+            ) from None
+
+
+def did_you_mean(value: object, known: tuple[str, ...] | list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known value, or an empty string."""
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+class ExecutorKind(Choice):
+    local = "local", "an in-process loop (debugging; GPU machines without Ray)"
+    ray = "ray", "Ray tasks on a local or remote cluster, one CPU or one GPU each"
+
+
+class Dtype(Choice):
+    float32 = "float32", "32-bit float"
+    bfloat16 = "bfloat16", "bfloat16"
+    float16 = "float16", "16-bit float"
+    float64 = "float64", "64-bit float"
+
+
+class Estimator(Choice):
+    biased = "biased", "biased HSIC: the doubly centred Gram H K H (Kornblith et al. 2019; the paper's)"
+    debiased = "debiased", "unbiased HSIC: the U-centred Gram (Szekely-Rizzo; Song et al. 2012)"
+
+
+class Kernel(Choice):
+    linear = "linear", "K = X X^T"
+    rbf = "rbf", "Gaussian kernel, sigma = median pairwise distance"
+
+
+class VSlice(Choice):
+    true_v = "true_v", "the real V of each head of a fused QKV (GPT-NeoX interleaves [q|k|v] per head)"
+    paper_last_third = (
+        "paper_last_third",
+        "the last third of the fused QKV output, as the paper's code took it",
+    )
+
+
+class PositionRule(Choice):
+    last = "last", "the last token of each probe sequence (the paper's rule)"
+    all = "all", "every token of every probe sequence"
+    sample = "sample", "n_sample (sequence, token) pairs drawn with the probe's seed"
+
+
+class ProbeSource(Choice):
+    embedded = "embedded", "held-out text of the embedded corpus (pydoc_data.topics)"
+    file = "file", "a UTF-8 text file (probe.path)"
+    hub = "hub", "the text column of a hub dataset (probe.dataset)"
+
+
+class SuiteSource(Choice):
+    local = "local", "model folders <suites>/<suite>/<model>/step<N>/ in the hub's on-disk format"
+    hf = "hf", "hub repositories with one revision step<N> per checkpoint"
+
+
+class Site(Choice):
+    attn_out = (
+        "attn_out",
+        "attention block output written to the residual stream (W_O applied, bias included)",
+    )
+    mlp_out = "mlp_out", "MLP block output written to the residual stream (GPT-NeoX dense_4h_to_h)"
+    resid_post = "resid_post", "residual stream after the block (the block's output hidden state)"
+    ov = "ov", "V at the probe positions times W_O, no attention mixing; per layer and per head"
+
+
+class Matrix(Choice):
+    query_key_value = "query_key_value", "the fused QKV projection (GPT-NeoX), rows interleaved per head"
+    query = "query", "the query projection (true per-head split of a fused QKV)"
+    key = "key", "the key projection (true per-head split of a fused QKV)"
+    value = "value", "the value projection (true per-head split of a fused QKV)"
+    dense = "dense", "the attention output projection W_O"
+    dense_h_to_4h = "dense_h_to_4h", "the MLP input projection (non-gated MLPs)"
+    gate_proj = "gate_proj", "the gated MLP's gate projection (llama)"
+    up_proj = "up_proj", "the gated MLP's up projection (llama)"
+    dense_4h_to_h = "dense_4h_to_h", "the MLP output projection"
+    ov = "ov", "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL)"
+
+
+class Tensor(Choice):
+    weight = "weight", "the parameter itself"
+    grad = "grad", "the gradient of the language-model loss on the probe batch"
+
+
+class OutputFormat(Choice):
+    table = "table", "a table on the terminal"
+    csv = "csv", "comma-separated values (lists and structs as JSON text)"
+    json = "json", "a JSON array of records"
+    parquet = "parquet", "Apache Parquet"
+
+
+# Choice types a SQL parameter may declare by name (``-- param: $estimator estimator = biased | ...``).
+PARAM_CHOICES: dict[str, type[Choice]] = {
+    "estimator": Estimator,
+    "kernel": Kernel,
+    "tensor": Tensor,
+    "matrix": Matrix,
+}
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def check_device(value: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a ``ConfigError`` otherwise."""
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise ConfigError(
+            f"executor.device {value!r} is not a device",
+            fix="use executor.device=auto (the GPU Ray assigns, else the CPU), cpu, cuda or cuda:N",
+        )
+    return value

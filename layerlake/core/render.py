@@ -1,0 +1,179 @@
+"""Tables for people and for files: one renderer for every command that prints or saves a result.
+
+``rich_table`` shows the first and last rows of an Arrow table and the columns that fit the terminal;
+``write_table`` writes CSV (nested values as JSON text), JSON or Parquet; ``print_error`` prints a
+``LayerlakeError``. Values from data are always shown as plain text, never interpreted as markup.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from layerlake.core.errors import LayerlakeError
+
+MAX_ROWS = 20  # head + tail shown; the files hold every row
+MAX_COLUMNS = 14
+MAX_CELL = 40
+
+
+def cell(value: object, digits: int = 4) -> str:
+    """One value as short text: floats to ``digits`` significant digits, long text cut with an ellipsis."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.{digits}g}"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(cell(v, digits) for v in value[:4]) + (", ..." if len(value) > 4 else "") + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def rich_table(
+    table: pa.Table,
+    title: str = "",
+    width: int = 120,
+    max_rows: int = MAX_ROWS,
+    hoist_constants: bool = True,
+    digits: int = 4,
+) -> Table:
+    """The first and last rows of ``table`` (``max_rows`` in all) and the columns that fit ``width``.
+
+    With ``hoist_constants``, columns holding one value throughout move to the title. Numbers are never
+    cut, text may be. Every header and cell is plain text (``[/x]`` in data stays ``[/x]``).
+    """
+    constant = constant_columns(table) if hoist_constants else {}
+    varying = [c for c in table.column_names if c not in constant][:MAX_COLUMNS]
+    if constant:
+        title += ("\n" if title else "") + ", ".join(f"{c}={cell(v)}" for c, v in constant.items())
+    selected = table.select(varying)
+    if table.num_rows <= max_rows:
+        shown = selected.to_pylist()
+    else:  # the first rows, a gap marker, the last rows: slices only, never the whole result
+        tail = max_rows // 4
+        ends = selected.slice(table.num_rows - tail).to_pylist() if tail else []
+        shown = [*selected.slice(0, max_rows - tail).to_pylist(), None, *ends]
+    texts = {c: [cell(r[c], digits) for r in shown if r is not None] for c in varying}
+    columns, used = [], 1
+    for name in varying:
+        need = max([len(name)] + [len(t) for t in texts[name]])
+        need = need if _numeric(table, name) else min(need, 24)
+        if used + need + 3 > width and columns:
+            break
+        columns.append((name, need))
+        used += need + 3
+    hidden = table.num_columns - len(constant) - len(columns)
+    view = Table(title=Text(title) if title else None, caption=Text(_caption(table, hidden, max_rows)))
+    for name, need in columns:
+        if _numeric(table, name):
+            view.add_column(Text(name), justify="right", no_wrap=True, min_width=need)
+        else:
+            view.add_column(Text(name), no_wrap=True, overflow="ellipsis", max_width=need)
+    for row in shown:
+        view.add_row(
+            *([Text("⋮")] * len(columns) if row is None else [Text(cell(row[c], digits)) for c, _ in columns])
+        )
+    return view
+
+
+def _numeric(table: pa.Table, name: str) -> bool:
+    type_ = table.schema.field(name).type
+    return pa.types.is_integer(type_) or pa.types.is_floating(type_)
+
+
+def constant_columns(table: pa.Table) -> dict[str, object]:
+    """Columns holding one value in every row (shown once in the title instead of in every row)."""
+    if table.num_rows < 2:
+        return {}
+    found = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_nested(column.type):
+            continue
+        if column.null_count in (0, table.num_rows) and len(pc.unique(column)) == 1:
+            found[name] = column[0].as_py()
+    return found
+
+
+def _caption(table: pa.Table, hidden: int, max_rows: int) -> str:
+    text = f"{table.num_rows} rows"
+    if table.num_rows > max_rows:
+        text += f" (showing {max_rows})"
+    if hidden:
+        text += f"; {hidden} more columns in the files"
+    return text
+
+
+def print_table(
+    table: pa.Table,
+    title: str = "",
+    console: Console | None = None,
+    max_rows: int = MAX_ROWS,
+    hoist_constants: bool = True,
+    digits: int = 4,
+) -> None:
+    console = console or Console()
+    console.print(rich_table(table, title, console.width, max_rows, hoist_constants, digits))
+
+
+def csv_ready(table: pa.Table) -> pa.Table:
+    """``table`` with list and struct columns as JSON text (CSV holds scalars only)."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            texts = [
+                None if v is None else json.dumps(_json_safe(v)) for v in table.column(index).to_pylist()
+            ]
+            table = table.set_column(index, field.name, pa.array(texts, pa.string()))
+    return table
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN / inf
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def write_table(table: pa.Table, fmt: str, sink: BinaryIO) -> None:
+    """Write ``table`` to the binary stream ``sink`` as ``csv``, ``json`` or ``parquet``."""
+    if fmt == "csv":
+        pacsv.write_csv(csv_ready(table), sink)
+    elif fmt == "json":
+        text = json.dumps([_json_safe(r) for r in table.to_pylist()], default=str, indent=1)
+        sink.write((text + "\n").encode())
+    elif fmt == "parquet":
+        pq.write_table(table, sink, compression="zstd")
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    sink.flush()
+
+
+def save(table: pa.Table, folder: Path, stem: str = "result") -> tuple[Path, Path]:
+    """Write ``<folder>/<stem>.parquet`` and ``<folder>/<stem>.csv``; returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parquet, csv = folder / f"{stem}.parquet", folder / f"{stem}.csv"
+    pq.write_table(table, parquet)
+    pacsv.write_csv(csv_ready(table), csv)
+    return parquet, csv
+
+
+def print_error(error: LayerlakeError) -> None:
+    """``error: <message>`` and ``fix: <fix>`` on stderr; text from data is never read as markup."""
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("error: ", "bold red"), error.message))
+    if error.fix:
+        console.print(Text.assemble(("fix: ", "bold"), error.fix))

@@ -1,0 +1,202 @@
+"""The floor plan holds: one namespace, floors that only import downwards, no import cycles, and a
+query side that never loads torch, transformers or ray.
+
+Floors (docs/design.md draws them):
+
+    3  layerlake (the facade: connect), layerlake.cli            the command line and the demo
+    2  layerlake.etl          layerlake.queries                  (neither imports the other)
+    1  layerlake.warehouse
+    0  layerlake.core, layerlake.conf                            the ground floor (conf may use core)
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Package name -> folder in the repository (pyproject's package-dir says the same).
+FOLDERS = {
+    "layerlake": REPO / "layerlake",
+    "layerlake.conf": REPO / "conf",
+    "layerlake.etl": REPO / "etl",
+    "layerlake.warehouse": REPO / "warehouse",
+    "layerlake.queries": REPO / "queries",
+}
+FLOORS = {
+    "layerlake.core": 0,
+    "layerlake.conf": 0,
+    "layerlake.warehouse": 1,
+    "layerlake.etl": 2,
+    "layerlake.queries": 2,
+    "layerlake.cli": 3,
+    "layerlake": 3,  # the package's own __init__: the facade
+}
+HEAVY = ("torch", "transformers", "ray", "safetensors", "tokenizers", "huggingface_hub")
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the namespace, by dotted name."""
+    found: dict[str, Path] = {}
+    for package, folder in FOLDERS.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            name = ".".join([package, *parts])
+            if package == "layerlake" and parts and f"layerlake.{parts[0]}" in FOLDERS:
+                continue  # (no such clash today; a folder mapped elsewhere would win)
+            found[name] = path
+    return found
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The namespace modules ``path`` imports, at module level or inside functions."""
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                for a in node.names
+            ]
+        else:
+            continue
+        targets.update(n for n in names if n == "layerlake" or n.startswith("layerlake."))
+    return targets
+
+
+def floor_of(module: str) -> tuple[str, int]:
+    for prefix in sorted(FLOORS, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix, FLOORS[prefix]
+    raise AssertionError(f"{module} is on no floor")
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imports_of(path, set(found)) for name, path in found.items()}
+
+
+def test_no_import_runs_upwards(graph):
+    wrong = []
+    for module, targets in graph.items():
+        home, floor = floor_of(module)
+        for target in targets:
+            there, level = floor_of(target)
+            if level > floor and not (home == "layerlake" and module == "layerlake"):
+                wrong.append(f"{module} (floor {floor}) imports {target} (floor {level})")
+            if home == "layerlake.core" and there != "layerlake.core":
+                wrong.append(f"{module} is on the ground floor's core but imports {target}")
+            if {home, there} == {"layerlake.etl", "layerlake.queries"}:
+                wrong.append(f"{module} imports {target}: etl and queries stand side by side")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_the_facade_imports_lazily(graph):
+    tree = ast.parse((REPO / "layerlake" / "__init__.py").read_text())
+    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert all(not (getattr(n, "module", "") or "").startswith("layerlake") for n in top_level)
+
+
+def test_no_two_modules_import_each_other(graph):
+    """No cycle of any length (Tarjan's strongly connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in graph:
+                continue
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                item = stack.pop()
+                component.append(item)
+                if item == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_every_module_lives_in_the_namespace():
+    """Nothing in the repository imports the old top-level names."""
+    bad = []
+    for path in [*REPO.glob("*/**/*.py")]:
+        if ".venv" in path.parts or "data" in path.parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            bad += [
+                f"{path.relative_to(REPO)}: {n}"
+                for n in names
+                if n.split(".")[0] in ("conf", "etl", "warehouse", "queries")
+            ]
+    assert not bad, bad
+
+
+def test_query_side_loads_no_heavy_module():
+    """Every module of the ground floor, the warehouse, the recipes and the command dispatcher, imported
+    in a fresh interpreter, then a warehouse written, connected and queried: no torch, transformers, ray."""
+    light = [
+        m
+        for m in modules()
+        if floor_of(m)[0] in ("layerlake.core", "layerlake.conf", "layerlake.warehouse", "layerlake.queries")
+    ]
+    light += ["layerlake", "layerlake.cli.main", "layerlake.cli.commands"]
+    script = f"""
+import importlib, json, sys, tempfile
+import numpy as np
+for name in {light!r}:
+    importlib.import_module(name)
+import layerlake
+from layerlake.warehouse.synthetic import checkpoint_tables
+from layerlake.warehouse.writer import Warehouse
+from layerlake.queries import run_recipe
+root = tempfile.mkdtemp()
+for step in (0, 1):
+    Warehouse(root).commit(f"t{{step}}", "s", "m", checkpoint_tables("m", step, {{(0, "a"): np.eye(4) + step}}, {{(0, "w"): [1.0]}}, d=4), {{}})
+con = layerlake.connect(root)
+rows = run_recipe(con, "convergence", {{}}).num_rows
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
+print(json.dumps({{"rows": rows, "heavy": heavy}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rows": 2, "heavy": []}
+
+
+def test_warehouse_import_needs_no_hydra():
+    code = (
+        "import sys, layerlake.warehouse as w; w.default_root(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

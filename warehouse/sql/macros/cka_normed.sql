@@ -1,0 +1,7 @@
+-- name: cka_normed
+-- signature: cka_normed(a, b, na, nb)
+-- description: the same CKA using the stored Frobenius norms (gram_norm = sqrt(<A, A>)):
+--        cka = <A, B> / (na * nb)
+--    one dot product per pair instead of three. NULL when a norm is 0 or NULL.
+CREATE OR REPLACE MACRO cka_normed(a, b, na, nb) AS
+    list_dot_product(a::DOUBLE[], b::DOUBLE[]) / nullif(na::DOUBLE * nb::DOUBLE, 0);

@@ -1,0 +1,11 @@
+-- name: powerlaw_alpha
+-- signature: powerlaw_alpha(sv)
+-- description: power-law exponent of the tail of the eigenvalue spectrum lambda_i = s_i^2, as
+--    WeightWatcher's alpha, with a fixed tail instead of WeightWatcher's KS search for x_min:
+--        lambda_(1) >= ... >= lambda_(m): the nonzero eigenvalues, sorted descending;
+--        tail = the top k = floor(m / 2) of them, x_min = lambda_(k) (the smallest in the tail);
+--        alpha = 1 + k / sum_{i=1..k} ln(lambda_(i) / x_min)   (continuous Hill / MLE, Clauset et al. 2009)
+--    Larger alpha = lighter tail (more random-like weights). NULL when k = 0 (fewer than 2 nonzero values)
+--    or the tail is flat (all tail values tied).
+-- uses: _ll_pos, _ll_tail, _ll_hill
+CREATE OR REPLACE MACRO powerlaw_alpha(sv) AS _ll_hill(_ll_tail(list_transform(_ll_pos(sv), lambda x: x * x)));

@@ -1,0 +1,23 @@
+-- name: cka_to_reference
+-- description: CKA of every stored sketch to the same layer, site and head of a reference checkpoint of
+--    the same model (same probe, kernel, estimator and n):
+--        cka(step) = <G_step, G_ref> / (||G_step|| ||G_ref||)     (macro cka_normed on stored gram_norm)
+--    The reference is $reference_step, by default each model's last sketched step.
+-- param: $reference_step integer? = null | reference checkpoint step; null = each model's last step
+-- uses: sketch_rows
+-- grain: one row per (suite, model, site, layer, head, step)
+with reference as (
+    select suite, model, coalesce($reference_step, max(step)) as reference_step
+    from sketch_rows
+    group by suite, model
+)
+select
+    s.suite, s.model, 'computed' as source, s.site, s.layer, s.head, s.step,
+    cka_normed(s.gram, r.gram, s.gram_norm, r.gram_norm) as cka,
+    ref.reference_step, s.estimator, s.kernel, s.n, s.d, s.probe_id
+from sketch_rows as s
+join reference as ref on ref.suite = s.suite and ref.model = s.model
+join sketch_rows as r
+    on r.suite = s.suite and r.model = s.model and r.step = ref.reference_step
+    and r.layer = s.layer and r.site = s.site and r.head is not distinct from s.head
+    and r.probe_id = s.probe_id and r.n = s.n

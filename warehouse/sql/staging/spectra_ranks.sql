@@ -1,0 +1,46 @@
+-- name: spectra_ranks
+-- description: Rank measures of stored weight / gradient spectra. With p_i = s_i / sum_j s_j (zeros
+--    dropped): erank = exp(-sum_i p_i ln p_i) (Roy & Vetterli), per = erank / k, where k is chosen by $k:
+--      head_dim   the model's head dimension (the paper's choice, even for MLP matrices);
+--      rank       the numerical rank: #{ s_i > max(s) * max(rows, cols) * eps64 } (numpy's matrix_rank);
+--      min_side   least(rows, cols), the largest rank the matrix could have.
+--    Also stable_rank = sum s^2 / max s^2. head_dim comes from table checkpoints (same weights_sha256).
+-- param: $k enum(head_dim|rank|min_side) = head_dim | what PER divides the effective rank by
+-- param: $tensor tensor? = null | weights or gradients; null = both
+-- param: $matrices matrix[]? = null | restrict to these matrices, e.g. [ov, dense_4h_to_h]; null = all
+-- param: $suite name? = null | suite to read (the command binds the configured suite); null = every suite
+-- param: $models name[]? = null | restrict to these models (the command binds `models=[...]`); null = all
+-- param: $per_head boolean = false | true: per-head matrices (head is not null); false: whole matrices
+-- grain: one row per (suite, model, step, tensor, matrix, layer, head)
+with spectra_rows as (
+    select
+        *,
+        len(list_filter(sv, lambda x: x > list_max(sv) * greatest(rows, cols) * 2.220446049250313e-16))
+            as numerical_rank
+    from spectra
+    where ($suite is null or suite = $suite)
+        and ($models is null or list_contains($models, model))
+        and ($tensor is null or tensor = $tensor)
+        and ($matrices is null or list_contains($matrices, matrix))
+        and (case when $per_head then head is not null else head is null end)
+),
+head_dims as (
+    select suite, model, weights_sha256, max(d_head) as d_head
+    from checkpoints
+    group by suite, model, weights_sha256
+),
+with_k as (
+    select
+        s.*,
+        case $k when 'head_dim' then h.d_head when 'rank' then s.numerical_rank
+            else least(s.rows, s.cols) end as k
+    from spectra_rows as s
+    left join head_dims as h using (suite, model, weights_sha256)
+)
+select
+    suite, model, step, tensor, matrix, layer, head, rows, cols,
+    $k as k_rule, k, numerical_rank,
+    erank(sv) as erank,
+    per(sv, k) as per,
+    stable_rank(sv) as stable_rank
+from with_k
