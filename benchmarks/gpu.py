@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 SHAPES = {  # Pythia's shapes (PAPER.md): layers, d_model, heads
     "160m": (12, 768, 12),
     "410m": (24, 1024, 16),

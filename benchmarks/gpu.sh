@@ -8,7 +8,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# The checkout as the installed namespace would lay it out (pyproject's package-dir), without installing:
+# layerlake/ plus conf/ etl/ warehouse/ queries/ as layerlake.conf, layerlake.etl, ...
+src=/tmp/layerlake-src
+rm -rf "$src" && mkdir -p "$src/layerlake"
+cp -r layerlake/. "$src/layerlake/"
+for part in conf etl warehouse queries; do ln -s "$PWD/$part" "$src/layerlake/$part"; done
+export PYTHONPATH=$src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 out=${OUT:-/tmp/layerlake-gpu}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv || true

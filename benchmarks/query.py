@@ -4,7 +4,8 @@ Builds, through the real ``Warehouse.commit``, a warehouse shaped like the paper
 deduped Pythia models with their real layer counts and widths, all 154 checkpoints, attention and MLP
 sites as n = 128 centred Grams, plus weight spectra), then times:
 
-(a) SQL through ``warehouse.connect`` and the ``cka_normed`` macro (``warehouse/cka_to_final.sql``);
+(a) SQL through ``warehouse.connect``: the staging view ``cka_to_reference`` the recipes read
+    (``warehouse/sql/staging/cka_to_reference.sql``, ``cka_normed`` on the stored Gram norms);
 (b) numpy on the Gram arrays read with pyarrow;
 (c) MLflow (sqlite backend): the same per-layer CKA values logged as metrics, then read back.
     MLflow is a benchmark-only dependency. If ``import mlflow`` fails here, the MLflow part runs in
@@ -39,7 +40,9 @@ MODELS = {"70m": (6, 512), "160m": (12, 768), "410m": (24, 1024), "1.4b": (24, 2
 PYTHIA_STEPS = [0] + [2**i for i in range(10)] + list(range(1000, 143001, 1000))  # 154
 PAPER_STEPS = [0] + [2**i for i in range(10)] + [1000] + list(range(3000, 143001, 10000))  # 27
 SITES = ("attn_out", "mlp_out")
-CKA_SQL = (REPO / "warehouse" / "cka_to_final.sql").read_text()
+# The one CKA-to-reference query (the staging view the recipes use), with the reference bound.
+CKA_SQL = "select model, layer, site, step, cka from cka_to_reference"
+CKA_SUBSET_SQL = CKA_SQL + " where list_contains($steps, step)"
 RANK = 16  # rank of the shared factor behind each layer's Grams
 
 
@@ -91,15 +94,17 @@ def best_of(fn, repeat: int = 3):
     return min(times), result
 
 
-def sql_cka(root: Path, steps: list[int] | None, ref: int, macro: str = "cka_normed") -> pa.Table:
-    """CKA to ``ref`` for ``steps`` (None: every stored step) through ``warehouse/cka_to_final.sql``."""
+def sql_cka(root: Path, steps: list[int] | None, ref: int) -> pa.Table:
+    """CKA to ``ref`` for ``steps`` (None: every stored step) through the ``cka_to_reference`` view."""
     from layerlake import warehouse
+    from layerlake.warehouse.macros import staging_values
 
     con = warehouse.connect(root)
-    query = CKA_SQL
-    if macro == "cka":  # the lever: stored norms vs three dot products per pair
-        query = query.replace("cka_normed(s.gram, r.gram, s.gram_norm, r.gram_norm)", "cka(s.gram, r.gram)")
-    out = con.sql(query, params={"steps": steps, "ref_step": ref}).to_arrow_table()
+    with staging_values(con, {"reference_step": ref}):
+        if steps is None:
+            out = con.sql(CKA_SQL).to_arrow_table()
+        else:
+            out = con.sql(CKA_SUBSET_SQL, params={"steps": steps}).to_arrow_table()
     con.close()
     return out
 
@@ -225,7 +230,6 @@ def report(root: Path, models: dict, steps: list[int], args) -> None:
     print(f"built {built['tasks']} tasks in {built['build_s']:.1f} s; bytes on disk: {built['bytes']}")
     ref = steps[-1]
     sql_s, sql_out = best_of(lambda: sql_cka(root, None, ref))  # every step: no step filter
-    sql_plain_s, _ = best_of(lambda: sql_cka(root, None, ref, macro="cka"), repeat=1)
     np_s, np_out = best_of(lambda: numpy_cka(root, steps, ref))
     a = sorted(
         zip(*(sql_out.column(c).to_pylist() for c in ("model", "layer", "site", "step", "cka")), strict=True)
@@ -237,7 +241,7 @@ def report(root: Path, models: dict, steps: list[int], args) -> None:
         "SQL and numpy disagree"
     )
     print(f"rows: {sql_out.num_rows}")
-    print(f"(a) SQL cka_normed: {sql_s:.2f} s   (SQL cka, no stored norms: {sql_plain_s:.2f} s)")
+    print(f"(a) SQL cka_to_reference: {sql_s:.2f} s")
     print(f"(b) numpy+pyarrow:  {np_s:.2f} s   SQL/numpy = {sql_s / np_s:.2f}")
     for subset in ([s for s in PAPER_STEPS if s in steps], steps[::2] + [ref], steps):
         sub = sorted(set(subset))

@@ -1,22 +1,125 @@
-"""Compose the project's config outside the CLI (tests, benchmarks, notebooks)::
+"""Compose the project's config: the one home of Hydra composition (CLI pre-check, tests, notebooks)::
 
-from layerlake.conf.compose import compose
-settings = compose(["suite=pythia", "steps=paper"])
+    from layerlake.conf.compose import compose
+    settings = compose(["suite=pythia", "steps=paper"])
+
+Every way a composition can fail (an unknown key or group option, a value of the wrong type, a choice
+outside its closed set) becomes a ``ConfigError`` that names the key, what it takes, and the nearest
+valid name: never a traceback, never Hydra's hint to append the key with ``+``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
-from layerlake.conf.schema import CONF_DIR, Config, register_schemas, to_settings
+from layerlake.conf.schema import CONF_DIR, GROUPS, Config, register_schemas, to_settings
+from layerlake.core.choices import did_you_mean
+from layerlake.core.errors import ConfigError, LayerlakeError
+
+_CFG_FIX = "see every key and its current value with `layerlake <command> --cfg job`"
 
 
 def compose(overrides: Sequence[str] = ()) -> Config:
-    """The composed, validated config as plain dataclasses (a wrong key raises at once)."""
+    """The composed, validated config as plain dataclasses; a ``ConfigError`` names what is wrong."""
     register_schemas()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return to_settings(cfg)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        return to_settings(cfg)
+    except LayerlakeError:
+        raise
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
+        raise explain(error) from error
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Compose once with the first value of every sweep (``a=1,2`` -> ``a=1``): a wrong key, type or
+    choice fails here, before a job runs or anything is written."""
+    compose(first_of_sweeps(overrides))
+
+
+def first_of_sweeps(overrides: Sequence[str]) -> list[str]:
+    """The overrides with each sweep replaced by its first value; ``hydra.*`` overrides left out."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as error:
+        raise ConfigError(f"cannot parse the overrides: {_first_line(error)}", fix=_CFG_FIX) from error
+    out = []
+    for text, override in zip(overrides, parsed, strict=True):
+        if override.key_or_group.split(".")[0] == "hydra":
+            continue
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()))
+            out.append(f"{override.get_key_element()}={first}")
+        else:
+            out.append(text)
+    return out
+
+
+def explain(error: BaseException) -> ConfigError:
+    """A composition failure as a ``ConfigError`` naming the key and the fix."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    key = getattr(cause, "full_key", None) or ""
+    text = _first_line(cause) if cause is not error else _first_line(error)
+    missing_group = re.search(r"Could not find '([\w/]+)/([^']+)'", str(error))
+    if missing_group:
+        group, option = missing_group.groups()
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        return ConfigError(
+            f"{group}={option} is not a config of group {group!r}{did_you_mean(option, options)}",
+            fix=f"use one of: {', '.join(options)}",
+        )
+    if "not in" in text and key:
+        parent, _, leaf = key.rpartition(".")
+        known = _keys_of(parent)
+        full = [f"{parent}.{k}" if parent else k for k in known]
+        return ConfigError(
+            f"unknown config key {key!r}{did_you_mean(key, full)}",
+            fix=f"{parent or 'the top level'} takes: {', '.join(known)}; {_CFG_FIX}",
+        )
+    choices = re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]", text)
+    if choices and key:
+        value, options = choices.group(1), [o.strip() for o in choices.group(2).split(",")]
+        return ConfigError(
+            f"{key} {value!r} is not one of: {', '.join(options)}{did_you_mean(value, options)}",
+            fix=f"set {key} to one of: {', '.join(options)}",
+        )
+    if "Config group override must be" in text:
+        return ConfigError(
+            "a config group was set to null", fix=f"give each group one of its configs ({', '.join(GROUPS)})"
+        )
+    if key:
+        return ConfigError(f"config key {key!r}: {text}", fix=_CFG_FIX)
+    return ConfigError(f"the config does not compose: {text}", fix=_CFG_FIX)
+
+
+def _keys_of(path: str) -> list[str]:
+    """The keys of the schema node at dotted ``path`` ('' = the top level)."""
+    node: Any = Config
+    for part in [p for p in path.split(".") if p]:
+        node = GROUPS.get(part) if node is Config else _field_type(node, part)
+        if node is None:
+            return []
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def _field_type(node: Any, name: str) -> Any:
+    import typing
+
+    hints = typing.get_type_hints(node) if is_dataclass(node) else {}
+    kind = hints.get(name)
+    return kind if is_dataclass(kind) else None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

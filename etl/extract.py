@@ -1,7 +1,7 @@
 """One extraction pass over one loaded checkpoint: activations, sketches and spectra as Arrow tables.
 
-The orchestrator only: names come from :mod:`etl.sites`, hooks and the pass from :mod:`etl.capture`,
-numbers from :mod:`etl.metrics`. Per call:
+The orchestrator only: names come from :mod:`layerlake.etl.sites`, hooks and the pass from :mod:`layerlake.etl.capture`,
+numbers from :mod:`layerlake.etl.metrics`. Per call:
 
 1. the model moves to ``options.device``; weight spectra are taken from the weights as loaded
    (float64 SVD), before any dtype cast;

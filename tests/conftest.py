@@ -31,14 +31,9 @@ TINY_OVERRIDES = (
 
 def compose_settings(data_dir: str | Path, *overrides: str):
     """The composed ``conf.schema.Config`` of the tiny suite under ``data_dir`` (plus ``overrides``)."""
-    import hydra
+    from layerlake.conf.compose import compose
 
-    from layerlake.conf.schema import CONF_DIR, register_schemas, to_settings
-
-    register_schemas()
-    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra.compose("config", overrides=[f"paths.data={data_dir}", *TINY_OVERRIDES, *overrides])
-    return to_settings(cfg)
+    return compose([f"paths.data={data_dir}", *TINY_OVERRIDES, *overrides])
 
 
 @pytest.fixture(scope="session")

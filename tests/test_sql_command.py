@@ -87,3 +87,32 @@ def test_sql_error_has_a_hint(root):
     with pytest.raises(QueryError) as error:
         sql(["select no_such_column from spectra", "--root", root])
     assert "no_such_column" in error.value.message and "--schema" in error.value.fix
+
+
+def test_staging_views_are_queryable_by_name_with_parameters(root, capsys):
+    """A staging model is a view; its parameters are set with --param (validated like a recipe's)."""
+    assert (
+        sql(["select step, cka from cka_to_reference order by step", "--root", root, "--format", "csv"]) == 0
+    )
+    default = capsys.readouterr().out
+    assert default.splitlines()[0] == '"step","cka"' and len(default.splitlines()) == 3
+    args = ["select count(*) as n from layer_stabilisation where stabilisation_step = 0", "--root", root]
+    assert sql([*args, "--format", "csv", "--param", "threshold=0.99"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "1"
+    with pytest.raises(QueryError, match="does not name a staging parameter"):
+        sql([*args, "--param", "treshold=0.9"])
+    with pytest.raises(Exception, match="expected a finite number"):
+        sql([*args, "--param", "threshold=high"])
+
+
+def test_list_columns_write_as_csv(root, capsys):
+    assert sql(["select step, sv from spectra order by step", "--root", root, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == '"step","sv"' and lines[1] == '0,"[4.0, 1.0]"'
+
+
+def test_schema_lists_staging_views_and_macros(root, capsys):
+    assert main(["sql", "--schema", "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert "cka_to_reference" in out and "staging views" in out and "reference_step=None" in out
+    assert "cka_normed(a, b, na, nb)" in out and "erank(sv)" in out

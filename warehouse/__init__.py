@@ -2,7 +2,7 @@
 
 - ``warehouse.connect(root=None, read_only=True, attach=())``: a DuckDB connection over the committed
   shards, one typed view per table of ``warehouse/schema.py`` plus ``manifest`` and ``failures``, with
-  the SQL macros of ``warehouse/macros.sql`` installed (``warehouse.views``).
+  the SQL macros and staging views of ``warehouse/sql/`` installed (``warehouse.views``, ``warehouse.macros``).
 - ``warehouse.writer.Warehouse``: the single-writer commit protocol the extraction driver uses.
 - ``layerlake sql`` / ``layerlake check``: ``warehouse.command``.
 

@@ -5,7 +5,7 @@ it as a rich table or writes CSV / JSON / Parquet. Writes are refused by stateme
 parser reports it, not by pattern matching; the connection also has file access off (see
 ``warehouse.connect``), so a statement that slipped through still could not touch a file.
 
-``check`` runs the audits of ``warehouse/audits.sql`` and the manifest file checks, prints the
+``check`` runs the audits of ``warehouse/sql/audits/`` and the manifest file checks, prints the
 offending rows and exits 1 when any audit that is not ``--allow``-ed returns rows.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 
 from layerlake.core.choices import OutputFormat
 from layerlake.core.duck import read_only_statement
@@ -26,6 +27,13 @@ from layerlake.core.render import print_table, write_table
 from layerlake.warehouse import schema
 from layerlake.warehouse.audits import file_problems, load_audits, run_audit
 from layerlake.warehouse.errors import QueryError
+from layerlake.warehouse.macros import (
+    STAGING,
+    all_staging_params,
+    public_macros,
+    staging_params,
+    staging_values,
+)
 from layerlake.warehouse.views import _resolve, connect
 
 FORMATS = OutputFormat.values()
@@ -45,9 +53,9 @@ def run_query(con: Any, sql: str) -> pa.Table:
         ) from error
 
 
-def render(table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
+def render(table: pa.Table, title: str | None = None, max_rows: int = 50, max_cell: int | None = 40) -> None:
     """Print ``table`` on the terminal (first and last rows; a caption says how many there are)."""
-    print_table(table, title or "", max_rows=max_rows, hoist_constants=False, digits=6)
+    print_table(table, title or "", max_rows=max_rows, hoist_constants=False, digits=6, max_cell=max_cell)
 
 
 def write_result(table: pa.Table, fmt: str, output: str | None) -> None:
@@ -66,8 +74,7 @@ def write_result(table: pa.Table, fmt: str, output: str | None) -> None:
 def describe_views(con: Any) -> pa.Table:
     """One row per (view, column): DuckDB's type and the contract's doc."""
     rows = []
-    names = list(schema.TABLES) + ["manifest", "failures"]
-    for view in names:
+    for view in [*schema.TABLES, "manifest", "failures"]:
         docs = {c.name: c.doc for c in schema.TABLES[view].columns} if view in schema.TABLES else {}
         docs.update(
             {p: "hive partition: " + p for p in schema.PARTITION_COLUMNS} if view in schema.TABLES else {}
@@ -75,6 +82,61 @@ def describe_views(con: Any) -> pa.Table:
         for name, type_, *_ in con.sql(f"DESCRIBE {view}").fetchall():
             rows.append({"view": view, "column": name, "type": type_, "doc": docs.get(name, "")})
     return pa.Table.from_pylist(rows)
+
+
+def describe_staging() -> pa.Table:
+    """One row per staging view: its parameters (session variables, ``--param``) and what it holds."""
+    rows = [
+        {
+            "staging view": model.name,
+            "parameters (defaults)": ", ".join(f"{p.name}={p.default}" for p in staging_params(model.name)),
+            "doc": _sentence(model.description),
+        }
+        for model in STAGING.all()
+    ]
+    return pa.Table.from_pylist(rows)
+
+
+def describe_macros() -> pa.Table:
+    """One row per SQL macro: its signature and the first sentence of its formula."""
+    return pa.Table.from_pylist(
+        [{"macro": m.signature, "doc": _sentence(m.description)} for m in public_macros()]
+    )
+
+
+def print_schema(con: Any) -> None:
+    """The tables and their columns, then the staging views, then the macros."""
+    views = describe_views(con)
+    for view in dict.fromkeys(views.column("view").to_pylist()):
+        part = views.filter(pa.compute.equal(views["view"], view)).drop_columns(["view"])
+        render(part, title=f"view {view}", max_rows=10_000, max_cell=None)
+    render(
+        describe_staging(),
+        title="staging views (set a parameter with --param NAME=VALUE)",
+        max_rows=10_000,
+        max_cell=None,
+    )
+    render(describe_macros(), title="SQL macros", max_rows=10_000, max_cell=None)
+
+
+def _sentence(text: str) -> str:
+    """The first sentence of ``text`` (up to the first period followed by a space, or a colon)."""
+    cut = min((i for i in (text.find(". "), text.find(": ")) if i >= 0), default=len(text))
+    return text[:cut].rstrip(".")
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``name=value`` for a staging parameter, the value validated against its declared type."""
+    import yaml
+
+    name, sep, raw = text.partition("=")
+    params = all_staging_params()
+    if not sep or name not in params:
+        raise QueryError(
+            f"--param {text!r} does not name a staging parameter",
+            fix=f"use --param NAME=VALUE with NAME one of: {', '.join(params)}",
+        )
+    return name, params[name].validate(yaml.safe_load(raw) if raw.strip() else None)
 
 
 def sql(argv: list[str]) -> int:
@@ -95,10 +157,15 @@ def sql(argv: list[str]) -> int:
     parser.add_argument("--output", help="write the result to this file instead of stdout")
     parser.add_argument("--schema", action="store_true", help="describe the views: columns, types, docs")
     parser.add_argument("--max-rows", type=int, default=50, help="rows shown by --format table")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="a staging view parameter, e.g. --param estimator=debiased --param threshold=0.8",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    values = dict(parse_param(p) for p in args.param)
     con = connect(args.root, read_only=True, attach=args.attach)
     if args.schema:
-        render(describe_views(con), title="warehouse views", max_rows=10_000)
+        print_schema(con)
         return 0
     if not args.query:
         raise QueryError(
@@ -109,7 +176,8 @@ def sql(argv: list[str]) -> int:
         raise QueryError(
             f"unknown output format {fmt!r}", fix=f"use --format with one of {', '.join(FORMATS)}"
         )
-    result = run_query(con, args.query)
+    with staging_values(con, values):
+        result = run_query(con, args.query)
     if fmt == "table":
         render(result, max_rows=args.max_rows)
     else:

@@ -211,7 +211,7 @@ def connect(
 
     One typed view per contract table over the committed shards of ``root`` and of every folder in
     ``attach`` (other warehouse roots, or shared dataset folders with a ``manifest.json``), plus the
-    ``manifest`` and ``failures`` views and the SQL macros of ``warehouse/macros.sql``.
+    ``manifest`` and ``failures`` views, the SQL macros and the staging views (``warehouse.macros``).
 
     ``read_only=True`` turns DuckDB's external access off except for the listed shard files: the
     connection can read the warehouse and nothing else, and can write no file. ``read_only=False``

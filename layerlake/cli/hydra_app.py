@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from layerlake.cli.commands import Command, resolve
+from layerlake.conf.compose import check_overrides
 from layerlake.conf.schema import CONF_DIR, register_schemas, to_settings
 from layerlake.core.errors import LayerlakeError
 from layerlake.core.render import print_error
@@ -23,6 +24,17 @@ def rewrite_positional(command: Command, args: list[str]) -> list[str]:
     if command.positional and args and not args[0].startswith("-") and "=" not in args[0]:
         return [f"{command.positional}={args[0]}", *args[1:]]
     return args
+
+
+def precheck(args: list[str]) -> None:
+    """Compose once before Hydra runs anything, so a wrong key, type or choice is a ``ConfigError`` (exit
+    2, the key named, a fix given) and no job starts; help and info requests go straight to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    parsed, _ = get_args_parser().parse_known_args(args)
+    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return
+    check_overrides(parsed.overrides)
 
 
 def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
@@ -45,6 +57,7 @@ def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
     # argparse cannot take positionals on both sides of a flag: hoist -m so `a=1 -m b=1,2` works.
     flags = [a for a in args if a in ("-m", "--multirun")]
     rest = [a for a in args if a not in ("-m", "--multirun")]
+    precheck([*flags, *rest])
     saved = sys.argv
     sys.argv = [f"layerlake {name}", *flags, *rest]
     try:

@@ -25,10 +25,13 @@ from layerlake.core.errors import LayerlakeError
 MAX_ROWS = 20  # head + tail shown; the files hold every row
 MAX_COLUMNS = 14
 MAX_CELL = 40
+MAX_TEXT = 24  # what a text column asks for when deciding which columns fit
+MIN_TEXT = 10  # the narrowest a text column folds to
 
 
-def cell(value: object, digits: int = 4) -> str:
-    """One value as short text: floats to ``digits`` significant digits, long text cut with an ellipsis."""
+def cell(value: object, digits: int = 4, max_cell: int | None = MAX_CELL) -> str:
+    """One value as short text: floats to ``digits`` significant digits, text longer than ``max_cell``
+    cut with an ellipsis (None: never cut)."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -37,7 +40,7 @@ def cell(value: object, digits: int = 4) -> str:
         text = "[" + ", ".join(cell(v, digits) for v in value[:4]) + (", ..." if len(value) > 4 else "") + "]"
     else:
         text = str(value)
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+    return text if max_cell is None or len(text) <= max_cell else text[: max_cell - 1] + "…"
 
 
 def rich_table(
@@ -47,6 +50,7 @@ def rich_table(
     max_rows: int = MAX_ROWS,
     hoist_constants: bool = True,
     digits: int = 4,
+    max_cell: int | None = MAX_CELL,
 ) -> Table:
     """The first and last rows of ``table`` (``max_rows`` in all) and the columns that fit ``width``.
 
@@ -64,27 +68,43 @@ def rich_table(
         tail = max_rows // 4
         ends = selected.slice(table.num_rows - tail).to_pylist() if tail else []
         shown = [*selected.slice(0, max_rows - tail).to_pylist(), None, *ends]
-    texts = {c: [cell(r[c], digits) for r in shown if r is not None] for c in varying}
-    columns, used = [], 1
-    for name in varying:
-        need = max([len(name)] + [len(t) for t in texts[name]])
-        need = need if _numeric(table, name) else min(need, 24)
-        if used + need + 3 > width and columns:
-            break
-        columns.append((name, need))
-        used += need + 3
+    texts = {c: [cell(r[c], digits, max_cell) for r in shown if r is not None] for c in varying}
+    columns = fit_columns(table, varying, texts, width)
     hidden = table.num_columns - len(constant) - len(columns)
     view = Table(title=Text(title) if title else None, caption=Text(_caption(table, hidden, max_rows)))
     for name, need in columns:
         if _numeric(table, name):
             view.add_column(Text(name), justify="right", no_wrap=True, min_width=need)
-        else:
-            view.add_column(Text(name), no_wrap=True, overflow="ellipsis", max_width=need)
+        else:  # text columns share what numbers leave of the width, folding long values onto more lines
+            view.add_column(Text(name), overflow="fold", min_width=min(need, MIN_TEXT))
     for row in shown:
         view.add_row(
-            *([Text("⋮")] * len(columns) if row is None else [Text(cell(row[c], digits)) for c, _ in columns])
+            *(
+                [Text("⋮")] * len(columns)
+                if row is None
+                else [Text(cell(row[c], digits, max_cell)) for c, _ in columns]
+            )
         )
     return view
+
+
+def fit_columns(
+    table: pa.Table, names: list[str], texts: dict[str, list[str]], width: int
+) -> list[tuple[str, int]]:
+    """The columns shown, in order, with the width each needs: all of them when text columns can fold
+    into what numbers leave (at least ``MIN_TEXT`` characters each); else the leading ones that fit."""
+    needs = []
+    for name in names:
+        need = max([len(name)] + [len(t) for t in texts[name]])
+        needs.append((name, need if _numeric(table, name) else min(need, MAX_TEXT)))
+    shown, used = [], 1
+    for name, need in needs:
+        least = need if _numeric(table, name) else min(need, MIN_TEXT)
+        if used + least + 3 > width and shown:
+            break
+        shown.append((name, need))
+        used += least + 3
+    return shown
 
 
 def _numeric(table: pa.Table, name: str) -> bool:
@@ -122,9 +142,10 @@ def print_table(
     max_rows: int = MAX_ROWS,
     hoist_constants: bool = True,
     digits: int = 4,
+    max_cell: int | None = MAX_CELL,
 ) -> None:
     console = console or Console()
-    console.print(rich_table(table, title, console.width, max_rows, hoist_constants, digits))
+    console.print(rich_table(table, title, console.width, max_rows, hoist_constants, digits, max_cell))
 
 
 def csv_ready(table: pa.Table) -> pa.Table:

@@ -22,10 +22,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from layerlake.core.hashing import sha256_file
 from layerlake.warehouse import schema
 from layerlake.warehouse.errors import ShareError
-from layerlake.warehouse.manifest import CommitEntry, FileEntry
+from layerlake.warehouse.manifest import CommitEntry, FileEntry, file_problem
 from layerlake.warehouse.share.layout import (
     FORMAT,
     FORMAT_VERSION,
@@ -163,7 +162,8 @@ def _check_file(folder: Path, f: FileEntry, checksums: bool) -> list[Problem]:
         return [
             Problem(f.path, "is a symbolic link, not a file", "copy the folder with links resolved (cp -L)")
         ]
-    if not path.is_file():
+    problem = file_problem(path, f, verify_sha256=checksums)
+    if problem == "missing":
         return [
             Problem(
                 f.path,
@@ -171,19 +171,12 @@ def _check_file(folder: Path, f: FileEntry, checksums: bool) -> list[Problem]:
                 "copy the whole folder again (it is incomplete)",
             )
         ]
-    size = path.stat().st_size
-    if size != f.bytes:
+    if problem is not None:
         return [
             Problem(
                 f.path,
-                f"has {size} bytes, manifest.json says {f.bytes}",
+                f"does not match manifest.json: {problem}",
                 "copy the folder again (the file is damaged)",
-            )
-        ]
-    if checksums and sha256_file(path) != f.sha256:
-        return [
-            Problem(
-                f.path, "sha256 differs from manifest.json", "copy the folder again (the file is damaged)"
             )
         ]
     try:
