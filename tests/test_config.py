@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from layerlake.conf.compose import compose
-from layerlake.core.errors import ConfigError
 from layerlake.conf.schema import CONF_DIR, GROUPS
+from layerlake.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

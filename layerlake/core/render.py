@@ -27,6 +27,7 @@ MAX_COLUMNS = 14
 MAX_CELL = 40
 MAX_TEXT = 24  # what a text column asks for when deciding which columns fit
 MIN_TEXT = 10  # the narrowest a text column folds to
+MIN_HEADER = 8  # a number column's header folds down to this width
 
 
 def cell(value: object, digits: int = 4, max_cell: int | None = MAX_CELL) -> str:
@@ -74,7 +75,7 @@ def rich_table(
     view = Table(title=Text(title) if title else None, caption=Text(_caption(table, hidden, max_rows)))
     for name, need in columns:
         if _numeric(table, name):
-            view.add_column(Text(name), justify="right", no_wrap=True, min_width=need)
+            view.add_column(Text(name), justify="right", overflow="fold", min_width=need)
         else:  # text columns share what numbers leave of the width, folding long values onto more lines
             view.add_column(Text(name), overflow="fold", min_width=min(need, MIN_TEXT))
     for row in shown:
@@ -93,13 +94,13 @@ def fit_columns(
 ) -> list[tuple[str, int]]:
     """The columns shown, in order, with the width each needs: all of them when text columns can fold
     into what numbers leave (at least ``MIN_TEXT`` characters each); else the leading ones that fit."""
-    needs = []
-    for name in names:
-        need = max([len(name)] + [len(t) for t in texts[name]])
-        needs.append((name, need if _numeric(table, name) else min(need, MAX_TEXT)))
     shown, used = [], 1
-    for name, need in needs:
-        least = need if _numeric(table, name) else min(need, MIN_TEXT)
+    for name in names:
+        values = max([0] + [len(t) for t in texts[name]])
+        if _numeric(table, name):  # the values never fold; a long header may
+            need = least = max(values, min(len(name), MIN_HEADER))
+        else:
+            need, least = min(max(values, len(name)), MAX_TEXT), min(max(values, len(name)), MIN_TEXT)
         if used + least + 3 > width and shown:
             break
         shown.append((name, need))
