@@ -6,17 +6,22 @@ task's shards and appends its manifest entry, or records the task's failure and 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
 from layerlake.conf.schema import Config
-from layerlake.core.hashing import stable_hash
+from layerlake.core.choices import SuiteSource
+from layerlake.core.hashing import sha256_file, stable_hash
 from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress
-from layerlake.etl.task import ExtractTask, ProbeBatch
+from layerlake.etl.sources import WEIGHTS_FILE
+from layerlake.etl.task import ExtractTask, ProbeBatch, extract_run_id
+from layerlake.warehouse.runs import Run, RunKind, RunStatus, commit_run, committed_run, new_run
 from layerlake.warehouse.schema import PROBES
 from layerlake.warehouse.writer import Warehouse
 
@@ -46,47 +51,81 @@ def task_meta(task: ExtractTask) -> dict:
         "revision": ref.revision,
         "step": ref.step,
         "tokens_seen": ref.tokens_seen,
-        "source": ref.source,
-        "location": ref.location,
+        "source": str(ref.source),
+        "location": ref.stored_location,
         "probe_id": task.probe.probe_id,
         "config_hash": task.options.config_hash(),
         "code_version": task.code_version,
     }
 
 
+def probe_task_id(run_id: str, probe_id: str) -> str:
+    return "probe-" + stable_hash({"run_id": run_id, "probe": probe_id})[:14]
+
+
 def commit_probes(warehouse: Warehouse, plan: Plan, committed: dict) -> None:
-    """One ``probes`` row per (model, probe): the batch every checkpoint of the model saw."""
+    """One ``probes`` row per (run, probe): the batch every checkpoint of the run saw."""
     from layerlake.etl.probes import probe_row
 
     for model in plan.models:
-        task_id = (
-            "probe-" + stable_hash({"suite": plan.suite, "model": model, "probe": plan.probe.probe_id})[:14]
-        )
+        run_id = extract_run_id(plan.suite, model)
+        task_id = probe_task_id(run_id, plan.probe.probe_id)
         if task_id in committed and not warehouse.problems(committed[task_id]):
             continue
         table = pa.Table.from_pylist([probe_row(plan.probe)], schema=PROBES.arrow_schema())
-        warehouse.commit(task_id, plan.suite, model, {"probes": table}, probe_meta(plan.probe))
+        warehouse.commit(task_id, plan.suite, model, {"probes": table}, probe_meta(plan.probe), run_id=run_id)
 
 
 def probe_meta(probe: ProbeBatch) -> dict:
-    return {"kind": "probe", "probe_id": probe.probe_id, "source": probe.source, "rule": probe.rule}
+    return {"kind": "probe", "probe_id": probe.probe_id, "source": probe.source, "rule": str(probe.rule)}
+
+
+def start_runs(warehouse: Warehouse, plan: Plan, settings: Config) -> dict[str, Run]:
+    """The extraction run of every planned model, committed as running (started_at kept from before)."""
+    config = {"suite": dataclasses.asdict(settings.suite), "probe": dataclasses.asdict(settings.probe),
+              "extract": dataclasses.asdict(settings.extract)}  # fmt: skip
+    runs = {}
+    for model in plan.models:
+        run_id = extract_run_id(plan.suite, model)
+        before = committed_run(warehouse, run_id)
+        run = new_run(run_id, plan.suite, model, RunKind.extract, config, probe_id=plan.probe.probe_id)
+        if before is not None:
+            run = dataclasses.replace(run, started_at=before.started_at)
+        commit_run(warehouse, run)
+        runs[model] = run
+    return runs
+
+
+def end_runs(warehouse: Warehouse, runs: dict[str, Run], report: ExtractReport) -> None:
+    """Each extraction run as finished, or failed naming its failed checkpoints."""
+    failed: dict[str, list[str]] = {}
+    for label, error in report.failed:
+        failed.setdefault(label.split(" ")[0], []).append(f"{label}: {error}")
+    for model, run in runs.items():
+        errors = failed.get(model)
+        status = RunStatus.failed if errors else RunStatus.finished
+        commit_run(warehouse, run.ended(status, "; ".join(errors)[:2000] if errors else None))
 
 
 def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> None:
     task = outcome.task
     meta = task_meta(task)
+    ref = task.ref
     if outcome.result is None:
         meta["traceback"] = outcome.detail
-        warehouse.record_failure(task.task_id, task.ref.suite, task.ref.model, outcome.error or "", meta)
+        warehouse.record_failure(
+            task.task_id, ref.suite, ref.model, outcome.error or "", meta, run_id=ref.run_id
+        )
         report.failed.append((task_label(task), outcome.error or "unknown error"))
         return
     result = outcome.result
     meta |= {
         "weights_sha256": result.weights_sha256,
+        "weights_file": result.weights_file,
         "timings": result.timings,
         "placement": result.placement,
     }
-    warehouse.commit(task.task_id, task.ref.suite, task.ref.model, result.tables, meta)
+    warehouse.commit(task.task_id, ref.suite, ref.model, result.tables, meta, run_id=ref.run_id)
     report.committed.append(task_label(task))
 
 
@@ -109,15 +148,33 @@ def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, 
     ]
 
 
+def weights_unchanged(task: ExtractTask, recorded: dict) -> bool:
+    """Whether a local checkpoint's weights file is the one its committed rows were made from: the same
+    size and mtime (cheap), else the same sha256 (read once, e.g. after a copy that did not keep mtimes).
+    Hub checkpoints are named by their revision, which the hub does not change."""
+    if task.ref.source != SuiteSource.local or not recorded:
+        return True
+    path = Path(task.ref.location) / WEIGHTS_FILE
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return True  # nothing to compare with: keep the committed rows (the task would only fail)
+    if (stat.st_size, stat.st_mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")):
+        return True
+    return stat.st_size == recorded.get("size") and sha256_file(path) == recorded.get("sha256")
+
+
 def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int]:
-    """Tasks not yet committed, or committed with other extraction options (their rows get replaced),
-    or whose files no longer verify; and how many of them are replacements."""
+    """Tasks not yet committed, committed with other extraction options or from other weights (their
+    rows get replaced), or whose files no longer verify; and how many of them are replacements."""
     todo, replaced = [], 0
     for task in plan.tasks:
         entry = committed.get(task.task_id)
         if entry is None or warehouse.problems(entry):
             todo.append(task)
-        elif entry.meta.get("config_hash") != task.options.config_hash():
+        elif entry.meta.get("config_hash") != task.options.config_hash() or not weights_unchanged(
+            task, entry.meta.get("weights_file") or {}
+        ):
             todo.append(task)
             replaced += 1
     return todo, replaced
@@ -126,12 +183,14 @@ def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[lis
 def run_extract(settings: Config) -> ExtractReport:
     plan = make_plan(settings)
     warehouse = Warehouse(settings.paths.warehouse)
+    warehouse.check_version()
     report = ExtractReport(planned=len(plan.tasks))
     committed = warehouse.committed()  # the manifest, read once for the whole plan
     todo, report.replaced = tasks_to_run(warehouse, plan, committed)
     report.skipped = report.planned - len(todo)
     executor = make_executor(settings.executor) if todo else None  # fails (e.g. no ray) before any write
     try:
+        runs = start_runs(warehouse, plan, settings)
         commit_probes(warehouse, plan, committed)
         if executor is not None:
             per_model = Counter(t.ref.model for t in todo)
@@ -139,6 +198,7 @@ def run_extract(settings: Config) -> ExtractReport:
                 for outcome in executor.run(todo):
                     record(warehouse, outcome, report)
                     progress.advance(outcome)
+        end_runs(warehouse, runs, report)
     finally:
         if executor is not None:
             executor.close()

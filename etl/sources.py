@@ -30,8 +30,9 @@ from typing import Any
 
 from layerlake.conf.schema import ModelSpec, StepsConfig, SuiteConfig
 from layerlake.core.choices import Dtype, SuiteSource
+from layerlake.core.hashing import sha256_file
 from layerlake.etl.errors import CheckpointError, SuiteError
-from layerlake.etl.task import CheckpointRef
+from layerlake.etl.task import CheckpointRef, extract_run_id
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -89,6 +90,7 @@ class CheckpointSource:
             tokens_seen=step * self.suite.tokens_per_step,
             source=self.kind,
             location=location,
+            run_id=extract_run_id(self.suite.name, spec.name),
             trust_remote_code=self.suite.trust_remote_code,
             evict_after_use=self.suite.evict_after_use,
         )
@@ -103,16 +105,18 @@ class LocalSource(CheckpointSource):
         return self.suites_root / self.suite.name / model
 
     def available_steps(self, model: str) -> list[int]:
-        """Steps whose folder holds a weights file, ascending."""
+        """Steps that have a folder, ascending."""
         folder = self.model_dir(model)
         if not folder.is_dir():
             return []
-        steps = [_step_of(p.name) for p in folder.glob("step*") if (p / WEIGHTS_FILE).is_file()]
+        steps = [_step_of(p.name) for p in folder.glob("step*") if p.is_dir()]
         return sorted(s for s in steps if s is not None)
 
     def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
+        """A missing step folder fails the plan (a typo in the steps); a folder whose weights are
+        unusable (a pickle only, a truncated file) is planned, and fails its own task when loaded."""
         folder = self.model_dir(spec.name) / f"step{step}"
-        if not (folder / WEIGHTS_FILE).is_file():
+        if not folder.is_dir():
             available = self.available_steps(spec.name)
             raise CheckpointError(
                 f"checkpoint {folder} does not exist ({_nearest_text(step, available)})",
@@ -166,7 +170,8 @@ def load_checkpoint(ref: CheckpointRef, device: str = "cpu", dtype: str = "float
     import torch
 
     dtype = Dtype.parse(dtype, "executor.dtype")
-    model = _from_pretrained(ref, getattr(torch, dtype.value))
+    model, info = _from_pretrained(ref, getattr(torch, dtype.value))
+    check_loading_info(ref, info)
     model.eval()
     digest = weights_sha256(model)
     n_params = sum(p.numel() for p in model.parameters())
@@ -301,7 +306,12 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
                               fix="use source local or hf")  # fmt: skip
     try:
         return AutoModelForCausalLM.from_pretrained(
-            target, dtype=torch_dtype, trust_remote_code=ref.trust_remote_code, weights_only=True, **kwargs
+            target,
+            dtype=torch_dtype,
+            trust_remote_code=ref.trust_remote_code,
+            weights_only=True,
+            output_loading_info=True,
+            **kwargs,
         )
     except CheckpointError:
         raise
@@ -311,6 +321,40 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
             f"{type(error).__name__}: {_first_line(error)}{_cached_hint(ref)}",
             fix=fix,
         ) from error
+
+
+def check_loading_info(ref: CheckpointRef, info: dict) -> None:
+    """A checkpoint whose weights and config disagree fails, naming the mismatch: weights the config has
+    no place for (it declares fewer layers than the file holds) would be silently dropped, and parameters
+    the file lacks would be silently initialised at random."""
+    unexpected, missing = sorted(info.get("unexpected_keys") or ()), sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or ())
+    if not (unexpected or missing or mismatched):
+        return
+    parts = []
+    for what, keys in (
+        ("weights the config has no place for", unexpected),
+        ("parameters the weights lack", missing),
+        ("tensors of another shape", mismatched),
+    ):
+        if keys:
+            parts.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})")
+    raise CheckpointError(
+        f"checkpoint {ref.stored_location} ({ref.model} step {ref.step}): its config.json and its weights "
+        f"disagree: {'; '.join(parts)}",
+        fix="use the config.json the weights were saved with (num_hidden_layers, hidden_size ...)",
+    )  # fmt: skip
+
+
+def weights_file_fingerprint(ref: CheckpointRef) -> dict:
+    """For a local checkpoint, its weights file's size, mtime and sha256 (what the driver compares to
+    tell whether a committed checkpoint changed on disk); empty for a hub checkpoint (its revision is
+    content-addressed by the hub)."""
+    if ref.source != SuiteSource.local:
+        return {}
+    path = Path(ref.location) / WEIGHTS_FILE
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
 
 
 def hub_cache_dir() -> str:

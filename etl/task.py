@@ -24,8 +24,24 @@ class CheckpointRef:
     tokens_seen: int
     source: SuiteSource
     location: str  # local: absolute folder of the checkpoint; hf: the hub repo id
+    run_id: str = ""  # the run its rows belong to (default: extract_run_id(suite, model))
     trust_remote_code: bool = False
     evict_after_use: bool = False
+
+    @property
+    def stored_location(self) -> str:
+        """``location`` as it is stored: no path of this machine (``<suite>/<model>/<revision>`` for a
+        local folder, the repo id for the hub), so moving the data folder changes nothing stored."""
+        if self.source == SuiteSource.local:
+            return f"{self.suite}/{self.model}/{self.revision}"
+        return self.location
+
+
+def extract_run_id(suite: str, model: str) -> str:
+    """The run of a suite model whose checkpoints are extracted after the fact (``default_run_id``)."""
+    from layerlake.warehouse.writer import default_run_id
+
+    return default_run_id(suite, model)
 
 
 @dataclass(frozen=True)
@@ -101,15 +117,17 @@ class ExtractTask:
 
     @property
     def task_id(self) -> str:
-        """Deterministic: one checkpoint seen through one probe is one task, so a re-run finds (and
-        skips) what was committed before. The options are not part of it: extracting a checkpoint again
-        with other options replaces its rows (the driver compares ``options.config_hash()``)."""
+        """Deterministic, and made of content only (never a path): one checkpoint of one run seen
+        through one probe is one task, so a re-run finds (and skips) what was committed before, wherever
+        the data folder has moved. The options are not part of it: extracting a checkpoint again with
+        other options replaces its rows (the driver compares ``options.config_hash()``), and so does a
+        checkpoint whose weights changed (the driver compares the weights file's hash)."""
         return stable_hash(
             {
                 "suite": self.ref.suite,
                 "model": self.ref.model,
+                "run_id": self.ref.run_id,
                 "revision": self.ref.revision,
-                "location": self.ref.location,
                 "probe_id": self.probe.probe_id,
             }
         )[:20]
@@ -134,3 +152,4 @@ class TaskResult:
     timings: dict  # phase -> seconds: load, forward, backward, svd, total
     n_params: int = 0
     placement: dict = field(default_factory=dict)  # pid, Ray GPU ids, device: where it ran
+    weights_file: dict = field(default_factory=dict)  # local checkpoints: {"size", "mtime_ns", "sha256"}

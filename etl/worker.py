@@ -52,7 +52,7 @@ def checkpoint_row(task: ExtractTask, loaded) -> pa.Table:
         "step": task.ref.step,
         "tokens_seen": task.ref.tokens_seen,
         "source": task.ref.source,
-        "location": task.ref.location,
+        "location": task.ref.stored_location,
         "weights_sha256": loaded.weights_sha256,
         "n_params": loaded.n_params,
         "architecture": str(getattr(config, "model_type", "unknown")),
@@ -73,7 +73,7 @@ def run_task(task: ExtractTask) -> TaskResult:
     from transformers.utils import logging as hf_logging
 
     from layerlake.etl.extract import extract_from_model
-    from layerlake.etl.sources import load_checkpoint, release_checkpoint
+    from layerlake.etl.sources import load_checkpoint, release_checkpoint, weights_file_fingerprint
 
     hf_logging.disable_progress_bar()  # the extraction's own progress display reports each checkpoint
 
@@ -82,6 +82,7 @@ def run_task(task: ExtractTask) -> TaskResult:
     device = resolve_device(task.options.device)
     options = task.options if device == task.options.device else _with_device(task.options, device)
     start = time.perf_counter()
+    fingerprint = weights_file_fingerprint(task.ref)  # before loading: what the rows were made from
     loaded = load_checkpoint(task.ref, device=device, dtype=options.dtype)
     timings = {"load": time.perf_counter() - start}
     try:
@@ -100,6 +101,7 @@ def run_task(task: ExtractTask) -> TaskResult:
         tables=tables,
         timings=timings,
         n_params=loaded.n_params,
+        weights_file=fingerprint,
         placement=placement() | {"device": device},
     )
 

@@ -6,16 +6,16 @@
 -- uses: sketch_rows
 with ordered as (
     select
-        suite, model, site, layer, head, step, estimator, n, d,
+        suite, model, run_id, site, layer, head, step, estimator, n, d,
         lag(step) over w as previous_step,
         cka_normed(gram, lag(gram) over w, gram_norm, lag(gram_norm) over w) as cka
     from sketch_rows
-    window w as (partition by suite, model, site, layer, head, probe_id, n order by step)
+    window w as (partition by suite, model, run_id, site, layer, head, probe_id, n order by step)
 ),
 final as (
-    select suite, model, site, layer, head, previous_step, step, cka, estimator, n, d
+    select suite, model, run_id, site, layer, head, previous_step, step, cka, estimator, n, d
     from ordered
     where previous_step is not null
-    order by suite, model, site, layer, head nulls first, step
+    order by suite, model, run_id, site, layer, head nulls first, step
 )
 select * from final

@@ -7,6 +7,6 @@
 -- uses: cka_curves
 with final as (
     select * from cka_curves
-    order by suite, model, source, probe_id, site, layer, head nulls first, step
+    order by suite, model, run_id, source, probe_id, site, layer, head nulls first, step
 )
 select * from final

@@ -181,27 +181,49 @@ def content_sha256(table: pa.Table) -> str:
 def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict) -> list[Outcome]:
     """Commit validated ``rows`` (from ``validate``) model by model; returns what happened per model."""
     from layerlake.warehouse.layout import check_name
-    from layerlake.warehouse.writer import Warehouse
+    from layerlake.warehouse.runs import RunKind, RunStatus, new_run, prepare_run
+    from layerlake.warehouse.writer import Warehouse, discard
 
     check_name("source", source)
     check_name("suite", suite)
     models = sorted(set(rows.column("model").to_pylist()))
     for model in models:
         check_name("model", model)
+        check_name("run id", import_run_id(source, model))
     store = Warehouse(root)
-    outcomes = []
-    for model in models:
-        part = rows.filter(pc.equal(rows["model"], model)).drop_columns(["model"])
-        part = part.sort_by([(k, "ascending") for k in ("step", "layer", "site", "metric")])
-        part = part.append_column("source", pa.array([source] * part.num_rows, pa.string()))
-        task_id, digest = f"import.{source}.{model}", content_sha256(part)
-        if store.is_committed(task_id) and store.committed()[task_id].meta.get("content_sha256") == digest:
-            outcomes.append(Outcome(model, task_id, part.num_rows, "unchanged"))
-            continue
-        entry_meta = {**meta, "source": source, "content_sha256": digest, "kind": "import-metrics"}
-        store.commit(task_id, suite, model, {"imported_metrics": part}, entry_meta)
-        outcomes.append(Outcome(model, task_id, part.num_rows, "committed"))
+    store.check_version()
+    outcomes, prepared = [], []
+    try:
+        for model in models:
+            part = rows.filter(pc.equal(rows["model"], model)).drop_columns(["model"])
+            part = part.sort_by([(k, "ascending") for k in ("step", "layer", "site", "metric")])
+            part = part.append_column("source", pa.array([source] * part.num_rows, pa.string()))
+            task_id, digest = f"import.{source}.{model}", content_sha256(part)
+            if (
+                store.is_committed(task_id)
+                and store.committed()[task_id].meta.get("content_sha256") == digest
+            ):
+                outcomes.append(Outcome(model, task_id, part.num_rows, "unchanged"))
+                continue
+            entry_meta = {**meta, "source": source, "content_sha256": digest, "kind": "import-metrics"}
+            run_id = import_run_id(source, model)
+            prepared.append(
+                store.prepare(task_id, suite, model, {"imported_metrics": part}, entry_meta, run_id=run_id)
+            )
+            run = new_run(run_id, suite, model, RunKind.imported, {"source": source, **meta})
+            prepared.append(prepare_run(store, run.ended(RunStatus.finished)))
+            outcomes.append(Outcome(model, task_id, part.num_rows, "committed"))
+    except BaseException:
+        discard([s for _, staged in prepared for s in staged])
+        raise
+    if prepared:
+        store.publish(prepared)  # every model at once: one manifest line, all of them or none
     return outcomes
+
+
+def import_run_id(source: str, model: str) -> str:
+    """The run imported metrics of one model from one source belong to: ``<source>.<model>``."""
+    return f"{source}.{model}"
 
 
 def parse_site_map(pairs: list[str], defaults: bool) -> dict[str, str]:

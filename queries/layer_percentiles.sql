@@ -7,7 +7,7 @@
 -- uses: cka_curves
 with percentiles as (
     select
-        suite, model, source, probe_id, site, step,
+        suite, model, run_id, source, probe_id, site, step,
         count(cka) as n_layers,
         quantile_cont(cka, 0.10) as p10,
         quantile_cont(cka, 0.25) as p25,
@@ -15,10 +15,10 @@ with percentiles as (
         quantile_cont(cka, 0.75) as p75,
         quantile_cont(cka, 0.90) as p90
     from cka_curves
-    group by suite, model, source, probe_id, site, step
+    group by suite, model, run_id, source, probe_id, site, step
 ),
 final as (
     select * from percentiles
-    order by suite, model, source, probe_id, site, step
+    order by suite, model, run_id, source, probe_id, site, step
 )
 select * from final

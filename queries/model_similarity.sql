@@ -19,7 +19,8 @@ chosen as (
 ),
 pairs as (
     select
-        a.suite, a.step, a.site, a.model as model_a, a.layer as layer_a, b.model as model_b, b.layer as layer_b,
+        a.suite, a.step, a.site, a.model as model_a, a.run_id as run_a, a.layer as layer_a,
+        b.model as model_b, b.run_id as run_b, b.layer as layer_b,
         cka_normed(a.gram, b.gram, a.gram_norm, b.gram_norm) as cka
     from sketch_rows as a
     join chosen as c on c.suite = a.suite and c.step = a.step
@@ -29,6 +30,6 @@ pairs as (
 ),
 final as (
     select * from pairs
-    order by suite, site, model_a, model_b, layer_a, layer_b
+    order by suite, site, model_a, run_a, model_b, run_b, layer_a, layer_b
 )
 select * from final

@@ -14,50 +14,50 @@ with site_matrix(site, matrix) as (
     values ('ov', 'ov'), ('mlp_out', 'dense_4h_to_h'), ('attn_out', 'dense'), ('qkv_last_third', 'query_key_value')
 ),
 last_step as (
-    select suite, model, tensor, max(step) as step
+    select suite, model, run_id, tensor, max(step) as step
     from spectra_ranks
-    group by suite, model, tensor
+    group by suite, model, run_id, tensor
 ),
 final_per as (
-    select r.suite, r.model, r.tensor, r.matrix, r.layer, avg(r.per) as per
+    select r.suite, r.model, r.run_id, r.tensor, r.matrix, r.layer, avg(r.per) as per
     from spectra_ranks as r
-    join last_step as l using (suite, model, tensor, step)
-    group by r.suite, r.model, r.tensor, r.matrix, r.layer
+    join last_step as l using (suite, model, run_id, tensor, step)
+    group by r.suite, r.model, r.run_id, r.tensor, r.matrix, r.layer
 ),
 layers as (
     select
-        s.suite, s.model, s.source, s.probe_id, s.site, p.tensor, s.layer, p.per, s.mean_cka,
+        s.suite, s.model, s.run_id, s.source, s.probe_id, s.site, p.tensor, s.layer, p.per, s.mean_cka,
         coalesce(s.stabilisation_fraction, 'infinity'::double) as stabilisation_order
     from layer_stabilisation as s
     join site_matrix as m using (site)
-    join final_per as p on p.suite = s.suite and p.model = s.model and p.matrix = m.matrix and p.layer = s.layer
+    join final_per as p on p.suite = s.suite and p.model = s.model and p.run_id = s.run_id and p.matrix = m.matrix and p.layer = s.layer
     where s.head is null
 ),
 ranked as (
     select
         *,
-        rank() over (partition by suite, model, source, probe_id, site, tensor order by per)
-            + (count(*) over (partition by suite, model, source, probe_id, site, tensor, per) - 1) / 2.0 as per_rank,
-        rank() over (partition by suite, model, source, probe_id, site, tensor order by stabilisation_order)
-            + (count(*) over (partition by suite, model, source, probe_id, site, tensor, stabilisation_order) - 1) / 2.0
+        rank() over (partition by suite, model, run_id, source, probe_id, site, tensor order by per)
+            + (count(*) over (partition by suite, model, run_id, source, probe_id, site, tensor, per) - 1) / 2.0 as per_rank,
+        rank() over (partition by suite, model, run_id, source, probe_id, site, tensor order by stabilisation_order)
+            + (count(*) over (partition by suite, model, run_id, source, probe_id, site, tensor, stabilisation_order) - 1) / 2.0
             as stabilisation_rank,
-        per > median(per) over (partition by suite, model, source, probe_id, site, tensor) as good_per,
-        mean_cka > median(mean_cka) over (partition by suite, model, source, probe_id, site, tensor) as good_cka
+        per > median(per) over (partition by suite, model, run_id, source, probe_id, site, tensor) as good_per,
+        mean_cka > median(mean_cka) over (partition by suite, model, run_id, source, probe_id, site, tensor) as good_cka
     from layers
 ),
 per_model as (
     select
-        suite, model, source, probe_id, site, tensor,
+        suite, model, run_id, source, probe_id, site, tensor,
         count(*) as n_layers,
         nullif(corr(per_rank, stabilisation_rank), 'nan'::double) as spearman,  -- NULL, not NaN, for < 2 layers or all ties
         avg(case when good_per = good_cka then 1.0 else 0.0 end) as agreement,
         median(per) as median_per,
         median(mean_cka) as median_mean_cka
     from ranked
-    group by suite, model, source, probe_id, site, tensor
+    group by suite, model, run_id, source, probe_id, site, tensor
 ),
 final as (
     select * from per_model
-    order by suite, model, source, probe_id, site, tensor
+    order by suite, model, run_id, source, probe_id, site, tensor
 )
 select * from final

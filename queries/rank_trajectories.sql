@@ -6,6 +6,6 @@
 -- uses: spectra_ranks
 with final as (
     select * from spectra_ranks
-    order by suite, model, tensor, matrix, layer, head nulls first, step
+    order by suite, model, run_id, tensor, matrix, layer, head nulls first, step
 )
 select * from final

@@ -7,6 +7,6 @@
 -- uses: layer_stabilisation
 with final as (
     select * from layer_stabilisation
-    order by suite, model, source, probe_id, site, layer, head nulls first
+    order by suite, model, run_id, source, probe_id, site, layer, head nulls first
 )
 select * from final

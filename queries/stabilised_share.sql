@@ -8,17 +8,17 @@
 -- uses: layer_stabilisation
 with per_model as (
     select
-        suite, model, source, probe_id, site,
+        suite, model, run_id, source, probe_id, site,
         count(*) as n_layers,
         count(*) filter (where stabilisation_fraction <= $by_fraction) as n_stabilised,
         count(*) filter (where stabilisation_fraction <= $by_fraction) / count(*)::double as share_stabilised,
         median(stabilisation_fraction) as median_stabilisation_fraction,
         count(*) filter (where stabilisation_step is null) as n_never
     from layer_stabilisation
-    group by suite, model, source, probe_id, site
+    group by suite, model, run_id, source, probe_id, site
 ),
 final as (
     select * from per_model
-    order by suite, model, source, probe_id, site
+    order by suite, model, run_id, source, probe_id, site
 )
 select * from final

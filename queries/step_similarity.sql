@@ -11,21 +11,21 @@
 -- grain: one row per (step_a, step_b)
 -- plot: heatmap x=step_a y=step_b value=cka panels=model
 with sketch as (
-    select suite, model, step, probe_id, n, gram, gram_norm
+    select suite, model, run_id, step, probe_id, n, gram, gram_norm
     from sketches
     where model = $model and layer = $layer and site = $site and head is not distinct from $head
         and estimator = $estimator and kernel = $kernel and ($suite is null or suite = $suite)
 ),
 pairs as (
     select
-        a.suite, a.model, a.step as step_a, b.step as step_b,
+        a.suite, a.model, a.run_id, a.step as step_a, b.step as step_b,
         cka_normed(a.gram, b.gram, a.gram_norm, b.gram_norm) as cka
     from sketch as a
-    join sketch as b on a.suite = b.suite and a.probe_id = b.probe_id and a.n = b.n
+    join sketch as b on a.suite = b.suite and a.run_id = b.run_id and a.probe_id = b.probe_id and a.n = b.n
 ),
 final as (
-    select suite, model, $layer as layer, $site as site, step_a, step_b, cka
+    select suite, model, run_id, $layer as layer, $site as site, step_a, step_b, cka
     from pairs
-    order by suite, step_a, step_b
+    order by suite, model, run_id, step_a, step_b
 )
 select * from final

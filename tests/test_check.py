@@ -66,13 +66,15 @@ def test_non_finite_missing_layer_duplicate_weights_and_tokens(good, capsys):
 
 def test_verify_files_catches_a_changed_byte(good, capsys):
     entry = good.committed()["t0"]
-    path = good.root / entry.files[0].path
+    sketches = next(f for f in entry.files if f.table == "sketches")
+    path = good.root / sketches.path
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert check(["--root", str(good.root)]) == 0  # sizes still match
     assert check(["--root", str(good.root), "--verify-files"]) == 1
     assert "sha256 differs" in capsys.readouterr().out
+    assert check(["--root", str(good.root)]) == 1  # the sizes match, but the damaged file cannot be read
+    assert "FAIL" in capsys.readouterr().out
 
 
 def test_allow_turns_an_audit_into_a_warning(good, capsys):

@@ -34,9 +34,7 @@ def test_empty_warehouse_has_typed_empty_views(tmp_path):
     con = warehouse.connect(tmp_path)
     for table in schema.TABLES.values():
         described = con.sql(f"describe {table.name}").fetchall()
-        want = [(p, "VARCHAR") for p in schema.PARTITION_COLUMNS] + [
-            (c.name, duck_type(c.type)) for c in table.columns
-        ]
+        want = [(c.name, duck_type(c.type)) for c in table.all_columns]
         assert [(r[0], r[1]) for r in described] == want
         assert con.sql(f"select count(*) from {table.name}").fetchall() == [(0,)]
     assert con.sql("select count(*) from manifest").fetchall() == [(0,)]
@@ -48,12 +46,12 @@ def test_views_show_only_committed_shards(tmp_path, monkeypatch):
     commit(w, "70m", 0, "a")
     commit(w, "070", 1, "b")
     # A stray file in the tree (a copy of a real shard) and an orphan are invisible.
-    src = tmp_path / "sketches" / "suite=s" / "model=70m" / "part-a.parquet"
-    shutil.copy(src, src.with_name("part-stray.parquet"))
+    (src,) = (tmp_path / "sketches" / "s" / "70m").glob("a-*.parquet")
+    shutil.copy(src, src.with_name("stray-0000000000000000.parquet"))
     monkeypatch.chdir("/")  # views hold absolute paths
     con = warehouse.connect(tmp_path)
     rows = con.sql("select model, step from sketches order by step").fetchall()
-    assert rows == [("70m", 0), ("070", 1)]  # '070' stays text: partitions are VARCHAR
+    assert rows == [("70m", 0), ("070", 1)]  # '070' stays text
     assert con.sql("select count(*) from spectra").fetchall() == [(2,)]
     assert con.sql("select count(*) from manifest where table_name = 'sketches'").fetchall() == [(2,)]
     assert con.sql("select typeof(gram), typeof(step), typeof(layer) from sketches limit 1").fetchall() == [
@@ -133,17 +131,13 @@ def view_text(con, name: str) -> str:
     return con.sql("select sql from duckdb_views() where view_name = ?", params=[name]).fetchall()[0][0]
 
 
-def test_union_by_name_only_when_schema_versions_mix(tmp_path):
+def test_a_warehouse_of_an_older_schema_names_the_migration(tmp_path):
     w = Warehouse(tmp_path)
     commit(w, "m1", 0, "t0")
-    commit(w, "m1", 10, "t1")
-    assert "union_by_name = false" in view_text(warehouse.connect(tmp_path), "sketches")
-
     manifest = tmp_path / "_manifest" / "commits.jsonl"
     lines = manifest.read_text().splitlines()
-    lines[0] = lines[0].replace(f'"schema_version":{schema.SCHEMA_VERSION}', '"schema_version":0')
-    assert lines[0] != manifest.read_text().splitlines()[0]
+    lines[0] = lines[0].replace(f'"schema_version":{schema.SCHEMA_VERSION}', '"schema_version":1')
     manifest.write_text("\n".join(lines) + "\n")
-    con = warehouse.connect(tmp_path)
-    assert "union_by_name = true" in view_text(con, "sketches")
-    assert con.sql("select count(distinct step) from sketches").fetchall() == [(2,)]
+    with pytest.raises(WarehouseError, match="older layerlake") as error:
+        warehouse.connect(tmp_path)
+    assert "layerlake migrate" in error.value.fix

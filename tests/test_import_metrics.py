@@ -53,8 +53,16 @@ def test_import_maps_sites_and_commits_per_model(tmp_path, capsys):
     assert {r[5] for r in rows} == {"ov", "mlp_out", "qkv_last_third"}
     assert {(r[0], r[2]) for r in rows} == {("pythia", "paper")}
     assert ("pythia", "pythia-160m-deduped", "paper", 0, 0, "ov", "weight_magnitudes", None) in rows
-    tasks = con.sql("select distinct task_id from manifest order by 1").fetchall()
+    tasks = con.sql(
+        "select distinct task_id from manifest where table_name = 'imported_metrics' order by 1"
+    ).fetchall()
     assert tasks == [("import.paper.pythia-160m-deduped",), ("import.paper.pythia-70m-deduped",)]
+    runs = con.sql("select run_id, kind, status from runs order by 1").fetchall()
+    assert runs == [
+        ("paper.pythia-160m-deduped", "import", "finished"),
+        ("paper.pythia-70m-deduped", "import", "finished"),
+    ]
+    assert len(manifest_lines(tmp_path)) == 1  # both models and their runs in one line: all or nothing
     assert "committed" in capsys.readouterr().out
 
 
@@ -67,7 +75,9 @@ def test_reimport_is_a_noop_and_a_change_replaces(tmp_path, capsys):
     assert "unchanged" in capsys.readouterr().out
     changed = [(*r[:5], 0.3) if r[1] == 0 and r[0] == "pythia-70m-deduped" else r for r in ROWS]
     assert run(tmp_path, str(write_csv(tmp_path / "m2.csv", changed))) == 0
-    assert len(manifest_lines(tmp_path)) == len(before) + 1  # only the changed model is re-committed
+    assert (
+        len(manifest_lines(tmp_path)) == len(before) + 1
+    )  # only the changed model is re-committed (one line)
     con = warehouse.connect(tmp_path / "wh")
     assert con.sql("select count(*) from imported_metrics").fetchall() == [(len(ROWS),)]
     values = con.sql(
@@ -109,7 +119,7 @@ def test_parquet_input_with_site_column(tmp_path):
         (HEADER, [("a", 0, 0, "s", "m", "high")], "column 'value' must hold numbers"),
         (HEADER, [("", 0, 0, "s", "m", 1.0)], "column 'model' must hold non-empty text"),
         (HEADER, [ROWS[0], ROWS[0]], "1 (model, step, layer, site, metric) key(s) appear more than once"),
-        (HEADER, [("a/b", 0, 0, "s", "m", 1.0)], "model 'a/b' cannot name a warehouse partition"),
+        (HEADER, [("a/b", 0, 0, "s", "m", 1.0)], "model 'a/b' cannot name a warehouse folder or file"),
     ],
 )
 def test_invalid_files_write_nothing(tmp_path, capsys, header, rows, message):

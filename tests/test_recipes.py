@@ -27,7 +27,10 @@ def connection(inputs: dict[str, list[dict]]) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with one view per warehouse table (fixture rows, or empty) and the macros."""
     con = duckdb.connect(config=CONFIG)
     for name, spec in schema.TABLES.items():
-        table = pa.Table.from_pylist(inputs.get(name, []), schema=spec.arrow_schema(with_partitions=True))
+        rows = [
+            {"run_id": f"{r['suite']}.{r['model']}", **r} for r in inputs.get(name, [])
+        ]  # the default run
+        table = pa.Table.from_pylist(rows, schema=spec.file_schema())
         con.register(name, table)
     macros.install(con)
     return con

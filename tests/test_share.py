@@ -143,7 +143,9 @@ def test_dataset_card_header_declares_one_config_per_table(exported):
     assert text.startswith("---\n")
     header = yaml.safe_load(text.split("---\n")[1])
     configs = {c["config_name"]: c["data_files"] for c in header["configs"]}
-    assert configs == {t: f"{t}/**/*.parquet" for t in schema.TABLES if t != "imported_metrics"}
+    assert configs == {
+        t: f"{t}/**/*.parquet" for t in schema.TABLES if t not in ("imported_metrics", "runs", "scalars")
+    }
     body = text.split("---\n", 2)[2]
     for needle in ("m1", "m2", "0, 10, 20", "attn_out", "mlp_out", "biased", "read_parquet(", "```sql"):
         assert needle in body, needle
@@ -158,7 +160,7 @@ def test_croissant_describes_every_table_and_column(exported):
     manifest = json.loads((exported / "manifest.json").read_text())
     assert set(sets) == set(manifest["tables"])
     for name, fields in sets.items():
-        assert fields == ["suite", "model", *schema.table(name).column_names]
+        assert fields == [c.name for c in schema.table(name).all_columns]
     assert {d["includes"] for d in meta["distribution"]} == {f"{t}/**/*.parquet" for t in sets}
 
 
@@ -244,7 +246,7 @@ def test_same_key_with_other_values_is_refused_naming_the_rows(exported, tmp_pat
     with pytest.raises(ShareError) as error:
         import_dataset(exported, target)
     text = str(error.value)
-    assert "sketches suite=toy model=m2 step=10" in text and "layer=0 site=attn_out" in text
+    assert "sketches suite=toy model=m2 run_id=toy.m2 step=10" in text and "layer=0 site=attn_out" in text
     assert "differs in gram, gram_norm" in text and "nothing was imported" in text
     assert error.value.fix
     assert tree_hash(target) == before

@@ -20,7 +20,8 @@ from layerlake.core.hashing import sha256_file
 from layerlake.warehouse.errors import ShareError
 from layerlake.warehouse.share import attach, export_dataset, import_dataset
 
-SHARD = "sketches/suite=toy/model=m1/part-t-m1-10.parquet"
+SHARD = ""  # the sketches file of task t-m1-10, found in the exported folder (its name holds its hash)
+EXTRA = "sketches/toy/m1/extra-0000000000000000.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,9 @@ def good(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("faults")
     build_warehouse(base / "source", models=("m1",), steps=(0, 10))
     export_dataset(base / "source", base / "good")
+    global SHARD
+    (path,) = (base / "good" / "sketches" / "toy" / "m1").glob("t-m1-10-*.parquet")
+    SHARD = path.relative_to(base / "good").as_posix()
     return base / "good"
 
 
@@ -51,7 +55,7 @@ def missing_file(folder: Path) -> None:
 
 
 def extra_file(folder: Path) -> None:
-    shutil.copy(folder / SHARD, folder / "sketches/suite=toy/model=m1/part-extra.parquet")
+    shutil.copy(folder / SHARD, folder / EXTRA)
 
 
 def truncated(folder: Path) -> None:
@@ -79,8 +83,8 @@ FAULTS = {
     flip_byte: ("sha256 differs", "copy the folder again"),
     missing_file: ("missing", "copy the whole folder again"),
     extra_file: (
-        "part-extra.parquet: is not listed",
-        "delete sketches/suite=toy/model=m1/part-extra.parquet",
+        "extra-0000000000000000.parquet: is not listed",
+        f"delete {EXTRA}",
     ),
     truncated: ("not a readable Parquet file", "copy the folder again"),
     lying_rows: ("holds 4 rows, manifest.json says 5", "export it again"),
@@ -100,7 +104,7 @@ def test_fault_is_refused_named_and_changes_nothing(fault, good, tmp_path, capsy
     with pytest.raises(ShareError) as error:
         import_dataset(folder, local)
     assert what in error.value.message and fix in error.value.fix
-    assert (SHARD if fault is not extra_file else "part-extra.parquet") in error.value.message
+    assert (SHARD if fault is not extra_file else EXTRA) in error.value.message
     assert main(["share", "import", str(folder), "--root", str(local)]) == 2
     err = capsys.readouterr().err
     assert what in err and "fix:" in err

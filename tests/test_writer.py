@@ -20,7 +20,7 @@ from layerlake.warehouse import schema
 from layerlake.warehouse.errors import WarehouseError
 from layerlake.warehouse.manifest import read_entries
 from layerlake.warehouse.synthetic import checkpoint_tables
-from layerlake.warehouse.writer import Warehouse
+from layerlake.warehouse.writer import HOST, Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,15 +40,18 @@ def test_commit_writes_shards_and_manifest(tmp_path):
     assert {f.table for f in entry.files} == {"checkpoints", "sketches", "spectra"}
     for f in entry.files:
         path = tmp_path / f.path
-        assert f.path == f"{f.table}/suite=s/model=m/part-t0.parquet"
+        assert f.path == f"{f.table}/s/m/t0-{f.sha256[:16]}.parquet"  # named by its content
         assert path.stat().st_size == f.bytes and sha256_file(path) == f.sha256
         meta = pq.read_schema(path).metadata
         assert meta[b"layerlake.schema_version"] == str(schema.SCHEMA_VERSION).encode()
         assert meta[b"layerlake.task_id"] == b"t0"
         assert pq.read_metadata(path).row_group(0).column(0).compression == "ZSTD"
-        assert pq.read_table(path).num_rows == f.rows
+        stored = pq.read_table(path)
+        assert stored.num_rows == f.rows and stored.column_names[:3] == ["suite", "model", "run_id"]
+        assert set(stored.column("run_id").to_pylist()) == {"s.m"}  # the suite model's own run by default
     line = json.loads((tmp_path / "_manifest" / "commits.jsonl").read_text().splitlines()[0])
-    assert line["status"] == "ok" and line["meta"]["config_hash"] == "c1" and line["schema_version"] == 1
+    assert line["status"] == "ok" and line["meta"]["config_hash"] == "c1" and line["schema_version"] == 2
+    assert line["run_id"] == "s.m"
     assert set(line["files"][0]) == {"table", "path", "sha256", "rows", "bytes"}
     assert w.is_committed("t0") and not w.is_committed("other")
     assert list(os.listdir(tmp_path / "_staging")) == []
@@ -135,13 +138,19 @@ def test_torn_last_line_is_ignored_then_repaired(tmp_path):
 def test_gc_removes_staging_leftovers_and_orphans(tmp_path):
     w = Warehouse(tmp_path)
     w.commit("t0", "s", "m", tables(0), {})
-    (tmp_path / "_staging" / "sketches.tX.abc.parquet.tmp").write_bytes(b"partial")
-    orphan = tmp_path / "sketches" / "suite=s" / "model=m" / "part-orphan.parquet"
+    dead = tmp_path / "_staging" / f"{HOST}.{2**22 + 12345}.abc.sketches.tmp"  # a pid above Linux's pid_max
+    dead.write_bytes(b"partial")
+    live = tmp_path / "_staging" / f"{HOST}.{os.getpid()}.def.sketches.tmp"  # this process: a live writer
+    live.write_bytes(b"writing")
+    orphan = tmp_path / "sketches" / "s" / "m" / f"orphan-{'0' * 16}.parquet"
     orphan.write_bytes(b"x")
-    assert len(w.gc(dry_run=True)) == 2 and orphan.exists()
-    removed = w.gc()
-    assert {p.name for p in removed} == {"sketches.tX.abc.parquet.tmp", "part-orphan.parquet"}
-    assert not orphan.exists() and w.is_committed("t0")
+    assert len(w.gc(dry_run=True, grace_s=0)) == 2 and orphan.exists()
+    assert (
+        w.gc() == [dead] and orphan.exists()
+    )  # a fresh orphan is kept for a grace period (a reader may need it)
+    removed = w.gc(grace_s=0)
+    assert [p.name for p in removed] == [orphan.name]
+    assert not orphan.exists() and live.exists() and w.is_committed("t0")
 
 
 def test_is_committed_false_when_a_file_is_gone(tmp_path):
@@ -155,7 +164,7 @@ LOOP = """
 import sys
 import numpy as np
 from layerlake.warehouse.synthetic import checkpoint_tables
-from layerlake.warehouse.writer import Warehouse
+from layerlake.warehouse.writer import HOST, Warehouse
 w = Warehouse(sys.argv[1])
 rng = np.random.default_rng(0)
 for i in range(100000):

@@ -22,7 +22,7 @@ import pyarrow.compute  # noqa: F401 (pa.compute)
 
 from layerlake.core.choices import OutputFormat
 from layerlake.core.duck import read_only_statement
-from layerlake.core.errors import SqlError
+from layerlake.core.errors import LayerlakeError, SqlError
 from layerlake.core.render import print_table, write_table
 from layerlake.warehouse import schema
 from layerlake.warehouse.audits import file_problems, load_audits, run_audit
@@ -75,10 +75,7 @@ def describe_views(con: Any) -> pa.Table:
     """One row per (view, column): DuckDB's type and the contract's doc."""
     rows = []
     for view in [*schema.TABLES, "manifest", "failures"]:
-        docs = {c.name: c.doc for c in schema.TABLES[view].columns} if view in schema.TABLES else {}
-        docs.update(
-            {p: "hive partition: " + p for p in schema.PARTITION_COLUMNS} if view in schema.TABLES else {}
-        )
+        docs = {c.name: c.doc for c in schema.TABLES[view].all_columns} if view in schema.TABLES else {}
         for name, type_, *_ in con.sql(f"DESCRIBE {view}").fetchall():
             rows.append({"view": view, "column": name, "type": type_, "doc": docs.get(name, "")})
     return pa.Table.from_pylist(rows)
@@ -204,16 +201,66 @@ def check(argv: list[str]) -> int:
     parser.add_argument("--max-rows", type=int, default=20, help="offending rows shown per audit")
     args = parser.parse_args(argv)
     root = _resolve(args.root)
-    con = connect(root, read_only=True)
-    results = [
+    results = house_checks(root, args.verify_files)
+    try:
+        con = connect(root, read_only=True)
+    except LayerlakeError as error:
+        results.append(
+            ("views", "the tables can be read", _rows([{"what": str(root), "problem": error.message}]))
+        )
+        return report(results, set(args.allow), args.max_rows)
+    for audit in audits:
+        try:
+            rows = run_audit(con, audit)
+        except QueryError as error:  # a file the footer check passed but whose pages do not decode
+            rows = _rows([{"what": audit.name, "problem": error.message}])
+        results.append((audit.name, audit.description, rows))
+    return report(results, set(args.allow), args.max_rows)
+
+
+def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Table]]:
+    """What ``check`` finds beside the audits: files against the manifest, stale staging leftovers,
+    tasks of an older schema version, runs left running by a process that is gone."""
+    from layerlake.warehouse.runs import stale_runs
+    from layerlake.warehouse.writer import Warehouse
+
+    store = Warehouse(root)
+    staging = [
+        {"what": str(p.relative_to(root)), "problem": "left by a writer that is gone"}
+        for p in store.stale_staging()
+    ]
+    outdated = [
+        {
+            "what": e.task_id,
+            "problem": f"schema version {e.schema_version}; run `layerlake migrate --root {root}`",
+        }
+        for e in store.outdated()
+    ]
+    killed = [
+        {
+            "what": run.run_id,
+            "problem": f"status running, but its process {run.pid} on {run.host} is gone (killed)",
+        }
+        for run in stale_runs(store)
+    ]
+    return [
         (
             "manifest_files",
             "committed files missing or not matching the manifest",
-            file_problems(root, args.verify_files),
-        )
+            file_problems(root, verify_files),
+        ),
+        (
+            "staging_leftovers",
+            "files of writers that died while writing (the next commit removes them)",
+            _rows(staging),
+        ),
+        ("schema_version", "tasks written by an older layerlake", _rows(outdated)),
+        ("killed_runs", "runs whose process ended without finishing them", _rows(killed)),
     ]
-    results += [(a.name, a.description, run_audit(con, a)) for a in audits]
-    return report(results, set(args.allow), args.max_rows)
+
+
+def _rows(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=pa.schema([("what", pa.string()), ("problem", pa.string())]))
 
 
 def report(results: list[tuple[str, str, pa.Table]], allowed: set[str], max_rows: int) -> int:

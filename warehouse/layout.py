@@ -1,10 +1,14 @@
 """Where things live under a warehouse root (and inside a shared dataset folder): the one path rule.
 
-    <root>/<table>/suite=<suite>/model=<model>/part-<task_id>.parquet    a committed shard
-    <root>/_manifest/commits.jsonl                                       the commit log
-    <root>/_staging/                                                     shards being written; never read
+    <root>/<table>/<suite>/<model>/<task_id>-<digest>.parquet    a committed shard (digest: the first 16
+                                                                  hex digits of the file's sha256)
+    <root>/_manifest/commits.jsonl                               the commit log
+    <root>/_staging/                                             files being written; never read
 
-``suite``, ``model`` and ``task_id`` become path components, so they are restricted to plain names.
+A shard's name carries its content hash, so a commit never overwrites a file that a manifest entry
+lists: replacing a task's rows writes new files, and the manifest line that lists them is the switch.
+``suite``, ``model`` and ``task_id`` become path components, so they are restricted to plain names of
+at most ``MAX_NAME`` characters.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from layerlake.warehouse.errors import WarehouseError
 
 MANIFEST_DIR = "_manifest"
 STAGING_DIR = "_staging"
+MAX_NAME = 128  # a path component of at most this many characters (file systems allow 255 bytes)
 NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
 _NAME = re.compile(rf"^{NAME}$")
 _SHARD = re.compile(
-    rf"^(?P<table>[a-z_]+)/suite=(?P<suite>{NAME})/model=(?P<model>{NAME})/part-(?P<task>{NAME})\.parquet$"
+    rf"^(?P<table>[a-z_]+)/(?P<suite>{NAME})/(?P<model>{NAME})/(?P<task>{NAME})-(?P<digest>[0-9a-f]{{16}})\.parquet$"
 )
 
 
@@ -31,23 +36,26 @@ class ShardName:
     suite: str
     model: str
     task_id: str
+    digest: str
 
 
 def check_name(kind: str, value: str) -> str:
     """``value`` if it is safe as a path component; a ``WarehouseError`` otherwise."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.match(value) or len(value) > MAX_NAME:
+        shown = value if not isinstance(value, str) or len(value) <= 60 else f"{value[:57]}..."
         raise WarehouseError(
-            f"{kind} {value!r} cannot name a warehouse partition or file",
-            fix=f"use letters, digits, '.', '_', '+' or '-' for the {kind} (no '/', '=' or spaces)",
+            f"{kind} {shown!r} cannot name a warehouse folder or file",
+            fix=f"use at most {MAX_NAME} letters, digits, '.', '_', '+' or '-' for the {kind} "
+            "(no '/', '=' or spaces)",
         )
     return value
 
 
-def shard_path(table: str, suite: str, model: str, task_id: str) -> str:
-    """``<table>/suite=<s>/model=<m>/part-<task>.parquet`` (posix, relative to the root)."""
+def shard_path(table: str, suite: str, model: str, task_id: str, sha256: str) -> str:
+    """``<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet`` (posix, relative to the root)."""
     for kind, value in (("suite", suite), ("model", model), ("task id", task_id)):
         check_name(kind, value)
-    return f"{table}/suite={suite}/model={model}/part-{task_id}.parquet"
+    return f"{table}/{suite}/{model}/{task_id}-{sha256[:16]}.parquet"
 
 
 def parse_shard_path(path: str) -> ShardName | None:
@@ -55,4 +63,4 @@ def parse_shard_path(path: str) -> ShardName | None:
     match = _SHARD.match(path)
     if match is None or ".." in path.split("/"):
         return None
-    return ShardName(match["table"], match["suite"], match["model"], match["task"])
+    return ShardName(match["table"], match["suite"], match["model"], match["task"], match["digest"])

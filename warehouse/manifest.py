@@ -7,10 +7,12 @@ ignore it, and the next writer truncates it away (``repair``) before appending.
 
 An entry::
 
-    {"status": "ok" | "failed", "task_id", "suite", "model",
+    {"status": "ok" | "failed" | "retired", "task_id", "suite", "model", "run_id",
      "files": [{"table", "path" (relative to the root, posix), "sha256", "rows", "bytes"}],
      "meta": {config_hash, code_version, probe_id, weights_sha256, revision, step, source, ...},
      "schema_version", "committed_at" (UTC ISO 8601), "error" (failed entries only)}
+
+``retired`` ends a task: no file of it is shown any more (a migration re-keys tasks this way).
 
 A batch line (written by ``layerlake share import``) holds several entries at once: see ``append_batch``.
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 from layerlake.core.hashing import sha256_file
 from layerlake.warehouse.errors import ManifestError
-from layerlake.warehouse.layout import MANIFEST_DIR
+from layerlake.warehouse.layout import MANIFEST_DIR, parse_shard_path
 
 COMMITS_FILE = "commits.jsonl"
 
@@ -54,7 +56,7 @@ class FileEntry:
 class CommitEntry:
     """One line of the manifest."""
 
-    status: str  # ok | failed
+    status: str  # ok | failed | retired
     task_id: str
     suite: str
     model: str
@@ -63,6 +65,7 @@ class CommitEntry:
     schema_version: int
     committed_at: str
     error: str | None = None
+    run_id: str = ""  # the run every row of the task belongs to ("" only in schema-1 entries)
     line: int = field(default=0, compare=False)  # 1-based line number in the manifest (0: not read from one)
 
     def to_json(self) -> dict[str, Any]:
@@ -71,6 +74,7 @@ class CommitEntry:
             "task_id": self.task_id,
             "suite": self.suite,
             "model": self.model,
+            "run_id": self.run_id,
             "files": [f.to_json() for f in self.files],
             "meta": self.meta,
             "schema_version": self.schema_version,
@@ -96,6 +100,7 @@ class CommitEntry:
             schema_version=int(data["schema_version"]),
             committed_at=data["committed_at"],
             error=data.get("error"),
+            run_id=str(data.get("run_id") or ""),
             line=line,
         )
 
@@ -104,13 +109,23 @@ def manifest_path(root: Path) -> Path:
     return root / MANIFEST_DIR / COMMITS_FILE
 
 
-def file_problem(path: Path, listed: FileEntry, verify_sha256: bool = False) -> str | None:
-    """What is wrong with the file at ``path`` against its manifest listing: missing, wrong size, or
-    (with ``verify_sha256``) wrong sha256; None when it matches. The one file check of the warehouse."""
+def file_problem(root: Path, listed: FileEntry, verify_sha256: bool = False) -> str | None:
+    """What is wrong with the file ``listed`` names under ``root``: a path that breaks the shard rule or
+    leaves the root, a symbolic link on the way, missing, wrong size, or (with ``verify_sha256``) wrong
+    sha256; None when it matches. The one file check of the warehouse and of shared folders."""
+    name = parse_shard_path(listed.path)
+    if name is None or name.table != listed.table:
+        return "is not a shard path of this layout (<table>/<suite>/<model>/<task>-<digest>.parquet)"
+    path = root / listed.path
+    for part in (path, *path.relative_to(root).parents):
+        if (root / part).is_symlink():
+            return "is reached through a symbolic link (links are refused: they can point anywhere)"
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         return "missing"
+    if not path.is_file():
+        return "is not a regular file"
     if size != listed.bytes:
         return f"{size} bytes, the manifest lists {listed.bytes}"
     if verify_sha256 and sha256_file(path) != listed.sha256:
@@ -124,7 +139,7 @@ def entry_problems(
     """``(file, problem)`` for every file of ``entry`` (under ``root``) that does not match its listing."""
     found = []
     for f in entry.files:
-        problem = file_problem(root / f.path, f, verify_sha256)
+        problem = file_problem(root, f, verify_sha256)
         if problem is not None:
             found.append((f, problem))
     return found
@@ -156,12 +171,16 @@ def read_entries(path: Path) -> list[CommitEntry]:
 
 
 def latest(entries: list[CommitEntry]) -> tuple[dict[str, CommitEntry], dict[str, CommitEntry]]:
-    """``(committed, failed)``: per task id the latest ok entry, and the latest failure with no later ok."""
+    """``(committed, failed)``: per task id the latest ok entry, and the latest failure with no later ok.
+    A ``retired`` entry removes the task from both."""
     committed: dict[str, CommitEntry] = {}
     failed: dict[str, CommitEntry] = {}
     for entry in entries:
         if entry.status == "ok":
             committed[entry.task_id] = entry
+            failed.pop(entry.task_id, None)
+        elif entry.status == "retired":
+            committed.pop(entry.task_id, None)
             failed.pop(entry.task_id, None)
         else:
             failed[entry.task_id] = entry

@@ -3,14 +3,15 @@
 Names in here (tables, columns, and the site / matrix / metric names that land in rows) are
 part of the stored data: changing one is a schema change and bumps ``SCHEMA_VERSION``.
 
-Layout on disk (hive-partitioned Parquet, one immutable shard per task and table)::
+Layout on disk (Parquet, one immutable file per task and table, never rewritten in place)::
 
-    <root>/<table>/suite=<suite>/model=<model>/part-<task_id>.parquet
-    <root>/_manifest/commits.jsonl      one JSON line per committed (or failed) task
-    <root>/_staging/                    shards being written; never read
+    <root>/<table>/<suite>/<model>/<task_id>-<content hash>.parquet
+    <root>/_manifest/commits.jsonl      one JSON line per commit: which files make each task
+    <root>/_staging/                    files being written; never read
 
-``suite`` and ``model`` are hive partition columns: they are not stored inside the files,
-and readers recover them from the path (``hive_partitioning = true``).
+Every file holds the identity columns ``suite``, ``model`` and ``run_id`` itself (the writer fills
+them), so every reader (DuckDB, pandas, polars, pyarrow, ``datasets``) sees the same columns; the
+folders are plain names, not ``key=value`` partitions, so no reader infers columns from them.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1  # bump when a table, a column or a stored encoding changes
-PARTITION_COLUMNS = ("suite", "model")
+SCHEMA_VERSION = 2  # bump when a table, a column or a stored encoding changes
+# 1: suite and model in hive partition folders only; task ids hashed the checkpoint's folder path.
+# 2: suite, model and run_id in every file; content-named files; the runs and scalars tables.
+IDENTITY_COLUMNS = ("suite", "model", "run_id")
+TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -36,24 +40,39 @@ class Table:
     name: str
     doc: str
     key: tuple[str, ...]
-    columns: tuple[Column, ...]
+    columns: tuple[Column, ...]  # the table's own columns (what a producer builds)
 
-    def arrow_schema(self, with_partitions: bool = False) -> pa.Schema:
-        """The schema of a shard file (``with_partitions`` adds suite and model first)."""
-        fields = [pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns]
-        if with_partitions:
-            fields = [pa.field(p, pa.string(), nullable=False) for p in PARTITION_COLUMNS] + fields
-        return pa.schema(fields)
+    def arrow_schema(self) -> pa.Schema:
+        """The schema of what a producer hands the writer: the table's own columns."""
+        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
+
+    def file_schema(self) -> pa.Schema:
+        """The schema of a stored file and of its view: the identity columns, then the table's own."""
+        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.all_columns])
 
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+    @property
+    def all_columns(self) -> tuple[Column, ...]:
+        return (*IDENTITY, *self.columns)
 
 
 def _c(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> Column:
     return Column(name, type_, doc, nullable)
 
 
+IDENTITY = (
+    _c("suite", pa.string(), "the suite (models trained alike), e.g. pythia or embedded"),
+    _c("model", pa.string(), "the model of the suite, e.g. pythia-160m-deduped"),
+    _c(
+        "run_id",
+        pa.string(),
+        "the run the row belongs to (table runs): a training run tracked live, or the checkpoints of one "
+        "suite model extracted after the fact",
+    ),
+)
 _STEP = _c(
     "step", pa.int64(), "training step the checkpoint is labelled with (an attribute, not its identity)"
 )
@@ -65,13 +84,22 @@ _WEIGHTS = _c("weights_sha256", pa.string(), "sha256 of the checkpoint's weights
 CHECKPOINTS = Table(
     name="checkpoints",
     doc="One row per extracted checkpoint (model revision).",
-    key=("suite", "model", "revision", "probe_id"),
+    key=("run_id", "revision", "probe_id"),
     columns=(
         _c("revision", pa.string(), "revision name, e.g. step1000"),
         _STEP,
         _c("tokens_seen", pa.int64(), "tokens the model had been trained on at this step"),
-        _c("source", pa.string(), "checkpoint source kind: local | hf"),
-        _c("location", pa.string(), "where it was loaded from: a folder or a hub repo id"),
+        _c(
+            "source",
+            pa.string(),
+            "where the rows were taken from: local or hf (a checkpoint), live (a training run)",
+        ),
+        _c(
+            "location",
+            pa.string(),
+            "where it was loaded from, with no path of the machine: <suite>/<model>/<revision> under the suites "
+            "folder, a hub repo id, or the run id of a live run",
+        ),
         _WEIGHTS,
         _c("n_params", pa.int64(), "number of parameters"),
         _c("architecture", pa.string(), "architecture family: gpt_neox | llama"),
@@ -88,7 +116,7 @@ CHECKPOINTS = Table(
 PROBES = Table(
     name="probes",
     doc="One row per probe batch: the fixed token sequences and position rule every checkpoint sees.",
-    key=("suite", "model", "probe_id"),
+    key=("run_id", "probe_id"),
     columns=(
         _PROBE,
         _c("source", pa.string(), "where the text came from: embedded | file:<path> | hub:<dataset>"),
@@ -103,7 +131,7 @@ PROBES = Table(
 ACTIVATION_STATS = Table(
     name="activation_stats",
     doc="Summaries of one site's activations at the probe positions (an n x d matrix).",
-    key=("suite", "model", "step", "weights_sha256", "layer", "site", "head", "probe_id"),
+    key=("run_id", "step", "weights_sha256", "layer", "site", "head", "probe_id"),
     columns=(
         _STEP,
         _WEIGHTS,
@@ -135,8 +163,7 @@ SKETCHES = Table(
         "between any two sketches of the same probe, kernel and estimator is a normalised dot product."
     ),
     key=(
-        "suite",
-        "model",
+        "run_id",
         "step",
         "weights_sha256",
         "layer",
@@ -170,7 +197,7 @@ SKETCHES = Table(
 SPECTRA = Table(
     name="spectra",
     doc="Singular values of a weight matrix or of its gradient (float64, descending).",
-    key=("suite", "model", "step", "weights_sha256", "layer", "tensor", "matrix", "head"),
+    key=("run_id", "step", "weights_sha256", "layer", "tensor", "matrix", "head"),
     columns=(
         _STEP,
         _WEIGHTS,
@@ -188,7 +215,7 @@ SPECTRA = Table(
 IMPORTED_METRICS = Table(
     name="imported_metrics",
     doc="Per-layer metrics computed elsewhere and imported in long form, with their source recorded.",
-    key=("suite", "model", "source", "step", "layer", "site", "metric"),
+    key=("run_id", "source", "step", "layer", "site", "metric"),
     columns=(
         _c("source", pa.string(), "name given at import, e.g. pythia-paper"),
         _STEP,
@@ -199,8 +226,55 @@ IMPORTED_METRICS = Table(
     ),
 )
 
+RUNS = Table(
+    name="runs",
+    doc=(
+        "One row per run: a training run tracked live (layerlake.track), or the checkpoints of one suite "
+        "model extracted after the fact. Its status is rewritten as the run goes on."
+    ),
+    key=("run_id",),
+    columns=(
+        _c(
+            "kind", pa.string(), "train (tracked while it trained), extract (checkpoints) or import (metrics)"
+        ),
+        _c("status", pa.string(), "running, finished, failed or killed"),
+        _c("seed", pa.int64(), "the training seed, where known", nullable=True),
+        _c("started_at", TIMESTAMP, "when the run started (UTC)"),
+        _c("ended_at", TIMESTAMP, "when it finished, failed or was found killed (UTC)", nullable=True),
+        _c("host", pa.string(), "the machine it ran on"),
+        _c("pid", pa.int64(), "its process id there (tells a killed run from a running one)", nullable=True),
+        _c("code_version", pa.string(), "the layerlake version that wrote it"),
+        _c(
+            "git_commit",
+            pa.string(),
+            "the commit of the code, when it ran from a git checkout",
+            nullable=True,
+        ),
+        _c("git_dirty", pa.bool_(), "whether that checkout had uncommitted changes", nullable=True),
+        _c("config_json", pa.string(), "the run's whole config as JSON"),
+        _c("overrides", pa.list_(pa.string()), "the Hydra overrides it ran with (empty outside Hydra)"),
+        _c("sweep_dir", pa.string(), "the Hydra sweep folder, for a job of a multirun", nullable=True),
+        _c("job_num", pa.int32(), "the job's number in its Hydra multirun", nullable=True),
+        _c("probe_id", pa.string(), "the probe its snapshots run through", nullable=True),
+        _c("error", pa.string(), "why it failed", nullable=True),
+    ),
+)
+
+SCALARS = Table(
+    name="scalars",
+    doc="Numbers a run logged per step: loss, learning rate, gradient norm, tokens seen, anything.",
+    key=("run_id", "step", "name"),
+    columns=(
+        _STEP,
+        _c("name", pa.string(), "what was logged, e.g. loss, lr, grad_norm, tokens_seen"),
+        _c("value", pa.float64(), "the value"),
+        _c("logged_at", TIMESTAMP, "when it was logged (UTC)"),
+    ),
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (CHECKPOINTS, PROBES, ACTIVATION_STATS, SKETCHES, SPECTRA, IMPORTED_METRICS)
+    t.name: t
+    for t in (RUNS, SCALARS, CHECKPOINTS, PROBES, ACTIVATION_STATS, SKETCHES, SPECTRA, IMPORTED_METRICS)
 }
 
 

@@ -20,10 +20,12 @@ def render() -> str:
         f"Schema version: **{schema.SCHEMA_VERSION}** (written into every Parquet file's key-value metadata as",
         "`layerlake.schema_version`, beside `layerlake.task_id` and `layerlake.table`, and into every manifest entry).",
         "",
-        "Every view also has the hive partition columns "
-        + ", ".join(f"`{p}` (VARCHAR)" for p in schema.PARTITION_COLUMNS)
-        + ", recovered from the path `<root>/<table>/suite=<suite>/model=<model>/part-<task_id>.parquet`.",
-        "Types are DuckDB's (Arrow's in parentheses). Gram matrices are stored whole (n*n values, row-major).",
+        "Every table's files and view hold the identity columns "
+        + ", ".join(f"`{c.name}`" for c in schema.IDENTITY)
+        + " first (the writer fills them), then the table's own. Files live at",
+        "`<root>/<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet`; the folders are plain names, not",
+        "`key=value` partitions, so every reader sees exactly the columns in the files.",
+        "Types are DuckDB's (Arrow's in parentheses). Gram matrices are stored packed (`warehouse/gram.py`).",
         "",
     ]
     for table in schema.TABLES.values():
@@ -36,7 +38,7 @@ def render() -> str:
             "",
         ]
         lines += ["| column | type | null | meaning |", "| --- | --- | --- | --- |"]
-        for c in table.columns:
+        for c in table.all_columns:
             null = "yes" if c.nullable else "no"
             doc = c.doc.replace("|", "\\|")  # a bare | would split the Markdown cell
             lines.append(f"| `{c.name}` | {duck_type(c.type)} ({c.type}) | {null} | {doc} |")

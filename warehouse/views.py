@@ -58,7 +58,7 @@ def duck_type(type_: pa.DataType) -> str:
     if pa.types.is_list(type_):
         return duck_type(type_.value_type) + "[]"
     names = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
-             pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}  # fmt: skip
+             pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", schema.TIMESTAMP: "TIMESTAMP WITH TIME ZONE"}  # fmt: skip
     if type_ not in names:
         raise WarehouseError(
             f"contract type {type_} has no DuckDB mapping", fix="add it to warehouse.connect.duck_type"
@@ -69,10 +69,17 @@ def duck_type(type_: pa.DataType) -> str:
 def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
     """The files of a warehouse root that readers may see, and its standing failures.
 
-    A task is shown only if every file its latest ok entry lists exists with the listed size
-    (a re-commit killed between rename and manifest append hides the task, never half of it).
+    A task is shown only if every file its latest ok entry lists is a regular file inside the root with
+    the listed size (``manifest.file_problem``): never half a task, never a path that leaves the root.
     """
     committed, failed = latest(read_entries(manifest_path(root)))
+    old = [e for e in committed.values() if e.schema_version < schema.SCHEMA_VERSION]
+    if old:
+        raise WarehouseError(
+            f"the warehouse at {root} was written by an older layerlake (schema version "
+            f"{min(e.schema_version for e in old)}; this one reads {schema.SCHEMA_VERSION})",
+            fix=f"run `layerlake migrate --root {root}` once: it rewrites the files and keeps every row",
+        )
     shards = []
     for entry in committed.values():
         if not entry_problems(root, entry):
@@ -83,22 +90,38 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
 
 
 def shared_shards(folder: Path) -> list[Shard]:
-    """The files a shared dataset folder lists in its ``manifest.json`` (``{"files": [{"table", "path"}]}``)."""
+    """The files of a shared dataset folder (``layerlake share export``), each checked like a
+    warehouse's own: a path that leaves the folder, a link, a missing or resized file is refused."""
     try:
         shared = json.loads((folder / SHARED_MANIFEST).read_text())
-        # (added for warehouse.share) an export also lists each file's commit entry under "tasks", so
-        # the manifest view keeps its provenance and gather() drops a task the local root already has.
-        tasks = {t["task_id"]: CommitEntry.from_json(t) for t in shared.get("tasks", ())}
-        return [
-            Shard(f["table"], folder / f["path"], folder, tasks.get(f.get("task_id")))
-            for f in shared["files"]
-            if f["table"] in schema.TABLES
-        ]
+        version = int(shared.get("schema_version", 0))
+        entries = [CommitEntry.from_json(t) for t in shared["tasks"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ManifestError(
             f"shared dataset {folder} has no readable {SHARED_MANIFEST} ({error})",
             fix="attach a folder made by `layerlake share export`, or a warehouse root",
         ) from error
+    if version != schema.SCHEMA_VERSION:
+        raise ManifestError(
+            f"shared dataset {folder} has schema version {version}; this layerlake reads {schema.SCHEMA_VERSION}",
+            fix="ask its author to export it again with a current layerlake"
+            if version < schema.SCHEMA_VERSION
+            else "upgrade layerlake",
+        )
+    problems = [f"{f.path}: {problem}" for e in entries for f, problem in entry_problems(folder, e)]
+    if problems:
+        raise ManifestError(
+            f"shared dataset {folder} does not match its {SHARED_MANIFEST}: "
+            + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
+            fix="copy the folder again, whole; `layerlake share import` verifies every file in detail",
+        )
+    return [
+        Shard(f.table, folder / f.path, folder, e)
+        for e in entries
+        for f in e.files
+        if f.table in schema.TABLES
+    ]
 
 
 def _resolve(root: Any) -> Path:
@@ -106,14 +129,15 @@ def _resolve(root: Any) -> Path:
     if not path.is_dir():
         raise WarehouseError(
             f"no warehouse at {path}",
-            fix="run `layerlake extract` (or `layerlake demo`) first, or pass the warehouse folder as root / --root",
+            fix="run `layerlake extract` (or `layerlake demo`) first, or pass the warehouse folder with --root",
         )
     return path
 
 
-def gather(root: Path, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
-    """Shards of ``root`` and every attached folder; a (table, task) seen twice is kept once (first wins)."""
-    shards, failures = committed_shards(root)
+def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
+    """Shards of ``root`` (None: no local warehouse) and of every attached folder; a (table, task) seen
+    twice is kept once (first wins), and a file listed twice is read once."""
+    shards, failures = committed_shards(root) if root is not None else ([], [])
     for other in attach:
         folder = _resolve(other)
         if manifest_path(folder).is_file():
@@ -122,35 +146,28 @@ def gather(root: Path, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitE
         else:
             more = shared_shards(folder)
         shards += more
-    seen, unique = set(), []
+    seen, paths, unique = set(), set(), []
     for shard in shards:
         key = (shard.table, shard.entry.task_id if shard.entry else shard.path)
-        if key not in seen:
+        if key not in seen and shard.path not in paths:
             seen.add(key)
+            paths.add(shard.path)
             unique.append(shard)
     return unique, failures
 
 
-def view_sql(table: schema.Table, has_files: bool, union_by_name: bool = True) -> str:
-    """The SELECT of a table's view: contract columns cast to their types (SQL text from the contract only).
+def view_sql(table: schema.Table, has_files: bool) -> str:
+    """The SELECT of a table's view: the file columns cast to their types (SQL text from the contract only).
 
-    ``union_by_name`` is needed only when shards of several schema versions mix: files of one version all
-    carry exactly the contract's columns (the writer and the importer check), which DuckDB then maps by
-    name anyway. Skipping it saves reading every file's footer when the view is created and about a fifth
-    of a full scan (measured on the study-sized benchmark warehouse).
+    Every file of this schema version carries exactly the contract's columns (the writer and the importer
+    check), so no ``union_by_name`` is needed: it would read every file's footer when the view is
+    created and cost about a fifth of a full scan (measured on the study-sized benchmark warehouse).
     """
-    partitions = [f"CAST({p} AS VARCHAR) AS {p}" for p in schema.PARTITION_COLUMNS]
     if not has_files:
-        partitions = [f"CAST(NULL AS VARCHAR) AS {p}" for p in schema.PARTITION_COLUMNS]
-        columns = [f"CAST(NULL AS {duck_type(c.type)}) AS {c.name}" for c in table.columns]
-        return f"SELECT {', '.join(partitions + columns)} WHERE false"
-    columns = [f"CAST({c.name} AS {duck_type(c.type)}) AS {c.name}" for c in table.columns]
-    source = (
-        f"read_parquet(getvariable('ll_files_{table.name}'), hive_partitioning = true, "
-        f"union_by_name = {'true' if union_by_name else 'false'}, "
-        "hive_types = {'suite': VARCHAR, 'model': VARCHAR})"
-    )
-    return f"SELECT {', '.join(partitions + columns)} FROM {source}"
+        columns = [f"CAST(NULL AS {duck_type(c.type)}) AS {c.name}" for c in table.all_columns]
+        return f"SELECT {', '.join(columns)} WHERE false"
+    columns = [f"CAST({c.name} AS {duck_type(c.type)}) AS {c.name}" for c in table.all_columns]
+    return f"SELECT {', '.join(columns)} FROM read_parquet(getvariable('ll_files_{table.name}'))"
 
 
 def manifest_tables(shards: list[Shard], failures: list[CommitEntry]) -> tuple[pa.Table, pa.Table]:
@@ -158,17 +175,19 @@ def manifest_tables(shards: list[Shard], failures: list[CommitEntry]) -> tuple[p
     rows = []
     for s in shards:
         entry, meta = s.entry, (s.entry.meta if s.entry else {})
-        listed = next((f for f in entry.files if f.table == s.table), None) if entry else None
+        listed = next((f for f in entry.files if s.root / f.path == s.path), None) if entry else None
         rows.append({
             "task_id": entry.task_id if entry else None, "table_name": s.table, "path": str(s.path),
             "root": str(s.root), "suite": entry.suite if entry else None, "model": entry.model if entry else None,
+            "run_id": entry.run_id if entry else None,
             "rows": listed.rows if listed else None, "bytes": listed.bytes if listed else None,
             "sha256": listed.sha256 if listed else None, **_meta_columns(meta),
             "schema_version": entry.schema_version if entry else None,
             "committed_at": entry.committed_at if entry else None, "meta_json": json.dumps(meta, sort_keys=True),
         })  # fmt: skip
     fails = [
-        {"task_id": e.task_id, "suite": e.suite, "model": e.model, "error": e.error, **_meta_columns(e.meta),
+        {"task_id": e.task_id, "suite": e.suite, "model": e.model, "run_id": e.run_id, "error": e.error,
+         **_meta_columns(e.meta),
          "committed_at": e.committed_at, "meta_json": json.dumps(e.meta, sort_keys=True)}
         for e in failures
     ]  # fmt: skip
@@ -188,7 +207,7 @@ def _meta_columns(meta: dict[str, Any]) -> dict[str, Any]:
 
 _META_FIELDS = [pa.field(k, pa.int64() if k == "step" else pa.string()) for k in _META]
 MANIFEST_SCHEMA = pa.schema(
-    [pa.field(n, pa.string()) for n in ("task_id", "table_name", "path", "root", "suite", "model")]
+    [pa.field(n, pa.string()) for n in ("task_id", "table_name", "path", "root", "suite", "model", "run_id")]
     + [pa.field("rows", pa.int64()), pa.field("bytes", pa.int64()), pa.field("sha256", pa.string())]
     + _META_FIELDS
     + [
@@ -198,7 +217,7 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 FAILURES_SCHEMA = pa.schema(
-    [pa.field(n, pa.string()) for n in ("task_id", "suite", "model", "error")]
+    [pa.field(n, pa.string()) for n in ("task_id", "suite", "model", "run_id", "error")]
     + _META_FIELDS
     + [pa.field("committed_at", pa.string()), pa.field("meta_json", pa.string())]
 )
@@ -216,26 +235,35 @@ def connect(
     ``read_only=True`` turns DuckDB's external access off except for the listed shard files: the
     connection can read the warehouse and nothing else, and can write no file. ``read_only=False``
     leaves file access on (e.g. to ``COPY`` results out or join your own files); the warehouse is still
-    only read through views.
+    only read through views. With ``attach`` given, a missing ``root`` is no error: the attached folders
+    are served alone.
     """
-    path = _resolve(root)
+    attach = list(attach)
+    if attach and (Path(root).expanduser() if root is not None else default_root()).is_dir() is False:
+        path = None  # attaching needs no local warehouse
+    else:
+        path = _resolve(root)
     shards, failures = gather(path, attach)
     con = memory_connection()
     try:
         for table in schema.TABLES.values():
-            mine = [s for s in shards if s.table == table.name]
-            files = sorted(str(s.path) for s in mine)
+            files = sorted(str(s.path) for s in shards if s.table == table.name)
             if files:
                 con.execute(f"SET VARIABLE ll_files_{table.name} = ?", [files])
-            versions = {s.entry.schema_version if s.entry else None for s in mine}
-            mixed = len(versions) > 1 or None in versions
-            con.execute(f"CREATE VIEW {table.name} AS {view_sql(table, bool(files), union_by_name=mixed)}")
+            try:
+                con.execute(f"CREATE VIEW {table.name} AS {view_sql(table, bool(files))}")
+            except duckdb.Error as error:  # a view reads its first file's footer when it is created
+                raise WarehouseError(
+                    f"cannot read the {table.name} files: {str(error).splitlines()[0]}",
+                    fix="run `layerlake check --verify-files` to find damaged files, then extract their tasks again "
+                    "(or import them again from a shared copy)",
+                ) from error
         manifest_rows, failure_rows = manifest_tables(shards, failures)
         con.register("_ll_manifest", manifest_rows)
         con.register("_ll_failures", failure_rows)
         con.execute("CREATE VIEW manifest AS SELECT * FROM _ll_manifest")
         con.execute("CREATE VIEW failures AS SELECT * FROM _ll_failures")
-        macros.install(con)  # after the views: a staging table macro is bound against them when created
+        macros.install(con)  # after the table views: the staging views read them
         if read_only:
             con.execute("SET allowed_paths = ?", [sorted({str(s.path) for s in shards})])
             con.execute("SET enable_external_access = false")

@@ -1,29 +1,35 @@
-"""The single-writer commit protocol: immutable Parquet shards, atomic rename, then one manifest line.
+"""The commit protocol: immutable, content-named Parquet shards, then one manifest line as the switch.
 
-A commit of task ``t`` (tables ``{name: pa.Table}``) does, holding ``<root>/_manifest/.lock``:
+A commit of task ``t`` (tables ``{name: pa.Table}`` of one suite, model and run) does:
 
 1. validate every table against ``warehouse.schema`` (exact columns, castable types, no NULL where the
-   contract forbids it) and cast it to the contract's Arrow schema;
-2. write each non-empty table as one zstd Parquet file into ``<root>/_staging/`` (outside every glob a
-   reader uses), with ``layerlake.schema_version``, ``layerlake.task_id`` and ``layerlake.table`` in the
-   file's key-value metadata, and fsync it;
-3. ``os.replace`` each into ``<root>/<table>/suite=<s>/model=<m>/part-<t>.parquet`` and fsync the folder;
-4. append one JSON line to ``<root>/_manifest/commits.jsonl`` and fsync it (``warehouse.manifest``).
+   contract forbids it), cast it, and add the identity columns ``suite``, ``model``, ``run_id``;
+2. write each non-empty table as a zstd Parquet file into ``<root>/_staging/`` (outside every path a
+   reader looks at) under a name that says which process writes it, and fsync it. This happens
+   outside the lock, so concurrent writers (training jobs of a sweep) overlap their slow part;
+3. holding ``<root>/_manifest/.lock``: remove stale staging files of dead writers, ``os.replace`` each
+   new file to ``<table>/<suite>/<model>/<t>-<sha256[:16]>.parquet`` (``warehouse.layout``), fsync the
+   folders, and append one JSON line to ``_manifest/commits.jsonl`` (fsynced): the switch.
 
-Readers (``warehouse.connect``) list files from the manifest only, so a SIGKILL at any point leaves no
-half-written file visible: before step 4 the new files are orphans no entry lists (or, for a re-commit,
-complete files of the same task whose sizes no longer match the listed ones: readers then hide that
-task until it is committed again). ``Warehouse.gc()`` removes staging leftovers and orphans.
+A shard's name carries its content hash, so a commit never writes over a file an entry lists:
+replacing a task's rows adds new files, and readers (``warehouse.connect``, which shows only the files
+of each task's latest entry) see exactly the old state until the line is appended, and exactly the new
+one after. A failure or SIGKILL at any point leaves at most files that no entry lists (orphans) or
+staging leftovers; ``Warehouse.gc`` removes them (staging leftovers also at the next commit).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +43,7 @@ from layerlake.warehouse.layout import MANIFEST_DIR, STAGING_DIR, check_name, sh
 from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
+    append_batch,
     append_entry,
     entry_problems,
     latest,
@@ -45,27 +52,30 @@ from layerlake.warehouse.manifest import (
 )
 
 LOCK_FILE = ".lock"
+HOST = socket.gethostname()
+STALE_AFTER_S = 24 * 3600  # a staging file of another host (or a reused pid) is stale after this long
+ORPHAN_GRACE_S = 15 * 60  # an unlisted shard is removed only this long after it was last listed or written
 # Float arrays (Grams, spectra) gain nothing from dictionary encoding; everything else is small.
 _NO_DICTIONARY_TYPES = (pa.list_(pa.float32()), pa.list_(pa.float64()))
+_DISK_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-def conform(name: str, table: pa.Table, suite: str, model: str) -> pa.Table:
-    """``table`` cast to the contract of warehouse table ``name``, columns in contract order.
+def conform(name: str, table: pa.Table, suite: str, model: str, run_id: str) -> pa.Table:
+    """``table`` cast to the contract of warehouse table ``name``, with the identity columns first.
 
-    Partition columns (suite, model) may be present if they hold exactly the commit's suite and
-    model; they are dropped (the path carries them).
+    Identity columns (suite, model, run_id) may be present if they hold exactly the commit's values.
     """
     try:
         spec = schema.table(name)
     except KeyError as error:
         raise WarehouseError(str(error.args[0]), fix="commit only tables of warehouse/schema.py") from None
-    for column, expected in zip(schema.PARTITION_COLUMNS, (suite, model), strict=True):
+    for column, expected in zip(schema.IDENTITY_COLUMNS, (suite, model, run_id), strict=True):
         if column in table.column_names:
             values = set(table.column(column).to_pylist())
             if values - {expected}:
                 raise WarehouseError(
                     f"table {name!r} has {column} values {sorted(map(str, values))} but is committed as {expected!r}",
-                    fix=f"drop the {column} column (the partition path carries it) or commit each {column} apart",
+                    fix=f"drop the {column} column (the commit sets it) or commit each {column} apart",
                 )
             table = table.drop_columns([column])
     wanted, given = spec.column_names, table.column_names
@@ -74,7 +84,7 @@ def conform(name: str, table: pa.Table, suite: str, model: str) -> pa.Table:
     if missing or extra:
         raise WarehouseError(
             f"table {name!r} does not match the contract: missing columns {missing}, unknown columns {extra}",
-            fix="build the table with warehouse.schema.table(name).arrow_schema() (see docs/schema.md)",
+            fix="build the table with layerlake.warehouse.schema.table(name).arrow_schema() (docs/schema.md)",
         )
     table = table.select(list(wanted))
     for column in spec.columns:
@@ -91,7 +101,9 @@ def conform(name: str, table: pa.Table, suite: str, model: str) -> pa.Table:
             f"table {name!r} has types that do not cast to the contract ({error}); given {types}",
             fix="cast the columns to the types in docs/schema.md",
         ) from error
-    return table
+    n = table.num_rows
+    identity = [pa.array([value] * n, pa.string()) for value in (suite, model, run_id)]
+    return pa.Table.from_arrays([*identity, *table.columns], schema=spec.file_schema())
 
 
 def parquet_bytes(name: str, table: pa.Table, task_id: str) -> bytes:
@@ -129,16 +141,68 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def staging_name(what: str) -> str:
+    """A staging file name that says which process writes it: ``<host>.<pid>.<random>.<what>.tmp``."""
+    return f"{HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}.{what}.tmp"
+
+
+def is_stale_staging(path: Path, now: float | None = None) -> bool:
+    """Whether a staging file's writer is gone: its process is dead (same host), or it is old."""
+    try:
+        age = (now or time.time()) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    host, _, rest = path.name.partition(".")
+    pid_text = rest.partition(".")[0]
+    if host == HOST and pid_text.isdigit():
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+    return age > STALE_AFTER_S
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file written to staging, and where it goes once committed."""
+
+    tmp: Path
+    target: Path
+    entry: FileEntry
+
+
+def disk_error(error: OSError, what: str) -> WarehouseError:
+    """A write that failed for lack of room (full disk, file size limit, quota) as a clear error."""
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return WarehouseError(
+        f"could not write {what}: {reason}; nothing was committed, the warehouse is as it was",
+        fix="free disk space (or raise the file size limit / quota), then run the command again",
+    )
+
+
 class Warehouse:
-    """The writing side of a warehouse root; one process at a time writes (a file lock enforces it)."""
+    """The writing side of a warehouse root. Many processes may commit to one root: each writes its
+    files on its own, then holds a file lock only to publish them and append its manifest line."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.staging = self.root / STAGING_DIR
         self.manifest = manifest_path(self.root)
-        for folder in (self.root, self.staging, self.root / MANIFEST_DIR):
-            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in (self.root, self.staging, self.root / MANIFEST_DIR):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise WarehouseError(
+                f"cannot create the warehouse at {self.root}: {error.strerror or error}",
+                fix="choose a folder you can write (paths.data=... or --root)",
+            ) from error
         self._cache: tuple[tuple[int, int], list[CommitEntry]] | None = None
+        self._lock_depth = 0
 
     # -- reading the manifest -------------------------------------------------------------------------
 
@@ -170,63 +234,144 @@ class Warehouse:
         """What is wrong with the files of ``entry`` (missing, wrong size, wrong sha256); empty if none."""
         return [f"{f.path}: {problem}" for f, problem in entry_problems(self.root, entry, verify_sha256)]
 
+    def outdated(self) -> list[CommitEntry]:
+        """Committed entries written by an older schema version (``layerlake migrate`` rewrites them)."""
+        return [e for e in self.committed().values() if e.schema_version < schema.SCHEMA_VERSION]
+
+    def check_version(self) -> None:
+        """Refuse to write into a warehouse that still holds rows of an older schema version."""
+        old = self.outdated()
+        if old:
+            raise WarehouseError(
+                f"the warehouse at {self.root} holds {len(old)} task(s) written by an older layerlake "
+                f"(schema version {min(e.schema_version for e in old)}, this one writes {schema.SCHEMA_VERSION})",
+                fix=f"run `layerlake migrate --root {self.root}` once (it rewrites them and keeps every row)",
+            )
+
     # -- writing ----------------------------------------------------------------------------------------
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the writer lock (blocks while another process commits)."""
+        """Hold the writer lock (blocks while another process publishes); re-entrant for this object, so
+        a caller that plans under the lock can publish under it."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
         fd = os.open(self.root / MANIFEST_DIR / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
             yield
         finally:
+            self._lock_depth = 0
             os.close(fd)  # closing releases the flock
 
-    def commit(
-        self, task_id: str, suite: str, model: str, tables: dict[str, pa.Table], meta: dict
-    ) -> CommitEntry:
-        """Publish ``tables`` as task ``task_id`` of (suite, model); returns the manifest entry.
-
-        Re-committing a task id replaces its files (rename over) and appends a new entry that wins.
-        """
-        for kind, value in (("task id", task_id), ("suite", suite), ("model", model)):
+    def stage(
+        self, task_id: str, suite: str, model: str, run_id: str, tables: dict[str, pa.Table]
+    ) -> list[Staged]:
+        """Validate ``tables`` and write each non-empty one to staging; returns what to publish."""
+        for kind, value in (("task id", task_id), ("suite", suite), ("model", model), ("run id", run_id)):
             check_name(kind, value)
-        shards = {name: conform(name, t, suite, model) for name, t in tables.items()}
-        with self.lock():
-            staged, files = [], []
-            try:
-                for name, table in shards.items():
-                    if table.num_rows == 0:
-                        continue
-                    data = parquet_bytes(name, table, task_id)
-                    tmp = self.staging / f"{name}.{task_id}.{uuid.uuid4().hex}.parquet.tmp"
-                    write_durable(tmp, data)
-                    target = self.root / shard_path(name, suite, model, task_id)
-                    staged.append((tmp, target))
-                    files.append(
-                        FileEntry(
-                            name,
-                            target.relative_to(self.root).as_posix(),
-                            sha256_bytes(data),
-                            table.num_rows,
-                            len(data),
-                        )
-                    )
-                for tmp, target in staged:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp, target)
-                    fsync_dir(target.parent)
-            except BaseException:
-                for tmp, _ in staged:
-                    tmp.unlink(missing_ok=True)
-                raise
-            entry = self._entry("ok", task_id, suite, model, tuple(files), meta)
-            append_entry(self.manifest, entry)
-        return entry
+        shards = {name: conform(name, t, suite, model, run_id) for name, t in tables.items()}
+        staged: list[Staged] = []
+        try:
+            for name, table in shards.items():
+                if table.num_rows == 0:
+                    continue
+                data = parquet_bytes(name, table, task_id)
+                digest = sha256_bytes(data)
+                rel = shard_path(name, suite, model, task_id, digest)
+                tmp = self.staging / staging_name(name)
+                staged.append(
+                    Staged(tmp, self.root / rel, FileEntry(name, rel, digest, table.num_rows, len(data)))
+                )
+                write_durable(tmp, data)
+        except BaseException as error:
+            discard(staged)
+            if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+                raise disk_error(error, f"the rows of task {task_id}") from error
+            raise
+        return staged
 
-    def record_failure(self, task_id: str, suite: str, model: str, error: str, meta: dict) -> CommitEntry:
+    def commit(
+        self,
+        task_id: str,
+        suite: str,
+        model: str,
+        tables: dict[str, pa.Table],
+        meta: dict,
+        *,
+        run_id: str | None = None,
+    ) -> CommitEntry:
+        """Publish ``tables`` as task ``task_id`` of (suite, model, run); returns the manifest entry.
+        ``run_id`` defaults to the suite model's own run, ``<suite>.<model>`` (``default_run_id``).
+
+        Committing a task id again replaces its rows: the new entry lists new files and wins.
+        """
+        prepared = self.prepare(task_id, suite, model, tables, meta, run_id=run_id)
+        self.publish([prepared])
+        return prepared[0]
+
+    def prepare(
+        self,
+        task_id: str,
+        suite: str,
+        model: str,
+        tables: dict[str, pa.Table],
+        meta: dict,
+        *,
+        run_id: str | None = None,
+    ) -> tuple[CommitEntry, list[Staged]]:
+        """Stage ``tables`` and make their entry, without publishing: several prepared tasks published
+        together (``publish``) become visible all at once, in one manifest line."""
+        self.check_version()
+        run_id = default_run_id(suite, model) if run_id is None else run_id
+        staged = self.stage(task_id, suite, model, run_id, tables)
+        try:
+            entry = self._entry("ok", task_id, suite, model, tuple(s.entry for s in staged), meta, run_id)
+        except BaseException:
+            discard(staged)
+            raise
+        return entry, staged
+
+    def publish(self, commits: list[tuple[CommitEntry, list[Staged]]]) -> None:
+        """Move staged files into place and append their entries, one line for all (all or nothing)."""
+        try:
+            with self.lock():
+                self.clean_staging()
+                for _, staged in commits:
+                    self._place(staged)
+                entries = [entry for entry, _ in commits]
+                if len(entries) == 1:
+                    append_entry(self.manifest, entries[0])
+                else:
+                    append_batch(self.manifest, entries, now_utc())
+        except OSError as error:
+            if error.errno in _DISK_ERRORS:
+                raise disk_error(error, f"the manifest of {self.root}") from error
+            raise
+        finally:
+            discard([s for _, staged in commits for s in staged])
+
+    def _place(self, staged: list[Staged]) -> None:
+        folders = set()
+        for s in staged:
+            s.target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(s.tmp, s.target)  # a file already there has this very content (its name is its hash)
+            folders.add(s.target.parent)
+        for folder in folders:
+            fsync_dir(folder)
+
+    def record_failure(
+        self, task_id: str, suite: str, model: str, error: str, meta: dict, *, run_id: str | None = None
+    ) -> CommitEntry:
         """Append a failed entry for ``task_id`` (its earlier ok entry, if any, still stands)."""
-        entry = self._entry("failed", task_id, suite, model, (), meta, error=str(error))
+        run_id = default_run_id(suite, model) if run_id is None else run_id
+        entry = self._entry("failed", task_id, suite, model, (), meta, run_id, error=str(error))
         with self.lock():
             append_entry(self.manifest, entry)
         return entry
@@ -239,10 +384,11 @@ class Warehouse:
         model: str,
         files: tuple,
         meta: dict,
+        run_id: str,
         error: str | None = None,
     ) -> CommitEntry:
         entry = CommitEntry(
-            status, task_id, suite, model, files, dict(meta), schema.SCHEMA_VERSION, now_utc(), error
+            status, task_id, suite, model, files, dict(meta), schema.SCHEMA_VERSION, now_utc(), error, run_id
         )
         try:
             json.dumps(entry.to_json())
@@ -255,21 +401,50 @@ class Warehouse:
 
     # -- housekeeping -----------------------------------------------------------------------------------
 
-    def gc(self, dry_run: bool = False) -> list[Path]:
-        """Remove staging leftovers and orphan shards (files no latest ok entry lists); returns them.
+    def stale_staging(self) -> list[Path]:
+        """Staging files whose writer is gone (never a live writer's)."""
+        if not self.staging.is_dir():
+            return []
+        return sorted(p for p in self.staging.iterdir() if p.is_file() and is_stale_staging(p))
 
-        Orphans come from a writer killed between rename and manifest append, or from a re-commit that
-        no longer has a table. Takes the writer lock, so it never races a commit.
-        """
-        removed: list[Path] = []
-        with self.lock():
-            listed = {self.root / f.path for e in self.committed().values() for f in e.files}
-            candidates = [p for p in self.staging.iterdir() if p.is_file()]
-            for name in schema.TABLES:
-                if (self.root / name).is_dir():
-                    candidates += [p for p in (self.root / name).rglob("*.parquet") if p not in listed]
-            for path in candidates:
-                if not dry_run:
-                    path.unlink(missing_ok=True)
-                removed.append(path)
+    def clean_staging(self) -> list[Path]:
+        """Remove stale staging files; returns them. Called with the lock held by every publish."""
+        removed = self.stale_staging()
+        for path in removed:
+            path.unlink(missing_ok=True)
         return removed
+
+    def orphans(self, grace_s: float = ORPHAN_GRACE_S) -> list[Path]:
+        """Shard files no latest ok entry lists, written more than ``grace_s`` seconds ago (a reader that
+        listed the files just before a commit may still be about to read one)."""
+        listed = {self.root / f.path for e in self.committed().values() for f in e.files}
+        now = time.time()
+        found = []
+        for name in schema.TABLES:
+            folder = self.root / name
+            if not folder.is_dir():
+                continue
+            for path in folder.rglob("*.parquet"):
+                if path not in listed and now - path.stat().st_mtime >= grace_s:
+                    found.append(path)
+        return sorted(found)
+
+    def gc(self, dry_run: bool = False, grace_s: float = ORPHAN_GRACE_S) -> list[Path]:
+        """Remove stale staging files and orphan shards; returns them. Holds the writer lock."""
+        with self.lock():
+            candidates = self.stale_staging() + self.orphans(grace_s)
+            if not dry_run:
+                for path in candidates:
+                    path.unlink(missing_ok=True)
+        return candidates
+
+
+def default_run_id(suite: str, model: str) -> str:
+    """The run of a suite model whose checkpoints are extracted after the fact: ``<suite>.<model>``."""
+    return f"{suite}.{model}"
+
+
+def discard(staged: list[Staged]) -> None:
+    """Remove staging files that were not moved into place."""
+    for s in staged:
+        s.tmp.unlink(missing_ok=True)

@@ -104,25 +104,27 @@ def example_query(summary: Summary) -> str:
         return (
             "-- every checkpoint in the dataset, with its identity\n"
             "select suite, model, step, revision, weights_sha256\n"
-            "from read_parquet('checkpoints/**/*.parquet', hive_partitioning = true)\norder by suite, model, step;"
+            "from read_parquet('checkpoints/**/*.parquet')\norder by suite, model, step;"
         )
-    estimator = "debiased" if "debiased" in estimators else estimators[0]
-    return f"""-- Linear CKA of every layer's representation at every step against the same layer at the
--- model's last step: the cosine of two stored centred Gram matrices, <A, B> / (|A| |B|).
+    # The recipes' default estimator (the paper's biased HSIC), or the one the dataset holds.
+    estimator = "biased" if "biased" in estimators else estimators[0]
+    return f"""-- Linear CKA ({estimator} estimator, as layerlake's recipes by default) of every layer's
+-- representation at every step against the same layer at the run's last step: the cosine of two
+-- stored centred Gram matrices, <A, B> / (|A| |B|).
 with s as (
-    select * from read_parquet('sketches/**/*.parquet', hive_partitioning = true)
+    select * from read_parquet('sketches/**/*.parquet')
     where kernel = 'linear' and estimator = '{estimator}' and head is null
 ), last_step as (
-    select suite, model, max(step) as step from s group by suite, model
+    select run_id, max(step) as step from s group by run_id
 ), final as (
-    select s.* from s join last_step using (suite, model, step)
+    select s.* from s join last_step using (run_id, step)
 )
-select s.model, s.site, s.layer, s.step,
+select s.model, s.run_id, s.site, s.layer, s.step,
        list_dot_product(s.gram::double[], final.gram::double[]) / (s.gram_norm * final.gram_norm) as cka
 from s join final
-  on s.suite = final.suite and s.model = final.model and s.layer = final.layer
- and s.site = final.site and s.probe_id = final.probe_id
-order by s.model, s.site, s.layer, s.step;"""
+  on s.run_id = final.run_id and s.layer = final.layer and s.site = final.site
+ and s.probe_id = final.probe_id and s.n = final.n
+order by s.model, s.run_id, s.site, s.layer, s.step;"""
 
 
 def render_card(manifest: dict[str, Any], summary: Summary) -> str:
@@ -163,18 +165,18 @@ def _reading(manifest: dict[str, Any], summary: Summary) -> list[str]:
     glob = f"DIR/{table}/**/*.parquet"
     return [
         "## Reading it (no layerlake needed)", "",
-        "Every table is a folder of hive-partitioned Parquet files, `<table>/suite=<s>/model=<m>/part-*.parquet`;",
-        "`suite` and `model` are read from the folder names. `DIR` is this folder.", "",
+        "Every table is a folder of Parquet files, `<table>/<suite>/<model>/<task>-<sha256>.parquet`; every",
+        "file holds all of its table's columns (`suite`, `model` and `run_id` included), so every reader",
+        "returns the same columns. `DIR` is this folder.", "",
         "```python", "import duckdb",
-        f"rel = duckdb.sql(\"select * from read_parquet('{glob}', hive_partitioning = true)\")",
+        f"rel = duckdb.sql(\"select * from read_parquet('{glob}')\")",
         "rel.df()    # pandas      rel.pl()   # polars      rel.arrow()   # pyarrow", "",
-        "import pandas as pd, polars as pl",
-        f'pd.read_parquet("DIR/{table}")                                # pyarrow finds suite= / model=',
-        f'pl.read_parquet("{glob}", hive_partitioning=True)', "",
+        "import pandas as pd, polars as pl, pyarrow.dataset as ds",
+        f'pd.read_parquet("DIR/{table}")',
+        f'pl.read_parquet("{glob}")',
+        f'ds.dataset("DIR/{table}").to_table()', "",
         "import datasets",
         f'datasets.load_dataset("DIR", "{table}")                      # one config per table', "```", "",
-        "A model name that looks like a number (`070`) is read as one unless you add",
-        "`hive_types = {'suite': VARCHAR, 'model': VARCHAR}` to `read_parquet`.", "",
         "With layerlake: `layerlake share attach DIR --sql \"...\"` queries it beside your warehouse through the",
         "usual views and macros; `layerlake share import DIR` verifies it and merges it into your warehouse.", "",
         "## Example query", "", "Run from inside this folder (`duckdb` CLI or `duckdb.sql(...)`):", "",
@@ -191,10 +193,9 @@ def _columns(manifest: dict[str, Any]) -> list[str]:
     for name in manifest["tables"]:
         spec = schema.table(name)
         lines += [f"### {name}", "", spec.doc, "", "| column | type | meaning |", "| --- | --- | --- |"]
-        lines += ["| suite | VARCHAR | suite (folder name) |", "| model | VARCHAR | model (folder name) |"]
         lines += [
             f"| {c.name} | {duck_type(c.type)} | {_cell(c.doc)}{' (may be NULL)' if c.nullable else ''} |"
-            for c in spec.columns
+            for c in spec.all_columns
         ]
         lines.append("")
     return lines
@@ -225,19 +226,18 @@ def _croissant_type(type_: pa.DataType) -> str:
 
 
 def croissant(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
-    """Croissant 1.0 metadata: one FileSet and one RecordSet per table (partition columns from the path)."""
+    """Croissant 1.0 metadata: one FileSet and one RecordSet per table (every column in the files)."""
     models = ", ".join(f"{s}/{m}" for s, m in sorted(summary.models))
     distribution, record_sets = [], []
     for name in manifest["tables"]:
         spec, files_id = schema.table(name), f"{name}-files"
         distribution.append({"@type": "cr:FileSet", "@id": files_id, "name": files_id,
                              "encodingFormat": "application/x-parquet", "includes": f"{name}/**/*.parquet"})  # fmt: skip
-        fields = [_partition_field(name, files_id, p) for p in schema.PARTITION_COLUMNS]
-        fields += [
+        fields = [
             {"@type": "cr:Field", "@id": f"{name}/{c.name}", "name": c.name, "description": c.doc,
              "dataType": _croissant_type(c.type), **({"repeated": True} if pa.types.is_list(c.type) else {}),
              "source": {"fileSet": {"@id": files_id}, "extract": {"column": c.name}}}
-            for c in spec.columns
+            for c in spec.all_columns
         ]  # fmt: skip
         record_sets.append(
             {"@type": "cr:RecordSet", "@id": name, "name": name, "description": spec.doc, "field": fields}
@@ -247,13 +247,4 @@ def croissant(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
         "name": f"layerlake-{manifest['dataset_id']}", "version": f"{manifest['schema_version']}.0.0",
         "description": f"Per-layer statistics of training checkpoints of {models}, exported by {manifest['created_by']}.",
         "datePublished": manifest["created_at"], "distribution": distribution, "recordSet": record_sets,
-    }  # fmt: skip
-
-
-def _partition_field(table: str, files_id: str, column: str) -> dict[str, Any]:
-    return {
-        "@type": "cr:Field", "@id": f"{table}/{column}", "name": column, "dataType": "sc:Text",
-        "description": f"{column}, read from the folder name {column}=<value>",
-        "source": {"fileSet": {"@id": files_id}, "extract": {"fileProperty": "fullpath"},
-                   "transform": {"regex": f"^.*/{column}=([^/]+)/.*$"}},
     }  # fmt: skip

@@ -19,8 +19,6 @@ their meta, plus where they came from: ``imported_from``, ``import_dataset_id``,
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,6 @@ from layerlake.warehouse.errors import ManifestError, ShareError
 from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
-    append_batch,
     latest,
     manifest_path,
     read_entries,
@@ -40,7 +37,7 @@ from layerlake.warehouse.manifest import (
 from layerlake.warehouse.share.export import copy_verified
 from layerlake.warehouse.share.verify import SharedDataset, verify_folder
 from layerlake.warehouse.views import default_root
-from layerlake.warehouse.writer import Warehouse, fsync_dir, now_utc
+from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc, staging_name
 
 _SHOWN = 8  # conflicting rows named in an error; the rest are counted
 
@@ -179,7 +176,7 @@ def read_keys(table: str, path: Path) -> list[tuple]:
 
 
 def key_columns(table: str) -> tuple[str, ...]:
-    return tuple(c for c in schema.table(table).key if c not in schema.PARTITION_COLUMNS)
+    return tuple(c for c in schema.table(table).key if c not in ("suite", "model"))
 
 
 def describe_key(table: str, suite: str, model: str, key: tuple) -> str:
@@ -212,34 +209,36 @@ def imported_entry(
     }
     if local is None:
         return CommitEntry("ok", entry.task_id, entry.suite, entry.model, entry.files, {**entry.meta, **provenance},
-                           entry.schema_version, now_utc())  # fmt: skip
+                           entry.schema_version, now_utc(), run_id=entry.run_id)  # fmt: skip
     merged = {**local.meta, "merged_import": {**provenance, "tables": sorted(f.table for f in new)}}
     return CommitEntry("ok", local.task_id, local.suite, local.model, local.files + new, merged,
-                       local.schema_version, now_utc())  # fmt: skip
+                       local.schema_version, now_utc(), run_id=local.run_id)  # fmt: skip
 
 
 def publish(warehouse: Warehouse, dataset: SharedDataset, plan: Plan) -> None:
-    """Copy the plan's new files into place, then append one batch line listing every new entry."""
-    staged: list[tuple[Path, Path]] = []
+    """Copy the plan's new files to staging (each checked against its listed sha256 while copying), then
+    move them into place and append one batch line listing every new entry (``Warehouse.publish``)."""
+    commits = [
+        (
+            entry,
+            [Staged(warehouse.staging / staging_name(f.table), warehouse.root / f.path, f) for f in files],
+        )
+        for entry, files in plan.new
+    ]
     try:
-        for _, files in plan.new:
-            for f in files:
-                tmp = warehouse.staging / f"import.{uuid.uuid4().hex}.parquet.tmp"
-                staged.append((tmp, warehouse.root / f.path))
-                copy_verified(dataset.folder / f.path, tmp, f)
-        for tmp, target in staged:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
+        for _, staged in commits:
+            for s in staged:
+                copy_verified(dataset.folder / s.entry.path, s.tmp, s.entry)
     except ManifestError as error:
+        discard([s for _, staged in commits for s in staged])
         raise ShareError(
             f"a file of {dataset.folder} changed while it was imported ({error.message}); nothing was imported",
             fix="wait until the folder is completely copied, then import again",
         ) from error
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-    append_batch(warehouse.manifest, [entry for entry, _ in plan.new], now_utc())
+    except BaseException:
+        discard([s for _, staged in commits for s in staged])
+        raise
+    warehouse.publish(commits)
 
 
 def _conflict_error(dataset: SharedDataset, root: Path, conflicts: list[str]) -> ShareError:

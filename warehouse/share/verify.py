@@ -129,15 +129,16 @@ def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]
                 problems.append(
                     Problem(
                         f.path,
-                        "is not a shard path <table>/suite=<s>/model=<m>/part-<task>.parquet",
+                        "is not a shard path <table>/<suite>/<model>/<task>-<sha256[:16]>.parquet",
                         _REEXPORT,
                     )
                 )
-            elif (name.table, name.suite, name.model, name.task_id) != (
+            elif (name.table, name.suite, name.model, name.task_id, name.digest) != (
                 f.table,
                 entry.suite,
                 entry.model,
                 entry.task_id,
+                f.sha256[:16],
             ):
                 problems.append(
                     Problem(f.path, f"is listed as table {f.table!r} of task {entry.task_id!r}", _REEXPORT)
@@ -162,7 +163,7 @@ def _check_file(folder: Path, f: FileEntry, checksums: bool) -> list[Problem]:
         return [
             Problem(f.path, "is a symbolic link, not a file", "copy the folder with links resolved (cp -L)")
         ]
-    problem = file_problem(path, f, verify_sha256=checksums)
+    problem = file_problem(folder, f, verify_sha256=checksums)
     if problem == "missing":
         return [
             Problem(
@@ -201,7 +202,7 @@ def _check_file(folder: Path, f: FileEntry, checksums: bool) -> list[Problem]:
 
 def _check_columns(f: FileEntry, file_schema: pa.Schema) -> list[Problem]:
     """The file's columns and types against ``warehouse/schema.py`` (names exact, types equal)."""
-    contract = schema.table(f.table).arrow_schema()
+    contract = schema.table(f.table).file_schema()
     given = {field.name: field.type for field in file_schema}
     wanted = {field.name: field.type for field in contract}
     missing = [c for c in wanted if c not in given]

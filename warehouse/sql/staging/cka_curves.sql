@@ -7,13 +7,13 @@
 -- param: $source name? = computed | 'computed', or an imported source name; null = every source side by side
 -- uses: cka_to_reference
 -- grain: one row per (suite, model, source, probe_id, site, layer, head, step)
-select suite, model, source, site, layer, head, step, cka, reference_step, estimator, n, d, probe_id
+select suite, model, run_id, source, site, layer, head, step, cka, reference_step, estimator, n, d, probe_id
 from cka_to_reference
 where $source is null or $source = 'computed'
 union all by name
 select
-    suite, model, source, site, layer, null::integer as head, step, value as cka,
-    max(step) over (partition by suite, model, source, site, layer) as reference_step,
+    suite, model, run_id, source, site, layer, null::integer as head, step, value as cka,
+    max(step) over (partition by suite, model, run_id, source, site, layer) as reference_step,
     null::varchar as estimator, null::integer as n, null::integer as d, null::varchar as probe_id
 from imported_metrics
 where metric = 'cka_scores'

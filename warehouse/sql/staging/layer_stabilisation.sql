@@ -12,18 +12,18 @@ with marked as (
     select
         *,
         bool_and(coalesce(cka >= $threshold and not isnan(cka), false)) over (
-            partition by suite, model, source, probe_id, site, layer, head order by step
+            partition by suite, model, run_id, source, probe_id, site, layer, head order by step
             rows between current row and unbounded following
         ) as stays_above,
-        max(step) over (partition by suite, model, source, probe_id, site, layer, head) as final_step
+        max(step) over (partition by suite, model, run_id, source, probe_id, site, layer, head) as final_step
     from cka_curves
 )
 select
-    suite, model, source, probe_id, site, layer, head,
+    suite, model, run_id, source, probe_id, site, layer, head,
     min(step) filter (where stays_above) as stabilisation_step,
     min(step) filter (where stays_above) / nullif(any_value(final_step), 0)::double as stabilisation_fraction,
     any_value(final_step) as final_step,
     avg(cka) as mean_cka,
     count(*) as n_checkpoints
 from marked
-group by suite, model, source, probe_id, site, layer, head
+group by suite, model, run_id, source, probe_id, site, layer, head

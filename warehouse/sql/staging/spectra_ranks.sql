@@ -25,9 +25,9 @@ with spectra_rows as (
         and (case when $per_head then head is not null else head is null end)
 ),
 head_dims as (
-    select suite, model, weights_sha256, max(d_head) as d_head
+    select suite, model, run_id, weights_sha256, max(d_head) as d_head
     from checkpoints
-    group by suite, model, weights_sha256
+    group by suite, model, run_id, weights_sha256
 ),
 with_k as (
     select
@@ -35,10 +35,10 @@ with_k as (
         case $k when 'head_dim' then h.d_head when 'rank' then s.numerical_rank
             else least(s.rows, s.cols) end as k
     from spectra_rows as s
-    left join head_dims as h using (suite, model, weights_sha256)
+    left join head_dims as h using (suite, model, run_id, weights_sha256)
 )
 select
-    suite, model, step, tensor, matrix, layer, head, rows, cols,
+    suite, model, run_id, step, tensor, matrix, layer, head, rows, cols,
     $k as k_rule, k, numerical_rank,
     erank(sv) as erank,
     per(sv, k) as per,
