@@ -156,22 +156,33 @@ def test_gradient_spectra_equal_numpy_of_the_lm_loss_gradient():
     model.zero_grad()
     model(ids, labels=ids).loss.backward()  # transformers' own mean next-token cross-entropy
     grads = {k: p.grad.double().numpy().copy() for k, p in model.named_parameters()}
+    weights = {k: p.detach().double().numpy().copy() for k, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     tables, timings = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True, batch_size=4))
     grad_rows = rows(tables["spectra"], tensor="grad")
     assert {r["probe_id"] for r in grad_rows} == {"probe-1"}
     assert timings["backward"] > 0
     p = "gpt_neox.layers.0."
+    w_o, g_o = weights[p + "attention.dense.weight"], grads[p + "attention.dense.weight"]
+    v_rows = np.r_[12:18, 30:36]  # V of heads 0 and 1 in the fused rows [head][q|k|v][6]
+    w_v, g_v = (
+        weights[p + "attention.query_key_value.weight"][v_rows],
+        grads[p + "attention.query_key_value.weight"][v_rows],
+    )
     expected = {
         ("dense_4h_to_h", None): grads[p + "mlp.dense_4h_to_h.weight"],
         ("query_key_value", None): grads[p + "attention.query_key_value.weight"],
-        # the paper's gradient OV: the product of the two gradients
-        ("ov", 1): grads[p + "attention.dense.weight"][:, 6:12]
-        @ grads[p + "attention.query_key_value.weight"][30:36],
+        # OV is no parameter: its gradient is the chain rule gO W_V + W_O gV, per head and per layer
+        ("ov", 1): g_o[:, 6:12] @ w_v[6:] + w_o[:, 6:12] @ g_v[6:],
+        ("ov", None): g_o @ w_v + w_o @ g_v,
     }
     got = {(r["matrix"], r["head"]): r["sv"] for r in grad_rows if r["layer"] == 0}
     for key, matrix in expected.items():
         assert_sv_close(got[key], matrix, rel=1e-5)
+    # not the product of the two gradients (which scales with the square of the gradient)
+    for head, cols in ((1, slice(6, 12)), (None, slice(None))):
+        old = np.linalg.svd(g_o[:, cols] @ g_v[cols], compute_uv=False)
+        assert np.abs(np.asarray(got[("ov", head)]) - old).max() > 1e-2 * got[("ov", head)][0]
     assert all(q.grad is None for q in model.parameters())
     assert all(q.requires_grad for q in model.parameters())
 

@@ -175,8 +175,19 @@ SPECTRA = Table(
         _STEP,
         _WEIGHTS,
         _LAYER,
-        _c("tensor", pa.string(), "weight | grad"),
-        _c("matrix", pa.string(), "canonical matrix name (layerlake.core.choices.Matrix)"),
+        _c(
+            "tensor",
+            pa.string(),
+            "weight | grad: the matrix, or the gradient of the mean next-token loss on the probe batch. "
+            "ov is a product, not a parameter: its grad is the chain rule gO W_V + W_O gV (per head "
+            "gO_h W_V_h + W_O_h gV_h; g = the factors' gradients, W = the weights they were taken at), "
+            "the derivative of W_O W_V along the gradient, linear in it (etl.sites.ov_gradient_factors)",
+        ),
+        _c(
+            "matrix",
+            pa.string(),
+            "canonical matrix name (layerlake.core.choices.Matrix); ov = W_O_h W_V_h per head, W_O W_V per layer",
+        ),
         _HEAD,
         _c("rows", pa.int32(), "matrix rows"),
         _c("cols", pa.int32(), "matrix columns"),

@@ -123,12 +123,19 @@ class Matrix(Choice):
     gate_proj = "gate_proj", "the gated MLP's gate projection (llama)"
     up_proj = "up_proj", "the gated MLP's up projection (llama)"
     dense_4h_to_h = "dense_4h_to_h", "the MLP output projection"
-    ov = "ov", "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL)"
+    ov = (
+        "ov",
+        "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL); "
+        "its grad is the chain rule gO W_V + W_O gV",
+    )
 
 
 class Tensor(Choice):
     weight = "weight", "the parameter itself"
-    grad = "grad", "the gradient of the language-model loss on the probe batch"
+    grad = (
+        "grad",
+        "the gradient of the language-model loss on the probe batch (ov: gO W_V + W_O gV, the chain rule)",
+    )
 
 
 class OutputFormat(Choice):
