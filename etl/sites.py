@@ -40,10 +40,15 @@ and scales with the square of the gradient.)
 
 GPT-NeoX fuses Q, K and V *interleaved per head*: the fused output, viewed as
 ``(..., n_heads, 3 * d_head)``, holds ``[q_h | k_h | v_h]`` for each head h. ``v_slice="true_v"``
-(the default) takes the true V; ``v_slice="paper_last_third"`` takes the last third of the fused
-output as the paper's code did, which is q, k and v of the last third of the heads (it agrees with
-the true V only for a single head). The slice applies to the ``ov`` site and the ``ov`` matrix (as
-in the paper); the ``value`` matrix is always the true V.
+(the default) takes the true V; ``v_slice="paper_last_third"`` takes columns 2d..3d of the fused
+output (d = n_heads * d_head) as the paper's code did, thinking it was V. With H heads those columns are
+the d_head-wide pieces 2H..3H-1 of ``[q0 k0 v0 q1 k1 v1 ...]`` (:func:`paper_slice_pieces`): the true
+V only for one head; q, k and v of the last third of the heads only when 3 divides H (12 heads: heads
+8-11); otherwise the slice starts inside head floor(2H/3), e.g. ``[k1 | v1]`` for 2 heads,
+``[v2 | q3 | k3 | v3]`` for 4, ``[k5 | v5 | q6 | k6 | v6 | q7 | k7 | v7]`` for 8 (of Pythia's head
+counts, 8, 12, 16, 32 and 40, only 12 is divisible by 3). Its i-th d_head piece is read as "V of head i".
+The slice applies to the ``ov`` site and the ``ov`` matrix (as in the paper); the ``value`` matrix is
+always the true V.
 """
 
 from __future__ import annotations
@@ -175,11 +180,35 @@ def check_family_options(v_slice: VSlice, family: Family) -> None:
 # --- V and W_V per head -------------------------------------------------------------------------
 
 
+def paper_slice_pieces(n_heads: int) -> list[str]:
+    """The pieces of a fused GPT-NeoX QKV output that ``v_slice="paper_last_third"`` takes, in order.
+
+    The fused output of H heads is 3H pieces of d_head columns, ``[q0 k0 v0 q1 k1 v1 ...]``: piece u is
+    part ``"qkv"[u % 3]`` of head ``u // 3``. The paper's slice, columns 2d..3d with d = H * d_head, is
+    pieces 2H .. 3H-1, and its i-th piece is what the ``ov`` site then reads as head i's V. It starts at
+    piece 2H, inside head floor(2H / 3): at its q when 3 divides H (the slice is then q, k and v of the
+    last third of the heads), at its v when H = 3m + 1, at its k when H = 3m + 2.
+
+    >>> paper_slice_pieces(1)
+    ['v0']
+    >>> paper_slice_pieces(2)
+    ['k1', 'v1']
+    >>> paper_slice_pieces(3)
+    ['q2', 'k2', 'v2']
+    >>> paper_slice_pieces(4)
+    ['v2', 'q3', 'k3', 'v3']
+    >>> paper_slice_pieces(8)
+    ['k5', 'v5', 'q6', 'k6', 'v6', 'q7', 'k7', 'v7']
+    """
+    return [f"{'qkv'[u % 3]}{u // 3}" for u in range(2 * n_heads, 3 * n_heads)]
+
+
 def split_value_output(out: torch.Tensor, family: Family, shape: Shape, v_slice: str) -> torch.Tensor:
     """V per query head from the value module's output: (n, features) -> (n, n_heads, d_head).
 
     Fused QKV (``[head][q|k|v][d_head]``): ``true_v`` is ``out.view(n, H, 3, dh)[:, :, 2]``;
-    ``paper_last_third`` is ``out[:, 2d:].view(n, H, dh)``. Llama: ``v_proj`` output viewed as
+    ``paper_last_third`` is ``out[:, 2d:].view(n, H, dh)``, whose "head" i is the fused piece
+    ``paper_slice_pieces(H)[i]`` (not V_i unless H = 1). Llama: ``v_proj`` output viewed as
     ``(n, n_kv, dh)``, each kv head repeated for the ``n_heads / n_kv`` query heads of its group.
     """
     n = out.shape[0]

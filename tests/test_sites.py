@@ -131,3 +131,34 @@ def test_ov_gradient_is_linear_in_the_gradient():
     }
     for key in [("ov", None), ("ov", 0), ("ov", 3), ("dense", None)]:
         torch.testing.assert_close(after[key], 10.0 * before[key], rtol=1e-10, atol=1e-12)
+
+
+# -- 23: what the paper's "last third" holds --------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 3, 4, 6, 8, 12])
+def test_paper_slice_pieces_name_what_the_slices_take(n_heads):
+    """Label every column of a fused QKV by its piece, as GPT-NeoX lays them out ([head][q|k|v][d_head]),
+    slice it the paper's way through split_value_output and split_value_weight, and read the labels back."""
+    dh = 3
+    family, shape = sites.FAMILIES["gpt_neox"], sites.Shape(1, n_heads * dh, n_heads, n_heads, dh)
+    names = [f"{part}{head}" for head in range(n_heads) for part in "qkv"]
+    # column value = 10 * piece + offset inside the piece
+    fused = torch.tensor([10.0 * piece + j for piece in range(3 * n_heads) for j in range(dh)])
+
+    def pieces(heads: torch.Tensor) -> list[str]:  # (H, dh): each row must be one whole piece, in order
+        for row in heads:
+            assert row.tolist() == [row[0].item() + j for j in range(dh)]
+        return [names[int(row[0]) // 10] for row in heads]
+
+    from_output = pieces(sites.split_value_output(fused.reshape(1, -1), family, shape, "paper_last_third")[0])
+    weight = fused.reshape(-1, 1).repeat(1, 5)  # a Linear's output features are its weight's rows
+    from_weight = pieces(sites.split_value_weight(weight, family, shape, "paper_last_third")[:, :, 0])
+    assert from_output == from_weight == sites.paper_slice_pieces(n_heads)
+    # the same labels read the true V as v0 .. v(H-1), which the paper's slice is for one head only
+    true_v = pieces(sites.split_value_output(fused.reshape(1, -1), family, shape, "true_v")[0])
+    assert true_v == [f"v{h}" for h in range(n_heads)]
+    assert (from_output == true_v) == (n_heads == 1)
+    # q, k and v of the last third of the heads exactly when 3 divides the head count
+    last_third = [f"{part}{head}" for head in range(2 * n_heads // 3, n_heads) for part in "qkv"]
+    assert (from_output == last_third) == (n_heads % 3 == 0)

@@ -82,7 +82,9 @@ class VSlice(Choice):
     true_v = "true_v", "the real V of each head of a fused QKV (GPT-NeoX interleaves [q|k|v] per head)"
     paper_last_third = (
         "paper_last_third",
-        "the last third of the fused QKV output, as the paper's code took it",
+        "columns 2d..3d of the fused QKV output, as the paper's code took V: the d_head pieces 2H..3H-1 "
+        "of [q0 k0 v0 q1 ...], e.g. [v2 q3 k3 v3] for 4 heads; true V only for 1 head "
+        "(etl.sites.paper_slice_pieces)",
     )
 
 
