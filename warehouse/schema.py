@@ -124,7 +124,13 @@ ACTIVATION_STATS = Table(
             nullable=True,
         ),
         _c("frac_near_zero", pa.float64(), "share of entries with |x| <= near_zero_eps * rms"),
-        _c("sv", pa.list_(pa.float64()), "singular values of the column-centred matrix, descending"),
+        _c(
+            "sv",
+            pa.list_(pa.float64()),
+            "singular values of the column-centred n x d matrix (float64 SVD), descending, min(n, d) of them; "
+            "values <= max(sv) * max(n, d) * 2^-52 are rounding noise: numerical_rank(sv, n, d) and "
+            "condition_number(sv, n, d) ignore them",
+        ),
     ),
 )
 
@@ -191,7 +197,13 @@ SPECTRA = Table(
         _HEAD,
         _c("rows", pa.int32(), "matrix rows"),
         _c("cols", pa.int32(), "matrix columns"),
-        _c("sv", pa.list_(pa.float64()), "singular values, descending"),
+        _c(
+            "sv",
+            pa.list_(pa.float64()),
+            "singular values (float64 SVD), descending, min(rows, cols) of them; values <= max(sv) * "
+            "max(rows, cols) * 2^-52 are rounding noise: numerical_rank(sv, rows, cols) and "
+            "condition_number(sv, rows, cols) ignore them",
+        ),
         _c("probe_id", pa.string(), "probe the gradient was taken on; NULL for weights", nullable=True),
     ),
 )
