@@ -175,19 +175,11 @@ def _add_spectra(
     options: ExtractOptions,
     tensor: str,
 ) -> None:
-    """Spectra of every matrix of every block, of the weights or of their gradients."""
-    if tensor == "weight":
-
-        def take(lin):
-            return lin.weight.detach()
-    else:
-
-        def take(lin):
-            return lin.weight.grad
-
+    """Spectra of every matrix of every block, of the weights or of their gradients (``ov``: by the
+    chain rule, see ``sites.ov_gradient_factors``)."""
     for layer, block in enumerate(sites.blocks(model)):
         for (matrix, head), (a, b) in sites.block_matrices(
-            block, family, shape, options.v_slice, take
+            block, family, shape, options.v_slice, tensor
         ).items():
             if head is not None and not options.per_head:
                 continue

@@ -20,6 +20,7 @@ matrix gate_proj    (none)                           ``mlp.gate_proj`` (goes thr
 matrix up_proj      (none)                           ``mlp.up_proj`` (multiplies the gate)
 matrix dense_4h_to_h    ``mlp.dense_4h_to_h``        ``mlp.down_proj``
 matrix ov           W_O_h W_V_h per head, W_O W_V    the same, W_V_h of head h's kv group
+                    per layer; grad: gO W_V + W_O gV  grad: the same chain rule
 ==================  ===============================  ==========================================
 
 ``gate_proj`` and ``up_proj`` keep llama's names because neither means what ``dense_h_to_4h``
@@ -30,23 +31,34 @@ The OV activation (the paper's "OV circuit" activation) is V at the probe positi
 without attention mixing: per head ``ov_h = V_h @ W_O[:, h]^T`` (n x d_model) and per layer
 ``ov = concat_h(V_h) @ W_O^T = sum_h ov_h``. The output bias of W_O is not added (as the paper).
 
+The ``ov`` *matrix* is the product ``W_O_h W_V_h`` (d_model x d_model, rank <= d_head) per head and
+``W_O W_V`` per layer. OV is not a parameter, so its gradient (``tensor="grad"`` rows) is the chain
+rule ``gO W_V + W_O gV`` (per head: ``gO_h W_V_h + W_O_h gV_h``), the derivative of the product along
+the gradients of its two factors (:func:`ov_gradient_factors`): linear in the gradient, rank <= 2 d_head
+per head. (The paper took ``gO gV``, the product of the two gradients, which is no derivative of OV
+and scales with the square of the gradient.)
+
 GPT-NeoX fuses Q, K and V *interleaved per head*: the fused output, viewed as
 ``(..., n_heads, 3 * d_head)``, holds ``[q_h | k_h | v_h]`` for each head h. ``v_slice="true_v"``
-(the default) takes the true V; ``v_slice="paper_last_third"`` takes the last third of the fused
-output as the paper's code did, which is q, k and v of the last third of the heads (it agrees with
-the true V only for a single head). The slice applies to the ``ov`` site and the ``ov`` matrix (as
-in the paper); the ``value`` matrix is always the true V.
+(the default) takes the true V; ``v_slice="paper_last_third"`` takes columns 2d..3d of the fused
+output (d = n_heads * d_head) as the paper's code did, thinking it was V. With H heads those columns are
+the d_head-wide pieces 2H..3H-1 of ``[q0 k0 v0 q1 k1 v1 ...]`` (:func:`paper_slice_pieces`): the true
+V only for one head; q, k and v of the last third of the heads only when 3 divides H (12 heads: heads
+8-11); otherwise the slice starts inside head floor(2H/3), e.g. ``[k1 | v1]`` for 2 heads,
+``[v2 | q3 | k3 | v3]`` for 4, ``[k5 | v5 | q6 | k6 | v6 | q7 | k7 | v7]`` for 8 (of Pythia's head
+counts, 8, 12, 16, 32 and 40, only 12 is divisible by 3). Its i-th d_head piece is read as "V of head i".
+The slice applies to the ``ov`` site and the ``ov`` matrix (as in the paper); the ``value`` matrix is
+always the true V.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from layerlake.core.choices import Matrix, Site, VSlice
+from layerlake.core.choices import Matrix, Site, Tensor, VSlice
 from layerlake.etl.errors import ExtractionError
 
 # The canonical names and their meanings are the closed sets ``Site`` and ``Matrix`` of
@@ -168,11 +180,35 @@ def check_family_options(v_slice: VSlice, family: Family) -> None:
 # --- V and W_V per head -------------------------------------------------------------------------
 
 
+def paper_slice_pieces(n_heads: int) -> list[str]:
+    """The pieces of a fused GPT-NeoX QKV output that ``v_slice="paper_last_third"`` takes, in order.
+
+    The fused output of H heads is 3H pieces of d_head columns, ``[q0 k0 v0 q1 k1 v1 ...]``: piece u is
+    part ``"qkv"[u % 3]`` of head ``u // 3``. The paper's slice, columns 2d..3d with d = H * d_head, is
+    pieces 2H .. 3H-1, and its i-th piece is what the ``ov`` site then reads as head i's V. It starts at
+    piece 2H, inside head floor(2H / 3): at its q when 3 divides H (the slice is then q, k and v of the
+    last third of the heads), at its v when H = 3m + 1, at its k when H = 3m + 2.
+
+    >>> paper_slice_pieces(1)
+    ['v0']
+    >>> paper_slice_pieces(2)
+    ['k1', 'v1']
+    >>> paper_slice_pieces(3)
+    ['q2', 'k2', 'v2']
+    >>> paper_slice_pieces(4)
+    ['v2', 'q3', 'k3', 'v3']
+    >>> paper_slice_pieces(8)
+    ['k5', 'v5', 'q6', 'k6', 'v6', 'q7', 'k7', 'v7']
+    """
+    return [f"{'qkv'[u % 3]}{u // 3}" for u in range(2 * n_heads, 3 * n_heads)]
+
+
 def split_value_output(out: torch.Tensor, family: Family, shape: Shape, v_slice: str) -> torch.Tensor:
     """V per query head from the value module's output: (n, features) -> (n, n_heads, d_head).
 
     Fused QKV (``[head][q|k|v][d_head]``): ``true_v`` is ``out.view(n, H, 3, dh)[:, :, 2]``;
-    ``paper_last_third`` is ``out[:, 2d:].view(n, H, dh)``. Llama: ``v_proj`` output viewed as
+    ``paper_last_third`` is ``out[:, 2d:].view(n, H, dh)``, whose "head" i is the fused piece
+    ``paper_slice_pieces(H)[i]`` (not V_i unless H = 1). Llama: ``v_proj`` output viewed as
     ``(n, n_kv, dh)``, each kv head repeated for the ``n_heads / n_kv`` query heads of its group.
     """
     n = out.shape[0]
@@ -222,37 +258,85 @@ def ov_activations(v: torch.Tensor, w_o: torch.Tensor) -> tuple[torch.Tensor, to
 # --- the matrices of one block ------------------------------------------------------------------
 
 MatrixKey = tuple[str, "int | None"]  # (canonical matrix, head or None)
+Factors = tuple[torch.Tensor, "torch.Tensor | None"]  # (a, b): the matrix is a @ b (b None: a itself)
+
+
+def read_tensor(linear: nn.Module, tensor: str) -> torch.Tensor | None:
+    """A Linear's weight (``tensor="weight"``) or its weight's gradient (``"grad"``, None if there is none)."""
+    return linear.weight.detach() if tensor == Tensor.weight else linear.weight.grad
+
+
+def ov_operands(
+    value: nn.Module, dense: nn.Module, family: Family, shape: Shape, v_slice: str, tensor: str
+) -> dict[MatrixKey, tuple[torch.Tensor, torch.Tensor]]:
+    """``(W_O, W_V)`` of the whole layer (key ``("ov", None)``) and of each head h (``("ov", h)``),
+    read as ``tensor`` (weights or their gradients); empty when either is missing.
+
+    Per layer W_O is (d_model x H*d_head) and W_V (H*d_head x d_model), its rows per head as
+    :func:`split_value_weight` takes them (``v_slice``); per head ``W_O[:, h*dh:(h+1)*dh]`` and W_V_h.
+    """
+    w_v_raw, w_o = read_tensor(value, tensor), read_tensor(dense, tensor)
+    if w_v_raw is None or w_o is None:
+        return {}
+    w_v = split_value_weight(w_v_raw, family, shape, v_slice)  # (H, dh, d_model)
+    w_o_heads = w_o.reshape(w_o.shape[0], shape.n_heads, shape.d_head)
+    pairs = {("ov", None): (w_o, w_v.reshape(shape.n_heads * shape.d_head, -1))}
+    for h in range(shape.n_heads):
+        pairs[("ov", h)] = (w_o_heads[:, h, :], w_v[h])
+    return pairs
+
+
+def ov_gradient_factors(
+    w_o: torch.Tensor, w_v: torch.Tensor, g_o: torch.Tensor, g_v: torch.Tensor
+) -> Factors:
+    """The gradient of OV = W_O W_V by the chain rule, ``gO @ W_V + W_O @ gV``, as factors of inner size 2r.
+
+    OV is not a parameter: what the loss gradient does to it is the derivative of the product along
+    the gradients gO = dL/dW_O (d_model x r) and gV = dL/dW_V (r x d_model) (the product rule):
+
+        d/dt (W_O + t gO)(W_V + t gV) |_{t=0} = gO W_V + W_O gV = [gO | W_O] @ [W_V ; gV]
+
+    so a gradient step of size lr moves OV by -lr times this matrix, to first order. It is linear in
+    the gradient, unlike the paper's ``gO @ gV`` (quadratic, and not a derivative of OV). The two
+    factors are (d_model x 2r) and (2r x d_model), so ``metrics.product_svdvals`` keeps its cheap SVD
+    while 2r < d_model (an OV head: rank <= 2 d_head).
+
+    With W_O = e1, W_V = 2 e2^T, gO = e3, gV = e1^T in 3 dimensions the matrix is 2 e3 e2^T + e1 e1^T,
+    with singular values 2, 1 and 0:
+
+    >>> e = torch.eye(3)
+    >>> a, b = ov_gradient_factors(e[:, :1], 2 * e[1:2], e[:, 2:], e[:1])
+    >>> (a @ b).tolist()
+    [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]]
+    """
+    return torch.cat([g_o, w_o], dim=1), torch.cat([w_v, g_v], dim=0)
 
 
 def block_matrices(
-    block: nn.Module,
-    family: Family,
-    shape: Shape,
-    v_slice: str,
-    take: Callable[[nn.Linear], torch.Tensor | None],
-) -> dict[MatrixKey, tuple[torch.Tensor, torch.Tensor | None]]:
+    block: nn.Module, family: Family, shape: Shape, v_slice: str, tensor: str
+) -> dict[MatrixKey, Factors]:
     """Every canonical matrix of one block, as ``(key) -> (a, b)`` with the matrix equal to ``a @ b``
     (``b`` None for a plain matrix), so low-rank products keep their factors for a cheap SVD.
 
-    ``take`` reads the tensor of a Linear: its weight, or its weight's gradient. The ``ov`` matrix is
-    ``W_O_h @ W_V_h`` per head and ``W_O @ W_V`` per layer; applied to gradients it is the same
-    product of the two gradients (as the paper computed it: OV is not itself a parameter).
+    ``tensor="weight"`` reads each Linear's weight, ``tensor="grad"`` its weight's gradient (matrices
+    without one are left out). The ``ov`` matrix is ``W_O_h @ W_V_h`` per head and ``W_O @ W_V`` per
+    layer; its gradient is the chain rule ``gO_h @ W_V_h + W_O_h @ gV_h`` per head and
+    ``gO @ W_V + W_O @ gV`` per layer (:func:`ov_gradient_factors`), with the weights at which the
+    gradient was taken. W_V and gV both follow ``v_slice``.
     """
-    out: dict[MatrixKey, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    out: dict[MatrixKey, Factors] = {}
     for name, path in family.plain_matrices.items():
-        t = take(module_at(block, path))
+        t = read_tensor(module_at(block, path), tensor)
         if t is not None:
             out[(name, None)] = (t, None)
     if family.fused_qkv and ("query_key_value", None) in out:
         for name, part in split_fused_qkv(out[("query_key_value", None)][0], shape).items():
             out[(name, None)] = (part, None)
-    w_v_raw = take(module_at(block, family.value_module))
-    w_o = take(module_at(block, family.out_module))
-    if w_v_raw is None or w_o is None:
-        return out
-    w_v = split_value_weight(w_v_raw, family, shape, v_slice)  # (H, dh, d_model)
-    out[("ov", None)] = (w_o, w_v.reshape(shape.n_heads * shape.d_head, -1))
-    w_o_heads = w_o.reshape(w_o.shape[0], shape.n_heads, shape.d_head)
-    for h in range(shape.n_heads):
-        out[("ov", h)] = (w_o_heads[:, h, :], w_v[h])
+    value, dense = module_at(block, family.value_module), module_at(block, family.out_module)
+    weights = ov_operands(value, dense, family, shape, v_slice, Tensor.weight)
+    if tensor == Tensor.weight:
+        out.update(weights)  # (W_O, W_V): the product itself
+    else:
+        grads = ov_operands(value, dense, family, shape, v_slice, Tensor.grad)
+        out.update({key: ov_gradient_factors(*weights[key], *g) for key, g in grads.items()})
     return out

@@ -11,9 +11,13 @@ curve recipes read imported CKA as they read computed CKA. The map for the Pythi
 
     attention.dense            -> ov              their "OV" activation: W_O applied to their V slice
     mlp.dense_4h_to_h          -> mlp_out         the MLP block's output
-    attention.query_key_value  -> qkv_last_third  the last third of the fused QKV output, which they took
-                                                  as V but which holds q, k and v of the last third of the
-                                                  heads (GPT-NeoX interleaves per head): a site of its own
+    attention.query_key_value  -> qkv_last_third  columns 2d..3d of the fused QKV output, which they took
+                                                  as V: a site of its own. GPT-NeoX interleaves [q|k|v] per
+                                                  head, so with H heads these are the d_head pieces
+                                                  2H..3H-1 of [q0 k0 v0 q1 ...]: q, k, v of the last third
+                                                  of the heads only when 3 divides H, else starting inside
+                                                  a head ([v2 q3 k3 v3] for 4 heads, [k5 v5 q6 k6 v6 q7 k7
+                                                  v7] for 8; layerlake.etl.sites.paper_slice_pieces)
 """
 
 from __future__ import annotations

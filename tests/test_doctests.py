@@ -7,7 +7,13 @@ import importlib
 
 import pytest
 
-MODULES = ("etl.probes", "etl.suite.corpus", "etl.suite.train", "warehouse.gram")
+MODULES = (
+    "layerlake.etl.probes",
+    "layerlake.etl.sites",
+    "layerlake.etl.suite.corpus",
+    "layerlake.etl.suite.train",
+    "layerlake.warehouse.gram",
+)
 
 
 @pytest.mark.parametrize("name", MODULES)

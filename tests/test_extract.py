@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -13,6 +14,7 @@ from layerlake.etl.errors import ExtractionError
 from layerlake.etl.extract import extract_from_model
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse.gram import unpack
+from layerlake.warehouse.macros import install_functions
 from layerlake.warehouse.schema import TABLES
 
 REF = CheckpointRef("tiny", "m", 64, "step64", 64 * 1024, "local", "/nowhere")
@@ -156,24 +158,76 @@ def test_gradient_spectra_equal_numpy_of_the_lm_loss_gradient():
     model.zero_grad()
     model(ids, labels=ids).loss.backward()  # transformers' own mean next-token cross-entropy
     grads = {k: p.grad.double().numpy().copy() for k, p in model.named_parameters()}
+    weights = {k: p.detach().double().numpy().copy() for k, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     tables, timings = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True, batch_size=4))
     grad_rows = rows(tables["spectra"], tensor="grad")
     assert {r["probe_id"] for r in grad_rows} == {"probe-1"}
     assert timings["backward"] > 0
     p = "gpt_neox.layers.0."
+    w_o, g_o = weights[p + "attention.dense.weight"], grads[p + "attention.dense.weight"]
+    v_rows = np.r_[12:18, 30:36]  # V of heads 0 and 1 in the fused rows [head][q|k|v][6]
+    w_v, g_v = (
+        weights[p + "attention.query_key_value.weight"][v_rows],
+        grads[p + "attention.query_key_value.weight"][v_rows],
+    )
     expected = {
         ("dense_4h_to_h", None): grads[p + "mlp.dense_4h_to_h.weight"],
         ("query_key_value", None): grads[p + "attention.query_key_value.weight"],
-        # the paper's gradient OV: the product of the two gradients
-        ("ov", 1): grads[p + "attention.dense.weight"][:, 6:12]
-        @ grads[p + "attention.query_key_value.weight"][30:36],
+        # OV is no parameter: its gradient is the chain rule gO W_V + W_O gV, per head and per layer
+        ("ov", 1): g_o[:, 6:12] @ w_v[6:] + w_o[:, 6:12] @ g_v[6:],
+        ("ov", None): g_o @ w_v + w_o @ g_v,
     }
     got = {(r["matrix"], r["head"]): r["sv"] for r in grad_rows if r["layer"] == 0}
     for key, matrix in expected.items():
         assert_sv_close(got[key], matrix, rel=1e-5)
+    # not the product of the two gradients (which scales with the square of the gradient)
+    for head, cols in ((1, slice(6, 12)), (None, slice(None))):
+        old = np.linalg.svd(g_o[:, cols] @ g_v[cols], compute_uv=False)
+        assert np.abs(np.asarray(got[("ov", head)]) - old).max() > 1e-2 * got[("ov", head)][0]
     assert all(q.grad is None for q in model.parameters())
     assert all(q.requires_grad for q in model.parameters())
+
+
+def test_stored_shapes_give_each_matrix_its_numerical_rank():
+    """What the rank tolerance needs is stored: with spectra's rows/cols and activation_stats' n/d the
+    macros find the rank each matrix has by construction, and a condition number that is not noise.
+
+    In float64 (float32 gradients carry their own rounding, above the float64 tolerance): the gradient of
+    a matrix writing into the residual stream (dense, dense_4h_to_h) has rank d_model - 1, because
+    every read of the stream goes through a LayerNorm, whose gradient is orthogonal to the ones vector.
+    """
+    model = neox(n_heads=3)  # d_model 12, d_head 4
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True, dtype="float64"))
+    con = install_functions(duckdb.connect())
+    con.register("spectra", tables["spectra"])
+    con.register("activation_stats", tables["activation_stats"])
+    spectra = con.execute(
+        "select tensor, matrix, head, rows, cols, len(sv), numerical_rank(sv, rows, cols),"
+        " condition_number(sv, rows, cols), sv[1] / list_min(list_filter(sv, lambda x: x > 0)) from spectra"
+    ).fetchall()
+    noise_divided = 0
+    for tensor, matrix, head, rows_, cols, count, rank, cond, old in spectra:
+        key = (tensor, matrix, head)
+        if matrix == "ov" and head is not None:  # d_model x d_model products of inner size 4 (grad: 8)
+            want = 4 if tensor == "weight" else 8
+        elif tensor == "grad" and matrix in ("dense", "dense_4h_to_h"):
+            want = 11
+        else:
+            want = min(rows_, cols)
+        assert count == min(rows_, cols) and rank == want, key
+        assert np.isfinite(cond) and cond < 1e6, key
+        noise_divided += old > 1e12
+    assert noise_divided == 4  # the old rule's answer for those four gradients (2 layers x 2 matrices)
+    n = PROBE.n  # 8 probe rows: a centred 8 x 12 matrix has rank <= 7, an OV head's <= d_head = 4
+    stats = con.execute(
+        "select site, head, n, d, len(sv), numerical_rank(sv, n, d), condition_number(sv, n, d)"
+        " from activation_stats"
+    ).fetchall()
+    for site, head, n_, d, count, rank, cond in stats:
+        assert (n_, d, count) == (n, 12, n)
+        assert rank == (4 if head is not None else n - 1), (site, head)
+        assert np.isfinite(cond) and cond < 1e6, (site, head)
 
 
 def test_per_head_false_skips_head_rows():

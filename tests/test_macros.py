@@ -54,7 +54,6 @@ def np_measures(s):
     return {
         "erank": np_erank(s),
         "stable_rank": float((s**2).sum() / s.max() ** 2) if pos.size else None,
-        "condition_number": float(pos.max() / pos.min()) if pos.size else None,
         "spectral_norm": float(s.max()) if s.size else None,
         "nuclear_norm": float(s.sum()) if s.size else None,
         "frobenius_norm": float(np.sqrt((s**2).sum())) if s.size else None,
@@ -75,6 +74,23 @@ SPECTRA = {
 }
 
 
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def np_significant(s, rows, cols):
+    """numpy.linalg.matrix_rank's rule: the values above s_max * max(rows, cols) * eps (float64)."""
+    s = np.asarray(s, dtype=float)
+    return s[s > s.max() * max(rows, cols) * EPS64] if s.size else s
+
+
+def np_shape_measures(s, rows, cols):
+    keep = np_significant(s, rows, cols)
+    return {
+        "numerical_rank": int(keep.size),
+        "condition_number": float(keep.max() / keep.min()) if keep.size else None,
+    }
+
+
 @pytest.mark.parametrize("case", list(SPECTRA))
 def test_spectrum_macros_match_numpy(con, case):
     s = SPECTRA[case]
@@ -85,6 +101,88 @@ def test_spectrum_macros_match_numpy(con, case):
             assert got is None, (macro, case, got)
         else:
             assert got == pytest.approx(want, rel=1e-9), (macro, case)
+    rows, cols = max(len(s), 1), len(s) + 3  # the matrix these values could belong to
+    for macro, want in np_shape_measures(s, rows, cols).items():
+        got = q(con, f"select {macro}(?::DOUBLE[], ?, ?)", s.tolist(), rows, cols)
+        if want is None:
+            assert got is None, (macro, case, got)
+        else:
+            assert got == pytest.approx(want, rel=1e-9), (macro, case)
+
+
+def low_rank(rows: int, cols: int, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A dense float64 rows x cols matrix of exactly ``rank`` with known singular values (1 .. 1/50),
+    multiplied out so its SVD shows the rounding noise in place of the missing ones."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.normal(size=(rows, rank)))
+    v, _ = np.linalg.qr(rng.normal(size=(cols, rank)))
+    s = np.geomspace(1.0, 1.0 / 50, rank)
+    return (u * s) @ v.T, s
+
+
+RANK_DEFICIENT = {  # rows, cols, rank
+    "square": (40, 40, 12),
+    "tall": (64, 24, 5),
+    "wide": (16, 96, 8),  # an OV head's shape: d_model x d_model of rank d_head is the same story
+    "rank_one": (30, 20, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(RANK_DEFICIENT))
+def test_rank_deficient_matrices_get_their_rank_and_a_finite_condition_number(con, case):
+    rows, cols, rank = RANK_DEFICIENT[case]
+    m, s_true = low_rank(rows, cols, rank, seed=rows + cols)
+    sv = np.linalg.svd(m, compute_uv=False)
+    assert sv[rank:].max(initial=0.0) < 1e-14  # rounding noise where the missing values would be
+    assert sv[0] / sv[sv > 0].min() > 1e12  # which is what the old condition_number(sv) divided by
+    got_rank = q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    assert got_rank == rank == np.linalg.matrix_rank(m)
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    # the condition number of m restricted to its rank: s_1 / s_r of the r x r core U_r^T m V_r
+    u, _, vt = np.linalg.svd(m)
+    restricted = np.linalg.cond(u[:, :rank].T @ m @ vt[:rank].T)
+    assert np.isfinite(got)
+    assert got == pytest.approx(restricted, rel=1e-9)
+    assert got == pytest.approx(s_true[0] / s_true[-1], rel=1e-9)
+
+
+def test_centred_activations_drop_the_direction_centring_removed(con):
+    """activation_stats stores the spectrum of the column-centred n x d matrix: with n <= d it has rank
+    n - 1 and one noise value, which condition_number(sv, n, d) ignores."""
+    x = np.random.default_rng(5).normal(size=(10, 32))
+    xc = x - x.mean(axis=0)
+    sv = np.linalg.svd(xc, compute_uv=False)
+    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), 10, 32) == 9
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), 10, 32)
+    assert got == pytest.approx(sv[0] / sv[8], rel=1e-12)
+    assert got < 1e3 < sv[0] / sv[9]  # dividing by the noise value is what the old macro did
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(6, 6), (9, 4), (3, 8)])
+def test_condition_number_of_a_full_rank_matrix_is_numpys(con, rows, cols):
+    m = np.random.default_rng(rows * cols).normal(size=(rows, cols))
+    sv = np.linalg.svd(m, compute_uv=False)
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    assert got == pytest.approx(np.linalg.cond(m), rel=1e-12)
+    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols) == min(rows, cols)
+
+
+def test_tolerance_is_relative_and_scales_with_the_larger_side(con):
+    """Just above and just below tol = s_max * max(rows, cols) * eps, for values of any magnitude."""
+    for scale in (1e-30, 1.0, 1e30):
+        tol = scale * 50 * EPS64
+        above, below = [scale, 1.01 * tol], [scale, 0.99 * tol]
+        assert q(con, "select numerical_rank(?::DOUBLE[], 50, 2)", above) == 2
+        assert q(con, "select numerical_rank(?::DOUBLE[], 2, 50)", below) == 1
+        assert q(con, "select condition_number(?::DOUBLE[], 2, 50)", below) == 1.0
+
+
+def test_shape_macros_need_the_shape(con):
+    assert q(con, "select numerical_rank([1.0, 0.5], NULL, 2)") is None
+    assert q(con, "select condition_number([1.0, 0.5], 2, NULL)") is None
+    assert q(con, "select numerical_rank([]::DOUBLE[], 0, 3)") == 0
+    with pytest.raises(duckdb.BinderException, match=r"condition_number\(sv, rows, cols\)"):
+        q(con, "select condition_number([1.0, 0.5])")
 
 
 def test_known_values(con):
@@ -96,9 +194,13 @@ def test_known_values(con):
     assert q(con, "select powerlaw_alpha([2.0, 1.0, 0.5, 0.25])") == pytest.approx(1 + 2 / np.log(4.0))
 
 
+SHAPED = ("condition_number", "numerical_rank")  # (sv, rows, cols)
+
+
 @pytest.mark.parametrize("macro", [m for m in MACROS if m not in ("cka", "cka_normed", "per")])
 def test_null_spectrum_is_null(con, macro):
-    assert q(con, f"select {macro}(NULL::DOUBLE[])") is None
+    shape = ", 3, 4" if macro in SHAPED else ""
+    assert q(con, f"select {macro}(NULL::DOUBLE[]{shape})") is None
 
 
 def test_per_with_bad_k_is_null(con):
@@ -110,7 +212,8 @@ def test_per_with_bad_k_is_null(con):
 def test_no_nan_from_float_lists(con):
     # FLOAT[] (as stored for Grams) and DOUBLE[] both work; zeros never give NaN.
     assert q(con, "select erank([0, 0]::FLOAT[])") is None
-    assert q(con, "select condition_number([0, 0]::FLOAT[])") is None
+    assert q(con, "select condition_number([0, 0]::FLOAT[], 2, 2)") is None
+    assert q(con, "select numerical_rank([0, 0]::FLOAT[], 2, 2)") == 0
 
 
 def direct_linear_cka(x, y):

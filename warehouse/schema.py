@@ -152,7 +152,13 @@ ACTIVATION_STATS = Table(
             nullable=True,
         ),
         _c("frac_near_zero", pa.float64(), "share of entries with |x| <= near_zero_eps * rms"),
-        _c("sv", pa.list_(pa.float64()), "singular values of the column-centred matrix, descending"),
+        _c(
+            "sv",
+            pa.list_(pa.float64()),
+            "singular values of the column-centred n x d matrix (float64 SVD), descending, min(n, d) of them; "
+            "values <= max(sv) * max(n, d) * 2^-52 are rounding noise: numerical_rank(sv, n, d) and "
+            "condition_number(sv, n, d) ignore them",
+        ),
     ),
 )
 
@@ -202,12 +208,29 @@ SPECTRA = Table(
         _STEP,
         _WEIGHTS,
         _LAYER,
-        _c("tensor", pa.string(), "weight | grad"),
-        _c("matrix", pa.string(), "canonical matrix name (layerlake.core.choices.Matrix)"),
+        _c(
+            "tensor",
+            pa.string(),
+            "weight | grad: the matrix, or the gradient of the mean next-token loss on the probe batch. "
+            "ov is a product, not a parameter: its grad is the chain rule gO W_V + W_O gV (per head "
+            "gO_h W_V_h + W_O_h gV_h; g = the factors' gradients, W = the weights they were taken at), "
+            "the derivative of W_O W_V along the gradient, linear in it (etl.sites.ov_gradient_factors)",
+        ),
+        _c(
+            "matrix",
+            pa.string(),
+            "canonical matrix name (layerlake.core.choices.Matrix); ov = W_O_h W_V_h per head, W_O W_V per layer",
+        ),
         _HEAD,
         _c("rows", pa.int32(), "matrix rows"),
         _c("cols", pa.int32(), "matrix columns"),
-        _c("sv", pa.list_(pa.float64()), "singular values, descending"),
+        _c(
+            "sv",
+            pa.list_(pa.float64()),
+            "singular values (float64 SVD), descending, min(rows, cols) of them; values <= max(sv) * "
+            "max(rows, cols) * 2^-52 are rounding noise: numerical_rank(sv, rows, cols) and "
+            "condition_number(sv, rows, cols) ignore them",
+        ),
         _c("probe_id", pa.string(), "probe the gradient was taken on; NULL for weights", nullable=True),
     ),
 )

@@ -82,7 +82,9 @@ class VSlice(Choice):
     true_v = "true_v", "the real V of each head of a fused QKV (GPT-NeoX interleaves [q|k|v] per head)"
     paper_last_third = (
         "paper_last_third",
-        "the last third of the fused QKV output, as the paper's code took it",
+        "columns 2d..3d of the fused QKV output, as the paper's code took V: the d_head pieces 2H..3H-1 "
+        "of [q0 k0 v0 q1 ...], e.g. [v2 q3 k3 v3] for 4 heads; true V only for 1 head "
+        "(etl.sites.paper_slice_pieces)",
     )
 
 
@@ -123,12 +125,19 @@ class Matrix(Choice):
     gate_proj = "gate_proj", "the gated MLP's gate projection (llama)"
     up_proj = "up_proj", "the gated MLP's up projection (llama)"
     dense_4h_to_h = "dense_4h_to_h", "the MLP output projection"
-    ov = "ov", "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL)"
+    ov = (
+        "ov",
+        "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL); "
+        "its grad is the chain rule gO W_V + W_O gV",
+    )
 
 
 class Tensor(Choice):
     weight = "weight", "the parameter itself"
-    grad = "grad", "the gradient of the language-model loss on the probe batch"
+    grad = (
+        "grad",
+        "the gradient of the language-model loss on the probe batch (ov: gO W_V + W_O gV, the chain rule)",
+    )
 
 
 class OutputFormat(Choice):

@@ -1,0 +1,12 @@
+-- name: numerical_rank
+-- signature: numerical_rank(sv, rows, cols)
+-- description: the numerical rank of a rows x cols matrix from its singular values sv, as
+--    numpy.linalg.matrix_rank:
+--        numerical_rank = #{ i : s_i > max_j s_j * max(rows, cols) * eps },   eps = 2^-52 (float64)
+--    Pass (sv, rows, cols) for spectra and (sv, n, d) for activation_stats. eps is float64's because the
+--    stored spectra are float64 SVDs: the tolerance removes the SVD's rounding. A matrix whose entries were
+--    themselves computed in lower precision keeps its missing directions at that precision's rounding level,
+--    above this tolerance (gradients of a float32 pass: about 1e-8 of s_1). 0 for an all-zero or empty
+--    spectrum; NULL when sv, rows or cols is NULL.
+-- uses: _ll_significant
+CREATE OR REPLACE MACRO numerical_rank(sv, rows, cols) AS len(_ll_significant(sv, rows, cols));
