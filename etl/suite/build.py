@@ -75,14 +75,21 @@ def selected_models(suite: SuiteConfig, only: list[str] | None) -> list[ModelSpe
 
 
 def ensure_tokenizer(root: Path, suite: SuiteConfig, train_text: str, corpus_sha: str, record: dict) -> Path:
-    """``<suite>/tokenizer.json``, trained once per (corpus, vocab size) and then reused."""
+    """``<suite>/tokenizer.json``, trained once per (corpus, vocab size) and then reused; trained again
+    when the file no longer matches the sha256 recorded for it (training is deterministic, so a damaged
+    file comes back as the same bytes and the models built with it are kept)."""
     path = root / manifest.TOKENIZER
     key = manifest.tokenizer_key(suite, corpus_sha)
-    if not path.is_file() or record.get("tokenizer_key") != key:
+    if not path.is_file() or record.get("tokenizer_key") != key or not _same_file(path, record):
         corpus.save_tokenizer(corpus.train_tokenizer(train_text, suite.train.vocab_size), path)
     record["tokenizer_key"] = key
     record["tokenizer_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return path
+
+
+def _same_file(path: Path, record: dict) -> bool:
+    recorded = record.get("tokenizer_sha256")
+    return recorded is None or hashlib.sha256(path.read_bytes()).hexdigest() == recorded
 
 
 def plan_jobs(
