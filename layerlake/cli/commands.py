@@ -20,6 +20,7 @@ class Command:
     positional: str | None = None  # hydra commands: a leading bare word becomes this override key
     rewrite: str | None = None  # hydra commands: "module:function" mapping args to Hydra overrides
     extra: str | None = None  # optional extra the command needs ("extract"), checked before it runs
+    describe: str | None = None  # hydra commands: "module:function" printing `--help` from the arguments
 
     def load(self) -> Callable:
         return resolve(self.target)
@@ -57,6 +58,7 @@ COMMANDS: dict[str, Command] = {
         True,
         positional="recipe",
         rewrite="layerlake.queries.command:rewrite_args",
+        describe="layerlake.queries.command:print_help",
     ),
     "recipes": Command(
         "layerlake.queries.command:list_recipes", "list the recipes with their parameters", False
