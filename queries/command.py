@@ -35,6 +35,7 @@ from layerlake.queries.loader import (
     register_recipe_configs,
 )
 from layerlake.queries.loader import list_recipes as load_all
+from layerlake.warehouse.errors import WarehouseError
 
 JOB_FILE = "job.json"
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def _chosen_recipes(args: list[str]) -> list[Recipe]:
     if not chosen:
         raise ConfigError(
             "no recipe given",
-            fix=f"run `layerlake query <recipe> key=value ...` with one of: {', '.join(recipe_names())}",
+            fix=f"run `layerlake query <recipe> <param>=<value> ...` with one of: {', '.join(recipe_names())}",
         )
     return [load_recipe(name.strip()) for name in chosen[-1].split(",")]
 
@@ -131,6 +132,7 @@ def query(settings: Any) -> int:
     try:
         recipe = load_recipe(name)
         bound = bind_params(recipe, context_params(recipe, settings, given))
+        _require_warehouse(settings.paths.warehouse)
         job["params"] = bound
         log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
         written = _run_and_save(recipe, bound, settings.paths.warehouse, folder)
@@ -151,6 +153,17 @@ def query(settings: Any) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / JOB_FILE).write_text(json.dumps(_plain(job), indent=2, default=str) + "\n")
     return 0
+
+
+def _require_warehouse(root: str) -> None:
+    """The query's warehouse must exist; the fix names the config keys that point at one."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise WarehouseError(
+            f"no warehouse at {path}",
+            fix="run `layerlake extract` (or `layerlake demo`) first, or point the query at a warehouse with "
+            "paths.warehouse=DIR (or paths.data=DIR, whose warehouse is DIR/warehouse)",
+        )
 
 
 def _run_and_save(recipe: Recipe, bound: dict[str, Any], warehouse_root: str, folder: Path) -> dict[str, Any]:
@@ -196,9 +209,7 @@ def _plain(value: Any) -> Any:
 def list_recipes(argv: list[str]) -> int:
     """``layerlake recipes``: one block per recipe (name, description, parameters, grain, plot), readable
     in an 80-column terminal."""
-    argparse.ArgumentParser(
-        prog="layerlake recipes", description="List the SQL recipes and their parameters."
-    ).parse_args(argv)
+    recipes_parser().parse_args(argv)
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -209,6 +220,13 @@ def list_recipes(argv: list[str]) -> int:
         console.print()
         console.print(recipe_block(recipe))
     return 0
+
+
+def recipes_parser() -> argparse.ArgumentParser:
+    """The arguments of ``layerlake recipes`` (none)."""
+    return argparse.ArgumentParser(
+        prog="layerlake recipes", description="List the SQL recipes and their parameters."
+    )
 
 
 def recipe_block(recipe: Recipe) -> RenderableType:
