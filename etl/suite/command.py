@@ -92,28 +92,29 @@ def suite_table_rows(settings: Config) -> list[dict]:
 
 
 def show(settings: Config) -> int:
-    """Print the suite's table (rich)."""
+    """Print the suite's table (through the one renderer: it fits the terminal, names stay plain text)."""
+    import pyarrow as pa
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+
+    from layerlake.core.render import print_table
 
     suite = settings.suite
-    table = Table(
-        title=Text(f"suite {suite.name} ({suite.source}, {len(suite.steps)} scheduled checkpoints)")
-    )
-    for name in ("model", "parameters", "layers", "width", "heads", "checkpoints", "first loss", "last loss"):
-        table.add_column(name, justify="left" if name == "model" else "right", no_wrap=name == "model")
     rows = suite_table_rows(settings)
     log.info("suite %s: %d model(s), %d scheduled checkpoints", suite.name, len(rows), len(suite.steps))
-    for row in rows:
-        params = f"{row['parameters']:,}" if row["parameters"] else (row["params_label"] or "")
-        losses = [f"{row[k]:.3f}" if row[k] is not None else "" for k in ("first_loss", "last_loss")]
-        cells = (
-            row["model"], params, str(row["layers"]), str(row["width"]), str(row["heads"]),
-            str(row["checkpoints"]), *losses,
-        )  # fmt: skip
-        table.add_row(*(Text(c) for c in cells))
-    Console().print(table)
+    columns = {
+        "model": pa.array([r["model"] for r in rows], pa.string()),
+        **{k: pa.array([r[k] for r in rows], pa.int64()) for k in ("layers", "width", "heads")},
+    }
+    if suite.source == "local":  # what was built: hub suites have none of these before extraction
+        columns |= {
+            "parameters": pa.array([r["parameters"] for r in rows], pa.int64()),
+            "built": pa.array([r["checkpoints"] for r in rows], pa.int64()),  # checkpoints on disk
+            "first_loss": pa.array([r["first_loss"] for r in rows], pa.float64()),
+            "last_loss": pa.array([r["last_loss"] for r in rows], pa.float64()),
+        }
+    table = pa.table(columns)
+    title = f"suite {suite.name} ({suite.source}, {len(suite.steps)} scheduled checkpoints)"
+    print_table(table, title, Console(), max_rows=len(rows) or 1, hoist_constants=False)
     return 0
 
 
