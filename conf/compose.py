@@ -42,34 +42,47 @@ def compose(overrides: Sequence[str] = ()) -> Config:
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
-    """Compose once with the first value of every sweep (``a=1,2`` -> ``a=1``): a wrong key, type or
-    choice fails here, before a job runs or anything is written."""
-    compose(first_of_sweeps(overrides))
+    """Compose once with the first value of every sweep (``a=1,2`` -> ``a=1``), then once more for each
+    other value of each sweep (the rest at their first): a wrong key, type or choice in any job of a
+    multirun fails here, before a job runs or anything is written. ``hydra.*`` overrides are checked too."""
+    base = first_of_sweeps(overrides)
+    compose(base)
+    for index, values in _sweeps(overrides):
+        for value in values[1:]:
+            compose([*base[:index], value, *base[index + 1 :]])
 
 
 def first_of_sweeps(overrides: Sequence[str]) -> list[str]:
-    """The overrides with each sweep replaced by its first value; ``hydra.*`` overrides left out."""
+    """The overrides with each sweep replaced by its first value."""
+    sweeps = dict(_sweeps(overrides))
+    return [sweeps[i][0] if i in sweeps else text for i, text in enumerate(overrides)]
+
+
+def _sweeps(overrides: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """``(position, ["key=v1", "key=v2", ...])`` for each sweep override (``key=v1,v2``, ``range(...)``)."""
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as error:
         raise ConfigError(f"cannot parse the overrides: {_first_line(error)}", fix=_CFG_FIX) from error
     out = []
-    for text, override in zip(overrides, parsed, strict=True):
-        if override.key_or_group.split(".")[0] == "hydra":
-            continue
+    for index, override in enumerate(parsed):
         if override.is_sweep_override():
-            first = next(iter(override.sweep_string_iterator()))
-            out.append(f"{override.get_key_element()}={first}")
-        else:
-            out.append(text)
+            key = override.get_key_element()
+            try:
+                values = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            except HydraException:  # a sweep without a finite list of values (interval): Hydra's to expand
+                continue
+            out.append((index, values))
     return out
 
 
 def explain(error: BaseException) -> ConfigError:
     """A composition failure as a ``ConfigError`` naming the key and the fix."""
-    cause = error.__cause__ if error.__cause__ is not None else error
+    cause = error.__cause__ or error.__context__ or error  # Hydra chains the OmegaConf error either way
     key = getattr(cause, "full_key", None) or ""
     text = _first_line(cause) if cause is not error else _first_line(error)
+    source = re.match(r"In '([\w/.-]+)'", str(error))  # the YAML file being merged, when Hydra names it
+    where = f" (set in {source.group(1)}.yaml)" if source else ""
     missing_group = re.search(r"Could not find '([\w/]+)/([^']+)'", str(error))
     if missing_group:
         group, option = missing_group.groups()
@@ -83,8 +96,8 @@ def explain(error: BaseException) -> ConfigError:
         known = _keys_of(parent)
         full = [f"{parent}.{k}" if parent else k for k in known]
         return ConfigError(
-            f"unknown config key {key!r}{did_you_mean(key, full)}",
-            fix=f"{parent or 'the top level'} takes: {', '.join(known)}; {_CFG_FIX}",
+            f"unknown config key {key!r}{where}{did_you_mean(key, full)}",
+            fix=f"{parent or 'the top level'} takes: {', '.join(known)}; {_cfg_fix(key)}",
         )
     choices = re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]", text)
     if choices and key:
@@ -98,15 +111,38 @@ def explain(error: BaseException) -> ConfigError:
             "a config group was set to null", fix=f"give each group one of its configs ({', '.join(GROUPS)})"
         )
     if key:
-        return ConfigError(f"config key {key!r}: {text}", fix=_CFG_FIX)
-    return ConfigError(f"the config does not compose: {text}", fix=_CFG_FIX)
+        return ConfigError(f"config key {key!r}{where}: {text}", fix=_cfg_fix(key))
+    return ConfigError(f"the config does not compose: {_cause_text(error)}", fix=_CFG_FIX)
+
+
+def _cfg_fix(key: str) -> str:
+    return _CFG_FIX.replace("--cfg job", "--cfg hydra") if key.split(".")[0] == "hydra" else _CFG_FIX
+
+
+def _cause_text(error: BaseException) -> str:
+    """Every line of Hydra's message with its innermost cause's first line (Hydra often says only
+    'In <file>: ValidationError raised while composing config:', the cause holding the reason)."""
+    text = _first_line(error)
+    inner = error
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    if inner is not error:
+        reason = _first_line(inner)
+        full_key = getattr(inner, "full_key", None)
+        text += f" {reason}" + (f" (key {full_key})" if full_key else "")
+    return text
 
 
 def _keys_of(path: str) -> list[str]:
     """The keys of the schema node at dotted ``path`` ('' = the top level)."""
+    from hydra.conf import HydraConf
+
     node: Any = Config
     for part in [p for p in path.split(".") if p]:
-        node = GROUPS.get(part) if node is Config else _field_type(node, part)
+        if node is Config:
+            node = HydraConf if part == "hydra" else GROUPS.get(part)
+        else:
+            node = _field_type(node, part)
         if node is None:
             return []
     return [f.name for f in fields(node)] if is_dataclass(node) else []

@@ -1,7 +1,9 @@
 """Typed schemas for every Hydra config group: a wrong key or type fails when the config is composed.
 
-Each YAML file under ``conf/<group>/`` is validated against the dataclass registered for its
-group here. The entrypoint turns the composed ``DictConfig`` into these frozen dataclasses
+``Config`` is registered as ``config_schema``, the first entry of ``conf/config.yaml``'s defaults list,
+so each YAML file under ``conf/<group>/`` is merged onto its group's dataclass here (``Config.<group>``)
+and validated against it. Nothing is registered inside the groups themselves, so Hydra's option lists
+(``--help``) show only the YAML files and the recipes. The entrypoint turns the composed ``DictConfig`` into these frozen dataclasses
 (``to_settings``); library code below the CLI only ever sees plain dataclasses.
 """
 
@@ -169,11 +171,8 @@ GROUPS: dict[str, type] = {
 
 
 def register_schemas() -> None:
-    """Register ``config_schema`` and ``<group>/schema`` so YAML files can extend them."""
-    cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    for group, node in GROUPS.items():
-        cs.store(group=group, name="schema", node=node)
+    """Register ``config_schema``: the typed root every group's YAML file is merged onto (and checked by)."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
 
 
 def register_recipe(name: str, params: dict[str, Any]) -> None:

@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from layerlake.conf.schema import Config
 from layerlake.etl.driver import ExtractReport, run_extract
 
+log = logging.getLogger(__name__)
+
 
 def print_report(report: ExtractReport, warehouse: str, console: Console) -> None:
+    """The outcome of an extraction; names, paths and errors are printed as plain text, never markup."""
+    log.info(
+        "extracted %d checkpoint(s), skipped %d, replaced %d, failed %d; warehouse: %s",
+        len(report.committed), report.skipped, report.replaced, len(report.failed), warehouse,
+    )  # fmt: skip
+    for label, error in report.failed:
+        log.info("failed %s: %s", label, error)
     console.print(
-        f"extracted {len(report.committed)} checkpoint(s), skipped {report.skipped} already committed, "
-        f"{len(report.failed)} failed; warehouse: {warehouse}"
+        Text(
+            f"extracted {len(report.committed)} checkpoint(s), skipped {report.skipped} already committed, "
+            f"{len(report.failed)} failed; warehouse: {warehouse}"
+        )
     )
     if report.replaced:
         console.print(
-            f"{report.replaced} checkpoint(s) had been extracted with other extraction options: "
-            "extracted again, their rows replaced (one set of rows per checkpoint and probe)"
+            Text(
+                f"{report.replaced} checkpoint(s) had been extracted with other extraction options: "
+                "extracted again, their rows replaced (one set of rows per checkpoint and probe)"
+            )
         )
     if report.duplicates:
         table = Table(title="checkpoints with identical weights (the step label is not their identity)")
         for column in ("model", "step", "same weights as step"):
             table.add_column(column)
         for model, step, first in report.duplicates:
-            table.add_row(model, str(step), str(first))
+            table.add_row(Text(model), Text(str(step)), Text(str(first)))
         console.print(table)
     if report.failed:
         table = Table(
@@ -34,7 +49,7 @@ def print_report(report: ExtractReport, warehouse: str, console: Console) -> Non
         table.add_column("checkpoint", style="bold")
         table.add_column("error", style="red")
         for label, error in report.failed:
-            table.add_row(label, escape(error))
+            table.add_row(Text(label), Text(error))
         console.print(table)
 
 

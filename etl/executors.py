@@ -7,6 +7,7 @@ a task that raises is reported as a failed outcome, never stops the others.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class RayExecutor:
             if config.address:
                 ray.init(address=config.address, logging_level=logging.WARNING, log_to_driver=False)
             else:
+                local_cluster_auth()
                 ray.init(
                     num_cpus=config.num_cpus,
                     num_gpus=config.num_gpus,
@@ -111,6 +113,27 @@ class RayExecutor:
     def close(self) -> None:
         if self.started_here:
             self.ray.shutdown()
+
+
+def local_cluster_auth() -> None:
+    """Choose token authentication explicitly for the local cluster this process starts.
+
+    Ray (2.59 and later) turns token authentication on for a new local cluster when ``RAY_AUTH_MODE``
+    is unset, and warns that it did so on every start ("Token authentication is enabled for this Ray
+    cluster. Set RAY_AUTH_MODE=disabled to opt out"). Setting the mode says it is meant: the same
+    protection (Ray generates the token in ``~/.ray/auth_token`` if there is none), without the
+    warning; Ray's logging is left as it is. A mode the user set is kept. Ray reads its configuration
+    when it is imported, so it is told to read it again, as Ray itself does when it enables the mode.
+    ``executor.address=...`` (joining a cluster) leaves all of this to that cluster's settings.
+    """
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._raylet import Config
+    except ImportError:  # a Ray without token authentication: nothing to choose
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
 
 
 EXECUTORS = {ExecutorKind.local: LocalExecutor, ExecutorKind.ray: RayExecutor}

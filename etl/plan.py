@@ -59,7 +59,7 @@ def make_plan(settings: Config) -> Plan:
     models = selected_models(settings)
     steps = select_steps(settings.suite, settings.steps)
     source = open_source(settings.suite, settings.paths.suites)
-    probe = build_probe(settings.probe, settings.suite, settings.paths.suites)
+    probe = build_probe(settings.probe, settings.suite, settings.paths.suites, [m.name for m in models])
     options = extract_options(settings)
     tasks = tuple(
         ExtractTask(ref=ref, probe=probe, options=options, code_version=CODE_VERSION)

@@ -15,6 +15,7 @@ rows of different probes can never be mixed by a query.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,11 @@ from layerlake.etl.errors import ProbeError
 from layerlake.etl.task import ProbeBatch
 
 
-def build_probe(probe: ProbeConfig, suite: SuiteConfig, suites_root: str | Path) -> ProbeBatch:
-    """The probe batch ``probe`` describes, tokenized with ``suite``'s tokenizer."""
+def build_probe(
+    probe: ProbeConfig, suite: SuiteConfig, suites_root: str | Path, models: Sequence[str] | None = None
+) -> ProbeBatch:
+    """The probe batch ``probe`` describes, tokenized with ``suite``'s tokenizer (for a hub suite, that
+    of the first of ``models``, the models being extracted; default the suite's first)."""
     PositionRule.parse(probe.positions, "probe.positions")
     if probe.n_sequences < 1 or probe.seq_len < 1:
         raise ProbeError(
@@ -35,7 +39,7 @@ def build_probe(probe: ProbeConfig, suite: SuiteConfig, suites_root: str | Path)
             fix="set probe.n_sequences and probe.seq_len to positive numbers",
         )
     text, source = probe_text(probe)
-    tokenizer = load_tokenizer(suite, suites_root)
+    tokenizer = load_tokenizer(suite, suites_root, models)
     ids = _encode(tokenizer, text)
     need = probe.n_sequences * probe.seq_len
     if len(ids) < need:
@@ -90,8 +94,9 @@ def probe_text(probe: ProbeConfig) -> tuple[str, str]:
     )
 
 
-def load_tokenizer(suite: SuiteConfig, suites_root: str | Path):
-    """The suite's tokenizer: local suites ``<suite>/tokenizer.json``; hub suites the first model's repo."""
+def load_tokenizer(suite: SuiteConfig, suites_root: str | Path, models: Sequence[str] | None = None):
+    """The suite's tokenizer: local suites ``<suite>/tokenizer.json``; hub suites the repo of the first of
+    ``models`` (the models asked for; default the suite's first model with a repo)."""
     if suite.source == "local":
         from layerlake.etl.suite.corpus import load_tokenizer_file
 
@@ -102,24 +107,32 @@ def load_tokenizer(suite: SuiteConfig, suites_root: str | Path):
                 fix="build the suite first: `layerlake suite build`",
             )
         return load_tokenizer_file(path)
-    repos = [m.repo for m in suite.models if m.repo]
+    chosen = [m for m in suite.models if models is None or m.name in models]
+    repos = [(m.name, m.repo) for m in chosen if m.repo]
     if not repos:
-        raise ProbeError(f"hub suite {suite.name!r} names no model repo", fix="set `repo:` on its models")
+        raise ProbeError(
+            f"hub suite {suite.name!r} names no repo for {', '.join(m.name for m in chosen) or 'its models'}",
+            fix="set `repo:` on its models",
+        )
     from transformers import AutoTokenizer
 
-    from layerlake.etl.sources import hub_cache_dir, hub_offline
+    from layerlake.etl.sources import HUB_FIX, hub_cache_dir, hub_local_only
 
+    local_only, why = hub_local_only()
     try:
         return AutoTokenizer.from_pretrained(
-            repos[0],
+            repos[0][1],
             trust_remote_code=suite.trust_remote_code,
             cache_dir=hub_cache_dir(),
-            local_files_only=hub_offline(),
+            local_files_only=local_only,
         )
     except Exception as error:
+        reason = f"{why}, and it is not in the hub cache {hub_cache_dir()}" if local_only else (
+            f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        )  # fmt: skip
         raise ProbeError(
-            f"cannot load the tokenizer of {repos[0]}: {type(error).__name__}: {str(error).splitlines()[0][:200]}",
-            fix="check the network or the hub cache (HF_HUB_CACHE), or use a local suite",
+            f"cannot load the tokenizer of {repos[0][1]} (model {repos[0][0]}): {reason}",
+            fix=HUB_FIX if local_only else "check the repo exists on the hub, or use a local suite",
         ) from error
 
 
@@ -169,11 +182,12 @@ def _hub_text(dataset: str | None) -> str:
             f"probe.source=hub (dataset {dataset!r}) needs the `datasets` package, which is not installed",
             fix="pip install datasets, or use probe.source=embedded / probe.source=file",
         ) from None
-    from layerlake.etl.sources import hub_offline
+    from layerlake.etl.sources import hub_local_only
 
-    if hub_offline():
+    local_only, why = hub_local_only()
+    if local_only:
         raise ProbeError(
-            f"probe.source=hub (dataset {dataset!r}) needs the network, but HF_HUB_OFFLINE is set",
+            f"probe.source=hub (dataset {dataset!r}) needs the network, but {why}",
             fix="unset HF_HUB_OFFLINE, or save the text to a file and use probe.source=file probe.path=...",
         )
     try:

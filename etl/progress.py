@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,8 +14,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from layerlake.etl.executors import Outcome
+
+log = logging.getLogger(__name__)  # one line per finished task in the job's log file (Hydra runs)
 
 
 def format_timings(timings: Mapping[str, float]) -> str:
@@ -29,10 +32,10 @@ class ExtractProgress:
     """Context manager; ``advance(outcome)`` after each finished task."""
 
     def __init__(self, per_model: Mapping[str, int], enabled: bool = True, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, markup=False, highlight=False)
         self.enabled = enabled
         self.progress = Progress(
-            TextColumn("{task.description:<24}"),
+            TextColumn("{task.description:<24}", markup=False),  # model names are data, never markup
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -53,16 +56,18 @@ class ExtractProgress:
 
     def advance(self, outcome: Outcome) -> None:
         ref = outcome.task.ref
+        if outcome.result is not None:
+            log.info("ok %s %s %s", ref.model, ref.revision, format_timings(outcome.result.timings))
+        else:
+            log.info("failed %s %s: %s", ref.model, ref.revision, outcome.error)
         self.progress.advance(self.overall)
         self.progress.advance(self.models[ref.model])
         if not self.enabled:
             return
         if outcome.result is not None:
-            self.progress.console.print(
-                f"[green]ok[/] {ref.model} {ref.revision}  {format_timings(outcome.result.timings)}",
-                highlight=False,
+            line = Text.assemble(
+                ("ok", "green"), f" {ref.model} {ref.revision}  {format_timings(outcome.result.timings)}"
             )
         else:
-            self.progress.console.print(
-                f"[red]failed[/] {ref.model} {ref.revision}: {escape(outcome.error or '')}"
-            )
+            line = Text.assemble(("failed", "red"), f" {ref.model} {ref.revision}: {outcome.error or ''}")
+        self.progress.console.print(line, highlight=False)

@@ -13,16 +13,24 @@ says ``trust_remote_code``: weights come from safetensors, or ``torch.load(weigh
 A checkpoint's identity is the sha256 of its weights (``weights_sha256``), never its step label:
 Pythia serves duplicated and mislabelled revisions, which the ``duplicate_weights`` audit reports.
 
-The hub loader reads ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` when it is called (not only when
-``huggingface_hub`` is imported), so a Ray worker or a test can point it at a cache.
+The hub loader reads ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` when it is called (not only
+when ``huggingface_hub`` is imported), so a Ray worker or a test can point it at a cache. Before the
+first download a process checks once that the hub answers (``hub_local_only``: one TCP connection, a
+few seconds at most); when it does not, every load in that process reads the cache only, and a
+revision that is not cached fails at once naming its repo, instead of after a minute of retries.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
+import logging
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,8 @@ from layerlake.etl.errors import CheckpointError, SuiteError
 from layerlake.etl.task import CheckpointRef, extract_run_id
 
 WEIGHTS_FILE = "model.safetensors"
+HUB_CONNECT_TIMEOUT = 3.0  # seconds to open one TCP connection to the hub (or its proxy)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -297,10 +307,20 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
         what, fix = str(weights), "delete that step folder and rebuild with `layerlake suite build`"
     elif ref.source == "hf":
         target, kwargs = ref.location, {"revision": ref.revision, "cache_dir": hub_cache_dir()}
-        if hub_offline():
+        local_only, why = hub_local_only()
+        if local_only:
             kwargs["local_files_only"] = True
         what = f"{ref.location}@{ref.revision}"
-        fix = "check the repo and revision exist on the hub (or are cached, offline); re-download with a clean cache"
+        fix = (
+            HUB_FIX if local_only
+            else "check the repo and revision exist on the hub; re-download with a clean cache"
+        )  # fmt: skip
+        if local_only and not _cached(ref.location, ref.revision):
+            raise CheckpointError(
+                f"cannot load checkpoint {what} ({ref.suite}/{ref.model} step {ref.step}): {why}, and "
+                f"{ref.revision} of {ref.location} is not in the hub cache {hub_cache_dir()}{_cached_hint(ref)}",
+                fix=fix,
+            )
     else:
         raise CheckpointError(f"checkpoint {ref.model}@{ref.revision} has unknown source {ref.source!r}",
                               fix="use source local or hf")  # fmt: skip
@@ -362,6 +382,60 @@ def hub_cache_dir() -> str:
     from huggingface_hub import constants
 
     return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
+HUB_FIX = (
+    "check the network and HF_ENDPOINT, or download the revisions where the hub is reachable and point "
+    "HF_HUB_CACHE at that cache (HF_HUB_OFFLINE=1 then skips the network check)"
+)
+
+
+def hub_endpoint() -> str:
+    """The hub's address: ``$HF_ENDPOINT`` as set now, else ``huggingface_hub``'s default."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def hub_local_only() -> tuple[bool, str | None]:
+    """``(True, why)`` when loads must read the hub cache only: ``HF_HUB_OFFLINE`` is set (no network
+    check at all), or the hub does not answer (checked once per process and endpoint, said once).
+    ``(False, None)`` when the hub answers."""
+    if hub_offline():
+        return True, "HF_HUB_OFFLINE is set"
+    why = hub_unreachable(hub_endpoint())
+    return (True, why) if why else (False, None)
+
+
+@functools.cache
+def hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub at ``endpoint`` cannot be reached (one TCP connection to it, or to the proxy that
+    would carry the request), or None when it answers. Cached: a process asks once per endpoint, and
+    warns once."""
+    url = urllib.parse.urlsplit(endpoint)
+    proxy = (
+        urllib.request.getproxies().get(url.scheme)
+        if not urllib.request.proxy_bypass(url.hostname or "")
+        else None
+    )
+    target = urllib.parse.urlsplit(proxy) if proxy else url
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT).close()
+    except OSError as error:
+        via = f" through the proxy {proxy}" if proxy else ""
+        why = f"the hub at {endpoint} is unreachable{via} ({error.strerror or error})"
+        log.warning("%s: reading the hub cache only", why)
+        return why
+    return None
+
+
+def _cached(repo: str, revision: str) -> bool:
+    """Whether ``revision`` of model ``repo`` has a snapshot in the hub cache."""
+    folder = Path(hub_cache_dir()) / f"models--{repo.replace('/', '--')}"
+    ref = folder / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    return (folder / "snapshots" / commit).is_dir()
 
 
 def hub_offline() -> bool:

@@ -16,9 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import traceback
 from pathlib import Path
 from typing import Any
+
+from rich.console import RenderableType
+from rich.text import Text
 
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.queries.errors import RecipeError
@@ -31,8 +35,10 @@ from layerlake.queries.loader import (
     register_recipe_configs,
 )
 from layerlake.queries.loader import list_recipes as load_all
+from layerlake.warehouse.errors import WarehouseError
 
 JOB_FILE = "job.json"
+log = logging.getLogger(__name__)
 
 
 def top_level_keys() -> set[str]:
@@ -90,7 +96,7 @@ def _chosen_recipes(args: list[str]) -> list[Recipe]:
     if not chosen:
         raise ConfigError(
             "no recipe given",
-            fix=f"run `layerlake query <recipe> key=value ...` with one of: {', '.join(recipe_names())}",
+            fix=f"run `layerlake query <recipe> <param>=<value> ...` with one of: {', '.join(recipe_names())}",
         )
     return [load_recipe(name.strip()) for name in chosen[-1].split(",")]
 
@@ -126,11 +132,19 @@ def query(settings: Any) -> int:
     try:
         recipe = load_recipe(name)
         bound = bind_params(recipe, context_params(recipe, settings, given))
+        _require_warehouse(settings.paths.warehouse)
         job["params"] = bound
+        log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
         written = _run_and_save(recipe, bound, settings.paths.warehouse, folder)
         job.update(status="ok", **written)
+        log.info(
+            "%d rows; wrote %s",
+            written["rows"],
+            ", ".join(str(v) for k, v in written.items() if k != "rows" and v),
+        )
     except LayerlakeError as error:  # every failure is recorded in the job folder, then reported by name
         job["error"] = error.message
+        log.info("failed: %s", error.message)
         raise
     except Exception as error:
         job.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
@@ -139,6 +153,17 @@ def query(settings: Any) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / JOB_FILE).write_text(json.dumps(_plain(job), indent=2, default=str) + "\n")
     return 0
+
+
+def _require_warehouse(root: str) -> None:
+    """The query's warehouse must exist; the fix names the config keys that point at one."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise WarehouseError(
+            f"no warehouse at {path}",
+            fix="run `layerlake extract` (or `layerlake demo`) first, or point the query at a warehouse with "
+            "paths.warehouse=DIR (or paths.data=DIR, whose warehouse is DIR/warehouse)",
+        )
 
 
 def _run_and_save(recipe: Recipe, bound: dict[str, Any], warehouse_root: str, folder: Path) -> dict[str, Any]:
@@ -182,26 +207,91 @@ def _plain(value: Any) -> Any:
 
 
 def list_recipes(argv: list[str]) -> int:
-    """``layerlake recipes``: a table of every recipe, its description, parameters and plot."""
-    argparse.ArgumentParser(
-        prog="layerlake recipes", description="List the SQL recipes and their parameters."
-    ).parse_args(argv)
+    """``layerlake recipes``: one block per recipe (name, description, parameters, grain, plot), readable
+    in an 80-column terminal."""
+    recipes_parser().parse_args(argv)
     from rich.console import Console
+
+    console = Console(highlight=False)
+    console.print(
+        Text("recipes: layerlake query <recipe> key=value ...  (--help after a recipe: its parameters)")
+    )
+    for recipe in load_all():
+        console.print()
+        console.print(recipe_block(recipe))
+    return 0
+
+
+def recipes_parser() -> argparse.ArgumentParser:
+    """The arguments of ``layerlake recipes`` (none)."""
+    return argparse.ArgumentParser(
+        prog="layerlake recipes", description="List the SQL recipes and their parameters."
+    )
+
+
+def recipe_block(recipe: Recipe) -> RenderableType:
+    """A recipe as a block of text: its name, description, parameters (type, default, doc), grain and
+    plot. Every piece is plain text (never markup); long lines wrap at the terminal's width."""
+    from rich.console import Group
+    from rich.padding import Padding
     from rich.table import Table
 
-    view = Table(title="recipes (layerlake query <recipe> key=value ...)", show_lines=True)
-    for column in ("recipe", "description", "parameters", "grain / plot"):
-        view.add_column(column, overflow="fold")
+    params = Table.grid(padding=(0, 2))
+    params.add_column(no_wrap=True)
+    params.add_column(overflow="fold")
+    params.add_column(overflow="fold", ratio=1)
+    for p in recipe.params:
+        default = "required" if p.required else f"= {json.dumps(p.default)}"
+        doc = "from the config (suite=... / models=[...])" if p.name in CONTEXT_PARAMS else p.doc
+        params.add_row(Text(p.name, style="bold"), Text(f"{p.type} {default}"), Text(doc))
+    parts: list[RenderableType] = [
+        Text.assemble((recipe.name, "bold cyan"), ": ", recipe.description),
+        Text("parameters:"),
+        Padding(params, (0, 0, 0, 2)),
+        Text(f"grain: {recipe.grain}"),
+        Text(f"plot: {recipe.plot}"),
+    ]
+    return Group(*parts)
+
+
+def print_help(args: list[str]) -> None:
+    """``layerlake query --help`` (usage and the recipes) and ``layerlake query <recipe> --help`` (the
+    recipe's parameters, their types, defaults and docs, from its SQL header)."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    names = [a.partition("=")[2] if a.startswith(("recipe=", "+recipe=")) else a for a in args]
+    chosen = [n for n in names if "=" not in n and not n.startswith("-")]
+    usage = Text(
+        "usage: layerlake query <recipe> [param=value ...] [config overrides] [-m] [--cfg job]\n\n"
+        "Runs a SQL recipe over the warehouse, prints the result and writes result.parquet, result.csv "
+        "and a plot into the run folder. -m with comma-separated values (threshold=0.8,0.9) sweeps a "
+        "parameter; --cfg job prints the composed config; config overrides (suite=pythia, "
+        "paths.data=DIR) work as in every Hydra command; --hydra-help shows Hydra's own options."
+    )
+    console.print(usage)
+    if not chosen:
+        console.print()
+        console.print(Text("recipes (layerlake query <recipe> --help for its parameters):"))
+        grid = _recipe_grid()
+        console.print(grid)
+        return
+    for name in chosen[-1].split(","):
+        console.print()
+        console.print(recipe_block(load_recipe(name.strip())))
+
+
+def _recipe_grid() -> RenderableType:
+    from rich.padding import Padding
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold", ratio=1)
     for recipe in load_all():
-        params = "\n".join(
-            f"{p.name}: {p.type}"
-            + ("" if p.required else f" = {json.dumps(p.default)}")
-            + (" (from config)" if p.name in CONTEXT_PARAMS else "")
-            for p in recipe.params
-        )
-        view.add_row(recipe.name, recipe.description, params, f"{recipe.grain}\nplot: {recipe.plot}")
-    Console().print(view)
-    return 0
+        first = recipe.description.split(". ")[0].rstrip(".")
+        grid.add_row(Text(recipe.name, style="bold"), Text(first))
+    return Padding(grid, (0, 0, 0, 2))
 
 
 def import_metrics(argv: list[str]) -> int:

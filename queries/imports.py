@@ -43,6 +43,10 @@ SITE_MAP = {
 KEY = ("model", "step", "layer", "site", "metric")
 COLUMNS = ("model", "step", "layer", "site", "metric", "value")
 SHOWN = 5  # offending rows quoted in an error
+# The largest value each integer column takes: a step is a count of optimizer updates (Pythia's last is
+# 143,000; a trillion is far beyond any training run) and a layer an index into a model's blocks. Both
+# fit int64 with room to spare, so no value overflows on its way into Arrow, Parquet or DuckDB.
+MAX_VALUE = {"step": 10**12, "layer": 10**5}
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,22 @@ def read_file(path: Path) -> pa.Table:
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pq.read_table(path)
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8") as handle:
             header = next(csv.reader(handle), [])
+            handle.read()  # the whole file must be UTF-8 text; a bad byte is named here, not deep in Arrow
         types = {name: pa.string() for name in header}  # read as text: _integers/_floats say which row is bad
         return pacsv.read_csv(
             path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
         )
+    except UnicodeDecodeError as error:
+        raise MetricsImportError(
+            f"{path} is not UTF-8 text: byte {error.object[error.start]:#04x} at offset {error.start} "
+            f"({error.reason})",
+            fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or pass a Parquet file",
+        ) from None
     except (pa.ArrowInvalid, OSError) as error:
         raise MetricsImportError(
-            f"cannot read {path}: {error}", fix="pass a well-formed CSV or Parquet file"
+            f"cannot read {path}: {_first_line(error)}", fix="pass a well-formed CSV or Parquet file"
         ) from error
 
 
@@ -109,6 +120,11 @@ def _bad(where: str, column: str, rows: list[int], values: list, expected: str) 
 
 def _text(table: pa.Table, column: str, where: str) -> pa.Array:
     values = table.column(column).combine_chunks()
+    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+        raw = values.to_pylist()
+        bad = [i for i, v in enumerate(raw) if v is not None and not _is_utf8(v)]
+        if bad:
+            raise _bad(where, column, bad, [raw[i] for i in bad], "UTF-8 text")
     if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
         values = values.cast(pa.string())
     bad = [i for i, v in enumerate(values.to_pylist()) if v is None or not v.strip()]
@@ -120,10 +136,26 @@ def _text(table: pa.Table, column: str, where: str) -> pa.Array:
 def _integers(table: pa.Table, column: str, where: str) -> pa.Array:
     values = table.column(column).combine_chunks()
     parsed = [_int(v) for v in values.to_pylist()]
-    bad = [i for i, v in enumerate(parsed) if v is None or v < 0]
+    top = MAX_VALUE[column]
+    bad = [i for i, v in enumerate(parsed) if v is None or not 0 <= v <= top]
     if bad:
-        raise _bad(where, column, bad, [values[i].as_py() for i in bad], "non-negative integers")
+        raise _bad(
+            where, column, bad, [values[i].as_py() for i in bad], f"non-negative integers up to {top:,}"
+        )
     return pa.array(parsed, pa.int64())
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _int(value: object) -> int | None:
@@ -132,7 +164,7 @@ def _int(value: object) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value) if value.is_integer() else None
+        return int(value) if value.is_integer() else None  # NaN and inf are not integers
     try:
         return int(str(value).strip())
     except ValueError:
@@ -280,7 +312,7 @@ def main(argv: list[str]) -> int:
     suite, root = (args.suite, args.root) if args.suite and args.root else _fill(args.suite, args.root)
     meta = {"file": str(Path(args.file).resolve()), "site_map": site_map}
     outcomes = import_table(rows, root.expanduser().resolve(), suite, args.source, meta)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, markup=False)  # site and model names are data
     for o in outcomes:
         console.print(f"{o.status:>9}  {o.model}: {o.rows} rows (task {o.task_id})")
     sites = ", ".join(sorted(set(rows.column("site").to_pylist())))

@@ -113,7 +113,7 @@ def test_parquet_input_with_site_column(tmp_path):
         (
             HEADER,
             [("a", "ten", 0, "s", "m", 1.0)],
-            "column 'step' must hold non-negative integers; 1 bad value(s) (row 5: 'ten')",
+            "column 'step' must hold non-negative integers up to 1,000,000,000,000; 1 bad value(s) (row 5: 'ten')",
         ),
         (HEADER, [("a", 0, -1, "s", "m", 1.0)], "column 'layer' must hold non-negative integers"),
         (HEADER, [("a", 0, 0, "s", "m", "high")], "column 'value' must hold numbers"),

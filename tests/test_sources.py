@@ -217,3 +217,77 @@ def test_load_onto_cuda_in_bfloat16_keeps_the_cpu_identity(tiny_suite):
     on_gpu = load_checkpoint(ref, device="cuda", dtype="bfloat16")
     assert next(on_gpu.model.parameters()).device.type == "cuda"
     assert on_gpu.weights_sha256 == load_checkpoint(ref, dtype="bfloat16").weights_sha256
+
+
+# -- an unreachable hub ------------------------------------------------------------------------------------
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused at once
+
+
+def _two_repo_suite(tiny_suite) -> SuiteConfig:
+    specs = [
+        ModelSpec(name="first", repo="nobody/first", n_layers=1, d_model=32, n_heads=2),
+        ModelSpec(name="second", repo="nobody/second", n_layers=1, d_model=32, n_heads=2),
+    ]
+    return replace(tiny_suite[0].suite, name="twohub", source="hf", models=specs)
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE, a hub endpoint that refuses connections, an empty cache; the per-process
+    reachability check forgotten before and after."""
+    from layerlake.etl.sources import hub_unreachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    hub_unreachable.cache_clear()
+    yield hub_unreachable
+    hub_unreachable.cache_clear()
+
+
+def test_unreachable_hub_fails_naming_the_model_asked_for_after_one_check(
+    tiny_suite, unreachable_hub, capfd, caplog
+):
+    from layerlake.etl.errors import ProbeError
+
+    suite = _two_repo_suite(tiny_suite)
+    with pytest.raises(ProbeError) as caught:
+        build_probe(ProbeConfig(n_sequences=2, seq_len=8), suite, "/nonexistent", models=["second"])
+    message = caught.value.message
+    assert "nobody/second" in message and "nobody/first" not in message
+    assert f"the hub at {UNREACHABLE} is unreachable" in message and "not in the hub cache" in message
+    (ref,) = open_source(suite, "/nonexistent").refs("second", [0])
+    with pytest.raises(CheckpointError, match=r"nobody/second@step0 \(twohub/second step 0\): the hub at"):
+        load_checkpoint(ref)
+    info = unreachable_hub.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # one connection attempt for both loads
+    warnings = [r.getMessage() for r in caplog.records if "is unreachable" in r.getMessage()]
+    assert len(warnings) == 1  # said once
+    assert "Retrying" not in capfd.readouterr().err  # huggingface_hub's retry loop never started
+
+
+def test_hf_hub_offline_skips_the_network_check(tiny_suite, unreachable_hub, monkeypatch):
+    from layerlake.etl.errors import ProbeError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    suite = _two_repo_suite(tiny_suite)
+    with pytest.raises(ProbeError, match="nobody/second .*HF_HUB_OFFLINE is set"):
+        build_probe(ProbeConfig(n_sequences=2, seq_len=8), suite, "/nonexistent", models=["second"])
+    with pytest.raises(CheckpointError, match="nobody/second@step0"):
+        load_checkpoint(open_source(suite, "/nonexistent").refs("second", [0])[0])
+    assert unreachable_hub.cache_info().misses == 0  # never asked the network
+
+
+def test_unreachable_hub_still_serves_cached_revisions(tiny_suite, unreachable_hub, tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    _hub_cache(tiny_suite, cache, [0, 8])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    settings, root = tiny_suite
+    hub = open_source(_hub_suite(tiny_suite, evict=False), "/nonexistent")
+    local = open_source(settings.suite, root)
+    (ref,) = hub.refs("tiny-a", [8])
+    assert hub.load(ref).weights_sha256 == local.load(local.refs("tiny-a", [8])[0]).weights_sha256
+    with pytest.raises(CheckpointError, match="tinyorg/tiny-a@step16 .*cached revisions: nearest available"):
+        hub.load(hub.refs("tiny-a", [16])[0])

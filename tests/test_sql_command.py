@@ -116,3 +116,18 @@ def test_schema_lists_staging_views_and_macros(root, capsys):
     out = capsys.readouterr().out
     assert "cka_to_reference" in out and "staging views" in out and "reference_step=None" in out
     assert "cka_normed(a, b, na, nb)" in out and "erank(sv)" in out
+
+
+def test_schema_lists_every_macro_with_its_signature_and_first_sentence(root, capsys):
+    from layerlake.warehouse.command import describe_macros
+    from layerlake.warehouse.macros import public_macros
+
+    macros = public_macros()
+    rows = {r["macro"]: r["doc"] for r in describe_macros().to_pylist()}
+    assert list(rows) == [m.signature for m in macros] and len(rows) >= 10
+    for m in macros:
+        assert m.signature.startswith(f"{m.name}(") and rows[m.signature]
+        assert m.description.startswith(rows[m.signature])  # its first sentence
+    assert main(["sql", "--schema", "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert "SQL macros" in out and all(m.signature in out for m in macros) and "_ll_" not in out

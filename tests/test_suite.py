@@ -18,7 +18,7 @@ import pytest
 from layerlake.cli.main import main as cli_main
 from layerlake.conf.schema import TrainConfig
 from layerlake.etl.errors import SuiteError
-from layerlake.etl.sources import load_checkpoint, open_source, weights_sha256
+from layerlake.etl.sources import load_checkpoint, open_source
 from layerlake.etl.suite import corpus
 from layerlake.etl.suite.command import build, show, suite_table_rows
 from layerlake.etl.suite.train import lr_at
@@ -158,21 +158,64 @@ def test_changed_model_config_rebuilds_only_that_model(tiny_suite, compose, tmp_
     assert load_checkpoint(loaded).config.intermediate_size == 96
 
 
-def test_corrupt_checkpoint_of_a_built_model_is_rebuilt(tiny_suite, tmp_path, capsys):
+def _hashes(settings, suites: Path, model: str) -> dict[int, str]:
+    source = open_source(settings.suite, suites)
+    return {s: load_checkpoint(source.refs(model, [s])[0]).weights_sha256 for s in settings.suite.steps}
+
+
+def test_a_corrupt_checkpoint_of_a_complete_model_is_repaired_in_place(tiny_suite, tmp_path, capsys):
+    """The build says what it does (retrain from step 0 up to the damaged step only, keep the rest) and
+    does exactly that; the weights equal the uninterrupted build's."""
     from dataclasses import replace
 
-    settings, _ = tiny_suite
+    settings, suites = tiny_suite
     data = tmp_path / "data"
-    shutil.copytree(Path(settings.paths.data) / "suites", data / "suites")
-    target = data / "suites/embedded/tiny-a/step8/model.safetensors"
-    (ref,) = open_source(settings.suite, settings.paths.suites).refs("tiny-a", [8])
-    original = weights_sha256(load_checkpoint(ref).model)
+    shutil.copytree(suites, data / "suites")
+    folder = data / "suites/embedded/tiny-a"
+    target = folder / "step8/model.safetensors"
     target.write_bytes(target.read_bytes()[:-100])
+    kept = {
+        p: p.stat().st_mtime_ns for p in [*folder.glob("step*/model.safetensors"), folder / "loss.parquet"]
+    }
+    del kept[target]
     moved = replace(settings, paths=replace(settings.paths, data=str(data), suites=str(data / "suites")))
     assert build(replace(moved, models=["tiny-a"])) == 0
-    assert "tiny-a: rebuild (weights file" in capsys.readouterr().out
-    rebuilt = load_checkpoint(open_source(moved.suite, moved.paths.suites).refs("tiny-a", [8])[0])
-    assert rebuilt.weights_sha256 == original  # deterministic training gives the same bits again
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tiny-a: repair (weights file" in out and "step8/model.safetensors is truncated" in out
+    assert "retraining from step 0 to step 8 to rewrite it" in out and "the other checkpoints are kept" in out
+    assert "tiny-a: rewrote step8, from step 0" in out
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # intact checkpoints and the loss log untouched
+    assert not (folder / "_resume").exists()
+    assert _hashes(moved, data / "suites", "tiny-a") == _hashes(settings, suites, "tiny-a")
+
+
+def test_an_interrupted_build_resumes_from_its_last_intact_checkpoint(tiny_suite, tiny_overrides, tmp_path):
+    """Kill a real build, damage its newest checkpoint: the rerun says it resumes from the checkpoint
+    before it, resumes there (not from step 0), and ends with the uninterrupted build's weights."""
+    settings, root = tiny_suite
+    args = [LAYERLAKE, "suite", "build", f"paths.data={tmp_path}", *tiny_overrides]
+    folder = tmp_path / "suites/embedded/tiny-a"
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / "step16/model.safetensors").exists() and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (folder / "loss.parquet").exists()  # really interrupted
+    saved = sorted(s for s in settings.suite.steps if (folder / f"step{s}/model.safetensors").exists())
+    newest, before = saved[-1], saved[-2]
+    weights = folder / f"step{newest}/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    rerun = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    out = " ".join(rerun.stdout.split())
+    assert f"tiny-a: resume (interrupted; resuming from step {before}, its last intact checkpoint" in out
+    assert f"step{newest}/model.safetensors is truncated" in out
+    assert f"resumed at step {before}" in out
+    assert _hashes(settings, tmp_path / "suites", "tiny-a") == _hashes(settings, root, "tiny-a")
 
 
 def test_resume_after_sigkill_gives_identical_weights(tiny_suite, tiny_overrides, tmp_path):
@@ -263,7 +306,7 @@ def test_show_and_table_rows(tiny_suite, capsys):
         assert row["parameters"] > 0
     assert show(settings) == 0
     out = capsys.readouterr().out
-    assert "tiny-a" in out and f"{rows[1]['parameters']:,}" in out
+    assert "tiny-a" in out and str(rows[1]["parameters"]) in out
 
 
 def test_lr_schedule_warms_up_then_decays_to_min_ratio():

@@ -136,8 +136,8 @@ def parse_param(text: str) -> tuple[str, Any]:
     return name, params[name].validate(yaml.safe_load(raw) if raw.strip() else None)
 
 
-def sql(argv: list[str]) -> int:
-    """``layerlake sql "<query>" [--format F] [--output FILE] [--schema] [--root DIR]``."""
+def sql_parser() -> argparse.ArgumentParser:
+    """The arguments of ``layerlake sql``."""
     parser = argparse.ArgumentParser(
         prog="layerlake sql", description="Run a read-only SQL query over the warehouse views."
     )
@@ -158,7 +158,12 @@ def sql(argv: list[str]) -> int:
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="a staging view parameter, e.g. --param estimator=debiased --param threshold=0.8",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    return parser
+
+
+def sql(argv: list[str]) -> int:
+    """``layerlake sql "<query>" [--format F] [--output FILE] [--schema] [--root DIR]``."""
+    args = sql_parser().parse_args(argv)
     values = dict(parse_param(p) for p in args.param)
     con = connect(args.root, read_only=True, attach=args.attach)
     if args.schema:
@@ -182,8 +187,8 @@ def sql(argv: list[str]) -> int:
     return 0
 
 
-def check(argv: list[str]) -> int:
-    """``layerlake check [--root DIR] [--verify-files] [--allow AUDIT ...]``; exit 1 when an audit fails."""
+def check_parser() -> argparse.ArgumentParser:
+    """The arguments of ``layerlake check``."""
     audits = load_audits()
     parser = argparse.ArgumentParser(
         prog="layerlake check", description="Audit the warehouse; list offending rows."
@@ -199,7 +204,13 @@ def check(argv: list[str]) -> int:
         help="show this audit's rows but do not fail on them (e.g. duplicate_weights for Pythia)",
     )  # fmt: skip
     parser.add_argument("--max-rows", type=int, default=20, help="offending rows shown per audit")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check(argv: list[str]) -> int:
+    """``layerlake check [--root DIR] [--verify-files] [--allow AUDIT ...]``; exit 1 when an audit fails."""
+    audits = load_audits()
+    args = check_parser().parse_args(argv)
     root = _resolve(args.root)
     results = house_checks(root, args.verify_files)
     try:

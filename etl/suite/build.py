@@ -13,15 +13,17 @@ from pathlib import Path
 from layerlake.conf.schema import ModelSpec, SuiteConfig
 from layerlake.etl.errors import CheckpointError, SuiteError
 from layerlake.etl.suite import corpus, manifest
-from layerlake.etl.suite.train import TrainPlan, train_model
+from layerlake.etl.suite.train import LOSS_FILE, TrainPlan, resume_points, train_model
 
 
 @dataclass
 class ModelJob:
     spec: ModelSpec
     config_hash: str
-    action: str  # reuse | build | resume | rebuild
+    action: str  # reuse | build | rebuild | resume | repair
     reason: str
+    resume_from: int | None = None  # the checkpoint training continues from; None: from step 0
+    repair: frozenset[int] | None = None  # repair: the checkpoints to rewrite (missing or damaged)
 
 
 def validate_local_suite(suite: SuiteConfig) -> None:
@@ -75,20 +77,28 @@ def selected_models(suite: SuiteConfig, only: list[str] | None) -> list[ModelSpe
 
 
 def ensure_tokenizer(root: Path, suite: SuiteConfig, train_text: str, corpus_sha: str, record: dict) -> Path:
-    """``<suite>/tokenizer.json``, trained once per (corpus, vocab size) and then reused."""
+    """``<suite>/tokenizer.json``, trained once per (corpus, vocab size) and then reused; trained again
+    when the file no longer matches the sha256 recorded for it (training is deterministic, so a damaged
+    file comes back as the same bytes and the models built with it are kept)."""
     path = root / manifest.TOKENIZER
     key = manifest.tokenizer_key(suite, corpus_sha)
-    if not path.is_file() or record.get("tokenizer_key") != key:
+    if not path.is_file() or record.get("tokenizer_key") != key or not _same_file(path, record):
         corpus.save_tokenizer(corpus.train_tokenizer(train_text, suite.train.vocab_size), path)
     record["tokenizer_key"] = key
     record["tokenizer_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return path
 
 
+def _same_file(path: Path, record: dict) -> bool:
+    recorded = record.get("tokenizer_sha256")
+    return recorded is None or hashlib.sha256(path.read_bytes()).hexdigest() == recorded
+
+
 def plan_jobs(
     root: Path, suite: SuiteConfig, specs: list[ModelSpec], record: dict, corpus_sha: str
 ) -> list[ModelJob]:
-    """Decide for each model: reuse, build, resume or rebuild, with the reason shown to the user."""
+    """Decide for each model: reuse, build, rebuild, resume or repair, with the reason shown to the
+    user. The reason says where training starts, and the job starts exactly there."""
     jobs = []
     for spec in specs:
         digest = manifest.model_config_hash(spec, suite, corpus_sha, record["tokenizer_sha256"])
@@ -98,15 +108,40 @@ def plan_jobs(
             jobs.append(ModelJob(spec, digest, "build", "not built yet"))
         elif entry["config_hash"] != digest:
             jobs.append(ModelJob(spec, digest, "rebuild", "its config changed since it was built"))
-        elif entry.get("complete") and _complete_on_disk(folder, suite.steps):
-            damaged = _damaged_weights(folder, suite.steps)
-            if damaged:
-                jobs.append(ModelJob(spec, digest, "rebuild", f"{damaged}"))
-            else:
-                jobs.append(ModelJob(spec, digest, "reuse", "complete, config unchanged"))
         else:
-            jobs.append(ModelJob(spec, digest, "resume", "interrupted; continuing from its last checkpoint"))
+            jobs.append(_continue(spec, digest, folder, suite.steps, bool(entry.get("complete"))))
     return jobs
+
+
+def _continue(spec: ModelSpec, digest: str, folder: Path, steps: list[int], complete: bool) -> ModelJob:
+    """The job for a model built with this config: reuse it, repair its damaged or missing checkpoints
+    (complete models), or resume its training (interrupted ones), from the newest intact checkpoint
+    that has a resume state and comes before the first bad one."""
+    bad = _bad_checkpoints(folder, steps)
+    complete = complete and (folder / LOSS_FILE).is_file()
+    if complete and not bad:
+        return ModelJob(spec, digest, "reuse", "complete, config unchanged")
+    first_bad = min(bad) if bad else None
+    points = [s for s in resume_points(folder) if first_bad is None or s < first_bad]
+    start = points[-1] if points else None
+    origin = f"from step {start}, its last intact checkpoint" if start is not None else "from step 0"
+    problem = "; ".join(bad[s] for s in sorted(bad)[:2]) + (
+        f" (and {len(bad) - 2} more)" if len(bad) > 2 else ""
+    )
+    if complete:
+        what = "it" if len(bad) == 1 else f"steps {', '.join(map(str, sorted(bad)))}"
+        why = "" if start is not None else " (no resume state is kept once a model is complete)"
+        reason = f"{problem}; retraining {origin} to step {max(bad)} to rewrite {what}{why}; the other checkpoints are kept"
+        return ModelJob(spec, digest, "repair", reason, start, frozenset(bad))
+    if start is None:
+        return ModelJob(
+            spec,
+            digest,
+            "resume",
+            "interrupted before any intact checkpoint with a resume state: restarting from step 0",
+        )
+    damaged = f" ({problem})" if bad else ""
+    return ModelJob(spec, digest, "resume", f"interrupted; resuming {origin}{damaged}", start)
 
 
 def run_jobs(
@@ -124,7 +159,10 @@ def run_jobs(
         folder.mkdir(parents=True, exist_ok=True)
         record["models"][job.spec.name] = {"config_hash": job.config_hash, "complete": False}
         manifest.write(root, record)
-        plan = TrainPlan(job.spec, suite.train, tuple(suite.steps), folder, tokens, job.config_hash)
+        plan = TrainPlan(
+            job.spec, suite.train, tuple(suite.steps), folder, tokens, job.config_hash, job.resume_from,
+            job.repair,
+        )  # fmt: skip
         started = time.perf_counter()
         outcome = train_model(plan, progress.callback(job.spec.name, suite.train.max_steps))
         record["models"][job.spec.name] = {
@@ -134,27 +172,29 @@ def run_jobs(
             "steps": list(suite.steps),
         }
         manifest.write(root, record)
-        resumed = "" if outcome.resumed_from is None else f", resumed at step {outcome.resumed_from}"
+        resumed = "from step 0" if outcome.resumed_from is None else f"resumed at step {outcome.resumed_from}"
+        seconds = f"{time.perf_counter() - started:.0f} s"
+        if job.repair is not None:
+            rewritten = ", ".join(f"step{s}" for s in sorted(job.repair))
+            lines.append(f"{job.spec.name}: rewrote {rewritten}, {resumed}, {seconds}")
+            continue
+        if job.action == "resume":
+            seconds += f", {resumed}"
         lines.append(
             f"{job.spec.name}: loss {outcome.first_loss:.3f} -> {outcome.last_loss:.3f}, "
-            f"{outcome.n_params:,} parameters, {time.perf_counter() - started:.0f} s{resumed}"
+            f"{outcome.n_params:,} parameters, {seconds}"
         )
     return lines
 
 
-def _damaged_weights(folder: Path, steps: list[int]) -> str | None:
-    """The first corrupt weights file of a built model, as a reason to rebuild it; None if all are intact."""
+def _bad_checkpoints(folder: Path, steps: list[int]) -> dict[int, str]:
+    """``{step: why}`` for each scheduled checkpoint whose weights file is missing or corrupt."""
     from layerlake.etl.sources import check_weights_file
 
+    bad = {}
     for step in steps:
         try:
             check_weights_file(folder / f"step{step}" / "model.safetensors")
         except CheckpointError as error:
-            return error.message
-    return None
-
-
-def _complete_on_disk(folder: Path, steps: list[int]) -> bool:
-    return (folder / "loss.parquet").is_file() and all(
-        (folder / f"step{s}" / "model.safetensors").is_file() for s in steps
-    )
+            bad[step] = error.message
+    return bad

@@ -4,6 +4,7 @@ print a table of any configured suite.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from layerlake.etl.errors import SuiteError
 from layerlake.etl.suite import build as builder
 from layerlake.etl.suite import corpus, manifest
 from layerlake.etl.suite.train import LOSS_FILE
+
+log = logging.getLogger(__name__)
 
 
 def build(settings: Config) -> int:
@@ -29,7 +32,7 @@ def build(settings: Config) -> int:
         )
     builder.validate_local_suite(suite)
     specs = builder.selected_models(suite, settings.models)
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)  # names, paths and reasons are data, never markup
     root = Path(settings.paths.suites) / suite.name
     started = time.perf_counter()
     train_text, _ = corpus.split_corpus(corpus.corpus_text())
@@ -41,6 +44,7 @@ def build(settings: Config) -> int:
     jobs = builder.plan_jobs(root, suite, specs, record, corpus_sha)
     for job in jobs:
         console.print(f"{job.spec.name}: {job.action} ({job.reason})")
+        log.info("%s: %s (%s)", job.spec.name, job.action, job.reason)
     todo = [job for job in jobs if job.action != "reuse"]
     if todo:
         tokens = corpus.encode(tokenizer, train_text)
@@ -48,11 +52,13 @@ def build(settings: Config) -> int:
             lines = builder.run_jobs(root, suite, jobs, record, tokens, progress)
         for line in lines:
             console.print(line)
+            log.info("%s", line)
     hashes = {name: entry["config_hash"] for name, entry in sorted(record["models"].items())}
     record["suite_hash"] = manifest.suite_hash(hashes)
     manifest.write(root, record)
     verb = "built" if todo else "reused"
     console.print(f"suite {suite.name!r} {verb} at {root} in {time.perf_counter() - started:.0f} s")
+    log.info("suite %r %s at %s", suite.name, verb, root)
     return 0
 
 
@@ -86,22 +92,29 @@ def suite_table_rows(settings: Config) -> list[dict]:
 
 
 def show(settings: Config) -> int:
-    """Print the suite's table (rich)."""
+    """Print the suite's table (through the one renderer: it fits the terminal, names stay plain text)."""
+    import pyarrow as pa
     from rich.console import Console
-    from rich.table import Table
+
+    from layerlake.core.render import print_table
 
     suite = settings.suite
-    table = Table(title=f"suite {suite.name} ({suite.source}, {len(suite.steps)} scheduled checkpoints)")
-    for name in ("model", "parameters", "layers", "width", "heads", "checkpoints", "first loss", "last loss"):
-        table.add_column(name, justify="left" if name == "model" else "right", no_wrap=name == "model")
-    for row in suite_table_rows(settings):
-        params = f"{row['parameters']:,}" if row["parameters"] else (row["params_label"] or "")
-        losses = [f"{row[k]:.3f}" if row[k] is not None else "" for k in ("first_loss", "last_loss")]
-        table.add_row(
-            row["model"], params, str(row["layers"]), str(row["width"]), str(row["heads"]),
-            str(row["checkpoints"]), *losses,
-        )  # fmt: skip
-    Console().print(table)
+    rows = suite_table_rows(settings)
+    log.info("suite %s: %d model(s), %d scheduled checkpoints", suite.name, len(rows), len(suite.steps))
+    columns = {
+        "model": pa.array([r["model"] for r in rows], pa.string()),
+        **{k: pa.array([r[k] for r in rows], pa.int64()) for k in ("layers", "width", "heads")},
+    }
+    if suite.source == "local":  # what was built: hub suites have none of these before extraction
+        columns |= {
+            "parameters": pa.array([r["parameters"] for r in rows], pa.int64()),
+            "built": pa.array([r["checkpoints"] for r in rows], pa.int64()),  # checkpoints on disk
+            "first_loss": pa.array([r["first_loss"] for r in rows], pa.float64()),
+            "last_loss": pa.array([r["last_loss"] for r in rows], pa.float64()),
+        }
+    table = pa.table(columns)
+    title = f"suite {suite.name} ({suite.source}, {len(suite.steps)} scheduled checkpoints)"
+    print_table(table, title, Console(), max_rows=len(rows) or 1, hoist_constants=False)
     return 0
 
 
@@ -125,8 +138,9 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
-                TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, transient=False,
+                TextColumn("{task.description:<16}", markup=False), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[note]}", markup=False), TimeElapsedColumn(), console=console,
+                transient=False,
             )  # fmt: skip
             self.overall = self.bar.add_task("all models", total=total, note="")
 

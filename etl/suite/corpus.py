@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from layerlake.etl.errors import SuiteError
+
 HOLDOUT_FRACTION = 0.1
 END_OF_TEXT = "<|endoftext|>"
 
@@ -78,15 +80,36 @@ def save_tokenizer(tokenizer, path: Path) -> None:
 
 
 def load_tokenizer_file(path: Path):
-    """The suite's tokenizer as a ``transformers`` fast tokenizer (what probes and users load)."""
+    """The suite's tokenizer as a ``transformers`` fast tokenizer (what probes and users load); a
+    ``SuiteError`` naming the file when it is not a tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
+    check_tokenizer_file(path)
     return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=END_OF_TEXT)
+
+
+def check_tokenizer_file(path: Path) -> None:
+    """Raise ``SuiteError`` unless ``path`` loads as a ``tokenizers`` tokenizer."""
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except FileNotFoundError:
+        raise SuiteError(
+            f"the suite's tokenizer {path} does not exist", fix="build the suite: `layerlake suite build`"
+        ) from None
+    except Exception as error:  # tokenizers raises a bare Exception for bad JSON, or fails decoding bytes
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise SuiteError(
+            f"the suite's tokenizer {path} is corrupt ({reason})",
+            fix="run `layerlake suite build`: it trains the tokenizer again (the same file, so the models are kept)",
+        ) from None
 
 
 def encode(tokenizer_path: Path, text: str) -> np.ndarray:
     """Token ids of ``text`` (int64), with the raw ``tokenizers`` library: no length warnings."""
     from tokenizers import Tokenizer
 
+    check_tokenizer_file(tokenizer_path)
     ids = Tokenizer.from_file(str(tokenizer_path)).encode(text).ids
     return np.asarray(ids, dtype=np.int64)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from layerlake.conf.schema import ModelSpec, SuiteConfig
 from layerlake.core.hashing import stable_hash
+from layerlake.etl.errors import SuiteError
 
 MANIFEST = "suite.json"
 TOKENIZER = "tokenizer.json"
@@ -48,7 +49,20 @@ def read(root: Path) -> dict:
     path = root / MANIFEST
     if not path.is_file():
         return {"models": {}}
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SuiteError(
+            f"the suite manifest {path} is corrupt ({error})",
+            fix=f"delete {path} and run `layerlake suite build` (it rebuilds the suite's models)",
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("models", {}), dict):
+        raise SuiteError(
+            f"the suite manifest {path} is not a suite manifest",
+            fix=f"delete {path} and run `layerlake suite build` (it rebuilds the suite's models)",
+        )
+    record.setdefault("models", {})
+    return record
 
 
 def write(root: Path, manifest: dict) -> None:

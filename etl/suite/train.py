@@ -6,6 +6,11 @@ Everything that decides the weights is a pure function of the config: the initia
 it in ``<model>/_resume/``) takes exactly the same updates as one that never stopped.
 
 Step ``t`` means "after ``t`` optimizer updates": ``step0`` is the initialisation, as in Pythia.
+
+While a model trains, ``_resume/`` keeps the state of every checkpoint saved so far, so a build that
+was interrupted resumes from its newest checkpoint whose weights are intact (a damaged one is skipped).
+The states are deleted once the model is complete; a damaged checkpoint of a complete model is then
+trained again from step 0 up to that step only (``TrainPlan.only``), the other checkpoints kept.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class TrainPlan:
     folder: Path  # <suites>/<suite>/<model>
     tokens: np.ndarray = field(repr=False)  # training token ids (int64)
     config_hash: str = ""
+    resume_from: int | None = None  # a step with an intact checkpoint and resume state; None: from scratch
+    only: frozenset[int] | None = None  # repair: save just these checkpoints, stop after the last of them
 
 
 @dataclass
@@ -82,10 +89,12 @@ def model_seed(seed: int, name: str) -> int:
 
 
 def train_model(plan: TrainPlan, on_update: Callable[[int, str], None]) -> TrainOutcome:
-    """Train ``plan``'s model to ``train.max_steps``, resuming from ``_resume/`` when it can.
+    """Train ``plan``'s model to ``train.max_steps`` (from ``plan.resume_from`` if given), or, for a
+    repair (``plan.only``), up to the last checkpoint to rewrite.
 
     ``on_update(step, note)`` is called after every update (for progress bars). Writes the
-    checkpoints, then ``loss.parquet``, then removes ``_resume/``.
+    checkpoints, then ``loss.parquet`` (not for a repair: the complete model's log stands), then
+    removes ``_resume/``.
     """
     import torch
     from transformers.utils import logging as hf_logging
@@ -97,12 +106,13 @@ def train_model(plan: TrainPlan, on_update: Callable[[int, str], None]) -> Train
     model = new_model(plan.spec, plan.train, model_seed(plan.train.seed, plan.spec.name))
     optimizer = _optimizer(model, plan.train)
     losses: list[tuple[int, float, float, int]] = []
-    start = _resume(plan, model, optimizer, losses)
-    if start is None and 0 in plan.steps:
+    start = None if plan.resume_from is None else _resume(plan, plan.resume_from, model, optimizer, losses)
+    if start is None and _saves(plan, 0):
         _save_checkpoint(plan, model, optimizer, losses, 0)
     model.train()
     tokens_per_update = plan.train.batch_size * plan.train.seq_len
-    for step in range(1 if start is None else start + 1, plan.train.max_steps + 1):
+    last = plan.train.max_steps if plan.only is None else max(plan.only)
+    for step in range(1 if start is None else start + 1, last + 1):
         lr = lr_at(step, plan.train)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -113,13 +123,19 @@ def train_model(plan: TrainPlan, on_update: Callable[[int, str], None]) -> Train
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append((step, float(loss.item()), lr, step * tokens_per_update))
-        if step in plan.steps:
+        if _saves(plan, step):
             _save_checkpoint(plan, model, optimizer, losses, step)
         on_update(step, f"loss {losses[-1][1]:.3f}")
-    _write_losses(plan.folder / LOSS_FILE, losses)
+    if plan.only is None:
+        _write_losses(plan.folder / LOSS_FILE, losses)
     shutil.rmtree(plan.folder / RESUME_DIR, ignore_errors=True)
     n_params = sum(p.numel() for p in model.parameters())
-    return TrainOutcome(n_params, start, losses[0][1], losses[-1][1])
+    first, final = (losses[0][1], losses[-1][1]) if losses else (math.nan, math.nan)
+    return TrainOutcome(n_params, start, first, final)
+
+
+def _saves(plan: TrainPlan, step: int) -> bool:
+    return step in plan.steps and (plan.only is None or step in plan.only)
 
 
 def _optimizer(model, train: TrainConfig):
@@ -158,32 +174,41 @@ def _save_checkpoint(plan: TrainPlan, model, optimizer, losses, step: int) -> No
     }
     tmp_state = resume / f".state-step{step}.pt.tmp"
     torch.save(state, tmp_state)
-    os.replace(tmp_state, resume / f"state-step{step}.pt")
-    for old in resume.glob("state-step*.pt"):
-        if old.name != f"state-step{step}.pt":
-            old.unlink()
+    os.replace(tmp_state, resume / f"state-step{step}.pt")  # every checkpoint's state stays until the end
 
 
-def _resume(plan: TrainPlan, model, optimizer, losses: list) -> int | None:
-    """Load the newest resume state whose checkpoint folder is complete; its step, or None."""
+def resume_points(folder: Path) -> list[int]:
+    """Steps, ascending, with a resume state in ``<folder>/_resume/`` and intact weights beside it."""
+    from layerlake.etl.errors import CheckpointError
+    from layerlake.etl.sources import check_weights_file
+
+    points = []
+    for path in (folder / RESUME_DIR).glob("state-step*.pt"):
+        step = _state_step(path)
+        try:
+            check_weights_file(folder / f"step{step}" / "model.safetensors")
+        except CheckpointError:
+            continue
+        points.append(step)
+    return sorted(points)
+
+
+def _resume(plan: TrainPlan, step: int, model, optimizer, losses: list) -> int | None:
+    """Load the resume state of ``step`` (chosen by the planner from ``resume_points``); its step, or
+    None (train from scratch) when the state was saved for another config."""
     import torch
 
-    for path in sorted((plan.folder / RESUME_DIR).glob("state-step*.pt"), key=_state_step, reverse=True):
-        weights = plan.folder / f"step{_state_step(path)}" / "model.safetensors"
-        if not weights.is_file():
-            continue
-        state = torch.load(path, weights_only=True)
-        if state["config_hash"] != plan.config_hash:
-            return None
-        # Through from_pretrained: transformers 5 saves GPT-NeoX's lm_head under Pythia's on-disk name
-        # `embed_out`, so the file's keys are not the module's state-dict keys.
-        saved = type(model).from_pretrained(weights.parent, dtype=torch.float32)
-        model.load_state_dict(saved.state_dict(), strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        losses[:] = [tuple(row) for row in state["losses"]]
-        return int(state["step"])
-    return None
+    state = torch.load(plan.folder / RESUME_DIR / f"state-step{step}.pt", weights_only=True)
+    if state["config_hash"] != plan.config_hash:
+        return None
+    # Through from_pretrained: transformers 5 saves GPT-NeoX's lm_head under Pythia's on-disk name
+    # `embed_out`, so the file's keys are not the module's state-dict keys.
+    saved = type(model).from_pretrained(plan.folder / f"step{step}", dtype=torch.float32)
+    model.load_state_dict(saved.state_dict(), strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    losses[:] = [tuple(row) for row in state["losses"]]
+    return int(state["step"])
 
 
 def _state_step(path: Path) -> int:

@@ -20,6 +20,8 @@ class Command:
     positional: str | None = None  # hydra commands: a leading bare word becomes this override key
     rewrite: str | None = None  # hydra commands: "module:function" mapping args to Hydra overrides
     extra: str | None = None  # optional extra the command needs ("extract"), checked before it runs
+    describe: str | None = None  # hydra commands: "module:function" printing `--help` from the arguments
+    parser: str | None = None  # plain commands: "module:function" returning its argparse parser
 
     def load(self) -> Callable:
         return resolve(self.target)
@@ -57,20 +59,36 @@ COMMANDS: dict[str, Command] = {
         True,
         positional="recipe",
         rewrite="layerlake.queries.command:rewrite_args",
+        describe="layerlake.queries.command:print_help",
     ),
     "recipes": Command(
-        "layerlake.queries.command:list_recipes", "list the recipes with their parameters", False
+        "layerlake.queries.command:list_recipes",
+        "list the recipes with their parameters",
+        False,
+        parser="layerlake.queries.command:recipes_parser",
     ),
     "import-metrics": Command(
-        "layerlake.queries.command:import_metrics", "import per-layer metrics computed elsewhere", False
+        "layerlake.queries.command:import_metrics",
+        "import per-layer metrics computed elsewhere",
+        False,
+        parser="layerlake.queries.imports:parser",
     ),
     "sql": Command(
-        "layerlake.warehouse.command:sql", "run a read-only SQL query over the warehouse views", False
+        "layerlake.warehouse.command:sql",
+        "run a read-only SQL query over the warehouse views",
+        False,
+        parser="layerlake.warehouse.command:sql_parser",
     ),
     "check": Command(
-        "layerlake.warehouse.command:check", "audit the warehouse; exit non-zero listing bad rows", False
+        "layerlake.warehouse.command:check",
+        "audit the warehouse; exit non-zero listing bad rows",
+        False,
+        parser="layerlake.warehouse.command:check_parser",
     ),
     "share": Command(
-        "layerlake.warehouse.share.command:share", "export, import or attach a shared dataset", False
+        "layerlake.warehouse.share.command:share",
+        "export, import or attach a shared dataset",
+        False,
+        parser="layerlake.warehouse.share.command:parser",
     ),
 }

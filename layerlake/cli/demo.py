@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from rich.console import Console
 
 from layerlake.conf.schema import Config
 from layerlake.core.render import print_table
+
+log = logging.getLogger(__name__)
 
 # (recipe, parameters, title, columns printed): the findings the demo prints and plots.
 DEMO_FINDINGS = (
@@ -49,6 +52,7 @@ def run_findings(settings: Config, console: Console) -> list[Path]:
         if title:
             print_table(table.select(list(columns)), title, console, max_rows=40, hoist_constants=False)
         path = plot(name, table, out_dir / f"{name}.png")
+        log.info("finding %s: %d rows%s", name, table.num_rows, f", plot {path}" if path else "")
         if path is not None:
             plots.append(path)
     return plots
@@ -73,8 +77,9 @@ def run(settings: Config) -> int:
     console.rule("3. findings")
     plots = run_findings(settings, console)
     for path in plots:
-        console.print(f"plot: {path}")
+        console.print(f"plot: {path}", markup=False)
     console.print(
-        '\nQuery the warehouse yourself: layerlake sql "select model, layer, site, step, n, d from activation_stats limit 5"'
+        '\nQuery the warehouse yourself: layerlake sql "select model, layer, site, step, n, d from activation_stats limit 5"',
+        markup=False,
     )
     return 0

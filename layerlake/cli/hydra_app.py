@@ -2,7 +2,10 @@
 against ``conf.schema``, and hands the command plain dataclasses.
 
 Hydra owns argv here, so ``-m``, ``--cfg job``, ``--help`` and tab-completion work as documented
-by Hydra. A ``LayerlakeError`` raised inside a job is printed without a traceback and exits 2.
+by Hydra, wherever they stand among the overrides (``split_flags`` lifts them out first). The job's
+name is the command (``extract``, ``query``, ``suite-build``): it names the run folder's log file,
+which receives the command's own log lines (``hydra.job_logging`` in ``conf/config.yaml``). A
+``LayerlakeError`` raised inside a job is printed without a traceback and exits 2.
 """
 
 from __future__ import annotations
@@ -15,34 +18,105 @@ from omegaconf import DictConfig
 from layerlake.cli.commands import Command, resolve
 from layerlake.conf.compose import check_overrides
 from layerlake.conf.schema import CONF_DIR, register_schemas, to_settings
-from layerlake.core.errors import LayerlakeError
+from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.core.render import print_error
 
+HELP_FLAGS = ("-h", "--help")
+# At most one of these per call (Hydra refuses the rest with a ValueError and a traceback).
+MODES = {
+    "--run": "--run",
+    "--multirun": "-m",
+    "--cfg": "--cfg",
+    "--info": "--info",
+    "--shell-completion": "-sc",
+}
 
-def rewrite_positional(command: Command, args: list[str]) -> list[str]:
-    """``layerlake query stabilisation x=1`` -> ``recipe=stabilisation x=1``."""
-    if command.positional and args and not args[0].startswith("-") and "=" not in args[0]:
-        return [f"{command.positional}={args[0]}", *args[1:]]
-    return args
+
+def job_name(name: str) -> str:
+    """Hydra's job name for command ``name``: ``suite build`` -> ``suite-build`` (it names a log file)."""
+    return name.replace(" ", "-")
 
 
-def precheck(args: list[str]) -> None:
-    """Compose once before Hydra runs anything, so a wrong key, type or choice is a ``ConfigError`` (exit
-    2, the key named, a fix given) and no job starts; help and info requests go straight to Hydra."""
+def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """``(flags, overrides)``: Hydra's own flags, each with its value joined as ``--flag=value`` so it
+    may stand anywhere, and everything else in order. ``a=1 --cfg job b=2`` -> ``(["--cfg=job"],
+    ["a=1", "b=2"])``; an unknown ``-x`` stays among the overrides for Hydra to refuse."""
     from hydra._internal.utils import get_args_parser
 
-    parsed, _ = get_args_parser().parse_known_args(args)
-    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+    actions = get_args_parser()._option_string_actions  # argparse's table of option strings
+    flags, rest, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        option, eq, value = arg.partition("=")
+        action = actions.get(option) if arg.startswith("-") else None
+        if action is None:
+            rest.append(arg)
+        else:
+            long = max(action.option_strings, key=len)
+            if action.nargs == 0:
+                flags.append(long)
+            elif eq:
+                flags.append(f"{long}={value}")
+            elif action.nargs == "?":  # --info [what]: takes the next word only if it is one of its choices
+                taken = i + 1 < len(args) and args[i + 1] in (action.choices or ())
+                flags.append(f"{long}={args[i + 1]}" if taken else long)
+                i += taken
+            elif i + 1 < len(args):
+                flags.append(f"{long}={args[i + 1]}")
+                i += 1
+            else:
+                raise ConfigError(f"{arg} needs a value", fix=_flag_fix(action))
+        i += 1
+    return flags, rest
+
+
+def _flag_fix(action) -> str:
+    choices = f" one of: {', '.join(action.choices)}" if action.choices else " a value"
+    return f"give {max(action.option_strings, key=len)}{choices} (e.g. --cfg job)"
+
+
+def check_flags(flags: list[str]) -> None:
+    """Refuse combinations Hydra would answer with a traceback."""
+    names = [f.partition("=")[0] for f in flags]
+    modes = [MODES[n] for n in dict.fromkeys(names) if n in MODES]
+    if len(modes) > 1 and not any(n in HELP_FLAGS for n in names):
+        raise ConfigError(
+            f"{' and '.join(modes)} cannot be combined: each asks Hydra for a different thing",
+            fix="print the config of one job with `--cfg job` (no -m), then run the sweep with -m",
+        )
+    if "--resolve" in names and "--cfg" not in names and "--help" not in names:
+        raise ConfigError("--resolve only applies to --cfg or --help", fix="add --cfg job, or drop --resolve")
+
+
+def precheck(flags: list[str], overrides: list[str]) -> None:
+    """Compose once before Hydra runs anything (every value of every sweep, the others at their first),
+    so a wrong key, type or choice is a ``ConfigError`` (exit 2, the key named, a fix given) and no
+    job starts: for a run, a multirun, ``--cfg``, ``--help`` and ``--info`` alike. Only shell
+    completion goes straight to Hydra."""
+    check_flags(flags)
+    if "--shell-completion" in flags:
         return
-    check_overrides(parsed.overrides)
+    check_overrides(overrides)
+
+
+def wants_help(flags: list[str]) -> bool:
+    return "--help" in flags
 
 
 def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
     register_schemas()
     target = command.load()
-    args = rewrite_positional(command, args)
+    flags, overrides = split_flags(args)
+    if wants_help(flags) and command.describe:
+        resolve(command.describe)(overrides)  # the command's own help (e.g. a recipe's parameters)
+        return 0
+    overrides = rewrite_positional(command, overrides)
     if command.rewrite:
-        args = resolve(command.rewrite)(args)
+        overrides = resolve(command.rewrite)(overrides)
+    overrides = [f"hydra.job.name={job_name(name)}", *overrides]  # a later hydra.job.name=... wins
+    precheck(flags, overrides)
+    if wants_help(flags):
+        print(f"layerlake {name}: {command.help}\n")
     outcome: dict[str, int] = {"code": 0}
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
@@ -54,14 +128,19 @@ def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
             code = error.exit_code
         outcome["code"] = max(outcome["code"], int(code or 0))
 
-    # argparse cannot take positionals on both sides of a flag: hoist -m so `a=1 -m b=1,2` works.
-    flags = [a for a in args if a in ("-m", "--multirun")]
-    rest = [a for a in args if a not in ("-m", "--multirun")]
-    precheck([*flags, *rest])
     saved = sys.argv
-    sys.argv = [f"layerlake {name}", *flags, *rest]
+    sys.argv = [f"layerlake {name}", *flags, *overrides]
     try:
         job()
+    except SystemExit as done:  # Hydra exits by itself after --help, --hydra-help and its own errors
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
     finally:
         sys.argv = saved
     return outcome["code"]
+
+
+def rewrite_positional(command: Command, args: list[str]) -> list[str]:
+    """``layerlake query stabilisation x=1`` -> ``recipe=stabilisation x=1``."""
+    if command.positional and args and not args[0].startswith("-") and "=" not in args[0]:
+        return [f"{command.positional}={args[0]}", *args[1:]]
+    return args

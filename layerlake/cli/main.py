@@ -8,6 +8,7 @@ Two kinds of command:
 
 from __future__ import annotations
 
+import os
 import sys
 
 from layerlake.cli.commands import COMMANDS
@@ -34,6 +35,16 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def group_usage(group: str) -> str:
+    """``layerlake suite --help``: the commands of a group of commands."""
+    names = {name: cmd for name, cmd in COMMANDS.items() if name.startswith(f"{group} ")}
+    width = max(len(name) for name in names)
+    lines = [f"usage: layerlake {group} <command> [key=value overrides]", "", "commands:"]
+    lines += [f"  layerlake {name:<{width}}  {cmd.help}" for name, cmd in names.items()]
+    lines += ["", f"`layerlake {group} <command> --help` describes one (its config groups and keys)."]
+    return "\n".join(lines)
+
+
 def find_command(argv: list[str]) -> tuple[str, list[str]]:
     """Split argv into the longest known command name and its arguments."""
     for words in (2, 1):
@@ -42,7 +53,9 @@ def find_command(argv: list[str]) -> tuple[str, list[str]]:
             return name, argv[words:]
     if argv and argv[0] == "suite":
         raise LayerlakeError(
-            f"unknown suite command {' '.join(argv[:2])!r}",
+            f"unknown suite command {' '.join(argv[:2])!r}"
+            if len(argv) > 1
+            else "`layerlake suite` needs a command",
             fix="use `layerlake suite build` or `layerlake suite show`",
         )
     known = ", ".join(COMMANDS)
@@ -53,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] == "suite" and argv[1:2] in (["-h"], ["--help"]):
+        print(group_usage("suite"))
         return 0
     try:
         name, args = find_command(argv)
@@ -71,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `layerlake ... | head`: the reader left; say nothing more, exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return int(code or 0)
 
 

@@ -14,7 +14,8 @@ from layerlake.core.errors import SqlError
 
 DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 READ_ONLY_STATEMENTS = ("SELECT",)  # EXPLAIN is allowed when what it explains is allowed
-_EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
+_LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)*", re.DOTALL)
+_EXPLAIN = re.compile(r"explain\b(\s*analyze\b)?\s*(\([^()]*\))?", re.IGNORECASE)
 
 
 def memory_connection() -> duckdb.DuckDBPyConnection:
@@ -44,19 +45,39 @@ def _check(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> duckdb.Statem
     if len(statements) != 1:
         raise SqlError(f"{what} takes one statement, got {len(statements)}", fix="run one SELECT at a time")
     statement = statements[0]
-    kind = statement.type.name
+    kind = statement_kind(statement)
     if kind == "EXPLAIN":
-        inner = _EXPLAIN.sub("", statement.query, count=1)
-        if inner == statement.query:  # EXPLAIN not at the start (e.g. after a comment): parse what follows it
-            inner = re.split(r"(?i)\bexplain(\s+analyze)?\b", statement.query, maxsplit=1)[-1]
-        _check(con, inner, what)
+        _check(con, explained(statement.query), what)
         return statement
     if kind not in READ_ONLY_STATEMENTS:
+        shown = kind if kind != "UNKNOWN" else f"non-SELECT ({' '.join(statement.query.split()[:3])})"
         raise SqlError(
-            f"{what} is read-only: a {kind} statement is refused",
+            f"{what} is read-only: a {shown} statement is refused",
             fix="write a SELECT (or WITH ... SELECT); to change data, use the layerlake command that writes it",
         )
     return statement
+
+
+def statement_kind(statement: duckdb.Statement) -> str:
+    """The statement's type as DuckDB's parser names it; one the Python enum does not know (DuckDB's
+    parser has more kinds than ``duckdb.StatementType``, e.g. ``UPDATE EXTENSIONS``) is ``UNKNOWN``."""
+    try:
+        return statement.type.name
+    except ValueError:
+        return "UNKNOWN"
+
+
+def explained(sql: str) -> str:
+    """What an ``EXPLAIN [ANALYZE] [(options)]`` statement explains: the text after the keywords, with
+    leading comments skipped (``/* explain */ explain select 1`` explains ``select 1``)."""
+    rest = _LEADING_COMMENTS.sub("", sql, count=1)
+    match = _EXPLAIN.match(rest)
+    if match is None:  # the parser said EXPLAIN; text we cannot follow is refused, never guessed
+        raise SqlError(
+            "cannot tell what the EXPLAIN statement explains",
+            fix="write it as EXPLAIN SELECT ... (no comments between the keywords)",
+        )
+    return rest[match.end() :]
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Tables for people and for files: one renderer for every command that prints or saves a result.
 
-``rich_table`` shows the first and last rows of an Arrow table and the columns that fit the terminal;
+``rich_table`` shows the first and last rows of an Arrow table laid out to fit the terminal (key columns
+always visible: ``layout``);
 ``write_table`` writes CSV (nested values as JSON text), JSON or Parquet; ``print_error`` prints a
 ``LayerlakeError``. Values from data are always shown as plain text, never interpreted as markup.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -44,6 +46,14 @@ def cell(value: object, digits: int = 4, max_cell: int | None = MAX_CELL) -> str
     return text if max_cell is None or len(text) <= max_cell else text[: max_cell - 1] + "…"
 
 
+# Columns that say which row this is (``model_a``, ``step_b`` ... count too): kept on screen in every
+# panel, never dropped for descriptive text. Number columns are values and are never dropped either.
+IDENTITY = frozenset(
+    ("suite", "model", "source", "site", "layer", "head", "step", "tensor", "matrix", "estimator", "kernel",
+     "metric", "revision", "view", "column", "macro", "audit", "table_name", "task_id", "staging view")
+)  # fmt: skip
+
+
 def rich_table(
     table: pa.Table,
     title: str = "",
@@ -52,11 +62,16 @@ def rich_table(
     hoist_constants: bool = True,
     digits: int = 4,
     max_cell: int | None = MAX_CELL,
-) -> Table:
-    """The first and last rows of ``table`` (``max_rows`` in all) and the columns that fit ``width``.
+) -> RenderableType:
+    """The first and last rows of ``table`` (``max_rows`` in all), laid out to fit ``width``.
 
-    With ``hoist_constants``, columns holding one value throughout move to the title. Numbers are never
-    cut, text may be. Every header and cell is plain text (``[/x]`` in data stays ``[/x]``).
+    With ``hoist_constants``, columns holding one value throughout move to the title. Key columns (the
+    identity columns of ``IDENTITY``, the first column, and every number column) always show: when
+    they and the descriptive text columns do not fit, descriptive columns are dropped from the right
+    (the caption says how many); when the key columns alone do not fit, the value columns are split
+    over several tables that each repeat the identity columns; when not even that fits, each row is
+    printed as a block of ``column  value`` lines. Numbers are never cut; text folds. Every header and
+    cell is plain text (``[/x]`` in data stays ``[/x]``).
     """
     constant = constant_columns(table) if hoist_constants else {}
     varying = [c for c in table.column_names if c not in constant][:MAX_COLUMNS]
@@ -70,14 +85,39 @@ def rich_table(
         ends = selected.slice(table.num_rows - tail).to_pylist() if tail else []
         shown = [*selected.slice(0, max_rows - tail).to_pylist(), None, *ends]
     texts = {c: [cell(r[c], digits, max_cell) for r in shown if r is not None] for c in varying}
-    columns = fit_columns(table, varying, texts, width)
-    hidden = table.num_columns - len(constant) - len(columns)
-    view = Table(title=Text(title) if title else None, caption=Text(_caption(table, hidden, max_rows)))
-    for name, need in columns:
+    sizes = {c: _size(table, c, texts[c]) for c in varying}
+    panels, dropped = layout(table, varying, sizes, width)
+    hidden = table.num_columns - len(constant) - len(varying) + len(dropped)
+    caption = _caption(table, hidden, max_rows)
+    if not panels:
+        return _records(table, varying, shown, title, caption, digits, max_cell)
+    views = []
+    for index, panel in enumerate(panels):
+        last = index == len(panels) - 1
+        part = f" (columns {index + 1} of {len(panels)})" if len(panels) > 1 else ""
+        views.append(
+            _view(table, panel, shown, (title + part) if title or part else "", caption if last else "",
+                  digits, max_cell)
+        )  # fmt: skip
+    return views[0] if len(views) == 1 else Group(*views)
+
+
+def _view(
+    table: pa.Table,
+    columns: list[tuple[str, int]],
+    shown: list[dict | None],
+    title: str,
+    caption: str,
+    digits: int,
+    max_cell: int | None,
+) -> Table:
+    view = Table(title=Text(title) if title else None, caption=Text(caption) if caption else None)
+    for name, size in columns:
+        header = Text(fold_header(name, size))
         if _numeric(table, name):
-            view.add_column(Text(name), justify="right", overflow="fold", min_width=need)
-        else:  # text columns share what numbers leave of the width, folding long values onto more lines
-            view.add_column(Text(name), overflow="fold", min_width=min(need, MIN_TEXT))
+            view.add_column(header, justify="right", overflow="fold", width=size)
+        else:  # text folds onto more lines within its width
+            view.add_column(header, overflow="fold", width=size)
     for row in shown:
         view.add_row(
             *(
@@ -89,23 +129,135 @@ def rich_table(
     return view
 
 
-def fit_columns(
-    table: pa.Table, names: list[str], texts: dict[str, list[str]], width: int
-) -> list[tuple[str, int]]:
-    """The columns shown, in order, with the width each needs: all of them when text columns can fold
-    into what numbers leave (at least ``MIN_TEXT`` characters each); else the leading ones that fit."""
-    shown, used = [], 1
-    for name in names:
-        values = max([0] + [len(t) for t in texts[name]])
-        if _numeric(table, name):  # the values never fold; a long header may
-            need = least = max(values, min(len(name), MIN_HEADER))
+def _records(
+    table: pa.Table,
+    names: list[str],
+    shown: list[dict | None],
+    title: str,
+    caption: str,
+    digits: int,
+    max_cell: int | None,
+) -> RenderableType:
+    """Each row as a block of ``column  value`` lines: for tables too wide for any layout in columns."""
+    parts: list[RenderableType] = [Text(title)] if title else []
+    label = max(len(n) for n in names)
+    for row in shown:
+        if row is None:
+            parts.append(Text("⋮"))
+            continue
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True, width=label)
+        grid.add_column(overflow="fold")
+        for name in names:
+            grid.add_row(Text(name), Text(cell(row[name], digits, max_cell)))
+        parts += [Text("---", style="dim"), grid]
+    parts.append(Text(caption))
+    return Group(*parts)
+
+
+def fold_header(name: str, width: int) -> str:
+    """``name`` broken into lines of at most ``width`` characters, after underscores where it can be
+    (``numerical_rank`` at 10 -> ``numerical_`` / ``rank``); a longer piece is cut."""
+    lines, line = [], ""
+    for piece in re.findall(r"[^_]*_|[^_]+", name):
+        while len(piece) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join([*lines, line] if line else lines)
+
+
+def _size(table: pa.Table, name: str, texts: list[str]) -> tuple[int, int, int]:
+    """``(least, need, most)``: the narrowest a column may be, the width it asks for, and the width of
+    its longest value (what a long text column may use when the table has room). A number column's
+    header folds after an underscore (``first_`` / ``loss``), or at ``MIN_HEADER`` characters."""
+    values = max([0] + [len(t) for t in texts])
+    if _numeric(table, name):  # the values never fold; a long header may
+        need = max(values, len(name))
+        return max(values, min(len(name), MIN_HEADER)), need, need
+    need = max(min(values, MAX_TEXT), min(len(name), MAX_TEXT), 1)
+    return min(need, MIN_TEXT), need, max(need, values)
+
+
+def _comfortable(table: pa.Table, name: str, size: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``size`` with a number column's least width kept to its header's longest underscore piece, so
+    ``numerical_rank`` folds as ``numerical_`` / ``rank`` rather than ``numerica`` / ``l_rank``."""
+    if not _numeric(table, name):
+        return size
+    piece = max(len(p) for p in re.findall(r"[^_]*_|[^_]+", name))
+    return max(size[0], min(piece, size[1])), size[1], size[2]
+
+
+def is_key(table: pa.Table, name: str, first: str) -> bool:
+    """A column always shown: an identity column, the first column, or a number column."""
+    return name == first or _identity(name) or _numeric(table, name)
+
+
+def _identity(name: str) -> bool:
+    base = re.sub(r"_(a|b|x|y)$", "", name)
+    return base in IDENTITY or base.removeprefix("previous_").removeprefix("reference_") in IDENTITY
+
+
+def layout(
+    table: pa.Table, names: list[str], sizes: dict[str, tuple[int, int, int]], width: int
+) -> tuple[list[list[tuple[str, int]]], list[str]]:
+    """``(panels, dropped)``: the columns of each table to print, with their widths, and the descriptive
+    columns left out. One panel when the key columns fit; several (each repeating the identity columns)
+    when they do not; none when even the identity columns and one value do not (print records)."""
+    if not names:
+        return [], []
+    first = names[0]
+    keys = [n for n in names if is_key(table, n, first)]
+    comfortable = {n: _comfortable(table, n, s) for n, s in sizes.items()}
+    if _least(names, comfortable) <= width:  # everything fits with headers folded at underscores
+        return [_widen(names, comfortable, width)], []
+    if _least(keys, comfortable) <= width or _least(keys, sizes) > width:
+        sizes = comfortable  # else the key columns fit only with headers folded harder: fold them
+    keep = list(names)
+    dropped: list[str] = []
+    descriptive = [n for n in names if n not in keys]
+    while _least(keep, sizes) > width and descriptive:  # drop descriptive text, rightmost first
+        gone = descriptive.pop()
+        keep.remove(gone)
+        dropped.insert(0, gone)
+    if _least(keep, sizes) <= width:
+        return [_widen(keep, sizes, width)], dropped
+    identity = [n for n in keep if n == first or _identity(n)]
+    values = [n for n in keep if n not in identity]
+    panels: list[list[str]] = []
+    for name in values:
+        if panels and _least([*panels[-1], name], sizes) <= width:
+            panels[-1].append(name)
+        elif _least([*identity, name], sizes) <= width:
+            panels.append([*identity, name])
         else:
-            need, least = min(max(values, len(name)), MAX_TEXT), min(max(values, len(name)), MIN_TEXT)
-        if used + least + 3 > width and shown:
-            break
-        shown.append((name, need))
-        used += least + 3
-    return shown
+            return [], dropped
+    ordered = [[n for n in keep if n in panel] for panel in panels] or [identity]
+    return [_widen(panel, sizes, width) for panel in ordered], dropped
+
+
+def _least(names: list[str], sizes: dict[str, tuple[int, int, int]]) -> int:
+    """The width of a table of ``names`` at their least widths: a border, then each column's padding and rule."""
+    return 1 + sum(sizes[n][0] + 3 for n in names)
+
+
+def _widen(names: list[str], sizes: dict[str, tuple[int, int, int]], width: int) -> list[tuple[str, int]]:
+    """Each column at its least width, then widened towards what it asks for, left to right, then long
+    text towards its longest value, while the total stays within ``width``."""
+    spare = width - _least(names, sizes)
+    widths = {name: sizes[name][0] for name in names}
+    for target in (1, 2):
+        for name in names:
+            extra = min(max(sizes[name][target] - widths[name], 0), max(spare, 0))
+            widths[name] += extra
+            spare -= extra
+    return [(name, widths[name]) for name in names]
 
 
 def _numeric(table: pa.Table, name: str) -> bool:
@@ -132,7 +284,7 @@ def _caption(table: pa.Table, hidden: int, max_rows: int) -> str:
     if table.num_rows > max_rows:
         text += f" (showing {max_rows})"
     if hidden:
-        text += f"; {hidden} more columns in the files"
+        text += f"; {hidden} more columns not shown"
     return text
 
 

@@ -1,0 +1,229 @@
+"""Inputs that once ended in a Python traceback: each is now a ``LayerlakeError`` (message and fix, exit
+2), or, for text from data that looks like rich markup (``[/x]``), printed as it is.
+
+Every case runs the real command (``layerlake.cli.main.main``) on a real warehouse, file or suite.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+from layerlake.cli.main import main
+from layerlake.warehouse.synthetic import checkpoint_tables
+from layerlake.warehouse.writer import Warehouse
+
+MARKUP = "[/x]"  # a closing tag that opens nothing: rich raises MarkupError when it reads it as markup
+
+
+@pytest.fixture
+def root(tmp_path) -> str:
+    w = Warehouse(tmp_path / "wh")
+    for step in (0, 1):
+        tables = checkpoint_tables("m", step, {(0, "mlp_out"): np.eye(3)}, {(0, "dense"): [4.0, 1.0]}, d=4)
+        w.commit(f"t{step}", "s", "m", tables, {})
+    return str(w.root)
+
+
+def refused(capsys, *argv: str) -> str:
+    """Run ``layerlake argv``; it must exit 2 with an error and a fix (and no traceback); its stderr."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error:" in err and "fix:" in err and "Traceback" not in err
+    return err.replace("\n", " ")
+
+
+# -- layerlake sql ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["/* c */ explain select 1", "/* explain */ explain select 1", "explain (format json) select 1"],
+)
+def test_explain_after_a_comment_or_with_options_runs(root, statement, capsys):
+    assert main(["sql", statement, "--root", root]) == 0
+    assert "explain" in capsys.readouterr().out.lower()
+
+
+@pytest.mark.parametrize("statement", ["update extensions", "/* c */ explain update extensions"])
+def test_statement_kinds_unknown_to_the_python_enum_are_refused(root, statement, capsys):
+    err = refused(capsys, "sql", statement, "--root", root)
+    assert "read-only" in err and "update extensions" in err
+
+
+# -- layerlake share export -----------------------------------------------------------------------------
+
+
+def test_unknown_table_to_export_names_the_tables(root, tmp_path, capsys):
+    err = refused(capsys, "share", "export", str(tmp_path / "out"), "--root", root, "--tables", "nosuch")
+    assert "nosuch" in err and "activation_stats" in err
+
+
+# -- layerlake import-metrics -----------------------------------------------------------------------------
+
+HEADER = "model,step,layer,site,metric,value\n"
+
+
+def import_file(tmp_path: Path, path: Path, *extra: str) -> list[str]:
+    return [
+        "import-metrics",
+        str(path),
+        "--source",
+        "s",
+        "--suite",
+        "s",
+        "--root",
+        str(tmp_path / "wh"),
+        *extra,
+    ]
+
+
+def test_a_step_too_large_for_int64_is_refused(tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + f"m,{10**23},0,ov,cka,0.5\n")
+    err = refused(capsys, *import_file(tmp_path, path))
+    assert "'step'" in err and str(10**23) in err
+
+
+def test_a_float_step_of_1e23_in_parquet_is_refused(tmp_path, capsys):
+    path = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table(
+            {"model": ["m"], "step": [1e23], "layer": [0], "site": ["ov"], "metric": ["c"], "value": [0.5]}
+        ),
+        path,
+    )
+    err = refused(capsys, *import_file(tmp_path, path))
+    assert "'step'" in err and "1e+23" in err
+
+
+def test_non_utf8_csv_is_refused_naming_the_byte(tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    path.write_bytes(HEADER.encode() + b"m\xff\xfe,1,0,ov,cka,0.5\n")
+    err = refused(capsys, *import_file(tmp_path, path))
+    assert "not UTF-8" in err and "0xff" in err
+
+
+def test_non_utf8_text_in_parquet_is_refused(tmp_path, capsys):
+    path = tmp_path / "m.parquet"
+    model = pa.array([b"m\xff"], pa.binary())
+    pq.write_table(
+        pa.table(
+            {"model": model, "step": [1], "layer": [0], "site": ["ov"], "metric": ["c"], "value": [0.5]}
+        ),
+        path,
+    )
+    err = refused(capsys, *import_file(tmp_path, path))
+    assert "'model'" in err and "UTF-8" in err
+
+
+def test_a_site_that_looks_like_markup_is_printed_as_is(tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + f"m,1,0,{MARKUP},cka,0.5\n")
+    assert main(import_file(tmp_path, path)) == 0
+    assert f"sites: {MARKUP}" in capsys.readouterr().out
+
+
+# -- markup in data: sql, query, share attach ----------------------------------------------------------------
+
+
+def test_sql_prints_markup_in_cells_and_headers_as_text(root, capsys):
+    assert main(["sql", f"select '{MARKUP}' as a, 1 as \"{MARKUP}\"", "--root", root]) == 0
+    assert capsys.readouterr().out.count(MARKUP) == 2
+
+
+def test_share_attach_prints_markup_as_text(root, tmp_path, capsys):
+    out = tmp_path / "shared"
+    assert main(["share", "export", str(out), "--root", root]) == 0
+    assert main(["share", "attach", str(out), "--root", root, "--sql", f"select '{MARKUP}' as a"]) == 0
+    assert MARKUP in capsys.readouterr().out
+
+
+def test_query_prints_an_imported_site_that_looks_like_markup(tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + "".join(f"m,{s},0,{MARKUP},cka,{v}\n" for s, v in ((0, 0.5), (10, 1.0))))
+    assert main(import_file(tmp_path, path)) == 0
+    args = ["query", "convergence", "source=s", "suite.name=s", f"paths.data={tmp_path}"]
+    assert main([*args, f"paths.warehouse={tmp_path / 'wh'}"]) == 0
+    assert MARKUP in capsys.readouterr().out
+
+
+def test_recipe_blocks_print_markup_in_their_header_as_text(tmp_path):
+    from layerlake.queries.command import recipe_block
+    from layerlake.queries.loader import load_recipe
+
+    (tmp_path / "odd.sql").write_text(
+        f"-- name: odd\n-- description: rows {MARKUP} of nothing\n-- param: $k integer = 1 | k {MARKUP}\n"
+        "select $k as k\n"
+    )
+    console = Console(file=io.StringIO(), width=80)
+    console.print(recipe_block(load_recipe("odd", tmp_path)))
+    assert console.file.getvalue().count(MARKUP) == 2
+
+
+# -- the extraction side: suite show and build, extract's report, progress lines --------------------------
+
+
+@pytest.fixture
+def odd_data(tiny_suite, tmp_path) -> Path:
+    """A copy of the tiny suite under a data folder whose path holds ``[/x]``."""
+    settings, suites = tiny_suite
+    data = tmp_path / "[" / "x]"  # the path .../[/x]/...
+    shutil.copytree(suites, data / "suites")
+    assert MARKUP in str(data)
+    return data
+
+
+def test_suite_show_prints_a_model_named_like_markup(tiny_overrides, tmp_path, capsys):
+    models = f"suite.models=[{{name:'{MARKUP}',n_layers:1,d_model:32,n_heads:2}}]"
+    assert main(["suite", "show", f"paths.data={tmp_path}", *tiny_overrides, models]) == 0
+    assert MARKUP in capsys.readouterr().out
+
+
+def test_suite_build_prints_a_path_with_markup(odd_data, tiny_overrides, capsys):
+    assert main(["suite", "build", f"paths.data='{odd_data}'", *tiny_overrides]) == 0
+    out = capsys.readouterr().out.replace("\n", "")
+    assert "tiny-a: reuse" in out and f"{MARKUP}/suites/embedded" in out
+
+
+def test_extract_reports_a_warehouse_path_with_markup(odd_data, tiny_overrides, capsys):
+    args = ["extract", f"paths.data='{odd_data}'", *tiny_overrides, "steps.only=[0]", "models=[tiny-a]"]
+    assert main([*args, "progress=true"]) == 0
+    captured = capsys.readouterr()
+    assert f"{MARKUP}/warehouse" in (captured.out + captured.err).replace("\n", "")
+    assert "ok tiny-a step0" in captured.err
+
+
+def test_progress_lines_print_model_names_and_errors_as_text(tiny_suite):
+    from layerlake.etl.executors import Outcome
+    from layerlake.etl.plan import make_plan
+    from layerlake.etl.progress import ExtractProgress
+
+    settings, _ = tiny_suite
+    task = make_plan(replace(settings, models=["tiny-a"], steps=replace(settings.steps, only=[0]))).tasks[0]
+    task = replace(task, ref=replace(task.ref, model=MARKUP))
+    console = Console(file=io.StringIO(), width=120)
+    with ExtractProgress({MARKUP: 1}, enabled=True, console=console) as progress:
+        progress.advance(Outcome(task, None, f"cannot load {MARKUP}", None))
+    assert console.file.getvalue().count(MARKUP) >= 2
+
+
+def test_a_corrupt_tokenizer_is_an_error_and_suite_build_repairs_it(odd_data, tiny_overrides, capsys):
+    tokenizer = odd_data / "suites/embedded/tokenizer.json"
+    good = tokenizer.read_bytes()
+    tokenizer.write_bytes(good[: len(good) // 2])
+    err = refused(capsys, "extract", f"paths.data='{odd_data}'", *tiny_overrides, "steps.only=[0]")
+    assert "tokenizer.json is corrupt" in err and "layerlake suite build" in err
+    assert main(["suite", "build", f"paths.data='{odd_data}'", *tiny_overrides]) == 0
+    out = capsys.readouterr().out.replace("\n", "")
+    assert "tiny-a: reuse" in out and "tiny-b: reuse" in out  # trained again to the same bytes
+    assert tokenizer.read_bytes() == good
