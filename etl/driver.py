@@ -15,12 +15,13 @@ import pyarrow as pa
 
 from layerlake.conf.schema import Config
 from layerlake.core.choices import SuiteSource
-from layerlake.core.hashing import sha256_file, stable_hash
+from layerlake.core.hashing import sha256_file
 from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress
 from layerlake.etl.sources import WEIGHTS_FILE
 from layerlake.etl.task import ExtractTask, ProbeBatch, extract_run_id
+from layerlake.warehouse.layout import probe_task_id
 from layerlake.warehouse.runs import Run, RunKind, RunStatus, commit_run, committed_run, new_run
 from layerlake.warehouse.schema import PROBES
 from layerlake.warehouse.writer import Warehouse
@@ -57,10 +58,6 @@ def task_meta(task: ExtractTask) -> dict:
         "config_hash": task.options.config_hash(),
         "code_version": task.code_version,
     }
-
-
-def probe_task_id(run_id: str, probe_id: str) -> str:
-    return "probe-" + stable_hash({"run_id": run_id, "probe": probe_id})[:14]
 
 
 def commit_probes(warehouse: Warehouse, plan: Plan, committed: dict) -> None:

@@ -86,7 +86,7 @@ def probe_text(probe: ProbeConfig) -> tuple[str, str]:
 
         return held_out_text(), "embedded"
     if probe.source == "file":
-        return _file_text(probe.path), f"file:{probe.path}"
+        return _file_text(probe.path), f"file:{Path(probe.path).name}"  # no path of this machine is stored
     if probe.source == "hub":
         return _hub_text(probe.dataset), f"hub:{probe.dataset}"
     raise ProbeError(

@@ -122,15 +122,10 @@ class ExtractTask:
         the data folder has moved. The options are not part of it: extracting a checkpoint again with
         other options replaces its rows (the driver compares ``options.config_hash()``), and so does a
         checkpoint whose weights changed (the driver compares the weights file's hash)."""
-        return stable_hash(
-            {
-                "suite": self.ref.suite,
-                "model": self.ref.model,
-                "run_id": self.ref.run_id,
-                "revision": self.ref.revision,
-                "probe_id": self.probe.probe_id,
-            }
-        )[:20]
+        from layerlake.warehouse.layout import checkpoint_task_id
+
+        ref = self.ref
+        return checkpoint_task_id(ref.suite, ref.model, ref.run_id, ref.revision, self.probe.probe_id)
 
 
 def _plain(value: object) -> object:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from layerlake.core.hashing import sha256_file
 from layerlake.queries.errors import MetricsImportError
 
 SITE_MAP = {
@@ -172,20 +174,29 @@ def _int(value: object) -> int | None:
 
 
 def _floats(table: pa.Table, column: str, where: str) -> pa.Array:
-    """Numbers; an empty cell is NULL (a missing value); text that is not a number is an error."""
+    """Finite numbers; an empty cell is NULL (a missing value); text that is not a number, NaN and
+    infinity are errors (the warehouse never stores them: its ``non_finite`` audit would fail)."""
     values = table.column(column).combine_chunks()
     if pa.types.is_floating(values.type) or pa.types.is_integer(values.type):
-        return values.cast(pa.float64())
-    parsed, bad = [], []
-    for i, v in enumerate(values.to_pylist()):
-        text = "" if v is None else str(v).strip()
-        try:
-            parsed.append(float(text) if text else None)
-        except ValueError:
-            parsed.append(None)
-            bad.append(i)
+        parsed = values.cast(pa.float64()).to_pylist()
+        bad = [i for i, v in enumerate(parsed) if v is not None and not math.isfinite(v)]
+    else:
+        parsed, bad = [], []
+        for i, v in enumerate(values.to_pylist()):
+            text = "" if v is None else str(v).strip()
+            try:
+                number = float(text) if text else None
+            except ValueError:
+                number = None
+                bad.append(i)
+            else:
+                if number is not None and not math.isfinite(number):
+                    bad.append(i)
+            parsed.append(number)
     if bad:
-        raise _bad(where, column, bad, [values[i].as_py() for i in bad], "numbers (or empty for missing)")
+        raise _bad(
+            where, column, bad, [values[i].as_py() for i in bad], "finite numbers (or empty for missing)"
+        )
     return pa.array(parsed, pa.float64())
 
 
@@ -217,7 +228,7 @@ def content_sha256(table: pa.Table) -> str:
 def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict) -> list[Outcome]:
     """Commit validated ``rows`` (from ``validate``) model by model; returns what happened per model."""
     from layerlake.warehouse.layout import check_name
-    from layerlake.warehouse.runs import RunKind, RunStatus, new_run, prepare_run
+    from layerlake.warehouse.runs import RunKind, RunStatus, import_run_id, new_run, prepare_run
     from layerlake.warehouse.writer import Warehouse, discard
 
     check_name("source", source)
@@ -257,11 +268,6 @@ def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict
     return outcomes
 
 
-def import_run_id(source: str, model: str) -> str:
-    """The run imported metrics of one model from one source belong to: ``<source>.<model>``."""
-    return f"{source}.{model}"
-
-
 def parse_site_map(pairs: list[str], defaults: bool) -> dict[str, str]:
     """The built-in map (unless ``defaults`` is False) updated with ``FROM=TO`` pairs."""
     mapping = dict(SITE_MAP) if defaults else {}
@@ -292,6 +298,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-default-site-map", action="store_true", help="do not apply the built-in paper map")
     p.add_argument("--root", type=Path, help="warehouse root (default: the configured paths.warehouse)")
+    p.add_argument("--license", help="the rows' license (SPDX id, e.g. MIT): kept with them when shared")
+    p.add_argument(
+        "--citation", help="how to cite the rows' source (e.g. BibTeX): kept with them when shared"
+    )
     return p
 
 
@@ -310,7 +320,11 @@ def main(argv: list[str]) -> int:
     site_map = parse_site_map(args.site_map, not args.no_default_site_map)
     rows = validate(read_file(args.file), site_map, str(args.file))
     suite, root = (args.suite, args.root) if args.suite and args.root else _fill(args.suite, args.root)
-    meta = {"file": str(Path(args.file).resolve()), "site_map": site_map}
+    meta = {"file": Path(args.file).name, "file_sha256": sha256_file(Path(args.file)), "site_map": site_map}
+    if args.license:
+        meta["license"] = args.license
+    if args.citation:
+        meta["citation"] = args.citation
     outcomes = import_table(rows, root.expanduser().resolve(), suite, args.source, meta)
     console = Console(highlight=False, soft_wrap=True, markup=False)  # site and model names are data
     for o in outcomes:

@@ -116,7 +116,7 @@ def test_parquet_input_with_site_column(tmp_path):
             "column 'step' must hold non-negative integers up to 1,000,000,000,000; 1 bad value(s) (row 5: 'ten')",
         ),
         (HEADER, [("a", 0, -1, "s", "m", 1.0)], "column 'layer' must hold non-negative integers"),
-        (HEADER, [("a", 0, 0, "s", "m", "high")], "column 'value' must hold numbers"),
+        (HEADER, [("a", 0, 0, "s", "m", "high")], "column 'value' must hold finite numbers"),
         (HEADER, [("", 0, 0, "s", "m", 1.0)], "column 'model' must hold non-empty text"),
         (HEADER, [ROWS[0], ROWS[0]], "1 (model, step, layer, site, metric) key(s) appear more than once"),
         (HEADER, [("a/b", 0, 0, "s", "m", 1.0)], "model 'a/b' cannot name a warehouse folder or file"),

@@ -288,5 +288,63 @@ def report(results: list[tuple[str, str, pa.Table]], allowed: set[str], max_rows
         verdict = ("WARN", "yellow") if name in allowed else ("FAIL", "red")
         failed = failed or name not in allowed
         console.print(Text.assemble(verdict, f" {name}: {doc} ({rows.num_rows} rows)"))
-        render(rows, title=name, max_rows=max_rows)
+        render(rows, title=name, max_rows=max_rows, max_cell=None)
     return 1 if failed else 0
+
+
+def migrate_parser() -> argparse.ArgumentParser:
+    """The arguments of ``layerlake migrate``."""
+    parser = argparse.ArgumentParser(
+        prog="layerlake migrate",
+        description="Rewrite a warehouse written by an older layerlake into the current schema, keeping every row.",
+    )
+    parser.add_argument(
+        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+    )
+    return parser
+
+
+def migrate(argv: list[str]) -> int:
+    """``layerlake migrate [--root DIR]``: once, after upgrading layerlake."""
+    from layerlake.warehouse.migrate import migrate as run_migration
+
+    args = migrate_parser().parse_args(argv)
+    report = run_migration(_resolve(args.root))
+    if not report.tasks:
+        print(f"nothing to migrate: {report.root} is at schema version {schema.SCHEMA_VERSION}")
+        return 0
+    print(
+        f"migrated {report.tasks} tasks ({report.rows} rows) and wrote {report.runs} runs into {report.root}"
+        + (f"; {report.collapsed} duplicate tasks of moved checkpoints collapsed" if report.collapsed else "")
+        + f". The {len(report.old_files)} old files are no longer read; `layerlake gc --root {report.root}` removes them."
+    )
+    return 0
+
+
+def gc_parser() -> argparse.ArgumentParser:
+    """The arguments of ``layerlake gc``."""
+    parser = argparse.ArgumentParser(
+        prog="layerlake gc",
+        description="Remove files no commit lists (replaced rows, leftovers of killed writers).",
+    )
+    parser.add_argument(
+        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    parser.add_argument(
+        "--grace", type=float, default=900.0, metavar="SECONDS",
+        help="keep unlisted files younger than this, which a reader that started before a commit may still read",
+    )  # fmt: skip
+    return parser
+
+
+def gc(argv: list[str]) -> int:
+    """``layerlake gc [--root DIR] [--dry-run] [--grace SECONDS]``."""
+    from layerlake.warehouse.writer import Warehouse
+
+    args = gc_parser().parse_args(argv)
+    removed = Warehouse(_resolve(args.root)).gc(dry_run=args.dry_run, grace_s=args.grace)
+    size = sum(p.stat().st_size for p in removed if p.exists()) if args.dry_run else None
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(removed)} files" + (f" ({size} bytes)" if size is not None else ""))
+    return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from layerlake.core.hashing import stable_hash
 from layerlake.warehouse.errors import WarehouseError
 
 MANIFEST_DIR = "_manifest"
@@ -51,11 +52,34 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def checkpoint_task_id(suite: str, model: str, run_id: str, revision: str, probe_id: str) -> str:
+    """The task of one checkpoint of one run seen through one probe: a hash of content only, never a
+    path, so a moved data folder or a checkpoint imported from elsewhere keeps its task."""
+    payload = {"suite": suite, "model": model, "run_id": run_id, "revision": revision, "probe_id": probe_id}
+    return stable_hash(payload)[:20]
+
+
+def probe_task_id(run_id: str, probe_id: str) -> str:
+    """The task holding a run's probe batch."""
+    return "probe-" + stable_hash({"run_id": run_id, "probe": probe_id})[:14]
+
+
 def shard_path(table: str, suite: str, model: str, task_id: str, sha256: str) -> str:
     """``<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet`` (posix, relative to the root)."""
     for kind, value in (("suite", suite), ("model", model), ("task id", task_id)):
         check_name(kind, value)
     return f"{table}/{suite}/{model}/{task_id}-{sha256[:16]}.parquet"
+
+
+_SHARD_V1 = re.compile(
+    rf"^(?P<table>[a-z_]+)/suite=(?P<suite>{NAME})/model=(?P<model>{NAME})/part-(?P<task>{NAME})\.parquet$"
+)
+
+
+def is_schema1_shard_path(path: str) -> bool:
+    """Whether ``path`` follows schema 1's rule, ``<table>/suite=<s>/model=<m>/part-<task>.parquet``
+    (read only to migrate such a warehouse)."""
+    return _SHARD_V1.match(path) is not None and ".." not in path.split("/")
 
 
 def parse_shard_path(path: str) -> ShardName | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from layerlake.core.hashing import sha256_file
 from layerlake.warehouse.errors import ManifestError
-from layerlake.warehouse.layout import MANIFEST_DIR, parse_shard_path
+from layerlake.warehouse.layout import MANIFEST_DIR, is_schema1_shard_path, parse_shard_path
 
 COMMITS_FILE = "commits.jsonl"
 
@@ -109,12 +109,15 @@ def manifest_path(root: Path) -> Path:
     return root / MANIFEST_DIR / COMMITS_FILE
 
 
-def file_problem(root: Path, listed: FileEntry, verify_sha256: bool = False) -> str | None:
+def file_problem(
+    root: Path, listed: FileEntry, verify_sha256: bool = False, schema_version: int | None = None
+) -> str | None:
     """What is wrong with the file ``listed`` names under ``root``: a path that breaks the shard rule or
     leaves the root, a symbolic link on the way, missing, wrong size, or (with ``verify_sha256``) wrong
     sha256; None when it matches. The one file check of the warehouse and of shared folders."""
     name = parse_shard_path(listed.path)
-    if name is None or name.table != listed.table:
+    legacy = schema_version is not None and schema_version < 2 and is_schema1_shard_path(listed.path)
+    if not legacy and (name is None or name.table != listed.table):
         return "is not a shard path of this layout (<table>/<suite>/<model>/<task>-<digest>.parquet)"
     path = root / listed.path
     for part in (path, *path.relative_to(root).parents):
@@ -139,7 +142,7 @@ def entry_problems(
     """``(file, problem)`` for every file of ``entry`` (under ``root``) that does not match its listing."""
     found = []
     for f in entry.files:
-        problem = file_problem(root, f, verify_sha256)
+        problem = file_problem(root, f, verify_sha256, entry.schema_version)
         if problem is not None:
             found.append((f, problem))
     return found

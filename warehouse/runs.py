@@ -101,15 +101,21 @@ def new_run(run_id: str, suite: str, model: str, kind: RunKind, config: Any = No
     )
 
 
+def import_run_id(source: str, model: str) -> str:
+    """The run that metrics of one model imported from one source belong to: ``<source>.<model>``."""
+    return f"{source}.{model}"
+
+
 def commit_run(warehouse: Warehouse, run: Run) -> None:
     """Write (or rewrite) the run's row."""
     warehouse.publish([prepare_run(warehouse, run)])
 
 
-def prepare_run(warehouse: Warehouse, run: Run) -> tuple:
+def prepare_run(warehouse: Warehouse, run: Run, check: bool = True) -> tuple:
     """The run's row staged, to publish together with other tasks (``Warehouse.publish``)."""
+    tables = {"runs": run.table()}
     return warehouse.prepare(
-        run.task_id, run.suite, run.model, {"runs": run.table()}, run.meta(), run_id=run.run_id
+        run.task_id, run.suite, run.model, tables, run.meta(), run_id=run.run_id, check=check
     )
 
 

@@ -244,6 +244,14 @@ def connect(
     else:
         path = _resolve(root)
     shards, failures = gather(path, attach)
+    return open_views(shards, failures, read_only)
+
+
+def open_views(
+    shards: list[Shard], failures: list[CommitEntry], read_only: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """A connection whose views show exactly ``shards`` (what ``connect`` gathered, or a warehouse's
+    shards plus a shared folder's new ones, which an import audits before it commits them)."""
     con = memory_connection()
     try:
         for table in schema.TABLES.values():

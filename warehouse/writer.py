@@ -325,10 +325,13 @@ class Warehouse:
         meta: dict,
         *,
         run_id: str | None = None,
+        check: bool = True,
     ) -> tuple[CommitEntry, list[Staged]]:
         """Stage ``tables`` and make their entry, without publishing: several prepared tasks published
-        together (``publish``) become visible all at once, in one manifest line."""
-        self.check_version()
+        together (``publish``) become visible all at once, in one manifest line. ``check=False`` skips
+        the schema-version check (for the migration itself)."""
+        if check:
+            self.check_version()
         run_id = default_run_id(suite, model) if run_id is None else run_id
         staged = self.stage(task_id, suite, model, run_id, tables)
         try:
@@ -338,17 +341,18 @@ class Warehouse:
             raise
         return entry, staged
 
-    def publish(self, commits: list[tuple[CommitEntry, list[Staged]]]) -> None:
-        """Move staged files into place and append their entries, one line for all (all or nothing)."""
+    def publish(self, commits: list[tuple[CommitEntry | None, list[Staged]]]) -> None:
+        """Move staged files into place and append their entries, one line for all (all or nothing).
+        An entry of None places files an existing entry already lists (a repair), appending nothing."""
         try:
             with self.lock():
                 self.clean_staging()
                 for _, staged in commits:
                     self._place(staged)
-                entries = [entry for entry, _ in commits]
+                entries = [entry for entry, _ in commits if entry is not None]
                 if len(entries) == 1:
                     append_entry(self.manifest, entries[0])
-                else:
+                elif entries:
                     append_batch(self.manifest, entries, now_utc())
         except OSError as error:
             if error.errno in _DISK_ERRORS:

@@ -85,6 +85,18 @@ COMMANDS: dict[str, Command] = {
         False,
         parser="layerlake.warehouse.command:check_parser",
     ),
+    "migrate": Command(
+        "layerlake.warehouse.command:migrate",
+        "rewrite a warehouse of an older layerlake into the current schema (once, keeps every row)",
+        False,
+        parser="layerlake.warehouse.command:migrate_parser",
+    ),
+    "gc": Command(
+        "layerlake.warehouse.command:gc",
+        "remove files no commit lists (replaced rows, leftovers of killed writers)",
+        False,
+        parser="layerlake.warehouse.command:gc_parser",
+    ),
     "share": Command(
         "layerlake.warehouse.share.command:share",
         "export, import or attach a shared dataset",

@@ -136,8 +136,23 @@ def render_card(manifest: dict[str, Any], summary: Summary) -> str:
              f"Dataset id `{manifest['dataset_id']}`, schema version {manifest['schema_version']}. "
              "`manifest.json` lists every file with its sha256, rows and bytes, and the provenance of every",
              "checkpoint (source, revision, weights sha256, probe id, code version, config hash).", ""]  # fmt: skip
-    parts += _contents(manifest, summary) + _reading(manifest, summary) + _columns(manifest)
+    parts += (
+        _license(manifest) + _contents(manifest, summary) + _reading(manifest, summary) + _columns(manifest)
+    )
     return "\n".join(parts) + "\n"
+
+
+def _license(manifest: dict[str, Any]) -> list[str]:
+    """The export's license and citation, then each imported source's own (they keep theirs)."""
+    lines = ["## License and citation", "", f"License: `{manifest['license']}`. Cite it as:", "", "```bibtex",
+             manifest["citation"], "```", ""]  # fmt: skip
+    for source in manifest.get("sources", ()):
+        lines += [f"Rows of source `{source['source']}` ({', '.join(source['models'])}) were imported from elsewhere "
+                  f"and keep their own terms: license `{source.get('license', 'not stated')}`."]  # fmt: skip
+        if source.get("citation"):
+            lines += ["Cite them as:", "", "```", source["citation"], "```"]
+        lines.append("")
+    return lines
 
 
 def _contents(manifest: dict[str, Any], summary: Summary) -> list[str]:
@@ -214,7 +229,8 @@ _CROISSANT_CONTEXT = {
     "jsonPath": "cr:jsonPath", "key": "cr:key", "md5": "cr:md5", "parentField": "cr:parentField",
     "path": "cr:path", "recordSet": "cr:recordSet", "references": "cr:references", "regex": "cr:regex",
     "repeated": "cr:repeated", "replace": "cr:replace", "separator": "cr:separator", "source": "cr:source",
-    "subField": "cr:subField", "transform": "cr:transform",
+    "subField": "cr:subField", "transform": "cr:transform", "rai": "http://mlcommons.org/croissant/RAI/",
+    "samplingRate": "cr:samplingRate", "equivalentProperty": "cr:equivalentProperty",
 }  # fmt: skip
 
 
@@ -247,4 +263,7 @@ def croissant(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
         "name": f"layerlake-{manifest['dataset_id']}", "version": f"{manifest['schema_version']}.0.0",
         "description": f"Per-layer statistics of training checkpoints of {models}, exported by {manifest['created_by']}.",
         "datePublished": manifest["created_at"], "distribution": distribution, "recordSet": record_sets,
+        "license": [f"https://spdx.org/licenses/{manifest['license']}.html",
+                    *(f"https://spdx.org/licenses/{s['license']}.html" for s in manifest.get("sources", ()) if s.get("license"))],
+        "citeAs": "\n\n".join([manifest["citation"], *(s["citation"] for s in manifest.get("sources", ()) if s.get("citation"))]),
     }  # fmt: skip

@@ -52,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--steps", type=_steps, help="only these steps, comma separated")
     ex.add_argument("--tables", type=_words, help="only these tables, comma separated")
     ex.add_argument("--no-croissant", action="store_true", help="do not write croissant.json")
+    ex.add_argument(
+        "--license", default="CC-BY-4.0", help="the export's license, an SPDX id (default CC-BY-4.0)"
+    )
+    ex.add_argument("--citation", help="how to cite the export, e.g. a BibTeX entry (default: one naming it)")
     im = sub.add_parser("import", help="verify a shared folder and merge it into the warehouse")
     im.add_argument("dir", help="the shared dataset folder")
     im.add_argument("--root", help=root_help)
@@ -70,8 +74,9 @@ def share(argv: list[str]) -> int:
     if args.action == "export":
         root = default_root() if args.root is None else args.root
         report = export_dataset(
-            root, args.dir, args.suite, args.models, args.steps, args.tables, not args.no_croissant
-        )
+            root, args.dir, args.suite, args.models, args.steps, args.tables, not args.no_croissant,
+            license=args.license, citation=args.citation,
+        )  # fmt: skip
         print(f"exported {report.tasks} tasks, {report.files} files, {report.rows} rows ({size_text(report.bytes)}) "
               f"to {report.dest} (dataset {report.dataset_id})")  # fmt: skip
     elif args.action == "import":
@@ -79,6 +84,10 @@ def share(argv: list[str]) -> int:
         verb = "would import" if args.dry_run else "imported"
         print(f"{verb} {len(report.imported)} tasks ({report.files} files, {report.rows} rows, {size_text(report.bytes)}) "
               f"into {report.root}; {len(report.present)} already present")  # fmt: skip
+        if report.repaired:
+            restore = "would restore" if args.dry_run else "restored"
+            print(f"{restore} {len(report.repaired)} missing or damaged local file(s) from the shared copy: "
+                  + ", ".join(report.repaired[:5]) + (" ..." if len(report.repaired) > 5 else ""))  # fmt: skip
     else:
         con = attach(args.dir, args.root, checksums=args.verify)
         try:

@@ -8,9 +8,11 @@ the sha256 a collaborator sees is the one the extraction recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -20,12 +22,20 @@ from typing import Any
 
 from layerlake.warehouse import schema
 from layerlake.warehouse.errors import ManifestError, ShareError
-from layerlake.warehouse.manifest import CommitEntry, FileEntry, latest, manifest_path, read_entries
+from layerlake.warehouse.manifest import (
+    CommitEntry,
+    FileEntry,
+    entry_problems,
+    latest,
+    manifest_path,
+    read_entries,
+)
 from layerlake.warehouse.share import card
 from layerlake.warehouse.share.layout import CARD, CROISSANT, FORMAT, FORMAT_VERSION, MANIFEST_JSON
 from layerlake.warehouse.writer import fsync_dir, now_utc
 
 # Meta keys of a commit entry that say where a checkpoint's rows came from (the dataset's provenance).
+DEFAULT_LICENSE = "CC-BY-4.0"  # the statistics an export holds, unless its author says otherwise (--license)
 PROVENANCE_KEYS = (
     "revision", "step", "tokens_seen", "source", "location", "weights_sha256", "probe_id", "code_version",
     "config_hash",
@@ -60,6 +70,8 @@ def export_dataset(
     steps: Iterable[int] | None = None,
     tables: Iterable[str] | None = None,
     croissant: bool = True,
+    license: str = DEFAULT_LICENSE,
+    citation: str | None = None,
 ) -> ExportReport:
     """Export the committed tasks of the warehouse at ``root`` that match the filters into ``dest``.
 
@@ -71,6 +83,14 @@ def export_dataset(
         suite, _tuple(models), None if steps is None else tuple(int(s) for s in steps), _tuple(tables)
     )
     entries = select(_committed(root), selection)
+    damaged = [f"{f.path}: {problem}" for e in entries for f, problem in entry_problems(root, e)]
+    if damaged:  # a path that leaves the root, a link, a missing or resized file: nothing is written
+        raise ShareError(
+            f"the warehouse at {root} has files that do not match its manifest: "
+            + "; ".join(damaged[:5])
+            + (f" (and {len(damaged) - 5} more)" if len(damaged) > 5 else ""),
+            fix=f"run `layerlake check --root {root} --verify-files` and extract (or import) those tasks again",
+        )
     _check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:12]}"
@@ -79,7 +99,7 @@ def export_dataset(
         for entry in entries:
             for f in entry.files:
                 copy_verified(root / f.path, staging / f.path, f)
-        manifest = build_manifest(entries)
+        manifest = build_manifest(entries, license, citation)
         _write_json(staging / MANIFEST_JSON, manifest)
         summary = card.summarize(staging, entries)
         _write_text(staging / CARD, card.render_card(manifest, summary))
@@ -144,8 +164,7 @@ def select(entries: list[CommitEntry], selection: Selection) -> list[CommitEntry
 
 
 def _with_files(entry: CommitEntry, files: tuple[FileEntry, ...]) -> CommitEntry:
-    return CommitEntry(entry.status, entry.task_id, entry.suite, entry.model, files, entry.meta,
-                       entry.schema_version, entry.committed_at, entry.error)  # fmt: skip
+    return dataclasses.replace(entry, files=files)
 
 
 def _check_dest(dest: Path) -> None:
@@ -175,7 +194,9 @@ def copy_verified(src: Path, dst: Path, listed: FileEntry) -> None:
         )
 
 
-def build_manifest(entries: list[CommitEntry]) -> dict[str, Any]:
+def build_manifest(
+    entries: list[CommitEntry], license: str = DEFAULT_LICENSE, citation: str | None = None
+) -> dict[str, Any]:
     """The content of ``manifest.json``: format, schema version, files, task entries and provenance."""
     files = [
         {**f.to_json(), "task_id": e.task_id, "suite": e.suite, "model": e.model}
@@ -186,29 +207,67 @@ def build_manifest(entries: list[CommitEntry]) -> dict[str, Any]:
         {
             "suite": e.suite,
             "model": e.model,
+            "run_id": e.run_id,
             "task_id": e.task_id,
-            **{k: e.meta[k] for k in PROVENANCE_KEYS if k in e.meta},
+            **{k: machine_free(e.meta[k]) for k in PROVENANCE_KEYS if k in e.meta},
         }
         for e in entries
         if "revision" in e.meta
     ]
     identity = json.dumps(sorted((f["path"], f["sha256"]) for f in files), separators=(",", ":"))
+    dataset_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "schema_version": max(e.schema_version for e in entries),
-        "dataset_id": hashlib.sha256(identity.encode()).hexdigest()[:16],
+        "dataset_id": dataset_id,
         "created_at": now_utc(),
         "created_by": f"layerlake {_version()}",
+        "license": license,
+        "citation": citation or default_citation(dataset_id),
+        "sources": imported_sources(entries),
         "tables": {
             name: _table_totals(files, name)
             for name in schema.TABLES
             if any(f["table"] == name for f in files)
         },
         "files": files,
-        "tasks": [e.to_json() for e in entries],
+        "tasks": [machine_free(e.to_json()) for e in entries],
         "checkpoints": checkpoints,
     }
+
+
+def machine_free(value: Any) -> Any:
+    """``value`` with every absolute path of this machine cut to its last component: what a collaborator
+    receives says where things came from, never where they sat on the exporter's disk."""
+    if isinstance(value, dict):
+        return {k: machine_free(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [machine_free(v) for v in value]
+    if isinstance(value, str) and (value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value)):
+        return Path(value).name
+    return value
+
+
+def default_citation(dataset_id: str) -> str:
+    """A BibTeX entry for the export itself, when its author gives none (``--citation``)."""
+    return (f"@misc{{layerlake_{dataset_id},\n  title = {{Per-layer training dynamics statistics, layerlake "
+            f"dataset {dataset_id}}},\n  note = {{Exported with layerlake {_version()}}},\n  year = {{{now_utc()[:4]}}}\n}}")  # fmt: skip
+
+
+def imported_sources(entries: list[CommitEntry]) -> list[dict[str, Any]]:
+    """Rows imported from others keep their license and citation: one item per source."""
+    found: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e.meta.get("kind") == "import-metrics":
+            item = found.setdefault(
+                str(e.meta.get("source")), {"source": str(e.meta.get("source")), "models": []}
+            )
+            item["models"].append(e.model)
+            for key in ("license", "citation"):
+                if e.meta.get(key):
+                    item[key] = e.meta[key]
+    return [found[k] for k in sorted(found)]
 
 
 def _table_totals(files: list[dict[str, Any]], name: str) -> dict[str, int]:

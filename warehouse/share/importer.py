@@ -30,6 +30,7 @@ from layerlake.warehouse.errors import ManifestError, ShareError
 from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
+    entry_problems,
     latest,
     manifest_path,
     read_entries,
@@ -52,6 +53,7 @@ class ImportReport:
     files: int = 0  # files copied
     rows: int = 0
     bytes: int = 0
+    repaired: list[str] = field(default_factory=list)  # local files restored from the shared copy
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Plan:
 
     new: list[tuple[CommitEntry, tuple[FileEntry, ...]]] = field(default_factory=list)
     present: list[str] = field(default_factory=list)
+    repair: list[FileEntry] = field(default_factory=list)  # local files of present tasks, missing or damaged
 
 
 def import_dataset(folder: str | Path, root: str | Path | None = None, dry_run: bool = False) -> ImportReport:
@@ -67,15 +70,57 @@ def import_dataset(folder: str | Path, root: str | Path | None = None, dry_run: 
     dataset = verify_folder(folder, checksums=True)
     root = default_root() if root is None else Path(root).expanduser().resolve()
     plan = plan_import(dataset, root)  # refuses conflicts before anything is created
-    if not dry_run and plan.new:
+    if plan.new:
+        audit_combined(dataset, root, plan)  # the rows, joined with the warehouse's own, pass every audit
+    if not dry_run and (plan.new or plan.repair):
         warehouse = Warehouse(root)
+        warehouse.check_version()
         with warehouse.lock():
             plan = plan_import(dataset, root)
-            if plan.new:
+            if plan.new or plan.repair:
                 publish(warehouse, dataset, plan)
     copied = [f for _, files in plan.new for f in files]
     return ImportReport(dataset.folder, root, dataset.dataset_id, [e.task_id for e, _ in plan.new], plan.present,
-                        len(copied), sum(f.rows for f in copied), sum(f.bytes for f in copied))  # fmt: skip
+                        len(copied), sum(f.rows for f in copied), sum(f.bytes for f in copied),
+                        [f.path for f in plan.repair])  # fmt: skip
+
+
+# Audits whose rows are findings about the data, not faults of it (Pythia serves duplicated revisions).
+WARNING_AUDITS = ("duplicate_weights",)
+
+
+def audit_combined(dataset: SharedDataset, root: Path, plan: Plan) -> None:
+    """Run ``layerlake check``'s audits over the warehouse's rows plus the rows the import would add;
+    any offending row refuses the import, naming it. Nothing is written."""
+    from layerlake.warehouse.audits import load_audits, run_audit
+    from layerlake.warehouse.views import Shard, committed_shards, open_views
+
+    shards, failures = committed_shards(root) if manifest_path(root).is_file() else ([], [])
+    new = [
+        Shard(f.table, dataset.folder / f.path, dataset.folder, entry)
+        for entry, files in plan.new
+        for f in files
+    ]
+    con = open_views(shards + new, failures)
+    try:
+        found = []
+        for audit in load_audits():
+            if audit.name in WARNING_AUDITS:
+                continue
+            rows = run_audit(con, audit)
+            if rows.num_rows:
+                shown = "; ".join(
+                    ", ".join(f"{k}={v}" for k, v in r.items()) for r in rows.slice(0, 3).to_pylist()
+                )
+                found.append(f"{audit.name} ({rows.num_rows} rows): {shown}")
+    finally:
+        con.close()
+    if found:
+        raise ShareError(
+            f"shared dataset {dataset.folder} would leave the warehouse at {root} failing its audits; nothing was "
+            "imported:\n" + "\n".join(f"  - {line}" for line in found),
+            fix="compare both with `layerlake share attach` and `layerlake check`; ask its author to export it again",
+        )
 
 
 def plan_import(dataset: SharedDataset, root: Path) -> Plan:
@@ -94,6 +139,9 @@ def plan_import(dataset: SharedDataset, root: Path) -> Plan:
             conflicts += problems
         elif not new:
             plan.present.append(entry.task_id)
+            if local is not None:  # the export holds these very files: it can restore damaged local copies
+                shared = {x.sha256 for x in entry.files}
+                plan.repair += [f for f, _ in entry_problems(root, local) if f.sha256 in shared]
         else:
             plan.new.append((imported_entry(dataset, entry, local, new), new))
     if conflicts:
@@ -201,7 +249,7 @@ def imported_entry(
 ) -> CommitEntry:
     """The manifest entry an imported task gets (a task the warehouse has gains the new files only)."""
     provenance = {
-        "imported_from": str(dataset.folder),
+        "imported_from": dataset.folder.name,  # the folder's name only: no path of this machine is stored
         "import_dataset_id": dataset.dataset_id,
         "imported_at": now_utc(),
         "original_task_id": entry.task_id,
@@ -218,13 +266,18 @@ def imported_entry(
 def publish(warehouse: Warehouse, dataset: SharedDataset, plan: Plan) -> None:
     """Copy the plan's new files to staging (each checked against its listed sha256 while copying), then
     move them into place and append one batch line listing every new entry (``Warehouse.publish``)."""
-    commits = [
+    commits: list = [
         (
             entry,
             [Staged(warehouse.staging / staging_name(f.table), warehouse.root / f.path, f) for f in files],
         )
         for entry, files in plan.new
     ]
+    repairs = [
+        Staged(warehouse.staging / staging_name(f.table), warehouse.root / f.path, f) for f in plan.repair
+    ]
+    if repairs:  # their entries already list them: only the files come back, under the lock
+        commits.append((None, repairs))
     try:
         for _, staged in commits:
             for s in staged:

@@ -4,12 +4,18 @@ Checks, in order (all problems are collected, then reported together):
 
 1. ``manifest.json`` is readable, of format ``layerlake-share``, and its ``schema_version`` is not newer
    than this layerlake's ``warehouse.schema.SCHEMA_VERSION`` (a newer one is refused at once);
-2. every listed file has a shard path (``<table>/suite=<s>/model=<m>/part-<task>.parquet``) that agrees
-   with its table, suite, model and task, a table this layerlake knows, and a task entry listing it;
-3. every listed file exists with the listed size and sha256 (``checksums=False`` skips the hash);
-4. every file is readable Parquet whose footer row count equals the listed rows and whose columns and
-   types are exactly the contract's (``warehouse/schema.py``);
-5. no other file is present (only the metadata files and dot-files such as ``.git`` at the top).
+2. its task entries are possible: each listed once, committed, with a run and a sane step;
+3. every listed file has a shard path (``<table>/<suite>/<model>/<task>-<sha256[:16]>.parquet``) that
+   agrees with its table, suite, model, task and hash, a table this layerlake knows, and a task entry;
+4. every listed file is a regular file inside the folder (no link on the way) with the listed size and
+   sha256 (``manifest.file_problem``; ``checksums=False`` skips the hash);
+5. every file is readable Parquet whose footer row count equals the listed rows and whose columns and
+   types are exactly the contract's (``warehouse/schema.py``); with ``checksums``, every page decodes
+   and no row holds NULL where the contract forbids it, NaN, infinity, or an impossible step or layer;
+6. no other file is present (only the metadata files and dot-files such as ``.git`` at the top).
+
+What the rows mean together (duplicate keys, missing layers ...) is audited by the import, joined with
+the warehouse's own rows (``warehouse.share.importer``).
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]
     except (KeyError, TypeError, ValueError) as error:
         return [], [Problem(MANIFEST_JSON, f"has no valid 'tasks' and 'files' lists ({error!r})", _REEXPORT)]
     by_task: set[str] = set()
+    problems += _meta_problems(entries)
     for entry in entries:
         for f in entry.files:
             by_task.add(f.path)
@@ -154,6 +161,56 @@ def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]
     for path in sorted(set(files) - by_task):
         problems.append(Problem(path, "is listed under 'files' but by no task", _REEXPORT))
     return entries, problems
+
+
+MAX_STEP = 10**12  # more than any training run takes; a larger step is a corrupt or lying manifest
+
+
+def _meta_problems(entries: list[CommitEntry]) -> list[Problem]:
+    """What the task entries claim that cannot be true: a task listed twice, a failed or retired task,
+    a missing run, an impossible step."""
+    problems, seen = [], set()
+    for entry in entries:
+        where = f"{MANIFEST_JSON} task {entry.task_id}"
+        if entry.task_id in seen:
+            problems.append(Problem(where, "is listed twice", _REEXPORT))
+        seen.add(entry.task_id)
+        if entry.status != "ok":
+            problems.append(
+                Problem(where, f"has status {entry.status!r}; only committed tasks are shared", _REEXPORT)
+            )
+        if not entry.run_id:
+            problems.append(Problem(where, "names no run", _REEXPORT))
+        step = entry.meta.get("step")
+        if step is not None and (
+            not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP
+        ):
+            problems.append(Problem(where, f"has an impossible step {step!r}", _REEXPORT))
+    return problems
+
+
+def _content_problems(f: FileEntry, table: pa.Table) -> list[Problem]:
+    """Rows the warehouse must never hold: NULL where the contract forbids it, NaN or infinity, an
+    impossible step or layer."""
+    import pyarrow.compute as pc
+
+    found = []
+    for column in schema.table(f.table).all_columns:
+        values = table.column(column.name)
+        if not column.nullable and values.null_count:
+            found.append(f"{values.null_count} NULL {column.name}")
+        kind = column.type.value_type if pa.types.is_list(column.type) else column.type
+        if pa.types.is_floating(kind):
+            flat = pc.list_flatten(values) if pa.types.is_list(column.type) else values
+            bad = len(flat) - flat.null_count - pc.sum(pc.is_finite(flat)).as_py() if len(flat) else 0
+            if bad:
+                found.append(f"{bad} NaN or infinite {column.name}")
+    for name, top in (("step", MAX_STEP), ("layer", 100_000)):
+        if name in table.column_names and len(table):
+            low, high = pc.min_max(table.column(name)).values()
+            if low.as_py() is not None and (low.as_py() < 0 or high.as_py() > top):
+                found.append(f"{name} outside 0..{top} ({low.as_py()}..{high.as_py()})")
+    return [Problem(f.path, "holds " + "; ".join(found), _REEXPORT)] if found else []
 
 
 def _check_file(folder: Path, f: FileEntry, checksums: bool) -> list[Problem]:
@@ -197,7 +254,13 @@ def _check_file(folder: Path, f: FileEntry, checksums: bool) -> list[Problem]:
             Problem(f.path, f"holds {meta.num_rows} rows, manifest.json says {f.rows}", _REEXPORT)
         )
     problems += _check_columns(f, file_schema)
-    return problems
+    if problems or not checksums:  # a quick check (attach without --verify) stops at the footer
+        return problems
+    try:  # every page, not only the footer: a damaged page can hide behind a matching sha256 of a lie
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        return [Problem(f.path, f"has a data page that does not decode ({error})", "copy the folder again")]
+    return _content_problems(f, table)
 
 
 def _check_columns(f: FileEntry, file_schema: pa.Schema) -> list[Problem]:

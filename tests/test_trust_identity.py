@@ -1,0 +1,245 @@
+"""Trust, part 1: keys are content (a moved data folder or an imported dataset is never extracted twice),
+old warehouses migrate once, imports repair what they can, paths stay inside their root, and a
+checkpoint whose config and weights disagree fails its own task.
+
+Each test runs the real pipeline on the tiny suite (tests/conftest.py) into folders of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import TINY_OVERRIDES
+
+from layerlake import warehouse
+from layerlake.cli.main import main
+from layerlake.etl.driver import run_extract
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import ManifestError, ShareError, WarehouseError
+from layerlake.warehouse.manifest import read_entries
+from layerlake.warehouse.share import export_dataset, import_dataset
+from layerlake.warehouse.writer import Warehouse
+
+STEPS = [0, 8, 32]
+
+
+def under(settings, data: Path, suites: Path | None = None):
+    """``settings`` with every path under ``data`` (the suites too, unless given)."""
+    paths = dataclasses.replace(
+        settings.paths,
+        data=str(data),
+        warehouse=str(data / "warehouse"),
+        runs=str(data / "runs"),
+        suites=str(suites or data / "suites"),
+    )
+    steps = dataclasses.replace(settings.steps, only=STEPS)
+    return dataclasses.replace(settings, paths=paths, steps=steps, progress=False)
+
+
+def counts(root: Path | str) -> dict[str, int]:
+    con = warehouse.connect(root)
+    try:
+        return {t: con.sql(f"select count(*) from {t}").fetchall()[0][0] for t in schema.TABLES}
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def extracted(tiny_suite, tmp_path):
+    """A data folder holding a copy of the tiny suite and a warehouse extracted from it."""
+    settings, suites = tiny_suite
+    data = tmp_path / "data"
+    shutil.copytree(suites, data / "suites")
+    mine = under(settings, data)
+    report = run_extract(mine)
+    assert report.ok and report.committed
+    return mine
+
+
+def test_a_moved_data_folder_is_not_extracted_again(extracted, tmp_path, capsys):
+    before = counts(extracted.paths.warehouse)
+    moved = tmp_path / "elsewhere" / "data"
+    moved.parent.mkdir()
+    shutil.move(extracted.paths.data, moved)
+    again = run_extract(under(extracted, moved))
+    assert again.committed == [] and again.skipped == again.planned > 0
+    assert again.duplicates == []  # never a checkpoint "identical" to itself
+    assert counts(moved / "warehouse") == before
+    assert main(["check", "--root", str(moved / "warehouse")]) == 0
+    capsys.readouterr()
+    overrides = [f"paths.data={moved}", *TINY_OVERRIDES, f"steps.only=[{','.join(map(str, STEPS))}]"]
+    assert main(["demo", *overrides]) == 0  # the demo, too, finds everything committed
+    assert "extracted 0 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
+    assert counts(moved / "warehouse") == before
+    stored = (
+        warehouse.connect(moved / "warehouse").sql("select distinct location from checkpoints").fetchall()
+    )
+    assert all(not loc.startswith("/") for (loc,) in stored)  # no path of the machine is stored
+
+
+def test_an_imported_dataset_is_not_extracted_again_from_another_path(extracted, tmp_path):
+    export_dataset(extracted.paths.warehouse, tmp_path / "shared")
+    other = tmp_path / "other"
+    shutil.copytree(extracted.paths.suites, other / "suites")  # the same checkpoints, somewhere else
+    import_dataset(tmp_path / "shared", other / "warehouse")
+    before = counts(other / "warehouse")
+    again = run_extract(under(extracted, other))
+    assert again.committed == [] and again.skipped == again.planned
+    assert counts(other / "warehouse") == before
+
+
+def test_a_checkpoint_whose_weights_changed_is_extracted_again(extracted):
+    folder = Path(extracted.paths.suites) / "embedded" / "tiny-a"
+    shutil.copy(
+        folder / "step0" / "model.safetensors", folder / "step8" / "model.safetensors"
+    )  # other weights
+    again = run_extract(extracted)
+    assert again.committed == ["tiny-a step8"] and again.replaced == 1
+    con = warehouse.connect(extracted.paths.warehouse)
+    rows = con.sql(
+        "select step, weights_sha256 from checkpoints where model = 'tiny-a' order by step"
+    ).fetchall()
+    assert rows[0][1] == rows[1][1]  # step 8 now holds step 0's weights, and its rows say so
+    assert again.duplicates == [("tiny-a", 8, 0)]
+
+
+def write_schema1(root: Path, into: Path, moved_copy: bool = True) -> None:
+    """The warehouse at ``root`` as layerlake's schema 1 stored it: files under key=value folders without
+    the identity columns, task ids hashing the checkpoint's absolute folder, and (``moved_copy``) the
+    same checkpoints committed a second time from another folder, as a moved data folder did."""
+    entries, lines = read_entries(root / "_manifest" / "commits.jsonl"), []
+    latest = {e.task_id: e for e in entries if e.status == "ok"}
+    for copy in [False, True] if moved_copy else [False]:
+        for entry in latest.values():
+            if entry.meta.get("kind") == "run":
+                continue  # schema 1 had no runs
+            task_id = entry.task_id + ("x" if copy else "")
+            files = []
+            for f in entry.files:
+                table = pq.read_table(root / f.path).drop_columns(list(schema.IDENTITY_COLUMNS))
+                if f.table == "checkpoints":
+                    where = f"/old/{'moved' if copy else 'data'}/suites/{entry.suite}/{entry.model}/{entry.meta['revision']}"
+                    table = table.set_column(table.column_names.index("location"), "location", [[where]])
+                rel = f"{f.table}/suite={entry.suite}/model={entry.model}/part-{task_id}.parquet"
+                (into / rel).parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(table, into / rel)
+                files.append({"table": f.table, "path": rel, "sha256": "0" * 64, "rows": table.num_rows,
+                              "bytes": (into / rel).stat().st_size})  # fmt: skip
+            meta = {k: v for k, v in entry.meta.items() if k != "weights_file"}
+            if "location" in meta:
+                meta["location"] = f"/old/{'moved' if copy else 'data'}/suites/{entry.suite}/{entry.model}/x"
+                meta["source"] = "local"
+            line = {"status": "ok", "task_id": task_id, "suite": entry.suite, "model": entry.model, "files": files,
+                    "meta": meta, "schema_version": 1, "committed_at": entry.committed_at}  # fmt: skip
+            lines.append(json.dumps(line))
+    (into / "_manifest").mkdir(parents=True)
+    (into / "_manifest" / "commits.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_a_schema_1_warehouse_migrates_once_and_duplicates_collapse(extracted, tmp_path, capsys):
+    old = tmp_path / "old"
+    write_schema1(Path(extracted.paths.warehouse), old)
+    with pytest.raises(WarehouseError, match="older layerlake"):
+        warehouse.connect(old)
+    assert main(["check", "--root", str(old)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL schema_version" in out and "layerlake" in out and "migrate" in out
+    assert main(["migrate", "--root", str(old)]) == 0
+    out = capsys.readouterr().out
+    assert "duplicate tasks of moved checkpoints collapsed" in out
+    migrated, original = counts(old), counts(extracted.paths.warehouse)
+    assert migrated == original  # every row, once: the moved copies collapsed into their checkpoints
+    assert main(["check", "--root", str(old)]) == 0
+    assert main(["migrate", "--root", str(old)]) == 0 and "nothing to migrate" in capsys.readouterr().out
+    # The migrated warehouse is what extraction would have written: nothing to extract again.
+    shutil.copytree(extracted.paths.suites, tmp_path / "data2" / "suites")
+    shutil.copytree(old, tmp_path / "data2" / "warehouse")
+    again = run_extract(under(extracted, tmp_path / "data2"))
+    assert again.committed == [] and again.skipped == again.planned
+
+
+def test_import_restores_missing_or_damaged_local_files(extracted, tmp_path, capsys):
+    export_dataset(extracted.paths.warehouse, tmp_path / "shared")
+    root = Path(extracted.paths.warehouse)
+    entry = next(e for e in Warehouse(root).committed().values() if e.meta.get("kind") == "extract")
+    lost, damaged = root / entry.files[0].path, root / entry.files[1].path
+    lost.unlink()
+    data = bytearray(damaged.read_bytes())
+    damaged.write_bytes(bytes(data[:-10]))  # truncated
+    assert main(["check", "--root", str(root)]) == 1
+    capsys.readouterr()
+    assert main(["share", "import", str(tmp_path / "shared"), "--root", str(root)]) == 0
+    assert "restored 2 missing or damaged local file(s)" in capsys.readouterr().out
+    assert main(["check", "--root", str(root), "--verify-files"]) == 0
+
+
+def test_paths_of_a_crafted_manifest_never_leave_their_root(extracted, tmp_path):
+    root = Path(extracted.paths.warehouse)
+    secret = tmp_path / "secret.parquet"
+    shutil.copy(next(root.glob("probes/*/*/*.parquet")), secret)
+    manifest = root / "_manifest" / "commits.jsonl"
+    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    probe = next(e for e in entries if e["task_id"].startswith("probe-"))
+    crafted = dict(probe, task_id="probe-crafted", files=[dict(probe["files"][0], path="../secret.parquet")])
+    manifest.write_text(manifest.read_text() + json.dumps(crafted) + "\n")
+    con = warehouse.connect(root)
+    paths = [p for (p,) in con.sql("select path from manifest").fetchall()]
+    assert str(secret) not in paths and all(p.startswith(str(root)) for p in paths)
+    with pytest.raises(ShareError, match="not a shard path"):
+        export_dataset(root, tmp_path / "export")  # and nothing is written outside the export
+    assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export*"))
+
+
+def test_links_are_refused_in_a_warehouse_and_in_a_shared_folder(extracted, tmp_path, capsys):
+    export_dataset(extracted.paths.warehouse, tmp_path / "shared")
+    shared = tmp_path / "shared"
+    # a table folder replaced by a link to a copy elsewhere
+    shutil.move(shared / "sketches", tmp_path / "real-sketches")
+    os.symlink(tmp_path / "real-sketches", shared / "sketches")
+    with pytest.raises(ShareError, match="symbolic link"):
+        import_dataset(shared, tmp_path / "w2")
+    with pytest.raises(ManifestError, match="symbolic link"):
+        warehouse.connect(tmp_path / "missing", attach=[shared])
+    assert main(["sql", "--attach", str(shared), "select 1"]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    # a shard of the warehouse itself replaced by a link: its task is hidden and check names it
+    root = Path(extracted.paths.warehouse)
+    victim = next(root.glob("sketches/*/*/*.parquet"))
+    victim.unlink()
+    os.symlink(next(root.glob("spectra/*/*/*.parquet")), victim)
+    assert str(victim) not in [
+        p for (p,) in warehouse.connect(root).sql("select path from manifest").fetchall()
+    ]
+    assert main(["check", "--root", str(root)]) == 1
+    assert "symbolic link" in capsys.readouterr().out
+
+
+def test_attaching_needs_no_local_warehouse(extracted, tmp_path, capsys):
+    export_dataset(extracted.paths.warehouse, tmp_path / "shared")
+    missing = tmp_path / "nothing-here"
+    assert main(["share", "attach", str(tmp_path / "shared"), "--root", str(missing), "--sql",
+                 "select count(*) as n from checkpoints"]) == 0  # fmt: skip
+    assert f"{len(STEPS) * 2}" in capsys.readouterr().out
+    assert main(["sql", "--root", str(missing), "--attach", str(tmp_path / "shared"),
+                 "select count(*) as n from checkpoints"]) == 0  # fmt: skip
+
+
+def test_a_checkpoint_whose_config_and_weights_disagree_fails_its_own_task(extracted):
+    folder = Path(extracted.paths.suites) / "embedded" / "tiny-b"
+    config = json.loads((folder / "step8" / "config.json").read_text())
+    config["num_hidden_layers"] = 1  # its weights hold 2 layers
+    (folder / "step8" / "config.json").write_text(json.dumps(config))
+    (folder / "step32" / "model.safetensors").rename(folder / "step32" / "pytorch_model.bin")  # a pickle only
+    fresh = under(extracted, Path(extracted.paths.data).parent / "fresh", suites=Path(extracted.paths.suites))
+    report = run_extract(fresh)
+    failed = dict(report.failed)
+    assert set(failed) == {"tiny-b step8", "tiny-b step32"}
+    assert "config.json and its weights disagree" in failed["tiny-b step8"]
+    assert "model.safetensors" in failed["tiny-b step32"]
+    assert len(report.committed) == report.planned - 2  # every other checkpoint still lands

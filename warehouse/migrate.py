@@ -1,0 +1,138 @@
+"""``layerlake migrate``: rewrite a warehouse written by an older layerlake into the current schema,
+once, keeping every row.
+
+From schema 1 to 2 each committed file gains the identity columns (``suite``, ``model``, ``run_id``) and
+a content-named path; task ids are recomputed from content (they hashed the checkpoint's folder path,
+so a moved data folder had stored every checkpoint twice: such duplicates collapse into one task,
+the most recently committed); stored locations lose the machine's paths; every run gets its row in
+``runs``. It all lands in ONE manifest line (new tasks, run rows, and ``retired`` entries for the old
+ids): a failure at any point leaves the warehouse exactly as it was, and the old files become orphans
+that ``gc`` removes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from layerlake.warehouse import schema
+from layerlake.warehouse.layout import checkpoint_task_id, probe_task_id
+from layerlake.warehouse.manifest import CommitEntry
+from layerlake.warehouse.runs import RunKind, RunStatus, import_run_id, new_run, prepare_run
+from layerlake.warehouse.writer import Staged, Warehouse, default_run_id, discard, now_utc
+
+
+@dataclass
+class MigrationReport:
+    root: Path
+    tasks: int = 0  # tasks rewritten
+    collapsed: int = 0  # old tasks that were the same checkpoint as another (a moved data folder)
+    runs: int = 0
+    rows: int = 0
+    old_files: list[str] = field(default_factory=list)
+
+
+def migrate(root: str | Path) -> MigrationReport:
+    """Rewrite every task of an older schema version; nothing to do returns an empty report."""
+    store = Warehouse(root)
+    report = MigrationReport(store.root)
+    with store.lock():
+        old = sorted(store.outdated(), key=lambda e: e.line)
+        if not old:
+            return report
+        prepared: dict[str, tuple[CommitEntry, list[Staged]]] = {}
+        retired: list[CommitEntry] = []
+        runs: dict[str, tuple[str, str, RunKind]] = {}
+        try:
+            for entry in old:  # later lines win: a re-keyed duplicate replaces the one before it
+                run_id, kind = run_of(entry)
+                task_id = new_task_id(entry, run_id)
+                tables = {f.table: rewrite(store.root / f.path, f.table, entry) for f in entry.files}
+                staged = store.stage(task_id, entry.suite, entry.model, run_id, tables)
+                meta = clean_meta(entry)
+                new = CommitEntry("ok", task_id, entry.suite, entry.model, tuple(s.entry for s in staged), meta,
+                                  schema.SCHEMA_VERSION, now_utc(), None, run_id)  # fmt: skip
+                if task_id in prepared:
+                    report.collapsed += 1
+                    discard(prepared[task_id][1])
+                prepared[task_id] = (new, staged)
+                if task_id != entry.task_id:
+                    retired.append(CommitEntry("retired", entry.task_id, entry.suite, entry.model, (), {},
+                                               schema.SCHEMA_VERSION, now_utc(), None, entry.run_id))  # fmt: skip
+                runs[run_id] = (entry.suite, entry.model, kind)
+                report.old_files += [f.path for f in entry.files]
+            run_rows = [
+                prepare_run(
+                    store,
+                    new_run(run_id, suite, model, kind, {"migrated_from_schema": 1}).ended(
+                        RunStatus.finished
+                    ),
+                    check=False,
+                )
+                for run_id, (suite, model, kind) in sorted(runs.items())
+            ]
+        except BaseException:
+            discard([s for _, staged in prepared.values() for s in staged])
+            raise
+        commits = [*prepared.values(), *run_rows, *[(e, []) for e in retired]]
+        store.publish(commits)
+    report.tasks = len(prepared)
+    report.runs = len(run_rows)
+    report.rows = sum(f.rows for entry, _ in prepared.values() for f in entry.files)
+    return report
+
+
+def run_of(entry: CommitEntry) -> tuple[str, RunKind]:
+    """The run an old task's rows belong to."""
+    if entry.meta.get("kind") == "import-metrics":
+        return import_run_id(str(entry.meta.get("source")), entry.model), RunKind.imported
+    return default_run_id(entry.suite, entry.model), RunKind.extract
+
+
+def new_task_id(entry: CommitEntry, run_id: str) -> str:
+    """The task id the current schema gives the old task (content only)."""
+    meta = entry.meta
+    if meta.get("kind") == "extract" and meta.get("revision") and meta.get("probe_id"):
+        return checkpoint_task_id(
+            entry.suite, entry.model, run_id, str(meta["revision"]), str(meta["probe_id"])
+        )
+    if meta.get("kind") == "probe" and meta.get("probe_id"):
+        return probe_task_id(run_id, str(meta["probe_id"]))
+    return entry.task_id
+
+
+def stored_location(suite: str, model: str, revision: str, source: str, location: str) -> str:
+    """A schema-1 location without the machine's path (``<suite>/<model>/<revision>`` for a local folder)."""
+    return f"{suite}/{model}/{revision}" if source == "local" else location
+
+
+def rewrite(path: Path, table: str, entry: CommitEntry) -> pa.Table:
+    """An old file's rows as the current contract wants them (identity columns are added by the writer)."""
+    data = pq.read_table(path)
+    data = data.drop_columns([c for c in schema.IDENTITY_COLUMNS if c in data.column_names])
+    if table == "checkpoints" and "location" in data.column_names:
+        rows = data.to_pylist()
+        locations = [
+            stored_location(entry.suite, entry.model, r["revision"], r["source"], r["location"]) for r in rows
+        ]
+        data = data.set_column(
+            data.column_names.index("location"), "location", pa.array(locations, pa.string())
+        )
+        data = data.set_column(
+            data.column_names.index("task_id"), "task_id",
+            pa.array([new_task_id(entry, run_of(entry)[0])] * len(rows), pa.string()),
+        )  # fmt: skip
+    return data
+
+
+def clean_meta(entry: CommitEntry) -> dict:
+    """The old entry's meta with its location freed of the machine's path, and where it came from."""
+    meta = dict(entry.meta)
+    if "location" in meta and "revision" in meta:
+        meta["location"] = stored_location(entry.suite, entry.model, str(meta["revision"]), str(meta.get("source")),
+                                           str(meta["location"]))  # fmt: skip
+    meta["migrated"] = {"from_schema": entry.schema_version, "old_task_id": entry.task_id}
+    return meta
