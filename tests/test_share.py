@@ -364,3 +364,37 @@ def test_real_extraction_round_trips_and_reruns_skip_imported_tasks(tiny_suite, 
     assert view_rows(Path(mine.paths.warehouse)) == view_rows(Path(theirs.paths.warehouse))
     report = run_extract(mine)
     assert report.committed == [] and report.skipped == report.planned > 0
+
+
+def test_card_and_croissant_name_licenses_and_citations_and_no_machine_path(tmp_path):
+    """The export's license and citation, and those of imported rows (they keep theirs), are in the card
+    and in croissant.json, which mlcroissant validates without a warning; no path of this machine is."""
+    import subprocess
+    import sys
+
+    from test_import_metrics import write_csv
+
+    root = tmp_path / "warehouse"
+    build_warehouse(root, models=("m1",), steps=(0, 10))
+    csv = write_csv(tmp_path / "paper.csv")
+    assert main(["import-metrics", str(csv), "--source", "paper", "--suite", SUITE, "--root", str(root),
+                 "--license", "MIT", "--citation", "@inproceedings{diehl2024tending}"]) == 0  # fmt: skip
+    assert main(["share", "export", str(tmp_path / "out"), "--root", str(root)]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    croissant = json.loads((tmp_path / "out" / "croissant.json").read_text())
+    assert "CC-BY-4.0" in card and "`MIT`" in card and "@inproceedings{diehl2024tending}" in card
+    assert croissant["license"] == [
+        "https://spdx.org/licenses/CC-BY-4.0.html",
+        "https://spdx.org/licenses/MIT.html",
+    ]
+    assert "diehl2024tending" in croissant["citeAs"]
+    assert "biased estimator, as layerlake's recipes by default" in card
+    for name in ("README.md", "croissant.json", "manifest.json"):
+        text = (tmp_path / "out" / name).read_text()
+        assert str(tmp_path) not in text and str(Path.home()) + "/" not in text, name
+    validate = [sys.executable, "-m", "mlcroissant.scripts.validate", "--jsonld", "croissant.json"]
+    done = subprocess.run(validate, cwd=tmp_path / "out", capture_output=True, text=True, timeout=300)
+    if "No module named" in done.stderr:
+        pytest.skip("mlcroissant (the dev extra) is not installed")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "WARNING" not in done.stderr and "warning(s)" not in done.stderr, done.stderr[-2000:]

@@ -379,3 +379,14 @@ def test_import_metrics_refuses_non_finite_values(value, tmp_path, capsys):
     assert import_metrics(tmp_path / "wh", csv) == 2
     assert "finite numbers" in capsys.readouterr().err
     assert not (tmp_path / "wh" / "_manifest" / "commits.jsonl").exists()
+
+
+def test_an_over_long_name_is_an_error_not_a_file_system_failure(tmp_path, capsys):
+    long = "s" * 300
+    assert main(["import-metrics", str(write_csv(tmp_path / "m.csv")), "--source", long, "--suite", "pythia",
+                 "--root", str(tmp_path / "wh")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "at most 128" in err and "Traceback" not in err
+    w = Warehouse(tmp_path / "wh2")
+    with pytest.raises(WarehouseError, match="cannot name a warehouse folder"):
+        w.commit("t", "s", "m" * 300, {}, {})
