@@ -22,8 +22,8 @@ class CheckpointRef:
     step: int
     revision: str  # e.g. "step1000"
     tokens_seen: int
-    source: SuiteSource
-    location: str  # local: absolute folder of the checkpoint; hf: the hub repo id
+    source: str  # a SuiteSource (local | hf) for a saved checkpoint, or "live" for a model that trains
+    location: str  # local: absolute folder of the checkpoint; hf: the hub repo id; live: the run id
     run_id: str = ""  # the run its rows belong to (default: extract_run_id(suite, model))
     trust_remote_code: bool = False
     evict_after_use: bool = False

@@ -12,7 +12,7 @@ import time
 
 import pyarrow as pa
 
-from layerlake.etl.task import ExtractTask, TaskResult
+from layerlake.etl.task import CheckpointRef, ExtractTask, TaskResult
 from layerlake.warehouse.schema import CHECKPOINTS
 
 
@@ -42,27 +42,28 @@ def placement() -> dict:
     return info
 
 
-def checkpoint_row(task: ExtractTask, loaded) -> pa.Table:
-    """The task's row of the ``checkpoints`` table."""
-    config = loaded.config
+def checkpoint_row(
+    ref: CheckpointRef, task_id: str, probe_id: str, config, weights_sha256: str, n_params: int
+) -> pa.Table:
+    """One row of the ``checkpoints`` table: a checkpoint loaded from disk or the hub, or a live model."""
     n_heads = int(getattr(config, "num_attention_heads", 0))
     d_model = int(getattr(config, "hidden_size", 0))
     row = {
-        "revision": task.ref.revision,
-        "step": task.ref.step,
-        "tokens_seen": task.ref.tokens_seen,
-        "source": task.ref.source,
-        "location": task.ref.stored_location,
-        "weights_sha256": loaded.weights_sha256,
-        "n_params": loaded.n_params,
+        "revision": ref.revision,
+        "step": ref.step,
+        "tokens_seen": ref.tokens_seen,
+        "source": str(ref.source),
+        "location": ref.stored_location,
+        "weights_sha256": weights_sha256,
+        "n_params": n_params,
         "architecture": str(getattr(config, "model_type", "unknown")),
         "n_layers": int(getattr(config, "num_hidden_layers", 0)),
         "d_model": d_model,
         "n_heads": n_heads,
         "d_head": int(getattr(config, "head_dim", 0) or (d_model // n_heads if n_heads else 0)),
         "config_json": json.dumps(config.to_dict(), sort_keys=True, default=str),
-        "probe_id": task.probe.probe_id,
-        "task_id": task.task_id,
+        "probe_id": probe_id,
+        "task_id": task_id,
     }
     return pa.Table.from_pylist([row], schema=CHECKPOINTS.arrow_schema())
 
@@ -90,7 +91,9 @@ def run_task(task: ExtractTask) -> TaskResult:
             loaded.model, task.ref, loaded.weights_sha256, task.probe, options
         )
         timings.update(pass_timings)
-        tables["checkpoints"] = checkpoint_row(task, loaded)
+        tables["checkpoints"] = checkpoint_row(
+            task.ref, task.task_id, task.probe.probe_id, loaded.config, loaded.weights_sha256, loaded.n_params
+        )
     finally:
         release_checkpoint(task.ref)
     timings["total"] = time.perf_counter() - start

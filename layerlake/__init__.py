@@ -6,6 +6,9 @@ For notebooks::
     import layerlake
     con = layerlake.connect()          # DuckDB connection with the warehouse's views and macros
     con.sql("select * from spectra limit 5").df()
+
+    with layerlake.track(model, probe=token_ids) as run:   # while a model trains (needs torch)
+        run.log(step, loss=loss); run.snapshot(step, model)
 """
 
 from __future__ import annotations
@@ -22,4 +25,15 @@ def connect(root: Any = None, read_only: bool = True, **kwargs: Any) -> Any:
     return _connect(root=root, read_only=read_only, **kwargs)
 
 
-__all__ = ["connect", "__version__"]
+def track(model: Any = None, **kwargs: Any) -> Any:
+    """Track a training run: ``with layerlake.track(model, probe=ids) as run: ... run.log(step, loss=l);
+    run.snapshot(step, model)``. Needs the ``extract`` extra (torch). See ``layerlake.etl.track.track``."""
+    from layerlake.core.errors import EXTRACT_EXTRA_MODULES, require_extra
+
+    require_extra("extract", EXTRACT_EXTRA_MODULES[:2], "layerlake.track")
+    from layerlake.etl.track import track as _track
+
+    return _track(model, **kwargs)
+
+
+__all__ = ["connect", "track", "__version__"]

@@ -348,3 +348,67 @@ def gc(argv: list[str]) -> int:
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} files" + (f" ({size} bytes)" if size is not None else ""))
     return 0
+
+
+def compact_parser() -> argparse.ArgumentParser:
+    """The arguments of ``layerlake compact``."""
+    parser = argparse.ArgumentParser(
+        prog="layerlake compact",
+        description="Merge small files of committed tasks into larger ones and rewrite the manifest to its "
+        "current state (a tracked run does this for its own files when it finishes).",
+    )
+    parser.add_argument(
+        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+    )
+    parser.add_argument("--run", action="append", dest="runs", help="only the files of this run (repeatable)")
+    return parser
+
+
+def compact(argv: list[str]) -> int:
+    """``layerlake compact [--root DIR] [--run RUN ...]``."""
+    from layerlake.warehouse.compact import compact as run_compaction
+
+    args = compact_parser().parse_args(argv)
+    report = run_compaction(_resolve(args.root), run_ids=args.runs)
+    print(
+        f"{report.files_before} files -> {report.files_after} ({report.tasks} tasks merged); manifest "
+        f"{report.manifest_lines_before} lines -> {report.manifest_lines_after}. Replaced small files are "
+        "removed by `layerlake gc` after its grace period."
+    )
+    return 0
+
+
+def runs_parser() -> argparse.ArgumentParser:
+    """The arguments of ``layerlake runs``."""
+    parser = argparse.ArgumentParser(
+        prog="layerlake runs", description="List the runs: status, kind, config."
+    )
+    parser.add_argument(
+        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+    )
+    parser.add_argument("--suite", help="only this suite")
+    parser.add_argument("--config", action="store_true", help="show each run's config and overrides too")
+    return parser
+
+
+def runs(argv: list[str]) -> int:
+    """``layerlake runs``: one row per run with its status (a run whose process died shows as killed?)."""
+    from layerlake.warehouse.runs import stale_runs
+    from layerlake.warehouse.writer import Warehouse
+
+    args = runs_parser().parse_args(argv)
+    root = _resolve(args.root)
+    stale = {r.run_id for r in stale_runs(Warehouse(root))}
+    con = connect(root, read_only=True)
+    columns = "run_id, suite, model, kind, status, seed, started_at, ended_at, host, git_commit, job_num"
+    if args.config:
+        columns += ", overrides, config_json"
+    table = con.sql(
+        f"select {columns} from runs where $suite is null or suite = $suite order by started_at",
+        params={"suite": args.suite},
+    ).to_arrow_table()
+    status = [s + (" (process gone: killed)" if r in stale else "") for r, s in
+              zip(table.column("run_id").to_pylist(), table.column("status").to_pylist(), strict=True)]  # fmt: skip
+    table = table.set_column(table.column_names.index("status"), "status", pa.array(status, pa.string()))
+    render(table, title=f"runs in {root}", max_rows=1000, max_cell=None if args.config else 40)
+    return 0

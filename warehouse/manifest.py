@@ -38,18 +38,27 @@ class FileEntry:
 
     table: str
     path: str  # relative to the warehouse root, posix separators
-    sha256: str
-    rows: int
-    bytes: int
+    sha256: str  # of the whole file
+    rows: int  # the task's rows in the file
+    bytes: int  # of the whole file
+    first_row: int | None = None  # set when the file is shared by several tasks (compacted): where the
+    # task's rows start; the task owns rows [first_row, first_row + rows)
+
+    @property
+    def shared(self) -> bool:
+        return self.first_row is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "table": self.table,
             "path": self.path,
             "sha256": self.sha256,
             "rows": self.rows,
             "bytes": self.bytes,
         }
+        if self.first_row is not None:
+            out["first_row"] = self.first_row
+        return out
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,10 @@ class CommitEntry:
     @classmethod
     def from_json(cls, data: dict[str, Any], line: int = 0) -> CommitEntry:
         files = tuple(
-            FileEntry(**{k: f[k] for k in ("table", "path", "sha256", "rows", "bytes")})
+            FileEntry(
+                **{k: f[k] for k in ("table", "path", "sha256", "rows", "bytes")},
+                first_row=f.get("first_row"),
+            )
             for f in data["files"]
         )
         return cls(
@@ -137,15 +149,30 @@ def file_problem(
 
 
 def entry_problems(
-    root: Path, entry: CommitEntry, verify_sha256: bool = False
+    root: Path, entry: CommitEntry, verify_sha256: bool = False, seen: dict | None = None
 ) -> list[tuple[FileEntry, str]]:
-    """``(file, problem)`` for every file of ``entry`` (under ``root``) that does not match its listing."""
+    """``(file, problem)`` for every file of ``entry`` (under ``root``) that does not match its listing.
+    ``seen`` caches the answer per file, for files that many tasks share (a compacted file)."""
     found = []
     for f in entry.files:
-        problem = file_problem(root, f, verify_sha256, entry.schema_version)
+        key = (f.path, f.bytes, f.sha256)
+        if seen is not None and key in seen:
+            problem = seen[key]
+        else:
+            problem = file_problem(root, f, verify_sha256, entry.schema_version)
+            if seen is not None:
+                seen[key] = problem
         if problem is not None:
             found.append((f, problem))
     return found
+
+
+def read_task_rows(root: Path, listed: FileEntry, columns: list[str] | None = None) -> Any:
+    """The rows a task owns in the file ``listed`` (all of them, unless the file is shared)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / listed.path, columns=columns)
+    return table if listed.first_row is None else table.slice(listed.first_row, listed.rows)
 
 
 def read_entries(path: Path) -> list[CommitEntry]:

@@ -80,9 +80,9 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
             f"{min(e.schema_version for e in old)}; this one reads {schema.SCHEMA_VERSION})",
             fix=f"run `layerlake migrate --root {root}` once: it rewrites the files and keeps every row",
         )
-    shards = []
+    shards, seen = [], {}
     for entry in committed.values():
-        if not entry_problems(root, entry):
+        if not entry_problems(root, entry, seen=seen):
             shards += [
                 Shard(f.table, root / f.path, root, entry) for f in entry.files if f.table in schema.TABLES
             ]
@@ -255,7 +255,7 @@ def open_views(
     con = memory_connection()
     try:
         for table in schema.TABLES.values():
-            files = sorted(str(s.path) for s in shards if s.table == table.name)
+            files = sorted({str(s.path) for s in shards if s.table == table.name})  # a shared file once
             if files:
                 con.execute(f"SET VARIABLE ll_files_{table.name} = ?", [files])
             try:

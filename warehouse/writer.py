@@ -20,6 +20,7 @@ staging leftovers; ``Warehouse.gc`` removes them (staging leftovers also at the 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 from layerlake.core.hashing import sha256_bytes
 from layerlake.warehouse import schema
 from layerlake.warehouse.errors import ManifestError, WarehouseError
-from layerlake.warehouse.layout import MANIFEST_DIR, STAGING_DIR, check_name, shard_path
+from layerlake.warehouse.layout import MANIFEST_DIR, STAGING_DIR, check_name, parse_shard_path, shard_path
 from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
@@ -49,6 +50,7 @@ from layerlake.warehouse.manifest import (
     latest,
     manifest_path,
     read_entries,
+    read_task_rows,
 )
 
 LOCK_FILE = ".lock"
@@ -347,6 +349,7 @@ class Warehouse:
         try:
             with self.lock():
                 self.clean_staging()
+                commits = [*commits, *self._unshare([e for e, _ in commits if e is not None])]
                 for _, staged in commits:
                     self._place(staged)
                 entries = [entry for entry, _ in commits if entry is not None]
@@ -360,6 +363,57 @@ class Warehouse:
             raise
         finally:
             discard([s for _, staged in commits for s in staged])
+
+    def _unshare(self, new_entries: list[CommitEntry]) -> list[tuple[CommitEntry, list[Staged]]]:
+        """Tasks being replaced whose rows sit in a file shared with other tasks (compacted): that file
+        is written again without them, and the other tasks' entries point to the new one (published in
+        the same line), so their old rows never show beside their new ones. Holds the lock."""
+        committed = self.committed()
+        replaced = {e.task_id for e in new_entries}
+        paths = {f.path for t in replaced if t in committed for f in committed[t].files if f.shared}
+        if not paths:
+            return []
+        moved: dict[str, dict[str, FileEntry]] = {}
+        staged: list[Staged] = []
+        for path in sorted(paths):
+            keep = [
+                (e, f)
+                for e in committed.values()
+                if e.task_id not in replaced
+                for f in e.files
+                if f.path == path
+            ]
+            if not keep:
+                continue
+            parts = [read_task_rows(self.root, f).replace_schema_metadata(None) for _, f in keep]
+            first = keep[0][1]
+            name = parse_shard_path(path)
+            data = parquet_bytes(first.table, pa.concat_tables(parts), name.task_id if name else "compact")
+            digest = sha256_bytes(data)
+            rel = shard_path(first.table, name.suite, name.model, name.task_id, digest) if name else path
+            tmp = self.staging / staging_name(first.table)
+            write_durable(tmp, data)
+            staged.append(
+                Staged(
+                    tmp,
+                    self.root / rel,
+                    FileEntry(first.table, rel, digest, sum(len(p) for p in parts), len(data)),
+                )
+            )
+            offset = 0
+            for (entry, f), part in zip(keep, parts, strict=True):
+                moved.setdefault(entry.task_id, {})[f.path] = FileEntry(
+                    f.table, rel, digest, len(part), len(data), offset
+                )
+                offset += len(part)
+        out: list[tuple[CommitEntry, list[Staged]]] = []
+        for index, (task, files) in enumerate(sorted(moved.items())):
+            entry = committed[task]
+            new = dataclasses.replace(
+                entry, files=tuple(files.get(f.path, f) for f in entry.files), committed_at=now_utc()
+            )
+            out.append((new, staged if index == 0 else []))
+        return out
 
     def _place(self, staged: list[Staged]) -> None:
         folders = set()

@@ -85,6 +85,18 @@ COMMANDS: dict[str, Command] = {
         False,
         parser="layerlake.warehouse.command:check_parser",
     ),
+    "runs": Command(
+        "layerlake.warehouse.command:runs",
+        "list the runs: status, kind, seed, config",
+        False,
+        parser="layerlake.warehouse.command:runs_parser",
+    ),
+    "compact": Command(
+        "layerlake.warehouse.command:compact",
+        "merge small files (tracked runs make many) and rewrite the manifest to its current state",
+        False,
+        parser="layerlake.warehouse.command:compact_parser",
+    ),
     "migrate": Command(
         "layerlake.warehouse.command:migrate",
         "rewrite a warehouse of an older layerlake into the current schema (once, keeps every row)",

@@ -1,0 +1,512 @@
+"""Track learning dynamics while a model trains: one run per training job, rows taken from the live model.
+
+    import layerlake
+
+    with layerlake.track(model, suite="mine", model_name="gpt-s", probe=token_ids, seed=0) as run:
+        for step in range(steps):
+            ...                                  # forward, backward, optimizer.step()
+            run.log(step, loss=loss.item(), lr=lr)
+            run.snapshot(step, model)            # taken only at the cadence's steps (see Cadence)
+
+A snapshot runs the run's fixed probe through the live model and produces exactly the rows ``layerlake
+extract`` writes for a checkpoint (activation summaries, Gram sketches, weight and gradient spectra:
+``etl.extract.extract_from_model``), leaving the training state as it found it: train/eval mode, every
+parameter's ``.grad`` (the optimizer's accumulated gradients), ``requires_grad`` flags and the RNG
+states are saved and put back, and no parameter is modified. Rows are committed by a background thread
+(Parquet encoding and fsync stay off the training loop), one task per snapshot. A snapshot or commit
+that fails never stops the training: it is recorded in the manifest (``failures`` view), counted in
+``run.failures``, and reported once on stderr.
+
+Scalars (``log``) are kept in blocks of ``SCALAR_BLOCK`` steps; each block is one task, rewritten as it
+fills, so a resumed run (``track(run_id=..., resume=True)``) that logs a step again replaces it instead
+of repeating it. Inside a ``@hydra.main`` job the run records the job's config, overrides, sweep folder
+and job number by itself. On entry, runs of this host left ``running`` by a process that is gone are
+marked ``killed``; on exit the run is ``finished`` (or ``failed`` with the exception), and its small
+files are compacted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import queue
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from layerlake.core.errors import ConfigError, LayerlakeError
+from layerlake.core.paths import default_warehouse_root
+from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
+from layerlake.warehouse import schema
+from layerlake.warehouse.layout import check_name, checkpoint_task_id, probe_task_id
+from layerlake.warehouse.runs import Run, RunKind, RunStatus, commit_run, committed_run, mark_killed, new_run
+from layerlake.warehouse.writer import Warehouse
+
+SCALAR_BLOCK = 1000  # steps per scalars task: a resumed run rewrites the block it re-enters
+LIVE = "live"
+
+
+# --- when to snapshot ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """Which steps a run snapshots: explicit ``steps``, every ``every`` steps, and (``log_spaced``) the
+    powers of two below ``log_until`` (Pythia's schedule: 0, 1, 2, 4, ... 512, then every 1000)."""
+
+    steps: frozenset[int] = frozenset()
+    every: int | None = None
+    log_spaced: bool = False
+    log_until: int = 512
+
+    def __contains__(self, step: int) -> bool:
+        if step in self.steps:
+            return True
+        if self.log_spaced and step <= self.log_until and (step == 0 or step & (step - 1) == 0):
+            return True
+        return self.every is not None and step % self.every == 0
+
+    @classmethod
+    def parse(cls, value: Cadence | int | str | Iterable[int] | None) -> Cadence:
+        """``Cadence`` from a cadence, ``N`` (every N steps), ``"pythia"``, ``"pythia:N"`` (log-spaced, then
+        every N), ``"log"`` (powers of two only), a list of steps, or None (every 64 steps)."""
+        if isinstance(value, Cadence):
+            return value
+        if value is None:
+            return DEFAULT_CADENCE
+        if isinstance(value, bool):
+            raise ConfigError(f"cadence {value!r} is not a cadence", fix=CADENCE_FIX)
+        if isinstance(value, int):
+            if value < 1:
+                raise ConfigError(f"cadence every {value} steps is not possible", fix=CADENCE_FIX)
+            return cls(every=value)
+        if isinstance(value, str):
+            name, _, every = value.partition(":")
+            if name == "pythia":
+                return cls(every=int(every) if every else 1000, log_spaced=True)
+            if name == "log" and not every:
+                return cls(log_spaced=True, log_until=sys.maxsize)
+            raise ConfigError(f"unknown cadence {value!r}", fix=CADENCE_FIX)
+        steps = frozenset(int(s) for s in value)
+        if any(s < 0 for s in steps):
+            raise ConfigError("cadence steps must be >= 0", fix=CADENCE_FIX)
+        return cls(steps=steps)
+
+
+CADENCE_FIX = 'use an int (every N steps), "pythia", "pythia:N", "log", or a list of steps'
+# Measured (benchmarks/track_overhead.py): every 64 steps keeps tracking within 5% of training time on
+# the embedded models on 2 CPU cores; Pythia's log-spaced schedule costs more on models that small.
+DEFAULT_CADENCE = Cadence(every=64)
+
+
+# --- the probe a run snapshots through ----------------------------------------------------------------
+
+
+def live_probe(probe: ProbeBatch | Sequence[Sequence[int]] | Any, rule: str = "last") -> ProbeBatch:
+    """A ``ProbeBatch`` from one, or from token ids (a list of equal-length lists or a 2-d tensor), read
+    out at the last token of each sequence (the paper's rule) or at every token (``rule="all"``)."""
+    if isinstance(probe, ProbeBatch):
+        return probe
+    from layerlake.core.hashing import stable_hash
+
+    rows = probe.tolist() if hasattr(probe, "tolist") else probe
+    token_ids = tuple(tuple(int(t) for t in row) for row in rows)
+    if not token_ids or len({len(r) for r in token_ids}) != 1 or not token_ids[0]:
+        raise ConfigError(
+            "a run's probe must be token ids of equal length (a list of lists, or a 2-d tensor)",
+            fix="pass probe=tokenizer(texts, ...)['input_ids'] cut to one length, or a ProbeBatch",
+        )
+    n, length = len(token_ids), len(token_ids[0])
+    if rule == "last":
+        positions = tuple((i, length - 1) for i in range(n))
+    elif rule == "all":
+        positions = tuple((i, j) for i in range(n) for j in range(length))
+    else:
+        raise ConfigError(f"probe rule {rule!r} is not last or all", fix="use rule='last' or rule='all'")
+    probe_id = stable_hash({"token_ids": token_ids, "rule": rule, "positions": positions})[:16]
+    return ProbeBatch(probe_id, "live", token_ids, positions, rule)
+
+
+# --- the training state a snapshot must leave alone ----------------------------------------------------
+
+
+@contextmanager
+def training_state_kept(model: Any):
+    """Put back, after the block: train/eval mode of every module, each parameter's ``.grad`` and
+    ``requires_grad``, and the CPU and CUDA RNG states. The parameters themselves are not touched by
+    a snapshot (it reads them)."""
+    import torch
+
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.grad, p.requires_grad) for p in model.parameters()]
+    saved_grads = [None if g is None else g.detach().clone() for _, g, _ in params]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        for (p, grad, flag), saved in zip(params, saved_grads, strict=True):
+            p.requires_grad_(flag)
+            if grad is None:
+                p.grad = None
+            else:
+                grad.copy_(saved)  # the very tensor the optimizer holds, with its values back
+                p.grad = grad
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def model_dtype_and_device(model: Any) -> tuple[str, str]:
+    parameter = next(model.parameters())
+    return str(parameter.dtype).removeprefix("torch."), str(parameter.device)
+
+
+# --- the run handle ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrackedRun:
+    """A run being tracked; made by ``track``. Use it as a context manager."""
+
+    warehouse: Warehouse
+    run: Run
+    probe: ProbeBatch
+    options: ExtractOptions
+    cadence: Cadence
+    tokens_per_step: int | None = None
+    failures: list[str] = field(default_factory=list)
+    snapshots: list[int] = field(default_factory=list)
+    _scalars: dict[int, dict[tuple[int, str], tuple[float, datetime]]] = field(default_factory=dict)
+    _dirty: set[int] = field(default_factory=set)
+    _queue: queue.Queue = field(default_factory=queue.Queue)
+    _thread: threading.Thread | None = None
+    _reported: bool = False
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> TrackedRun:
+        self._thread = threading.Thread(
+            target=self._commit_loop, name=f"layerlake-{self.run_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is None:
+            self.finish()
+        else:
+            self.finish(RunStatus.failed, f"{kind.__name__}: {error}")
+
+    def finish(self, status: RunStatus = RunStatus.finished, error: str | None = None) -> None:
+        """Flush the scalars, wait for every commit, then record the run's end and compact its files."""
+        self.flush()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.run = self.run.ended(status, error)
+        commit_run(self.warehouse, self.run)
+        try:
+            from layerlake.warehouse.compact import compact
+
+            compact(self.warehouse.root, run_ids=[self.run_id])
+        except LayerlakeError as failure:  # compaction is housekeeping: the rows are committed already
+            self._report(f"compaction of run {self.run_id} failed: {failure.message}")
+
+    # -- scalars -----------------------------------------------------------------------------------
+
+    def log(self, step: int, **scalars: float) -> None:
+        """Record numbers for ``step`` (loss, lr, grad_norm, tokens_seen ...); NaN and infinity are kept
+        out (counted in ``failures``). Flushed at each snapshot, every block and at the end."""
+        now = datetime.now(timezone.utc)
+        block = self._block(step)
+        for name, value in scalars.items():
+            number = float(value.item() if hasattr(value, "item") else value)
+            if not math.isfinite(number):
+                self.failures.append(f"step {step}: {name} = {number} (not stored)")
+                continue
+            block[(int(step), name)] = (number, now)
+        self._dirty.add(int(step) // SCALAR_BLOCK)
+        if len(self._dirty) > 1:  # a block is complete once a later one starts
+            self.flush(keep=int(step) // SCALAR_BLOCK)
+
+    def _block(self, step: int) -> dict:
+        index = int(step) // SCALAR_BLOCK
+        if index not in self._scalars:
+            self._scalars[index] = self._stored_block(index)
+        return self._scalars[index]
+
+    def _stored_block(self, index: int) -> dict:
+        """The block's scalars already committed (a resumed run keeps them, and rewrites what it re-logs)."""
+        entry = self.warehouse.committed().get(scalars_task_id(self.run_id, index))
+        if entry is None:
+            return {}
+        from layerlake.warehouse.manifest import read_task_rows
+
+        found = {}
+        for f in entry.files:
+            for row in read_task_rows(self.warehouse.root, f).to_pylist():
+                found[(row["step"], row["name"])] = (row["value"], row["logged_at"])
+        return found
+
+    def flush(self, keep: int | None = None) -> None:
+        """Queue a commit of every block logged since the last flush (``keep``: that block stays open)."""
+        for index in sorted(self._dirty - ({keep} if keep is not None else set())):
+            rows = [
+                {"step": s, "name": n, "value": v, "logged_at": t}
+                for (s, n), (v, t) in sorted(self._scalars[index].items())
+            ]
+            table = pa.Table.from_pylist(rows, schema=schema.SCALARS.arrow_schema())
+            self._queue.put(
+                (scalars_task_id(self.run_id, index), {"scalars": table}, {"kind": "scalars", "block": index})
+            )
+            self._dirty.discard(index)
+
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def due(self, step: int) -> bool:
+        return step in self.cadence
+
+    def snapshot(self, step: int, model: Any, force: bool = False) -> bool:
+        """At a step of the cadence (or with ``force``), take the run's rows from the live ``model`` and
+        queue their commit; returns whether a snapshot was taken. Never raises: a failure is recorded."""
+        if not (force or self.due(step)):
+            return False
+        try:
+            tables, meta = self.take(step, model)
+        except Exception as error:  # noqa: BLE001 - a snapshot must never stop the training
+            self._fail(step, error)
+            return False
+        self.flush()
+        self._queue.put((self.task_id(step), tables, meta))
+        self.snapshots.append(step)
+        return True
+
+    def task_id(self, step: int) -> str:
+        return checkpoint_task_id(
+            self.run.suite, self.run.model, self.run_id, f"step{step}", self.probe.probe_id
+        )
+
+    def take(self, step: int, model: Any) -> tuple[dict[str, pa.Table], dict]:
+        """The rows of one snapshot, on this thread, with the training state kept."""
+        import time
+
+        from layerlake.etl.extract import extract_from_model
+        from layerlake.etl.sources import weights_sha256
+        from layerlake.etl.worker import checkpoint_row
+
+        started = time.perf_counter()
+        dtype, device = model_dtype_and_device(model)
+        options = dataclasses.replace(self.options, dtype=dtype, device=device)
+        ref = CheckpointRef(
+            self.run.suite, self.run.model, int(step), f"step{step}",
+            int(step) * (self.tokens_per_step or 0), LIVE, self.run_id, run_id=self.run_id,
+        )  # fmt: skip
+        with training_state_kept(model):
+            digest = weights_sha256(model)
+            tables, timings = extract_from_model(model, ref, digest, self.probe, options)
+        n_params = sum(p.numel() for p in model.parameters())
+        tables["checkpoints"] = checkpoint_row(
+            ref, self.task_id(step), self.probe.probe_id, model.config, digest, n_params
+        )
+        timings["total"] = time.perf_counter() - started
+        meta = {
+            "kind": "extract", "revision": ref.revision, "step": ref.step, "tokens_seen": ref.tokens_seen,
+            "source": LIVE, "location": self.run_id, "probe_id": self.probe.probe_id,
+            "config_hash": options.config_hash(), "weights_sha256": digest, "timings": timings,
+        }  # fmt: skip
+        return tables, meta
+
+    # -- the committing thread -----------------------------------------------------------------------
+
+    def _commit_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            task_id, tables, meta = item
+            try:
+                self.warehouse.commit(
+                    task_id, self.run.suite, self.run.model, tables, meta, run_id=self.run_id
+                )
+            except Exception as error:  # noqa: BLE001 - a failed commit is recorded, the training goes on
+                self._fail(meta.get("step"), error, task_id)
+
+    def _fail(self, step: int | None, error: BaseException, task_id: str | None = None) -> None:
+        text = error.message if isinstance(error, LayerlakeError) else f"{type(error).__name__}: {error}"
+        self.failures.append(f"step {step}: {text}")
+        meta = {"kind": "snapshot", "step": step, "traceback": "".join(traceback.format_exception(error))}
+        with suppress(Exception):  # nothing more can be recorded; the report below still says it
+            self.warehouse.record_failure(
+                task_id or self.task_id(step or 0),
+                self.run.suite,
+                self.run.model,
+                text,
+                meta,
+                run_id=self.run_id,
+            )
+        self._report(
+            f"layerlake: snapshot of run {self.run_id} at step {step} failed ({text}); training goes on"
+        )
+
+    def _report(self, text: str) -> None:
+        print(text, file=sys.stderr)
+        self._reported = True
+
+
+def scalars_task_id(run_id: str, block: int) -> str:
+    return f"scalars.{run_id}.{block}"
+
+
+# --- track() ---------------------------------------------------------------------------------------------
+
+
+def track(
+    model: Any = None,
+    *,
+    suite: str = "tracked",
+    model_name: str | None = None,
+    run_id: str | None = None,
+    probe: Any = None,
+    probe_rule: str = "last",
+    seed: int | None = None,
+    config: Any = None,
+    warehouse: str | Path | None = None,
+    cadence: Cadence | int | str | Iterable[int] | None = None,
+    options: ExtractOptions | None = None,
+    tokens_per_step: int | None = None,
+    resume: bool = False,
+) -> TrackedRun:
+    """Start (or with ``resume``, continue) a tracked run; use the result as a context manager.
+
+    ``model`` names the run's model by its class when ``model_name`` is not given. ``probe`` is the fixed
+    batch every snapshot reads (token ids or a ``ProbeBatch``); without one, the run records scalars
+    only. ``options`` are the extraction options (default: those of ``layerlake extract``, gradients on).
+    """
+    root = Path(warehouse) if warehouse is not None else default_warehouse_root()
+    name = model_name or (type(model).__name__ if model is not None else "model")
+    store = Warehouse(root)
+    store.check_version()
+    mark_killed(store)
+    hydra = hydra_context()
+    run_id = run_id or new_run_id(name, hydra)
+    for kind, value in (("suite", suite), ("model", name), ("run id", run_id)):
+        check_name(kind, value)
+    before = committed_run(store, run_id)
+    if before is not None and not resume:
+        raise ConfigError(
+            f"run {run_id!r} exists already in {store.root} ({before.status}, started {before.started_at:%Y-%m-%d %H:%M})",
+            fix="pass resume=True to continue it, or another run_id",
+        )
+    batch = live_probe(probe, probe_rule) if probe is not None else None
+    run = new_run(
+        run_id, suite, name, RunKind.train, config if config is not None else hydra.get("config", {}), seed=seed,
+        overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
+        probe_id=batch.probe_id if batch else None,
+    )  # fmt: skip
+    if before is not None:
+        run = dataclasses.replace(run, started_at=before.started_at)
+    commit_run(store, run)
+    if batch is not None:
+        commit_probe(store, run, batch)
+    return TrackedRun(
+        store, run, batch or ProbeBatch("", "", (), (), "last"), options or ExtractOptions(gradients=True),
+        Cadence.parse(cadence) if batch is not None else Cadence(), tokens_per_step,
+    )  # fmt: skip
+
+
+def commit_probe(store: Warehouse, run: Run, probe: ProbeBatch) -> None:
+    from layerlake.etl.probes import probe_row
+
+    table = pa.Table.from_pylist([probe_row(probe)], schema=schema.PROBES.arrow_schema())
+    meta = {"kind": "probe", "probe_id": probe.probe_id, "source": probe.source, "rule": str(probe.rule)}
+    store.commit(
+        probe_task_id(run.run_id, probe.probe_id),
+        run.suite,
+        run.model,
+        {"probes": table},
+        meta,
+        run_id=run.run_id,
+    )
+
+
+def new_run_id(model: str, hydra: dict) -> str:
+    """``<model>-<UTC time>-<random>``, or ``<model>-job<N>-...`` in a Hydra multirun."""
+    import uuid
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    job = f"-job{hydra['job_num']}" if hydra.get("job_num") is not None else ""
+    return f"{model}{job}-{stamp}-{uuid.uuid4().hex[:4]}"
+
+
+def hydra_context() -> dict[str, Any]:
+    """Inside a ``@hydra.main`` job: its composed config, overrides, sweep folder and job number."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+    except ImportError:
+        return {}
+    if not HydraConfig.initialized():
+        return {}
+    hydra = HydraConfig.get()
+    out: dict[str, Any] = {"overrides": list(hydra.overrides.task)}
+    if str(hydra.mode) == "RunMode.MULTIRUN":
+        out["sweep_dir"] = str(hydra.sweep.dir)
+        out["job_num"] = int(hydra.job.num)
+    saved = Path(hydra.runtime.output_dir) / (hydra.output_subdir or ".hydra") / "config.yaml"
+    if hydra.output_subdir is not None and saved.is_file():
+        out["config"] = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    return out
+
+
+# --- callbacks ---------------------------------------------------------------------------------------------
+
+
+def trainer_callback(run: TrackedRun) -> Any:
+    """A ``transformers.TrainerCallback`` that logs the Trainer's numbers and snapshots at the cadence."""
+    from transformers import TrainerCallback
+
+    class LayerlakeCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            if numbers:
+                run.log(state.global_step, **numbers)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if model is not None:
+                run.snapshot(state.global_step, model)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            run.flush()
+
+    return LayerlakeCallback()
+
+
+def after_step(run: TrackedRun, model: Any) -> Callable[[int, dict[str, float]], None]:
+    """The hook for a plain PyTorch loop: call ``hook(step, {"loss": ..., "lr": ...})`` after each
+    ``optimizer.step()``; it logs the numbers and snapshots at the run's cadence."""
+
+    def hook(step: int, scalars: dict[str, float] | None = None) -> None:
+        if scalars:
+            run.log(step, **scalars)
+        run.snapshot(step, model)
+
+    return hook
+
+
+__all__ = ["Cadence", "TrackedRun", "after_step", "live_probe", "track", "trainer_callback"]

@@ -1,0 +1,159 @@
+"""Compaction: many small shards of committed tasks merged into a few larger files, and the manifest
+rewritten to its current state, so ``connect()`` and a full scan stay fast however many small commits
+a tracked run made.
+
+``compact(root)`` (``layerlake compact``; a tracked run does it for its own files when it finishes)
+holds the writer lock and:
+
+1. groups the small files (under ``small_bytes``, each listed by one task) by table, suite and model,
+   and concatenates each group, in order, into files of about ``target_bytes``; every task keeps owning
+   its rows, now a slice of a shared file (``FileEntry.first_row`` and ``rows``);
+2. writes the merged files to staging, fsyncs them, and moves them into place;
+3. rewrites ``_manifest/commits.jsonl`` as one line per task's latest entry (the merged files in the
+   compacted tasks' entries), into a new file that replaces the old one with one rename: the switch.
+
+Readers that listed the old files before the switch keep reading them (``gc`` removes unlisted files
+only after a grace period), so every view's content is the same before, during and after. A SIGKILL at
+any point leaves the old manifest and files (plus orphans), or the new ones. Replacing one task of a
+merged file later rewrites that file without the task's rows (``Warehouse.publish``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+
+from layerlake.core.hashing import sha256_bytes, stable_hash
+from layerlake.warehouse.layout import shard_path
+from layerlake.warehouse.manifest import CommitEntry, FileEntry, entry_problems, latest, read_task_rows
+from layerlake.warehouse.writer import (
+    Staged,
+    Warehouse,
+    fsync_dir,
+    now_utc,
+    parquet_bytes,
+    staging_name,
+    write_durable,
+)
+
+SMALL_BYTES = 4 << 20  # files below this are merged
+TARGET_BYTES = 64 << 20  # into files of about this size
+
+
+@dataclass
+class CompactReport:
+    files_before: int = 0
+    files_after: int = 0
+    tasks: int = 0
+    manifest_lines_before: int = 0
+    manifest_lines_after: int = 0
+
+
+def compact(
+    root: str | Path,
+    run_ids: list[str] | None = None,
+    small_bytes: int = SMALL_BYTES,
+    target_bytes: int = TARGET_BYTES,
+) -> CompactReport:
+    """Merge the small files of committed tasks (of ``run_ids`` only, when given), then rewrite the
+    manifest to its current state. Idempotent: a compacted warehouse compacts to itself."""
+    store = Warehouse(root)
+    store.check_version()
+    report = CompactReport()
+    with store.lock():
+        entries = store.entries()
+        committed, failed = latest(entries)
+        report.manifest_lines_before = (
+            len(store.manifest.read_bytes().splitlines()) if store.manifest.exists() else 0
+        )
+        listing: dict[str, int] = defaultdict(int)
+        for entry in committed.values():
+            for f in entry.files:
+                listing[f.path] += 1
+        report.files_before = len(listing)
+        groups: dict[tuple[str, str, str], list[tuple[CommitEntry, FileEntry]]] = defaultdict(list)
+        seen: dict = {}
+        for entry in committed.values():
+            if run_ids is not None and entry.run_id not in run_ids:
+                continue
+            if entry_problems(store.root, entry, seen=seen):
+                continue  # a damaged task is left for check to name, not folded into a merged file
+            for f in entry.files:
+                if listing[f.path] == 1 and not f.shared and f.bytes < small_bytes:
+                    groups[(f.table, entry.suite, entry.model)].append((entry, f))
+        updates: dict[str, dict[str, FileEntry]] = defaultdict(dict)  # task -> old path -> new file
+        staged: list[Staged] = []
+        try:
+            for (table, suite, model), members in sorted(groups.items()):
+                for chunk in chunks(members, target_bytes):
+                    if len(chunk) < 2:
+                        continue
+                    staged.append(merge(store, table, suite, model, chunk, updates))
+            touched = {task: replace(committed[task], files=tuple(files.get(f.path, f) for f in committed[task].files),
+                                     committed_at=now_utc()) for task, files in updates.items()}  # fmt: skip
+            store._place(staged)
+            state = [touched.get(task, entry) for task, entry in committed.items()] + list(failed.values())
+            rewrite_manifest(store, state)
+        finally:
+            for s in staged:
+                s.tmp.unlink(missing_ok=True)
+    report.tasks = len(updates)
+    report.files_after = len({f.path for e in state if e.status == "ok" for f in e.files})
+    report.manifest_lines_after = len(state)
+    return report
+
+
+def chunks(members: list[tuple[CommitEntry, FileEntry]], target_bytes: int) -> list[list]:
+    """Consecutive runs of ``members`` whose files add up to about ``target_bytes``."""
+    out, current, size = [], [], 0
+    for member in members:
+        if current and size + member[1].bytes > target_bytes:
+            out.append(current)
+            current, size = [], 0
+        current.append(member)
+        size += member[1].bytes
+    if current:
+        out.append(current)
+    return out
+
+
+def merge(
+    store: Warehouse,
+    table: str,
+    suite: str,
+    model: str,
+    chunk: list[tuple[CommitEntry, FileEntry]],
+    updates: dict[str, dict[str, FileEntry]],
+) -> Staged:
+    """One merged file of ``chunk`` in staging; ``updates`` learns where each task's rows now are."""
+    parts = [read_task_rows(store.root, f).replace_schema_metadata(None) for _, f in chunk]
+    merged = pa.concat_tables(parts)
+    name = "compact." + stable_hash(sorted(e.task_id for e, _ in chunk))[:16]
+    data = parquet_bytes(table, merged, name)
+    digest = sha256_bytes(data)
+    rel = shard_path(table, suite, model, name, digest)
+    tmp = store.staging / staging_name(table)
+    write_durable(tmp, data)
+    offset = 0
+    for (entry, f), part in zip(chunk, parts, strict=True):
+        updates[entry.task_id][f.path] = FileEntry(
+            table, rel, digest, part.num_rows, len(data), first_row=offset
+        )
+        offset += part.num_rows
+    return Staged(tmp, store.root / rel, FileEntry(table, rel, digest, merged.num_rows, len(data)))
+
+
+def rewrite_manifest(store: Warehouse, state: list[CommitEntry]) -> None:
+    """Replace the manifest with one line per entry of ``state``, atomically (the caller holds the lock)."""
+    tmp = store.manifest.with_name(f".{store.manifest.name}.{os.getpid()}.tmp")
+    text = "".join(json.dumps(e.to_json(), sort_keys=True, separators=(",", ":")) + "\n" for e in state)
+    tmp.unlink(missing_ok=True)
+    write_durable(tmp, text.encode())
+    os.replace(tmp, store.manifest)
+    fsync_dir(store.manifest.parent)
+    store._cache = None
