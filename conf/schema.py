@@ -76,6 +76,10 @@ class TrainConfig:
     vocab_size: int = 512
     seed: int = 1234
     torch_threads: int = 2
+    # Tracking (they do not change the weights, so not the build's identity):
+    variant: Optional[str] = None  # a run of the suite's model under other training settings (a seed ...):
+    # trained into <model>@<variant>/ as run <suite>.<model>.<variant>; in a multirun, named after its sweep
+    snapshots: bool = False  # also take the rows of each checkpoint from the live model while it trains
 
 
 @dataclass

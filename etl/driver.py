@@ -78,13 +78,17 @@ def probe_meta(probe: ProbeBatch) -> dict:
 
 
 def start_runs(warehouse: Warehouse, plan: Plan, settings: Config) -> dict[str, Run]:
-    """The extraction run of every planned model, committed as running (started_at kept from before)."""
+    """The extraction run of every planned model, committed as running (started_at kept from before).
+    A model whose run was tracked while it trained (``suite build``) keeps that run as it is: its
+    checkpoints' rows join it."""
     config = {"suite": dataclasses.asdict(settings.suite), "probe": dataclasses.asdict(settings.probe),
               "extract": dataclasses.asdict(settings.extract)}  # fmt: skip
     runs = {}
     for model in plan.models:
         run_id = extract_run_id(plan.suite, model)
         before = committed_run(warehouse, run_id)
+        if before is not None and before.kind != RunKind.extract:
+            continue
         run = new_run(run_id, plan.suite, model, RunKind.extract, config, probe_id=plan.probe.probe_id)
         if before is not None:
             run = dataclasses.replace(run, started_at=before.started_at)

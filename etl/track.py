@@ -285,8 +285,8 @@ class TrackedRun:
     def snapshot(self, step: int, model: Any, force: bool = False) -> bool:
         """At a step of the cadence (or with ``force``), take the run's rows from the live ``model`` and
         queue their commit; returns whether a snapshot was taken. Never raises: a failure is recorded."""
-        if not (force or self.due(step)):
-            return False
+        if not self.probe.probe_id or not (force or self.due(step)):
+            return False  # a run without a probe records scalars only
         try:
             tables, meta = self.take(step, model)
         except Exception as error:  # noqa: BLE001 - a snapshot must never stop the training

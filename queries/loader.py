@@ -32,7 +32,7 @@ from layerlake.core.errors import ParameterError, SqlError
 from layerlake.core.params import Param
 from layerlake.core.sqlfile import SqlFolder
 from layerlake.queries.errors import RecipeError
-from layerlake.warehouse.macros import STAGING, staging_params, staging_values
+from layerlake.warehouse.macros import STAGING, all_staging_params, staging_params, staging_values
 
 RECIPES_DIR = Path(__file__).resolve().parent
 # Parameters the `query` command fills from the composed config (suite=..., models=[...]) unless given:
@@ -51,7 +51,8 @@ class Recipe:
     name: str
     description: str
     params: tuple[Param, ...]  # the recipe's own, then inherited from its staging models
-    own: frozenset[str]  # names of the recipe's own parameters (bound as $name; the rest are staging's)
+    own: frozenset[str]  # the parameters its SQL uses, bound as $name (staging parameters are also set as
+    # the session variables the staging views read)
     grain: str
     plot: str
     sql: str
@@ -98,16 +99,20 @@ def _load(name: str, directory: Path) -> Recipe:
     for model in recipe.uses:
         for param in staging_params(model):
             merged.setdefault(param.name, param)
-    own = frozenset(p.name for p in recipe.params)
-    _check_sql(name, recipe.body, own, recipe.path)
+    own = _check_sql(
+        name, recipe.body, frozenset(p.name for p in recipe.params), frozenset(merged), recipe.path
+    )
     return Recipe(
         name, recipe.description, tuple(merged.values()), own, recipe.grain, recipe.plot or "none", recipe.body,
         recipe.path,
     )  # fmt: skip
 
 
-def _check_sql(name: str, sql: str, declared: frozenset[str], path: Path) -> None:
-    """One read-only SELECT whose ``$parameters`` are exactly its own declared ones."""
+def _check_sql(
+    name: str, sql: str, declared: frozenset[str], known: frozenset[str], path: Path
+) -> frozenset[str]:
+    """One read-only SELECT that uses every parameter it declares and only parameters it declares or
+    inherits from its staging models; returns the ones it uses (bound as ``$name`` when it runs)."""
     try:
         statement = read_only_statement(sql, "it")
     except SqlError as error:
@@ -115,12 +120,13 @@ def _check_sql(name: str, sql: str, declared: frozenset[str], path: Path) -> Non
             f"recipe {name!r} ({path}) is not a single read-only query: {error.message}",
             fix="a recipe is one SELECT / WITH query; it never writes",
         ) from error
-    used = set(statement.named_parameters)
-    if used != declared:
+    used = frozenset(statement.named_parameters)
+    if not declared <= used or not used <= known:
         raise RecipeError(
             f"recipe {name!r} ({path}): declared parameters {sorted(declared)} but the SQL uses {sorted(used)}",
             fix="declare every $name the SQL uses (`-- param:` lines) and use every declared one",
         )
+    return used
 
 
 def bind_params(recipe: Recipe, given: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +150,7 @@ def run_recipe(
     bound = bind_params(recipe, dict(params or {}))
     own = {k: v for k, v in bound.items() if k in recipe.own}
     try:
-        with staging_values(con, {k: v for k, v in bound.items() if k not in recipe.own}):
+        with staging_values(con, {k: v for k, v in bound.items() if k in all_staging_params()}):
             return con.sql(recipe.sql, params=own).to_arrow_table()
     except duckdb.Error as error:
         raise RecipeError(

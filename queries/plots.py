@@ -28,7 +28,7 @@ from layerlake.queries.loader import load_recipe
 
 MAX_PANELS = 36
 MAX_COLUMNS = 4
-KINDS = ("bands", "heatmap", "lines", "bars")
+KINDS = ("bands", "heatmap", "lines", "bars", "ranges", "twin")
 # Attention before MLP, as in the paper's figures; unknown sites follow in name order.
 SITE_ORDER = ("ov", "attn_out", "qkv_last_third", "attention", "mlp_out", "mlp", "resid_post")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([mbk])\b", re.IGNORECASE)
@@ -230,4 +230,54 @@ def _bars(ax, rows: list[dict], options: dict[str, str]) -> None:
     ax.set_ylim(0, 1.08)
 
 
-DRAW = {"bands": _bands, "heatmap": _heatmap, "lines": _lines, "bars": _bars}
+def _ranges(ax, rows: list[dict], options: dict[str, str]) -> None:
+    """Mean of ``mean_<value>`` per x with a bar from ``min_<value>`` to ``max_<value>`` (across runs)."""
+    x, value = options["x"], options["value"]
+    rows = sorted(rows, key=lambda r: natural_key(r[x]))
+    positions = np.arange(len(rows))
+    mean = np.array([np.nan if r[f"mean_{value}"] is None else r[f"mean_{value}"] for r in rows], dtype=float)
+    low = np.array([np.nan if r[f"min_{value}"] is None else r[f"min_{value}"] for r in rows], dtype=float)
+    high = np.array([np.nan if r[f"max_{value}"] is None else r[f"max_{value}"] for r in rows], dtype=float)
+    ax.vlines(positions, low, high, color="C0", lw=2, alpha=0.6, label="min-max over runs")
+    ax.plot(positions, mean, "o", color="C0", label="mean over runs")
+    never = [(p, r.get("n_never", 0)) for p, r in zip(positions, rows, strict=True) if r.get("n_never")]
+    for p, count in never:
+        ax.annotate(f"{count} never", (p, 1.02), ha="center", fontsize=6, color="C3")
+    _ticks(ax.set_xticks, ax.set_xticklabels, [r[x] for r in rows])
+    ax.set_xlabel(x)
+    ax.set_ylabel(value)
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=6, loc="lower right")
+
+
+def _twin(ax, rows: list[dict], options: dict[str, str]) -> None:
+    """Series ``left`` on the left axis, every other series on a 0-1 right axis, over x."""
+    x, y, series, left = options["x"], options["y"], options["series"], options["left"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r[series], []).append(r)
+    right = ax.twinx()
+    for i, (name, points) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0] != left, kv[0]))):
+        points = sorted(points, key=lambda r: r[x])
+        target = ax if name == left else right
+        target.plot([p[x] for p in points], [np.nan if p[y] is None else p[y] for p in points],
+                    color=f"C{i}", lw=1.2 if name == left else 1.6, label=name)  # fmt: skip
+    _steps_axis(ax, [r[x] for r in rows])
+    ax.set_xlabel(x)
+    ax.set_ylabel(left)
+    right.set_ylabel("median CKA to the reference")
+    right.set_ylim(0, 1.02)
+    handles = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=6, loc="upper center",
+              bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)  # fmt: skip  # below the axes, never on the data
+
+
+DRAW = {
+    "bands": _bands,
+    "heatmap": _heatmap,
+    "lines": _lines,
+    "bars": _bars,
+    "ranges": _ranges,
+    "twin": _twin,
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -30,6 +31,9 @@ def connection(inputs: dict[str, list[dict]]) -> duckdb.DuckDBPyConnection:
         rows = [
             {"run_id": f"{r['suite']}.{r['model']}", **r} for r in inputs.get(name, [])
         ]  # the default run
+        for column in spec.all_columns:  # JSON holds timestamps as ISO text
+            if column.type == schema.TIMESTAMP:
+                rows = [{**r, column.name: datetime.fromisoformat(r[column.name])} for r in rows]
         table = pa.Table.from_pylist(rows, schema=spec.file_schema())
         con.register(name, table)
     macros.install(con)

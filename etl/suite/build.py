@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,15 @@ class ModelJob:
     reason: str
     resume_from: int | None = None  # the checkpoint training continues from; None: from step 0
     repair: frozenset[int] | None = None  # repair: the checkpoints to rewrite (missing or damaged)
+    key: str = ""  # the model's folder and suite.json key: its name, or <name>@<variant> for a variant run
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.spec.name
+
+
+def model_key(spec: ModelSpec, variant: str | None) -> str:
+    """The folder a model's checkpoints go to: its name, or ``<name>@<variant>`` for a variant run."""
+    return spec.name if not variant else f"{spec.name}@{variant}"
 
 
 def validate_local_suite(suite: SuiteConfig) -> None:
@@ -101,15 +111,18 @@ def plan_jobs(
     user. The reason says where training starts, and the job starts exactly there."""
     jobs = []
     for spec in specs:
+        key = model_key(spec, suite.train.variant)
         digest = manifest.model_config_hash(spec, suite, corpus_sha, record["tokenizer_sha256"])
-        entry = record["models"].get(spec.name)
-        folder = root / spec.name
+        entry = record["models"].get(key)
+        folder = root / key
         if entry is None or not folder.exists():
-            jobs.append(ModelJob(spec, digest, "build", "not built yet"))
+            job = ModelJob(spec, digest, "build", "not built yet")
         elif entry["config_hash"] != digest:
-            jobs.append(ModelJob(spec, digest, "rebuild", "its config changed since it was built"))
+            job = ModelJob(spec, digest, "rebuild", "its config changed since it was built")
         else:
-            jobs.append(_continue(spec, digest, folder, suite.steps, bool(entry.get("complete"))))
+            job = _continue(spec, digest, folder, suite.steps, bool(entry.get("complete")))
+        job.key = key
+        jobs.append(job)
     return jobs
 
 
@@ -145,27 +158,30 @@ def _continue(spec: ModelSpec, digest: str, folder: Path, steps: list[int], comp
 
 
 def run_jobs(
-    root: Path, suite: SuiteConfig, jobs: list[ModelJob], record: dict, tokens, progress
+    root: Path, suite: SuiteConfig, jobs: list[ModelJob], record: dict, tokens, progress, tracking=None
 ) -> list[str]:
     """Train every job that is not a reuse, updating ``suite.json`` before and after each; returns
-    one summary line per model."""
+    one summary line per model. ``tracking(job)`` gives the run a job trains as (a context manager:
+    ``layerlake.etl.track.TrackedRun``), or None; a repair is not tracked (its steps were logged)."""
     lines = []
     for job in jobs:
-        folder = root / job.spec.name
+        folder = root / job.key
         if job.action == "reuse":
             continue
         if job.action in ("build", "rebuild") and folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        record["models"][job.spec.name] = {"config_hash": job.config_hash, "complete": False}
+        record["models"][job.key] = {"config_hash": job.config_hash, "complete": False}
         manifest.write(root, record)
-        plan = TrainPlan(
-            job.spec, suite.train, tuple(suite.steps), folder, tokens, job.config_hash, job.resume_from,
-            job.repair,
-        )  # fmt: skip
         started = time.perf_counter()
-        outcome = train_model(plan, progress.callback(job.spec.name, suite.train.max_steps))
-        record["models"][job.spec.name] = {
+        tracker = tracking(job) if tracking is not None and job.repair is None else nullcontext()
+        with tracker as run:
+            plan = TrainPlan(
+                job.spec, suite.train, tuple(suite.steps), folder, tokens, job.config_hash, job.resume_from,
+                job.repair, run,
+            )  # fmt: skip
+            outcome = train_model(plan, progress.callback(job.key, suite.train.max_steps))
+        record["models"][job.key] = {
             "config_hash": job.config_hash,
             "complete": True,
             "n_params": outcome.n_params,
@@ -176,12 +192,12 @@ def run_jobs(
         seconds = f"{time.perf_counter() - started:.0f} s"
         if job.repair is not None:
             rewritten = ", ".join(f"step{s}" for s in sorted(job.repair))
-            lines.append(f"{job.spec.name}: rewrote {rewritten}, {resumed}, {seconds}")
+            lines.append(f"{job.key}: rewrote {rewritten}, {resumed}, {seconds}")
             continue
         if job.action == "resume":
             seconds += f", {resumed}"
         lines.append(
-            f"{job.spec.name}: loss {outcome.first_loss:.3f} -> {outcome.last_loss:.3f}, "
+            f"{job.key}: loss {outcome.first_loss:.3f} -> {outcome.last_loss:.3f}, "
             f"{outcome.n_params:,} parameters, {seconds}"
         )
     return lines

@@ -4,7 +4,9 @@ print a table of any configured suite.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -31,6 +33,13 @@ def build(settings: Config) -> int:
             + "` directly, or build a local suite (suite=embedded)",
         )
     builder.validate_local_suite(suite)
+    variant = suite.train.variant or sweep_variant()
+    if variant:
+        settings = dataclasses.replace(
+            settings,
+            suite=dataclasses.replace(suite, train=dataclasses.replace(suite.train, variant=variant)),
+        )
+        suite = settings.suite
     specs = builder.selected_models(suite, settings.models)
     console = Console(highlight=False, markup=False)  # names, paths and reasons are data, never markup
     root = Path(settings.paths.suites) / suite.name
@@ -43,13 +52,13 @@ def build(settings: Config) -> int:
     tokenizer = builder.ensure_tokenizer(root, suite, train_text, corpus_sha, record)
     jobs = builder.plan_jobs(root, suite, specs, record, corpus_sha)
     for job in jobs:
-        console.print(f"{job.spec.name}: {job.action} ({job.reason})")
-        log.info("%s: %s (%s)", job.spec.name, job.action, job.reason)
+        console.print(f"{job.key}: {job.action} ({job.reason})")
+        log.info("%s: %s (%s)", job.key, job.action, job.reason)
     todo = [job for job in jobs if job.action != "reuse"]
     if todo:
         tokens = corpus.encode(tokenizer, train_text)
         with _Progress(console, len(todo) * suite.train.max_steps, settings.progress) as progress:
-            lines = builder.run_jobs(root, suite, jobs, record, tokens, progress)
+            lines = builder.run_jobs(root, suite, jobs, record, tokens, progress, tracking(settings))
         for line in lines:
             console.print(line)
             log.info("%s", line)
@@ -60,6 +69,51 @@ def build(settings: Config) -> int:
     console.print(f"suite {suite.name!r} {verb} at {root} in {time.perf_counter() - started:.0f} s")
     log.info("suite %r %s at %s", suite.name, verb, root)
     return 0
+
+
+def sweep_variant() -> str | None:
+    """In a job of a Hydra multirun, a name for the run from its swept settings (``seed2-lr0.001``):
+    each job of ``suite build -m suite.train.seed=1,2,3`` trains its own run into its own folder."""
+    from layerlake.etl.track import hydra_context
+
+    context = hydra_context()
+    if context.get("job_num") is None:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept = []
+    for override in OverridesParser.create().parse_overrides(context.get("overrides", [])):
+        key = override.key_or_group.split(".")[-1]
+        if key not in ("models", "progress") and not override.key_or_group.startswith("paths"):
+            swept.append(f"{key}{override.value()}")
+    name = re.sub(r"[^A-Za-z0-9._+-]", "", "-".join(swept))[:60]
+    return name or f"job{context['job_num']}"
+
+
+def tracking(settings: Config):
+    """``job -> TrackedRun``: every model a build trains is a run in the warehouse (its loss, learning rate
+    and gradient norm at every update; with ``suite.train.snapshots``, the rows of each checkpoint from
+    the live model). The suite's own models are runs ``<suite>.<model>``, the runs their checkpoints are
+    extracted into; a variant is ``<suite>.<model>.<variant>``."""
+    from layerlake.etl.plan import extract_options
+    from layerlake.etl.probes import build_probe
+    from layerlake.etl.task import extract_run_id
+    from layerlake.etl.track import track
+
+    suite = settings.suite
+    probe = build_probe(settings.probe, suite, settings.paths.suites) if suite.train.snapshots else None
+    config = {"suite": dataclasses.asdict(suite), "probe": dataclasses.asdict(settings.probe)}
+
+    def start(job):
+        base = extract_run_id(suite.name, job.spec.name)
+        run_id = f"{base}.{suite.train.variant}" if suite.train.variant else base
+        return track(
+            None, suite=suite.name, model_name=job.spec.name, run_id=run_id, probe=probe, seed=suite.train.seed,
+            config=config, warehouse=settings.paths.warehouse, cadence=list(suite.steps), resume=True,
+            options=extract_options(settings), tokens_per_step=suite.tokens_per_step,
+        )  # fmt: skip
+
+    return start
 
 
 def suite_table_rows(settings: Config) -> list[dict]:

@@ -17,6 +17,7 @@ from layerlake.core.hashing import stable_hash
 from layerlake.etl.errors import SuiteError
 
 MANIFEST = "suite.json"
+TRACKING_KEYS = ("variant", "snapshots", "torch_threads")  # they do not change the weights a build gives
 TOKENIZER = "tokenizer.json"
 FORMAT_VERSION = 1  # bump when the training code changes the weights a config gives
 
@@ -28,7 +29,7 @@ def model_config_hash(spec: ModelSpec, suite: SuiteConfig, corpus_sha256: str, t
             "format": FORMAT_VERSION,
             "model": asdict(spec),
             "steps": sorted(suite.steps),
-            "train": asdict(suite.train),
+            "train": {k: v for k, v in asdict(suite.train).items() if k not in TRACKING_KEYS},
             "corpus_sha256": corpus_sha256,
             "tokenizer_sha256": tokenizer_sha256,
         }

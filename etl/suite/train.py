@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class TrainPlan:
     config_hash: str = ""
     resume_from: int | None = None  # a step with an intact checkpoint and resume state; None: from scratch
     only: frozenset[int] | None = None  # repair: save just these checkpoints, stop after the last of them
+    tracker: Any = None  # a layerlake.etl.track.TrackedRun: scalars at every update, snapshots at checkpoints
 
 
 @dataclass
@@ -109,6 +111,8 @@ def train_model(plan: TrainPlan, on_update: Callable[[int, str], None]) -> Train
     start = None if plan.resume_from is None else _resume(plan, plan.resume_from, model, optimizer, losses)
     if start is None and _saves(plan, 0):
         _save_checkpoint(plan, model, optimizer, losses, 0)
+        if plan.tracker is not None:
+            plan.tracker.snapshot(0, model, force=True)
     model.train()
     tokens_per_update = plan.train.batch_size * plan.train.seq_len
     last = plan.train.max_steps if plan.only is None else max(plan.only)
@@ -119,12 +123,18 @@ def train_model(plan: TrainPlan, on_update: Callable[[int, str], None]) -> Train
         batch = torch.from_numpy(batch_at(plan.tokens, step, plan.train))
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append((step, float(loss.item()), lr, step * tokens_per_update))
         if _saves(plan, step):
             _save_checkpoint(plan, model, optimizer, losses, step)
+        if plan.tracker is not None:
+            plan.tracker.log(
+                step, loss=losses[-1][1], lr=lr, grad_norm=float(grad_norm), tokens_seen=losses[-1][3]
+            )
+            if step in plan.steps:
+                plan.tracker.snapshot(step, model, force=True)
         on_update(step, f"loss {losses[-1][1]:.3f}")
     if plan.only is None:
         _write_losses(plan.folder / LOSS_FILE, losses)
