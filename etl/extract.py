@@ -89,6 +89,12 @@ def extract_from_model(
     return rows.tables(), timings
 
 
+def check_options(options: ExtractOptions, probe: ProbeBatch, model: nn.Module) -> None:
+    """Whether ``options`` and ``probe`` suit ``model``: an ``ExtractionError`` naming the fix if not (a
+    tracked run checks this once when it starts, not at each snapshot)."""
+    _check_options(options, sites.family_of(model), probe, model)
+
+
 def _check_options(
     options: ExtractOptions, family: sites.Family, probe: ProbeBatch, model: nn.Module
 ) -> None:

@@ -130,7 +130,9 @@ def live_probe(probe: ProbeBatch | Sequence[Sequence[int]] | Any, rule: str = "l
     elif rule == "all":
         positions = tuple((i, j) for i in range(n) for j in range(length))
     else:
-        raise ConfigError(f"probe rule {rule!r} is not last or all", fix="use rule='last' or rule='all'")
+        raise ConfigError(
+            f"probe rule {rule!r} is not last or all", fix="use probe_rule='last' or probe_rule='all'"
+        )
     probe_id = stable_hash({"token_ids": token_ids, "rule": rule, "positions": positions})[:16]
     return ProbeBatch(probe_id, "live", token_ids, positions, rule)
 
@@ -312,7 +314,7 @@ class TrackedRun:
 
         started = time.perf_counter()
         dtype, device = model_dtype_and_device(model)
-        options = dataclasses.replace(self.options, dtype=dtype, device=device)
+        options = dataclasses.replace(self.options, dtype=dtype, device=device, torch_threads=None)
         ref = CheckpointRef(
             self.run.suite, self.run.model, int(step), f"step{step}",
             int(step) * (self.tokens_per_step or 0), LIVE, self.run_id, run_id=self.run_id,
@@ -414,6 +416,11 @@ def track(
             fix="pass resume=True to continue it, or another run_id",
         )
     batch = live_probe(probe, probe_rule) if probe is not None else None
+    options = options or ExtractOptions(gradients=True)
+    if batch is not None and model is not None:
+        from layerlake.etl.extract import check_options
+
+        check_options(options, batch, model)  # a probe or option that cannot work fails now, not per step
     run = new_run(
         run_id, suite, name, RunKind.train, config if config is not None else hydra.get("config", {}), seed=seed,
         overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
@@ -425,7 +432,7 @@ def track(
     if batch is not None:
         commit_probe(store, run, batch)
     return TrackedRun(
-        store, run, batch or ProbeBatch("", "", (), (), "last"), options or ExtractOptions(gradients=True),
+        store, run, batch or ProbeBatch("", "", (), (), "last"), options,
         Cadence.parse(cadence) if batch is not None else Cadence(), tokens_per_step,
     )  # fmt: skip
 
@@ -455,7 +462,8 @@ def new_run_id(model: str, hydra: dict) -> str:
 
 
 def hydra_context() -> dict[str, Any]:
-    """Inside a ``@hydra.main`` job: its composed config, overrides, sweep folder and job number."""
+    """Inside a ``@hydra.main`` job: its composed config, overrides, sweep folder and job number. Outside
+    one (including after Hydra's compose API, which leaves a config without a job's runtime), nothing."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf
@@ -464,11 +472,14 @@ def hydra_context() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
     hydra = HydraConfig.get()
+    output_dir = OmegaConf.select(hydra, "runtime.output_dir", default=None, throw_on_missing=False)
+    if not output_dir:
+        return {}
     out: dict[str, Any] = {"overrides": list(hydra.overrides.task)}
     if str(hydra.mode) == "RunMode.MULTIRUN":
         out["sweep_dir"] = str(hydra.sweep.dir)
         out["job_num"] = int(hydra.job.num)
-    saved = Path(hydra.runtime.output_dir) / (hydra.output_subdir or ".hydra") / "config.yaml"
+    saved = Path(output_dir) / (hydra.output_subdir or ".hydra") / "config.yaml"
     if hydra.output_subdir is not None and saved.is_file():
         out["config"] = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
     return out

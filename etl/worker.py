@@ -61,11 +61,18 @@ def checkpoint_row(
         "d_model": d_model,
         "n_heads": n_heads,
         "d_head": int(getattr(config, "head_dim", 0) or (d_model // n_heads if n_heads else 0)),
-        "config_json": json.dumps(config.to_dict(), sort_keys=True, default=str),
+        "config_json": config_json(config),
         "probe_id": probe_id,
         "task_id": task_id,
     }
     return pa.Table.from_pylist([row], schema=CHECKPOINTS.arrow_schema())
+
+
+def config_json(config) -> str:
+    """The model config as stored: without ``_name_or_path``, the folder it was loaded from (a path of
+    this machine, which neither identifies the model nor belongs in a shared dataset)."""
+    values = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+    return json.dumps(values, sort_keys=True, default=str)
 
 
 def run_task(task: ExtractTask) -> TaskResult:

@@ -207,6 +207,8 @@ def problems(fix: Fix, about: set[str] | None = None) -> list[str]:
                 ok = key in staging_params()
             elif before.endswith("--site-map"):
                 ok = True  # FROM=TO: a module name of the user's file
+            elif fix.path.name == "track.py":  # the Python API: the keyword arguments of layerlake.track
+                ok = key in track_params()
             else:
                 hydra = any(COMMANDS[c].hydra for c in commands if c in COMMANDS)
                 query = "query" in commands or fix.path.parent.name == "queries"
@@ -214,6 +216,14 @@ def problems(fix: Fix, about: set[str] | None = None) -> list[str]:
             if not ok:
                 found.append(f"{key}= is not a config key or parameter of {' / '.join(sorted(commands))}")
     return found
+
+
+def track_params() -> set[str]:
+    import inspect
+
+    from layerlake.etl.track import track
+
+    return set(inspect.signature(track).parameters)
 
 
 def test_the_source_has_fixes_to_check():

@@ -66,6 +66,7 @@ def compact(
     store.check_version()
     report = CompactReport()
     with store.lock():
+        store.clean_staging()  # leftovers of writers (or compactions) that died
         entries = store.entries()
         committed, failed = latest(entries)
         report.manifest_lines_before = (

@@ -136,7 +136,17 @@ def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
         return done.code if isinstance(done.code, int) else int(done.code is not None)
     finally:
         sys.argv = saved
+        forget_job()
     return outcome["code"]
+
+
+def forget_job() -> None:
+    """Clear Hydra's record of the job that ended, so that code running later in this process (a
+    ``layerlake.track`` run, another command) is not taken for part of that job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        HydraConfig.instance().cfg = None
 
 
 def rewrite_positional(command: Command, args: list[str]) -> list[str]:
