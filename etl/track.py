@@ -187,6 +187,7 @@ class TrackedRun:
     options: ExtractOptions
     cadence: Cadence
     tokens_per_step: int | None = None
+    compact_on_finish: bool = True
     failures: list[str] = field(default_factory=list)
     snapshots: list[int] = field(default_factory=list)
     _scalars: dict[int, dict[tuple[int, str], tuple[float, datetime]]] = field(default_factory=dict)
@@ -223,6 +224,8 @@ class TrackedRun:
             self._thread = None
         self.run = self.run.ended(status, error)
         commit_run(self.warehouse, self.run)
+        if not self.compact_on_finish:
+            return
         try:
             from layerlake.warehouse.compact import compact
 
@@ -393,12 +396,14 @@ def track(
     options: ExtractOptions | None = None,
     tokens_per_step: int | None = None,
     resume: bool = False,
+    compact: bool = True,
 ) -> TrackedRun:
     """Start (or with ``resume``, continue) a tracked run; use the result as a context manager.
 
     ``model`` names the run's model by its class when ``model_name`` is not given. ``probe`` is the fixed
     batch every snapshot reads (token ids or a ``ProbeBatch``); without one, the run records scalars
     only. ``options`` are the extraction options (default: those of ``layerlake extract``, gradients on).
+    With ``compact`` (the default), the run's small files are merged when it finishes.
     """
     root = Path(warehouse) if warehouse is not None else default_warehouse_root()
     name = model_name or (type(model).__name__ if model is not None else "model")
@@ -433,7 +438,7 @@ def track(
         commit_probe(store, run, batch)
     return TrackedRun(
         store, run, batch or ProbeBatch("", "", (), (), "last"), options,
-        Cadence.parse(cadence) if batch is not None else Cadence(), tokens_per_step,
+        Cadence.parse(cadence) if batch is not None else Cadence(), tokens_per_step, compact,
     )  # fmt: skip
 
 

@@ -2,11 +2,15 @@
 
 1. build (or reuse) the embedded suite and print it;
 2. extract every checkpoint into the warehouse (``executor=ray`` in ``make demo``);
-3. run the study's findings as SQL recipes, print them, and write their plots.
+3. run the study's findings as SQL recipes, print them, and write their plots;
+4. train a second seed of the smallest model through the tracker (its rows taken from the live model at
+   each checkpoint step) and print the cross-seed finding: do two seeds reach the same representations,
+   and do their layers stabilise alike?
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -58,6 +62,64 @@ def run_findings(settings: Config, console: Console) -> list[Path]:
     return plots
 
 
+def second_seed(settings: Config) -> Config | None:
+    """The settings that train the smallest selected model of a local suite again with the next seed,
+    through the tracker, as the run ``<suite>.<model>.seed<N>``; None for a hub suite."""
+    from layerlake.etl.suite.build import selected_models
+
+    suite = settings.suite
+    if suite.source != "local":
+        return None
+    model = min(selected_models(suite, settings.models), key=lambda m: (m.n_layers * m.d_model**2, m.name))
+    seed = suite.train.seed + 1
+    train = dataclasses.replace(suite.train, seed=seed, variant=f"seed{seed}", snapshots=True)
+    return dataclasses.replace(settings, suite=dataclasses.replace(suite, train=train), models=[model.name])
+
+
+def cross_seed_findings(settings: Config, console: Console) -> list[Path]:
+    """Between the suite's run of the model and its second seed: CKA at the same step (per site, over
+    layers), the layers' stabilisation across the two, and each run's loss beside its convergence."""
+    from layerlake import warehouse
+    from layerlake.etl.task import extract_run_id
+    from layerlake.queries import run_recipe
+    from layerlake.queries.plots import plot
+
+    suite, (model,) = settings.suite, settings.models
+    first = extract_run_id(suite.name, model)
+    second = f"{first}.{suite.train.variant}"
+    con = warehouse.connect(settings.paths.warehouse)
+    scope = {"suite": suite.name, "models": [model]}
+    similarity = run_recipe(con, "run_similarity", scope | {"run_a": first, "run_b": second})
+    con.register("similarity", similarity)
+    summary = con.sql(
+        """select site, step, count(*) as layers, min(cka) as min_cka, median(cka) as median_cka,
+                  max(cka) as max_cka
+           from similarity
+           where step in (select unnest([min(step) filter (where step > 0), quantile_disc(step, 0.5), max(step)])
+                          from similarity)
+           group by site, step order by site, step"""
+    ).to_arrow_table()
+    print_table(
+        summary, f"Do two seeds of {model} reach the same representations? CKA between {first} and {second} "
+        "at the same step (over layers; the paper's biased CKA)", console, max_rows=40, hoist_constants=False,
+    )  # fmt: skip
+    across = run_recipe(con, "stabilisation_across_runs", scope | {"threshold": 0.9})
+    columns = ["site", "layer", "n_runs", "n_never", "min_stabilisation_fraction",
+               "mean_stabilisation_fraction", "max_stabilisation_fraction"]  # fmt: skip
+    shown = across.select(columns).rename_columns([c.replace("_stabilisation", "") for c in columns])
+    print_table(
+        shown, f"Stabilisation of {model}'s layers across its seeds (fraction of training "
+        "after which CKA to the run's final checkpoint stays >= 0.9)", console, max_rows=40, hoist_constants=False,
+    )  # fmt: skip
+    out_dir = Path(settings.paths.runs) / "demo"
+    plots = [
+        plot("run_similarity", similarity, out_dir / "run_similarity.png"),
+        plot("stabilisation_across_runs", across, out_dir / "stabilisation_across_runs.png"),
+        plot("loss_and_convergence", run_recipe(con, "loss_and_convergence", scope), out_dir / "loss_and_convergence.png"),
+    ]  # fmt: skip
+    return [p for p in plots if p is not None]
+
+
 def run(settings: Config) -> int:
     from layerlake.etl.command import print_report
     from layerlake.etl.driver import run_extract
@@ -76,6 +138,13 @@ def run(settings: Config) -> int:
         return 1
     console.rule("3. findings")
     plots = run_findings(settings, console)
+    again = second_seed(settings)
+    if again is not None:
+        console.rule(f"4. a second seed of {again.models[0]}, tracked while it trains")
+        code = build(again)
+        if code:
+            return code
+        plots += cross_seed_findings(again, console)
     for path in plots:
         console.print(f"plot: {path}", markup=False)
     console.print(
