@@ -369,6 +369,16 @@ class TrackedRun:
             f"layerlake: snapshot of run {self.run_id} at step {step} failed ({text}); training goes on"
         )
 
+    # -- integrations ----------------------------------------------------------------------------------
+
+    def trainer_callback(self) -> Any:
+        """A ``transformers.TrainerCallback`` for ``Trainer(callbacks=[run.trainer_callback()])``."""
+        return trainer_callback(self)
+
+    def hook(self, model: Any) -> Callable[[int, dict[str, float]], None]:
+        """``hook(step, {"loss": ...})`` for a plain loop: logs and snapshots at the cadence."""
+        return after_step(self, model)
+
     def _report(self, text: str) -> None:
         print(text, file=sys.stderr)
         self._reported = True

@@ -63,7 +63,9 @@ def rewrite_args(args: list[str]) -> list[str]:
     top, out = top_level_keys(), []
     for arg in args:
         key, sep, value = arg.partition("=")
-        if arg.startswith("-") or not sep or key[:1] in "+~" or key == "recipe" or key.split(".")[0] in top:
+        if key == "suite" and "suite" in declared and value not in suite_configs():
+            out.append(f"++recipe.params.suite={hydra_value(value)}")  # a suite only runs made (tracking)
+        elif arg.startswith("-") or not sep or key[:1] in "+~" or key == "recipe" or key.split(".")[0] in top:
             out.append(f"+{arg}" if key == "recipe" else arg)
         elif key in declared:
             out.append(f"++recipe.params.{key}={hydra_value(value)}")
@@ -75,6 +77,14 @@ def rewrite_args(args: list[str]) -> list[str]:
                 fix=f"use one of its parameters: {', '.join(names)} (`layerlake recipes`)",
             )
     return out
+
+
+def suite_configs() -> set[str]:
+    """The suites ``conf/suite/`` configures (``suite=<name>`` selects one); any other name given to
+    ``query`` is a suite that only tracked runs made, passed to the recipe as its ``suite``."""
+    from layerlake.conf.schema import CONF_DIR
+
+    return {p.stem for p in (Path(CONF_DIR) / "suite").glob("*.yaml")}
 
 
 def hydra_value(value: str) -> str:

@@ -316,7 +316,9 @@ def test_trainer_callback_logs_the_trainers_numbers_and_snapshots(tmp_path):
         output_dir=str(tmp_path / "trainer"), max_steps=6, per_device_train_batch_size=4, logging_steps=1,
         save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
     )  # fmt: skip
-    with layerlake.track(model, suite="toy", run_id="hf", warehouse=tmp_path, probe=PROBE, cadence=[2, 4, 6]) as run:
+    with layerlake.track(
+        model, suite="toy", run_id="hf", warehouse=tmp_path, probe=PROBE, cadence=[2, 4, 6]
+    ) as run:
         Trainer(model=model, args=args, train_dataset=data, callbacks=[trainer_callback(run)]).train()
     assert run.snapshots == [2, 4, 6] and run.failures == []
     con = layerlake.connect(tmp_path)

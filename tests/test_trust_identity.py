@@ -42,10 +42,16 @@ def under(settings, data: Path, suites: Path | None = None):
     return dataclasses.replace(settings, paths=paths, steps=steps, progress=False)
 
 
-def counts(root: Path | str) -> dict[str, int]:
+def counts(root: Path | str, runs_like: str = "%") -> dict[str, int]:
+    """Rows per table (of the runs whose id is like ``runs_like``)."""
     con = warehouse.connect(root)
     try:
-        return {t: con.sql(f"select count(*) from {t}").fetchall()[0][0] for t in schema.TABLES}
+        return {
+            t: con.sql(f"select count(*) from {t} where run_id like $r", params={"r": runs_like}).fetchall()[
+                0
+            ][0]
+            for t in schema.TABLES
+        }
     finally:
         con.close()
 
@@ -75,8 +81,13 @@ def test_a_moved_data_folder_is_not_extracted_again(extracted, tmp_path, capsys)
     capsys.readouterr()
     overrides = [f"paths.data={moved}", *TINY_OVERRIDES, f"steps.only=[{','.join(map(str, STEPS))}]"]
     assert main(["demo", *overrides]) == 0  # the demo, too, finds everything committed
-    assert "extracted 0 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
-    assert counts(moved / "warehouse") == before
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "extracted 0 checkpoint(s)" in out
+    # ... and then trains a second seed of the smallest model through the tracker, and compares the two
+    assert "a second seed of tiny-a" in out and "Do two seeds of tiny-a reach the same" in out
+    assert counts(moved / "warehouse", "embedded.tiny-_") == before
+    seeds = counts(moved / "warehouse", "embedded.tiny-a.seed%")
+    assert seeds["runs"] == 1 and seeds["scalars"] > 0 and seeds["sketches"] > 0
     stored = (
         warehouse.connect(moved / "warehouse").sql("select distinct location from checkpoints").fetchall()
     )

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import pyarrow as pa
 from rich.console import Console
 
 from layerlake.conf.schema import Config
@@ -42,6 +43,19 @@ DEMO_FINDINGS = (
 )
 
 
+def suite_runs_only(table, settings: Config):
+    """The rows of the suite's own runs (``<suite>.<model>``): other runs of its models (a second
+    seed, a sweep) are compared in step 4, not mixed into the study's findings."""
+    import pyarrow.compute as pc
+
+    from layerlake.etl.task import extract_run_id
+
+    if "run_id" not in table.column_names:
+        return table
+    own = [extract_run_id(settings.suite.name, m.name) for m in settings.suite.models]
+    return table.filter(pc.is_in(table["run_id"], value_set=pa.array(own)))
+
+
 def run_findings(settings: Config, console: Console) -> list[Path]:
     from layerlake import warehouse
     from layerlake.queries import run_recipe
@@ -52,7 +66,7 @@ def run_findings(settings: Config, console: Console) -> list[Path]:
     con = warehouse.connect(settings.paths.warehouse)
     plots = []
     for name, params, title, columns in DEMO_FINDINGS:
-        table = run_recipe(con, name, params | {"suite": settings.suite.name})
+        table = suite_runs_only(run_recipe(con, name, params | {"suite": settings.suite.name}), settings)
         if title:
             print_table(table.select(list(columns)), title, console, max_rows=40, hoist_constants=False)
         path = plot(name, table, out_dir / f"{name}.png")
