@@ -326,3 +326,29 @@ def test_trainer_callback_logs_the_trainers_numbers_and_snapshots(tmp_path):
     assert [s for (s,) in losses] == [1, 2, 3, 4, 5, 6]
     assert con.sql("select list(distinct step order by step) from sketches").fetchall() == [([2, 4, 6],)]
     assert con.sql("select status from runs").fetchall() == [("finished",)]
+
+
+def test_suite_build_multirun_over_seeds_and_learning_rates_makes_one_run_per_job(tmp_path, tiny_overrides):
+    """``suite build -m`` over two seeds and two learning rates: four jobs, four tracked runs, each with
+    its overrides and job number, trained into its own folder."""
+    from layerlake.cli.main import main
+
+    overrides = [f"paths.data={tmp_path}", *tiny_overrides, "models=[tiny-a]", "suite.train.max_steps=8",
+                 "suite.steps=[0,4,8]", "suite.subsets={paper:[0,8]}", "suite.train.snapshots=true"]  # fmt: skip
+    assert (
+        main(["suite", "build", "-m", *overrides, "suite.train.seed=1,2", "suite.train.lr=0.01,0.001"]) == 0
+    )
+    con = layerlake.connect(tmp_path / "warehouse")
+    runs = con.sql("select run_id, job_num, seed, overrides, status from runs order by job_num").fetchall()
+    assert [r[1] for r in runs] == [0, 1, 2, 3] and {r[4] for r in runs} == {"finished"}
+    by_id = {r[0]: r for r in runs}
+    for seed in (1, 2):
+        for lr in ("0.01", "0.001"):
+            run = by_id[f"embedded.tiny-a.seed{seed}-lr{lr}"]
+            assert run[2] == seed
+            assert f"suite.train.seed={seed}" in run[3] and f"suite.train.lr={lr}" in run[3]
+    folders = sorted(p.name for p in (tmp_path / "suites" / "embedded").iterdir() if p.is_dir())
+    assert folders == [f"tiny-a@seed{s}-lr{lr}" for s in (1, 2) for lr in ("0.001", "0.01")]
+    steps = con.sql("select run_id, list(step order by step) from checkpoints group by run_id").fetchall()
+    assert len(steps) == 4 and all(s == [0, 4, 8] for _, s in steps)
+    assert main(["check", f"--root={tmp_path / 'warehouse'}"]) == 0

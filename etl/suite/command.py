@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -72,8 +73,9 @@ def build(settings: Config) -> int:
 
 
 def sweep_variant() -> str | None:
-    """In a job of a Hydra multirun, a name for the run from its swept settings (``seed2-lr0.001``):
-    each job of ``suite build -m suite.train.seed=1,2,3`` trains its own run into its own folder."""
+    """In a job of a Hydra multirun, a name for the run from the settings its sweep varies
+    (``seed2-lr0.001``): each job of ``suite build -m suite.train.seed=1,2,3`` trains its own run into
+    its own folder. The swept keys are those given with several values on the command line."""
     from layerlake.etl.track import hydra_context
 
     context = hydra_context()
@@ -81,13 +83,27 @@ def sweep_variant() -> str | None:
         return None
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    swept = []
-    for override in OverridesParser.create().parse_overrides(context.get("overrides", [])):
-        key = override.key_or_group.split(".")[-1]
-        if key not in ("models", "progress") and not override.key_or_group.startswith("paths"):
-            swept.append(f"{key}{override.value()}")
-    name = re.sub(r"[^A-Za-z0-9._+-]", "", "-".join(swept))[:60]
+    parser = OverridesParser.create()
+    values = {o.key_or_group: o.value() for o in parser.parse_overrides(context.get("overrides", []))}
+    parts = [f"{key.split('.')[-1]}{values[key]}" for key in swept_keys(parser) if key in values]
+    name = re.sub(r"[^A-Za-z0-9._+-]", "", "-".join(parts))[:60]
     return name or f"job{context['job_num']}"
+
+
+def swept_keys(parser) -> list[str]:
+    """The keys this process's command line sweeps (``key=a,b``, ``key=range(...)``, ``key=choice(...)``),
+    in their order there."""
+    keys = []
+    for arg in sys.argv[1:]:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # noqa: BLE001 - not an override (a flag's value): not swept
+            continue
+        if override.is_sweep_override() and override.key_or_group not in keys:
+            keys.append(override.key_or_group)
+    return keys
 
 
 def tracking(settings: Config):
