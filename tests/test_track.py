@@ -352,3 +352,23 @@ def test_suite_build_multirun_over_seeds_and_learning_rates_makes_one_run_per_jo
     steps = con.sql("select run_id, list(step order by step) from checkpoints group by run_id").fetchall()
     assert len(steps) == 4 and all(s == [0, 4, 8] for _, s in steps)
     assert main(["check", f"--root={tmp_path / 'warehouse'}"]) == 0
+
+
+def test_the_plain_loop_hook_logs_and_snapshots_at_the_cadence(tmp_path):
+    model = tiny_models.neox(seed=0).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    with layerlake.track(
+        model, suite="toy", run_id="h", warehouse=tmp_path, probe=PROBE, cadence="pythia"
+    ) as run:
+        after_step = run.hook(model)
+        for step in range(6):
+            batch = torch.randint(0, 40, (4, 12), generator=generator)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            after_step(step, {"loss": loss.item(), "lr": 1e-3})
+    assert run.snapshots == [0, 1, 2, 4]
+    con = layerlake.connect(tmp_path)
+    assert con.sql("select count(*) from scalars").fetchall() == [(12,)]
