@@ -21,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from layerlake.conf.overrides import lift_long_lists, linear_list_parsing, set_lifted
 from layerlake.conf.schema import CONF_DIR, GROUPS, Config, register_schemas, to_settings
 from layerlake.core.choices import did_you_mean
 from layerlake.core.errors import ConfigError, LayerlakeError
@@ -31,10 +32,12 @@ _CFG_FIX = "see every key and its current value with `layerlake <command> --cfg 
 def compose(overrides: Sequence[str] = ()) -> Config:
     """The composed, validated config as plain dataclasses; a ``ConfigError`` names what is wrong."""
     register_schemas()
+    linear_list_parsing()
+    overrides, lifted = lift_long_lists(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
-        return to_settings(cfg)
+        return set_lifted(to_settings(cfg), lifted)
     except LayerlakeError:
         raise
     except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
@@ -45,6 +48,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
     """Compose once with the first value of every sweep (``a=1,2`` -> ``a=1``), then once more for each
     other value of each sweep (the rest at their first): a wrong key, type or choice in any job of a
     multirun fails here, before a job runs or anything is written. ``hydra.*`` overrides are checked too."""
+    overrides = lift_long_lists(overrides)[0]  # a long plain list is checked by its first element
     base = first_of_sweeps(overrides)
     compose(base)
     for index, values in _sweeps(overrides):

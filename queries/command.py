@@ -94,6 +94,10 @@ def hydra_value(value: str) -> str:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from layerlake.conf.overrides import plain_list
+
+    if plain_list(value) is not None:  # a list of plain words or integers: no need to parse (it can be long)
+        return value
     try:
         OverridesParser.create().parse_override(f"key={value}")
         return value

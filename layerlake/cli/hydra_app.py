@@ -11,12 +11,14 @@ which receives the command's own log lines (``hydra.job_logging`` in ``conf/conf
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from layerlake.cli.commands import Command, resolve
 from layerlake.conf.compose import check_overrides
+from layerlake.conf.overrides import LiftedList, lift_long_lists, linear_list_parsing, set_lifted
 from layerlake.conf.schema import CONF_DIR, register_schemas, to_settings
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.core.render import print_error
@@ -105,6 +107,7 @@ def wants_help(flags: list[str]) -> bool:
 
 def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
     register_schemas()
+    linear_list_parsing()  # long list overrides (models=[...20,000 names]) parse in linear time
     target = command.load()
     flags, overrides = split_flags(args)
     if wants_help(flags) and command.describe:
@@ -114,6 +117,8 @@ def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
     if command.rewrite:
         overrides = resolve(command.rewrite)(overrides)
     overrides = [f"hydra.job.name={job_name(name)}", *overrides]  # a later hydra.job.name=... wins
+    given = overrides
+    overrides, lifted = lift_long_lists(overrides)  # models=[...20,000 names] skips the grammar
     precheck(flags, overrides)
     if wants_help(flags):
         print(f"layerlake {name}: {command.help}\n")
@@ -122,7 +127,9 @@ def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
     def job(cfg: DictConfig) -> None:
         try:
-            code = target(to_settings(cfg))
+            if lifted:
+                record_lifted(given, lifted)
+            code = target(set_lifted(to_settings(cfg), lifted))
         except LayerlakeError as error:
             print_error(error)
             code = error.exit_code
@@ -147,6 +154,30 @@ def forget_job() -> None:
 
     if HydraConfig.initialized():
         HydraConfig.instance().cfg = None
+
+
+def record_lifted(given: list[str], lifted: list[LiftedList]) -> None:
+    """Make the job's ``.hydra/overrides.yaml`` and ``config.yaml`` hold the long lists as given, not the
+    one-element lists Hydra composed (``conf/overrides.py``), so the run folder records what ran."""
+    import yaml
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    if not hydra_cfg.output_subdir:
+        return
+    folder = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir
+    task = [o for o in given if not o.lstrip("+~").startswith("hydra.")]
+    if (folder / "overrides.yaml").exists():
+        (folder / "overrides.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    if (folder / "config.yaml").exists():
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        for item in lifted:
+            *parents, leaf = item.key.split(".")
+            node = config
+            for part in parents:
+                node = node[part]
+            node[leaf] = item.values
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def rewrite_positional(command: Command, args: list[str]) -> list[str]:
