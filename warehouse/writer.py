@@ -44,12 +44,11 @@ from layerlake.warehouse.layout import MANIFEST_DIR, STAGING_DIR, check_name, pa
 from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
+    ManifestFollower,
     append_batch,
     append_entry,
     entry_problems,
-    latest,
     manifest_path,
-    read_entries,
     read_task_rows,
 )
 
@@ -203,29 +202,22 @@ class Warehouse:
                 f"cannot create the warehouse at {self.root}: {error.strerror or error}",
                 fix="choose a folder you can write (paths.data=... or --root)",
             ) from error
-        self._cache: tuple[tuple[int, int], list[CommitEntry]] | None = None
+        self._manifest = ManifestFollower(self.manifest)
         self._lock_depth = 0
 
     # -- reading the manifest -------------------------------------------------------------------------
 
     def entries(self) -> list[CommitEntry]:
-        """Every complete manifest entry, in order (re-read only when the file changed)."""
-        try:
-            stat = self.manifest.stat()
-            stamp = (stat.st_size, stat.st_mtime_ns)
-        except FileNotFoundError:
-            return []
-        if self._cache is None or self._cache[0] != stamp:
-            self._cache = (stamp, read_entries(self.manifest))
-        return self._cache[1]
+        """Every complete manifest entry, in order (only lines appended since the last call are parsed)."""
+        return list(self._manifest.read().entries)
 
     def committed(self) -> dict[str, CommitEntry]:
         """task_id -> its latest ok entry."""
-        return latest(self.entries())[0]
+        return dict(self._manifest.read().committed)
 
     def failed(self) -> dict[str, CommitEntry]:
         """task_id -> its latest failure that no later ok entry supersedes."""
-        return latest(self.entries())[1]
+        return dict(self._manifest.read().failed)
 
     def is_committed(self, task_id: str) -> bool:
         """True when the task has an ok entry and every file it lists exists with the listed size."""
