@@ -32,6 +32,7 @@ from layerlake.core.errors import ParameterError, SqlError
 from layerlake.core.params import Param
 from layerlake.core.sqlfile import SqlFolder
 from layerlake.queries.errors import RecipeError
+from layerlake.queries.stored_values import check_stored_values
 from layerlake.warehouse.macros import STAGING, all_staging_params, staging_params, staging_values
 
 RECIPES_DIR = Path(__file__).resolve().parent
@@ -145,9 +146,12 @@ def bind_params(recipe: Recipe, given: dict[str, Any]) -> dict[str, Any]:
 def run_recipe(
     con: Any, name: str, params: dict[str, Any] | None = None, directory: Path = RECIPES_DIR
 ) -> pa.Table:
-    """Run recipe ``name`` on ``con`` (from ``warehouse.connect``) with bound ``params``; an Arrow table."""
+    """Run recipe ``name`` on ``con`` (from ``warehouse.connect``) with bound ``params``; an Arrow table.
+    A parameter naming a model, run, step, layer, site, source or scalar the warehouse does not hold
+    raises ``ParameterError`` (``queries.stored_values``)."""
     recipe = load_recipe(name, directory)
     bound = bind_params(recipe, dict(params or {}))
+    check_stored_values(con, bound)  # a model, step, site ... the warehouse does not hold is an error
     own = {k: v for k, v in bound.items() if k in recipe.own}
     try:
         with staging_values(con, {k: v for k, v in bound.items() if k in all_staging_params()}):

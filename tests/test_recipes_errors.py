@@ -151,6 +151,38 @@ def curves_warehouse(root: Path) -> None:
         (["query", "stabilisation", "threshold=abc"], "expected a finite number"),
         (["query", "step_similarity"], "parameter $model is required"),
         (["query", "stabilisation", "bogus=1"], "'bogus' is neither a parameter"),
+        (["query", "stabilisaton"], "unknown recipe 'stabilisaton' (did you mean 'stabilisation'"),
+        # a value naming something the warehouse does not hold, with the nearest stored ones
+        (
+            ["query", "step_similarity", "model=m11"],
+            "model 'm11' is not in the warehouse (for suite embedded) (did you mean 'm1'?)",
+        ),
+        (["query", "stabilisation", "models=[m1,m9]"], "models 'm9' is not in the warehouse"),
+        (
+            ["query", "stabilisation", "source=fy"],
+            "source 'fy' is not in the warehouse (for suite embedded) (nearest: 'fx', 'computed')",
+        ),
+        (
+            ["query", "stabilisation", "source=fx", "reference_step=12"],
+            "reference_step 12 is not in the warehouse (for suite embedded) (nearest: 10, 0)",
+        ),
+        (
+            ["query", "stabilisation", "sites=[ovv]"],
+            "sites 'ovv' is not in the warehouse (for suite embedded) (did you mean 'ov'?)",
+        ),
+        (
+            ["query", "step_similarity", "model=m1", "layer=7"],
+            "layer 7 is not in the warehouse (for suite embedded; model m1) (nearest: 1, 0)",
+        ),
+        (["query", "step_similarity", "model=m1", "site=mlp_out"], "site 'mlp_out' is not in the warehouse"),
+        (
+            ["query", "stabilisation", "suite=embeded"],
+            "suite 'embeded' is not in the warehouse (did you mean 'embedded'?)",
+        ),
+        (
+            ["query", "loss_and_convergence", "scalar=los"],
+            "scalar 'los': the warehouse holds no scalar values",
+        ),
     ],
 )
 def test_cli_errors_change_nothing(tmp_path, capsys, args, message):
@@ -191,3 +223,20 @@ def test_cli_query_writes_result_and_plot(tmp_path, capsys):
     assert (tmp_path / "run" / "stabilisation.png").stat().st_size > 1000
     assert main(["recipes"]) == 0
     assert "layer_percentiles" in capsys.readouterr().out
+
+
+def test_stored_values_are_checked_through_the_python_api_too(tmp_path):
+    from layerlake import warehouse
+
+    curves_warehouse(tmp_path)
+    con = warehouse.connect(tmp_path)
+    try:
+        with pytest.raises(ParameterError, match="model 'M1' is not in the warehouse") as error:
+            queries.run_recipe(con, "step_similarity", {"model": "M1"})
+        assert "use one of the stored values: m1" in error.value.fix
+        rows = queries.run_recipe(
+            con, "stabilisation", {"source": "fx", "reference_step": 10, "models": ["m1"]}
+        )
+        assert rows.num_rows == 2  # stored values pass
+    finally:
+        con.close()

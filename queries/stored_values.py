@@ -1,0 +1,142 @@
+"""A recipe parameter that names something stored (a suite, model, run, step, layer, site, source or
+logged scalar) must name something the warehouse holds: otherwise the recipe would return no rows and
+exit 0, and a misspelt model would look like a finding. ``check_stored_values`` runs before a recipe
+and raises a ``ParameterError`` naming the value and the nearest stored ones.
+
+Each parameter maps to the column and base tables that hold its values (``NAMED``); the values are
+looked up within what the other parameters already chose (a step among the chosen model's steps). The
+SQL is built only from the names in ``NAMED``; the user's values are bound parameters.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from layerlake.core.choices import did_you_mean
+from layerlake.core.errors import ParameterError
+
+
+@dataclass(frozen=True)
+class Named:
+    """Where a parameter's values are stored: ``column`` of each of ``tables``; ``also`` are values
+    that are valid without being stored."""
+
+    column: str
+    tables: tuple[str, ...]
+    also: tuple[Any, ...] = ()
+
+
+# Every base table a recipe may read, so that a value held by any of them is found.
+_ROWS = ("runs", "checkpoints", "sketches", "spectra", "activation_stats", "imported_metrics", "scalars")
+_MODELS = Named("model", _ROWS)
+_RUNS = Named("run_id", _ROWS)
+_STEPS = Named("step", _ROWS)
+_SITES = Named("site", ("sketches", "activation_stats", "imported_metrics"))
+# In checking order: a parameter earlier in the list narrows where the later ones are looked up.
+NAMED: dict[str, Named] = {
+    "suite": Named("suite", _ROWS),
+    "model": _MODELS,
+    "models": _MODELS,
+    "run_a": _RUNS,
+    "run_b": _RUNS,
+    "step": _STEPS,
+    "reference_step": _STEPS,
+    "layer": Named("layer", ("sketches", "spectra", "activation_stats", "imported_metrics")),
+    "site": _SITES,
+    "sites": _SITES,
+    "source": Named("source", ("imported_metrics",), also=("computed",)),
+    "scalar": Named("name", ("scalars",)),
+}
+NARROWS = {"suite": "suite", "model": "model", "models": "model"}  # parameter -> column it narrows by
+SHOWN = 12  # stored values listed in a fix
+
+
+def check_stored_values(con: Any, params: dict[str, Any]) -> None:
+    """Raise ``ParameterError`` for the first value of ``params`` (bound recipe parameters) that names
+    something the warehouse on ``con`` does not hold; None values (meaning "all") are not checked."""
+    scope: dict[str, list[Any]] = {}
+    for name, named in NAMED.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        stored = stored_values(con, named, scope)
+        missing = [v for v in values if v not in stored and v not in named.also]
+        if missing:
+            known = [*named.also, *sorted(stored, key=lambda v: (str(type(v)), v))] if stored else []
+            raise ParameterError(not_stored(name, missing[0], known, scope), fix=_fix(named, stored))
+        if name in NARROWS:
+            scope[NARROWS[name]] = values
+
+
+def stored_values(con: Any, named: Named, scope: dict[str, list[Any]]) -> set[Any]:
+    """The distinct non-null values of ``named.column`` in its tables, within ``scope`` (column -> values)."""
+    columns = _columns(con)
+    selects, params = [], {}
+    for table in named.tables:
+        if named.column not in columns.get(table, ()):
+            continue
+        where = [f"{named.column} is not null"]
+        for column, values in scope.items():
+            if column in columns[table]:
+                params[f"scope_{column}"] = list(values)
+                where.append(f"list_contains($scope_{column}, {column})")
+        selects.append(f"select distinct {named.column} as value from {table} where {' and '.join(where)}")
+    if not selects:
+        return set()
+    sql = " union ".join(selects)
+    used = {k: v for k, v in params.items() if f"${k}" in sql}
+    return {row[0] for row in con.execute(sql, used).fetchall()}
+
+
+def _columns(con: Any) -> dict[str, set[str]]:
+    rows = con.execute(
+        "select table_name, column_name from information_schema.columns where table_schema = 'main'"
+    ).fetchall()
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, set()).add(column)
+    return out
+
+
+def not_stored(name: str, value: Any, stored: Sequence[Any], scope: dict[str, list[Any]]) -> str:
+    where = _scope_text(scope)
+    if not stored:
+        return f"{name} {value!r}: the warehouse holds no {name} values{where}"
+    return f"{name} {value!r} is not in the warehouse{where}{_nearest(value, stored)}"
+
+
+def _nearest(value: Any, stored: Sequence[Any]) -> str:
+    """`` (did you mean ...?)``: the closest names by spelling, the closest numbers by distance."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        numbers = [s for s in stored if isinstance(s, (int, float))]
+        close = sorted(numbers, key=lambda s: (abs(s - value), s))[:2]
+        return " (nearest: " + ", ".join(str(c) for c in close) + ")" if close else ""
+    names = [str(s) for s in stored]
+    spelt = did_you_mean(value, names)
+    if spelt:
+        return spelt
+    close = difflib.get_close_matches(str(value), names, n=2, cutoff=0)
+    return " (nearest: " + ", ".join(repr(c) for c in close) + ")" if close else ""
+
+
+def _scope_text(scope: dict[str, list[Any]]) -> str:
+    parts = [
+        f"{column} {', '.join(map(str, values[:3]))}{' ...' if len(values) > 3 else ''}"
+        for column, values in scope.items()
+    ]
+    return f" (for {'; '.join(parts)})" if parts else ""
+
+
+def _fix(named: Named, stored: set[Any]) -> str:
+    if not stored:
+        return (
+            "extract or import data first (`layerlake extract`, `layerlake demo`, `layerlake share import`), "
+            "or choose another suite or model; `layerlake runs` lists what is stored"
+        )
+    values = sorted(stored, key=lambda v: (str(type(v)), v))
+    shown = ", ".join(map(str, [*named.also, *values][:SHOWN])) + (" ..." if len(values) > SHOWN else "")
+    return f"use one of the stored values: {shown}"
