@@ -131,3 +131,95 @@ def test_schema_lists_every_macro_with_its_signature_and_first_sentence(root, ca
     assert main(["sql", "--schema", "--root", root]) == 0
     out = capsys.readouterr().out
     assert "SQL macros" in out and all(m.signature in out for m in macros) and "_ll_" not in out
+
+
+# --- limits: time, memory, and a bounded window of a streamed result --------------------------------------
+
+
+def test_an_endless_query_stops_at_the_timeout(root, capsys):
+    endless = "select count(*) from range(1000000000000) a, range(1000) b"
+    assert main(["sql", endless, "--root", root, "--timeout", "0.5"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "ran longer than 0.5 s and was stopped" in err and "--timeout SECONDS" in err
+
+
+def test_a_query_past_the_memory_limit_is_stopped(root, capsys):
+    assert (
+        main(["sql", "select list(range) from range(100000000)", "--root", root, "--memory-limit", "20MB"])
+        == 2
+    )
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "more than its memory limit of 20MB" in err and "--memory-limit" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--memory-limit", "lots"], "is not a size"), (["--timeout", "-1"], "--timeout SECONDS >= 0"),
+     (["--max-rows", "0"], "--max-rows")],
+)  # fmt: skip
+def test_bad_limits_are_refused(root, capsys, args, message):
+    assert main(["sql", "select 1", "--root", root, *args]) == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_a_stopped_query_leaves_an_existing_output_file_as_it_was(root, tmp_path, capsys):
+    out = tmp_path / "result.csv"
+    out.write_text("kept\n")
+    endless = "select * from range(1000000000000) a, range(1000) b"
+    code = main(["sql", endless, "--root", root, "--timeout", "1", "--output", str(out)])
+    assert code == 2 and out.read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".result")) == []  # no partial file
+
+
+@pytest.mark.parametrize("total", [0, 3, 40, 41, 1_000, 123_457])
+@pytest.mark.parametrize("batch", [1, 7, 65_536])
+def test_the_window_of_a_stream_is_what_the_table_shows(total, batch):
+    import pyarrow as pa
+
+    from layerlake.warehouse.command import window
+
+    table = pa.table({"i": pa.array(range(total), pa.int64())})
+    shown, count = window(pa.RecordBatchReader.from_batches(table.schema, table.to_batches(batch)), 40)
+    assert count == total
+    expected = table if total <= 40 else pa.concat_tables([table.slice(0, 30), table.slice(total - 10)])
+    assert shown.equals(expected)
+
+
+def test_max_rows_bounds_the_memory_a_large_result_takes():
+    """A 2,000-batch result (160 MB) shown with --max-rows 5: at most a few batches are ever held."""
+    import pyarrow as pa
+
+    from layerlake.warehouse.command import window
+
+    schema = pa.schema([("i", pa.int64())])
+    peak = 0
+
+    def batches():
+        nonlocal peak
+        for n in range(2_000):
+            peak = max(peak, pa.total_allocated_bytes())
+            yield pa.record_batch([pa.array(np.arange(n * 10_000, (n + 1) * 10_000))], schema=schema)
+
+    start = pa.total_allocated_bytes()
+    shown, total = window(pa.RecordBatchReader.from_batches(schema, batches()), 5)
+    assert total == 20_000_000 and shown.column("i").to_pylist() == [0, 1, 2, 3, 19_999_999]
+    assert peak - start < 4 * 80_000 + 1_000_000  # a few 80 kB batches, not 160 MB
+
+
+def test_a_large_result_streams_to_every_format(root, tmp_path, capsys):
+    import pyarrow.csv as pacsv
+
+    query = "select range as i, [range, 1] as pair from range(200000)"
+    for fmt in ("csv", "json", "parquet"):
+        out = tmp_path / f"r.{fmt}"
+        assert main(["sql", query, "--root", root, "--output", str(out)]) == 0
+        if fmt == "parquet":
+            rows = pq.read_table(out)
+        elif fmt == "csv":
+            rows = pacsv.read_csv(out)
+        else:
+            rows = json.loads(out.read_text())
+        assert len(rows) == 200_000
+    assert main(["sql", query, "--root", root, "--max-rows", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "200000 rows (showing 4)" in out and "199999" in out

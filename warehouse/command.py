@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,15 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 
 from layerlake.core.choices import OutputFormat
-from layerlake.core.duck import read_only_statement
+from layerlake.core.duck import (
+    DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TIMEOUT_S,
+    QueryLimits,
+    limited,
+    read_only_statement,
+)
 from layerlake.core.errors import LayerlakeError, SqlError
-from layerlake.core.render import print_table, write_table
+from layerlake.core.render import print_table, write_stream
 from layerlake.warehouse import schema
 from layerlake.warehouse.audits import file_problems, load_audits, run_audit
 from layerlake.warehouse.errors import QueryError
@@ -39,36 +48,104 @@ from layerlake.warehouse.views import _resolve, connect
 FORMATS = OutputFormat.values()
 
 
-def run_query(con: Any, sql: str) -> pa.Table:
-    """The result of the read-only statement ``sql`` as Arrow."""
+BATCH_ROWS = 65_536  # rows per Arrow batch while a result streams
+
+
+def run_query(con: Any, sql: str, limits: QueryLimits | None = None) -> pa.Table:
+    """The whole result of the read-only statement ``sql`` as Arrow (under ``limits``, default ones)."""
+    with _query_errors(), limited(con, limits or QueryLimits()):
+        return stream_query(con, sql).read_all()
+
+
+def stream_query(con: Any, sql: str) -> pa.RecordBatchReader:
+    """The result of the read-only statement ``sql`` as a stream of Arrow batches: run it inside
+    ``limited(con, limits)`` and read it batch by batch, so memory holds one batch at a time."""
     try:
         read_only_statement(sql, "`layerlake sql`")
     except SqlError as error:
         raise QueryError(error.message, fix=error.fix) from error
+    with _query_errors():
+        return con.sql(sql).to_arrow_reader(BATCH_ROWS)
+
+
+@contextmanager
+def _query_errors() -> Iterator[None]:
     try:
-        return con.sql(sql).to_arrow_table()
+        yield
+    except SqlError as error:  # a limit was hit
+        raise QueryError(error.message, fix=error.fix) from error
     except duckdb.Error as error:
+        if isinstance(error, (duckdb.InterruptException, duckdb.OutOfMemoryException)):
+            raise  # for ``limited`` to name the limit
         raise QueryError(
             f"query failed: {error}", fix="see the views and columns with `layerlake sql --schema`"
         ) from error
 
 
-def render(table: pa.Table, title: str | None = None, max_rows: int = 50, max_cell: int | None = 40) -> None:
-    """Print ``table`` on the terminal (first and last rows; a caption says how many there are)."""
-    print_table(table, title or "", max_rows=max_rows, hoist_constants=False, digits=6, max_cell=max_cell)
+def window(batches: pa.RecordBatchReader, max_rows: int) -> tuple[pa.Table, int]:
+    """``(rows, total)``: what ``render`` shows of a streamed result (its first rows and its last
+    ``max_rows // 4``), and how many rows it has; at most ``max_rows`` rows and one batch are held."""
+    tail_rows = max_rows // 4
+    head: list[pa.RecordBatch] = []
+    tail: deque[pa.RecordBatch] = deque()
+    kept_head = kept_tail = total = 0
+    for batch in batches:
+        total += batch.num_rows
+        if kept_head < max_rows:
+            part = batch.slice(0, max_rows - kept_head)
+            head.append(part)
+            kept_head += part.num_rows
+        if tail_rows:
+            tail.append(batch.slice(max(0, batch.num_rows - tail_rows)))
+            kept_tail += tail[-1].num_rows
+            while kept_tail - tail[0].num_rows >= tail_rows:
+                kept_tail -= tail.popleft().num_rows
+    schema = batches.schema
+    if total <= max_rows:
+        return pa.Table.from_batches(head, schema), total
+    ends = pa.Table.from_batches(list(tail), schema)
+    ends = ends.slice(ends.num_rows - tail_rows)
+    first = pa.Table.from_batches(head, schema).slice(0, max_rows - tail_rows)
+    return pa.concat_tables([first, ends]), total
 
 
-def write_result(table: pa.Table, fmt: str, output: str | None) -> None:
-    """Write ``table`` as csv / json / parquet to ``output`` (a path) or to stdout."""
+def render(
+    table: pa.Table,
+    title: str | None = None,
+    max_rows: int = 50,
+    max_cell: int | None = 40,
+    total_rows: int | None = None,
+) -> None:
+    """Print ``table`` on the terminal (first and last rows; a caption says how many there are).
+    ``total_rows``: the result's row count when ``table`` holds only its ``window``."""
+    print_table(
+        table, title or "", max_rows=max_rows, hoist_constants=False, digits=6, max_cell=max_cell,
+        total_rows=total_rows,
+    )  # fmt: skip
+
+
+def write_result(batches: pa.RecordBatchReader, fmt: str, output: str | None) -> None:
+    """Write the streamed result as csv / json / parquet to ``output`` (a path; written whole or not at
+    all) or to stdout."""
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise QueryError(
             "refusing to write Parquet to a terminal", fix="pass --output FILE or redirect stdout"
         )
     if output is None:
-        write_table(table, fmt, sys.stdout.buffer)
+        write_stream(batches, fmt, sys.stdout.buffer)
         return
-    with open(output, "wb") as sink:
-        write_table(table, fmt, sink)
+    target = Path(output)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with open(partial, "wb") as sink:
+            write_stream(batches, fmt, sink)
+        partial.replace(target)
+    except OSError as error:
+        raise QueryError(
+            f"cannot write {target}: {error.strerror or error}", fix="choose a folder you can write"
+        ) from error
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def describe_views(con: Any) -> pa.Table:
@@ -158,6 +235,14 @@ def sql_parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="a staging view parameter, e.g. --param estimator=debiased --param threshold=0.8",
     )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+        help=f"stop the query after this long (default {DEFAULT_TIMEOUT_S:g}; 0 = no limit)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE",
+        help=f"stop the query when it needs more memory than this (default {DEFAULT_MEMORY_LIMIT})",
+    )  # fmt: skip
     return parser
 
 
@@ -178,12 +263,16 @@ def sql(argv: list[str]) -> int:
         raise QueryError(
             f"unknown output format {fmt!r}", fix=f"use --format with one of {', '.join(FORMATS)}"
         )
-    with staging_values(con, values):
-        result = run_query(con, args.query)
-    if fmt == "table":
-        render(result, max_rows=args.max_rows)
-    else:
-        write_result(result, fmt, args.output)
+    if args.max_rows < 1:
+        raise QueryError(f"--max-rows {args.max_rows}", fix="give --max-rows a number of rows >= 1")
+    limits = QueryLimits(args.timeout, args.memory_limit)
+    with staging_values(con, values), _query_errors(), limited(con, limits):
+        batches = stream_query(con, args.query)  # streamed: memory holds a batch, not the result
+        if fmt == "table":
+            shown, total = window(batches, args.max_rows)
+            render(shown, max_rows=args.max_rows, total_rows=total)
+        else:
+            write_result(batches, fmt, args.output)
     return 0
 
 

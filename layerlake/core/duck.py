@@ -7,6 +7,10 @@ every connection is opened with auto-install and auto-load off.
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import duckdb
 
@@ -83,3 +87,57 @@ def explained(sql: str) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+# --- limits on a user's query ---------------------------------------------------------------------------
+# A query typed by a user (``layerlake sql``, a console) may be a cross join that never ends or a result
+# larger than memory. It runs under a wall-clock limit (a timer interrupts the connection) and a DuckDB
+# memory limit; either one stops it with a ``SqlError`` that names the limit and the option raising it.
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MEMORY_LIMIT = "4GB"
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    timeout_s: float = DEFAULT_TIMEOUT_S  # 0 = no limit
+    memory_limit: str = DEFAULT_MEMORY_LIMIT  # a DuckDB size: 512MB, 4GB ...
+
+    def describe(self) -> str:
+        time_part = f"{self.timeout_s:g} s" if self.timeout_s else "no time limit"
+        return f"{time_part}, {self.memory_limit} of memory"
+
+
+@contextmanager
+def limited(con: duckdb.DuckDBPyConnection, limits: QueryLimits) -> Iterator[None]:
+    """Run the body's queries on ``con`` under ``limits``: past ``timeout_s`` the connection is
+    interrupted; past ``memory_limit`` DuckDB stops the query. Either becomes a ``SqlError``."""
+    if limits.timeout_s < 0:
+        raise SqlError(
+            f"a timeout of {limits.timeout_s:g} s", fix="give --timeout SECONDS >= 0 (0 = no limit)"
+        )
+    try:
+        con.execute("SET memory_limit = ?", [limits.memory_limit])
+    except duckdb.Error as error:
+        raise SqlError(
+            f"memory limit {limits.memory_limit!r} is not a size: {_first_line(error)}",
+            fix="give --memory-limit as a size such as 512MB or 4GB",
+        ) from error
+    timer = threading.Timer(limits.timeout_s, con.interrupt) if limits.timeout_s else None
+    if timer is not None:
+        timer.start()
+    try:
+        yield
+    except duckdb.InterruptException as error:
+        raise SqlError(
+            f"the query ran longer than {limits.timeout_s:g} s and was stopped",
+            fix="narrow it (a WHERE, a LIMIT, fewer joins), or allow more time with --timeout SECONDS (0 = no limit)",
+        ) from error
+    except duckdb.OutOfMemoryException as error:
+        raise SqlError(
+            f"the query needed more than its memory limit of {limits.memory_limit} and was stopped",
+            fix="narrow it (a WHERE, fewer columns, an aggregate), or raise the limit with --memory-limit (e.g. 16GB)",
+        ) from error
+    finally:
+        if timer is not None:
+            timer.cancel()
+            timer.join()  # ended before the body's caller goes on (or the interpreter exits)

@@ -2,7 +2,7 @@
 
 ``rich_table`` shows the first and last rows of an Arrow table laid out to fit the terminal (key columns
 always visible: ``layout``);
-``write_table`` writes CSV (nested values as JSON text), JSON or Parquet; ``print_error`` prints a
+``write_stream`` writes a stream of Arrow batches as CSV (nested values as JSON text), JSON or Parquet; ``print_error`` prints a
 ``LayerlakeError``. Values from data are always shown as plain text, never interpreted as markup.
 """
 
@@ -62,6 +62,7 @@ def rich_table(
     hoist_constants: bool = True,
     digits: int = 4,
     max_cell: int | None = MAX_CELL,
+    total_rows: int | None = None,
 ) -> RenderableType:
     """The first and last rows of ``table`` (``max_rows`` in all), laid out to fit ``width``.
 
@@ -71,14 +72,16 @@ def rich_table(
     (the caption says how many); when the key columns alone do not fit, the value columns are split
     over several tables that each repeat the identity columns; when not even that fits, each row is
     printed as a block of ``column  value`` lines. Numbers are never cut; text folds. Every header and
-    cell is plain text (``[/x]`` in data stays ``[/x]``).
+    cell is plain text (``[/x]`` in data stays ``[/x]``). ``total_rows``: the row count of a result of
+    which ``table`` holds only the first ``max_rows - max_rows // 4`` and the last ``max_rows // 4``.
     """
+    total = table.num_rows if total_rows is None else total_rows
     constant = constant_columns(table) if hoist_constants else {}
     varying = [c for c in table.column_names if c not in constant][:MAX_COLUMNS]
     if constant:
         title += ("\n" if title else "") + ", ".join(f"{c}={cell(v)}" for c, v in constant.items())
     selected = table.select(varying)
-    if table.num_rows <= max_rows:
+    if total <= max_rows:
         shown = selected.to_pylist()
     else:  # the first rows, a gap marker, the last rows: slices only, never the whole result
         tail = max_rows // 4
@@ -88,7 +91,7 @@ def rich_table(
     sizes = {c: _size(table, c, texts[c]) for c in varying}
     panels, dropped = layout(table, varying, sizes, width)
     hidden = table.num_columns - len(constant) - len(varying) + len(dropped)
-    caption = _caption(table, hidden, max_rows)
+    caption = _caption(total, hidden, max_rows)
     if not panels:
         return _records(table, varying, shown, title, caption, digits, max_cell)
     views = []
@@ -279,9 +282,9 @@ def constant_columns(table: pa.Table) -> dict[str, object]:
     return found
 
 
-def _caption(table: pa.Table, hidden: int, max_rows: int) -> str:
-    text = f"{table.num_rows} rows"
-    if table.num_rows > max_rows:
+def _caption(total: int, hidden: int, max_rows: int) -> str:
+    text = f"{total} rows"
+    if total > max_rows:
         text += f" (showing {max_rows})"
     if hidden:
         text += f"; {hidden} more columns not shown"
@@ -296,9 +299,12 @@ def print_table(
     hoist_constants: bool = True,
     digits: int = 4,
     max_cell: int | None = MAX_CELL,
+    total_rows: int | None = None,
 ) -> None:
     console = console or Console()
-    console.print(rich_table(table, title, console.width, max_rows, hoist_constants, digits, max_cell))
+    console.print(
+        rich_table(table, title, console.width, max_rows, hoist_constants, digits, max_cell, total_rows)
+    )
 
 
 def csv_ready(table: pa.Table) -> pa.Table:
@@ -322,15 +328,32 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_table(table: pa.Table, fmt: str, sink: BinaryIO) -> None:
-    """Write ``table`` to the binary stream ``sink`` as ``csv``, ``json`` or ``parquet``."""
+def write_stream(batches: pa.RecordBatchReader, fmt: str, sink: BinaryIO) -> None:
+    """Write the batches of ``batches`` to ``sink`` as ``csv``, ``json`` or ``parquet``, one at a time
+    (memory holds one batch)."""
     if fmt == "csv":
-        pacsv.write_csv(csv_ready(table), sink)
+        writer = None
+        for batch in batches:
+            part = csv_ready(pa.Table.from_batches([batch], batches.schema))
+            if writer is None:
+                writer = pacsv.CSVWriter(sink, part.schema)
+            writer.write_table(part)
+        if writer is None:  # no rows: the header alone
+            pacsv.write_csv(csv_ready(batches.schema.empty_table()), sink)
+        else:
+            writer.close()
     elif fmt == "json":
-        text = json.dumps([_json_safe(r) for r in table.to_pylist()], default=str, indent=1)
-        sink.write((text + "\n").encode())
+        sink.write(b"[")
+        first = True
+        for batch in batches:
+            for row in batch.to_pylist():
+                sink.write((("\n" if first else ",\n") + json.dumps(_json_safe(row), default=str)).encode())
+                first = False
+        sink.write(b"\n]\n")
     elif fmt == "parquet":
-        pq.write_table(table, sink, compression="zstd")
+        with pq.ParquetWriter(sink, batches.schema, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_batch(batch)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     sink.flush()
