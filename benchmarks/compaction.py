@@ -6,7 +6,7 @@ scalars, into a fresh warehouse; then times, best of ``--repeats``: ``connect()`
 view counted, and every Gram's norm summed, which reads a column of every sketches file). Then
 ``compact`` and the same again. Also reports the time per commit while writing. Usage:
 
-    python benchmarks/compaction.py [--runs 100] [--snapshots 150] [--repeats 3]
+    python benchmarks/compaction.py [--runs 100] [--snapshots 150] [--repeats 3] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--snapshots", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", help="write the warehouse into this (new) folder and keep it")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
     import tiny_models
@@ -69,7 +70,7 @@ def main() -> None:
     model = tiny_models.neox(seed=0)
     probe = [[1, 2, 3, 4, 5, 6, 7, 8]] * 4
     with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
+        root = Path(args.keep or folder)
         store = Warehouse(root)
         commit_seconds = []
         for r in range(args.runs):

@@ -96,10 +96,7 @@ class CommitEntry:
     @classmethod
     def from_json(cls, data: dict[str, Any], line: int = 0) -> CommitEntry:
         files = tuple(
-            FileEntry(
-                **{k: f[k] for k in ("table", "path", "sha256", "rows", "bytes")},
-                first_row=f.get("first_row"),
-            )
+            FileEntry(f["table"], f["path"], f["sha256"], f["rows"], f["bytes"], f.get("first_row"))
             for f in data["files"]
         )
         return cls(

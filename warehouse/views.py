@@ -33,7 +33,14 @@ from layerlake.core.duck import memory_connection
 from layerlake.core.paths import default_warehouse_root
 from layerlake.warehouse import macros, schema
 from layerlake.warehouse.errors import ManifestError, WarehouseError
-from layerlake.warehouse.manifest import CommitEntry, entry_problems, latest, manifest_path, read_entries
+from layerlake.warehouse.manifest import (
+    CommitEntry,
+    FileEntry,
+    entry_problems,
+    latest,
+    manifest_path,
+    read_entries,
+)
 
 SHARED_MANIFEST = "manifest.json"
 
@@ -46,6 +53,7 @@ class Shard:
     path: Path  # absolute
     root: Path  # the warehouse root (or shared folder) it belongs to
     entry: CommitEntry | None  # None for a shared folder's file
+    listed: FileEntry | None = None  # the entry's listing of this file
 
 
 def default_root() -> Path:
@@ -80,12 +88,13 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
             f"{min(e.schema_version for e in old)}; this one reads {schema.SCHEMA_VERSION})",
             fix=f"run `layerlake migrate --root {root}` once: it rewrites the files and keeps every row",
         )
-    shards, seen = [], {}
+    shards, seen, paths = [], {}, {}  # paths: one Path per file, however many tasks share it (compacted)
     for entry in committed.values():
         if not entry_problems(root, entry, seen=seen):
-            shards += [
-                Shard(f.table, root / f.path, root, entry) for f in entry.files if f.table in schema.TABLES
-            ]
+            for f in entry.files:
+                if f.table in schema.TABLES:
+                    path = paths.get(f.path) or paths.setdefault(f.path, root / f.path)
+                    shards.append(Shard(f.table, path, root, entry, f))
     return shards, list(failed.values())
 
 
@@ -117,7 +126,7 @@ def shared_shards(folder: Path) -> list[Shard]:
             fix="copy the folder again, whole; `layerlake share import` verifies every file in detail",
         )
     return [
-        Shard(f.table, folder / f.path, folder, e)
+        Shard(f.table, folder / f.path, folder, e, f)
         for e in entries
         for f in e.files
         if f.table in schema.TABLES
@@ -175,7 +184,7 @@ def manifest_tables(shards: list[Shard], failures: list[CommitEntry]) -> tuple[p
     rows = []
     for s in shards:
         entry, meta = s.entry, (s.entry.meta if s.entry else {})
-        listed = next((f for f in entry.files if s.root / f.path == s.path), None) if entry else None
+        listed = s.listed
         rows.append({
             "task_id": entry.task_id if entry else None, "table_name": s.table, "path": str(s.path),
             "root": str(s.root), "suite": entry.suite if entry else None, "model": entry.model if entry else None,

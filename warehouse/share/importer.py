@@ -97,7 +97,7 @@ def audit_combined(dataset: SharedDataset, root: Path, plan: Plan) -> None:
 
     shards, failures = committed_shards(root) if manifest_path(root).is_file() else ([], [])
     new = [
-        Shard(f.table, dataset.folder / f.path, dataset.folder, entry)
+        Shard(f.table, dataset.folder / f.path, dataset.folder, entry, f)
         for entry, files in plan.new
         for f in files
     ]
