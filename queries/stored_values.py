@@ -27,6 +27,7 @@ class Named:
     column: str
     tables: tuple[str, ...]
     also: tuple[Any, ...] = ()
+    optional: bool = False  # when nothing of this kind is stored at all, the recipe shows the rest: no error
 
 
 # Every base table a recipe may read, so that a value held by any of them is found.
@@ -48,7 +49,7 @@ NAMED: dict[str, Named] = {
     "site": _SITES,
     "sites": _SITES,
     "source": Named("source", ("imported_metrics",), also=("computed",)),
-    "scalar": Named("name", ("scalars",)),
+    "scalar": Named("name", ("scalars",), optional=True),  # checkpoints alone have no logged scalars
 }
 NARROWS = {"suite": "suite", "model": "model", "models": "model"}  # parameter -> column it narrows by
 SHOWN = 12  # stored values listed in a fix
@@ -65,7 +66,7 @@ def check_stored_values(con: Any, params: dict[str, Any]) -> None:
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         stored = stored_values(con, named, scope)
         missing = [v for v in values if v not in stored and v not in named.also]
-        if missing:
+        if missing and (stored or not named.optional):
             known = [*named.also, *sorted(stored, key=lambda v: (str(type(v)), v))] if stored else []
             raise ParameterError(not_stored(name, missing[0], known, scope), fix=_fix(named, stored))
         if name in NARROWS:

@@ -132,7 +132,7 @@ def test_a_long_list_never_reaches_the_grammar(monkeypatch):
     assert visited < 100
 
 
-def test_a_recipe_gets_a_long_list_whole_and_the_run_folder_records_it(tmp_path):
+def test_a_recipe_gets_a_long_list_whole_and_the_run_folder_records_it(tmp_path, monkeypatch):
     import numpy as np
     import yaml
 
@@ -142,17 +142,19 @@ def test_a_recipe_gets_a_long_list_whole_and_the_run_folder_records_it(tmp_path)
 
     store = Warehouse(tmp_path / "warehouse")
     rng = np.random.default_rng(0)
-    for model in ("m0", "m1"):
-        for step in (0, 10, 20):
-            grams = {(layer, "mlp_out"): rng.normal(size=(4, 4)) for layer in (0, 1)}
+    models = [f"m{i}" for i in range(overrides.LONG_LIST + 6)]
+    for model in models:
+        for step in (0, 10):
+            grams = {(0, "mlp_out"): rng.normal(size=(4, 4))}
             tables = checkpoint_tables(model, step, grams, {(0, "dense"): [2.0, 1.0]}, d=4)
             store.commit(f"{model}-{step}", "embedded", model, tables, {"step": step})
-    names = ["m1", *(f"absent{i}" for i in range(200))]
+    names = models[1:]  # every model but m0: a long list
     args = ["query", "stabilisation", f"paths.data={tmp_path}", "progress=false"]
     assert main([*args, f"models=[{','.join(names)}]", f"hydra.run.dir={tmp_path}/long"]) == 0
-    assert main([*args, "models=[m1]", f"hydra.run.dir={tmp_path}/short"]) == 0
+    monkeypatch.setattr(overrides, "LONG_LIST", WITH_HYDRA)
+    assert main([*args, f"models=[{','.join(names)}]", f"hydra.run.dir={tmp_path}/short"]) == 0
     long, short = ((tmp_path / name / "result.csv").read_text() for name in ("long", "short"))
-    assert long == short and "m1" in long and "m0" not in long
+    assert long == short and '"m1"' in long and '"m69"' in long and '"m0"' not in long
     recorded = tmp_path / "long" / ".hydra"
     assert f"models=[{','.join(names)}]" in yaml.safe_load((recorded / "overrides.yaml").read_text())
     assert yaml.safe_load((recorded / "config.yaml").read_text())["models"] == names

@@ -179,10 +179,6 @@ def curves_warehouse(root: Path) -> None:
             ["query", "stabilisation", "suite=embeded"],
             "suite 'embeded' is not in the warehouse (did you mean 'embedded'?)",
         ),
-        (
-            ["query", "loss_and_convergence", "scalar=los"],
-            "scalar 'los': the warehouse holds no scalar values",
-        ),
     ],
 )
 def test_cli_errors_change_nothing(tmp_path, capsys, args, message):
@@ -240,3 +236,22 @@ def test_stored_values_are_checked_through_the_python_api_too(tmp_path):
         assert rows.num_rows == 2  # stored values pass
     finally:
         con.close()
+
+
+def test_a_logged_scalar_is_checked_once_scalars_are_stored():
+    import duckdb
+
+    from layerlake.queries.stored_values import check_stored_values
+
+    con = duckdb.connect()
+    con.execute(
+        "create table scalars (suite varchar, model varchar, run_id varchar, step bigint, name varchar)"
+    )
+    check_stored_values(con, {"scalar": "loss"})  # checkpoints alone log nothing: the recipe shows the rest
+    con.execute("insert into scalars values ('s', 'm', 'r', 0, 'loss'), ('s', 'm', 'r', 0, 'lr')")
+    check_stored_values(con, {"scalar": "lr"})
+    with pytest.raises(ParameterError, match="scalar 'los' is not in the warehouse .did you mean 'loss'"):
+        check_stored_values(con, {"scalar": "los"})
+    con.execute("insert into scalars values ('t', 'm', 'r2', 0, 'loss')")
+    with pytest.raises(ParameterError, match=r"scalar 'lr' is not in the warehouse \(for suite t\)"):
+        check_stored_values(con, {"suite": "t", "scalar": "lr"})  # looked up within the suite chosen
