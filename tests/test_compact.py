@@ -176,3 +176,19 @@ def test_a_finished_tracked_run_compacts_its_own_files(tmp_path):
     assert len(paths) == 4  # checkpoints, activation_stats, sketches, spectra: one merged file each
     con = layerlake.connect(tmp_path)
     assert con.sql("select count(distinct step) from sketches").fetchall() == [(6,)]
+
+
+def test_the_compact_command_merges_one_run_or_all_and_says_what_it_did(tmp_path, capsys):
+    from layerlake.cli.main import main
+
+    many_small_tasks(tmp_path, n=8)
+    before = content(tmp_path)
+    assert main(["compact", "--root", str(tmp_path), "--run", "run-m0"]) == 0
+    out = capsys.readouterr().out
+    assert "24 files -> 15 (4 tasks merged)" in out and "layerlake gc" in out
+    assert content(tmp_path) == before
+    assert main(["compact", "--root", str(tmp_path)]) == 0
+    assert "15 files -> 6 (4 tasks merged)" in capsys.readouterr().out
+    assert content(tmp_path) == before
+    assert main(["compact", "--root", str(tmp_path / "nowhere")]) == 2
+    assert "no warehouse at" in capsys.readouterr().err

@@ -61,6 +61,17 @@ def test_unknown_group_option_lists_the_options():
         compose(["suite=pythai"])
 
 
+@pytest.mark.parametrize("group", ["suite", "probe", "executor"])
+def test_a_group_set_to_null_is_refused_naming_the_groups(group, capsys):
+    from layerlake.cli.main import main
+
+    with pytest.raises(ConfigError, match="a config group was set to null") as error:
+        compose([f"{group}=null"])
+    assert "suite" in error.value.fix and "probe" in error.value.fix
+    assert main(["extract", f"{group}=null"]) == 2  # before anything is written or a worker starts
+    assert "a config group was set to null" in capsys.readouterr().err
+
+
 def test_cli_prints_the_composed_config_and_refuses_a_bad_key():
     shown = subprocess.run(
         [sys.executable, "-m", "layerlake.cli", "extract", "--cfg", "job", "suite=pythia", "steps=paper"],

@@ -372,3 +372,68 @@ def test_the_plain_loop_hook_logs_and_snapshots_at_the_cadence(tmp_path):
     assert run.snapshots == [0, 1, 2, 4]
     con = layerlake.connect(tmp_path)
     assert con.sql("select count(*) from scalars").fetchall() == [(12,)]
+
+
+def test_a_single_hydra_run_records_where_and_from_which_code_it_ran(tmp_path):
+    """A @hydra.main script run once (no -m) from a git checkout with uncommitted changes: its run
+    holds its overrides, no job number or sweep folder, this host, the checkout's commit and the dirty
+    flag, and start and end times around the call."""
+    import subprocess
+    from datetime import datetime, timezone
+
+    from layerlake.core.provenance import host
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("lr: 0.1\nseed: 3\n")
+    (tmp_path / "train.py").write_text(
+        "import hydra, layerlake\n"
+        "@hydra.main(version_base=None, config_path='conf', config_name='config')\n"
+        "def main(cfg):\n"
+        f"    with layerlake.track(suite='one', model_name='m', warehouse={str(tmp_path / 'wh')!r},"
+        " seed=cfg.seed) as run:\n"
+        "        run.log(0, loss=cfg.lr)\n"
+        "main()\n"
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    for args in (["init", "-q"], ["add", "train.py", "conf"], ["commit", "-qm", "train"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "conf" / "config.yaml").write_text("lr: 0.1\nseed: 3\n# changed\n")  # uncommitted
+    before = datetime.now(timezone.utc)
+    done = subprocess.run(
+        [sys.executable, "train.py", "lr=0.3", f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    after = datetime.now(timezone.utc)
+    assert done.returncode == 0, done.stderr
+    con = layerlake.connect(tmp_path / "wh")
+    (run,) = con.sql("select * from runs").to_arrow_table().to_pylist()
+    assert (run["status"], run["seed"], run["overrides"], run["job_num"], run["sweep_dir"]) == (
+        "finished", 3, ["lr=0.3"], None, None,
+    )  # fmt: skip
+    assert '"lr": 0.3' in run["config_json"]
+    assert (run["host"], run["git_commit"], run["git_dirty"]) == (host(), commit, True)
+    assert run["pid"] is not None and run["pid"] != __import__("os").getpid()
+    assert before <= run["started_at"] <= run["ended_at"] <= after
+
+
+def test_snapshots_are_committed_off_the_training_thread(tmp_path, monkeypatch):
+    import threading
+
+    committed_on = []
+    original = Warehouse.commit
+
+    def commit(self, task_id, suite, model, tables, meta, **kwargs):
+        if meta.get("kind") == "extract":  # a snapshot's rows (the run's own record is written at start)
+            committed_on.append(threading.get_ident())
+        return original(self, task_id, suite, model, tables, meta, **kwargs)
+
+    monkeypatch.setattr(Warehouse, "commit", commit)
+    model = tiny_models.neox(seed=0)
+    with layerlake.track(
+        model, suite="toy", run_id="bg", warehouse=tmp_path, probe=PROBE, cadence=[0, 1]
+    ) as run:
+        for step in range(2):
+            run.snapshot(step, model)
+    assert run.snapshots == [0, 1] and len(committed_on) == 2
+    assert threading.get_ident() not in committed_on

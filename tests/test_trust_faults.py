@@ -390,3 +390,42 @@ def test_an_over_long_name_is_an_error_not_a_file_system_failure(tmp_path, capsy
     w = Warehouse(tmp_path / "wh2")
     with pytest.raises(WarehouseError, match="cannot name a warehouse folder"):
         w.commit("t", "s", "m" * 300, {}, {})
+
+
+@pytest.mark.parametrize("command", ["import-metrics", "share import"])
+def test_sigkill_of_a_real_import_leaves_the_old_or_the_new_rows(tmp_path, command):
+    """The real command killed at random moments: every time, readers see exactly the rows before it or
+    exactly the rows of a complete import, never a part; the next run cleans up and completes."""
+    import shutil
+
+    big = [(f"m{i % 7}", s, layer, "attention.dense", "cka_scores", round(random.Random(s).random(), 6))
+           for i in range(7) for s in range(0, 400, 10) for layer in range(24)]  # fmt: skip
+    pristine = tmp_path / "old"
+    assert import_metrics(pristine, write_csv(tmp_path / "old.csv")) == 0
+    if command == "import-metrics":  # replaces the task's rows with more of them
+        args = ["import-metrics", str(write_csv(tmp_path / "big.csv", [*ROWS, *big])), "--source", "paper",
+                "--suite", "pythia"]  # fmt: skip
+    else:  # adds another source's rows
+        src = tmp_path / "src"
+        assert main(["import-metrics", str(write_csv(tmp_path / "other.csv", big)), "--source", "other",
+                     "--suite", "pythia", "--root", str(src)]) == 0  # fmt: skip
+        export_dataset(src, tmp_path / "export")
+        args = ["share", "import", str(tmp_path / "export")]
+    reference = tmp_path / "reference"
+    shutil.copytree(pristine, reference)
+    assert main([*args, "--root", str(reference)]) == 0
+    old, new = views(pristine), views(reference)
+    assert old != new
+    root, rng = tmp_path / "wh", random.Random(7)
+    for _ in range(4):
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(pristine, root)
+        proc = subprocess.Popen([sys.executable, "-m", "layerlake.cli", *args, "--root", str(root)], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(rng.uniform(1.0, 5.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert views(root) in (old, new)
+    assert main([*args, "--root", str(root)]) == 0  # the next run removes what the killed one left
+    assert views(root) == new and list((root / "_staging").iterdir()) == []
+    assert main(["check", "--root", str(root)]) == 0

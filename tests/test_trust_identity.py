@@ -231,6 +231,26 @@ def test_links_are_refused_in_a_warehouse_and_in_a_shared_folder(extracted, tmp_
     assert "symbolic link" in capsys.readouterr().out
 
 
+def test_an_attached_folder_whose_manifest_leaves_it_is_refused(extracted, tmp_path, capsys):
+    """A shared folder's manifest.json listing ``../secret.parquet`` (a real Parquet file of the right
+    size outside the folder): attaching it by Python, ``share attach`` and ``sql --attach`` all refuse."""
+    shared = tmp_path / "shared"
+    export_dataset(extracted.paths.warehouse, shared)
+    listing = json.loads((shared / "manifest.json").read_text())
+    listed = listing["tasks"][0]["files"][0]
+    shutil.copy(shared / listed["path"], tmp_path / "secret.parquet")
+    listed["path"] = "../secret.parquet"
+    (shared / "manifest.json").write_text(json.dumps(listing))
+    with pytest.raises(ManifestError, match="not a shard path"):
+        warehouse.connect(tmp_path / "missing", attach=[shared])
+    assert (
+        main(["share", "attach", str(shared), "--root", str(tmp_path / "missing"), "--sql", "select 1"]) == 2
+    )
+    assert "not a shard path" in capsys.readouterr().err.replace("\n", " ")
+    assert main(["sql", "--attach", str(shared), "select 1"]) == 2
+    assert "not a shard path" in capsys.readouterr().err.replace("\n", " ")
+
+
 def test_attaching_needs_no_local_warehouse(extracted, tmp_path, capsys):
     export_dataset(extracted.paths.warehouse, tmp_path / "shared")
     missing = tmp_path / "nothing-here"
