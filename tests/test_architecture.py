@@ -200,3 +200,42 @@ def test_warehouse_import_needs_no_hydra():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_every_sql_file_is_read_by_the_one_grammar():
+    """Recipes, staging models, audits and macros: one header format, one loader; each folder's files
+    load through the loader that serves them."""
+    from layerlake.core.sqlfile import parse_sql_file
+    from layerlake.queries.loader import list_recipes
+    from layerlake.warehouse.audits import load_audits
+    from layerlake.warehouse.macros import STAGING
+
+    files = [p for p in REPO.rglob("*.sql") if ".venv" not in p.parts and "fixtures" not in p.parts]
+    assert len(files) >= 35
+    for path in files:
+        parsed = parse_sql_file(path)
+        assert parsed.description and parsed.body.strip(), path
+    assert len(list_recipes()) == len(list((REPO / "queries").glob("*.sql")))
+    assert len(STAGING.all()) == len(list((REPO / "warehouse" / "sql" / "staging").glob("*.sql")))
+    assert len(load_audits()) == len(list((REPO / "warehouse" / "sql" / "audits").glob("*.sql")))
+
+
+def test_the_readme_layout_table_matches_the_tree():
+    import importlib
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)/` \| (?:`([\w.]+)`)? ?\|", table, flags=re.MULTILINE)
+    folders = {folder for folder, _ in rows}
+    for folder, module in rows:
+        assert (REPO / folder).is_dir(), f"README lists {folder}/, which is not in the tree"
+        if module:
+            assert Path(importlib.import_module(module).__file__).parent == (REPO / folder).resolve()
+    tops = {
+        p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.rglob("*.py"))
+    }
+    tops -= {"data", "build", "dist"} | {p for p in tops if p.endswith(".egg-info")}
+    assert tops - {f.split("/")[0] for f in folders} == set(), "a top-level folder is missing from the table"
+    for sub in ("core", "cli"):
+        assert f"layerlake/{sub}" in folders
