@@ -155,6 +155,7 @@ def test_a_query_past_the_memory_limit_is_stopped(root, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--memory-limit", "lots"], "is not a size"), (["--timeout", "-1"], "--timeout SECONDS >= 0"),
+     (["--timeout", "nan"], "--timeout SECONDS >= 0"), (["--memory-limit", "1GB'; select 1; --"], "is not a size"),
      (["--max-rows", "0"], "--max-rows")],
 )  # fmt: skip
 def test_bad_limits_are_refused(root, capsys, args, message):

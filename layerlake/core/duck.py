@@ -6,6 +6,7 @@ every connection is opened with auto-install and auto-load off.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -111,7 +112,7 @@ class QueryLimits:
 def limited(con: duckdb.DuckDBPyConnection, limits: QueryLimits) -> Iterator[None]:
     """Run the body's queries on ``con`` under ``limits``: past ``timeout_s`` the connection is
     interrupted; past ``memory_limit`` DuckDB stops the query. Either becomes a ``SqlError``."""
-    if limits.timeout_s < 0:
+    if not math.isfinite(limits.timeout_s) or limits.timeout_s < 0:
         raise SqlError(
             f"a timeout of {limits.timeout_s:g} s", fix="give --timeout SECONDS >= 0 (0 = no limit)"
         )
