@@ -35,6 +35,7 @@ FLOORS = {
     "layerlake.etl": 2,
     "layerlake.queries": 2,
     "layerlake.cli": 3,
+    "layerlake.ui": 3,
     "layerlake": 3,  # the package's own __init__: the facade
 }
 HEAVY = ("torch", "transformers", "ray", "safetensors", "tokenizers", "huggingface_hub")

@@ -61,8 +61,12 @@ def test_wheel_holds_one_namespace_and_every_data_file(wheel):
         p.relative_to(REPO).as_posix()
         for folder in ("conf", "warehouse", "queries")
         for p in (REPO / folder).rglob("*")
-        if p.suffix in (".sql", ".yaml")
+        if p.suffix in (".sql", ".yaml", ".js", ".css")
     )
+    data += [
+        p.relative_to(REPO).as_posix().removeprefix("layerlake/")
+        for p in (REPO / "layerlake" / "ui" / "static").iterdir()
+    ]
     assert data, "no data files found"
     for rel in data:
         assert f"layerlake/{rel}" in names, f"{rel} is missing from the wheel"

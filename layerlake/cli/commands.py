@@ -79,6 +79,13 @@ COMMANDS: dict[str, Command] = {
         False,
         parser="layerlake.warehouse.command:sql_parser",
     ),
+    "ui": Command(
+        "layerlake.ui.server:ui",
+        "serve the warehouse read-only in a browser (overview, recipes, SQL console)",
+        False,
+        parser="layerlake.ui.server:ui_parser",
+        extra="ui",
+    ),
     "check": Command(
         "layerlake.warehouse.command:check",
         "audit the warehouse; exit non-zero listing bad rows",

@@ -12,7 +12,7 @@ import os
 import sys
 
 from layerlake.cli.commands import COMMANDS
-from layerlake.core.errors import EXTRACT_EXTRA_MODULES, LayerlakeError, require_extra
+from layerlake.core.errors import EXTRA_MODULES, LayerlakeError, require_extra
 from layerlake.core.render import print_error
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         name, args = find_command(argv)
         command = COMMANDS[name]
         if command.extra:
-            require_extra(command.extra, EXTRACT_EXTRA_MODULES, f"`layerlake {name}`")
+            require_extra(command.extra, EXTRA_MODULES[command.extra], f"`layerlake {name}`")
         if command.hydra:
             from layerlake.cli.hydra_app import run_hydra_command
 

@@ -1,0 +1,7 @@
+"""``layerlake ui``: a local, read-only web page over a warehouse (top floor, beside the CLI).
+
+``app.UiApp`` answers requests (method, path, query string) with pages and JSON, and knows nothing of
+sockets; ``server.serve`` puts it behind Python's threaded HTTP server on 127.0.0.1. Charts are
+Vega-Lite specifications drawn in the browser by the Vega JavaScript that ``vl-convert-python`` ships in
+its wheel (``ui`` extra): no CDN, nothing fetched from the network.
+"""

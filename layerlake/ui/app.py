@@ -1,0 +1,311 @@
+"""The web UI's requests and answers, without sockets: ``UiApp.respond(method, path, query)``.
+
+Read-only by construction: only GET and HEAD are answered (anything else is 405); no request value
+becomes a file path (static files and recipes are looked up in fixed tables by name); SQL typed in the
+console passes the same read-only check and runs under the same time and memory limits as ``layerlake
+sql``; recipe parameters are validated against their declared types and bound, never formatted into SQL.
+
+Pages are small HTML shells (``pages``) whose script fetches the JSON endpoints:
+
+    /api/overview                      counts of what is stored, the runs, loss curves
+    /api/sql?q=...&page=N              one page of a read-only query's result
+    /api/recipe?name=R&<param>=...     a recipe's result (rows, columns, a Vega-Lite chart)
+    /api/recipe?name=R&...&format=csv  the same as a download (csv or parquet)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pyarrow as pa
+
+from layerlake.core.duck import QueryLimits, limited
+from layerlake.core.errors import LayerlakeError, ParameterError
+from layerlake.ui import charts, pages
+
+PAGE_ROWS = 100  # rows per page of a table
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, "application/json", json.dumps(data, default=_json_default).encode())
+
+
+def error_response(error: LayerlakeError, status: int = 400) -> Response:
+    return json_response({"error": error.message, "fix": error.fix}, status)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """JSON has no NaN or infinity: they travel as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def rows_of(table: pa.Table) -> list[dict[str, Any]]:
+    return [_plain(row) for row in table.to_pylist()]
+
+
+class Warehouse:
+    """The served warehouse: one read-only connection, opened again when the manifest changed (a run
+    that is still tracking shows its new snapshots on the next request); a cursor per request."""
+
+    def __init__(self, root: Path, attach: tuple[Path, ...] = ()) -> None:
+        self.root, self.attach = root, attach
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._con: Any = None
+        self._variables: list[tuple[str, Any]] = []
+
+    def _manifest_stamp(self) -> tuple:
+        from layerlake.warehouse.manifest import manifest_path
+
+        stamps = []
+        for folder in (self.root, *self.attach):
+            try:
+                stat = manifest_path(folder).stat()
+                stamps.append((stat.st_size, stat.st_mtime_ns))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def cursor(self) -> Any:
+        from layerlake.warehouse.views import connect
+
+        with self._lock:
+            stamp = self._manifest_stamp()
+            if self._con is None or stamp != self._stamp:
+                if self._con is not None:
+                    self._con.close()
+                self._con = connect(self.root, read_only=True, attach=self.attach)
+                self._stamp = stamp
+                names = [n for (n,) in self._con.execute("select name from duckdb_variables()").fetchall()]
+                self._variables = [
+                    (n, self._con.execute("select getvariable(?)", [n]).fetchall()[0][0]) for n in names
+                ]  # typed values (the table holds them as text)
+            cursor = self._con.cursor()
+        for name, value in self._variables:  # the views read session variables: each cursor gets them
+            cursor.execute(f"SET VARIABLE {name} = ?", [value])
+        return cursor
+
+
+class UiApp:
+    def __init__(self, root: Path, attach: tuple[Path, ...] = (), limits: QueryLimits | None = None) -> None:
+        self.warehouse = Warehouse(root, attach)
+        self.limits = limits or QueryLimits()
+        self.routes = {
+            "/": lambda q: self._page(pages.overview()),
+            "/sql": lambda q: self._page(pages.sql_console()),
+            "/recipes": lambda q: self._page(pages.recipes()),
+            "/recipe": self._recipe_page,
+            "/api/overview": self._overview,
+            "/api/sql": self._sql,
+            "/api/recipe": self._recipe,
+        }
+        self._vega: bytes | None = None
+        self._vega_lock = threading.Lock()
+
+    # -- dispatch ------------------------------------------------------------------------------------
+
+    def respond(self, method: str, path: str, query: str = "") -> Response:
+        if method not in ("GET", "HEAD"):
+            return Response(405, "text/plain", b"read-only: only GET", {"Allow": "GET, HEAD"})
+        if path.startswith("/static/"):
+            return self._static(path.removeprefix("/static/"))
+        handler = self.routes.get(path)
+        if handler is None:
+            return Response(404, "text/plain", b"not found")
+        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        try:
+            return handler(params)
+        except LayerlakeError as error:
+            return error_response(error)
+
+    def _page(self, html: str) -> Response:
+        return Response(200, "text/html; charset=utf-8", html.encode())
+
+    def vega_bundle(self) -> bytes:
+        """Vega, Vega-Lite and vega-embed as one script, from the vl-convert wheel (built once, ~2 s)."""
+        with self._vega_lock:
+            if self._vega is None:
+                import vl_convert
+
+                self._vega = vl_convert.javascript_bundle("window.vegaEmbed = vegaEmbed;").encode()
+            return self._vega
+
+    def _static(self, name: str) -> Response:
+        if name == "vega.js":
+            return Response(200, STATIC_TYPES[".js"], self.vega_bundle(), {"Cache-Control": "max-age=3600"})
+        files = {p.name: p for p in STATIC_DIR.iterdir() if p.suffix in STATIC_TYPES}  # a fixed table
+        if name not in files:
+            return Response(404, "text/plain", b"not found")
+        return Response(200, STATIC_TYPES[files[name].suffix], files[name].read_bytes())
+
+    # -- endpoints -----------------------------------------------------------------------------------
+
+    def _overview(self, _params: dict[str, str]) -> Response:
+        con = self.warehouse.cursor()
+        try:
+            counts = []
+            for column, tables in OVERVIEW_COLUMNS.items():
+                union = " union all ".join(f"select {column} as value from {t}" for t in tables)
+                for value, rows in con.execute(
+                    f"select value, count(*) from ({union}) where value is not null group by value order by value"
+                ).fetchall():
+                    counts.append({"what": column, "value": value, "rows": rows})
+            runs = rows_of(con.sql(
+                "select run_id, suite, model, kind, status, seed, started_at, ended_at from runs "
+                "order by suite, model, run_id"
+            ).to_arrow_table())  # fmt: skip
+            losses = rows_of(con.sql(
+                "select run_id, step, value from scalars where name = 'loss' order by run_id, step"
+            ).to_arrow_table())  # fmt: skip
+        finally:
+            con.close()
+        return json_response({"counts": counts, "runs": runs, "loss_chart": charts.loss_chart(losses)})
+
+    def _sql(self, params: dict[str, str]) -> Response:
+        from layerlake.warehouse.command import stream_query
+
+        text = params.get("q", "")
+        page = _page_number(params.get("page", "0"))
+        con = self.warehouse.cursor()
+        try:
+            with limited(con, self.limits):
+                batches = stream_query(con, text)
+                kept, total = [], 0
+                start, end = page * PAGE_ROWS, (page + 1) * PAGE_ROWS
+                for batch in batches:  # streamed: only the page is kept
+                    lo, hi = max(start - total, 0), min(end - total, batch.num_rows)
+                    if lo < hi:
+                        kept.append(batch.slice(lo, hi - lo))
+                    total += batch.num_rows
+                table = pa.Table.from_batches(kept, batches.schema)
+        except LayerlakeError as error:
+            return error_response(error)
+        finally:
+            con.close()
+        return json_response({
+            "columns": table.column_names, "rows": rows_of(table), "total": total, "page": page,
+            "page_rows": PAGE_ROWS,
+        })  # fmt: skip
+
+    def _recipe(self, params: dict[str, str]) -> Response:
+        from layerlake.core.render import csv_ready
+        from layerlake.queries.loader import load_recipe, recipe_names, run_recipe
+
+        name = params.pop("name", "")
+        if name not in recipe_names():  # the fixed list: a request never names a file
+            raise ParameterError(f"unknown recipe {name!r}", fix=f"use one of: {', '.join(recipe_names())}")
+        fmt = params.pop("format", "json")
+        recipe = load_recipe(name)
+        given = form_values(recipe, params)
+        con = self.warehouse.cursor()
+        try:
+            with limited(con, self.limits):
+                table = run_recipe(con, name, given)
+        finally:
+            con.close()
+        if fmt in ("csv", "parquet"):
+            sink = io.BytesIO()
+            if fmt == "csv":
+                import pyarrow.csv as pacsv
+
+                pacsv.write_csv(csv_ready(table), sink)
+            else:
+                import pyarrow.parquet as pq
+
+                pq.write_table(table, sink)
+            kind = "text/csv" if fmt == "csv" else "application/vnd.apache.parquet"
+            return Response(200, kind, sink.getvalue(),
+                            {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})  # fmt: skip
+        if fmt != "json":
+            raise ParameterError(f"unknown format {fmt!r}", fix="ask for csv or parquet (the download links of a recipe page), or leave the format out")
+        title = f"{name}: {recipe.description.split('. ')[0]}"
+        return json_response({
+            "columns": table.column_names, "rows": rows_of(table.slice(0, PAGE_ROWS * 10)),
+            "total": table.num_rows, "chart": charts.recipe_chart(recipe.plot, table, title),
+        })  # fmt: skip
+
+    def _recipe_page(self, params: dict[str, str]) -> Response:
+        from layerlake.queries.loader import load_recipe, recipe_names
+
+        name = params.get("name", "")
+        if name not in recipe_names():
+            return Response(404, "text/plain", b"no such recipe")
+        return self._page(pages.recipe_form(load_recipe(name)))
+
+
+# What the overview counts: each identifying column over the tables that hold it.
+OVERVIEW_COLUMNS = {
+    "suite": ("checkpoints", "imported_metrics", "scalars"),
+    "model": ("checkpoints", "imported_metrics", "scalars"),
+    "run_id": ("checkpoints", "imported_metrics", "scalars"),
+    "site": ("sketches", "activation_stats", "imported_metrics"),
+    "source": ("checkpoints", "imported_metrics"),
+    "probe_id": ("checkpoints",),
+}
+
+
+def _page_number(text: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise ParameterError(f"page {text!r} is not a page number", fix="ask for a page number: 0 for the first page, 1 for the next ...")
+    return int(text)
+
+
+def form_values(recipe: Any, params: dict[str, str]) -> dict[str, Any]:
+    """A recipe form's text fields as parameter values: empty means the default, ``true``/``false`` a
+    boolean, ``a, b`` a list; numbers stay text for the declared type to parse. Unknown fields are an
+    error naming the recipe's parameters."""
+    known = {p.name: p for p in recipe.params}
+    out: dict[str, Any] = {}
+    for key, raw in params.items():
+        param = known.get(key)
+        if param is None:
+            raise ParameterError(
+                f"{key!r} is not a parameter of recipe {recipe.name!r}",
+                fix=f"its parameters are: {', '.join(known)}",
+            )
+        text = raw.strip()
+        if not text:
+            continue
+        if param.is_list:
+            out[key] = [part.strip() for part in text.strip("[]").split(",") if part.strip()]
+            if param.base == "integer":
+                out[key] = [int(v) if v.lstrip("+-").isdigit() else v for v in out[key]]
+        elif param.base == "boolean":
+            out[key] = {"true": True, "false": False}.get(text.lower(), text)
+        elif text.lower() == "null" and param.optional:
+            out[key] = None
+        else:
+            out[key] = text
+    return out

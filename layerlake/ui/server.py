@@ -1,0 +1,115 @@
+"""``layerlake ui``: serve ``UiApp`` with Python's threaded HTTP server (standard library: nothing to
+install, one thread per request, enough for one researcher's browser)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from layerlake.core.duck import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryLimits
+from layerlake.core.errors import LayerlakeError
+from layerlake.ui.app import UiApp
+
+LOCAL = "127.0.0.1"
+# Everything from this server only (no CDN can load); Vega compiles its expressions with eval.
+CSP = "default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:"
+
+
+def handler_for(app: UiApp) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "layerlake"
+
+        def _answer(self, head_only: bool = False) -> None:
+            parts = urlsplit(self.path)
+            response = app.respond(self.command, parts.path, parts.query)
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Security-Policy", CSP)
+            for key, value in response.headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if not head_only:
+                self.wfile.write(response.body)
+
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            self._answer()
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._answer(head_only=True)
+
+        def _refuse(self) -> None:
+            self._answer()  # the app answers 405 to every method that could write
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            return  # quiet: the terminal shows the URL and errors only
+
+    return Handler
+
+
+def make_server(app: UiApp, host: str = LOCAL, port: int = 0) -> ThreadingHTTPServer:
+    """The server, bound (``port`` 0: a free port); ``server.server_address`` says where."""
+    server = ThreadingHTTPServer((host, port), handler_for(app))
+    server.daemon_threads = True
+    return server
+
+
+def ui_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerlake ui", description="Serve the warehouse read-only in a browser."
+    )
+    parser.add_argument(
+        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+    )
+    parser.add_argument(
+        "--attach", action="append", default=[], help="another warehouse root or shared folder"
+    )
+    parser.add_argument(
+        "--host", default=LOCAL, help=f"address to listen on (default {LOCAL}: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="SQL console time limit, s")
+    parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, help="SQL console memory limit")
+    return parser
+
+
+def ui(argv: list[str]) -> int:
+    """``layerlake ui [--root DIR] [--port N] [--host ADDR]``: serve until Ctrl-C."""
+    from layerlake.warehouse.views import _resolve, connect
+
+    args = ui_parser().parse_args(argv)
+    started = time.perf_counter()
+    root = _resolve(args.root)
+    connect(root, attach=args.attach).close()  # a warehouse that cannot be read fails here, by name
+    app = UiApp(root, tuple(Path(a) for a in args.attach), QueryLimits(args.timeout, args.memory_limit))
+    try:
+        server = make_server(app, args.host, args.port)
+    except OSError as error:
+        raise LayerlakeError(
+            f"cannot listen on {args.host}:{args.port}: {error.strerror or error}",
+            fix="choose another port with --port N (or --port 0 for any free one)",
+        ) from error
+    threading.Thread(target=app.vega_bundle, daemon=True).start()  # ready before the first page asks
+    if args.host != LOCAL:
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine can read the warehouse",
+            file=sys.stderr,
+        )
+    host, port = server.server_address[:2]
+    print(f"layerlake ui: serving {root} at http://{host}:{port}/ (ready in {time.perf_counter() - started:.1f} s; "
+          "Ctrl-C stops)", flush=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

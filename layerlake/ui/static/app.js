@@ -1,0 +1,103 @@
+// layerlake UI: fetch the JSON endpoints and fill the page. Data is inserted as text, never as markup.
+const page = document.body.dataset.page;
+const status = document.getElementById("status");
+
+function say(text, isError) {
+  status.textContent = text;
+  status.className = isError ? "error" : "status";
+}
+
+async function getJson(url) {
+  const response = await fetch(url);
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error + (data.fix ? "\nfix: " + data.fix : ""));
+  return data;
+}
+
+function cell(value) {
+  if (value === null || value === undefined) return "";
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toPrecision(6);
+  if (Array.isArray(value)) return "[" + value.length + " values]";
+  return String(value);
+}
+
+function table(columns, rows) {
+  const element = document.createElement("table");
+  const head = element.createTHead().insertRow();
+  for (const c of columns) { const th = document.createElement("th"); th.textContent = c; head.appendChild(th); }
+  const body = element.createTBody();
+  for (const row of rows) {
+    const tr = body.insertRow();
+    for (const c of columns) tr.insertCell().textContent = cell(row[c]);
+  }
+  return element;
+}
+
+function show(id, element) {
+  const target = document.getElementById(id);
+  target.replaceChildren(element);
+}
+
+async function chart(id, spec) {
+  const target = document.getElementById(id);
+  if (!spec) { target.textContent = "(nothing to draw)"; return; }
+  await window.vegaEmbed(target, spec, { actions: { export: true, source: false, compiled: false, editor: false } });
+}
+
+async function overview() {
+  const data = await getJson("/api/overview");
+  show("counts", table(["what", "value", "rows"], data.counts));
+  show("runs", table(["run_id", "suite", "model", "kind", "status", "seed", "started_at", "ended_at"], data.runs));
+  await chart("chart", data.loss_chart);
+  say(data.runs.length + " runs");
+}
+
+async function sql(pageNumber) {
+  const q = document.getElementById("q").value;
+  say("running ...");
+  const data = await getJson("/api/sql?" + new URLSearchParams({ q, page: pageNumber }));
+  show("result", table(data.columns, data.rows));
+  const pager = document.getElementById("pager");
+  pager.replaceChildren();
+  const last = Math.max(0, Math.ceil(data.total / data.page_rows) - 1);
+  for (const [label, target] of [["previous", data.page - 1], ["next", data.page + 1]]) {
+    if (target < 0 || target > last) continue;
+    const button = document.createElement("button");
+    button.textContent = label;
+    button.onclick = () => sql(target).catch((e) => say(e.message, true));
+    pager.appendChild(button);
+  }
+  say(data.total + " rows; page " + (data.page + 1) + " of " + (last + 1));
+}
+
+async function recipe(form) {
+  const params = new URLSearchParams({ name: form.dataset.recipe });
+  for (const [k, v] of new FormData(form)) if (v !== "") params.append(k, v);
+  say("running ...");
+  const data = await getJson("/api/recipe?" + params);
+  show("result", table(data.columns, data.rows));
+  const downloads = document.getElementById("downloads");
+  downloads.replaceChildren();
+  for (const format of ["csv", "parquet"]) {
+    const link = document.createElement("a");
+    link.href = "/api/recipe?" + params + "&format=" + format;
+    link.textContent = "download " + format;
+    link.style.marginRight = "12px";
+    downloads.appendChild(link);
+  }
+  await chart("chart", data.chart);
+  say(data.total + " rows" + (data.total > data.rows.length ? " (first " + data.rows.length + " shown)" : ""));
+}
+
+function run(task) { task().catch((e) => say(e.message, true)); }
+
+if (page === "overview") run(overview);
+if (page === "sql") {
+  document.getElementById("sql-form").onsubmit = (e) => { e.preventDefault(); run(() => sql(0)); };
+  run(() => sql(0));
+}
+if (page === "recipe") {
+  const form = document.getElementById("recipe-form");
+  form.onsubmit = (e) => { e.preventDefault(); run(() => recipe(form)); };
+  run(() => recipe(form));
+}

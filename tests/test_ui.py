@@ -1,0 +1,231 @@
+"""`layerlake ui`: pages drawn by a real browser (headless Chromium) from a real warehouse, offline;
+read-only over HTTP; the SQL console's guard and limits; request values never reach a path or SQL text."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import layerlake
+from layerlake.core.duck import QueryLimits
+from layerlake.ui.app import UiApp
+from layerlake.ui.server import make_server
+from layerlake.warehouse.synthetic import checkpoint_tables
+from layerlake.warehouse.writer import Warehouse
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """Two models' checkpoints (real rows through the writer) and a tracked run's logged loss."""
+    root = tmp_path_factory.mktemp("ui") / "warehouse"
+    store = Warehouse(root)
+    rng = np.random.default_rng(0)
+    for model in ("alpha", "beta"):
+        for step in (0, 10, 20):
+            grams = {
+                (layer, site): np.cov(rng.normal(size=(6, 8)))
+                for layer in (0, 1)
+                for site in ("ov", "mlp_out")
+            }
+            spectra = {(layer, "dense"): np.sort(rng.random(4))[::-1] for layer in (0, 1)}
+            tables = checkpoint_tables(model, step, grams, spectra, d=8)
+            store.commit(f"{model}-{step}", "s", model, tables, {"step": step})
+    with layerlake.track(suite="s", model_name="alpha", run_id="alpha-seed7", warehouse=root, seed=7) as run:
+        for step in range(5):
+            run.log(step, loss=4.0 - step * 0.5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(root):
+    app = UiApp(root, limits=QueryLimits(timeout_s=1.0, memory_limit="256MB"))
+    httpd = make_server(app)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
+    yield f"http://{host}:{port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def get(url: str, method: str = "GET") -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type", ""), error.read()
+
+
+def browser_dom(url: str) -> str:
+    """The page's DOM after its scripts ran, as headless Chromium renders it."""
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+# --- in a real browser ------------------------------------------------------------------------------------
+
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium: .ci/run installs it (apt-get install chromium)"
+)
+
+
+@needs_browser
+def test_the_overview_shows_runs_what_is_stored_and_the_loss_chart(server):
+    dom = browser_dom(server + "/")
+    assert "alpha-seed7" in dom and ">beta<" in dom  # the run, and a model counted
+    assert re.search(r'<div id="chart"[^>]*>.*?<(svg|canvas)', dom, re.S), "no chart was drawn"
+    assert 'class="error"' not in dom
+
+
+@needs_browser
+def test_a_recipe_page_runs_its_form_and_draws_the_result(server):
+    dom = browser_dom(server + "/recipe?name=step_similarity")
+    assert "parameter $model is required" in dom  # the empty form: the recipe's own message
+    dom = browser_dom(server + "/recipe?name=convergence")
+    assert re.search(r'<div id="chart"[^>]*>.*?<(svg|canvas)', dom, re.S), "no chart was drawn"
+    assert ">alpha<" in dom and "download csv" in dom and 'class="error"' not in dom
+
+
+@needs_browser
+def test_the_sql_console_pages_a_result_in_the_browser(server):
+    dom = browser_dom(server + "/sql")
+    assert ">checkpoints<" in dom and ">alpha<" in dom and "page 1 of 1" in dom
+
+
+# --- over HTTP --------------------------------------------------------------------------------------------
+
+
+def test_every_script_and_stylesheet_comes_from_the_server(server):
+    for page in ("/", "/sql", "/recipes", "/recipe?name=stabilisation"):
+        status, _, body = get(server + page)
+        assert status == 200
+        html = body.decode()
+        sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert sources and all(s.startswith("/") for s in sources), sources  # no CDN, no other host
+    status, kind, bundle = get(server + "/static/vega.js")
+    assert status == 200 and "javascript" in kind and b"vegaEmbed" in bundle
+
+
+def test_it_binds_this_machine_only_unless_told_and_warns_then(root, tmp_path):
+    from layerlake.ui.server import ui_parser
+
+    assert ui_parser().parse_args([]).host == "127.0.0.1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerlake.cli", "ui", "--root", str(root), "--port", "0", "--host", "0.0.0.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert re.search(r"serving .* at http://0\.0\.0\.0:\d+/", line), line
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "anyone who can reach this machine can read the warehouse" in err
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_no_endpoint_writes(server, root, method):
+    before = (root / "_manifest" / "commits.jsonl").read_bytes()
+    for path in ("/", "/api/sql?q=select+1", "/api/recipe?name=stabilisation"):
+        status, _, _ = get(server + path, method)
+        assert status == 405
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fserver.py", "/static/style.css/../../app.py",
+     "/api/recipe?name=../../etc/passwd", "/recipe?name=../queries/stabilisation"],
+)  # fmt: skip
+def test_no_request_value_reaches_a_file_path(server, path):
+    status, _, body = get(server + path)
+    assert status in (400, 404)
+    assert b"import" not in body and b"root:" not in body
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["delete from checkpoints", "copy (select 1) to '/tmp/x.csv'", "attach '/tmp/x.db'", "install httpfs",
+     "select 1; drop view checkpoints", "set threads = 1"],
+)  # fmt: skip
+def test_the_console_refuses_what_layerlake_sql_refuses(server, statement):
+    from layerlake.core.duck import read_only_statement
+    from layerlake.core.errors import SqlError
+
+    with pytest.raises(SqlError) as refused:
+        read_only_statement(statement, "`layerlake sql`")
+    status, _, body = get(server + "/api/sql?" + urllib.parse.urlencode({"q": statement}))
+    assert status == 400 and json.loads(body)["error"] == refused.value.message
+
+
+def test_the_console_has_the_same_time_limit(server):
+    endless = "select count(*) from range(1000000000000) a, range(1000) b"
+    status, _, body = get(server + "/api/sql?" + urllib.parse.urlencode({"q": endless}))
+    assert status == 400 and "ran longer than 1 s and was stopped" in json.loads(body)["error"]
+    status, _, body = get(server + "/api/sql?q=select+42+as+answer")  # the server still answers
+    assert status == 200 and json.loads(body)["rows"] == [{"answer": 42}]
+
+
+def test_the_console_pages_a_large_result(server):
+    query = urllib.parse.urlencode({"q": "select range as i from range(250)", "page": "2"})
+    status, _, body = get(server + "/api/sql?" + query)
+    data = json.loads(body)
+    assert status == 200 and data["total"] == 250 and [r["i"] for r in data["rows"]] == list(range(200, 250))
+    status, _, body = get(server + "/api/sql?q=select+1&page=-1")
+    assert status == 400 and "page" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [("name=stabilisation&threshold=0.9;drop+table+x", "$threshold is not a valid value"),
+     ("name=step_similarity&model=alpha'+or+1=1--", "$model is not a valid value"),
+     ("name=step_similarity&model=gamma", "model 'gamma' is not in the warehouse"),
+     ("name=stabilisation&bogus=1", "'bogus' is not a parameter of recipe 'stabilisation'")],
+)  # fmt: skip
+def test_recipe_values_are_checked_and_bound_never_formatted(server, query, message):
+    status, _, body = get(server + "/api/recipe?" + query)
+    assert status == 400 and message in json.loads(body)["error"]
+
+
+def test_a_recipe_result_downloads_as_csv_and_parquet(server, tmp_path):
+    import pyarrow.parquet as pq
+
+    status, _, body = get(server + "/api/recipe?name=step_similarity&model=beta&site=ov")
+    rows = json.loads(body)["rows"]
+    assert status == 200 and len(rows) == 9 and {r["model"] for r in rows} == {"beta"}
+    status, kind, csv = get(server + "/api/recipe?name=step_similarity&model=beta&site=ov&format=csv")
+    assert status == 200 and kind == "text/csv" and len(csv.decode().strip().splitlines()) == 10
+    status, _, data = get(server + "/api/recipe?name=step_similarity&model=beta&site=ov&format=parquet")
+    (tmp_path / "r.parquet").write_bytes(data)
+    assert status == 200 and pq.read_table(tmp_path / "r.parquet").num_rows == 9
+
+
+def test_new_rows_show_without_a_restart(root, server):
+    status, _, body = get(server + "/api/sql?q=select+count(*)+as+n+from+checkpoints")
+    before = json.loads(body)["rows"][0]["n"]
+    rng = np.random.default_rng(1)
+    grams = {(0, "ov"): np.cov(rng.normal(size=(6, 8)))}
+    Warehouse(root).commit(
+        "beta-30", "s", "beta", checkpoint_tables("beta", 30, grams, {}, d=8), {"step": 30}
+    )
+    status, _, body = get(server + "/api/sql?q=select+count(*)+as+n+from+checkpoints")
+    assert json.loads(body)["rows"][0]["n"] == before + 1
