@@ -249,7 +249,10 @@ class UiApp:
             return Response(200, kind, sink.getvalue(),
                             {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})  # fmt: skip
         if fmt != "json":
-            raise ParameterError(f"unknown format {fmt!r}", fix="ask for csv or parquet (the download links of a recipe page), or leave the format out")
+            raise ParameterError(
+                f"unknown format {fmt!r}",
+                fix="ask for csv or parquet (the download links of a recipe page), or leave the format out",
+            )
         title = f"{name}: {recipe.description.split('. ')[0]}"
         return json_response({
             "columns": table.column_names, "rows": rows_of(table.slice(0, PAGE_ROWS * 10)),
@@ -278,7 +281,10 @@ OVERVIEW_COLUMNS = {
 
 def _page_number(text: str) -> int:
     if not text.isdigit() or len(text) > 9:
-        raise ParameterError(f"page {text!r} is not a page number", fix="ask for a page number: 0 for the first page, 1 for the next ...")
+        raise ParameterError(
+            f"page {text!r} is not a page number",
+            fix="ask for a page number: 0 for the first page, 1 for the next ...",
+        )
     return int(text)
 
 
