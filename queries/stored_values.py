@@ -1,5 +1,6 @@
-"""A recipe parameter that names something stored (a suite, model, run, step, layer, site, source or
-logged scalar) must name something the warehouse holds: otherwise the recipe would return no rows and
+"""A recipe parameter that names something stored (a suite, model, run, step, layer, site, source,
+logged scalar, or the estimator, kernel, tensor or matrix the stored rows were made with) must name
+something the warehouse holds: otherwise the recipe would return no rows and
 exit 0, and a misspelt model would look like a finding. ``check_stored_values`` runs before a recipe
 and raises a ``ParameterError`` naming the value and the nearest stored ones.
 
@@ -49,7 +50,12 @@ NAMED: dict[str, Named] = {
     "site": _SITES,
     "sites": _SITES,
     "source": Named("source", ("imported_metrics",), also=("computed",)),
-    "scalar": Named("name", ("scalars",), optional=True),  # checkpoints alone have no logged scalars
+    "scalar": Named("name", ("scalars",), optional=True),
+    # how the stored Grams and spectra were made: a kind never extracted would give no rows
+    "estimator": Named("estimator", ("sketches",), optional=True),
+    "kernel": Named("kernel", ("sketches",), optional=True),
+    "tensor": Named("tensor", ("spectra",), optional=True),
+    "matrices": Named("matrix", ("spectra",), optional=True),  # checkpoints alone have no logged scalars
 }
 NARROWS = {"suite": "suite", "model": "model", "models": "model"}  # parameter -> column it narrows by
 SHOWN = 12  # stored values listed in a fix

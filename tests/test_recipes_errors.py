@@ -255,3 +255,28 @@ def test_a_logged_scalar_is_checked_once_scalars_are_stored():
     con.execute("insert into scalars values ('t', 'm', 'r2', 0, 'loss')")
     with pytest.raises(ParameterError, match=r"scalar 'lr' is not in the warehouse \(for suite t\)"):
         check_stored_values(con, {"suite": "t", "scalar": "lr"})  # looked up within the suite chosen
+
+
+def test_an_estimator_or_kernel_never_extracted_is_named(tmp_path):
+    import numpy as np
+
+    from layerlake import warehouse
+    from layerlake.warehouse.synthetic import checkpoint_tables
+    from layerlake.warehouse.writer import Warehouse
+
+    store = Warehouse(tmp_path)
+    for step in (0, 10):
+        grams = {(0, "ov"): np.cov(np.random.default_rng(step).normal(size=(6, 8)))}
+        store.commit(
+            f"t{step}", "s", "m", checkpoint_tables("m", step, grams, {(0, "dense"): [2.0, 1.0]}, d=8), {}
+        )
+    con = warehouse.connect(tmp_path)
+    try:
+        with pytest.raises(ParameterError, match="estimator 'debiased' is not in the warehouse") as error:
+            queries.run_recipe(con, "step_similarity", {"model": "m", "site": "ov", "estimator": "debiased"})
+        assert "biased" in error.value.fix
+        with pytest.raises(ParameterError, match="tensor 'grad' is not in the warehouse"):
+            queries.run_recipe(con, "rank_trajectories", {"tensor": "grad"})
+        assert queries.run_recipe(con, "step_similarity", {"model": "m", "site": "ov"}).num_rows == 4
+    finally:
+        con.close()

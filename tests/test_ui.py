@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import layerlake
@@ -43,6 +44,12 @@ def root(tmp_path_factory) -> Path:
             }
             spectra = {(layer, "dense"): np.sort(rng.random(4))[::-1] for layer in (0, 1)}
             tables = checkpoint_tables(model, step, grams, spectra, d=8)
+            sketches = tables["sketches"]  # the same Grams stored for the debiased estimator too
+            column = sketches.schema.get_field_index("estimator")
+            debiased = sketches.set_column(
+                column, sketches.schema.field(column), pa.array(["debiased"] * sketches.num_rows)
+            )
+            tables["sketches"] = pa.concat_tables([sketches, debiased])
             store.commit(f"{model}-{step}", "s", model, tables, {"step": step})
     with layerlake.track(suite="s", model_name="alpha", run_id="alpha-seed7", warehouse=root, seed=7) as run:
         for step in range(5):

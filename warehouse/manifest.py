@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from layerlake.core.hashing import sha256_file
 from layerlake.warehouse.errors import ManifestError
@@ -32,9 +32,8 @@ from layerlake.warehouse.layout import MANIFEST_DIR, is_schema1_shard_path, pars
 COMMITS_FILE = "commits.jsonl"
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    """One shard file a commit lists."""
+class FileEntry(NamedTuple):
+    """One shard file a commit lists (a named tuple: a long manifest makes tens of thousands of them)."""
 
     table: str
     path: str  # relative to the warehouse root, posix separators
@@ -99,19 +98,17 @@ class CommitEntry:
             FileEntry(f["table"], f["path"], f["sha256"], f["rows"], f["bytes"], f.get("first_row"))
             for f in data["files"]
         )
-        return cls(
-            status=data["status"],
-            task_id=data["task_id"],
-            suite=data["suite"],
-            model=data["model"],
-            files=files,
-            meta=dict(data.get("meta") or {}),
-            schema_version=int(data["schema_version"]),
-            committed_at=data["committed_at"],
-            error=data.get("error"),
-            run_id=str(data.get("run_id") or ""),
-            line=line,
-        )
+        fields = {
+            "status": str(data["status"]), "task_id": str(data["task_id"]), "suite": str(data["suite"]),
+            "model": str(data["model"]), "files": files, "meta": dict(data.get("meta") or {}),
+            "schema_version": int(data["schema_version"]), "committed_at": str(data["committed_at"]),
+            "error": data.get("error"), "run_id": str(data.get("run_id") or ""), "line": line,
+        }  # fmt: skip
+        # Filled in one step rather than through the frozen __init__'s eleven setattr calls: connect reads
+        # every entry of the manifest, tens of thousands on a long-tracked warehouse.
+        entry = object.__new__(cls)
+        entry.__dict__.update(fields)
+        return entry
 
 
 def manifest_path(root: Path) -> Path:

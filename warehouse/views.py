@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -45,8 +44,7 @@ from layerlake.warehouse.manifest import (
 SHARED_MANIFEST = "manifest.json"
 
 
-@dataclass(frozen=True)
-class Shard:
+class Shard(NamedTuple):
     """One readable file: where it is and which commit listed it."""
 
     table: str

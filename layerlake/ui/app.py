@@ -139,6 +139,8 @@ class UiApp:
     def respond(self, method: str, path: str, query: str = "") -> Response:
         if method not in ("GET", "HEAD"):
             return Response(405, "text/plain", b"read-only: only GET", {"Allow": "GET, HEAD"})
+        if path == "/favicon.ico":
+            return Response(204, "image/x-icon", b"")
         if path.startswith("/static/"):
             return self._static(path.removeprefix("/static/"))
         handler = self.routes.get(path)

@@ -41,7 +41,7 @@ def recipe_chart(plot: str, table: pa.Table, title: str) -> dict[str, Any] | Non
         )
         item.setdefault("encoding", {})["tooltip"] = shown
     spec: dict[str, Any] = {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
         "title": title,
         "data": {"values": rows},
         "facet": {"field": PANEL, "type": "nominal", "title": None},
@@ -132,7 +132,7 @@ def loss_chart(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not rows:
         return None
     return {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
         "title": "training loss by run",
         "width": 560,
         "height": 260,

@@ -1,0 +1,134 @@
+"""The web UI driven in headless Chromium through Selenium, as a user would: run a recipe from its form,
+change a selection, hover a chart, run a query in the console, download a result. Assertions are on what
+the browser rendered. Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from test_ui import root, server  # noqa: F401 (the same warehouse and server fixtures)
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+selenium = pytest.importorskip("selenium", reason="pip install selenium (the dev extra)")
+if CHROMIUM is None or DRIVER is None:
+    pytest.skip(
+        "no Chromium or chromedriver: apt-get install chromium chromium-driver (.ci/run does)",
+        allow_module_level=True,
+    )
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    downloads = tmp_path_factory.mktemp("downloads")
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition, what: str):
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(condition, message=what)
+
+
+def status_says(text: str):
+    return lambda d: text in d.find_element(By.ID, "status").text
+
+
+def cells(driver, where: str = "result") -> list[str]:
+    """The text of every cell of the table in ``#where``, read in one go (the page may replace it)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((c) => c.textContent)", f"#{where} td"
+    )
+
+
+def test_a_recipe_runs_from_its_form_and_a_point_shows_its_values_on_hover(browser, server):  # noqa: F811
+    browser.get(server + "/recipe?name=step_similarity")
+    wait_for(browser, status_says("parameter $model is required"), "the empty form's message")
+    model = browser.find_element(By.NAME, "model")
+    model.clear()
+    model.send_keys("beta")
+    site = browser.find_element(By.NAME, "site")
+    site.clear()
+    site.send_keys("ov")
+    browser.find_element(By.CSS_SELECTOR, "#recipe-form button").click()
+    wait_for(browser, status_says("9 rows"), "the recipe's result")
+    assert "beta" in cells(browser) and "alpha" not in cells(browser)
+    wait_for(
+        browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#chart svg")), "the chart"
+    )
+    marks = browser.find_elements(By.CSS_SELECTOR, "#chart svg .role-mark [role='graphics-symbol']")
+    assert len(marks) >= 9, "the heatmap has a cell per pair of checkpoints"
+    tooltip = None
+    for mark in marks[:5]:
+        ActionChains(browser).move_to_element(mark).perform()
+        time.sleep(0.3)
+        shown = browser.find_elements(By.CSS_SELECTOR, "#vg-tooltip-element.visible")
+        if shown and "cka" in shown[0].text:
+            tooltip = shown[0].text
+            break
+    assert tooltip is not None, "hovering the heatmap showed no tooltip"
+    assert "step_a" in tooltip and "step_b" in tooltip
+
+
+def test_changing_a_selection_runs_the_recipe_again(browser, server):  # noqa: F811
+    browser.get(server + "/recipe?name=convergence")
+    wait_for(browser, status_says("rows"), "the recipe's first result")
+    assert "biased" in cells(browser)
+    Select(browser.find_element(By.NAME, "estimator")).select_by_visible_text("debiased")
+    browser.find_element(By.CSS_SELECTOR, "#recipe-form button").click()
+    wait_for(
+        browser,
+        lambda d: "debiased" in cells(d),
+        f"the result with the other estimator ({browser.find_element(By.ID, 'status').text})",
+    )
+    assert "biased" not in cells(browser)
+
+
+def test_a_query_runs_in_the_console_and_pages(browser, server):  # noqa: F811
+    browser.get(server + "/sql")
+    wait_for(browser, status_says("rows"), "the example query")
+    box = browser.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys("select range as i from range(150)")
+    browser.find_element(By.CSS_SELECTOR, "#sql-form button").click()
+    wait_for(browser, status_says("150 rows; page 1 of 2"), "the query's first page")
+    browser.find_element(By.XPATH, "//div[@id='pager']/button[text()='next']").click()
+    wait_for(browser, status_says("page 2 of 2"), "the second page")
+    assert cells(browser)[0] == "100" and cells(browser)[-1] == "149"
+    box = browser.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys("delete from checkpoints")
+    browser.find_element(By.CSS_SELECTOR, "#sql-form button").click()
+    wait_for(browser, status_says("read-only: a DELETE statement is refused"), "the refusal")
+
+
+def test_a_result_downloads_from_its_link(browser, server):  # noqa: F811
+    import pyarrow.csv as pacsv
+
+    browser.get(server + "/recipe?name=stabilisation")
+    wait_for(browser, status_says("rows"), "the recipe's result")
+    browser.find_element(By.LINK_TEXT, "download csv").click()
+    target = Path(browser.downloads) / "stabilisation.csv"
+    wait_for(browser, lambda d: target.exists() and target.stat().st_size > 0, "the downloaded file")
+    rows = pacsv.read_csv(target)
+    assert rows.num_rows > 0 and "stabilisation_step" in rows.column_names
