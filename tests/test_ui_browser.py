@@ -132,3 +132,9 @@ def test_a_result_downloads_from_its_link(browser, server):  # noqa: F811
     wait_for(browser, lambda d: target.exists() and target.stat().st_size > 0, "the downloaded file")
     rows = pacsv.read_csv(target)
     assert rows.num_rows > 0 and "stabilisation_step" in rows.column_names
+
+
+def test_a_link_fills_the_form(browser, server):  # noqa: F811
+    browser.get(server + "/recipe?name=step_similarity&model=alpha&site=ov")
+    wait_for(browser, status_says("9 rows"), "the result of the linked parameters")
+    assert "alpha" in cells(browser) and "beta" not in cells(browser)

@@ -98,6 +98,8 @@ if (page === "sql") {
 }
 if (page === "recipe") {
   const form = document.getElementById("recipe-form");
+  const given = new URLSearchParams(window.location.search);  // a link may fill the form: ?name=R&model=m
+  for (const element of form.elements) if (element.name && given.has(element.name)) element.value = given.get(element.name);
   form.onsubmit = (e) => { e.preventDefault(); run(() => recipe(form)); };
   run(() => recipe(form));
 }
