@@ -51,9 +51,12 @@ def root(tmp_path_factory) -> Path:
             )
             tables["sketches"] = pa.concat_tables([sketches, debiased])
             store.commit(f"{model}-{step}", "s", model, tables, {"step": step})
-    with layerlake.track(suite="s", model_name="alpha", run_id="alpha-seed7", warehouse=root, seed=7) as run:
-        for step in range(5):
-            run.log(step, loss=4.0 - step * 0.5)
+    for seed in (7, 8):
+        with layerlake.track(
+            suite="s", model_name="alpha", run_id=f"alpha-seed{seed}", warehouse=root, seed=seed
+        ) as run:
+            for step in range(5):
+                run.log(step, loss=4.0 - step * 0.5 + seed / 100, lr=0.001 * seed)
     return root
 
 
@@ -236,3 +239,19 @@ def test_new_rows_show_without_a_restart(root, server):
     )
     status, _, body = get(server + "/api/sql?q=select+count(*)+as+n+from+checkpoints")
     assert json.loads(body)["rows"][0]["n"] == before + 1
+
+
+def test_runs_compare_over_a_logged_value(server):
+    status, _, body = get(server + "/api/runs")
+    data = json.loads(body)
+    assert {r["run_id"] for r in data["runs"] if r["scalars"]} == {"alpha-seed7", "alpha-seed8"}
+    assert data["scalar_names"] == ["loss", "lr"]
+    status, _, body = get(server + "/api/scalars?runs=alpha-seed7,alpha-seed8&name=lr")
+    rows = json.loads(body)["rows"]
+    assert status == 200 and len(rows) == 10 and {r["value"] for r in rows} == {0.007, 0.008}
+    assert json.loads(body)["chart"]["encoding"]["color"]["field"] == "run_id"
+    status, _, body = get(server + "/api/scalars?runs=alpha-seed9&name=loss")
+    assert (
+        status == 400
+        and "run 'alpha-seed9' is not in the warehouse (did you mean" in json.loads(body)["error"]
+    )

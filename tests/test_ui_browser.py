@@ -138,3 +138,13 @@ def test_a_link_fills_the_form(browser, server):  # noqa: F811
     browser.get(server + "/recipe?name=step_similarity&model=alpha&site=ov")
     wait_for(browser, status_says("9 rows"), "the result of the linked parameters")
     assert "alpha" in cells(browser) and "beta" not in cells(browser)
+
+
+def test_runs_are_picked_and_their_curves_overlaid(browser, server):  # noqa: F811
+    browser.get(server + "/runs")
+    wait_for(browser, status_says("2 runs compared; 10 values of loss"), "both runs' loss curves")
+    assert browser.find_elements(By.CSS_SELECTOR, "#chart svg")
+    browser.find_element(By.CSS_SELECTOR, "#run-list input[value='alpha-seed8']").click()  # untick one
+    Select(browser.find_element(By.ID, "scalar")).select_by_visible_text("lr")
+    browser.find_element(By.CSS_SELECTOR, "#runs-form button").click()
+    wait_for(browser, status_says("1 runs compared; 5 values of lr"), "one run's learning rate")

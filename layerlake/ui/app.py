@@ -127,6 +127,9 @@ class UiApp:
             "/sql": lambda q: self._page(pages.sql_console()),
             "/recipes": lambda q: self._page(pages.recipes()),
             "/recipe": self._recipe_page,
+            "/runs": lambda q: self._page(pages.runs()),
+            "/api/runs": self._runs,
+            "/api/scalars": self._scalars,
             "/api/overview": self._overview,
             "/api/sql": self._sql,
             "/api/recipe": self._recipe,
@@ -194,6 +197,44 @@ class UiApp:
         finally:
             con.close()
         return json_response({"counts": counts, "runs": runs, "loss_chart": charts.loss_chart(losses)})
+
+    def _runs(self, _params: dict[str, str]) -> Response:
+        con = self.warehouse.cursor()
+        try:
+            runs = rows_of(con.sql(
+                "select run_id, suite, model, kind, status, seed, started_at, ended_at, "
+                "(select count(*) from scalars s where s.run_id = r.run_id) as scalars "
+                "from runs r order by suite, model, run_id"
+            ).to_arrow_table())  # fmt: skip
+            names = [n for (n,) in con.execute("select distinct name from scalars order by name").fetchall()]
+        finally:
+            con.close()
+        return json_response({"runs": runs, "scalar_names": names})
+
+    def _scalars(self, params: dict[str, str]) -> Response:
+        """One logged scalar of the chosen runs (``runs=a,b``, ``name=loss``), as rows and an overlay chart."""
+        chosen = [r for r in params.get("runs", "").split(",") if r]
+        name = params.get("name", "loss")
+        if not chosen:
+            raise ParameterError("no runs chosen", fix="tick the runs to compare")
+        con = self.warehouse.cursor()
+        try:
+            known = {r for (r,) in con.execute("select run_id from runs").fetchall()}
+            unknown = [r for r in chosen if r not in known]
+            if unknown:
+                from layerlake.core.choices import did_you_mean
+
+                raise ParameterError(
+                    f"run {unknown[0]!r} is not in the warehouse{did_you_mean(unknown[0], sorted(known))}",
+                    fix="pick runs from the list (`layerlake runs` lists them too)",
+                )
+            rows = rows_of(con.sql(
+                "select run_id, step, value from scalars where list_contains($runs, run_id) and name = $name "
+                "order by run_id, step", params={"runs": chosen, "name": name},
+            ).to_arrow_table())  # fmt: skip
+        finally:
+            con.close()
+        return json_response({"rows": rows, "chart": charts.scalar_chart(rows, name)})
 
     def _sql(self, params: dict[str, str]) -> Response:
         from layerlake.warehouse.command import stream_query

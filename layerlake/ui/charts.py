@@ -129,18 +129,23 @@ def _layer(kind: str, options: dict[str, str], columns: list[str]) -> Any:
 
 def loss_chart(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Loss against step, one line per run; None when no run logged a loss."""
+    return scalar_chart(rows, "loss")
+
+
+def scalar_chart(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """A logged scalar against step, one line per run (rows: run_id, step, value); None without rows."""
     if not rows:
         return None
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
-        "title": "training loss by run",
+        "title": f"{name.replace('_', ' ')} by run",
         "width": 560,
         "height": 260,
         "data": {"values": rows},
         "mark": "line",
         "encoding": {
             "x": {"field": "step", "type": "quantitative"},
-            "y": {"field": "value", "type": "quantitative", "title": "loss"},
+            "y": {"field": "value", "type": "quantitative", "title": name.replace("_", " ")},
             "color": {"field": "run_id", "type": "nominal", "title": "run"},
             "tooltip": [{"field": f} for f in ("run_id", "step", "value")],
         },

@@ -7,7 +7,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-NAV = (("/", "overview"), ("/recipes", "recipes"), ("/sql", "SQL console"))
+NAV = (("/", "overview"), ("/runs", "compare runs"), ("/recipes", "recipes"), ("/sql", "SQL console"))
 
 
 def shell(title: str, body: str, script: str) -> str:
@@ -32,6 +32,16 @@ def overview() -> str:
         '<section><h2>runs</h2><div id="runs"></div></section>'
         '<section><h2>what is stored</h2><div id="counts"></div></section>',
         "overview",
+    )
+
+
+def runs() -> str:
+    return shell(
+        "compare runs",
+        '<form id="runs-form"><div id="run-list"></div>'
+        '<label>logged value<br><select id="scalar" name="name"></select></label> '
+        '<button type="submit">compare</button></form><div id="chart"></div>',
+        "runs",
     )
 
 

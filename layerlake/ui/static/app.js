@@ -89,9 +89,45 @@ async function recipe(form) {
   say(data.total + " rows" + (data.total > data.rows.length ? " (first " + data.rows.length + " shown)" : ""));
 }
 
+async function runsPage() {
+  const data = await getJson("/api/runs");
+  const list = document.getElementById("run-list");
+  list.replaceChildren();
+  for (const r of data.runs) {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = r.run_id;
+    box.checked = r.scalars > 0;
+    label.append(box, " " + r.run_id + " (" + r.model + ", " + r.status + ", " + r.scalars + " logged values)");
+    list.appendChild(label);
+  }
+  const select = document.getElementById("scalar");
+  for (const name of data.scalar_names) {
+    const option = document.createElement("option");
+    option.textContent = name;
+    option.selected = name === "loss";
+    select.appendChild(option);
+  }
+  say(data.runs.length + " runs");
+}
+
+async function compare() {
+  const runs = [...document.querySelectorAll("#run-list input:checked")].map((b) => b.value);
+  const name = document.getElementById("scalar").value;
+  say("loading ...");
+  const data = await getJson("/api/scalars?" + new URLSearchParams({ runs: runs.join(","), name }));
+  await chart("chart", data.chart);
+  say(runs.length + " runs compared; " + data.rows.length + " values of " + name);
+}
+
 function run(task) { task().catch((e) => say(e.message, true)); }
 
 if (page === "overview") run(overview);
+if (page === "runs") {
+  document.getElementById("runs-form").onsubmit = (e) => { e.preventDefault(); run(compare); };
+  run(async () => { await runsPage(); await compare(); });
+}
 if (page === "sql") {
   document.getElementById("sql-form").onsubmit = (e) => { e.preventDefault(); run(() => sql(0)); };
   run(() => sql(0));
