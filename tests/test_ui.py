@@ -102,6 +102,7 @@ needs_browser = pytest.mark.skipif(
 def test_the_overview_shows_runs_what_is_stored_and_the_loss_chart(server):
     dom = browser_dom(server + "/")
     assert "alpha-seed7" in dom and ">beta<" in dom  # the run, and a model counted
+    assert re.search(r"<td>beta</td><td>3</td><td>0</td><td>20</td>", dom), "beta's 3 steps, 0 to 20"
     assert re.search(r'<div id="chart"[^>]*>.*?<(svg|canvas)', dom, re.S), "no chart was drawn"
     assert 'class="error"' not in dom
 

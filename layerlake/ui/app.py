@@ -191,12 +191,19 @@ class UiApp:
                 "select run_id, suite, model, kind, status, seed, started_at, ended_at from runs "
                 "order by suite, model, run_id"
             ).to_arrow_table())  # fmt: skip
+            models = rows_of(con.sql(
+                "select suite, model, count(distinct step) as steps, min(step) as first_step, "
+                "max(step) as last_step, count(distinct run_id) as runs from checkpoints "
+                "group by suite, model order by suite, model"
+            ).to_arrow_table())  # fmt: skip
             losses = rows_of(con.sql(
                 "select run_id, step, value from scalars where name = 'loss' order by run_id, step"
             ).to_arrow_table())  # fmt: skip
         finally:
             con.close()
-        return json_response({"counts": counts, "runs": runs, "loss_chart": charts.loss_chart(losses)})
+        return json_response(
+            {"counts": counts, "models": models, "runs": runs, "loss_chart": charts.loss_chart(losses)}
+        )
 
     def _runs(self, _params: dict[str, str]) -> Response:
         con = self.warehouse.cursor()

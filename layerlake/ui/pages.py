@@ -29,6 +29,7 @@ def overview() -> str:
     return shell(
         "overview",
         '<section><h2>training loss</h2><div id="chart"></div></section>'
+        '<section><h2>models and checkpoints</h2><div id="models"></div></section>'
         '<section><h2>runs</h2><div id="runs"></div></section>'
         '<section><h2>what is stored</h2><div id="counts"></div></section>',
         "overview",

@@ -47,6 +47,7 @@ async function chart(id, spec) {
 async function overview() {
   const data = await getJson("/api/overview");
   show("counts", table(["what", "value", "rows"], data.counts));
+  show("models", table(["suite", "model", "steps", "first_step", "last_step", "runs"], data.models));
   show("runs", table(["run_id", "suite", "model", "kind", "status", "seed", "started_at", "ended_at"], data.runs));
   await chart("chart", data.loss_chart);
   say(data.runs.length + " runs");
