@@ -65,12 +65,13 @@ def check_stored_values(con: Any, params: dict[str, Any]) -> None:
     """Raise ``ParameterError`` for the first value of ``params`` (bound recipe parameters) that names
     something the warehouse on ``con`` does not hold; None values (meaning "all") are not checked."""
     scope: dict[str, list[Any]] = {}
+    columns = _columns(con)  # read once: which table has which column
     for name, named in NAMED.items():
         value = params.get(name)
         if value is None:
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
-        stored = stored_values(con, named, scope)
+        stored = stored_values(con, named, scope, columns)
         missing = [v for v in values if v not in stored and v not in named.also]
         if missing and (stored or not named.optional):
             known = [*named.also, *sorted(stored, key=lambda v: (str(type(v)), v))] if stored else []
@@ -79,9 +80,11 @@ def check_stored_values(con: Any, params: dict[str, Any]) -> None:
             scope[NARROWS[name]] = values
 
 
-def stored_values(con: Any, named: Named, scope: dict[str, list[Any]]) -> set[Any]:
-    """The distinct non-null values of ``named.column`` in its tables, within ``scope`` (column -> values)."""
-    columns = _columns(con)
+def stored_values(
+    con: Any, named: Named, scope: dict[str, list[Any]], columns: dict[str, set[str]]
+) -> set[Any]:
+    """The distinct non-null values of ``named.column`` in its tables (``columns``: table -> its
+    columns), within ``scope`` (column -> values)."""
     selects, params = [], {}
     for table in named.tables:
         if named.column not in columns.get(table, ()):

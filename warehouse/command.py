@@ -213,15 +213,21 @@ def parse_param(text: str) -> tuple[str, Any]:
     return name, params[name].validate(yaml.safe_load(raw) if raw.strip() else None)
 
 
+ROOT_HELP = "warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+
+
+def add_root_argument(parser: argparse.ArgumentParser) -> None:
+    """``--root DIR``, the warehouse a command reads or writes (every warehouse command takes it)."""
+    parser.add_argument("--root", help=ROOT_HELP)
+
+
 def sql_parser() -> argparse.ArgumentParser:
     """The arguments of ``layerlake sql``."""
     parser = argparse.ArgumentParser(
         prog="layerlake sql", description="Run a read-only SQL query over the warehouse views."
     )
     parser.add_argument("query", nargs="?", help="one SELECT (or EXPLAIN SELECT) statement")
-    parser.add_argument(
-        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
-    )
+    add_root_argument(parser)
     parser.add_argument(
         "--attach", action="append", default=[], help="another warehouse root or shared folder"
     )
@@ -282,9 +288,7 @@ def check_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerlake check", description="Audit the warehouse; list offending rows."
     )
-    parser.add_argument(
-        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
-    )
+    add_root_argument(parser)
     parser.add_argument(
         "--verify-files", action="store_true", help="also verify every committed file's sha256"
     )
@@ -387,9 +391,7 @@ def migrate_parser() -> argparse.ArgumentParser:
         prog="layerlake migrate",
         description="Rewrite a warehouse written by an older layerlake into the current schema, keeping every row.",
     )
-    parser.add_argument(
-        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
-    )
+    add_root_argument(parser)
     return parser
 
 
@@ -416,9 +418,7 @@ def gc_parser() -> argparse.ArgumentParser:
         prog="layerlake gc",
         description="Remove files no commit lists (replaced rows, leftovers of killed writers).",
     )
-    parser.add_argument(
-        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
-    )
+    add_root_argument(parser)
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     parser.add_argument(
         "--grace", type=float, default=900.0, metavar="SECONDS",
@@ -446,9 +446,7 @@ def compact_parser() -> argparse.ArgumentParser:
         description="Merge small files of committed tasks into larger ones and rewrite the manifest to its "
         "current state (a tracked run does this for its own files when it finishes).",
     )
-    parser.add_argument(
-        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
-    )
+    add_root_argument(parser)
     parser.add_argument("--run", action="append", dest="runs", help="only the files of this run (repeatable)")
     return parser
 
@@ -472,9 +470,7 @@ def runs_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerlake runs", description="List the runs: status, kind, config."
     )
-    parser.add_argument(
-        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
-    )
+    add_root_argument(parser)
     parser.add_argument("--suite", help="only this suite")
     parser.add_argument("--config", action="store_true", help="show each run's config and overrides too")
     return parser

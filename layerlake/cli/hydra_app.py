@@ -170,13 +170,7 @@ def record_lifted(given: list[str], lifted: list[LiftedList]) -> None:
     if (folder / "overrides.yaml").exists():
         (folder / "overrides.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
     if (folder / "config.yaml").exists():
-        config = yaml.safe_load((folder / "config.yaml").read_text())
-        for item in lifted:
-            *parents, leaf = item.key.split(".")
-            node = config
-            for part in parents:
-                node = node[part]
-            node[leaf] = item.values
+        config = set_lifted(yaml.safe_load((folder / "config.yaml").read_text()), lifted)
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 

@@ -311,20 +311,19 @@ def csv_ready(table: pa.Table) -> pa.Table:
     """``table`` with list and struct columns as JSON text (CSV holds scalars only)."""
     for index, field in enumerate(table.schema):
         if pa.types.is_nested(field.type):
-            texts = [
-                None if v is None else json.dumps(_json_safe(v)) for v in table.column(index).to_pylist()
-            ]
+            texts = [None if v is None else json.dumps(json_safe(v)) for v in table.column(index).to_pylist()]
             table = table.set_column(index, field.name, pa.array(texts, pa.string()))
     return table
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None, in lists and dicts too (JSON has neither)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN / inf
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     return value
 
 
@@ -347,7 +346,7 @@ def write_stream(batches: pa.RecordBatchReader, fmt: str, sink: BinaryIO) -> Non
         first = True
         for batch in batches:
             for row in batch.to_pylist():
-                sink.write((("\n" if first else ",\n") + json.dumps(_json_safe(row), default=str)).encode())
+                sink.write((("\n" if first else ",\n") + json.dumps(json_safe(row), default=str)).encode())
                 first = False
         sink.write(b"\n]\n")
     elif fmt == "parquet":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -29,6 +28,7 @@ import pyarrow as pa
 
 from layerlake.core.duck import QueryLimits, limited
 from layerlake.core.errors import LayerlakeError, ParameterError
+from layerlake.core.render import json_safe, write_stream
 from layerlake.ui import charts, pages
 
 PAGE_ROWS = 100  # rows per page of a table
@@ -60,22 +60,11 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _plain(value: Any) -> Any:
-    """JSON has no NaN or infinity: they travel as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def rows_of(table: pa.Table) -> list[dict[str, Any]]:
-    return [_plain(row) for row in table.to_pylist()]
+    return [json_safe(row) for row in table.to_pylist()]
 
 
-class Warehouse:
+class ServedWarehouse:
     """The served warehouse: one read-only connection, opened again when the manifest changed (a run
     that is still tracking shows its new snapshots on the next request); a cursor per request."""
 
@@ -120,7 +109,7 @@ class Warehouse:
 
 class UiApp:
     def __init__(self, root: Path, attach: tuple[Path, ...] = (), limits: QueryLimits | None = None) -> None:
-        self.warehouse = Warehouse(root, attach)
+        self.warehouse = ServedWarehouse(root, attach)
         self.limits = limits or QueryLimits()
         self.routes = {
             "/": lambda q: self._page(pages.overview()),
@@ -270,7 +259,6 @@ class UiApp:
         })  # fmt: skip
 
     def _recipe(self, params: dict[str, str]) -> Response:
-        from layerlake.core.render import csv_ready
         from layerlake.queries.loader import load_recipe, recipe_names, run_recipe
 
         name = params.pop("name", "")
@@ -287,14 +275,7 @@ class UiApp:
             con.close()
         if fmt in ("csv", "parquet"):
             sink = io.BytesIO()
-            if fmt == "csv":
-                import pyarrow.csv as pacsv
-
-                pacsv.write_csv(csv_ready(table), sink)
-            else:
-                import pyarrow.parquet as pq
-
-                pq.write_table(table, sink)
+            write_stream(table.to_reader(), fmt, sink)
             kind = "text/csv" if fmt == "csv" else "application/vnd.apache.parquet"
             return Response(200, kind, sink.getvalue(),
                             {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})  # fmt: skip

@@ -47,7 +47,8 @@ def recipe_chart(plot: str, table: pa.Table, title: str) -> dict[str, Any] | Non
         "facet": {"field": PANEL, "type": "nominal", "title": None},
         "columns": 3,
         "spec": {"width": 260, "height": 180, "layer": layer if isinstance(layer, list) else [layer]},
-        "resolve": {"scale": {"color": "shared"}},
+        # models have different numbers of layers: a heatmap panel's rows are its own model's layers
+        "resolve": {"scale": {"color": "shared", "y": "independent" if kind == "heatmap" else "shared"}},
     }
     if not panels:
         spec.pop("facet")

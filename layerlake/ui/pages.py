@@ -73,9 +73,10 @@ def recipe_form(recipe: Any) -> str:
     for p in recipe.params:
         label = f"{escape(p.name)} <span class='hint'>({escape(p.describe_type())}; {escape(p.doc)})</span>"
         default = "" if p.default is None else escape(_text(p.default))
-        if p.choices is not None and not p.is_list:
+        choices = ("true", "false") if p.base == "boolean" and not p.is_list else p.choices
+        if choices is not None and not p.is_list:
             options = "".join(
-                f"<option{' selected' if c == p.default else ''}>{escape(c)}</option>" for c in p.choices
+                f"<option{' selected' if c == default else ''}>{escape(c)}</option>" for c in choices
             )
             blank = "<option value=''></option>" if p.optional else ""
             control = f"<select name='{escape(p.name)}'>{blank}{options}</select>"

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from layerlake.core.duck import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryLimits
 from layerlake.core.errors import LayerlakeError
 from layerlake.ui.app import UiApp
+from layerlake.warehouse.command import add_root_argument
 
 LOCAL = "127.0.0.1"
 # Everything from this server only (no CDN can load); Vega compiles its expressions with eval.
@@ -66,9 +67,7 @@ def ui_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerlake ui", description="Serve the warehouse read-only in a browser."
     )
-    parser.add_argument(
-        "--root", help="warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
-    )
+    add_root_argument(parser)
     parser.add_argument(
         "--attach", action="append", default=[], help="another warehouse root or shared folder"
     )
