@@ -14,7 +14,7 @@ $(PY):
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 	$(PY) -m pip install -q -c $(CONSTRAINTS) torch
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[extract,dev,ui]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[extract,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

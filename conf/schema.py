@@ -20,6 +20,7 @@ from layerlake.core.choices import (
     Dtype,
     Estimator,
     ExecutorKind,
+    FigureFormat,
     Kernel,
     PositionRule,
     ProbeSource,
@@ -151,6 +152,17 @@ class RecipeConfig:
 
 
 @dataclass
+class PlotConfig:
+    """How ``layerlake query`` saves a recipe's figure (``plot.format=pdf``, ``plot.measure=erank``)."""
+
+    format: FigureFormat = FigureFormat.png
+    ppi: int = 300  # PNG pixels per inch
+    measure: Optional[str] = (
+        None  # recipes that offer a choice of measure (rank_trajectories: per | erank | ...)
+    )
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     suite: SuiteConfig = field(default_factory=SuiteConfig)
@@ -159,6 +171,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     recipe: Optional[RecipeConfig] = None
+    plot: PlotConfig = field(default_factory=PlotConfig)
     models: Optional[list[str]] = None  # restrict to these model names; None = all of the suite
     progress: bool = True
 

@@ -6,7 +6,9 @@ so ``layerlake query -m stabilisation threshold=0.8,0.9,0.95`` is a Hydra multir
 Two parameters come from the composed config unless given: ``suite`` (the configured suite's name) and
 ``models`` (``models=[...]``, null = all). Each job writes into its Hydra run folder::
 
-    result.parquet  result.csv  <recipe>.png (if the recipe has a plot)  job.json (params, status, error)
+    result.parquet  result.csv  <recipe>.png (if the recipe draws a figure; plot.format=svg or pdf on
+    request, plot.format=none for no figure; plot.measure=erank where the figure offers a choice)
+    job.json (params, status, error)
 
 and a multirun's ``queries.sweep.SweepAggregator`` callback joins the jobs into ``aggregate.parquet``.
 """
@@ -26,6 +28,7 @@ from rich.text import Text
 
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.queries.errors import RecipeError
+from layerlake.queries.figures import check_measure
 from layerlake.queries.loader import (
     CONTEXT_PARAMS,
     Recipe,
@@ -146,10 +149,11 @@ def query(settings: Any) -> int:
     try:
         recipe = load_recipe(name)
         bound = bind_params(recipe, context_params(recipe, settings, given))
+        check_measure(recipe, settings.plot.measure)
         _require_warehouse(settings.paths.warehouse)
         job["params"] = bound
         log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
-        written = _run_and_save(recipe, bound, settings.paths.warehouse, folder)
+        written = _run_and_save(recipe, bound, settings.paths.warehouse, folder, settings.plot)
         job.update(status="ok", **written)
         log.info(
             "%d rows; wrote %s",
@@ -180,12 +184,14 @@ def _require_warehouse(root: str) -> None:
         )
 
 
-def _run_and_save(recipe: Recipe, bound: dict[str, Any], warehouse_root: str, folder: Path) -> dict[str, Any]:
+def _run_and_save(
+    recipe: Recipe, bound: dict[str, Any], warehouse_root: str, folder: Path, plot: Any
+) -> dict[str, Any]:
     from rich.console import Console
 
     from layerlake import warehouse
     from layerlake.core import render
-    from layerlake.queries import plots
+    from layerlake.queries import figures
     from layerlake.queries.loader import run_recipe
 
     con = warehouse.connect(warehouse_root)
@@ -194,18 +200,24 @@ def _run_and_save(recipe: Recipe, bound: dict[str, Any], warehouse_root: str, fo
     finally:
         con.close()
     parquet, csv = render.save(table, folder)
-    png = plots.plot(recipe.name, table, folder / f"{recipe.name}.png")
+    figure = None
+    if plot.format != "none":
+        spec = figures.recipe_figure(recipe, bound, table, measure=plot.measure)
+        if spec is not None:
+            figure = figures.save_figure(
+                spec, folder / f"{recipe.name}.{plot.format}", str(plot.format), plot.ppi
+            )
     console = Console()
     shown = ", ".join(f"{k}={v}" for k, v in bound.items() if v != recipe.param(k).default)
     render.print_table(table, f"{recipe.name}" + (f" ({shown})" if shown else ""), console)
-    for path in (parquet, csv, png):
+    for path in (parquet, csv, figure):
         if path is not None:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True, markup=False)
     return {
         "rows": table.num_rows,
         "result": str(parquet),
         "csv": str(csv),
-        "plot": None if png is None else str(png),
+        "plot": None if figure is None else str(figure),
     }
 
 

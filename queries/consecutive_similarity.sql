@@ -3,6 +3,7 @@
 --    site and head (same probe and n): how much a layer still moves between checkpoints.
 -- grain: one row per (suite, model, site, layer, head, step), from the second checkpoint on
 -- plot: heatmap x=step y=layer value=cka panels=model,site
+-- title: How much each layer still moves: CKA to the previous checkpoint
 -- uses: sketch_rows
 with ordered as (
     select

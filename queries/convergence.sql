@@ -4,6 +4,7 @@
 --    estimator, or read from an imported source (source=pythia-paper).
 -- grain: one row per (suite, model, source, probe_id, site, layer, head, step)
 -- plot: heatmap x=step y=layer value=cka panels=model,site
+-- title: CKA of each layer to the reference checkpoint, over training
 -- uses: cka_curves
 with final as (
     select * from cka_curves

@@ -3,7 +3,8 @@
 --    layers (and heads, with per_head=true) of CKA to the reference checkpoint. Percentiles interpolate
 --    linearly between order statistics (quantile_cont, numpy's default), so p50 is the median over layers.
 -- grain: one row per (suite, model, source, probe_id, site, step)
--- plot: bands x=step panels=model,site
+-- plot: bands x=step points=convergence panels=model,site
+-- title: Spread over layers of CKA to the reference checkpoint (Figure 1)
 -- uses: cka_curves
 with percentiles as (
     select
@@ -13,7 +14,8 @@ with percentiles as (
         quantile_cont(cka, 0.25) as p25,
         quantile_cont(cka, 0.50) as p50,
         quantile_cont(cka, 0.75) as p75,
-        quantile_cont(cka, 0.90) as p90
+        quantile_cont(cka, 0.90) as p90,
+        max(reference_step) as reference_step
     from cka_curves
     group by suite, model, run_id, source, probe_id, site, step
 ),

@@ -6,7 +6,8 @@
     -- param: $threshold double = 0.9 | what it means       (its own parameters; see core.params)
     -- uses: layer_stabilisation                    (staging models of warehouse/sql/staging/)
     -- grain: one row per (suite, model, source, site, layer, head)
-    -- plot: bars x=layer value=...                 (a spec for queries.plots; `none` for no plot)
+    -- plot: bars x=layer value=...                 (a spec for queries.figures; `none` for no plot)
+    -- title: When each layer's CKA stays >= {threshold}   (the figure's title in words; required with a plot)
 
 A recipe reads the staging models it ``uses`` as the views ``warehouse.connect()`` installs, and
 inherits their parameters, declared there once: ``run_recipe`` sets those as the session variables the
@@ -43,7 +44,7 @@ CONTEXT_PARAMS = ("suite", "models")
 
 def recipe_folder(directory: Path = RECIPES_DIR) -> SqlFolder:
     return SqlFolder(
-        directory, "recipe", required=("description",), allowed=("param", "uses", "plot", "grain")
+        directory, "recipe", required=("description",), allowed=("param", "uses", "plot", "title", "grain")
     )
 
 
@@ -56,6 +57,7 @@ class Recipe:
     # the session variables the staging views read)
     grain: str
     plot: str
+    title: str  # the figure's title in words; {name} is filled by a parameter's or the result's value
     sql: str
     path: Path
 
@@ -103,8 +105,14 @@ def _load(name: str, directory: Path) -> Recipe:
     own = _check_sql(
         name, recipe.body, frozenset(p.name for p in recipe.params), frozenset(merged), recipe.path
     )
+    plot = recipe.plot or "none"
+    if plot != "none" and not recipe.title:
+        raise RecipeError(
+            f"{recipe.path}: recipe {name!r} draws a figure ({plot}) but has no title",
+            fix="add a `-- title:` line saying in words what the figure shows",
+        )
     return Recipe(
-        name, recipe.description, tuple(merged.values()), own, recipe.grain, recipe.plot or "none", recipe.body,
+        name, recipe.description, tuple(merged.values()), own, recipe.grain, plot, recipe.title, recipe.body,
         recipe.path,
     )  # fmt: skip
 

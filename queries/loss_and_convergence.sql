@@ -5,7 +5,8 @@
 -- param: $scalar name = loss | the logged scalar to show (loss, lr, grad_norm ...)
 -- uses: cka_curves
 -- grain: one row per (suite, model, run_id, series, step)
--- plot: twin x=step y=value series=series left=loss panels=run_id
+-- plot: twin x=step y=value series=series left=$scalar panels=run_id
+-- title: Training {scalar} beside the layers' median CKA to the reference checkpoint
 with logged as (
     select suite, model, run_id, step, $scalar as series, value
     from scalars

@@ -6,6 +6,7 @@
 -- uses: sketch_rows
 -- grain: one row per (suite, step, site, model_a, layer_a, model_b, layer_b), model_a < model_b
 -- plot: heatmap x=layer_a y=layer_b value=cka panels=model_a,model_b,site
+-- title: CKA between the layers of two models at step {step}
 with common_steps as (
     select suite, step
     from sketch_rows

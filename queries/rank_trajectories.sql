@@ -2,7 +2,8 @@
 -- description: Effective rank and PER (erank / k, k by parameter: head_dim, rank or min_side) of each
 --    layer's weight and gradient matrices over training, from the stored spectra; stable rank too.
 -- grain: one row per (suite, model, tensor, matrix, layer, head, step)
--- plot: lines x=step y=per line=layer panels=model,tensor,matrix
+-- plot: lines x=step y=per|erank|stable_rank line=layer dash=tensor panels=model,matrix
+-- title: {measure} of each layer's matrices over training
 -- uses: spectra_ranks
 with final as (
     select * from spectra_ranks

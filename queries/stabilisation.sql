@@ -4,6 +4,7 @@
 --    (stabilisation_fraction), and the layer's mean CKA over the checkpoints.
 -- grain: one row per (suite, model, source, probe_id, site, layer, head)
 -- plot: bars x=layer value=stabilisation_fraction panels=model,site
+-- title: When each layer stabilises (CKA to the reference stays at or above {threshold})
 -- uses: layer_stabilisation
 with final as (
     select * from layer_stabilisation

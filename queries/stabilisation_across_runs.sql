@@ -6,6 +6,7 @@
 -- uses: layer_stabilisation
 -- grain: one row per (suite, model, source, probe_id, site, layer)
 -- plot: ranges x=layer value=stabilisation_fraction panels=model,site
+-- title: When each layer stabilises across runs (CKA to the reference stays at or above {threshold})
 with per_layer as (
     select
         suite, model, source, probe_id, site, layer,

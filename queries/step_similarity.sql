@@ -10,6 +10,7 @@
 -- param: $suite name? = null | suite to read (the command binds the configured suite); null = every suite
 -- grain: one row per (step_a, step_b)
 -- plot: heatmap x=step_a y=step_b value=cka panels=model
+-- title: CKA between the checkpoints of {model}: layer {layer}, site {site}
 with sketch as (
     select suite, model, run_id, step, probe_id, n, gram, gram_norm
     from sketches

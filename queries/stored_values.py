@@ -65,7 +65,7 @@ def check_stored_values(con: Any, params: dict[str, Any]) -> None:
     """Raise ``ParameterError`` for the first value of ``params`` (bound recipe parameters) that names
     something the warehouse on ``con`` does not hold; None values (meaning "all") are not checked."""
     scope: dict[str, list[Any]] = {}
-    columns = _columns(con)  # read once: which table has which column
+    columns = table_columns(con)  # read once: which table has which column
     for name, named in NAMED.items():
         value = params.get(name)
         if value is None:
@@ -102,7 +102,7 @@ def stored_values(
     return {row[0] for row in con.execute(sql, used).fetchall()}
 
 
-def _columns(con: Any) -> dict[str, set[str]]:
+def table_columns(con: Any) -> dict[str, set[str]]:
     rows = con.execute(
         "select table_name, column_name from information_schema.columns where table_schema = 'main'"
     ).fetchall()

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from layerlake import queries, warehouse
-from layerlake.queries import plots
+from layerlake.queries import figures
 from layerlake.queries.imports import SITE_MAP, import_table, read_file, validate
+from layerlake.queries.loader import bind_params, load_recipe
 
 METRICS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pythia-paper" / "metrics.csv"
 SHA256 = "f2f521682fef91e8e98304f6fd1fbdb181375ead769f34f0d57ecd0608be6952"
@@ -65,8 +66,10 @@ def test_figure_one_panels(con, tmp_path):
     assert (
         p50[("pythia-2.8b-deduped", "mlp_out", 43000)] > 0.9 > p50[("pythia-160m-deduped", "mlp_out", 93000)]
     )
-    path = plots.plot("layer_percentiles", table, tmp_path / "figure1.png")
-    assert path is not None and path.stat().st_size > 20_000
+    recipe = load_recipe("layer_percentiles")
+    spec = figures.recipe_figure(recipe, bind_params(recipe, params), table)
+    path = figures.save_figure(spec, tmp_path / "figure1.png")
+    assert path.stat().st_size > 20_000
 
 
 def test_stabilisation_share_orders_small_and_large(con):

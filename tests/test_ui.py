@@ -3,6 +3,7 @@ read-only over HTTP; the SQL console's guard and limits; request values never re
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +111,31 @@ def test_the_overview_shows_runs_what_is_stored_and_the_loss_chart(server):
 
 @needs_browser
 def test_a_recipe_page_runs_its_form_and_draws_the_result(server):
-    dom = browser_dom(server + "/recipe?name=step_similarity")
-    assert "parameter $model is required" in dom  # the empty form: the recipe's own message
     dom = browser_dom(server + "/recipe?name=convergence")
-    assert re.search(r'<div id="chart"[^>]*>.*?<(svg|canvas)', dom, re.S), "no chart was drawn"
+    assert re.search(r'<div id="chart"[^>]*>.*?<svg', dom, re.S), "no chart was drawn"
     assert ">alpha<" in dom and "download csv" in dom and 'class="error"' not in dom
+
+
+FIGURE_PAGE_WORDS = {  # page -> what its drawn figure must say (title, axis, legend, panel)
+    "/convergence": ("Spread over layers of CKA to the reference checkpoint", "CKA to the reference checkpoint",
+                     "median over layers", "one layer (hover for its values)", "training step"),
+    "/heatmap": ("CKA of each layer to the reference checkpoint", "one band per stored checkpoint", "layer"),
+    "/matrix": ("CKA between the checkpoints of alpha: layer 0, site mlp_out", "training step"),
+    "/ranks": ("PER (effective rank / k) of each layer", "training step", "tensor"),
+}  # fmt: skip
+
+
+@needs_browser
+@pytest.mark.parametrize("page", sorted(FIGURE_PAGE_WORDS))
+def test_every_figure_page_draws_its_figure_with_words(server, page):
+    dom = browser_dom(server + page)
+    assert 'class="error"' not in dom, dom[dom.find('class="error"') :][:300]
+    drawn = re.search(r'<div id="chart"[^>]*>(.*?)</svg>', dom, re.S)
+    assert drawn, f"{page}: no figure was drawn"
+    text = html.unescape(re.sub(r"<[^>]+>", " ", drawn[1]))
+    for words in FIGURE_PAGE_WORDS[page]:
+        assert words in text, (page, words)
+    assert "<option selected" in dom or "selected=" in dom  # stored values offered as choices
 
 
 @needs_browser
@@ -256,3 +278,76 @@ def test_runs_compare_over_a_logged_value(server):
         status == 400
         and "run 'alpha-seed9' is not in the warehouse (did you mean" in json.loads(body)["error"]
     )
+
+
+# --- answers computed once ------------------------------------------------------------------------------
+
+
+class FormDefaults(HTMLParser):
+    """What a browser sends when a form is submitted untouched: each field's preselected value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, list[str]] = {}
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "input" and a.get("value"):
+            self.values.setdefault(a["name"], []).append(a["value"])
+        elif tag == "select":
+            self._select = a["name"]
+        elif tag == "option" and self._select and "selected" in a:
+            self._option = True
+            self.values.setdefault(self._select, [])
+            self._pending = a.get("value")
+
+    def handle_data(self, data: str) -> None:
+        if getattr(self, "_option", False):
+            self.values[self._select].append(self._pending if self._pending is not None else data)
+            self._option = False
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
+
+
+def test_warm_up_computes_what_each_figure_page_asks_first(root):
+    from layerlake.ui import pages
+
+    app = UiApp(root)
+    app.warm()
+    ready = len(app.answers._done)
+    assert ready >= 1 + 2 * len(pages.FIGURE_PAGES)  # the overview, each page's form and its result
+    for path, (recipe, _) in pages.FIGURE_PAGES.items():
+        form = FormDefaults()
+        form.feed(app.respond("GET", path).body.decode())
+        query = urllib.parse.urlencode(
+            {"name": recipe, **{k: ",".join(v) for k, v in form.values.items() if any(v)}}
+        )
+        answer = app.respond("GET", "/api/recipe", query)
+        assert answer.status == 200 and json.loads(answer.body)["chart"] is not None, path
+    assert len(app.answers._done) == ready, "a page's first data was not among what the warm-up computed"
+
+
+def test_an_answer_is_computed_once_for_simultaneous_requests_and_again_after_a_change():
+    from layerlake.ui.app import AnswerCache
+
+    cache, calls, gate = AnswerCache(), [], threading.Event()
+
+    def slow() -> str:
+        calls.append(1)
+        gate.wait(5)
+        return "answer"
+
+    threads = [threading.Thread(target=cache.get, args=(("k", 1), slow)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and cache.get(("k", 1), slow) == "answer"
+    assert cache.get(("k", 2), slow) == "answer" and len(calls) == 2  # another warehouse version
+    with pytest.raises(ZeroDivisionError):
+        cache.get(("bad", 1), lambda: 1 / 0)
+    assert ("bad", 1) not in cache._done  # an error is not kept

@@ -24,7 +24,6 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 WAIT_S = 60
@@ -61,33 +60,57 @@ def cells(driver, where: str = "result") -> list[str]:
     )
 
 
-def test_a_recipe_runs_from_its_form_and_a_point_shows_its_values_on_hover(browser, server):  # noqa: F811
-    browser.get(server + "/recipe?name=step_similarity")
-    wait_for(browser, status_says("parameter $model is required"), "the empty form's message")
-    model = browser.find_element(By.NAME, "model")
-    model.clear()
-    model.send_keys("beta")
-    site = browser.find_element(By.NAME, "site")
-    site.clear()
-    site.send_keys("ov")
-    browser.find_element(By.CSS_SELECTOR, "#recipe-form button").click()
-    wait_for(browser, status_says("9 rows"), "the recipe's result")
-    assert "beta" in cells(browser) and "alpha" not in cells(browser)
-    wait_for(
-        browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#chart svg")), "the chart"
+def hover_until(browser, marks, words: tuple[str, ...]) -> str | None:
+    """Hover each mark in turn until the tooltip shows every one of ``words``; its text, or None."""
+    for mark in marks:
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", mark)
+        ActionChains(browser).move_to_element(mark).perform()
+        time.sleep(0.2)
+        shown = browser.find_elements(By.CSS_SELECTOR, "#vg-tooltip-element.visible")
+        if shown and all(w in shown[0].text for w in words):
+            return shown[0].text
+    return None
+
+
+def chart_text(browser) -> str:
+    return browser.execute_script(
+        "const svg = document.querySelector('#chart svg'); return svg ? svg.textContent : ''"
     )
+
+
+def test_a_recipe_runs_from_its_form_and_a_point_shows_its_values_on_hover(browser, server):  # noqa: F811
+    browser.get(server + "/matrix")  # the checkpoint x checkpoint page: step_similarity's form
+    wait_for(browser, status_says("9 rows"), "the first stored model's matrix")
+    Select(browser.find_element(By.NAME, "model")).select_by_visible_text("beta")  # a change draws again
+    wait_for(browser, lambda d: "beta" in cells(d) and "alpha" not in cells(d), "beta's matrix")
+    Select(browser.find_element(By.NAME, "site")).select_by_visible_text("ov")
+    wait_for(browser, lambda d: "ov" in cells(d), "the ov site's matrix")
+    wait_for(browser, lambda d: "site ov" in chart_text(d), "the figure's title naming the site")
+    assert "CKA between the checkpoints of beta: layer 0, site ov" in chart_text(browser)
     marks = browser.find_elements(By.CSS_SELECTOR, "#chart svg .role-mark [role='graphics-symbol']")
     assert len(marks) >= 9, "the heatmap has a cell per pair of checkpoints"
-    tooltip = None
-    for mark in marks[:5]:
-        ActionChains(browser).move_to_element(mark).perform()
-        time.sleep(0.3)
-        shown = browser.find_elements(By.CSS_SELECTOR, "#vg-tooltip-element.visible")
-        if shown and "cka" in shown[0].text:
-            tooltip = shown[0].text
-            break
+    tooltip = hover_until(browser, marks[:6], ("CKA", "step (x)", "step (y)"))
     assert tooltip is not None, "hovering the heatmap showed no tooltip"
-    assert "step_a" in tooltip and "step_b" in tooltip
+
+
+def test_the_convergence_page_hovers_a_layer(browser, server):  # noqa: F811
+    browser.get(server + "/convergence")
+    wait_for(browser, status_says("rows"), "Figure 1's bands")
+    assert "biased CKA estimator, linear kernel" in chart_text(browser)
+    groups = browser.find_elements(By.CSS_SELECTOR, "#chart svg .mark-symbol.role-mark")
+    points = groups[-1].find_elements(By.CSS_SELECTOR, "path")  # the last symbol layer: one point per layer
+    tooltip = hover_until(browser, points[:12], ("layer", "training step", "CKA"))
+    assert tooltip is not None, "hovering a layer's point showed no tooltip"
+    Select(browser.find_element(By.NAME, "estimator")).select_by_visible_text("debiased")
+    wait_for(browser, lambda d: "debiased CKA estimator" in chart_text(d), "the figure redrawn for debiased")
+
+
+def test_the_rank_page_plots_the_chosen_measure(browser, server):  # noqa: F811
+    browser.get(server + "/ranks")
+    wait_for(browser, lambda d: "PER (effective rank / k) of each layer" in chart_text(d), "PER by default")
+    Select(browser.find_element(By.NAME, "measure")).select_by_visible_text("stable_rank")
+    wait_for(browser, lambda d: "Stable rank of each layer" in chart_text(d), "the stable rank figure")
+    assert "stable rank" in chart_text(browser)  # the y axis says it too
 
 
 def test_changing_a_selection_runs_the_recipe_again(browser, server):  # noqa: F811
@@ -95,7 +118,6 @@ def test_changing_a_selection_runs_the_recipe_again(browser, server):  # noqa: F
     wait_for(browser, status_says("rows"), "the recipe's first result")
     assert "biased" in cells(browser)
     Select(browser.find_element(By.NAME, "estimator")).select_by_visible_text("debiased")
-    browser.find_element(By.CSS_SELECTOR, "#recipe-form button").click()
     wait_for(
         browser,
         lambda d: "debiased" in cells(d),

@@ -84,7 +84,6 @@ COMMANDS: dict[str, Command] = {
         "serve the warehouse read-only in a browser (overview, recipes, SQL console)",
         False,
         parser="layerlake.ui.server:ui_parser",
-        extra="ui",
     ),
     "check": Command(
         "layerlake.warehouse.command:check",

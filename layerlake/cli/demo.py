@@ -59,7 +59,7 @@ def suite_runs_only(table, settings: Config):
 def run_findings(settings: Config, console: Console) -> list[Path]:
     from layerlake import warehouse
     from layerlake.queries import run_recipe
-    from layerlake.queries.plots import plot
+    from layerlake.queries.figures import draw
 
     out_dir = Path(settings.paths.runs) / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def run_findings(settings: Config, console: Console) -> list[Path]:
         table = suite_runs_only(run_recipe(con, name, params | {"suite": settings.suite.name}), settings)
         if title:
             print_table(table.select(list(columns)), title, console, max_rows=40, hoist_constants=False)
-        path = plot(name, table, out_dir / f"{name}.png")
+        path = draw(name, params | {"suite": settings.suite.name}, table, out_dir / f"{name}.png")
         log.info("finding %s: %d rows%s", name, table.num_rows, f", plot {path}" if path else "")
         if path is not None:
             plots.append(path)
@@ -96,7 +96,7 @@ def cross_seed_findings(settings: Config, console: Console) -> list[Path]:
     from layerlake import warehouse
     from layerlake.etl.task import extract_run_id
     from layerlake.queries import run_recipe
-    from layerlake.queries.plots import plot
+    from layerlake.queries.figures import draw
 
     suite, (model,) = settings.suite, settings.models
     first = extract_run_id(suite.name, model)
@@ -126,10 +126,11 @@ def cross_seed_findings(settings: Config, console: Console) -> list[Path]:
         "after which CKA to the run's final checkpoint stays >= 0.9)", console, max_rows=40, hoist_constants=False,
     )  # fmt: skip
     out_dir = Path(settings.paths.runs) / "demo"
+    pairs = scope | {"run_a": first, "run_b": second}
     plots = [
-        plot("run_similarity", similarity, out_dir / "run_similarity.png"),
-        plot("stabilisation_across_runs", across, out_dir / "stabilisation_across_runs.png"),
-        plot("loss_and_convergence", run_recipe(con, "loss_and_convergence", scope), out_dir / "loss_and_convergence.png"),
+        draw("run_similarity", pairs, similarity, out_dir / "run_similarity.png"),
+        draw("stabilisation_across_runs", scope | {"threshold": 0.9}, across, out_dir / "stabilisation_across_runs.png"),
+        draw("loss_and_convergence", scope, run_recipe(con, "loss_and_convergence", scope), out_dir / "loss_and_convergence.png"),
     ]  # fmt: skip
     return [p for p in plots if p is not None]
 

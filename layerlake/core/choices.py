@@ -147,6 +147,13 @@ class OutputFormat(Choice):
     parquet = "parquet", "Apache Parquet"
 
 
+class FigureFormat(Choice):
+    png = "png", "a PNG image at plot.ppi pixels per inch (300 by default)"
+    svg = "svg", "a scalable vector graphic"
+    pdf = "pdf", "a PDF page (vector), for a paper"
+    none = "none", "no figure"
+
+
 # Choice types a SQL parameter may declare by name (``-- param: $estimator estimator = biased | ...``).
 PARAM_CHOICES: dict[str, type[Choice]] = {
     "estimator": Estimator,

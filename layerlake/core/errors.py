@@ -36,7 +36,7 @@ class MissingExtraError(LayerlakeError):
 
 
 EXTRACT_EXTRA_MODULES = ("torch", "transformers", "safetensors", "tokenizers", "huggingface_hub", "ray")
-EXTRA_MODULES = {"extract": EXTRACT_EXTRA_MODULES, "ui": ("vl_convert",)}  # extra -> what it installs
+EXTRA_MODULES = {"extract": EXTRACT_EXTRA_MODULES}  # extra -> what it installs
 
 
 def require_extra(extra: str, modules: tuple[str, ...], purpose: str) -> None:

@@ -10,6 +10,7 @@ more spaces continues the previous key. Then comes the SQL body::
     -- uses: layer_stabilisation, erank      staging models or macros it builds on
     -- grain: one row per (suite, model, ...)   what one result row is
     -- plot: bars x=layer value=...          recipes: how the result is drawn (`none`: no plot)
+    -- title: When each layer stabilises     recipes: the figure's title in words ({param} fills in)
     -- signature: cka(a, b)                  macros: how it is called
 
 Which keys a file may or must carry depends on its kind (the folder it lives in), which the code that
@@ -27,7 +28,7 @@ from layerlake.core.choices import did_you_mean
 from layerlake.core.errors import SqlError
 from layerlake.core.params import Param, parse_param
 
-HEADER_KEYS = ("name", "description", "param", "uses", "grain", "plot", "signature")
+HEADER_KEYS = ("name", "description", "param", "uses", "grain", "plot", "title", "signature")
 _KEY = re.compile(r"^--\s(?P<key>[a-z]+):\s*(?P<value>.*)$")
 _CONTINUATION = re.compile(r"^--\s{2,}(?P<text>\S.*)$")
 _NAME = re.compile(r"^[A-Za-z_]\w*$")
@@ -45,6 +46,7 @@ class SqlFile:
     uses: tuple[str, ...]
     grain: str
     plot: str
+    title: str
     signature: str
     body: str
 
@@ -97,6 +99,7 @@ def _parse(path: Path, kind: str, _stamp: int) -> SqlFile:
         uses=tuple(u.strip() for line in fields["uses"] for u in line.split(",") if u.strip()),
         grain=" ".join(fields["grain"]),
         plot=" ".join(fields["plot"]),
+        title=" ".join(fields["title"]),
         signature=" ".join(fields["signature"]),
         body=body,
     )

@@ -18,6 +18,9 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -29,7 +32,8 @@ import pyarrow as pa
 from layerlake.core.duck import QueryLimits, limited
 from layerlake.core.errors import LayerlakeError, ParameterError
 from layerlake.core.render import json_safe, write_stream
-from layerlake.ui import charts, pages
+from layerlake.queries import figures
+from layerlake.ui import pages
 
 PAGE_ROWS = 100  # rows per page of a table
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -64,6 +68,44 @@ def rows_of(table: pa.Table) -> list[dict[str, Any]]:
     return [json_safe(row) for row in table.to_pylist()]
 
 
+class AnswerCache:
+    """Answers computed once per warehouse version (the key holds the manifest's stamp), least recently
+    used first out; a request for an answer that is being computed waits for it instead of computing
+    it again. Errors are not kept."""
+
+    def __init__(self, size: int = 48) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._done: OrderedDict[Any, Any] = OrderedDict()
+        self._pending: dict[Any, Future] = {}
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._done:
+                self._done.move_to_end(key)
+                return self._done[key]
+            future = self._pending.get(key)
+            owner = future is None
+            if owner:
+                future = self._pending[key] = Future()
+        if not owner:
+            return future.result()
+        try:
+            value = compute()
+        except BaseException as error:
+            with self._lock:
+                self._pending.pop(key, None)
+            future.set_exception(error)
+            raise
+        with self._lock:
+            self._pending.pop(key, None)
+            self._done[key] = value
+            while len(self._done) > self.size:
+                self._done.popitem(last=False)
+        future.set_result(value)
+        return value
+
+
 class ServedWarehouse:
     """The served warehouse: one read-only connection, opened again when the manifest changed (a run
     that is still tracking shows its new snapshots on the next request); a cursor per request."""
@@ -74,6 +116,10 @@ class ServedWarehouse:
         self._stamp: tuple | None = None
         self._con: Any = None
         self._variables: list[tuple[str, Any]] = []
+
+    def version(self) -> tuple:
+        """What changes whenever the served rows may have changed (the manifests' sizes and times)."""
+        return self._manifest_stamp()
 
     def _manifest_stamp(self) -> tuple:
         from layerlake.warehouse.manifest import manifest_path
@@ -116,6 +162,7 @@ class UiApp:
             "/sql": lambda q: self._page(pages.sql_console()),
             "/recipes": lambda q: self._page(pages.recipes()),
             "/recipe": self._recipe_page,
+            **{path: self._named_page(recipe, title) for path, (recipe, title) in pages.FIGURE_PAGES.items()},
             "/runs": lambda q: self._page(pages.runs()),
             "/api/runs": self._runs,
             "/api/scalars": self._scalars,
@@ -125,6 +172,28 @@ class UiApp:
         }
         self._vega: bytes | None = None
         self._vega_lock = threading.Lock()
+        self.answers = AnswerCache()
+
+    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``'s answer for ``key`` on this version of the warehouse; errors are raised, not kept."""
+        return self.answers.get((key, self.warehouse.version()), compute)
+
+    def warm(self) -> None:
+        """Compute what the pages show first (the overview; each figure page's form and its default
+        result) in the background, so that opening a page finds its data ready. Runs once, at start."""
+        from layerlake.queries.loader import load_recipe
+
+        try:
+            self._overview({})
+            for recipe_name, title in pages.FIGURE_PAGES.values():
+                self._form_page(recipe_name, title)
+                recipe = load_recipe(recipe_name)
+                first = {
+                    p.name: pages.preselected(p, self._stored(recipe).get(p.name)) for p in recipe.params
+                }
+                self._recipe({"name": recipe_name, **{k: v for k, v in first.items() if v}})
+        except LayerlakeError:
+            pass  # the page will say what is wrong when it is opened
 
     # -- dispatch ------------------------------------------------------------------------------------
 
@@ -167,6 +236,9 @@ class UiApp:
     # -- endpoints -----------------------------------------------------------------------------------
 
     def _overview(self, _params: dict[str, str]) -> Response:
+        return self.cached("overview", self._compute_overview)
+
+    def _compute_overview(self) -> Response:
         con = self.warehouse.cursor()
         try:
             counts = []
@@ -191,7 +263,12 @@ class UiApp:
         finally:
             con.close()
         return json_response(
-            {"counts": counts, "models": models, "runs": runs, "loss_chart": charts.loss_chart(losses)}
+            {
+                "counts": counts,
+                "models": models,
+                "runs": runs,
+                "loss_chart": figures.scalar_figure(losses, "loss"),
+            }
         )
 
     def _runs(self, _params: dict[str, str]) -> Response:
@@ -230,7 +307,7 @@ class UiApp:
             ).to_arrow_table())  # fmt: skip
         finally:
             con.close()
-        return json_response({"rows": rows, "chart": charts.scalar_chart(rows, name)})
+        return json_response({"rows": rows, "chart": figures.scalar_figure(rows, name)})
 
     def _sql(self, params: dict[str, str]) -> Response:
         from layerlake.warehouse.command import stream_query
@@ -259,18 +336,37 @@ class UiApp:
         })  # fmt: skip
 
     def _recipe(self, params: dict[str, str]) -> Response:
-        from layerlake.queries.loader import load_recipe, recipe_names, run_recipe
+        from layerlake.queries.loader import bind_params, load_recipe, recipe_names
 
         name = params.pop("name", "")
         if name not in recipe_names():  # the fixed list: a request never names a file
             raise ParameterError(f"unknown recipe {name!r}", fix=f"use one of: {', '.join(recipe_names())}")
         fmt = params.pop("format", "json")
+        measure = params.pop("measure", "") or None
         recipe = load_recipe(name)
+        figures.check_measure(recipe, measure)
+        measure = measure or next(iter(figures.measures(recipe.plot)), None)  # one key for "the default"
         given = form_values(recipe, params)
+        bound = bind_params(recipe, given)
+        if fmt not in ("json", "csv", "parquet"):
+            raise ParameterError(
+                f"unknown format {fmt!r}",
+                fix="ask for csv or parquet (the download links of a recipe page), or leave the format out",
+            )
+        key = ("recipe", name, fmt, measure, json.dumps(bound, sort_keys=True, default=str))
+        return self.cached(key, lambda: self._compute_recipe(recipe, bound, fmt, measure))
+
+    def _compute_recipe(self, recipe: Any, bound: dict[str, Any], fmt: str, measure: str | None) -> Response:
+        from layerlake.queries.loader import load_recipe, run_recipe
+
+        name = recipe.name
+        points = figures.parse_spec(recipe.plot)[1].get("points") if fmt == "json" else None
         con = self.warehouse.cursor()
         try:
             with limited(con, self.limits):
-                table = run_recipe(con, name, given)
+                table = run_recipe(con, name, bound)
+                # a bands figure's hover points: the per-layer rows of the recipe it names, same parameters
+                layers = run_recipe(con, points, _shared(load_recipe(points), bound)) if points else None
         finally:
             con.close()
         if fmt in ("csv", "parquet"):
@@ -279,24 +375,49 @@ class UiApp:
             kind = "text/csv" if fmt == "csv" else "application/vnd.apache.parquet"
             return Response(200, kind, sink.getvalue(),
                             {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})  # fmt: skip
-        if fmt != "json":
-            raise ParameterError(
-                f"unknown format {fmt!r}",
-                fix="ask for csv or parquet (the download links of a recipe page), or leave the format out",
-            )
-        title = f"{name}: {recipe.description.split('. ')[0]}"
         return json_response({
             "columns": table.column_names, "rows": rows_of(table.slice(0, PAGE_ROWS * 10)),
-            "total": table.num_rows, "chart": charts.recipe_chart(recipe.plot, table, title),
+            "total": table.num_rows, "chart": figures.recipe_figure(recipe, bound, table, measure, layers),
         })  # fmt: skip
 
     def _recipe_page(self, params: dict[str, str]) -> Response:
-        from layerlake.queries.loader import load_recipe, recipe_names
+        from layerlake.queries.loader import recipe_names
 
         name = params.get("name", "")
         if name not in recipe_names():
             return Response(404, "text/plain", b"no such recipe")
-        return self._page(pages.recipe_form(load_recipe(name)))
+        return self._form_page(name, name)
+
+    def _named_page(self, name: str, title: str):
+        return lambda _params: self._form_page(name, title)
+
+    def _form_page(self, name: str, title: str) -> Response:
+        """A recipe's form, its stored-value parameters (model, site, layer, step ...) as selects
+        filled from the warehouse."""
+        from layerlake.queries.loader import load_recipe
+
+        recipe = load_recipe(name)
+        return self.cached(
+            ("form", name, title), lambda: self._page(pages.recipe_form(recipe, self._stored(recipe), title))
+        )
+
+    def _stored(self, recipe: Any) -> dict[str, list[Any]]:
+        """The stored values a recipe's form offers: parameter -> sorted values."""
+        return self.cached(("stored", recipe.name), lambda: self._compute_stored(recipe))
+
+    def _compute_stored(self, recipe: Any) -> dict[str, list[Any]]:
+        from layerlake.queries.stored_values import NAMED, stored_values, table_columns
+
+        con = self.warehouse.cursor()
+        try:
+            columns = table_columns(con)
+            return {
+                p.name: sorted(stored_values(con, NAMED[p.name], {}, columns), key=figures.natural_key)
+                for p in recipe.params
+                if p.name in NAMED and p.name not in ("suite", "estimator", "kernel", "tensor", "matrices")
+            }
+        finally:
+            con.close()
 
 
 # What the overview counts: each identifying column over the tables that hold it.
@@ -308,6 +429,12 @@ OVERVIEW_COLUMNS = {
     "source": ("checkpoints", "imported_metrics"),
     "probe_id": ("checkpoints",),
 }
+
+
+def _shared(recipe: Any, bound: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``bound`` that ``recipe`` also takes (a figure's companion recipe)."""
+    names = {p.name for p in recipe.params}
+    return {k: v for k, v in bound.items() if k in names}
 
 
 def _page_number(text: str) -> int:

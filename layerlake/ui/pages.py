@@ -7,7 +7,20 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-NAV = (("/", "overview"), ("/runs", "compare runs"), ("/recipes", "recipes"), ("/sql", "SQL console"))
+# Pages that show one recipe's figure under a name of their own: path -> (recipe, title)
+FIGURE_PAGES = {
+    "/convergence": ("layer_percentiles", "convergence"),
+    "/heatmap": ("convergence", "layer × step"),
+    "/matrix": ("step_similarity", "checkpoint × checkpoint"),
+    "/ranks": ("rank_trajectories", "rank trajectories"),
+}
+NAV = (
+    ("/", "overview"),
+    *((path, title) for path, (_, title) in FIGURE_PAGES.items()),
+    ("/runs", "compare runs"),
+    ("/recipes", "recipes"),
+    ("/sql", "SQL console"),
+)
 
 
 def shell(title: str, body: str, script: str) -> str:
@@ -68,28 +81,58 @@ def recipes() -> str:
     return shell("recipes", f"<ul class='recipes'>{items}</ul>", "recipes")
 
 
-def recipe_form(recipe: Any) -> str:
+def recipe_form(recipe: Any, stored: dict[str, list[Any]] | None = None, title: str | None = None) -> str:
+    """A recipe's parameters as a form: a select for a closed set or for what the warehouse stores
+    (``stored``: parameter -> its stored values; a list parameter takes several), a text field else."""
+    from layerlake.queries.figures import measures
+
+    stored = stored or {}
     fields = []
     for p in recipe.params:
         label = f"{escape(p.name)} <span class='hint'>({escape(p.describe_type())}; {escape(p.doc)})</span>"
         default = "" if p.default is None else escape(_text(p.default))
         choices = ("true", "false") if p.base == "boolean" and not p.is_list else p.choices
-        if choices is not None and not p.is_list:
-            options = "".join(
-                f"<option{' selected' if c == default else ''}>{escape(c)}</option>" for c in choices
-            )
-            blank = "<option value=''></option>" if p.optional else ""
-            control = f"<select name='{escape(p.name)}'>{blank}{options}</select>"
+        if p.name in stored and stored[p.name]:
+            values = [_text(v) for v in stored[p.name]]
+            chosen = preselected(p, stored[p.name])
+            control = _select(p.name, values, chosen, blank=p.optional and not p.is_list, multiple=p.is_list)
+        elif choices is not None and not p.is_list:
+            control = _select(p.name, list(choices), default, blank=p.optional)
         else:
             control = f"<input name='{escape(p.name)}' value='{default}' placeholder='{default or 'all'}'>"
         fields.append(f"<label>{label}<br>{control}</label>")
+    offered = measures(recipe.plot)
+    if offered:
+        fields.insert(0, "<label>measure <span class='hint'>(what the figure plots)</span><br>"
+                         f"{_select('measure', offered, offered[0])}</label>")  # fmt: skip
+    heading = (
+        f"<p class='hint'>recipe <a href='/recipe?name={escape(recipe.name)}'>{escape(recipe.name)}</a></p>"
+    )
     body = (
-        f"<p>{escape(recipe.description)}</p>"
+        (heading if title and title != recipe.name else "") + f"<p>{escape(recipe.description)}</p>"
         f"<form id='recipe-form' data-recipe='{escape(recipe.name)}'>{''.join(fields)}"
         "<button type='submit'>run</button></form>"
         "<p id='downloads'></p><div id='chart'></div><div id='result'></div>"
     )
-    return shell(recipe.name, body, "recipe")
+    return shell(title or recipe.name, body, "recipe")
+
+
+def preselected(param: Any, stored: list[Any] | None) -> str:
+    """The value a form shows for ``param`` before anyone touches it (what its first run sends): the
+    default; for a required parameter without one, the first stored value (the first model ...)."""
+    if param.default is not None:
+        return _text(param.default)
+    if stored and not param.optional and not param.is_list:
+        return _text(stored[0])
+    return ""
+
+
+def _select(name: str, values: list[str], chosen: str, blank: bool = False, multiple: bool = False) -> str:
+    options = "".join(f"<option{' selected' if v == chosen else ''}>{escape(v)}</option>" for v in values)
+    if blank:
+        options = "<option value=''>(default)</option>" + options
+    more = f" multiple size='{min(len(values), 5)}' title='none chosen = all'" if multiple else ""
+    return f"<select name='{escape(name)}'{more}>{options}</select>"
 
 
 def _text(value: Any) -> str:

@@ -77,7 +77,18 @@ def ui_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="SQL console time limit, s")
     parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, help="SQL console memory limit")
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="compute nothing before a page asks (default: the pages' first data is computed on start)",
+    )
     return parser
+
+
+def _prepare(app: UiApp, warm: bool) -> None:
+    app.vega_bundle()
+    if warm:
+        app.warm()
 
 
 def ui(argv: list[str]) -> int:
@@ -96,7 +107,8 @@ def ui(argv: list[str]) -> int:
             f"cannot listen on {args.host}:{args.port}: {error.strerror or error}",
             fix="choose another port with --port N (or --port 0 for any free one)",
         ) from error
-    threading.Thread(target=app.vega_bundle, daemon=True).start()  # ready before the first page asks
+    # in the background, in the order a browser asks: the Vega script, then the pages' first data
+    threading.Thread(target=_prepare, args=(app, not args.no_warm_up), daemon=True).start()
     if args.host != LOCAL:
         print(
             f"warning: listening on {args.host}: anyone who can reach this machine can read the warehouse",

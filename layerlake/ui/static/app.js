@@ -41,7 +41,10 @@ function show(id, element) {
 async function chart(id, spec) {
   const target = document.getElementById(id);
   if (!spec) { target.textContent = "(nothing to draw)"; return; }
-  await window.vegaEmbed(target, spec, { actions: { export: true, source: false, compiled: false, editor: false } });
+  // SVG: the figure's words (title, axis labels, panels) are text a reader can select and find; a large
+  // figure on a canvas, which draws many thousands of marks faster
+  const renderer = spec.data && spec.data.values.length > 5000 ? "canvas" : "svg";
+  await window.vegaEmbed(target, spec, { renderer, actions: { export: true, source: false, compiled: false, editor: false } });
 }
 
 async function overview() {
@@ -73,7 +76,9 @@ async function sql(pageNumber) {
 
 async function recipe(form) {
   const params = new URLSearchParams({ name: form.dataset.recipe });
-  for (const [k, v] of new FormData(form)) if (v !== "") params.append(k, v);
+  const values = {};  // a multiple select gives several values: one comma-separated list
+  for (const [k, v] of new FormData(form)) if (v !== "") (values[k] = values[k] || []).push(v);
+  for (const [k, v] of Object.entries(values)) params.append(k, v.join(","));
   say("running ...");
   const data = await getJson("/api/recipe?" + params);
   show("result", table(data.columns, data.rows));
@@ -136,7 +141,14 @@ if (page === "sql") {
 if (page === "recipe") {
   const form = document.getElementById("recipe-form");
   const given = new URLSearchParams(window.location.search);  // a link may fill the form: ?name=R&model=m
-  for (const element of form.elements) if (element.name && given.has(element.name)) element.value = given.get(element.name);
+  for (const element of form.elements) {
+    if (!element.name || !given.has(element.name)) continue;
+    if (element.multiple) {
+      const wanted = given.get(element.name).split(",");
+      for (const option of element.options) option.selected = wanted.includes(option.value);
+    } else element.value = given.get(element.name);
+  }
   form.onsubmit = (e) => { e.preventDefault(); run(() => recipe(form)); };
+  form.onchange = () => run(() => recipe(form));  // a changed selection draws again
   run(() => recipe(form));
 }

@@ -1,0 +1,227 @@
+"""Every recipe's figure, drawn from a real warehouse by the one plotting layer (``queries.figures``) and
+read back as the SVG a reader would see: a title in words naming what is shown, the estimator, kernel,
+reference step and threshold; axis labels in words; the stored step numbers on step axes; one legend;
+"never stabilised" said as such; only colour-blind-safe colours; PNG at 300 dpi, SVG and PDF on request."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import layerlake
+from layerlake import warehouse
+from layerlake.core.errors import ParameterError
+from layerlake.queries import figures
+from layerlake.queries.loader import bind_params, list_recipes, load_recipe, run_recipe
+from layerlake.warehouse.synthetic import checkpoint_tables
+from layerlake.warehouse.writer import Warehouse
+
+STEPS = (
+    0,
+    1,
+    2,
+    4,
+    8,
+    16,
+    32,
+    64,
+    128,
+    256,
+    512,
+    1000,
+    2000,
+    3000,
+)  # log-spaced, then linear (Pythia's shape)
+LAYERS = {"tiny-s": 2, "tiny-m": 3}
+SITES = ("attn_out", "mlp_out")
+SEED_RUN = "s.tiny-s.seed2"
+
+
+def _grams(rng, n_layers: int, wander: tuple[int, str]) -> dict:
+    """Each layer's activations move from random towards their final value over training; the layer and
+    site in ``wander`` never settle (a fresh random state at every step)."""
+    final = {(layer, site): rng.normal(size=(8, 6)) for layer in range(n_layers) for site in SITES}
+    start = {key: rng.normal(size=(8, 6)) for key in final}
+    out = {}
+    for step in STEPS:
+        share = np.log1p(step) / np.log1p(STEPS[-1])
+        for key in final:
+            x = rng.normal(size=(8, 6)) if key == wander else (1 - share) * start[key] + share * final[key]
+            x = x - x.mean(axis=0)
+            out[(step, *key)] = x @ x.T
+    return out
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("figures") / "warehouse"
+    store = Warehouse(root)
+    rng = np.random.default_rng(1)
+    runs = [("tiny-s", None), ("tiny-m", None), ("tiny-s", SEED_RUN)]
+    for model, run_id in runs:
+        grams = _grams(rng, LAYERS[model], wander=(1, "mlp_out"))
+        for step in STEPS:
+            here = {(layer, site): g for (s, layer, site), g in grams.items() if s == step}
+            spectra = {
+                (layer, matrix): np.sort(rng.random(6) + step / 3000)[::-1]
+                for layer in range(LAYERS[model])
+                for matrix in ("dense", "dense_4h_to_h")
+            }
+            tables = checkpoint_tables(
+                model, step, here, spectra, d=6, weights_sha256=f"{model}{run_id}{step}"
+            )
+            store.commit(f"{run_id or model}-{step}", "s", model, tables, {"step": step}, run_id=run_id)
+    with layerlake.track(suite="s", model_name="tiny-s", run_id="s.tiny-s", warehouse=root) as run:
+        for step in range(0, 3001, 100):
+            run.log(step, loss=5.0 / (1 + step / 300))
+    return root
+
+
+@pytest.fixture(scope="module")
+def con(root):
+    connection = warehouse.connect(root)
+    yield connection
+    connection.close()
+
+
+# recipe -> (parameters, words the figure must show)
+EXPECTED = {
+    "consecutive_similarity": ({}, ["How much each layer still moves", "biased CKA estimator, linear kernel"]),
+    "convergence": ({}, ["CKA of each layer to the reference checkpoint",
+                         "reference checkpoint: each model's last step (3000)"]),
+    "layer_percentiles": ({"reference_step": 2000}, ["Spread over layers of CKA", "reference checkpoint: step 2000",
+                                                     "10th-90th percentile of layers", "median over layers"]),
+    "loss_and_convergence": ({}, ["Training loss beside the layers' median CKA", "median CKA mlp_out"]),
+    "model_similarity": ({}, ["CKA between the layers of two models at step 3000", "x: tiny-m", "y: tiny-s"]),
+    "rank_trajectories": ({"tensor": "weight"}, ["PER (effective rank / k) of each layer's matrices",
+                                                  "PER's k: head dim"]),
+    "run_similarity": ({"models": ["tiny-s"]}, ["CKA between two runs of the same model", f"vs {SEED_RUN}"]),
+    "stabilisation": ({"reference_step": 256, "threshold": 0.8},
+                      ["When each layer stabilises (CKA to the reference stays at or above 0.8)",
+                       "reference checkpoint: step 256", "never stabilised"]),
+    "stabilisation_across_runs": ({"threshold": 0.95}, ["When each layer stabilises across runs",
+                                                        "at or above 0.95", "min to max over runs"]),
+    "step_similarity": ({"model": "tiny-m", "layer": 2, "site": "attn_out"},
+                        ["CKA between the checkpoints of tiny-m: layer 2, site attn_out"]),
+}  # fmt: skip
+RAW_COLUMNS = re.compile(r"\b(stabilisation_fraction|layer_a|layer_b|step_a|step_b|stable_rank|p50|run_id)\b")
+
+
+def drawn_text(spec: dict, path: Path) -> list[str]:
+    """The texts of the figure as vl-convert draws it (SVG), one per text element."""
+    figures.save_figure(spec, path, "svg")
+    texts = re.findall(r"<text[^>]*>(.*?)</text>", path.read_text(), re.S)
+    lines = [re.sub(r"<[^>]+>", "\n", t) for t in texts]  # a multi-line text: one tspan per line
+    return [html.unescape(line) for t in lines for line in t.split("\n") if line]
+
+
+def test_every_recipe_with_a_figure_is_checked_here():
+    drawn = {r.name for r in list_recipes() if r.plot != "none"}
+    assert drawn == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_figure_says_what_it_shows_in_words(con, tmp_path, name):
+    params, words = EXPECTED[name]
+    recipe = load_recipe(name)
+    bound = bind_params(recipe, params)
+    table = run_recipe(con, name, bound)
+    spec = figures.recipe_figure(recipe, bound, table)
+    assert spec is not None, f"{name}: no figure from {table.num_rows} rows"
+    texts = drawn_text(spec, tmp_path / f"{name}.svg")
+    joined = "\n".join(texts)
+    assert "{" not in spec["title"]["text"], spec["title"]  # every field of the title filled in
+    for phrase in words:
+        assert phrase in joined, (name, phrase, texts[:12])
+    raw = [t for t in texts if RAW_COLUMNS.search(t)]
+    assert not raw, f"{name}: raw column names drawn: {raw}"
+    svg = (tmp_path / f"{name}.svg").read_text()
+    legends = svg.count('class="mark-group role-legend"')
+    assert legends <= 2, f"{name}: {legends} legends: one per encoding, never one per panel"
+    assert set(colours(spec)) <= ALLOWED_COLOURS, f"{name}: colours outside the palette: {colours(spec)}"
+
+
+def colours(spec: dict) -> list[str]:
+    return sorted({c.upper() for c in re.findall(r"#[0-9A-Fa-f]{6}\b", json.dumps(spec))})
+
+
+# Okabe-Ito (categories), the bands' blues, black; sequential values use the viridis scheme by name
+ALLOWED_COLOURS = {c.upper() for c in (*figures.OKABE_ITO, "#9ECAE9", "#2F6DB0", "#444444")}
+
+
+def test_step_axes_show_the_stored_steps_log_spaced_where_they_are(con, tmp_path):
+    recipe = load_recipe("layer_percentiles")
+    bound = bind_params(recipe, {})
+    spec = figures.recipe_figure(recipe, bound, run_recipe(con, "layer_percentiles", bound))
+    x = spec["spec"]["layer"][0]["encoding"]["x"]
+    assert x["scale"]["type"] == "symlog" and x["title"] == "training step (log scale)"
+    ticks = x["axis"]["values"]
+    assert set(ticks) <= set(STEPS) and ticks[-1] == STEPS[-1] and 0 in ticks
+    texts = drawn_text(spec, tmp_path / "bands.svg")
+    assert "3,000" in texts and "0" in texts and "10^0" not in "".join(texts)
+    # evenly spaced steps (a run logging every 100 steps) stay on a linear axis
+    assert not figures.log_spaced(list(range(0, 3001, 100)))
+    assert figures.log_spaced(list(STEPS))
+
+
+def test_heatmap_step_labels_are_few_readable_and_include_the_last_step(con, tmp_path):
+    recipe = load_recipe("step_similarity")
+    bound = bind_params(recipe, {"model": "tiny-s"})
+    spec = figures.recipe_figure(recipe, bound, run_recipe(con, "step_similarity", bound))
+    for axis in ("x", "y"):
+        shown = spec["spec"]["layer"][0]["encoding"][axis]["axis"]["values"]
+        assert shown[0] == 0 and shown[-1] == STEPS[-1] and len(shown) <= 10, shown
+    texts = drawn_text(spec, tmp_path / "matrix.svg")
+    assert "s.tiny-s" in texts and SEED_RUN in texts  # tiny-s has two runs: a panel each
+    assert texts.count("3,000") == 4  # the last step labelled on both axes of both panels
+
+
+def test_a_layer_that_never_stabilised_is_shown_as_such(con, tmp_path):
+    params = {"reference_step": 256, "threshold": 0.8}
+    table = run_recipe(con, "stabilisation", params)
+    never = [r for r in table.to_pylist() if r["stabilisation_fraction"] is None]
+    assert never and {(r["layer"], r["site"]) for r in never} == {(1, "mlp_out")}
+    spec = figures.recipe_figure(load_recipe("stabilisation"), bind_params(load_recipe("stabilisation"), params),
+                                 table)  # fmt: skip
+    svg = (figures.save_figure(spec, tmp_path / "never.svg", "svg")).read_text()
+    assert "never stabilised" in svg
+    marks = spec["spec"]["layer"]
+    assert marks[0]["transform"][0]["filter"].startswith("isValid") and marks[1]["mark"]["shape"] == "cross"
+
+
+def test_png_is_300_dpi_and_svg_and_pdf_are_written_whole(con, tmp_path):
+    table = run_recipe(con, "convergence", {})
+    png = figures.draw("convergence", {}, table, tmp_path / "c.png")
+    assert png_dpi(png) == 300
+    assert figures.draw("convergence", {}, table, tmp_path / "c.svg", "svg").read_text().startswith("<svg")
+    assert figures.draw("convergence", {}, table, tmp_path / "c.pdf", "pdf").read_bytes().startswith(b"%PDF")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pdf", "c.png", "c.svg"]  # no partial files left
+
+
+def png_dpi(path: Path) -> int:
+    """Dots per inch from the PNG's pHYs chunk (pixels per metre)."""
+    data = path.read_bytes()
+    at = data.index(b"pHYs")
+    per_metre, _, unit = struct.unpack(">IIB", data[at + 4 : at + 13])
+    assert unit == 1, "pHYs unit is not the metre"
+    return round(per_metre * 0.0254)
+
+
+def test_a_measure_is_chosen_by_name_and_a_wrong_one_is_named(con, tmp_path):
+    recipe = load_recipe("rank_trajectories")
+    bound = bind_params(recipe, {})
+    table = run_recipe(con, "rank_trajectories", bound)
+    spec = figures.recipe_figure(recipe, bound, table, measure="stable_rank")
+    assert spec["title"]["text"].startswith("Stable rank of each layer")
+    assert "stable rank" in drawn_text(spec, tmp_path / "stable.svg")
+    with pytest.raises(ParameterError, match="cannot plot measure 'rank'") as error:
+        figures.recipe_figure(recipe, bound, table, measure="rank")
+    assert "per, erank, stable_rank" in error.value.fix
+    with pytest.raises(ParameterError, match="offers no choice of measure"):
+        figures.check_measure(load_recipe("convergence"), "per")
