@@ -137,11 +137,14 @@ def recipe_figure(
         "data": {"values": rows},
         "config": CONFIG,
     }
+    # a matrix of a thing against itself (checkpoint x checkpoint, layer x layer) is drawn square
+    square = kind == "heatmap" and options["x"].rstrip("_ab") == options["y"].rstrip("_ab")
+    width, height = (300, 300) if square else (WIDTH, HEIGHT)
     if facet is None:
-        spec.update(width=WIDTH + 120, height=HEIGHT + 60, layer=layer)
+        spec.update(width=width + 120, height=height + 60, layer=layer)
     else:
         spec.update(facet)
-        spec["spec"] = {"width": WIDTH, "height": HEIGHT, "layer": layer}
+        spec["spec"] = {"width": width, "height": height, "layer": layer}
         # models have different numbers of layers: a panel's layer axis holds its own model's layers
         independent = "independent" if kind in ("heatmap", "bars", "ranges") else "shared"
         y = "independent" if kind in ("heatmap", "twin") else "shared"
@@ -179,7 +182,10 @@ def fill_title(template: str, params: dict[str, Any], table: pa.Table, measure: 
 def subtitle(params: dict[str, Any], table: pa.Table) -> list[str]:
     """How the numbers were made, in words: estimator and kernel, reference step, threshold, source."""
     parts = []
-    if "estimator" in params:
+    imported = params.get("source") not in (None, "computed")
+    if imported:  # values computed elsewhere: no estimator or kernel of ours applies
+        parts.append(f"source: {params['source']} (imported values)")
+    elif "estimator" in params:
         cka = f"{params['estimator']} CKA estimator, {params['kernel']} kernel"
         parts.append(cka + (", per attention head" if params.get("per_head") else ""))
     if "reference_step" in params:
@@ -192,8 +198,6 @@ def subtitle(params: dict[str, Any], table: pa.Table) -> list[str]:
             parts.append(f"reference checkpoint: each model's last step{shown}")
     if "threshold" in params:
         parts.append(f"stabilised: CKA stays at or above {params['threshold']} at every later checkpoint")
-    if params.get("source") not in (None, "computed"):
-        parts.append(f"source: {params['source']}")
     if "k" in params and "per" in table.column_names:
         parts.append(f"PER's k: {params['k'].replace('_', ' ')}")
     return [" · ".join(parts[:2]), " · ".join(parts[2:])] if len(parts) > 2 else [" · ".join(parts)]
@@ -215,8 +219,9 @@ def natural_key(value: object) -> tuple:
         scale = {"k": 1e3, "m": 1e6, "b": 1e9}[size[2].lower()]
         return (2, float(size[1]) * scale, text)
     suffix = re.search(r"-(xs|xl|s|m|l)(?![\w-])", text, re.IGNORECASE)
-    if suffix:
-        return (3, float(("xs", "s", "m", "l", "xl").index(suffix[1].lower())), text)
+    if suffix:  # a family of sizes (embedded-s, -m, -l) together, then the next family (embedded-gpt2-s)
+        size = ("xs", "s", "m", "l", "xl").index(suffix[1].lower())
+        return (3, 0.0, f"{text[: suffix.start()]}\x00{size}\x00{text}")
     return (5, 0.0, text)
 
 

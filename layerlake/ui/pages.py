@@ -89,7 +89,8 @@ def recipe_form(recipe: Any, stored: dict[str, list[Any]] | None = None, title: 
     stored = stored or {}
     fields = []
     for p in recipe.params:
-        label = f"{escape(p.name)} <span class='hint'>({escape(p.describe_type())}; {escape(p.doc)})</span>"
+        hint = escape(f"{p.describe_type()}; {p.doc}")  # shown on hover: the form stays one or two rows
+        label = f"{escape(p.name)} <span class='hint'>(?)</span>"
         default = "" if p.default is None else escape(_text(p.default))
         choices = ("true", "false") if p.base == "boolean" and not p.is_list else p.choices
         if p.name in stored and stored[p.name]:
@@ -100,7 +101,7 @@ def recipe_form(recipe: Any, stored: dict[str, list[Any]] | None = None, title: 
             control = _select(p.name, list(choices), default, blank=p.optional)
         else:
             control = f"<input name='{escape(p.name)}' value='{default}' placeholder='{default or 'all'}'>"
-        fields.append(f"<label>{label}<br>{control}</label>")
+        fields.append(f"<label title='{hint}'>{label}<br>{control}</label>")
     offered = measures(recipe.plot)
     if offered:
         fields.insert(0, "<label>measure <span class='hint'>(what the figure plots)</span><br>"
