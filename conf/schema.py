@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from layerlake.core.choices import (
+    Architecture,
     Dtype,
     Estimator,
     ExecutorKind,
@@ -61,6 +62,8 @@ class ModelSpec:
     n_heads: int = MISSING
     d_mlp: Optional[int] = None  # default 4 * d_model
     n_params_label: Optional[str] = None  # e.g. "160m"
+    architecture: Architecture = Architecture.gpt_neox  # what the embedded suite trains
+    n_kv_heads: Optional[int] = None  # llama: key/value heads (grouped-query attention); None = n_heads
 
 
 @dataclass

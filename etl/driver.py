@@ -181,6 +181,21 @@ def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[lis
     return todo, replaced
 
 
+def check_families(todo: list[ExtractTask]) -> None:
+    """Each model's first checkpoint to extract must be of a family with a site layout: an unknown one
+    fails here, before any task runs or anything is written, naming the known families."""
+    from layerlake.etl.sites import family_of_type
+    from layerlake.etl.sources import model_type_of
+
+    first = {}
+    for task in todo:
+        first.setdefault(task.ref.model, task.ref)
+    for model, ref in first.items():
+        model_type = model_type_of(ref)
+        if model_type is not None:
+            family_of_type(model_type, where=f"{model} ({ref.stored_location}): ")
+
+
 def run_extract(settings: Config) -> ExtractReport:
     plan = make_plan(settings)
     warehouse = Warehouse(settings.paths.warehouse)
@@ -189,6 +204,7 @@ def run_extract(settings: Config) -> ExtractReport:
     committed = warehouse.committed()  # the manifest, read once for the whole plan
     todo, report.replaced = tasks_to_run(warehouse, plan, committed)
     report.skipped = report.planned - len(todo)
+    check_families(todo)
     executor = make_executor(settings.executor) if todo else None  # fails (e.g. no ray) before any write
     try:
         runs = start_runs(warehouse, plan, settings)

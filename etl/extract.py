@@ -165,7 +165,7 @@ def _add_activations(
                 rows.add_activation(layer, site, None, captured[(layer, site)], options)
                 continue
             v = sites.split_value_output(captured[(layer, "value")], family, shape, options.v_slice)
-            w_o = metrics.as64(sites.module_at(block, family.out_module).weight)
+            w_o = metrics.as64(sites.read_tensor(sites.module_at(block, family.out_module), "weight", family))
             whole, per_head = sites.ov_activations(v, w_o)
             rows.add_activation(layer, "ov", None, whole, options)
             if options.per_head:

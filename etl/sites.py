@@ -2,7 +2,8 @@
 
 Names here are part of the data contract (``warehouse.schema``): they are written into the ``site``
 and ``matrix`` columns, so they are spelled out once, documented, and never derived from Python
-import paths. Each architecture family maps the canonical names onto its own modules:
+import paths. Each architecture family maps the canonical names onto its own modules (GPT-2's layout and
+how to add a family: ``docs/families.md``):
 
 ==================  ===============================  ==========================================
 canonical name      gpt_neox (Pythia)                llama
@@ -67,21 +68,36 @@ SITES = {s.value: s for s in Site}
 MATRICES = {m.value: m for m in Matrix}
 
 
+QKV_SEPARATE = "separate"  # q_proj, k_proj, v_proj (llama and its variants)
+QKV_INTERLEAVED = "interleaved"  # one fused map, rows [q_h | k_h | v_h] per head h (GPT-NeoX)
+QKV_STACKED = "stacked"  # one fused map, rows [Q | K | V], each the heads in order (GPT-2's c_attn)
+
+
 @dataclass(frozen=True)
 class Family:
     """Where the canonical sites and matrices live inside one transformer block of a family."""
 
     name: str
+    model_types: tuple[str, ...]  # the ``config.model_type`` values laid out this way
+    blocks: str  # attribute of ``model.base_model`` holding the blocks, in order
     site_modules: dict[str, str]  # capture name -> module path inside a block ("" = the block)
-    plain_matrices: dict[str, str]  # canonical matrix -> module path of an nn.Linear in a block
+    plain_matrices: dict[str, str]  # canonical matrix -> module path of a Linear (or Conv1D) in a block
     value_module: str  # module whose output holds V
     out_module: str  # module holding W_O
-    fused_qkv: bool
+    qkv: str  # QKV_SEPARATE, QKV_INTERLEAVED or QKV_STACKED: how Q, K and V are laid out
+    conv1d: bool = False  # weights stored (in, out) as GPT-2's Conv1D does: read transposed
+    note: str = ""  # what a reader of this family's rows should know
+
+    @property
+    def fused_qkv(self) -> bool:
+        return self.qkv != QKV_SEPARATE
 
 
 FAMILIES: dict[str, Family] = {
     "gpt_neox": Family(
         name="gpt_neox",
+        model_types=("gpt_neox",),
+        blocks="layers",
         site_modules={
             "attn_out": "attention.dense",
             "mlp_out": "mlp.dense_4h_to_h",
@@ -96,10 +112,16 @@ FAMILIES: dict[str, Family] = {
         },
         value_module="attention.query_key_value",
         out_module="attention.dense",
-        fused_qkv=True,
+        qkv=QKV_INTERLEAVED,
+        note="Pythia and PolyPythias",
     ),
     "llama": Family(
         name="llama",
+        # the same module names and the same roles in each: grouped-query attention where
+        # num_key_value_heads < num_attention_heads; Qwen2's q/k/v biases are in the V output; OLMo 2's
+        # QK-norm acts on Q and K only, so V, W_O and the sites are llama's
+        model_types=("llama", "mistral", "qwen2", "olmo", "olmo2"),
+        blocks="layers",
         site_modules={
             "attn_out": "self_attn.o_proj",
             "mlp_out": "mlp.down_proj",
@@ -117,9 +139,35 @@ FAMILIES: dict[str, Family] = {
         },
         value_module="self_attn.v_proj",
         out_module="self_attn.o_proj",
-        fused_qkv=False,
+        qkv=QKV_SEPARATE,
+        note="LLaMA, Mistral, Qwen2, OLMo, OLMo 2, pico-lm",
+    ),
+    "gpt2": Family(
+        name="gpt2",
+        model_types=("gpt2",),
+        blocks="h",
+        site_modules={
+            "attn_out": "attn.c_proj",
+            "mlp_out": "mlp.c_proj",
+            "resid_post": "",
+            "value": "attn.c_attn",
+        },
+        plain_matrices={
+            "query_key_value": "attn.c_attn",
+            "dense": "attn.c_proj",
+            "dense_h_to_4h": "mlp.c_fc",
+            "dense_4h_to_h": "mlp.c_proj",
+        },
+        value_module="attn.c_attn",
+        out_module="attn.c_proj",
+        qkv=QKV_STACKED,
+        conv1d=True,
+        note="GPT-2 and Stanford CRFM's GPT-2 runs; Conv1D weights (in, out) are read transposed",
     ),
 }
+# config.model_type -> its family
+MODEL_TYPES: dict[str, Family] = {t: f for f in FAMILIES.values() for t in f.model_types}
+REGISTRY_DOC = "docs/families.md"
 
 
 @dataclass(frozen=True)
@@ -140,13 +188,19 @@ class Shape:
 
 def family_of(model: nn.Module) -> Family:
     """The family of a loaded model, from ``config.model_type``."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in FAMILIES:
+    return family_of_type(getattr(getattr(model, "config", None), "model_type", None))
+
+
+def family_of_type(model_type: str | None, where: str = "") -> Family:
+    """The family laying out ``model_type`` (a config's ``model_type``); an unknown one is an error
+    naming the known families and the registry."""
+    if model_type not in MODEL_TYPES:
+        known = "; ".join(f"{f.name} ({', '.join(f.model_types)})" for f in FAMILIES.values())
         raise ExtractionError(
-            f"model type {model_type!r} has no site layout; layerlake knows: {', '.join(FAMILIES)}",
-            fix="extract a gpt_neox or llama model, or add its layout to etl.sites.FAMILIES",
+            f"{where}model type {model_type!r} has no site layout; layerlake knows: {known}",
+            fix=f"extract a model of a known family, or add its layout to etl.sites.FAMILIES ({REGISTRY_DOC})",
         )
-    return FAMILIES[model_type]
+    return MODEL_TYPES[model_type]
 
 
 def shape_of(model: nn.Module) -> Shape:
@@ -159,8 +213,8 @@ def shape_of(model: nn.Module) -> Shape:
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks, in order (``base_model.layers`` in both families)."""
-    return list(model.base_model.layers)
+    """The transformer blocks, in order (``base_model.layers``; GPT-2: ``base_model.h``)."""
+    return list(getattr(model.base_model, family_of(model).blocks))
 
 
 def module_at(block: nn.Module, path: str) -> nn.Module:
@@ -170,7 +224,7 @@ def module_at(block: nn.Module, path: str) -> nn.Module:
 
 def check_family_options(v_slice: VSlice, family: Family) -> None:
     """Fail early, naming the option, when an option cannot apply to this family."""
-    if v_slice == VSlice.paper_last_third and not family.fused_qkv:
+    if v_slice == VSlice.paper_last_third and family.qkv == QKV_SEPARATE:
         raise ExtractionError(
             f"v_slice=paper_last_third needs a fused QKV; {family.name} has separate V",
             fix="set extract.v_slice=true_v for this model",
@@ -213,7 +267,9 @@ def split_value_output(out: torch.Tensor, family: Family, shape: Shape, v_slice:
     """
     n = out.shape[0]
     h, dh = shape.n_heads, shape.d_head
-    if family.fused_qkv:
+    if family.qkv == QKV_STACKED:  # [Q | K | V]: the paper's last third is the true V here
+        return out[:, 2 * h * dh :].reshape(n, h, dh)
+    if family.qkv == QKV_INTERLEAVED:
         if v_slice == VSlice.paper_last_third:
             return out[:, 2 * h * dh :].reshape(n, h, dh)
         return out.reshape(n, h, 3, dh)[:, :, 2, :]
@@ -227,15 +283,21 @@ def split_value_weight(w: torch.Tensor, family: Family, shape: Shape, v_slice: s
     Rows follow the same layout as :func:`split_value_output` (a Linear's output features are its rows).
     """
     h, dh = shape.n_heads, shape.d_head
-    if family.fused_qkv:
+    if family.qkv == QKV_STACKED:
+        return w[2 * h * dh :].reshape(h, dh, -1)
+    if family.qkv == QKV_INTERLEAVED:
         if v_slice == VSlice.paper_last_third:
             return w[2 * h * dh :].reshape(h, dh, -1)
         return w.reshape(h, 3, dh, -1)[:, 2]
     return w.reshape(shape.n_kv_heads, dh, -1).repeat_interleave(shape.group, dim=0)
 
 
-def split_fused_qkv(w: torch.Tensor, shape: Shape) -> dict[str, torch.Tensor]:
-    """The true Q, K, V parts of a fused QKV weight, each (n_heads * d_head, d_model)."""
+def split_fused_qkv(w: torch.Tensor, family: Family, shape: Shape) -> dict[str, torch.Tensor]:
+    """The true Q, K, V parts of a fused QKV weight (rows = output features), each (n_heads * d_head,
+    d_model): per head ``[q_h | k_h | v_h]`` interleaved (GPT-NeoX) or ``[Q | K | V]`` stacked (GPT-2)."""
+    if family.qkv == QKV_STACKED:
+        parts = w.reshape(3, shape.n_heads * shape.d_head, -1)
+        return {name: parts[i] for i, name in enumerate(("query", "key", "value"))}
     parts = w.reshape(shape.n_heads, 3, shape.d_head, -1)
     return {
         name: parts[:, i].reshape(shape.n_heads * shape.d_head, -1)
@@ -261,9 +323,11 @@ MatrixKey = tuple[str, "int | None"]  # (canonical matrix, head or None)
 Factors = tuple[torch.Tensor, "torch.Tensor | None"]  # (a, b): the matrix is a @ b (b None: a itself)
 
 
-def read_tensor(linear: nn.Module, tensor: str) -> torch.Tensor | None:
-    """A Linear's weight (``tensor="weight"``) or its weight's gradient (``"grad"``, None if there is none)."""
-    return linear.weight.detach() if tensor == Tensor.weight else linear.weight.grad
+def read_tensor(linear: nn.Module, tensor: str, family: Family | None = None) -> torch.Tensor | None:
+    """A Linear's weight (``tensor="weight"``) or its weight's gradient (``"grad"``, None if there is
+    none), as (out_features, in_features): a Conv1D's (in, out) weight is transposed."""
+    t = linear.weight.detach() if tensor == Tensor.weight else linear.weight.grad
+    return None if t is None else (t.T if family is not None and family.conv1d else t)
 
 
 def ov_operands(
@@ -275,7 +339,7 @@ def ov_operands(
     Per layer W_O is (d_model x H*d_head) and W_V (H*d_head x d_model), its rows per head as
     :func:`split_value_weight` takes them (``v_slice``); per head ``W_O[:, h*dh:(h+1)*dh]`` and W_V_h.
     """
-    w_v_raw, w_o = read_tensor(value, tensor), read_tensor(dense, tensor)
+    w_v_raw, w_o = read_tensor(value, tensor, family), read_tensor(dense, tensor, family)
     if w_v_raw is None or w_o is None:
         return {}
     w_v = split_value_weight(w_v_raw, family, shape, v_slice)  # (H, dh, d_model)
@@ -326,11 +390,11 @@ def block_matrices(
     """
     out: dict[MatrixKey, Factors] = {}
     for name, path in family.plain_matrices.items():
-        t = read_tensor(module_at(block, path), tensor)
+        t = read_tensor(module_at(block, path), tensor, family)
         if t is not None:
             out[(name, None)] = (t, None)
     if family.fused_qkv and ("query_key_value", None) in out:
-        for name, part in split_fused_qkv(out[("query_key_value", None)][0], shape).items():
+        for name, part in split_fused_qkv(out[("query_key_value", None)][0], family, shape).items():
             out[(name, None)] = (part, None)
     value, dense = module_at(block, family.value_module), module_at(block, family.out_module)
     weights = ov_operands(value, dense, family, shape, v_slice, Tensor.weight)

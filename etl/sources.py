@@ -343,6 +343,29 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
         ) from error
 
 
+def model_type_of(ref: CheckpointRef) -> str | None:
+    """The ``model_type`` a checkpoint's config.json declares, read without loading its weights; None
+    when the config cannot be read here (the task, loading the checkpoint, then says why)."""
+    if ref.source == "local":
+        path = Path(ref.location) / "config.json"
+    elif ref.source == "hf":
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(
+                ref.location, "config.json", revision=ref.revision, cache_dir=hub_cache_dir(),
+                local_files_only=hub_local_only()[0],
+            ))  # fmt: skip
+        except Exception:  # offline and not cached, no such revision: the task reports it
+            return None
+    else:
+        return None
+    try:
+        return json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_loading_info(ref: CheckpointRef, info: dict) -> None:
     """A checkpoint whose weights and config disagree fails, naming the mismatch: weights the config has
     no place for (it declares fewer layers than the file holds) would be silently dropped, and parameters

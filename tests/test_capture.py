@@ -154,3 +154,94 @@ def test_split_value_true_v_and_paper_slice():
         sites.split_value_output(row, fam, one, "true_v"),
         sites.split_value_output(row, fam, one, "paper_last_third"),
     )
+
+
+def test_gpt2_sites_equal_hand_computation():
+    """GPT-2: sequential residual, Conv1D maps (x @ W + b with W stored (in, out)), c_attn's output
+    stacked [Q | K | V]."""
+    model = tiny_models.gpt2()
+    got = _run(model)
+    with torch.no_grad():
+        hidden = model(IDS, output_hidden_states=True).hidden_states
+        for i, block in enumerate(model.transformer.h[:-1]):
+            h_in, h_out = hidden[i], hidden[i + 1]
+            qkv = block.ln_1(h_in) @ block.attn.c_attn.weight + block.attn.c_attn.bias
+            torch.testing.assert_close(got[(i, "value")], _at(qkv), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got[(i, "resid_post")], _at(h_out), rtol=1e-5, atol=1e-5)
+            h_mid = _at(h_in) + got[(i, "attn_out")]
+            x = block.ln_2(h_mid.float())
+            mlp = block.mlp
+            mlp_out = mlp.act(x @ mlp.c_fc.weight + mlp.c_fc.bias) @ mlp.c_proj.weight + mlp.c_proj.bias
+            torch.testing.assert_close(got[(i, "mlp_out")], mlp_out.double(), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(_at(h_out), h_mid + got[(i, "mlp_out")], rtol=1e-4, atol=1e-4)
+
+
+FAMILY_MODELS = {
+    "gpt_neox": lambda: neox(n_heads=4),
+    "llama": llama,
+    "qwen2": lambda: tiny_models.llama_variant("qwen2"),
+    "mistral": lambda: tiny_models.llama_variant("mistral"),
+    "olmo": lambda: tiny_models.llama_variant("olmo"),
+    "olmo2": lambda: tiny_models.llama_variant("olmo2"),
+    "gpt2": tiny_models.gpt2,
+}
+
+
+def hand_v_and_w_o(model, block, raw: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """V and W_O of each query head by index arithmetic on the raw value output and the stored weight,
+    written per layout without the code under test: (n, d_head) and (d_model, d_head) per head."""
+    kind = model.config.model_type
+    shape = sites.shape_of(model)
+    h, dh, d = shape.n_heads, shape.d_head, shape.d_model
+    if kind == "gpt_neox":  # rows [q_0 k_0 v_0 q_1 k_1 v_1 ...], each d_head wide
+        v = [raw[:, (3 * i + 2) * dh : (3 * i + 3) * dh] for i in range(h)]
+        w_o = block.attention.dense.weight
+    elif kind == "gpt2":  # columns [Q | K | V]; W_O stored (in, out)
+        v = [raw[:, 2 * d + i * dh : 2 * d + (i + 1) * dh] for i in range(h)]
+        w_o = block.attn.c_proj.weight.T
+    else:  # llama layout: query head i reads kv head i // (heads per kv head)
+        group = h // model.config.num_key_value_heads
+        v = [raw[:, (i // group) * dh : (i // group + 1) * dh] for i in range(h)]
+        w_o = block.self_attn.o_proj.weight
+    w_o = w_o.detach().double()
+    return v, [w_o[:, i * dh : (i + 1) * dh] for i in range(h)]
+
+
+@pytest.mark.parametrize("kind", sorted(FAMILY_MODELS))
+def test_every_family_gives_v_per_head_and_ov_of_the_hand_computation(kind):
+    model = FAMILY_MODELS[kind]()
+    family, shape = sites.family_of(model), sites.shape_of(model)
+    assert model.config.model_type in family.model_types
+    got = _run(model)
+    for i, block in enumerate(sites.blocks(model)):
+        raw = got[(i, "value")]
+        v = sites.split_value_output(raw, family, shape, "true_v")
+        w_o = sites.read_tensor(sites.module_at(block, family.out_module), "weight", family).double()
+        whole, per_head = sites.ov_activations(v, w_o)
+        hand_v, hand_w_o = hand_v_and_w_o(model, block, raw)
+        for h in range(shape.n_heads):
+            torch.testing.assert_close(v[:, h], hand_v[h])
+            torch.testing.assert_close(per_head[h], hand_v[h] @ hand_w_o[h].T)
+        torch.testing.assert_close(whole, sum(hv @ hw.T for hv, hw in zip(hand_v, hand_w_o, strict=True)))
+
+
+def test_gpt2_qkv_matrices_are_the_stacked_thirds_of_c_attn_transposed():
+    model = tiny_models.gpt2()
+    family, shape = sites.family_of(model), sites.shape_of(model)
+    block = sites.blocks(model)[0]
+    got = sites.block_matrices(block, family, shape, "true_v", "weight")
+    w = block.attn.c_attn.weight.detach()  # (d_model, 3 d_model): x @ w
+    for j, name in enumerate(("query", "key", "value")):
+        torch.testing.assert_close(got[(name, None)][0], w[:, j * 16 : (j + 1) * 16].T)
+    torch.testing.assert_close(got[("dense_h_to_4h", None)][0], block.mlp.c_fc.weight.detach().T)
+    a, b = got[("ov", 1)]  # head 1: W_O[:, 4:8] @ W_V[4:8]
+    torch.testing.assert_close(a @ b, block.attn.c_proj.weight.detach().T[:, 4:8] @ w[:, 36:40].T)
+
+
+def test_an_unknown_family_is_named_with_the_known_ones_and_the_registry():
+    from layerlake.etl.errors import ExtractionError
+
+    with pytest.raises(ExtractionError, match="model type 'bloom' has no site layout") as error:
+        sites.family_of_type("bloom")
+    assert "gpt2 (gpt2)" in error.value.message and "qwen2" in error.value.message
+    assert "docs/families.md" in error.value.fix

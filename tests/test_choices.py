@@ -67,7 +67,7 @@ def test_every_closed_set_of_the_schema_is_a_choice():
         ("ExecutorConfig", "kind"), ("ExecutorConfig", "dtype"), ("ExtractConfig", "sites"),
         ("ExtractConfig", "kernels"), ("ExtractConfig", "estimators"), ("ExtractConfig", "v_slice"),
         ("ProbeConfig", "positions"), ("ProbeConfig", "source"), ("SuiteConfig", "source"),
-        ("PlotConfig", "format"),
+        ("PlotConfig", "format"), ("ModelSpec", "architecture"),
     }  # fmt: skip
     for cls_name, field in closed:
         hint = typing.get_type_hints(getattr(schema, cls_name))[field]

@@ -45,9 +45,12 @@ def dense_chain_rule(model: torch.nn.Module, layer: int, v_slice: str):
     and gradients, and the paper's ``gO gV`` beside it."""
     _, family, shape, value, dense = ov_modules(model, layer)
     h, dh = shape.n_heads, shape.d_head
-    w_o, g_o = dense.weight.detach().numpy(), dense.weight.grad.numpy()
-    w_v_raw, g_v_raw = value.weight.detach().numpy(), value.weight.grad.numpy()
-    if family.fused_qkv:  # rows [head][q|k|v][d_head]; the paper's slice is the last H*dh rows
+    flip = (lambda m: m.T) if family.conv1d else (lambda m: m)  # GPT-2's Conv1D stores (in, out)
+    w_o, g_o = flip(dense.weight.detach().numpy()), flip(dense.weight.grad.numpy())
+    w_v_raw, g_v_raw = flip(value.weight.detach().numpy()), flip(value.weight.grad.numpy())
+    if family.conv1d:  # GPT-2: rows [Q | K | V], V's rows head by head (the paper's slice is V itself)
+        start = [2 * h * dh + i * dh for i in range(h)]
+    elif family.fused_qkv:  # rows [head][q|k|v][d_head]; the paper's slice is the last H*dh rows
         start = [
             2 * h * dh + i * dh if v_slice == "paper_last_third" else i * 3 * dh + 2 * dh for i in range(h)
         ]
@@ -70,6 +73,8 @@ MODELS = {
     "neox-3": lambda: tiny_models.neox(3, 2, hidden_size=12, intermediate_size=20),
     "neox-4": lambda: tiny_models.neox(4, 3, hidden_size=12, intermediate_size=20),
     "llama-gqa": lambda: tiny_models.llama(4),
+    "qwen2-gqa-biases": lambda: tiny_models.llama_variant("qwen2", 5),
+    "gpt2": lambda: tiny_models.gpt2(6),
 }
 
 

@@ -102,7 +102,11 @@ CHECKPOINTS = Table(
         ),
         _WEIGHTS,
         _c("n_params", pa.int64(), "number of parameters"),
-        _c("architecture", pa.string(), "architecture family: gpt_neox | llama"),
+        _c(
+            "architecture",
+            pa.string(),
+            "the config's model_type (gpt_neox, llama, mistral, qwen2, olmo, olmo2, gpt2; docs/families.md)",
+        ),
         _c("n_layers", pa.int32(), "number of transformer blocks"),
         _c("d_model", pa.int32(), "hidden size"),
         _c("n_heads", pa.int32(), "attention heads"),

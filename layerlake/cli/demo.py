@@ -84,7 +84,10 @@ def second_seed(settings: Config) -> Config | None:
     suite = settings.suite
     if suite.source != "local":
         return None
-    model = min(selected_models(suite, settings.models), key=lambda m: (m.n_layers * m.d_model**2, m.name))
+    model = min(  # the smallest Pythia-style model: the study's family
+        selected_models(suite, settings.models),
+        key=lambda m: (m.architecture != "gpt_neox", m.n_layers * m.d_model**2, m.name),
+    )
     seed = suite.train.seed + 1
     train = dataclasses.replace(suite.train, seed=seed, variant=f"seed{seed}", snapshots=True)
     return dataclasses.replace(settings, suite=dataclasses.replace(suite, train=train), models=[model.name])

@@ -56,6 +56,17 @@ def did_you_mean(value: object, known: tuple[str, ...] | list[str]) -> str:
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
+class Architecture(Choice):
+    """The architectures the embedded suite trains (a hub suite's checkpoints say their own)."""
+
+    gpt_neox = (
+        "gpt_neox",
+        "Pythia's: parallel residual, rotary on a quarter of each head, fused QKV interleaved per head",
+    )
+    llama = "llama", "LLaMA-style: RMSNorm, SwiGLU MLP, full rotary, grouped-query attention (n_kv_heads)"
+    gpt2 = "gpt2", "GPT-2: learned positions, GELU MLP, Conv1D weights, fused QKV stacked [Q | K | V]"
+
+
 class ExecutorKind(Choice):
     local = "local", "an in-process loop (debugging; GPU machines without Ray)"
     ray = "ray", "Ray tasks on a local or remote cluster, one CPU or one GPU each"
@@ -116,7 +127,10 @@ class Site(Choice):
 
 
 class Matrix(Choice):
-    query_key_value = "query_key_value", "the fused QKV projection (GPT-NeoX), rows interleaved per head"
+    query_key_value = (
+        "query_key_value",
+        "the fused QKV projection: GPT-NeoX's rows interleaved per head, GPT-2's c_attn stacked [Q | K | V]",
+    )
     query = "query", "the query projection (true per-head split of a fused QKV)"
     key = "key", "the key projection (true per-head split of a fused QKV)"
     value = "value", "the value projection (true per-head split of a fused QKV)"
