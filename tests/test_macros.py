@@ -194,7 +194,7 @@ def test_known_values(con):
     assert q(con, "select powerlaw_alpha([2.0, 1.0, 0.5, 0.25])") == pytest.approx(1 + 2 / np.log(4.0))
 
 
-SHAPED = ("condition_number", "numerical_rank")  # (sv, rows, cols)
+SHAPED = ("condition_number", "numerical_rank", "matrix_entropy", "mp_softrank")  # (sv, rows, cols)
 
 
 @pytest.mark.parametrize("macro", [m for m in MACROS if m not in ("cka", "cka_normed", "per")])
@@ -274,3 +274,70 @@ def test_schema_doc_is_in_step_with_the_code():
     assert doc.read_text() == render(), (
         "docs/schema.md is stale: run `.venv/bin/python -m layerlake.warehouse.schema_doc > docs/schema.md`"
     )
+
+
+# -- WeightWatcher's measures, against the weightwatcher package itself (a dev dependency) ----------------
+
+
+def ww_spectra() -> dict[str, tuple[np.ndarray, int, int]]:
+    """(singular values, rows, cols): a random matrix (all bulk), the same with three spikes, a
+    heavy-tailed one, and a small one with zeros."""
+    rng = np.random.default_rng(4)
+    bulk = rng.normal(size=(64, 96))
+    spiked = bulk + sum(s * np.outer(rng.normal(size=64), rng.normal(size=96)) for s in (3.0, 2.0, 1.5))
+    heavy = rng.standard_t(2.5, size=(48, 48))
+    out = {name: (np.linalg.svd(m, compute_uv=False), *m.shape) for name, m in
+           (("bulk", bulk), ("spiked", spiked), ("heavy", heavy))}  # fmt: skip
+    out["with_zeros"] = (np.concatenate([np.sort(rng.gamma(2.0, 1.0, 30))[::-1], np.zeros(4)]), 34, 40)
+    return out  # (WeightWatcher fits fewer than 20 eigenvalues another way: see ww_alpha's description)
+
+
+WW_SPECTRA = ww_spectra()
+
+
+@pytest.mark.parametrize("case", sorted(WW_SPECTRA))
+def test_weightwatcher_measures_equal_the_weightwatcher_package(con, case):
+    ww_powerlaw = pytest.importorskip(
+        "weightwatcher.WW_powerlaw", reason="pip install weightwatcher (dev extra)"
+    )
+    from weightwatcher.RMT_Util import matrix_entropy
+
+    sv, rows, cols = WW_SPECTRA[case]
+    evals = sv**2
+    fit = ww_powerlaw.WWFit(evals[evals > 1e-5])  # WeightWatcher's default fit (its own power-law code)
+    got = con.execute(
+        "select ww_alpha($s), ww_xmin($s), ww_tail($s), ww_ks($s), alpha_weighted($s), log_norm($s), "
+        "log_spectral_norm($s), matrix_entropy($s, $r, $c)", {"s": sv.tolist(), "r": rows, "c": cols}
+    ).fetchall()[0]  # fmt: skip
+    log_spectral_norm = np.log10(evals.max())  # WeightWatcher's apply_norm_metrics
+    want = (fit.alpha, fit.xmin, len(fit.data), fit.D, fit.alpha * log_spectral_norm, np.log10(evals.sum()),
+            log_spectral_norm, matrix_entropy(sv, max(rows, cols)))  # fmt: skip
+    np.testing.assert_allclose(got[:2], want[:2], rtol=1e-12)
+    assert got[2] == want[2]
+    np.testing.assert_allclose(got[3:7], want[3:7], rtol=1e-12)
+    assert got[7] == pytest.approx(want[7], rel=1e-7)  # WeightWatcher adds 1e-10 to each p_i
+
+
+def np_mp_softrank(sv, rows, cols):
+    """Written from WeightWatcher's mp_fit with the bulk's variance as the mean eigenvalue: eigenvalues
+    rescaled to mean 1, lambda_+ = (1 + 1/sqrt(Q))^2 with Q = N / M."""
+    n, m = max(rows, cols), min(rows, cols)
+    evals = sv**2 * m / np.sum(sv**2)
+    return min(1.0, (1 + 1 / np.sqrt(n / m)) ** 2 / evals.max())
+
+
+@pytest.mark.parametrize("case", sorted(WW_SPECTRA))
+def test_mp_softrank_is_near_one_for_a_random_matrix_and_small_with_spikes(con, case):
+    sv, rows, cols = WW_SPECTRA[case]
+    got = q(con, "select mp_softrank($1, $2, $3)", sv.tolist(), rows, cols)
+    assert got == pytest.approx(np_mp_softrank(sv, rows, cols), rel=1e-12)
+    soft = {
+        name: q(con, "select mp_softrank($1, $2, $3)", s.tolist(), r, c)
+        for name, (s, r, c) in WW_SPECTRA.items()
+    }
+    assert soft["bulk"] > 0.9 and soft["spiked"] < 0.5 * soft["bulk"]
+
+
+def test_ww_fit_needs_two_eigenvalues(con):
+    assert q(con, "select ww_alpha([2.0])") is None and q(con, "select ww_alpha([0.001, 0.0])") is None
+    assert q(con, "select ww_alpha([2.0, 1.0])") is not None

@@ -1,0 +1,16 @@
+-- name: mp_softrank
+-- signature: mp_softrank(sv, rows, cols)
+-- description: the Marchenko-Pastur soft rank lambda_+ / lambda_max of a rows x cols matrix: with
+--    M = min(rows, cols), N = max(rows, cols), Q = N / M and the eigenvalues normalised to mean 1
+--    (lambda_i = s_i^2 * M / sum_j s_j^2, WeightWatcher's rescaling), a random matrix's bulk ends at
+--        lambda_+ = (1 + 1 / sqrt(Q))^2
+--    and mp_softrank = lambda_+ / max_i lambda_i, at most 1: near 1 when the spectrum is all bulk
+--    (random-like), small when a few large directions (spikes) stand out. The bulk's variance is taken as
+--    the mean eigenvalue; WeightWatcher instead fits it to the density, which gives a larger soft rank
+--    when spikes carry much of the norm. NULL for an all-zero spectrum.
+CREATE OR REPLACE MACRO mp_softrank(sv, rows, cols) AS
+    CASE WHEN list_max(sv::DOUBLE[]) > 0 AND rows > 0 AND cols > 0 THEN
+        least(1.0, (1 + 1 / sqrt(greatest(rows, cols)::DOUBLE / least(rows, cols)))^2
+            / (list_max(sv::DOUBLE[]) ^ 2 * least(rows, cols)
+               / list_sum(list_transform(sv::DOUBLE[], lambda x: x * x))))
+    END;

@@ -1,0 +1,14 @@
+-- name: ww_alpha
+-- signature: ww_alpha(sv)
+-- description: WeightWatcher's power-law exponent alpha of the eigenvalues lambda_i = s_i^2 (those
+--    above 1e-5), with the tail's x_min chosen by the Kolmogorov-Smirnov distance (Clauset, Shalizi and
+--    Newman 2009; WeightWatcher's default fit): every eigenvalue but the largest is tried as x_min, the
+--    tail above it gets the continuous MLE
+--        alpha = 1 + m / sum_{lambda >= x_min} ln(lambda / x_min)      (m tail values)
+--    and the x_min whose fit is closest to the tail's empirical CDF, D = max |1 - (lambda / x_min)^(1 -
+--    alpha) - (j / m)|, wins. powerlaw_alpha is the same MLE on a fixed tail (the top half). O(m^2) per
+--    spectrum. NULL with fewer than 2 eigenvalues above 1e-5. WeightWatcher 0.7 fits fewer than 20
+--    eigenvalues another way (a bias-corrected MLE, tails of 8 or more, a KS objective favouring long
+--    tails); this macro keeps the standard fit at every size, so small spectra can differ from it.
+-- uses: _ll_ww_eig, _ll_ww_fit
+CREATE OR REPLACE MACRO ww_alpha(sv) AS _ll_ww_fit(_ll_ww_eig(sv))[3];
