@@ -197,7 +197,9 @@ def test_known_values(con):
 SHAPED = ("condition_number", "numerical_rank", "matrix_entropy", "mp_softrank")  # (sv, rows, cols)
 
 
-@pytest.mark.parametrize("macro", [m for m in MACROS if m not in ("cka", "cka_normed", "per")])
+@pytest.mark.parametrize(
+    "macro", [m for m in MACROS if m not in ("cka", "cka_normed", "per", "svcca", "mean_cca")]
+)
 def test_null_spectrum_is_null(con, macro):
     shape = ", 3, 4" if macro in SHAPED else ""
     assert q(con, f"select {macro}(NULL::DOUBLE[]{shape})") is None
@@ -341,3 +343,70 @@ def test_mp_softrank_is_near_one_for_a_random_matrix_and_small_with_spikes(con, 
 def test_ww_fit_needs_two_eigenvalues(con):
     assert q(con, "select ww_alpha([2.0])") is None and q(con, "select ww_alpha([0.001, 0.0])") is None
     assert q(con, "select ww_alpha([2.0, 1.0])") is not None
+
+
+# -- SVCCA and mean CCA from the Grams, against CCA computed from the activations ----------------------
+
+
+def np_svcca(x: np.ndarray, y: np.ndarray, keep: float | None) -> float:
+    """Raghu et al.'s SVCCA written from the activations: SVD of each centred matrix, the fewest leading
+    directions holding ``keep`` of the variance (all of them for None), then CCA by covariances:
+    rho = singular values of Sxx^(-1/2) Sxy Syy^(-1/2)."""
+
+    def reduced(m):
+        m = m - m.mean(axis=0)
+        u, s, vt = np.linalg.svd(m, full_matrices=False)
+        s = s[s > s[0] * 1e-10]
+        k = len(s) if keep is None else int(np.searchsorted(np.cumsum(s**2) / np.sum(s**2), keep)) + 1
+        return m @ vt[:k].T
+
+    a, b = reduced(x), reduced(y)
+
+    def inv_sqrt(c):
+        w, v = np.linalg.eigh(c)
+        return v @ np.diag(w**-0.5) @ v.T
+
+    rho = np.linalg.svd(inv_sqrt(a.T @ a) @ (a.T @ b) @ inv_sqrt(b.T @ b), compute_uv=False)
+    return float(np.mean(rho[: min(a.shape[1], b.shape[1])]))
+
+
+def activations(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(48, 6))
+    return {
+        "x": base @ rng.normal(size=(6, 12)) + 0.05 * rng.normal(size=(48, 12)),  # mostly 6 directions
+        "y": base[:, :4] @ rng.normal(size=(4, 9)) + 0.5 * rng.normal(size=(48, 9)),  # shares 4 of them
+        "z": rng.normal(size=(48, 10)),  # unrelated
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("pair", [("x", "y"), ("x", "z"), ("y", "z")])
+def test_svcca_and_mean_cca_from_grams_equal_cca_of_the_activations(con, seed, pair):
+    from layerlake.warehouse.gram import pack
+
+    acts = activations(seed)
+    a, b = (acts[p] for p in pair)
+    ga, gb = (pack(centred_gram(m)) for m in (a, b))
+    got64 = con.execute(
+        "select svcca($a, $b), svcca($a, $b, 0.9), mean_cca($a, $b)", {"a": ga.tolist(), "b": gb.tolist()}
+    ).fetchall()[0]  # fmt: skip
+    want = (np_svcca(a, b, 0.99), np_svcca(a, b, 0.9), np_svcca(a, b, None))
+    np.testing.assert_allclose(got64, want, rtol=1e-8)
+    stored = {
+        "a": ga.astype(np.float32).tolist(),
+        "b": gb.astype(np.float32).tolist(),
+    }  # as sketches are kept
+    got32 = con.execute("select svcca($a::FLOAT[], $b::FLOAT[]), mean_cca($a::FLOAT[], $b::FLOAT[])", stored)
+    np.testing.assert_allclose(got32.fetchall()[0], (want[0], want[2]), rtol=1e-4)
+
+
+def test_svcca_is_one_for_a_rotated_copy_and_null_for_a_mismatch(con):
+    from layerlake.warehouse.gram import pack
+
+    x = activations(3)["x"]
+    rotation = np.linalg.qr(np.random.default_rng(5).normal(size=(12, 12)))[0]
+    ga, gb = pack(centred_gram(x)).tolist(), pack(centred_gram(2.0 * x @ rotation)).tolist()
+    assert q(con, "select svcca($1, $2)", ga, gb) == pytest.approx(1.0, abs=1e-9)
+    assert q(con, "select mean_cca($1, $2)", ga, ga[:-1]) is None
+    assert q(con, "select svcca($1, $2)", ga, [0.0] * len(ga)) is None

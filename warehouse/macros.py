@@ -49,7 +49,11 @@ def install(con: Any) -> Any:
 
 
 def install_functions(con: Any) -> Any:
-    """Define the scalar macros only (they need no table): ``cka``, ``erank``, ``per`` ..."""
+    """Define the scalar macros only (they need no table): ``cka``, ``erank``, ``per`` ... and the
+    Python functions two of them call (``svcca``, ``mean_cca``: ``warehouse.similarity``)."""
+    from layerlake.warehouse.similarity import install_similarity
+
+    install_similarity(con)
     for statement in macro_statements():
         con.execute(statement)
     return con
