@@ -26,6 +26,7 @@ from layerlake.core.choices import (
     PositionRule,
     ProbeSource,
     Site,
+    StepSchedule,
     SuiteSource,
     VSlice,
     check_device,
@@ -87,6 +88,17 @@ class TrainConfig:
 
 
 @dataclass
+class RevisionsConfig:
+    """How a hub suite names its checkpoints, and whether to list them from the hub."""
+
+    pattern: str = r"step(?P<step>\d+)"  # a checkpoint's revision name, in full; group `step` is its step
+    discover: bool = False  # list each repo's checkpoints from its hub refs instead of `steps`
+    schedule: StepSchedule = StepSchedule.all  # which of the listed checkpoints to use
+    count: int = 32  # log_spaced: about how many
+    every: int = 10  # every_kth: k
+
+
+@dataclass
 class SuiteConfig:
     name: str = MISSING
     source: SuiteSource = SuiteSource.local
@@ -97,6 +109,7 @@ class SuiteConfig:
     final_step: Optional[int] = None  # the reference checkpoint; default the last of `steps`
     evict_after_use: bool = False  # hf: delete a revision's cached files once extracted
     trust_remote_code: bool = False
+    revisions: RevisionsConfig = field(default_factory=RevisionsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -54,16 +54,15 @@ def extract_options(settings: Config) -> ExtractOptions:
 def make_plan(settings: Config) -> Plan:
     """Every (model, step) the config selects, with the one probe batch they all share."""
     from layerlake.etl.probes import build_probe
-    from layerlake.etl.sources import open_source, select_steps
+    from layerlake.etl.sources import open_source
 
     models = selected_models(settings)
-    steps = select_steps(settings.suite, settings.steps)
     source = open_source(settings.suite, settings.paths.suites)
     probe = build_probe(settings.probe, settings.suite, settings.paths.suites, [m.name for m in models])
     options = extract_options(settings)
     tasks = tuple(
         ExtractTask(ref=ref, probe=probe, options=options, code_version=CODE_VERSION)
         for model in models
-        for ref in source.refs(model.name, steps)
+        for ref in source.refs(model.name, source.plan_steps(model.name, settings.steps))
     )
     return Plan(suite=settings.suite.name, models=tuple(m.name for m in models), probe=probe, tasks=tasks)

@@ -77,6 +77,10 @@ class CheckpointSource:
             fix="pick one of those names (models=[...]) or another suite (suite=...)",
         )
 
+    def plan_steps(self, model: str, steps_cfg: StepsConfig) -> list[int]:
+        """The steps of ``model`` to extract: the suite's schedule as ``steps_cfg`` selects it."""
+        return select_steps(self.suite, steps_cfg)
+
     def refs(self, model: str, steps: Sequence[int]) -> list[CheckpointRef]:
         """One ref per step, in the given order; a step the source cannot serve is a CheckpointError."""
         spec = self.model_spec(model)
@@ -91,12 +95,14 @@ class CheckpointSource:
     def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
         raise NotImplementedError
 
-    def _make_ref(self, spec: ModelSpec, step: int, location: str) -> CheckpointRef:
+    def _make_ref(
+        self, spec: ModelSpec, step: int, location: str, revision: str | None = None
+    ) -> CheckpointRef:
         return CheckpointRef(
             suite=self.suite.name,
             model=spec.name,
             step=step,
-            revision=f"step{step}",
+            revision=revision or f"step{step}",
             tokens_seen=step * self.suite.tokens_per_step,
             source=self.kind,
             location=location,
@@ -136,16 +142,60 @@ class LocalSource(CheckpointSource):
 
 
 class HubSource(CheckpointSource):
-    """Hub repos with one revision ``step<N>`` per checkpoint (Pythia's layout)."""
+    """Hub repos with one revision per checkpoint: ``step<N>`` from the suite's ``steps`` (Pythia's
+    layout), or, with ``suite.revisions.discover``, the repo's refs matching ``suite.revisions.pattern``
+    (``etl.revisions``)."""
 
     kind = SuiteSource.hf
 
-    def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
+    def __init__(self, suite: SuiteConfig, suites_root: str | Path) -> None:
+        super().__init__(suite, suites_root)
+        self._found: dict[str, dict[int, str]] = {}
+
+    def discovered(self, spec: ModelSpec) -> dict[int, str]:
+        """step -> revision of each checkpoint the hub (or the cache) lists for ``spec.repo``."""
+        from layerlake.etl.revisions import discover
+
+        self._require_repo(spec)
+        if spec.name not in self._found:
+            where = f"suite {self.suite.name!r}, model {spec.name!r}"
+            self._found[spec.name] = discover(spec.repo, self.suite.revisions, where)
+        return self._found[spec.name]
+
+    def plan_steps(self, model: str, steps_cfg: StepsConfig) -> list[int]:
+        if not self.suite.revisions.discover:
+            return super().plan_steps(model, steps_cfg)
+        from layerlake.etl.revisions import pick
+
+        found = self.discovered(self.model_spec(model))
+        if steps_cfg.only is not None:
+            missing = [s for s in steps_cfg.only if s not in found]
+            if missing:
+                raise SuiteError(
+                    f"steps.only asks for step {missing[0]}, which {self.model_spec(model).repo} has no "
+                    f"checkpoint of ({_nearest_text(missing[0], list(found))})",
+                    fix="choose steps the repo lists (its branches matching suite.revisions.pattern)",
+                )
+            return sorted(set(steps_cfg.only))
+        return pick(list(found), self.suite.revisions)
+
+    def _require_repo(self, spec: ModelSpec) -> None:
         if not spec.repo:
             raise SuiteError(
                 f"model {spec.name!r} of hub suite {self.suite.name!r} has no `repo`",
                 fix="set repo: <org>/<name> for it in the suite config",
             )
+
+    def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
+        self._require_repo(spec)
+        if self.suite.revisions.discover:
+            found = self.discovered(spec)
+            if step not in found:
+                raise CheckpointError(
+                    f"{spec.repo} lists no checkpoint at step {step} ({_nearest_text(step, list(found))})",
+                    fix="choose steps the repo lists (its branches matching suite.revisions.pattern)",
+                )
+            return self._make_ref(spec, step, spec.repo, found[step])
         if self.suite.steps and step not in self.suite.steps:
             raise CheckpointError(
                 f"{spec.repo} has no revision step{step} in suite {self.suite.name!r}'s schedule "

@@ -67,6 +67,12 @@ class Architecture(Choice):
     gpt2 = "gpt2", "GPT-2: learned positions, GELU MLP, Conv1D weights, fused QKV stacked [Q | K | V]"
 
 
+class StepSchedule(Choice):
+    all = "all", "every checkpoint the hub lists"
+    log_spaced = "log_spaced", "about suite.revisions.count checkpoints spaced evenly in log(step), first and last kept"
+    every_kth = "every_kth", "every suite.revisions.every-th checkpoint in step order, first and last kept"
+
+
 class ExecutorKind(Choice):
     local = "local", "an in-process loop (debugging; GPU machines without Ray)"
     ray = "ray", "Ray tasks on a local or remote cluster, one CPU or one GPU each"
