@@ -69,7 +69,10 @@ class Architecture(Choice):
 
 class StepSchedule(Choice):
     all = "all", "every checkpoint the hub lists"
-    log_spaced = "log_spaced", "about suite.revisions.count checkpoints spaced evenly in log(step), first and last kept"
+    log_spaced = (
+        "log_spaced",
+        "about suite.revisions.count checkpoints spaced evenly in log(step), first and last kept",
+    )
     every_kth = "every_kth", "every suite.revisions.every-th checkpoint in step order, first and last kept"
 
 
