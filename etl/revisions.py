@@ -20,12 +20,9 @@ from layerlake.core.choices import StepSchedule
 from layerlake.etl.errors import SuiteError
 
 
-def list_refs(repo: str) -> list[str]:
-    """The branch and tag names of hub model ``repo``: from the hub, or, offline or when it cannot be
-    reached, from the local hub cache."""
-    from layerlake.etl.sources import hub_cache_dir, hub_local_only
-
-    local_only, _ = hub_local_only()
+def list_refs(repo: str, cache_dir: str, local_only: bool) -> list[str]:
+    """The branch and tag names of hub model ``repo``: from the hub, or, with ``local_only`` (offline)
+    or when it cannot be reached, from the local hub cache at ``cache_dir``."""
     if not local_only:
         try:
             from huggingface_hub import HfApi
@@ -34,7 +31,7 @@ def list_refs(repo: str) -> list[str]:
             return [r.name for r in (*refs.branches, *refs.tags)]
         except Exception:  # no such repo, no network: what the cache holds is all there is
             pass
-    folder = Path(hub_cache_dir()) / f"models--{repo.replace('/', '--')}" / "refs"
+    folder = Path(cache_dir) / f"models--{repo.replace('/', '--')}" / "refs"
     return (
         sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         if folder.is_dir()
@@ -85,10 +82,12 @@ def pick(steps: list[int], rule: RevisionsConfig) -> list[int]:
     return sorted({steps[0], *kept, steps[-1]})
 
 
-def discover(repo: str, rule: RevisionsConfig, where: str) -> dict[int, str]:
+def discover(
+    repo: str, rule: RevisionsConfig, where: str, cache_dir: str, local_only: bool
+) -> dict[int, str]:
     """step -> revision of every checkpoint of ``repo`` (before the schedule); an error naming the repo
     and the pattern when none is found."""
-    refs = list_refs(repo)
+    refs = list_refs(repo, cache_dir, local_only)
     found = checkpoint_revisions(refs, rule.pattern)
     if not found:
         shown = (

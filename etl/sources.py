@@ -159,7 +159,10 @@ class HubSource(CheckpointSource):
         self._require_repo(spec)
         if spec.name not in self._found:
             where = f"suite {self.suite.name!r}, model {spec.name!r}"
-            self._found[spec.name] = discover(spec.repo, self.suite.revisions, where)
+            local_only = hub_local_only()[0]
+            self._found[spec.name] = discover(
+                spec.repo, self.suite.revisions, where, hub_cache_dir(), local_only
+            )
         return self._found[spec.name]
 
     def plan_steps(self, model: str, steps_cfg: StepsConfig) -> list[int]:

@@ -58,7 +58,7 @@ def olmo_suite(tiny_suite, **rule):
 
 
 def test_checkpoints_are_listed_from_the_refs_by_the_pattern(tiny_suite, olmo_cache):
-    refs = revisions.list_refs(REPO_ID)
+    refs = revisions.list_refs(REPO_ID, str(olmo_cache), local_only=True)
     assert "main" in refs and branch(8) in refs
     found = revisions.checkpoint_revisions(refs, PATTERN)
     assert found == {step: branch(step) for step in STEPS}  # not main, not the stage2 branch
