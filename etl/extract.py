@@ -36,7 +36,7 @@ TORCH_DTYPES = {
     Dtype.float16: torch.float16,
     Dtype.float64: torch.float64,
 }
-OUTPUT_TABLES = ("activation_stats", "sketches", "spectra")
+OUTPUT_TABLES = ("activation_stats", "sketches", "spectra", "matrix_stats")
 
 
 def extract_from_model(
@@ -192,10 +192,13 @@ def _add_spectra(
             sv = metrics.product_svdvals(a, b)
             cols = a.shape[1] if b is None else b.shape[1]
             rows.add_spectrum(layer, tensor, matrix, head, a.shape[0], cols, sv)
+            if b is None or head is None:  # parameters, and the per-layer OV product (formed once)
+                entries = a if b is None else metrics.as64(a) @ metrics.as64(b)
+                rows.add_matrix_stats(layer, tensor, matrix, head, metrics.entry_stats(entries))
 
 
 class Rows:
-    """Column lists for the three output tables, filled row by row, turned into Arrow at the end."""
+    """Column lists for the output tables (OUTPUT_TABLES), filled row by row, turned into Arrow at the end."""
 
     def __init__(self, step: int, weights_sha256: str, probe_id: str) -> None:
         self.common = {"step": step, "weights_sha256": weights_sha256}
@@ -252,6 +255,20 @@ class Rows:
             cols=n_cols,
             sv=sv.cpu().numpy(),
             probe_id=self.probe_id if tensor == "grad" else None,
+        )
+
+    def add_matrix_stats(self, layer: int, tensor: str, matrix: str, head: int | None, stats: dict) -> None:
+        last = len(self.cols["spectra"]["rows"]) - 1  # the spectrum row just added: the same matrix
+        self._append(
+            "matrix_stats",
+            layer=layer,
+            tensor=tensor,
+            matrix=matrix,
+            head=head,
+            rows=self.cols["spectra"]["rows"][last],
+            cols=self.cols["spectra"]["cols"][last],
+            probe_id=self.probe_id if tensor == "grad" else None,
+            **stats,
         )
 
     def tables(self) -> dict[str, pa.Table]:

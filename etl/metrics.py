@@ -10,7 +10,7 @@ is Kornblith et al.'s linear CKA, with ``debiased`` (U-centred) sketches the deb
 
 from __future__ import annotations
 
-import math  # noqa: F401 - the doctests use it
+import math
 
 import torch
 
@@ -138,6 +138,29 @@ def product_svdvals(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Ten
     _, rb = torch.linalg.qr(b.T)
     small = svdvals64(ra @ rb.T)
     return torch.cat([small, small.new_zeros(min(rows, cols) - inner)])
+
+
+def entry_stats(m: torch.Tensor) -> dict[str, float | None]:
+    """pico-analyze's entry-wise measures of a matrix, in float64: the Gini coefficient and the Hoyer
+    sparsity of the entries' magnitudes, and the largest magnitude.
+
+    >>> entry_stats(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    {'gini': 0.75, 'hoyer': 1.0, 'inf_norm': 1.0}
+    >>> entry_stats(torch.ones(2, 2))
+    {'gini': 0.0, 'hoyer': 0.0, 'inf_norm': 1.0}
+    """
+    x = as64(m).abs().flatten()
+    n = x.numel()
+    total = float(x.sum())
+    if n == 0 or total == 0:
+        return {"gini": 0.0, "hoyer": None, "inf_norm": float(x.max()) if n else None}
+    ranked = torch.sort(x).values
+    weights = 2 * torch.arange(1, n + 1, dtype=torch.float64, device=x.device) - n - 1
+    gini = float((weights * ranked).sum()) / (n * total)
+    hoyer = (
+        (math.sqrt(n) - total / float(torch.linalg.vector_norm(x))) / (math.sqrt(n) - 1) if n > 1 else None
+    )
+    return {"gini": gini, "hoyer": hoyer, "inf_norm": float(ranked[-1])}
 
 
 def activation_summary(x: torch.Tensor, near_zero_eps: float) -> dict:

@@ -44,7 +44,7 @@ def assert_sv_close(got, matrix: np.ndarray, rel=1e-8):
 
 def test_tables_match_the_warehouse_schema_and_carry_identity():
     tables, timings = extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(kernels=("linear", "rbf")))
-    assert set(tables) == {"activation_stats", "sketches", "spectra"}
+    assert set(tables) == {"activation_stats", "sketches", "spectra", "matrix_stats"}
     for name, table in tables.items():
         assert table.schema.equals(TABLES[name].arrow_schema()), name
         assert set(table.column("step").to_pylist()) == {64}
@@ -300,3 +300,41 @@ def test_cuda_pass_matches_cpu_pass():
     (cpu_g,) = rows(cpu["sketches"], layer=1, site="mlp_out", head=None, estimator="debiased")
     (gpu_g,) = rows(gpu["sketches"], layer=1, site="mlp_out", head=None, estimator="debiased")
     assert float(np.dot(cpu_g["gram"], gpu_g["gram"]) / (cpu_g["gram_norm"] * gpu_g["gram_norm"])) > 1 - 1e-6
+
+
+def np_gini(m: np.ndarray) -> float:
+    """Gini from its definition, the mean absolute difference over twice the mean (no sorting)."""
+    x = np.abs(m.ravel())
+    return float(np.abs(x[:, None] - x[None, :]).sum() / (2 * x.size**2 * x.mean()))
+
+
+def np_hoyer(m: np.ndarray) -> float:
+    x = np.abs(m.ravel())
+    return float((np.sqrt(x.size) - x.sum() / np.sqrt((x**2).sum())) / (np.sqrt(x.size) - 1))
+
+
+def test_matrix_stats_are_pico_analyzes_gini_hoyer_and_inf_norm_of_every_matrix():
+    model = neox(n_heads=2, seed=5)
+    ids = torch.tensor(TOKENS)
+    model.zero_grad()
+    model(ids, labels=ids).loss.backward()  # the gradient extraction takes (see the spectra test above)
+    p = "gpt_neox.layers.1."
+    grads = {k: q.grad.double().numpy().copy() for k, q in model.named_parameters() if k.startswith(p)}
+    weights = {k: q.detach().double().numpy().copy() for k, q in model.named_parameters() if k.startswith(p)}
+    model.zero_grad(set_to_none=True)
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True, batch_size=4))
+    stats = {(r["layer"], r["tensor"], r["matrix"], r["head"]): r for r in tables["matrix_stats"].to_pylist()}
+    spectra = {(r["layer"], r["tensor"], r["matrix"], r["head"]) for r in tables["spectra"].to_pylist()}
+    assert set(stats) == {k for k in spectra if k[3] is None}  # every matrix, and OV per layer
+    for tensor, values in (("weight", weights), ("grad", grads)):
+        for matrix, name in (("dense_h_to_4h", "mlp.dense_h_to_4h"), ("dense", "attention.dense")):
+            w = values[p + name + ".weight"]
+            row = stats[(1, tensor, matrix, None)]
+            assert (row["rows"], row["cols"]) == w.shape
+            assert row["gini"] == pytest.approx(np_gini(w), rel=1e-6)
+            assert row["hoyer"] == pytest.approx(np_hoyer(w), rel=1e-6)
+            assert row["inf_norm"] == pytest.approx(np.abs(w).max(), rel=1e-6)
+    w_v = weights[p + "attention.query_key_value.weight"].reshape(2, 3, 6, 12)[:, 2].reshape(12, 12)  # true V
+    ov = weights[p + "attention.dense.weight"] @ w_v
+    assert stats[(1, "weight", "ov", None)]["gini"] == pytest.approx(np_gini(ov), rel=1e-6)
+    assert stats[(1, "grad", "ov", None)]["probe_id"] == PROBE.probe_id

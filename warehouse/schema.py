@@ -204,6 +204,23 @@ SKETCHES = Table(
     ),
 )
 
+_TENSOR = _c(
+    "tensor",
+    pa.string(),
+    "weight | grad: the matrix, or the gradient of the mean next-token loss on the probe batch. "
+    "ov is a product, not a parameter: its grad is the chain rule gO W_V + W_O gV (per head "
+    "gO_h W_V_h + W_O_h gV_h; g = the factors' gradients, W = the weights they were taken at), "
+    "the derivative of W_O W_V along the gradient, linear in it (etl.sites.ov_gradient_factors)",
+)
+_MATRIX = _c(
+    "matrix",
+    pa.string(),
+    "canonical matrix name (layerlake.core.choices.Matrix); ov = W_O_h W_V_h per head, W_O W_V per layer",
+)
+_ROWS = _c("rows", pa.int32(), "matrix rows")
+_COLS = _c("cols", pa.int32(), "matrix columns")
+_GRAD_PROBE = _c("probe_id", pa.string(), "probe the gradient was taken on; NULL for weights", nullable=True)
+
 SPECTRA = Table(
     name="spectra",
     doc="Singular values of a weight matrix or of its gradient (float64, descending).",
@@ -212,22 +229,11 @@ SPECTRA = Table(
         _STEP,
         _WEIGHTS,
         _LAYER,
-        _c(
-            "tensor",
-            pa.string(),
-            "weight | grad: the matrix, or the gradient of the mean next-token loss on the probe batch. "
-            "ov is a product, not a parameter: its grad is the chain rule gO W_V + W_O gV (per head "
-            "gO_h W_V_h + W_O_h gV_h; g = the factors' gradients, W = the weights they were taken at), "
-            "the derivative of W_O W_V along the gradient, linear in it (etl.sites.ov_gradient_factors)",
-        ),
-        _c(
-            "matrix",
-            pa.string(),
-            "canonical matrix name (layerlake.core.choices.Matrix); ov = W_O_h W_V_h per head, W_O W_V per layer",
-        ),
+        _TENSOR,
+        _MATRIX,
         _HEAD,
-        _c("rows", pa.int32(), "matrix rows"),
-        _c("cols", pa.int32(), "matrix columns"),
+        _ROWS,
+        _COLS,
         _c(
             "sv",
             pa.list_(pa.float64()),
@@ -235,7 +241,42 @@ SPECTRA = Table(
             "max(rows, cols) * 2^-52 are rounding noise: numerical_rank(sv, rows, cols) and "
             "condition_number(sv, rows, cols) ignore them",
         ),
-        _c("probe_id", pa.string(), "probe the gradient was taken on; NULL for weights", nullable=True),
+        _GRAD_PROBE,
+    ),
+)
+
+# Added beside the tables of schema 2 without a version bump: a new table changes no stored file, older
+# readers skip its files (views.py reads the tables it knows), and a warehouse without it has it empty.
+MATRIX_STATS = Table(
+    name="matrix_stats",
+    doc=(
+        "Entry-wise statistics of a weight matrix or of its gradient (pico-analyze's sparsity measures), "
+        "for every parameter matrix and the per-layer OV product (not per head: that product is never formed)."
+    ),
+    key=("run_id", "step", "weights_sha256", "layer", "tensor", "matrix", "head"),
+    columns=(
+        _STEP,
+        _WEIGHTS,
+        _LAYER,
+        _TENSOR,
+        _MATRIX,
+        _HEAD,
+        _ROWS,
+        _COLS,
+        _c(
+            "gini",
+            pa.float64(),
+            "Gini coefficient of the entries' magnitudes x = |w| sorted ascending: sum_i (2i - n - 1) x_(i) / "
+            "(n sum_i x_i); 0 = all equal, near 1 = a few entries hold the mass (0 for an all-zero matrix)",
+        ),
+        _c(
+            "hoyer",
+            pa.float64(),
+            "Hoyer sparsity (sqrt(n) - ||w||_1 / ||w||_2) / (sqrt(n) - 1): 0 = all entries equal in magnitude, "
+            "1 = one nonzero entry (NULL for an all-zero matrix or a single entry)",
+        ),
+        _c("inf_norm", pa.float64(), "max_ij |w_ij| (torch.norm(W, p=inf) as pico-analyze takes it)"),
+        _GRAD_PROBE,
     ),
 )
 
@@ -301,7 +342,17 @@ SCALARS = Table(
 
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (RUNS, SCALARS, CHECKPOINTS, PROBES, ACTIVATION_STATS, SKETCHES, SPECTRA, IMPORTED_METRICS)
+    for t in (
+        RUNS,
+        SCALARS,
+        CHECKPOINTS,
+        PROBES,
+        ACTIVATION_STATS,
+        SKETCHES,
+        SPECTRA,
+        MATRIX_STATS,
+        IMPORTED_METRICS,
+    )
 }
 
 
