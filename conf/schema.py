@@ -159,6 +159,7 @@ class ExtractConfig:
     estimators: list[Estimator] = field(default_factory=lambda: list(Estimator))
     near_zero_eps: float = 1e-3
     batch_size: Optional[int] = None  # sequences per forward chunk (bounds memory); None = all at once
+    store_activations: bool = False  # keep each site's probe activations (float16) for pwcca(); costly
 
 
 @dataclass

@@ -196,6 +196,35 @@ def check_families(todo: list[ExtractTask]) -> None:
             family_of_type(model_type, where=f"{model} ({ref.stored_location}): ")
 
 
+def activation_bytes(settings: Config, todo: list[ExtractTask], n: int) -> int:
+    """What ``extract.store_activations`` adds to the warehouse for ``todo`` (before compression): per
+    checkpoint, each layer's whole-layer sites, n probe rows x d_model features x 2 bytes (float16)."""
+    specs = {m.name: m for m in settings.suite.models}
+    sites = len(settings.extract.sites)
+    return sum(specs[t.ref.model].n_layers * sites * n * specs[t.ref.model].d_model * 2 for t in todo)
+
+
+def announce_activations(settings: Config, todo: list[ExtractTask], n: int) -> None:
+    """Say, before anything runs, how much storing the probe activations costs."""
+    from rich.console import Console
+
+    size = activation_bytes(settings, todo, n)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"extract.store_activations=true: the probe activations of {len(todo)} checkpoint(s) take about "
+        f"{byte_size(size)} ({n} probe rows x d_model x 2 bytes, {len(settings.extract.sites)} sites "
+        "per layer); set it to false to keep only the sketches"
+    )
+
+
+def byte_size(size: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,.0f} bytes" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} TiB"
+
+
 def run_extract(settings: Config) -> ExtractReport:
     plan = make_plan(settings)
     warehouse = Warehouse(settings.paths.warehouse)
@@ -205,6 +234,8 @@ def run_extract(settings: Config) -> ExtractReport:
     todo, report.replaced = tasks_to_run(warehouse, plan, committed)
     report.skipped = report.planned - len(todo)
     check_families(todo)
+    if settings.extract.store_activations and todo:
+        announce_activations(settings, todo, plan.probe.n)
     executor = make_executor(settings.executor) if todo else None  # fails (e.g. no ray) before any write
     try:
         runs = start_runs(warehouse, plan, settings)

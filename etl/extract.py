@@ -36,7 +36,7 @@ TORCH_DTYPES = {
     Dtype.float16: torch.float16,
     Dtype.float64: torch.float64,
 }
-OUTPUT_TABLES = ("activation_stats", "sketches", "spectra", "matrix_stats")
+OUTPUT_TABLES = ("activation_stats", "sketches", "spectra", "matrix_stats", "activations")
 
 
 def extract_from_model(
@@ -219,6 +219,10 @@ class Rows:
         summary = metrics.activation_summary(x, options.near_zero_eps)
         summary["sv"] = np.asarray(summary["sv"], dtype=np.float64)
         self._append("activation_stats", **key, **summary)
+        if options.store_activations and head is None:
+            values = x.detach().to(torch.float16).cpu().numpy().astype("<f2", copy=False)
+            self._append("activations", layer=layer, site=site, probe_id=self.probe_id,
+                         n=summary["n"], d=summary["d"], x=values.tobytes())  # fmt: skip
         for kernel in options.kernels:
             k = metrics.gram(x, kernel)
             for estimator in options.estimators:

@@ -45,6 +45,7 @@ def extract_options(settings: Config) -> ExtractOptions:
         estimators=tuple(ex.estimators),
         near_zero_eps=ex.near_zero_eps,
         batch_size=ex.batch_size,
+        store_activations=ex.store_activations,
         device=run.device,
         dtype=run.dtype,
         torch_threads=run.torch_threads,

@@ -88,6 +88,7 @@ class ExtractOptions:
     dtype: Dtype = Dtype.float32
     torch_threads: int | None = None
     batch_size: int | None = None  # sequences per forward chunk; None = the whole probe at once
+    store_activations: bool = False  # the ``activations`` table: each whole-layer site's probe rows
 
     def __post_init__(self) -> None:
         """Closed sets become ``Choice`` members (a wrong value is a ``ConfigError`` naming the option)."""
@@ -103,6 +104,8 @@ class ExtractOptions:
         """Hash of what changes the numbers (device, threads and chunking do not)."""
         skip = ("device", "torch_threads", "batch_size")
         payload = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+        if not self.store_activations:  # off, as before the option existed: stored hashes stay valid
+            payload.pop("store_activations")
         return stable_hash(payload)
 
 

@@ -4,6 +4,8 @@ gradients, and queried; and a model of an unknown family refused before any task
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -23,6 +25,8 @@ FAMILY_OVERRIDES = (
     "suite.steps=[0,4,16]",
     "suite.train.max_steps=16",
     "extract.gradients=true",
+    "extract.store_activations=true",
+    "probe.positions=all",  # 8 x 32 = 256 probe rows, more than any site's 32 features: CCA is not trivially 1
 )
 SITES = {"attn_out", "mlp_out", "resid_post", "ov"}
 MATRICES = {
@@ -37,8 +41,13 @@ def extracted(tmp_path_factory):
     data = tmp_path_factory.mktemp("families")
     settings = compose_settings(data, *FAMILY_OVERRIDES)
     assert build(settings) == 0
-    report = run_extract(settings)
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        report = run_extract(settings)
     assert report.ok, report.failed
+    # before the run: what storing the activations costs (3 steps; layers x 4 sites x 256 rows x 32 x 2 bytes)
+    expected_kib = 3 * (1 + 2 + 2) * 4 * 256 * 32 * 2 / 1024
+    assert f"probe activations of 9 checkpoint(s) take about {expected_kib:,.1f} KiB" in said.getvalue()
     return settings
 
 
@@ -71,6 +80,16 @@ def test_every_family_is_extracted_with_its_sites_and_matrices(extracted):
         assert shapes["key"] == [16, 32] and shapes["value"] == [16, 32] and shapes["query"] == [32, 32]
         table = run_recipe(con, "convergence", {})
         assert set(table.column("model").to_pylist()) == set(kinds)
+        stored = con.sql("select model, count(*) from activations group by model").fetchall()
+        assert dict(stored) == {"tiny-neox": 3 * 1 * 4, "tiny-llama": 3 * 2 * 4, "tiny-gpt2": 3 * 2 * 4}
+        similar = con.sql(
+            "select a.model, a.site, pwcca(a.x, a.d, b.x, b.d) as p, b.step from activations a "
+            "join activations b using (model, run_id, layer, site, probe_id, n) "
+            "where a.step = 16 and a.layer = 0"
+        ).fetchall()
+        by_step = {(m, site, step): p for m, site, p, step in similar}
+        assert all(abs(p - 1) < 1e-3 for (_, _, step), p in by_step.items() if step == 16)  # itself
+        assert all(0 < p < 1 for (_, _, step), p in by_step.items() if step == 0)
     finally:
         con.close()
 

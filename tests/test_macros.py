@@ -198,7 +198,7 @@ SHAPED = ("condition_number", "numerical_rank", "matrix_entropy", "mp_softrank")
 
 
 @pytest.mark.parametrize(
-    "macro", [m for m in MACROS if m not in ("cka", "cka_normed", "per", "svcca", "mean_cca")]
+    "macro", [m for m in MACROS if m not in ("cka", "cka_normed", "per", "svcca", "mean_cca", "pwcca")]
 )
 def test_null_spectrum_is_null(con, macro):
     shape = ", 3, 4" if macro in SHAPED else ""
@@ -410,3 +410,45 @@ def test_svcca_is_one_for_a_rotated_copy_and_null_for_a_mismatch(con):
     assert q(con, "select svcca($1, $2)", ga, gb) == pytest.approx(1.0, abs=1e-9)
     assert q(con, "select mean_cca($1, $2)", ga, ga[:-1]) is None
     assert q(con, "select svcca($1, $2)", ga, [0.0] * len(ga)) is None
+
+
+# -- PWCCA of stored activations, against CCA by covariances --------------------------------------------
+
+
+def np_pwcca(x: np.ndarray, y: np.ndarray) -> float:
+    """Morcos et al.'s PWCCA written with covariances: whiten each centred side (its column space only),
+    canonical directions from the SVD of Sxx^(-1/2) Sxy Syy^(-1/2), canonical variates h_i = X w_i
+    normalised, weights alpha_i = sum_j |<h_i, x_j>| on the side with fewer features."""
+
+    def whitener(m):
+        w, v = np.linalg.eigh(m.T @ m)
+        keep = w > w.max() * 1e-9
+        return v[:, keep] @ np.diag(w[keep] ** -0.5)  # d x r: m @ this has orthonormal columns
+
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    wx, wy = whitener(xc), whitener(yc)
+    u, rho, vt = np.linalg.svd((xc @ wx).T @ (yc @ wy), full_matrices=False)
+    c = min(wx.shape[1], wy.shape[1])
+    h = (xc @ wx @ u[:, :c]) if x.shape[1] <= y.shape[1] else (yc @ wy @ vt.T[:, :c])
+    h = h / np.linalg.norm(h, axis=0)
+    features = xc if x.shape[1] <= y.shape[1] else yc
+    alpha = np.abs(h.T @ features).sum(axis=1)
+    return float((alpha * rho[:c]).sum() / alpha.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("pair", [("x", "y"), ("y", "x"), ("x", "z")])
+def test_pwcca_of_stored_activations_equals_cca_by_covariances(con, seed, pair):
+    acts = {k: v.astype("<f2") for k, v in activations(seed).items()}  # stored as float16
+    a, b = (acts[p] for p in pair)
+    got = q(con, "select pwcca($1, $2, $3, $4)", a.tobytes(), a.shape[1], b.tobytes(), b.shape[1])
+    assert got == pytest.approx(np_pwcca(a.astype(float), b.astype(float)), rel=1e-6)
+
+
+def test_pwcca_is_one_for_a_linear_map_and_null_for_a_mismatch(con):
+    x = activations(4)["x"]
+    y = x @ np.random.default_rng(2).normal(size=(12, 12))
+    a, b = x.astype("<f2"), y.astype("<f2")
+    assert q(con, "select pwcca($1, 12, $2, 12)", a.tobytes(), b.tobytes()) == pytest.approx(1.0, abs=2e-3)
+    assert q(con, "select pwcca($1, 12, $2, 12)", a.tobytes(), b[:10].tobytes()) is None  # other rows
+    assert q(con, "select pwcca($1, 5, $2, 12)", a.tobytes(), b.tobytes()) is None  # not n x 5

@@ -245,8 +245,33 @@ SPECTRA = Table(
     ),
 )
 
-# Added beside the tables of schema 2 without a version bump: a new table changes no stored file, older
-# readers skip its files (views.py reads the tables it knows), and a warehouse without it has it empty.
+ACTIVATIONS = Table(
+    name="activations",
+    doc=(
+        "A whole-layer site's probe activations themselves (extract.store_activations=true; off by default): "
+        "what pwcca() needs, which the Gram sketches cannot give."
+    ),
+    key=("run_id", "step", "weights_sha256", "layer", "site", "probe_id"),
+    columns=(
+        _STEP,
+        _WEIGHTS,
+        _LAYER,
+        _c("site", pa.string(), "site name (layerlake.core.choices.Site); whole layers only (no heads)"),
+        _c("probe_id", pa.string(), "the probe batch whose rows these are"),
+        _c("n", pa.int32(), "probe rows"),
+        _c("d", pa.int32(), "features"),
+        _c(
+            "x",
+            pa.binary(),
+            "the n x d activations, float16 little-endian, row-major (numpy.frombuffer(x, '<f2').reshape(n, d)), "
+            "as computed (not centred)",
+        ),
+    ),
+)
+
+# matrix_stats and activations were added beside the tables of schema 2 without a version bump: a new
+# table changes no stored file, older readers skip its files (views.py reads the tables it knows), and a
+# warehouse without it has it empty.
 MATRIX_STATS = Table(
     name="matrix_stats",
     doc=(
@@ -351,6 +376,7 @@ TABLES: dict[str, Table] = {
         SKETCHES,
         SPECTRA,
         MATRIX_STATS,
+        ACTIVATIONS,
         IMPORTED_METRICS,
     )
 }

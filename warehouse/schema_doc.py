@@ -53,7 +53,20 @@ def render() -> str:
         + ", ".join(f"`{n}`" for n in FAILURES_SCHEMA.names)
         + ".",
         "",
+        "## SQL macros",
+        "",
+        "Scalar functions every connection defines (`warehouse/sql/macros/`, one file each); "
+        "`layerlake sql --schema` lists them too.",
+        "",
+        "| macro | what it computes |",
+        "| --- | --- |",
     ]
+    from layerlake.warehouse.macros import public_macros
+
+    for macro in public_macros():
+        doc = macro.description.replace("|", "\\|")
+        lines.append(f"| `{macro.signature}` | {doc} |")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Canonical correlations between two stored Gram sketches: SVCCA and mean CCA, as SQL functions.
+"""Canonical correlations between two stored Gram sketches (SVCCA, mean CCA), and between two stored
+activation matrices (PWCCA), as SQL functions.
 
 A stored sketch is the centred Gram ``K = X~ X~^T`` (n x n, ``warehouse.gram``'s packed form) of a
 site's activations X (n probe rows x d features), X~ = X centred over the rows. Its eigenvectors with
@@ -75,8 +76,62 @@ def _svcca_udf(a, b, keep):  # pyarrow arrays in, one double per row out
     return pa.array(values, pa.float64())
 
 
+EPS16 = float(np.finfo(np.float16).eps)  # stored activations are float16
+
+
+def stored_activations(x: bytes, d: int) -> np.ndarray | None:
+    """The n x d matrix of an ``activations`` row (float16 bytes), as float64; None if it is not one."""
+    if x is None or d is None or d <= 0 or len(x) == 0 or len(x) % (2 * d):
+        return None
+    return np.frombuffer(x, dtype="<f2").astype(np.float64).reshape(-1, d)
+
+
+def pwcca(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Projection-weighted CCA of activations ``x`` (n x d1) and ``y`` (n x d2), rows the same probe
+    rows: canonical correlations between the centred column spaces, weighted by how much of the smaller
+    side's centred features each canonical variate accounts for."""
+    if x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        return None
+    bases = []
+    for m in (x, y):
+        m = m - m.mean(axis=0)
+        u, s, _ = np.linalg.svd(m, full_matrices=False)
+        # float16 rounding moves each entry by up to eps16/2 of it: the noise matrix's norm is about
+        # eps16 * rms * (sqrt(n) + sqrt(d)); directions below it are rounding, not signal
+        noise = EPS16 * float(np.sqrt(np.mean(m**2))) * (np.sqrt(m.shape[0]) + np.sqrt(m.shape[1]))
+        keep = s > noise if s.size and s[0] > 0 else np.zeros(s.shape, dtype=bool)
+        if not keep.any():
+            return None
+        bases.append((m, u[:, keep]))
+    (xc, qx), (yc, qy) = bases
+    left, rho, right_t = np.linalg.svd(qx.T @ qy, full_matrices=False)
+    c = min(qx.shape[1], qy.shape[1])
+    rho = np.clip(rho[:c], 0.0, 1.0)
+    if x.shape[1] <= y.shape[1]:  # the variates of the side with fewer features, and its features
+        variates, features = qx @ left[:, :c], xc
+    else:
+        variates, features = qy @ right_t.T[:, :c], yc
+    alpha = np.abs(variates.T @ features).sum(axis=1)
+    return float((alpha * rho).sum() / alpha.sum()) if alpha.sum() > 0 else None
+
+
+def _pwcca_udf(xa, da, xb, db):
+    import pyarrow as pa
+
+    out = []
+    for a, d1, b, d2 in zip(xa.to_pylist(), da.to_pylist(), xb.to_pylist(), db.to_pylist(), strict=True):
+        x, y = stored_activations(a, d1), stored_activations(b, d2)
+        out.append(None if x is None or y is None else pwcca(x, y))
+    return pa.array(out, pa.float64())
+
+
 def install_similarity(con: Any) -> Any:
-    """Register ``_ll_svcca(a, b, keep)``, which the ``svcca`` and ``mean_cca`` macros call."""
+    """Register ``_ll_svcca(a, b, keep)`` and ``_ll_pwcca(x_a, d_a, x_b, d_b)``, which the ``svcca``,
+    ``mean_cca`` and ``pwcca`` macros call."""
+    con.create_function(
+        "_ll_pwcca", _pwcca_udf, ["BLOB", "INTEGER", "BLOB", "INTEGER"], "DOUBLE", type="arrow",
+        null_handling="special",
+    )  # fmt: skip
     con.create_function(
         "_ll_svcca", _svcca_udf, ["DOUBLE[]", "DOUBLE[]", "DOUBLE"], "DOUBLE", type="arrow",
         null_handling="special",  # a mismatched or all-zero pair answers NULL

@@ -64,7 +64,8 @@ def duck_type(type_: pa.DataType) -> str:
     if pa.types.is_list(type_):
         return duck_type(type_.value_type) + "[]"
     names = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
-             pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", schema.TIMESTAMP: "TIMESTAMP WITH TIME ZONE"}  # fmt: skip
+             pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", pa.binary(): "BLOB",
+             schema.TIMESTAMP: "TIMESTAMP WITH TIME ZONE"}  # fmt: skip
     if type_ not in names:
         raise WarehouseError(
             f"contract type {type_} has no DuckDB mapping", fix="add it to warehouse.connect.duck_type"

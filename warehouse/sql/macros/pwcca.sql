@@ -1,0 +1,13 @@
+-- name: pwcca
+-- signature: pwcca(x_a, d_a, x_b, d_b)
+-- description: projection-weighted CCA (Morcos, Raghu and Bengio 2018) between two stored activation
+--    matrices of the same probe rows (the x and d columns of `activations`, kept with
+--    extract.store_activations=true). Both are centred; the canonical correlations rho_i between their
+--    column spaces are computed (directions below float16's rounding noise, eps16 * rms * (sqrt(n) +
+--    sqrt(d)) in singular value, dropped), and each is weighted by
+--    how much of the activations its canonical variate h_i accounts for, on the side with fewer features
+--    (the first on ties, as the reference implementation):
+--        alpha_i = sum_j |<h_i, x_j>|   (x_j = that side's centred features; h_i orthonormal)
+--        pwcca = sum_i alpha_i rho_i / sum_i alpha_i
+--    1 for the same activations up to an invertible linear map. NULL for a NULL, empty or mismatched pair.
+CREATE OR REPLACE MACRO pwcca(x_a, d_a, x_b, d_b) AS _ll_pwcca(x_a, d_a, x_b, d_b);
