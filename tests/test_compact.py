@@ -173,7 +173,9 @@ def test_a_finished_tracked_run_compacts_its_own_files(tmp_path):
     snapshots = [e for e in committed.values() if e.meta.get("kind") == "extract"]
     assert len(snapshots) == 6
     paths = {f.path for e in snapshots for f in e.files}
-    assert len(paths) == 4  # checkpoints, activation_stats, sketches, spectra: one merged file each
+    assert (
+        len(paths) == 5
+    )  # checkpoints, activation_stats, sketches, spectra, matrix_stats: one merged file each
     con = layerlake.connect(tmp_path)
     assert con.sql("select count(distinct step) from sketches").fetchall() == [(6,)]
 

@@ -108,8 +108,10 @@ def test_every_public_suite_config_composes_and_its_pattern_reads_its_naming(tmp
     from layerlake.conf.compose import compose
 
     settings = compose([f"paths.data={tmp_path}", f"suite={suite}"])
-    example = {"polypythias": "step143000", "olmo": "step20000-tokens84B",
-               "olmo2": "stage1-step5000-tokens21B", "crfm-gpt2": "checkpoint-400000"}[suite]  # fmt: skip
-    found = revisions.checkpoint_revisions([example, "main"], settings.suite.revisions.pattern)
-    assert list(found.values()) == [example] and settings.suite.revisions.discover
+    example = {"polypythias": ["step143000"], "olmo": ["step20000-tokens84B"],
+               "olmo2": ["stage1-step5000-tokens21B", "step150-tokens1B"],
+               "crfm-gpt2": ["checkpoint-400000"]}[suite]  # fmt: skip
+    refs = [*example, "main", "stage2-ingredient1-step11931-tokens50B"]
+    found = revisions.checkpoint_revisions(refs, settings.suite.revisions.pattern)
+    assert sorted(found.values()) == sorted(example) and settings.suite.revisions.discover
     assert all(m.repo for m in settings.suite.models)
