@@ -220,20 +220,23 @@ _MATRIX = _c(
 _ROWS = _c("rows", pa.int32(), "matrix rows")
 _COLS = _c("cols", pa.int32(), "matrix columns")
 _GRAD_PROBE = _c("probe_id", pa.string(), "probe the gradient was taken on; NULL for weights", nullable=True)
+_A_MATRIX = (
+    _STEP,
+    _WEIGHTS,
+    _LAYER,
+    _TENSOR,
+    _MATRIX,
+    _HEAD,
+    _ROWS,
+    _COLS,
+)  # which matrix of which checkpoint
 
 SPECTRA = Table(
     name="spectra",
     doc="Singular values of a weight matrix or of its gradient (float64, descending).",
     key=("run_id", "step", "weights_sha256", "layer", "tensor", "matrix", "head"),
     columns=(
-        _STEP,
-        _WEIGHTS,
-        _LAYER,
-        _TENSOR,
-        _MATRIX,
-        _HEAD,
-        _ROWS,
-        _COLS,
+        *_A_MATRIX,
         _c(
             "sv",
             pa.list_(pa.float64()),
@@ -280,14 +283,7 @@ MATRIX_STATS = Table(
     ),
     key=("run_id", "step", "weights_sha256", "layer", "tensor", "matrix", "head"),
     columns=(
-        _STEP,
-        _WEIGHTS,
-        _LAYER,
-        _TENSOR,
-        _MATRIX,
-        _HEAD,
-        _ROWS,
-        _COLS,
+        *_A_MATRIX,
         _c(
             "gini",
             pa.float64(),
