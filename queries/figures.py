@@ -263,7 +263,9 @@ def _facet(rows: list[dict], spec: str, columns: list[str]) -> tuple[dict[str, A
     if shown < len(order):
         kept = {k[2] for k in order[:shown]}
         rows[:] = [r for r in rows if r["panel"] in kept or not r["panel"]]
-        note = [f"first {shown} of {len(order)} panels drawn: choose models= or sites= to see the others"]
+        note = [
+            f"first {shown} of {len(order)} panels drawn: narrow the query (models=, sites=, matrices= ...) for the others"
+        ]
         order = order[:shown]
     header = {"labelAngle": 0, "labelAlign": "left", "labelOrient": "top", "labelFontWeight": "bold"}
     row_values = list(dict.fromkeys(k[0] for k in order))
@@ -463,12 +465,25 @@ def _lines(rows: list[dict], options: dict[str, str], columns: list[str]) -> lis
         {"field": c} for c in (line, "head") if c and c in columns and any(r.get(c) is not None for r in rows)
     ]
     if line:
-        numeric = all(isinstance(r.get(line), (int, float)) for r in rows if r.get(line) is not None)
-        encoding["color"] = (
-            {"field": line, "type": "quantitative", "title": label(line), "scale": {"scheme": "viridis"},
-             "legend": {"tickMinStep": 1, "format": "d", "gradientLength": 200}}
-            if numeric else {"field": line, "type": "nominal", "title": label(line)}
-        )  # fmt: skip
+        held = {r.get(line) for r in rows if r.get(line) is not None}
+        numeric = all(isinstance(v, (int, float)) for v in held)
+        if numeric and len(held) <= 12:  # a few layers: one legend entry each, in viridis order
+            encoding["color"] = {
+                "field": line,
+                "type": "ordinal",
+                "title": label(line),
+                "scale": {"scheme": "viridis"},
+            }
+        elif numeric:  # many layers: a gradient from the first to the last
+            encoding["color"] = {
+                "field": line,
+                "type": "quantitative",
+                "title": label(line),
+                "scale": {"scheme": "viridis"},
+                "legend": {"format": "d", "gradientLength": 200},
+            }
+        else:
+            encoding["color"] = {"field": line, "type": "nominal", "title": label(line)}  # fmt: skip
         encoding["detail"] = detail
     dash = options.get("dash")
     if dash in columns:  # e.g. weights solid, gradients dashed

@@ -9,7 +9,7 @@
 -- uses: sketch_rows
 -- grain: one row per (suite, model, run_a, run_b, site, layer, head, step)
 -- plot: lines x=step y=cka line=layer panels=run_b,site
--- title: CKA between two runs of the same model, per layer
+-- title: CKA between two runs of {model}, per layer (the panels name the other run)
 with pairs as (
     select
         a.suite, a.model, a.run_id as run_a, b.run_id as run_b, a.site, a.layer, a.head, a.step,

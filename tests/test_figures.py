@@ -101,7 +101,7 @@ EXPECTED = {
     "model_similarity": ({}, ["CKA between the layers of two models at step 3000", "x: tiny-m", "y: tiny-s"]),
     "rank_trajectories": ({"tensor": "weight"}, ["PER (effective rank / k) of each layer's matrices",
                                                   "PER's k: head dim"]),
-    "run_similarity": ({"models": ["tiny-s"]}, ["CKA between two runs of the same model", f"vs {SEED_RUN}"]),
+    "run_similarity": ({"models": ["tiny-s"]}, ["CKA between two runs of tiny-s, per layer", f"vs {SEED_RUN}"]),
     "stabilisation": ({"reference_step": 256, "threshold": 0.8},
                       ["When each layer stabilises (CKA to the reference stays at or above 0.8)",
                        "reference checkpoint: step 256", "never stabilised"]),
