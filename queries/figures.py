@@ -22,6 +22,7 @@ readable with colour-blind vision.
 from __future__ import annotations
 
 import math
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,6 @@ def subtitle(params: dict[str, Any], table: pa.Table) -> list[str]:
 
 def natural_key(value: object) -> tuple:
     """Sort key: sites in the paper's order, model names by size (70m < 160m < 1.4b; s < m < l)."""
-    import re
-
     if value is None:
         return (0, 0.0, "")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
