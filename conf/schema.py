@@ -107,10 +107,21 @@ class SuiteConfig:
     steps: list[int] = field(default_factory=list)  # the suite's full checkpoint schedule
     subsets: dict[str, list[int]] = field(default_factory=dict)  # named step subsets, e.g. paper
     final_step: Optional[int] = None  # the reference checkpoint; default the last of `steps`
-    evict_after_use: bool = False  # hf: delete a revision's cached files once extracted
+    keep_downloads: bool = False  # hf: keep downloaded revisions (else each is deleted once committed)
+    download_budget_gb: Optional[float] = None  # hf: after each commit, the oldest cached revisions of the
+    # suite's repos are deleted until they take at most this many GB of the hub cache (None: no limit)
     trust_remote_code: bool = False
     revisions: RevisionsConfig = field(default_factory=RevisionsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        if self.download_budget_gb is not None and self.download_budget_gb < 0:
+            from layerlake.core.errors import ConfigError
+
+            raise ConfigError(
+                f"suite.download_budget_gb is {self.download_budget_gb}: a disk budget cannot be negative",
+                fix="set it to the GB of hub cache the suite's repos may keep, or null for no limit",
+            )
 
 
 @dataclass
@@ -143,6 +154,7 @@ class ExecutorConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (checked when composed)
     dtype: Dtype = Dtype.float32
     torch_threads: Optional[int] = None
+    prefetch: bool = True  # load the next checkpoint while one computes (two checkpoints in host memory)
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
         check_device(self.device)

@@ -16,6 +16,7 @@ import pyarrow as pa
 from layerlake.conf.schema import Config
 from layerlake.core.choices import SuiteSource
 from layerlake.core.hashing import sha256_file
+from layerlake.etl.downloads import HubDownloads
 from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress
@@ -242,9 +243,11 @@ def run_extract(settings: Config) -> ExtractReport:
         commit_probes(warehouse, plan, committed)
         if executor is not None:
             per_model = Counter(t.ref.model for t in todo)
+            downloads = HubDownloads(settings.suite, todo)
             with ExtractProgress(per_model, enabled=settings.progress) as progress:
                 for outcome in executor.run(todo):
                     record(warehouse, outcome, report)
+                    downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
                     progress.advance(outcome)
         end_runs(warehouse, runs, report)
     finally:

@@ -23,3 +23,13 @@ class ProbeError(EtlError):
 
 class ExtractionError(EtlError):
     """A site, matrix or option is not available for this model."""
+
+
+def describe_error(error: BaseException) -> tuple[str, str]:
+    """A task's failure as text: a user error's message (or the exception's type and text), and the
+    traceback (kept in the manifest)."""
+    import traceback
+
+    summary = str(error) if isinstance(error, LayerlakeError) else f"{type(error).__name__}: {error}"
+    detail = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return summary, detail

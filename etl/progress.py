@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)  # one line per finished task in the job's log
 
 
 def format_timings(timings: Mapping[str, float]) -> str:
-    """``0.47s (load 0.04 forward 0.10 backward 0.16 svd 0.14)``"""
-    order = ("load", "forward", "backward", "reduce", "svd")
+    """``0.47s (load 0.04 load_wait 0.01 forward 0.10 backward 0.16 svd 0.14)``: ``load_wait`` is the part
+    of the load the task waited for (the rest ran while the task before it computed)."""
+    order = ("load", "load_wait", "forward", "backward", "summaries", "sketches", "svd", "matrix_stats")
     parts = " ".join(f"{k} {timings[k]:.2f}" for k in order if timings.get(k))
     return f"{timings.get('total', 0.0):.2f}s ({parts})"
 

@@ -89,9 +89,6 @@ class CheckpointSource:
     def load(self, ref: CheckpointRef, device: str = "cpu", dtype: str = "float32") -> LoadedCheckpoint:
         return load_checkpoint(ref, device=device, dtype=dtype)
 
-    def release(self, ref: CheckpointRef) -> None:
-        release_checkpoint(ref)
-
     def _ref(self, spec: ModelSpec, step: int) -> CheckpointRef:
         raise NotImplementedError
 
@@ -108,7 +105,6 @@ class CheckpointSource:
             location=location,
             run_id=extract_run_id(self.suite.name, spec.name),
             trust_remote_code=self.suite.trust_remote_code,
-            evict_after_use=self.suite.evict_after_use,
         )
 
 
@@ -243,32 +239,6 @@ def load_checkpoint(ref: CheckpointRef, device: str = "cpu", dtype: str = "float
     return LoadedCheckpoint(model=model, config=model.config, weights_sha256=digest, n_params=n_params)
 
 
-def release_checkpoint(ref: CheckpointRef) -> None:
-    """Hub refs with ``evict_after_use``: delete that revision's files from the local cache.
-
-    Blobs still used by another cached revision are kept (``huggingface_hub``'s own deletion
-    strategy decides). Local checkpoints and refs without ``evict_after_use`` are left alone.
-    """
-    if ref.source != "hf" or not ref.evict_after_use:
-        return
-    from huggingface_hub import scan_cache_dir
-
-    cache = hub_cache_dir()
-    try:
-        info = scan_cache_dir(cache)
-    except Exception:  # no cache folder yet: nothing to evict
-        return
-    commits = [
-        revision.commit_hash
-        for repo in info.repos
-        if repo.repo_id == ref.location and repo.repo_type == "model"
-        for revision in repo.revisions
-        if ref.revision in revision.refs or revision.commit_hash == ref.revision
-    ]
-    if commits:
-        info.delete_revisions(*commits).execute()
-
-
 def check_weights_file(path: str | Path) -> None:
     """Raise ``CheckpointError`` unless ``path`` is a complete safetensors file.
 
@@ -368,7 +338,7 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
             HUB_FIX if local_only
             else "check the repo and revision exist on the hub; re-download with a clean cache"
         )  # fmt: skip
-        if local_only and not _cached(ref.location, ref.revision):
+        if local_only and not cached_revision(ref.location, ref.revision):
             raise CheckpointError(
                 f"cannot load checkpoint {what} ({ref.suite}/{ref.model} step {ref.step}): {why}, and "
                 f"{ref.revision} of {ref.location} is not in the hub cache {hub_cache_dir()}{_cached_hint(ref)}",
@@ -506,7 +476,7 @@ def hub_unreachable(endpoint: str) -> str | None:
     return None
 
 
-def _cached(repo: str, revision: str) -> bool:
+def cached_revision(repo: str, revision: str) -> bool:
     """Whether ``revision`` of model ``repo`` has a snapshot in the hub cache."""
     folder = Path(hub_cache_dir()) / f"models--{repo.replace('/', '--')}"
     ref = folder / "refs" / revision

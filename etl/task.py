@@ -26,7 +26,6 @@ class CheckpointRef:
     location: str  # local: absolute folder of the checkpoint; hf: the hub repo id; live: the run id
     run_id: str = ""  # the run its rows belong to (default: extract_run_id(suite, model))
     trust_remote_code: bool = False
-    evict_after_use: bool = False
 
     @property
     def stored_location(self) -> str:

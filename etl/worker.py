@@ -1,5 +1,8 @@
 """The task function every executor runs: load one checkpoint once, extract it in one pass.
 
+A task has two halves, ``load_task`` and ``compute_task``, so a worker can load the next checkpoint
+while one computes (``etl.prefetch``); ``run_task`` runs both, one after the other.
+
 It returns Arrow tables and never touches the warehouse: only the driver commits.
 """
 
@@ -9,11 +12,16 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from layerlake.etl.task import CheckpointRef, ExtractTask, TaskResult
+from layerlake.etl.task import CheckpointRef, ExtractOptions, ExtractTask, TaskResult
 from layerlake.warehouse.schema import CHECKPOINTS
+
+if TYPE_CHECKING:
+    from layerlake.etl.sources import LoadedCheckpoint
 
 
 def resolve_device(requested: str) -> str:
@@ -75,35 +83,64 @@ def config_json(config) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
-def run_task(task: ExtractTask) -> TaskResult:
-    """Load ``task.ref`` once, run the probe batch once, return every table's rows for it."""
+@dataclass
+class LoadedTask:
+    """The load half's product: a task with its checkpoint in host memory, ready for the compute half."""
+
+    task: ExtractTask
+    options: ExtractOptions  # the task's options, with ``device`` resolved (``auto`` -> cuda:0 or cpu)
+    loaded: LoadedCheckpoint
+    weights_file: dict  # the local weights file's fingerprint, taken before loading
+    load_seconds: float
+
+
+def use_torch_threads(options: ExtractOptions) -> None:
+    """Apply ``executor.torch_threads`` (torch's intra-op thread count, a process-wide setting)."""
     import torch
+
+    if options.torch_threads:
+        torch.set_num_threads(options.torch_threads)
+
+
+def load_task(task: ExtractTask) -> LoadedTask:
+    """The load half of a task: fingerprint the weights file, then load the checkpoint once, on the CPU
+    in the task's dtype (the compute half moves it to the device, so a checkpoint loaded ahead never
+    holds device memory). Safe to run in a background thread while another task computes."""
     from transformers.utils import logging as hf_logging
 
-    from layerlake.etl.extract import extract_from_model
-    from layerlake.etl.sources import load_checkpoint, release_checkpoint, weights_file_fingerprint
+    from layerlake.etl.sources import load_checkpoint, weights_file_fingerprint
 
     hf_logging.disable_progress_bar()  # the extraction's own progress display reports each checkpoint
-
-    if task.options.torch_threads:
-        torch.set_num_threads(task.options.torch_threads)
+    use_torch_threads(task.options)
     device = resolve_device(task.options.device)
     options = task.options if device == task.options.device else _with_device(task.options, device)
     start = time.perf_counter()
     fingerprint = weights_file_fingerprint(task.ref)  # before loading: what the rows were made from
-    loaded = load_checkpoint(task.ref, device=device, dtype=options.dtype)
-    timings = {"load": time.perf_counter() - start}
-    try:
-        tables, pass_timings = extract_from_model(
-            loaded.model, task.ref, loaded.weights_sha256, task.probe, options
-        )
-        timings.update(pass_timings)
-        tables["checkpoints"] = checkpoint_row(
-            task.ref, task.task_id, task.probe.probe_id, loaded.config, loaded.weights_sha256, loaded.n_params
-        )
-    finally:
-        release_checkpoint(task.ref)
-    timings["total"] = time.perf_counter() - start
+    loaded = load_checkpoint(task.ref, device="cpu", dtype=options.dtype)
+    return LoadedTask(task, options, loaded, fingerprint, time.perf_counter() - start)
+
+
+def compute_task(ready: LoadedTask, load_wait: float) -> TaskResult:
+    """The compute half: one pass over the loaded checkpoint, every table's rows for it.
+
+    ``load_wait`` is how long the caller waited for the load half (the whole load when it ran just
+    before, less when it ran in the background). Timings: ``load`` (the load half's own time),
+    ``load_wait``, the pass's phases, and ``total`` = ``load_wait`` + this half's time (the task's
+    share of the worker's time).
+    """
+    from layerlake.etl.extract import extract_from_model
+
+    task, loaded, options = ready.task, ready.loaded, ready.options
+    use_torch_threads(options)
+    start = time.perf_counter()
+    tables, pass_timings = extract_from_model(
+        loaded.model, task.ref, loaded.weights_sha256, task.probe, options
+    )
+    tables["checkpoints"] = checkpoint_row(
+        task.ref, task.task_id, task.probe.probe_id, loaded.config, loaded.weights_sha256, loaded.n_params
+    )
+    timings = {"load": ready.load_seconds, "load_wait": load_wait, **pass_timings}
+    timings["total"] = load_wait + time.perf_counter() - start
     return TaskResult(
         task_id=task.task_id,
         ref=task.ref,
@@ -111,9 +148,16 @@ def run_task(task: ExtractTask) -> TaskResult:
         tables=tables,
         timings=timings,
         n_params=loaded.n_params,
-        weights_file=fingerprint,
-        placement=placement() | {"device": device},
+        weights_file=ready.weights_file,
+        placement=placement() | {"device": options.device},
     )
+
+
+def run_task(task: ExtractTask) -> TaskResult:
+    """Load ``task.ref`` once, run the probe batch once, return every table's rows for it."""
+    start = time.perf_counter()
+    ready = load_task(task)
+    return compute_task(ready, load_wait=time.perf_counter() - start)
 
 
 def _with_device(options, device: str):

@@ -16,7 +16,6 @@ from layerlake.etl.sources import (
     check_weights_file,
     load_checkpoint,
     open_source,
-    release_checkpoint,
     select_steps,
     weights_sha256,
 )
@@ -134,10 +133,12 @@ def _hub_cache(tiny_suite, cache: Path, steps: list[int]) -> None:
     (repo / "refs" / "main").write_text(hashlib.sha1(f"step{steps[-1]}".encode()).hexdigest())
 
 
-def _hub_suite(tiny_suite, evict: bool) -> SuiteConfig:
+def _hub_suite(tiny_suite, keep: bool = True, budget_gb: float | None = None) -> SuiteConfig:
     local = tiny_suite[0].suite
     spec = ModelSpec(name="tiny-a", repo=REPO_ID, n_layers=1, d_model=32, n_heads=2, d_mlp=64)
-    return replace(local, name="tinyhub", source="hf", models=[spec], evict_after_use=evict)
+    return replace(
+        local, name="tinyhub", source="hf", models=[spec], keep_downloads=keep, download_budget_gb=budget_gb
+    )
 
 
 @pytest.fixture
@@ -151,7 +152,7 @@ def hub_cache(tiny_suite, tmp_path, monkeypatch):
 
 def test_hub_source_loads_cached_revisions_with_the_same_weights(tiny_suite, hub_cache):
     settings, root = tiny_suite
-    hub = open_source(_hub_suite(tiny_suite, evict=False), "/nonexistent")
+    hub = open_source(_hub_suite(tiny_suite), "/nonexistent")
     local = open_source(settings.suite, root)
     for step in (0, 8, 16):
         (ref,) = hub.refs("tiny-a", [step])
@@ -159,12 +160,11 @@ def test_hub_source_loads_cached_revisions_with_the_same_weights(tiny_suite, hub
         assert ref.tokens_seen == step * settings.suite.tokens_per_step
         loaded = hub.load(ref)
         assert loaded.weights_sha256 == local.load(local.refs("tiny-a", [step])[0]).weights_sha256
-    hub.release(ref)  # evict_after_use is off: nothing is deleted
-    assert (hub_cache / "models--tinyorg--tiny-a/refs/step16").exists()
+    assert (hub_cache / "models--tinyorg--tiny-a/refs/step16").exists()  # loading deletes nothing
 
 
 def test_hub_source_missing_revision_is_a_clear_error(tiny_suite, hub_cache):
-    hub = open_source(_hub_suite(tiny_suite, evict=False), "/nonexistent")
+    hub = open_source(_hub_suite(tiny_suite), "/nonexistent")
     (ref,) = hub.refs("tiny-a", [4])  # in the schedule, but not cached (and offline)
     with pytest.raises(CheckpointError) as caught:
         hub.load(ref)
@@ -175,12 +175,14 @@ def test_hub_source_missing_revision_is_a_clear_error(tiny_suite, hub_cache):
 
 
 def test_hub_eviction_deletes_only_that_revision(tiny_suite, hub_cache):
-    hub = open_source(_hub_suite(tiny_suite, evict=True), "/nonexistent")
+    from layerlake.etl.downloads import evict_revisions
+
+    hub = open_source(_hub_suite(tiny_suite), "/nonexistent")
     repo = hub_cache / "models--tinyorg--tiny-a"
     blobs_before = {p.name for p in (repo / "blobs").iterdir()}
     (ref8,) = hub.refs("tiny-a", [8])
     hub.load(ref8)
-    release_checkpoint(ref8)  # the module-level function a Ray worker calls, from the ref alone
+    assert evict_revisions(REPO_ID, ["step8"]) == [f"{REPO_ID}@step8"]
     commit8 = hashlib.sha1(b"step8").hexdigest()
     assert not (repo / "refs/step8").exists()
     assert not (repo / "snapshots" / commit8).exists()
@@ -201,7 +203,7 @@ def test_unknown_source_kind(tiny_suite):
 def test_hub_suite_probe_uses_the_repo_tokenizer(tiny_suite, hub_cache):
     settings, root = tiny_suite
     probe = ProbeConfig(n_sequences=4, seq_len=16)
-    from_hub = build_probe(probe, _hub_suite(tiny_suite, evict=False), "/nonexistent")
+    from_hub = build_probe(probe, _hub_suite(tiny_suite), "/nonexistent")
     local = build_probe(probe, settings.suite, root)
     assert from_hub.token_ids == local.token_ids and from_hub.probe_id == local.probe_id
 
@@ -285,7 +287,7 @@ def test_unreachable_hub_still_serves_cached_revisions(tiny_suite, unreachable_h
     _hub_cache(tiny_suite, cache, [0, 8])
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     settings, root = tiny_suite
-    hub = open_source(_hub_suite(tiny_suite, evict=False), "/nonexistent")
+    hub = open_source(_hub_suite(tiny_suite), "/nonexistent")
     local = open_source(settings.suite, root)
     (ref,) = hub.refs("tiny-a", [8])
     assert hub.load(ref).weights_sha256 == local.load(local.refs("tiny-a", [8])[0]).weights_sha256
