@@ -26,6 +26,7 @@ from layerlake.core.choices import (
     PositionRule,
     ProbeSource,
     Site,
+    SpectraPrecision,
     StepSchedule,
     SuiteSource,
     VSlice,
@@ -172,6 +173,7 @@ class ExtractConfig:
     near_zero_eps: float = 1e-3
     batch_size: Optional[int] = None  # sequences per forward chunk (bounds memory); None = all at once
     store_activations: bool = False  # keep each site's probe activations (float16) for pwcca(); costly
+    spectra_precision: SpectraPrecision = SpectraPrecision.float64  # float32: faster SVDs, see docs
 
 
 @dataclass

@@ -15,8 +15,10 @@ numbers from :mod:`layerlake.etl.metrics`. Per call:
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -45,28 +47,29 @@ def extract_from_model(
     weights_sha256: str,
     probe: ProbeBatch,
     options: ExtractOptions,
+    spectra_cache: WeightSpectraCache | None = None,
 ) -> tuple[dict[str, pa.Table], dict[str, float]]:
     """Every summary of one checkpoint from one pass: ``({table: pa.Table}, {phase: seconds})``.
 
     Tables are ``activation_stats``, ``sketches`` and ``spectra``, each matching
-    ``TABLES[name].arrow_schema()`` (no suite/model partition columns). Phases: ``forward``,
-    ``backward`` (0 without gradients), ``svd`` (weight and gradient spectra) and ``reduce``
-    (activation summaries and sketches). The model is moved to ``options.device`` and cast to
-    ``options.dtype`` in place.
+    ``TABLES[name].arrow_schema()`` (no suite/model partition columns). Phases (``PHASES``):
+    ``forward``, ``backward`` (0 without gradients), ``summaries`` (activation stats), ``sketches``
+    (Grams), ``svd`` (weight and gradient spectra) and ``matrix_stats``. The model is moved to
+    ``options.device`` and cast to ``options.dtype`` in place. ``spectra_cache`` (given only with a true
+    weights hash) supplies weight spectra already taken from the same weights.
     """
     family, shape = sites.family_of(model), sites.shape_of(model)
     _check_options(options, family, probe, model)
     device = torch.device(options.device)
     if options.torch_threads:
         torch.set_num_threads(options.torch_threads)
-    rows = Rows(ref.step, weights_sha256, probe.probe_id)
-    timings = {"forward": 0.0, "backward": 0.0, "svd": 0.0, "reduce": 0.0}
+    timed = Phases(device)
+    rows = Rows(ref.step, weights_sha256, probe.probe_id, timed)
     was_training = model.training
     model.to(device)
     try:
         if options.weight_spectra:
-            with _timed(timings, "svd", device):
-                _add_spectra(rows, model, family, shape, options, "weight")
+            _add_spectra(rows, model, family, shape, options, "weight", spectra_cache)
         model.to(TORCH_DTYPES[options.dtype]).eval()
         with _grads_enabled(model, options.gradients):
             ids, positions = probe_tensors(probe, device)
@@ -78,15 +81,13 @@ def extract_from_model(
                 gradients=options.gradients,
                 batch_size=options.batch_size,
             )
-            timings.update(pass_times)
-            with _timed(timings, "reduce", device):
-                _add_activations(rows, captured, model, family, shape, options)
+            timed.seconds.update(pass_times)
+            _add_activations(rows, captured, model, family, shape, options)
             if options.gradients:
-                with _timed(timings, "svd", device):
-                    _add_spectra(rows, model, family, shape, options, "grad")
+                _add_spectra(rows, model, family, shape, options, "grad")
     finally:
         model.train(was_training)
-    return rows.tables(), timings
+    return rows.tables(), timed.seconds
 
 
 def check_options(options: ExtractOptions, probe: ProbeBatch, model: nn.Module) -> None:
@@ -173,6 +174,20 @@ def _add_activations(
                     rows.add_activation(layer, "ov", head, per_head[head], options)
 
 
+@dataclass(frozen=True)
+class Spectrum:
+    """One matrix's singular values, and its entry-wise stats where it has its own entries (a parameter,
+    or the per-layer OV product; a per-head OV is kept factored and has none)."""
+
+    layer: int
+    matrix: str
+    head: int | None
+    rows: int
+    cols: int
+    sv: torch.Tensor
+    stats: dict | None
+
+
 def _add_spectra(
     rows: Rows,
     model: nn.Module,
@@ -180,29 +195,87 @@ def _add_spectra(
     shape: sites.Shape,
     options: ExtractOptions,
     tensor: str,
+    cache: WeightSpectraCache | None = None,
 ) -> None:
-    """Spectra of every matrix of every block, of the weights or of their gradients (``ov``: by the
-    chain rule, see ``sites.ov_gradient_factors``)."""
-    for layer, block in enumerate(sites.blocks(model)):
+    """Spectra (and matrix stats) of every matrix of every block, of the weights or of their gradients
+    (``ov``: by the chain rule, see ``sites.ov_gradient_factors``). Weight spectra come from ``cache``
+    when it holds those of the same weights hash."""
+    key = (rows.common["weights_sha256"], options.per_head, options.v_slice, options.spectra_precision)
+    spectra = cache.get(key) if cache is not None and tensor == "weight" else None
+    if spectra is None:
+        spectra = _spectra(model, family, shape, options, tensor, rows.timed)
+        if cache is not None and tensor == "weight":
+            cache.put(key, spectra)
+    for s in spectra:
+        rows.add_spectrum(s.layer, tensor, s.matrix, s.head, s.rows, s.cols, s.sv)
+        if s.stats is not None:
+            rows.add_matrix_stats(s.layer, tensor, s.matrix, s.head, s.stats)
+
+
+class WeightSpectraCache:
+    """The weight spectra of the last few checkpoints, by weights hash (and the options that shape them):
+    a checkpoint whose weights repeat an earlier one's (Pythia serves such duplicate revisions; a tracked
+    run snapshots a model that has not stepped) gets them without an SVD. Only for callers whose weights
+    hash is the weights' own (``sources.weights_sha256``): the worker keeps one per process, a tracked
+    run one per run."""
+
+    def __init__(self, kept: int = 4) -> None:  # about 2 MB per checkpoint at Pythia-160m's shape
+        self.kept = kept
+        self.entries: OrderedDict[tuple, list[Spectrum]] = OrderedDict()
+        self.hits = 0
+
+    def get(self, key: tuple) -> list[Spectrum] | None:
+        spectra = self.entries.get(key)
+        if spectra is not None:
+            self.entries.move_to_end(key)
+            self.hits += 1
+        return spectra
+
+    def put(self, key: tuple, spectra: list[Spectrum]) -> None:
+        self.entries[key] = spectra
+        while len(self.entries) > self.kept:
+            self.entries.popitem(last=False)
+
+
+def _spectra(
+    model: nn.Module,
+    family: sites.Family,
+    shape: sites.Shape,
+    options: ExtractOptions,
+    tensor: str,
+    timed: Phases,
+) -> list[Spectrum]:
+    """Every block's matrices, their singular values computed together (``metrics.batched_svdvals``:
+    matrices of one shape in one call, on the model's device, in ``options.spectra_precision``)."""
+    found = [
+        (layer, matrix, head, a, b)
+        for layer, block in enumerate(sites.blocks(model))
         for (matrix, head), (a, b) in sites.block_matrices(
             block, family, shape, options.v_slice, tensor
-        ).items():
-            if head is not None and not options.per_head:
-                continue
-            sv = metrics.product_svdvals(a, b)
-            cols = a.shape[1] if b is None else b.shape[1]
-            rows.add_spectrum(layer, tensor, matrix, head, a.shape[0], cols, sv)
-            if b is None or head is None:  # parameters, and the per-layer OV product (formed once)
-                entries = a if b is None else metrics.as64(a) @ metrics.as64(b)
-                rows.add_matrix_stats(layer, tensor, matrix, head, metrics.entry_stats(entries))
+        ).items()
+        if head is None or options.per_head
+    ]
+    precision = TORCH_DTYPES[Dtype(options.spectra_precision.value)]
+    with timed("svd"):
+        values = metrics.batched_svdvals([(a, b) for *_, a, b in found], dtype=precision)
+    spectra = []
+    for (layer, matrix, head, a, b), sv in zip(found, values, strict=True):
+        stats = None
+        if b is None or head is None:  # parameters, and the per-layer OV product (formed once)
+            with timed("matrix_stats"):
+                stats = metrics.entry_stats(a if b is None else metrics.as64(a) @ metrics.as64(b))
+        cols = a.shape[1] if b is None else b.shape[1]
+        spectra.append(Spectrum(layer, matrix, head, a.shape[0], cols, sv, stats))
+    return spectra
 
 
 class Rows:
     """Column lists for the output tables (OUTPUT_TABLES), filled row by row, turned into Arrow at the end."""
 
-    def __init__(self, step: int, weights_sha256: str, probe_id: str) -> None:
+    def __init__(self, step: int, weights_sha256: str, probe_id: str, timed: Phases) -> None:
         self.common = {"step": step, "weights_sha256": weights_sha256}
         self.probe_id = probe_id
+        self.timed = timed
         self.cols: dict[str, dict[str, list]] = {
             name: {c: [] for c in TABLES[name].column_names} for name in OUTPUT_TABLES
         }
@@ -216,7 +289,8 @@ class Rows:
     ) -> None:
         """One ``activation_stats`` row and one ``sketches`` row per kernel and estimator."""
         key = {"layer": layer, "site": site, "head": head, "probe_id": self.probe_id}
-        summary = metrics.activation_summary(x, options.near_zero_eps)
+        with self.timed("summaries"):
+            summary = metrics.activation_summary(x, options.near_zero_eps)
         summary["sv"] = np.asarray(summary["sv"], dtype=np.float64)
         self._append("activation_stats", **key, **summary)
         if options.store_activations and head is None:
@@ -224,10 +298,13 @@ class Rows:
             self._append("activations", layer=layer, site=site, probe_id=self.probe_id,
                          n=summary["n"], d=summary["d"], x=values.tobytes())  # fmt: skip
         for kernel in options.kernels:
-            k = metrics.gram(x, kernel)
+            with self.timed("sketches"):
+                k = metrics.gram(x, kernel)
             for estimator in options.estimators:
                 # Stored packed (upper triangle, off-diagonal x sqrt 2): same dot products, half the bytes.
-                g = torch.from_numpy(pack_gram(metrics.center(k, estimator).to(torch.float32).cpu().numpy()))
+                with self.timed("sketches"):
+                    centred = metrics.center(k, estimator).to(torch.float32).cpu().numpy()
+                    g = torch.from_numpy(pack_gram(centred))
                 self._append(
                     "sketches",
                     **key,
@@ -312,15 +389,26 @@ def _list_array(values: list[np.ndarray], type_: pa.ListType) -> pa.ChunkedArray
 _MAX_CHUNK_VALUES = 2**30
 
 
-@contextmanager
-def _timed(timings: dict[str, float], phase: str, device: torch.device) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings[phase] += time.perf_counter() - start
+PHASES = ("forward", "backward", "summaries", "sketches", "svd", "matrix_stats")
+
+
+class Phases:
+    """Seconds spent per phase of one pass (``PHASES``); ``with timed("svd"): ...`` adds to one, waiting
+    for the GPU's queued work at the end so it is counted where it was asked for."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[phase] += time.perf_counter() - start
 
 
 @contextmanager

@@ -11,7 +11,9 @@ is Kornblith et al.'s linear CKA, with ``debiased`` (U-centred) sketches the deb
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from layerlake.core.choices import Estimator, Kernel
@@ -101,7 +103,10 @@ def svdvals64(m: torch.Tensor) -> torch.Tensor:
     >>> svdvals64(torch.diag(torch.tensor([1.0, 3.0, 2.0]))).tolist()
     [3.0, 2.0, 1.0]
     """
-    return torch.linalg.svdvals(as64(m))
+    m = as64(m)
+    # LAPACK's SVD of a wide matrix costs about 3x that of its (equal-valued) transpose: 0.52 s against
+    # 0.15 s for a 768 x 3072 float64 matrix on 2 CPU cores, so the tall side is always the one taken.
+    return torch.linalg.svdvals(m.mT if m.shape[-2] < m.shape[-1] else m)
 
 
 def centred_svdvals(x: torch.Tensor) -> torch.Tensor:
@@ -140,27 +145,103 @@ def product_svdvals(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Ten
     return torch.cat([small, small.new_zeros(min(rows, cols) - inner)])
 
 
+def batched_svdvals(
+    matrices: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    dtype: torch.dtype = torch.float64,
+    max_batch_bytes: int = 256 * 2**20,
+) -> list[torch.Tensor]:
+    """The singular values of each ``a @ b`` (or ``a``), as :func:`product_svdvals` gives them, for many
+    matrices at once: float64 results, descending, ``min(rows, cols)`` each.
+
+    Each matrix is first reduced to the core whose singular values it shares (itself on its tall side;
+    for a low-rank product the ``r x r`` ``Ra Rb^T``, see :func:`product_svdvals`), in ``dtype``. Cores
+    of the same shape go through one batched ``svdvals`` call, at most ``max_batch_bytes`` of them at a
+    time: on a GPU one call for the 24 MLP matrices of a model instead of 24 kernel launches; on the CPU
+    about as fast as one call each. ``dtype=torch.float32`` computes in float32 (the error against
+    float64 is measured by ``benchmarks/scale.py``).
+
+    >>> a = torch.tensor([[1.0], [0.0], [0.0]]); b = torch.tensor([[0.0, 2.0, 0.0]])
+    >>> [v.tolist() for v in batched_svdvals([(a, b), (torch.diag(torch.tensor([1.0, 3.0])), None)])]
+    [[2.0, 0.0, 0.0], [3.0, 1.0]]
+    """
+    cores, padding = [], []
+    for a, b in matrices:
+        core, zeros = _svd_core(a, b, dtype)
+        cores.append(core)
+        padding.append(zeros)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, core in enumerate(cores):
+        by_shape.setdefault(tuple(core.shape), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(cores)
+    for shape, members in by_shape.items():
+        per_matrix = max(1, math.prod(shape) * cores[members[0]].element_size())
+        size = max(1, max_batch_bytes // per_matrix)
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            values = torch.linalg.svdvals(torch.stack([cores[i] for i in chunk])).to(torch.float64)
+            for i, sv in zip(chunk, values, strict=True):
+                out[i] = torch.cat([sv, sv.new_zeros(padding[i])]) if padding[i] else sv
+    return out  # type: ignore[return-value]
+
+
+def _svd_core(a: torch.Tensor, b: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """``(core, zeros)``: a matrix with the nonzero singular values of ``a @ b`` (``a``), on its tall
+    side (LAPACK's SVD of a wide matrix costs about 3x its transpose's), and how many exact zeros the
+    product has besides."""
+    a = a.detach().to(dtype)
+    if b is None:
+        core, zeros = a, 0
+    else:
+        b = b.detach().to(dtype)
+        rows, inner, cols = a.shape[0], a.shape[1], b.shape[1]
+        if inner >= min(rows, cols):
+            core, zeros = a @ b, 0
+        else:
+            _, ra = torch.linalg.qr(a)
+            _, rb = torch.linalg.qr(b.T)
+            core, zeros = ra @ rb.T, min(rows, cols) - inner
+    return (core.mT if core.shape[-2] < core.shape[-1] else core), zeros
+
+
 def entry_stats(m: torch.Tensor) -> dict[str, float | None]:
-    """pico-analyze's entry-wise measures of a matrix, in float64: the Gini coefficient and the Hoyer
-    sparsity of the entries' magnitudes, and the largest magnitude.
+    """pico-analyze's entry-wise measures of a matrix: the Gini coefficient and the Hoyer sparsity of
+    the entries' magnitudes, and the largest magnitude, with sums in float64.
+
+    Gini is ``sum_i (2i - n - 1) x_(i) / (n sum_i x_i)`` over the magnitudes sorted ascending. The sort
+    runs on the magnitudes in their own precision (exact: |x| of a float is a float of the same type),
+    on the CPU through numpy, whose vectorised sort took 20 ms for the 2.4 million float32 entries of a
+    3072 x 768 matrix where ``torch.sort`` took 290 ms (2 cores); on a GPU through ``torch.sort``.
 
     >>> entry_stats(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
     {'gini': 0.75, 'hoyer': 1.0, 'inf_norm': 1.0}
     >>> entry_stats(torch.ones(2, 2))
     {'gini': 0.0, 'hoyer': 0.0, 'inf_norm': 1.0}
     """
-    x = as64(m).abs().flatten()
-    n = x.numel()
-    total = float(x.sum())
-    if n == 0 or total == 0:
-        return {"gini": 0.0, "hoyer": None, "inf_norm": float(x.max()) if n else None}
-    ranked = torch.sort(x).values
-    weights = 2 * torch.arange(1, n + 1, dtype=torch.float64, device=x.device) - n - 1
-    gini = float((weights * ranked).sum()) / (n * total)
+    magnitudes = m.detach().abs().flatten()
+    if magnitudes.dtype not in (torch.float32, torch.float64):
+        magnitudes = magnitudes.to(torch.float32)  # half precisions: exact in float32
+    n = magnitudes.numel()
+    if n == 0:
+        return {"gini": 0.0, "hoyer": None, "inf_norm": None}
+    ranked = _sorted(magnitudes).to(torch.float64)
+    total = float(ranked.sum())
+    if total == 0:
+        return {"gini": 0.0, "hoyer": None, "inf_norm": float(ranked[-1])}
+    weights = 2 * torch.arange(1, n + 1, dtype=torch.float64, device=ranked.device) - n - 1
+    gini = float(weights @ ranked) / (n * total)
     hoyer = (
-        (math.sqrt(n) - total / float(torch.linalg.vector_norm(x))) / (math.sqrt(n) - 1) if n > 1 else None
+        (math.sqrt(n) - total / float(torch.linalg.vector_norm(ranked))) / (math.sqrt(n) - 1)
+        if n > 1
+        else None
     )
     return {"gini": gini, "hoyer": hoyer, "inf_norm": float(ranked[-1])}
+
+
+def _sorted(v: torch.Tensor) -> torch.Tensor:
+    """``v`` (1-d) sorted ascending: numpy's sort on the CPU, ``torch.sort`` elsewhere."""
+    if v.device.type == "cpu":
+        return torch.from_numpy(np.sort(v.numpy()))
+    return torch.sort(v).values
 
 
 def activation_summary(x: torch.Tensor, near_zero_eps: float) -> dict:

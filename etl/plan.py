@@ -46,6 +46,7 @@ def extract_options(settings: Config) -> ExtractOptions:
         near_zero_eps=ex.near_zero_eps,
         batch_size=ex.batch_size,
         store_activations=ex.store_activations,
+        spectra_precision=ex.spectra_precision,
         device=run.device,
         dtype=run.dtype,
         torch_threads=run.torch_threads,

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from layerlake.core.choices import Dtype, Estimator, Kernel, Site, SuiteSource, VSlice, check_device
+from layerlake.core.choices import (
+    Dtype,
+    Estimator,
+    Kernel,
+    Site,
+    SpectraPrecision,
+    SuiteSource,
+    VSlice,
+    check_device,
+)
 from layerlake.core.hashing import stable_hash
 
 
@@ -88,6 +97,7 @@ class ExtractOptions:
     torch_threads: int | None = None
     batch_size: int | None = None  # sequences per forward chunk; None = the whole probe at once
     store_activations: bool = False  # the ``activations`` table: each whole-layer site's probe rows
+    spectra_precision: SpectraPrecision = SpectraPrecision.float64  # the SVDs' floating-point type
 
     def __post_init__(self) -> None:
         """Closed sets become ``Choice`` members (a wrong value is a ``ConfigError`` naming the option)."""
@@ -97,14 +107,19 @@ class ExtractOptions:
             )
         object.__setattr__(self, "v_slice", VSlice.parse(self.v_slice, "extract.v_slice"))
         object.__setattr__(self, "dtype", Dtype.parse(self.dtype, "executor.dtype"))
+        precision = SpectraPrecision.parse(self.spectra_precision, "extract.spectra_precision")
+        object.__setattr__(self, "spectra_precision", precision)
         check_device(self.device)
 
     def config_hash(self) -> str:
         """Hash of what changes the numbers (device, threads and chunking do not)."""
         skip = ("device", "torch_threads", "batch_size")
         payload = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
-        if not self.store_activations:  # off, as before the option existed: stored hashes stay valid
+        # Options added later hash as before while they keep their default: stored hashes stay valid.
+        if not self.store_activations:
             payload.pop("store_activations")
+        if self.spectra_precision == SpectraPrecision.float64:
+            payload.pop("spectra_precision")
         return stable_hash(payload)
 
 

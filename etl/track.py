@@ -196,6 +196,7 @@ class TrackedRun:
     _queue: queue.Queue = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
     _reported: bool = False
+    _weight_spectra: Any = None  # etl.extract.WeightSpectraCache, made at the first snapshot
 
     @property
     def run_id(self) -> str:
@@ -312,7 +313,7 @@ class TrackedRun:
         """The rows of one snapshot, on this thread, with the training state kept."""
         import time
 
-        from layerlake.etl.extract import extract_from_model
+        from layerlake.etl.extract import WeightSpectraCache, extract_from_model
         from layerlake.etl.sources import weights_sha256
         from layerlake.etl.worker import checkpoint_row
 
@@ -325,7 +326,11 @@ class TrackedRun:
         )  # fmt: skip
         with training_state_kept(model):
             digest = weights_sha256(model)
-            tables, timings = extract_from_model(model, ref, digest, self.probe, options)
+            if self._weight_spectra is None:
+                self._weight_spectra = WeightSpectraCache(kept=1)
+            tables, timings = extract_from_model(
+                model, ref, digest, self.probe, options, self._weight_spectra
+            )
         n_params = sum(p.numel() for p in model.parameters())
         tables["checkpoints"] = checkpoint_row(
             ref, self.task_id(step), self.probe.probe_id, model.config, digest, n_params

@@ -8,6 +8,7 @@ It returns Arrow tables and never touches the warehouse: only the driver commits
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -120,6 +121,15 @@ def load_task(task: ExtractTask) -> LoadedTask:
     return LoadedTask(task, options, loaded, fingerprint, time.perf_counter() - start)
 
 
+@functools.cache
+def process_weight_spectra():
+    """This process's ``etl.extract.WeightSpectraCache``: a worker that meets the same weights again
+    (a duplicate revision; a Ray worker process runs many tasks) takes their spectra once."""
+    from layerlake.etl.extract import WeightSpectraCache
+
+    return WeightSpectraCache()
+
+
 def compute_task(ready: LoadedTask, load_wait: float) -> TaskResult:
     """The compute half: one pass over the loaded checkpoint, every table's rows for it.
 
@@ -134,7 +144,7 @@ def compute_task(ready: LoadedTask, load_wait: float) -> TaskResult:
     use_torch_threads(options)
     start = time.perf_counter()
     tables, pass_timings = extract_from_model(
-        loaded.model, task.ref, loaded.weights_sha256, task.probe, options
+        loaded.model, task.ref, loaded.weights_sha256, task.probe, options, process_weight_spectra()
     )
     tables["checkpoints"] = checkpoint_row(
         task.ref, task.task_id, task.probe.probe_id, loaded.config, loaded.weights_sha256, loaded.n_params

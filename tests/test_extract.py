@@ -342,3 +342,61 @@ def test_matrix_stats_are_pico_analyzes_gini_hoyer_and_inf_norm_of_every_matrix(
     ov = weights[p + "attention.dense.weight"] @ w_v
     assert stats[(1, "weight", "ov", None)]["gini"] == pytest.approx(np_gini(ov), rel=1e-6)
     assert stats[(1, "grad", "ov", None)]["probe_id"] == PROBE.probe_id
+
+
+def test_weight_spectra_of_repeated_weights_come_from_the_cache_and_equal_a_fresh_pass():
+    from layerlake.etl.extract import WeightSpectraCache
+    from layerlake.etl.sources import weights_sha256
+
+    cache = WeightSpectraCache(kept=1)
+    first, second, other = neox(seed=0), neox(seed=0), neox(seed=1)
+    digest = weights_sha256(first)
+    assert weights_sha256(second) == digest != weights_sha256(other)
+    fresh, _ = extract_from_model(first, REF, digest, PROBE, ExtractOptions(), cache)
+    assert cache.hits == 0
+    reused, _ = extract_from_model(second, REF, digest, PROBE, ExtractOptions(), cache)
+    assert cache.hits == 1
+    for table in ("spectra", "matrix_stats"):
+        assert reused[table].equals(fresh[table]), table
+    extract_from_model(other, REF, weights_sha256(other), PROBE, ExtractOptions(), cache)
+    assert cache.hits == 1  # other weights: computed, and the first evicted (kept=1)
+    extract_from_model(second, REF, digest, PROBE, ExtractOptions(), cache)
+    assert cache.hits == 1
+    # other options that shape the spectra are another entry: the per-head rows are not reused
+    extract_from_model(second, REF, digest, PROBE, ExtractOptions(per_head=False), cache)
+    assert cache.hits == 1
+
+
+def test_gradient_spectra_are_never_taken_from_the_cache():
+    from layerlake.etl.extract import WeightSpectraCache
+
+    cache = WeightSpectraCache()
+    options = ExtractOptions(gradients=True)
+    a, _ = extract_from_model(neox(), REF, SHA, PROBE, options, cache)
+    shifted = tuple(tuple((t + 1) % 40 for t in row) for row in TOKENS)
+    probe = ProbeBatch("probe-2", "test", shifted, PROBE.positions, "sample")
+    b, _ = extract_from_model(neox(), REF, SHA, probe, options, cache)
+    assert cache.hits == 1  # the weights' spectra only
+    grads = [rows(t["spectra"], tensor="grad", layer=0, matrix="dense")[0]["sv"] for t in (a, b)]
+    assert not np.allclose(grads[0], grads[1])  # another probe, another gradient
+
+
+def test_float32_spectra_precision_is_an_option_that_changes_the_config_hash():
+    model = neox()
+    w = model.gpt_neox.layers[1].attention.dense.weight.detach().double().numpy()
+    single = ExtractOptions(spectra_precision="float32")
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, single)
+    (row,) = rows(tables["spectra"], layer=1, matrix="dense", tensor="weight")
+    assert_sv_close(row["sv"], w, rel=1e-6)
+    assert ExtractOptions().config_hash() == ExtractOptions(spectra_precision="float64").config_hash()
+    assert single.config_hash() != ExtractOptions().config_hash()
+    with pytest.raises(ConfigError, match="extract.spectra_precision 'float16' is not one of"):
+        ExtractOptions(spectra_precision="float16")
+
+
+def test_timings_name_every_phase_of_the_pass():
+    from layerlake.etl.extract import PHASES
+
+    _, timings = extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(gradients=True))
+    assert set(timings) == set(PHASES)
+    assert all(timings[p] > 0 for p in PHASES)

@@ -127,3 +127,39 @@ def test_product_svdvals_match_numpy(inner: int):
     assert got.shape == (9,)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-8 * expected[0])
     assert np.all(np.diff(got) <= 0)
+
+
+def test_batched_svdvals_equal_each_matrix_alone_in_any_shape_and_chunking():
+    """Tall, wide (taken on its tall side) and square matrices, low-rank products kept factored and a full
+    product, several of one shape: the batched values equal numpy's SVD of each matrix, whatever the
+    batch size (here down to one matrix per call)."""
+    shapes = [(9, 4), (4, 9), (9, 4), (6, 6), (4, 9)]
+    plain = [(torch.from_numpy(_rand(r, c, i)), None) for i, (r, c) in enumerate(shapes)]
+    factored = [
+        (torch.from_numpy(_rand(8, 2, 20 + i)), torch.from_numpy(_rand(2, 7, 30 + i))) for i in range(3)
+    ] + [(torch.from_numpy(_rand(5, 6, 40)), torch.from_numpy(_rand(6, 5, 41)))]
+    matrices = plain + factored
+    for max_bytes in (1, 10**9):
+        got = metrics.batched_svdvals(matrices, max_batch_bytes=max_bytes)
+        for (a, b), sv in zip(matrices, got, strict=True):
+            full = a.numpy() if b is None else a.numpy() @ b.numpy()
+            expected = np.linalg.svd(full, compute_uv=False)
+            assert sv.dtype == torch.float64 and sv.shape == expected.shape
+            np.testing.assert_allclose(sv.numpy(), expected, rtol=0, atol=1e-12 * expected[0])
+
+
+def test_float32_spectra_agree_with_float64_to_float32_precision():
+    matrices = [(torch.from_numpy(_rand(48, 16, i)), None) for i in range(3)]
+    exact = metrics.batched_svdvals(matrices)
+    single = metrics.batched_svdvals(matrices, dtype=torch.float32)
+    for e, s in zip(exact, single, strict=True):
+        assert s.dtype == torch.float64  # stored as float64 either way
+        np.testing.assert_allclose(s.numpy(), e.numpy(), rtol=0, atol=1e-5 * float(e[0]))
+        assert not torch.equal(s, e)  # computed in float32 indeed
+
+
+def test_wide_matrices_are_taken_on_their_tall_side():
+    wide = torch.from_numpy(_rand(3, 11, 5))
+    np.testing.assert_allclose(
+        metrics.svdvals64(wide).numpy(), np.linalg.svd(wide.numpy(), compute_uv=False), rtol=1e-13
+    )

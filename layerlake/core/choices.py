@@ -88,6 +88,11 @@ class Dtype(Choice):
     float64 = "float64", "64-bit float"
 
 
+class SpectraPrecision(Choice):
+    float64 = "float64", "singular values computed in float64 (the default)"
+    float32 = "float32", "singular values computed in float32: faster, see docs/design.md for its error"
+
+
 class Estimator(Choice):
     biased = "biased", "biased HSIC: the doubly centred Gram H K H (Kornblith et al. 2019; the paper's)"
     debiased = "debiased", "unbiased HSIC: the U-centred Gram (Szekely-Rizzo; Song et al. 2012)"
