@@ -9,15 +9,21 @@ from pathlib import Path
 import pytest
 
 from layerlake.conf.schema import ExecutorConfig
-from layerlake.etl.executors import LocalExecutor, RayExecutor
+from layerlake.etl.executors import LocalExecutor, RayExecutor, make_lanes
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ExtractTask, ProbeBatch
 
 PROBE = ProbeBatch("p", "test", ((1, 2, 3),), ((0, 2),), "last")
 
 
-def task(name: str, location: str) -> ExtractTask:
-    ref = CheckpointRef("suite", name, 0, "step0", 0, "local", location)
+def task(name: str, location: str, step: int = 0) -> ExtractTask:
+    ref = CheckpointRef("suite", name, step, f"step{step}", 0, "local", location)
     return ExtractTask(ref, PROBE, ExtractOptions())
+
+
+def crash_at_step_2(task: ExtractTask) -> tuple:
+    if task.ref.step == 2:
+        os._exit(1)
+    return f"done {task.ref.step}", None, None
 
 
 def crash_once(task: ExtractTask) -> tuple:
@@ -76,3 +82,47 @@ def test_local_executor_reports_a_failing_task_as_data_and_goes_on(tmp_path):
     outcomes = list(LocalExecutor(ExecutorConfig()).run(tasks))
     assert [o.result for o in outcomes] == [None, None]
     assert all(str(missing) in o.error and o.detail for o in outcomes)
+
+
+def test_lanes_are_consecutive_checkpoints_of_one_model_about_two_per_slot():
+    tasks = [task("a", "/x", step) for step in range(7)] + [task("b", "/x", step) for step in range(2)]
+    lanes = make_lanes(tasks, slots=2)  # 9 tasks, 4 lanes wanted: 3 tasks a lane at most, longest first
+    assert [[(t.ref.model, t.ref.step) for t in lane] for lane in lanes] == [
+        [("a", 0), ("a", 1), ("a", 2)], [("a", 3), ("a", 4), ("a", 5)], [("b", 0), ("b", 1)], [("a", 6)],
+    ]  # fmt: skip
+    assert [len(lane) for lane in make_lanes(tasks, slots=8)] == [1] * 9
+
+
+@pytest.mark.ray
+def test_a_crash_in_a_lane_fails_only_the_task_that_crashed(ray_cluster, tmp_path):
+    tasks = [task("m", str(tmp_path), step) for step in range(8)]  # lanes of two: step 2 heads one
+    config = ExecutorConfig(kind="ray", max_retries=1)
+    outcomes = {o.task.ref.step: o for o in RayExecutor(config, task_function=crash_at_step_2).run(tasks)}
+    assert sorted(outcomes) == list(range(8))
+    assert outcomes[2].result is None and "died" in outcomes[2].error.lower()
+    assert {step: o.result for step, o in outcomes.items() if step != 2} == {
+        step: f"done {step}" for step in range(8) if step != 2
+    }
+
+
+@pytest.mark.ray
+def test_a_ray_lane_loads_the_next_checkpoint_while_one_computes(ray_cluster, tiny_suite, tmp_path):
+    import dataclasses
+
+    from layerlake.etl.plan import make_plan
+
+    settings, _ = tiny_suite
+    settings = dataclasses.replace(
+        settings,
+        paths=dataclasses.replace(settings.paths, warehouse=str(tmp_path / "warehouse")),
+        models=["tiny-b"],
+        extract=dataclasses.replace(settings.extract, gradients=True),
+    )
+    tasks = make_plan(settings).tasks  # 8 checkpoints on 2 CPUs: 4 lanes of 2
+    outcomes = {o.task.task_id: o for o in RayExecutor(ExecutorConfig(kind="ray")).run(tasks)}
+    assert [o.error for o in outcomes.values()] == [None] * len(tasks)
+    for first, second in make_lanes(tasks, slots=2):
+        before, after = outcomes[first.task_id].result, outcomes[second.task_id].result
+        assert after.placement["pid"] == before.placement["pid"]  # one worker runs the lane
+        assert before.timings["load_wait"] > 0.9 * before.timings["load"]  # a lane's first load: not hidden
+        assert after.timings["load_wait"] < 0.5 * after.timings["load"]  # the second loaded during the first

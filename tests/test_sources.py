@@ -293,3 +293,116 @@ def test_unreachable_hub_still_serves_cached_revisions(tiny_suite, unreachable_h
     assert hub.load(ref).weights_sha256 == local.load(local.refs("tiny-a", [8])[0]).weights_sha256
     with pytest.raises(CheckpointError, match="tinyorg/tiny-a@step16 .*cached revisions: nearest available"):
         hub.load(hub.refs("tiny-a", [16])[0])
+
+
+# -- hub downloads after their task is recorded (etl.downloads) ----------------------------------------------
+
+
+def _hub_tasks(tiny_suite, suite: SuiteConfig, steps: list[int]):
+    from layerlake.etl.task import ExtractOptions, ExtractTask
+
+    probe = build_probe(ProbeConfig(n_sequences=2, seq_len=8), tiny_suite[0].suite, tiny_suite[1])
+    refs = open_source(suite, "/nonexistent").refs("tiny-a", steps)
+    return [ExtractTask(ref, probe, ExtractOptions()) for ref in refs]
+
+
+def _cached_steps(cache: Path) -> list[int]:
+    refs = cache / "models--tinyorg--tiny-a" / "refs"
+    return sorted(int(p.name.removeprefix("step")) for p in refs.iterdir() if p.name.startswith("step"))
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """An offline hub cache that holds nothing yet: revisions laid out later count as downloaded."""
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_a_download_is_deleted_once_its_task_is_recorded_unless_kept(tiny_suite, empty_hub_cache):
+    from layerlake.etl.downloads import HubDownloads
+
+    for keep in (False, True):
+        shutil.rmtree(empty_hub_cache, ignore_errors=True)
+        suite = _hub_suite(tiny_suite, keep=keep)
+        tasks = _hub_tasks(tiny_suite, suite, [0, 8, 16])
+        downloads = HubDownloads(suite, tasks)  # as the driver starts: nothing cached
+        _hub_cache(tiny_suite, empty_hub_cache, [0, 8, 16])  # the workers download every revision
+        deleted = downloads.recorded(tasks[1])
+        if keep:
+            assert deleted == [] and _cached_steps(empty_hub_cache) == [0, 8, 16]
+        else:  # only the recorded task's revision goes; the others are still to be recorded
+            assert deleted == [f"{REPO_ID}@step8"] and _cached_steps(empty_hub_cache) == [0, 16]
+            assert hashlib.sha1(b"step8").hexdigest() not in {
+                p.name for p in (empty_hub_cache / "models--tinyorg--tiny-a/snapshots").iterdir()
+            }
+
+
+def test_revisions_cached_before_the_extraction_are_never_deleted(tiny_suite, hub_cache):
+    from layerlake.etl.downloads import HubDownloads
+
+    suite = _hub_suite(tiny_suite, keep=False)
+    tasks = _hub_tasks(tiny_suite, suite, [0, 8, 16])
+    downloads = HubDownloads(suite, tasks)  # all three were in the cache already (the user's own)
+    assert [downloads.recorded(task) for task in tasks] == [[], [], []]
+    assert _cached_steps(hub_cache) == [0, 8, 16]
+
+
+def test_extract_from_the_hub_keeps_what_was_cached_before(tiny_suite, hub_cache, tmp_path):
+    """The driver path end to end: tasks from cached revisions commit, and the cache is left as it was."""
+    settings, _ = tiny_suite
+    suite = _hub_suite(tiny_suite, keep=False)
+    settings = replace(
+        settings,
+        suite=suite,
+        paths=replace(settings.paths, suites="/nonexistent", warehouse=str(tmp_path / "warehouse")),
+        steps=replace(settings.steps, only=[0, 8]),
+        models=None,
+    )
+    from layerlake.etl.driver import run_extract
+
+    report = run_extract(settings)
+    assert report.ok and len(report.committed) == 2, report.failed
+    assert _cached_steps(hub_cache) == [0, 8, 16]
+
+
+def test_the_download_budget_deletes_the_oldest_revisions_first(tiny_suite, empty_hub_cache):
+    import os
+
+    from layerlake.etl.downloads import GB, HubDownloads
+
+    _hub_cache(tiny_suite, empty_hub_cache, [0, 8, 16, 24])
+    repo = empty_hub_cache / "models--tinyorg--tiny-a"
+    shared_time = 1_000_000  # files every revision shares (config, tokenizer): older than any weights
+    for blob in (repo / "blobs").iterdir():
+        os.utime(blob, (shared_time, shared_time))
+    downloaded_at = {0: 4_000_000, 8: 2_000_000, 16: 3_000_000, 24: 5_000_000}  # step 8 is the oldest
+    for step, when in downloaded_at.items():
+        weights = repo / "snapshots" / hashlib.sha1(f"step{step}".encode()).hexdigest() / "model.safetensors"
+        os.utime(weights.resolve(), (when, when))
+    total = sum(p.stat().st_size for p in (repo / "blobs").iterdir())
+    weights_size = (
+        (repo / "snapshots" / hashlib.sha1(b"step8").hexdigest() / "model.safetensors").stat().st_size
+    )
+    budget = total - 1.5 * weights_size  # two revisions' weights must go
+    suite = _hub_suite(tiny_suite, keep=True, budget_gb=budget / GB)
+    tasks = _hub_tasks(tiny_suite, suite, [0, 8, 16, 24])
+    downloads = HubDownloads(suite, [tasks[0], tasks[3]])  # step 0 still to be recorded: protected
+    deleted = downloads.recorded(tasks[3])
+    assert deleted == [f"{REPO_ID}@step8", f"{REPO_ID}@step16"]  # oldest first; step 0 skipped, in flight
+    assert _cached_steps(empty_hub_cache) == [0, 24]
+    assert sum(p.stat().st_size for p in (repo / "blobs").iterdir()) <= budget
+    assert downloads.recorded(tasks[0]) == []  # under the budget now: nothing more goes
+
+
+def test_the_renamed_eviction_key_and_a_negative_budget_are_clear_errors(compose, tmp_path):
+    from layerlake.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key 'suite.evict_after_use'") as caught:
+        compose(tmp_path, "suite.evict_after_use=true")
+    assert "keep_downloads" in caught.value.fix and "download_budget_gb" in caught.value.fix
+    with pytest.raises(ConfigError, match="download_budget_gb is -1.0: a disk budget cannot be negative"):
+        compose(tmp_path, "suite.download_budget_gb=-1")
+    settings = compose(tmp_path, "suite.keep_downloads=true", "suite.download_budget_gb=2.5")
+    assert settings.suite.keep_downloads is True and settings.suite.download_budget_gb == 2.5
