@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 SHAPES = {  # Pythia's shapes (PAPER.md): layers, d_model, heads
+    "70m": (6, 512, 8),
     "160m": (12, 768, 12),
     "410m": (24, 1024, 16),
 }
