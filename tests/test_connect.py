@@ -34,7 +34,7 @@ def test_empty_warehouse_has_typed_empty_views(tmp_path):
     con = warehouse.connect(tmp_path)
     for table in schema.TABLES.values():
         described = con.sql(f"describe {table.name}").fetchall()
-        want = [(c.name, duck_type(c.type)) for c in table.all_columns]
+        want = [(f.name, duck_type(f.type)) for f in table.view_schema()]
         assert [(r[0], r[1]) for r in described] == want
         assert con.sql(f"select count(*) from {table.name}").fetchall() == [(0,)]
     assert con.sql("select count(*) from manifest").fetchall() == [(0,)]

@@ -198,7 +198,8 @@ SHAPED = ("condition_number", "numerical_rank", "matrix_entropy", "mp_softrank")
 
 
 @pytest.mark.parametrize(
-    "macro", [m for m in MACROS if m not in ("cka", "cka_normed", "per", "svcca", "mean_cca", "pwcca")]
+    "macro",
+    [m for m in MACROS if m not in ("cka", "cka_normed", "cka_bytes", "per", "svcca", "mean_cca", "pwcca")],
 )
 def test_null_spectrum_is_null(con, macro):
     shape = ", 3, 4" if macro in SHAPED else ""
@@ -238,6 +239,27 @@ def test_cka_on_grams_equals_direct_cka(con):
         want, rel=1e-5
     )
     assert q(con, "select cka(?::FLOAT[], ?::FLOAT[])", a, a) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_cka_on_stored_bytes_equals_float64_numpy(con):
+    from layerlake.warehouse.gram import pack, to_bytes
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(128, 64))
+    y = x @ rng.normal(size=(64, 32)) + rng.normal(size=(128, 32))
+    a, b = (pack(centred_gram(m)).astype(np.float32) for m in (x, y))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.sqrt(a64 @ a64), np.sqrt(b64 @ b64)
+    want = (a64 @ b64) / (na * nb)
+    got = q(con, "select cka_bytes(?::BLOB, ?::BLOB, ?, ?)", to_bytes(a), to_bytes(b), na, nb)
+    assert got == pytest.approx(want, rel=1e-12)
+    float32_sum = q(con, "select list_dot_product(?::FLOAT[], ?::FLOAT[])", a.tolist(), b.tolist()) / (
+        na * nb
+    )
+    assert got == pytest.approx(float32_sum, rel=1e-4)  # the same value; the float32 sum is the rough one
+    assert q(con, "select cka_bytes(?::BLOB, ?::BLOB, 1.0, 0.0)", to_bytes(a), to_bytes(b)) is None
+    assert q(con, "select cka_bytes(?::BLOB, ?::BLOB, 1.0, 1.0)", to_bytes(a), to_bytes(b[:-1])) is None
+    assert q(con, "select cka_bytes(NULL::BLOB, ?::BLOB, 1.0, 1.0)", to_bytes(b)) is None
 
 
 def test_debiased_cka_matches_numpy_formula(con):

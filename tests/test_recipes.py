@@ -18,6 +18,7 @@ import pytest
 
 from layerlake import queries
 from layerlake.warehouse import macros, schema
+from layerlake.warehouse.gram import to_bytes
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recipes"
 CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))
@@ -34,7 +35,10 @@ def connection(inputs: dict[str, list[dict]]) -> duckdb.DuckDBPyConnection:
         for column in spec.all_columns:  # JSON holds timestamps as ISO text
             if column.type == schema.TIMESTAMP:
                 rows = [{**r, column.name: datetime.fromisoformat(r[column.name])} for r in rows]
-        table = pa.Table.from_pylist(rows, schema=spec.file_schema())
+        for column in spec.all_columns:  # a list stored as bytes shows as both (gram and gram_bytes)
+            if column.stored_as_bytes:
+                rows = [{**r, column.bytes_name: to_bytes(r[column.name])} for r in rows]
+        table = pa.Table.from_pylist(rows, schema=spec.view_schema())
         con.register(name, table)
     macros.install(con)
     return con

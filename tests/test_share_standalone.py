@@ -77,7 +77,8 @@ def independent_cka(folder: Path) -> dict[tuple, float]:
     for path in folder.glob("sketches/*/*/*.parquet"):
         model = path.parent.name
         for row in pq.read_table(path).to_pylist():
-            grams[(model, row["site"], row["layer"], row["step"])] = np.asarray(row["gram"], dtype=np.float64)
+            gram = np.frombuffer(row["gram"], dtype="<f4").astype(np.float64)  # as the files hold it
+            grams[(model, row["site"], row["layer"], row["step"])] = gram
     last = {k[:3]: max(s for (*kk, s) in grams if tuple(kk) == k[:3]) for k in grams}
     out = {}
     for key, g in grams.items():

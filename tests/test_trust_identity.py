@@ -22,6 +22,7 @@ from layerlake.cli.main import main
 from layerlake.etl.driver import run_extract
 from layerlake.warehouse import schema
 from layerlake.warehouse.errors import ManifestError, ShareError, WarehouseError
+from layerlake.warehouse.gram import values_column
 from layerlake.warehouse.manifest import read_entries
 from layerlake.warehouse.share import export_dataset, import_dataset
 from layerlake.warehouse.writer import Warehouse
@@ -134,6 +135,10 @@ def write_schema1(root: Path, into: Path, moved_copy: bool = True) -> None:
             files = []
             for f in entry.files:
                 table = pq.read_table(root / f.path).drop_columns(list(schema.IDENTITY_COLUMNS))
+                if "gram" in table.column_names:  # before schema 3 a Gram was a list of floats
+                    table = table.set_column(
+                        table.column_names.index("gram"), "gram", values_column(table["gram"])
+                    )
                 if f.table == "checkpoints":
                     where = f"/old/{'moved' if copy else 'data'}/suites/{entry.suite}/{entry.model}/{entry.meta['revision']}"
                     table = table.set_column(table.column_names.index("location"), "location", [[where]])

@@ -50,7 +50,11 @@ def test_commit_writes_shards_and_manifest(tmp_path):
         assert stored.num_rows == f.rows and stored.column_names[:3] == ["suite", "model", "run_id"]
         assert set(stored.column("run_id").to_pylist()) == {"s.m"}  # the suite model's own run by default
     line = json.loads((tmp_path / "_manifest" / "commits.jsonl").read_text().splitlines()[0])
-    assert line["status"] == "ok" and line["meta"]["config_hash"] == "c1" and line["schema_version"] == 2
+    assert (
+        line["status"] == "ok"
+        and line["meta"]["config_hash"] == "c1"
+        and line["schema_version"] == schema.SCHEMA_VERSION
+    )
     assert line["run_id"] == "s.m"
     assert set(line["files"][0]) == {"table", "path", "sha256", "rows", "bytes"}
     assert w.is_committed("t0") and not w.is_committed("other")

@@ -41,6 +41,12 @@ def install(con: Any) -> Any:
     """Define every macro, set every staging parameter to its default, create every staging view
     (the views read the warehouse's table views, which must exist already)."""
     install_functions(con)
+    return install_staging(con)
+
+
+def install_staging(con: Any) -> Any:
+    """Set every staging parameter to its default and create every staging view (after the functions
+    and the table views)."""
     for param in all_staging_params().values():
         con.execute(f"SET VARIABLE {param.name} = CAST(? AS {param.sql_type})", [param.default])
     for statement in staging_statements():
@@ -50,9 +56,12 @@ def install(con: Any) -> Any:
 
 def install_functions(con: Any) -> Any:
     """Define the scalar macros only (they need no table): ``cka``, ``erank``, ``per`` ... and the
-    Python functions two of them call (``svcca``, ``mean_cca``: ``warehouse.similarity``)."""
+    Python functions some of them call (``svcca``, ``mean_cca``: ``warehouse.similarity``; ``cka_bytes``
+    and the ``sketches`` view's ``gram``: ``warehouse.gram``)."""
+    from layerlake.warehouse.gram import install_gram_functions
     from layerlake.warehouse.similarity import install_similarity
 
+    install_gram_functions(con)
     install_similarity(con)
     for statement in macro_statements():
         con.execute(statement)

@@ -8,19 +8,23 @@ the most recently committed); stored locations lose the machine's paths; every r
 ``runs``. It all lands in ONE manifest line (new tasks, run rows, and ``retired`` entries for the old
 ids): a failure at any point leaves the warehouse exactly as it was, and the old files become orphans
 that ``gc`` removes.
+
+From schema 2 to 3 each task keeps its id and run; its files are written again with every Gram
+(``sketches.gram``) as little-endian float32 bytes instead of a list (``warehouse.gram``). A compacted
+warehouse comes out with one file per task: run ``layerlake compact`` after.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from layerlake.warehouse import schema
 from layerlake.warehouse.layout import checkpoint_task_id, probe_task_id
-from layerlake.warehouse.manifest import CommitEntry
+from layerlake.warehouse.manifest import CommitEntry, FileEntry, read_task_rows
 from layerlake.warehouse.runs import RunKind, RunStatus, import_run_id, new_run, prepare_run
 from layerlake.warehouse.writer import Staged, Warehouse, default_run_id, discard, now_utc
 
@@ -48,9 +52,17 @@ def migrate(root: str | Path) -> MigrationReport:
         runs: dict[str, tuple[str, str, RunKind]] = {}
         try:
             for entry in old:  # later lines win: a re-keyed duplicate replaces the one before it
+                if entry.schema_version >= 2:  # same task, same run: only the files' encoding changes
+                    tables = {f.table: rewrite(store.root, f, entry) for f in entry.files}
+                    staged = store.stage(entry.task_id, entry.suite, entry.model, entry.run_id, tables)
+                    new = dataclasses.replace(entry, files=tuple(s.entry for s in staged), meta=clean_meta(entry),
+                                              schema_version=schema.SCHEMA_VERSION, committed_at=now_utc())  # fmt: skip
+                    prepared[entry.task_id] = (new, staged)
+                    report.old_files += [f.path for f in entry.files]
+                    continue
                 run_id, kind = run_of(entry)
                 task_id = new_task_id(entry, run_id)
-                tables = {f.table: rewrite(store.root / f.path, f.table, entry) for f in entry.files}
+                tables = {f.table: rewrite(store.root, f, entry) for f in entry.files}
                 staged = store.stage(task_id, entry.suite, entry.model, run_id, tables)
                 meta = clean_meta(entry)
                 new = CommitEntry("ok", task_id, entry.suite, entry.model, tuple(s.entry for s in staged), meta,
@@ -109,11 +121,12 @@ def stored_location(suite: str, model: str, revision: str, source: str, location
     return f"{suite}/{model}/{revision}" if source == "local" else location
 
 
-def rewrite(path: Path, table: str, entry: CommitEntry) -> pa.Table:
-    """An old file's rows as the current contract wants them (identity columns are added by the writer)."""
-    data = pq.read_table(path)
+def rewrite(root: Path, listed: FileEntry, entry: CommitEntry) -> pa.Table:
+    """An old task's rows as the current contract wants them (identity columns are added by the writer,
+    which also encodes a Gram list as its bytes)."""
+    data = read_task_rows(root, listed)
     data = data.drop_columns([c for c in schema.IDENTITY_COLUMNS if c in data.column_names])
-    if table == "checkpoints" and "location" in data.column_names:
+    if listed.table == "checkpoints" and entry.schema_version < 2 and "location" in data.column_names:
         rows = data.to_pylist()
         locations = [
             stored_location(entry.suite, entry.model, r["revision"], r["source"], r["location"]) for r in rows

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # bump when a table, a column or a stored encoding changes
+SCHEMA_VERSION = 3  # bump when a table, a column or a stored encoding changes
 # 1: suite and model in hive partition folders only; task ids hashed the checkpoint's folder path.
 # 2: suite, model and run_id in every file; content-named files; the runs and scalars tables.
+# 3: sketches.gram stored as little-endian float32 bytes (a BLOB), not a list of floats (warehouse.gram).
 IDENTITY_COLUMNS = ("suite", "model", "run_id")
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -33,6 +34,17 @@ class Column:
     type: pa.DataType
     doc: str
     nullable: bool = False
+    stored_as_bytes: bool = False  # a float32 list kept in files as its little-endian bytes (warehouse.gram)
+
+    @property
+    def file_type(self) -> pa.DataType:
+        """The column's type in a stored file: ``type``, or binary for a list stored as bytes."""
+        return pa.binary() if self.stored_as_bytes else self.type
+
+    @property
+    def bytes_name(self) -> str:
+        """The view column showing the stored bytes of a list stored as bytes (``gram`` -> ``gram_bytes``)."""
+        return f"{self.name}_bytes"
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,17 @@ class Table:
 
     def file_schema(self) -> pa.Schema:
         """The schema of a stored file and of its view: the identity columns, then the table's own."""
-        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.all_columns])
+        return pa.schema([pa.field(c.name, c.file_type, nullable=c.nullable) for c in self.all_columns])
+
+    def view_schema(self) -> pa.Schema:
+        """The columns of the table's view: a list stored as bytes shows as the list and, beside it, as
+        the bytes (``gram`` and ``gram_bytes``)."""
+        fields = []
+        for c in self.all_columns:
+            fields.append(pa.field(c.name, c.type, nullable=c.nullable))
+            if c.stored_as_bytes:
+                fields.append(pa.field(c.bytes_name, pa.binary(), nullable=c.nullable))
+        return pa.schema(fields)
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -59,8 +81,10 @@ class Table:
         return (*IDENTITY, *self.columns)
 
 
-def _c(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> Column:
-    return Column(name, type_, doc, nullable)
+def _c(
+    name: str, type_: pa.DataType, doc: str, nullable: bool = False, stored_as_bytes: bool = False
+) -> Column:
+    return Column(name, type_, doc, nullable, stored_as_bytes)
 
 
 IDENTITY = (
@@ -198,7 +222,11 @@ SKETCHES = Table(
             "gram",
             pa.list_(pa.float32()),
             "the centred Gram matrix packed: diagonal, then sqrt(2) x the upper triangle row by row, "
-            "n(n+1)/2 values (warehouse.gram.unpack gives the n x n matrix; dot products are preserved)",
+            "n(n+1)/2 values (warehouse.gram.unpack gives the n x n matrix; dot products are preserved). "
+            "Files hold them as one BLOB of little-endian float32 (numpy.frombuffer(b, '<f4')), which the "
+            "view also shows as gram_bytes: cka_bytes(a.gram_bytes, b.gram_bytes, ...) reads that, the fast "
+            "way; gram is decoded only when a query selects it",
+            stored_as_bytes=True,
         ),
         _c("gram_norm", pa.float64(), "Frobenius norm of the stored matrix (sqrt of its self dot product)"),
     ),

@@ -25,7 +25,8 @@ def render() -> str:
         + " first (the writer fills them), then the table's own. Files live at",
         "`<root>/<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet`; the folders are plain names, not",
         "`key=value` partitions, so every reader sees exactly the columns in the files.",
-        "Types are DuckDB's (Arrow's in parentheses). Gram matrices are stored packed (`warehouse/gram.py`).",
+        "Types are DuckDB's (Arrow's in parentheses). Gram matrices are stored packed, as little-endian float32",
+        "bytes (`warehouse/gram.py`).",
         "",
     ]
     for table in schema.TABLES.values():
@@ -41,7 +42,13 @@ def render() -> str:
         for c in table.all_columns:
             null = "yes" if c.nullable else "no"
             doc = c.doc.replace("|", "\\|")  # a bare | would split the Markdown cell
-            lines.append(f"| `{c.name}` | {duck_type(c.type)} ({c.type}) | {null} | {doc} |")
+            stored = f"; files: {duck_type(c.file_type)} ({c.file_type})" if c.stored_as_bytes else ""
+            lines.append(f"| `{c.name}` | {duck_type(c.type)} ({c.type}{stored}) | {null} | {doc} |")
+            if c.stored_as_bytes:
+                lines.append(
+                    f"| `{c.bytes_name}` | BLOB (view only) | {null} | `{c.name}` as the files hold it: "
+                    "little-endian float32 bytes |"
+                )
         lines.append("")
     lines += [
         "## `manifest` and `failures` (views, not files)",

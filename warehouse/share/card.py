@@ -110,18 +110,29 @@ def example_query(summary: Summary) -> str:
     estimator = "biased" if "biased" in estimators else estimators[0]
     return f"""-- Linear CKA ({estimator} estimator, as layerlake's recipes by default) of every layer's
 -- representation at every step against the same layer at the run's last step: the cosine of two
--- stored centred Gram matrices, <A, B> / (|A| |B|).
+-- stored centred Gram matrices, <A, B> / (|A| |B|). A Gram is stored as little-endian float32 bytes;
+-- plain SQL decodes them from their hex digits, which is slow on large exports: in Python,
+-- numpy.frombuffer(gram, '<f4') reads them as they are.
 with s as (
-    select * from read_parquet('sketches/**/*.parquet')
+    select *, hex(gram) as h from read_parquet('sketches/**/*.parquet')
     where kernel = 'linear' and estimator = '{estimator}' and head is null
+), bits as (  -- value i's four bytes, most significant first, as an integer
+    select *, list_transform(range(octet_length(gram) // 4), lambda i: ('0x' || substr(h, 8 * i + 7, 2)
+        || substr(h, 8 * i + 5, 2) || substr(h, 8 * i + 3, 2) || substr(h, 8 * i + 1, 2))::UBIGINT) as u
+    from s
+), decoded as (  -- IEEE 754 single precision: sign, 8 exponent bits, 23 fraction bits
+    select *, list_transform(u, lambda x: (case when x >= 2147483648 then -1.0 else 1.0 end)
+        * (case when (x >> 23) & 255 = 0 then (x & 8388607) * pow(2, -149)
+                else ((x & 8388607) + 8388608) * pow(2, ((x >> 23) & 255)::INTEGER - 150) end)) as values
+    from bits
 ), last_step as (
-    select run_id, max(step) as step from s group by run_id
+    select run_id, max(step) as step from decoded group by run_id
 ), final as (
-    select s.* from s join last_step using (run_id, step)
+    select d.* from decoded as d join last_step using (run_id, step)
 )
 select s.model, s.run_id, s.site, s.layer, s.step,
-       list_dot_product(s.gram::double[], final.gram::double[]) / (s.gram_norm * final.gram_norm) as cka
-from s join final
+       list_dot_product(s.values, final.values) / (s.gram_norm * final.gram_norm) as cka
+from decoded as s join final
   on s.run_id = final.run_id and s.layer = final.layer and s.site = final.site
  and s.probe_id = final.probe_id and s.n = final.n
 order by s.model, s.run_id, s.site, s.layer, s.step;"""
@@ -209,7 +220,7 @@ def _columns(manifest: dict[str, Any]) -> list[str]:
         spec = schema.table(name)
         lines += [f"### {name}", "", spec.doc, "", "| column | type | meaning |", "| --- | --- | --- |"]
         lines += [
-            f"| {c.name} | {duck_type(c.type)} | {_cell(c.doc)}{' (may be NULL)' if c.nullable else ''} |"
+            f"| {c.name} | {duck_type(c.file_type)} | {_cell(c.doc)}{' (may be NULL)' if c.nullable else ''} |"
             for c in spec.all_columns
         ]
         lines.append("")

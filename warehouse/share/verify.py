@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from layerlake.warehouse import schema
 from layerlake.warehouse.errors import ShareError
+from layerlake.warehouse.gram import values_column
 from layerlake.warehouse.manifest import CommitEntry, FileEntry, file_problem
 from layerlake.warehouse.share.layout import (
     FORMAT,
@@ -197,6 +198,12 @@ def _content_problems(f: FileEntry, table: pa.Table) -> list[Problem]:
     found = []
     for column in schema.table(f.table).all_columns:
         values = table.column(column.name)
+        if column.stored_as_bytes:  # a Gram's float32 bytes: their values are checked
+            try:
+                values = values_column(values)
+            except ValueError:
+                found.append(f"{column.name} bytes that are not whole float32 values")
+                continue
         if not column.nullable and values.null_count:
             found.append(f"{values.null_count} NULL {column.name}")
         kind = column.type.value_type if pa.types.is_list(column.type) else column.type
