@@ -9,7 +9,7 @@ with ordered as (
     select
         suite, model, run_id, site, layer, head, step, estimator, n, d,
         lag(step) over w as previous_step,
-        cka_normed(gram, lag(gram) over w, gram_norm, lag(gram_norm) over w) as cka
+        cka_bytes(gram_bytes, lag(gram_bytes) over w, gram_norm, lag(gram_norm) over w) as cka
     from sketch_rows
     window w as (partition by suite, model, run_id, site, layer, head, probe_id, n order by step)
 ),

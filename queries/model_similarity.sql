@@ -22,7 +22,7 @@ pairs as (
     select
         a.suite, a.step, a.site, a.model as model_a, a.run_id as run_a, a.layer as layer_a,
         b.model as model_b, b.run_id as run_b, b.layer as layer_b,
-        cka_normed(a.gram, b.gram, a.gram_norm, b.gram_norm) as cka
+        cka_bytes(a.gram_bytes, b.gram_bytes, a.gram_norm, b.gram_norm) as cka
     from sketch_rows as a
     join chosen as c on c.suite = a.suite and c.step = a.step
     join sketch_rows as b

@@ -13,7 +13,7 @@
 with pairs as (
     select
         a.suite, a.model, a.run_id as run_a, b.run_id as run_b, a.site, a.layer, a.head, a.step,
-        cka_normed(a.gram, b.gram, a.gram_norm, b.gram_norm) as cka, a.estimator, a.n, a.d
+        cka_bytes(a.gram_bytes, b.gram_bytes, a.gram_norm, b.gram_norm) as cka, a.estimator, a.n, a.d
     from sketch_rows as a
     join sketch_rows as b
         on b.suite = a.suite and b.model = a.model and b.step = a.step and b.layer = a.layer

@@ -12,7 +12,7 @@
 -- plot: heatmap x=step_a y=step_b value=cka panels=model
 -- title: CKA between the checkpoints of {model}: layer {layer}, site {site}
 with sketch as (
-    select suite, model, run_id, step, probe_id, n, gram, gram_norm
+    select suite, model, run_id, step, probe_id, n, gram_bytes, gram_norm
     from sketches
     where model = $model and layer = $layer and site = $site and head is not distinct from $head
         and estimator = $estimator and kernel = $kernel and ($suite is null or suite = $suite)
@@ -20,7 +20,7 @@ with sketch as (
 pairs as (
     select
         a.suite, a.model, a.run_id, a.step as step_a, b.step as step_b,
-        cka_normed(a.gram, b.gram, a.gram_norm, b.gram_norm) as cka
+        cka_bytes(a.gram_bytes, b.gram_bytes, a.gram_norm, b.gram_norm) as cka
     from sketch as a
     join sketch as b on a.suite = b.suite and a.run_id = b.run_id and a.probe_id = b.probe_id and a.n = b.n
 ),

@@ -1,7 +1,7 @@
 -- name: cka_to_reference
 -- description: CKA of every stored sketch to the same layer, site and head of a reference checkpoint of
 --    the same model (same probe, kernel, estimator and n):
---        cka(step) = <G_step, G_ref> / (||G_step|| ||G_ref||)     (macro cka_normed on stored gram_norm)
+--        cka(step) = <G_step, G_ref> / (||G_step|| ||G_ref||)     (macro cka_bytes on stored gram_norm)
 --    The reference is $reference_step, by default each model's last sketched step.
 -- param: $reference_step integer? = null | reference checkpoint step; null = each model's last step
 -- uses: sketch_rows
@@ -24,7 +24,7 @@ reference_rows as materialized (
 final as (
     select
         s.suite, s.model, s.run_id, 'computed' as source, s.site, s.layer, s.head, s.step,
-        cka_normed(s.gram, r.gram, s.gram_norm, r.gram_norm) as cka,
+        cka_bytes(s.gram_bytes, r.gram_bytes, s.gram_norm, r.gram_norm) as cka,
         r.reference_step, s.estimator, s.kernel, s.n, s.d, s.probe_id
     from sketch_rows as s
     join reference_rows as r

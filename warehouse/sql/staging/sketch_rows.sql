@@ -9,7 +9,7 @@
 -- param: $kernel kernel = linear | kernel the Grams were computed with
 -- param: $per_head boolean = false | true: per-head sketches (head is not null); false: whole layers
 -- grain: one row per (suite, model, step, weights_sha256, layer, site, head, probe_id)
-select suite, model, run_id, step, weights_sha256, layer, site, head, probe_id, kernel, estimator, n, d, gram, gram_norm
+select suite, model, run_id, step, weights_sha256, layer, site, head, probe_id, kernel, estimator, n, d, gram, gram_bytes, gram_norm
 from sketches
 where estimator = $estimator
     and kernel = $kernel
