@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from layerlake.warehouse.audits import load_audits
@@ -69,7 +70,12 @@ def test_verify_files_catches_a_changed_byte(good, capsys):
     sketches = next(f for f in entry.files if f.table == "sketches")
     path = good.root / sketches.path
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    # A byte of a page header (the Grams' first page): the file no longer decodes. A flipped byte among
+    # the Gram values themselves (stored uncompressed, warehouse.gram) only changes a value: --verify-files
+    # (sha256) is what catches that.
+    meta = pq.read_metadata(path)
+    chunk = meta.row_group(0).column(meta.schema.to_arrow_schema().names.index("gram"))
+    data[chunk.data_page_offset] ^= 0xFF
     path.write_bytes(bytes(data))
     assert check(["--root", str(good.root), "--verify-files"]) == 1
     assert "sha256 differs" in capsys.readouterr().out
