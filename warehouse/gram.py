@@ -88,7 +88,9 @@ def stored_dot(a: bytes | None, b: bytes | None) -> float | None:
     """
     if a is None or b is None or len(a) != len(b) or len(a) % STORED_DTYPE.itemsize:
         return None
-    return float(np.dot(from_bytes(a).astype(np.float64), from_bytes(b).astype(np.float64)))
+    # Not np.dot: above about 16,000 values BLAS splits a dot product over threads, which took 11 ms
+    # instead of 0.03 ms a pair (n = 256) on the shared 2-core dev VM; numpy's own pairwise sum does not.
+    return float(np.multiply(from_bytes(a), from_bytes(b), dtype=np.float64).sum())
 
 
 def bytes_column(column: Any) -> Any:
