@@ -11,7 +11,15 @@ sites as n = 128 centred Grams, plus weight spectra), then times:
     MLflow is a benchmark-only dependency. If ``import mlflow`` fails here, the MLflow part runs in
     ``--mlflow-python`` (an interpreter that has it), or is skipped.
 
-Run: ``.venv/bin/python benchmarks/query.py`` (full size, a few minutes) or ``--small``.
+and, in the same run, the scan limit the SQL is held against: reading the same Gram bytes (the ``gram``
+column chunks of the files the view reads) from the page cache, plus the float64 dot products in numpy
+on arrays already in memory. It prints SQL / limit (goal <= 2), the largest difference of the SQL's CKA
+from float64 numpy (goal <= 1e-6), and with ``--scaling`` how storage and query time grow with the probe
+size n = 128 ... 1024 (on a smaller warehouse, the same one for every n: ``--scaling-models`` and the 27
+paper checkpoints).
+
+Run: ``.venv/bin/python benchmarks/query.py`` (full size, a few minutes) or ``--small``; ``--reuse`` with
+``--root`` times a warehouse built before (``layerlake compact`` it first, as the results were).
 The Grams are random but structured (a shared low-rank factor per layer plus noise that shrinks
 towards the final step), so CKA values are spread between 0 and 1 like real ones.
 """
@@ -109,17 +117,157 @@ def sql_cka(root: Path, steps: list[int] | None, ref: int) -> pa.Table:
     return out
 
 
-def numpy_cka(root: Path, steps: list[int], ref: int) -> pa.Table:
-    """Read Grams with pyarrow; CKA = <A, B> / (|A| |B|) per (model, layer, site) against the ref step."""
-    import pyarrow.dataset as ds
+def sql_cka_on(con, ref: int) -> pa.Table:
+    """The headline query on an open connection (the query alone, no connect)."""
+    from layerlake.warehouse.macros import staging_values
 
-    dataset = ds.dataset(root / "sketches", format="parquet", partitioning="hive")
-    table = dataset.to_table(
-        columns=["model", "layer", "site", "step", "gram", "gram_norm"], filter=ds.field("step").isin(steps)
+    with staging_values(con, {"reference_step": ref}):
+        return con.sql(CKA_SQL).to_arrow_table()
+
+
+def gram_chunk_ranges(files: list[str]) -> list[tuple[str, int, int]]:
+    """(file, offset, length) of every ``gram`` column chunk: the Gram bytes a scan must read."""
+    ranges = []
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        index = meta.schema.to_arrow_schema().names.index("gram")
+        for g in range(meta.num_row_groups):
+            chunk = meta.row_group(g).column(index)
+            start = chunk.dictionary_page_offset or chunk.data_page_offset
+            ranges.append((path, start, chunk.total_compressed_size))
+    return ranges
+
+
+def read_gram_bytes(ranges: list[tuple[str, int, int]]) -> int:
+    """Read every Gram column chunk's bytes (from the page cache once warm) into one reused buffer, so
+    only the copy out of the cache is timed; returns the bytes read."""
+    buffer = memoryview(bytearray(max(length for _, _, length in ranges)))
+    total = 0
+    for path, start, length in ranges:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(start)
+            total += f.readinto(buffer[:length])
+    return total
+
+
+def grams_in_memory(files: list[str], ref: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """Every Gram as one float32 array (rows x values), the row of each one's reference Gram, the stored
+    norms, and the keys (model, layer, site, step) in row order."""
+    table = pa.concat_tables(
+        pq.read_table(f, columns=["model", "layer", "site", "step", "gram", "gram_norm"]) for f in files
     )
     gram = table.column("gram").combine_chunks()
-    n2 = len(gram.values) // len(gram)
-    g = gram.values.to_numpy().reshape(len(gram), n2)
+    if pa.types.is_list(gram.type):  # an older warehouse (schema 2): a list of floats
+        g = gram.values.to_numpy().reshape(len(gram), -1)
+    else:  # the stored bytes: one buffer, read without a copy
+        g = np.frombuffer(gram.buffers()[2], dtype="<f4").reshape(len(gram), -1)
+    keys = tuple(zip(*(table.column(c).to_pylist() for c in ("model", "layer", "site", "step")), strict=True))
+    ref_row = {k[:3]: i for i, k in enumerate(keys) if k[3] == ref}
+    idx = np.array([ref_row[k[:3]] for k in keys])
+    return g, idx, table.column("gram_norm").to_numpy(), keys
+
+
+def numpy_dots(g: np.ndarray, idx: np.ndarray, block: int = 1024) -> np.ndarray:
+    """<G_i, G_ref(i)> for every row, float32 values multiplied and summed in float64, a block of rows
+    at a time (so the float64 temporaries stay in cache: about twice as fast as one call over all)."""
+    out = np.empty(len(g))
+    for start in range(0, len(g), block):
+        rows = slice(start, start + block)
+        out[rows] = np.einsum("ij,ij->i", g[rows], g[idx[rows]], dtype=np.float64)
+    return out
+
+
+def float64_cka(g: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The reference values: every Gram in float64, norms from the values themselves (not stored)."""
+    dots = numpy_dots(g, idx)
+    norms = np.sqrt(numpy_dots(g, np.arange(len(g))))
+    return dots / (norms * norms[idx])
+
+
+def scan_limit(root: Path, ref: int, repeat: int) -> dict:
+    """The limit for the headline query on this machine, now: read the Gram bytes + numpy dot products."""
+    files = sorted(table_files(root, "sketches"))
+    ranges = gram_chunk_ranges(files)
+    read_gram_bytes(ranges)  # warm the page cache
+    read_s, nbytes = best_of(lambda: read_gram_bytes(ranges), repeat)
+    g, idx, _, keys = grams_in_memory(files, ref)
+    dots_s, _ = best_of(lambda: numpy_dots(g, idx), repeat)
+    want = dict(zip(keys, float64_cka(g, idx), strict=True))
+    return {"read_s": read_s, "bytes": nbytes, "dots_s": dots_s, "limit_s": read_s + dots_s, "want": want}
+
+
+def max_difference(sql_out: pa.Table, want: dict) -> float:
+    got = zip(
+        *(sql_out.column(c).to_pylist() for c in ("model", "layer", "site", "step", "cka")), strict=True
+    )
+    diffs = [abs(cka - want[(m, layer, site, step)]) for m, layer, site, step, cka in got]
+    assert len(diffs) == len(want), "SQL and numpy return different rows"
+    return max(diffs)
+
+
+def limit_report(root: Path, ref: int, repeat: int = 5) -> dict:
+    """SQL (connect + query, and the query alone) against the scan limit, side by side, best of ``repeat``."""
+    from layerlake import warehouse
+
+    limit = scan_limit(root, ref, repeat)
+    sql_s, sql_out = best_of(lambda: sql_cka(root, None, ref), repeat)
+    con = warehouse.connect(root)
+    query_s, _ = best_of(lambda: sql_cka_on(con, ref), repeat)
+    con.close()
+    return {**limit, "sql_s": sql_s, "query_s": query_s, "rows": sql_out.num_rows,
+            "max_diff": max_difference(sql_out, limit.pop("want"))}  # fmt: skip
+
+
+def print_limit(r: dict) -> None:
+    print(
+        f"scan limit: read the Gram bytes {r['read_s']:.2f} s ({r['bytes'] / 1e6:,.0f} MB from the page cache) "
+        f"+ numpy dot products on arrays in memory {r['dots_s']:.2f} s = {r['limit_s']:.2f} s"
+    )
+    print(
+        f"SQL: connect + query {r['sql_s']:.2f} s (query alone {r['query_s']:.2f} s); "
+        f"SQL / limit = {r['sql_s'] / r['limit_s']:.2f} (query alone {r['query_s'] / r['limit_s']:.2f}; goal <= 2)"
+    )
+    print(
+        f"exactness: max |SQL - float64 numpy| over {r['rows']} CKA values = {r['max_diff']:.1e} (goal <= 1e-6)"
+    )
+    assert r["max_diff"] <= 1e-6, "the SQL's CKA is not exact to 1e-6"
+
+
+def scaling(base: Path, models: dict, ns: list[int], repeat: int) -> list[dict]:
+    """Storage and query time against the probe size n, one fresh warehouse per n (same models, the 27
+    paper checkpoints)."""
+    rows = []
+    for n in ns:
+        root = base / f"n{n}"
+        built = build(root, models, PAPER_STEPS, n, 64)
+        r = limit_report(root, PAPER_STEPS[-1], repeat)
+        rows.append({"n": n, "grams": r["rows"], "sketch_bytes": built["bytes"]["sketches"], **r})
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def print_scaling(rows: list[dict]) -> None:
+    print(
+        "| n | Grams | sketches on disk | per Gram | SQL (connect + query) | query alone | limit | SQL / limit | max diff |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['n']} | {r['grams']:,} | {r['sketch_bytes'] / 1e6:,.1f} MB | {r['sketch_bytes'] / r['grams'] / 1e3:,.1f} kB "
+            f"| {r['sql_s']:.2f} s | {r['query_s']:.2f} s | {r['limit_s']:.2f} s | {r['sql_s'] / r['limit_s']:.2f} "
+            f"| {r['max_diff']:.1e} |"
+        )
+
+
+def numpy_cka(root: Path, steps: list[int], ref: int) -> pa.Table:
+    """Read Grams with pyarrow; CKA = <A, B> / (|A| |B|) per (model, layer, site) against the ref step."""
+    import pyarrow.compute as pc
+
+    columns = ["model", "layer", "site", "step", "gram", "gram_norm"]
+    table = pa.concat_tables(pq.read_table(f, columns=columns) for f in table_files(root, "sketches"))
+    table = table.filter(pc.is_in(table.column("step"), pa.array(steps, pa.int64())))
+    gram = table.column("gram").combine_chunks()
+    g = np.frombuffer(gram.buffers()[2], dtype="<f4").reshape(len(gram), -1)  # the stored bytes, no copy
     norm = table.column("gram_norm").to_numpy()
     keys = list(
         zip(
@@ -208,6 +356,14 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="two models, 27 steps: a quick check")
     parser.add_argument("--root", help="build the warehouse here (kept); default a temporary folder")
     parser.add_argument("--n", type=int, default=128, help="probe rows per Gram")
+    parser.add_argument(
+        "--reuse", action="store_true", help="time the warehouse at --root as it is (no build)"
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="best of this many runs for the limit and SQL")
+    parser.add_argument("--scaling", action="store_true", help="also the n = 128 ... 1024 table")
+    parser.add_argument("--scaling-models", default="70m,160m", help="models of the scaling warehouses")
+    parser.add_argument("--scaling-n", default="128,256,512,1024")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow part")
     parser.add_argument("--mlflow-python", default=os.environ.get("LAYERLAKE_MLFLOW_PYTHON"))
     parser.add_argument("--mlflow-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -220,15 +376,43 @@ def main() -> None:
     root = Path(args.root) if args.root else Path(tmp) / "warehouse"
     try:
         report(root, models, steps, args)
+        if args.scaling:
+            chosen = {k: MODELS[k] for k in args.scaling_models.split(",")}
+            print(f"\nscaling with n: models {', '.join(chosen)}, the {len(PAPER_STEPS)} paper checkpoints")
+            ns = [int(n) for n in args.scaling_n.split(",")]
+            print_scaling(scaling(Path(tmp), chosen, ns, args.repeat))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def table_files(root: Path, table: str) -> list[str]:
+    """The files of ``table`` the views read (the manifest's listing)."""
+    from layerlake import warehouse
+
+    con = warehouse.connect(root)
+    files = [
+        r[0]
+        for r in con.sql("select distinct path from manifest where table_name = ?", params=[table]).fetchall()
+    ]
+    con.close()
+    return files
+
+
 def report(root: Path, models: dict, steps: list[int], args) -> None:
-    built = build(root, models, steps, args.n, 256 if args.small else None)
-    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
-    print(f"built {built['tasks']} tasks in {built['build_s']:.1f} s; bytes on disk: {built['bytes']}")
+    import duckdb
+
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
+          f"duckdb {duckdb.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}")  # fmt: skip
+    if args.reuse:
+        sizes = {
+            t: sum(p.stat().st_size for p in map(Path, table_files(root, t))) for t in ("sketches", "spectra")
+        }
+        print(f"reusing {root}; bytes the views read: {sizes}")
+    else:
+        built = build(root, models, steps, args.n, 256 if args.small else None)
+        print(f"built {built['tasks']} tasks in {built['build_s']:.1f} s; bytes on disk: {built['bytes']}")
     ref = steps[-1]
+    print_limit(limit_report(root, ref, args.repeat))
     sql_s, sql_out = best_of(lambda: sql_cka(root, None, ref))  # every step: no step filter
     np_s, np_out = best_of(lambda: numpy_cka(root, steps, ref))
     a = sorted(
@@ -247,9 +431,9 @@ def report(root: Path, models: dict, steps: list[int], args) -> None:
         sub = sorted(set(subset))
         t, out = best_of(lambda sub=sub: sql_cka(root, None if sub == steps else sub, ref))
         print(f"    SQL over {len(sub):3d} checkpoints: {t:.2f} s ({out.num_rows} rows)")
-    ml = run_mlflow(sql_out, args.mlflow_python)
+    ml = None if args.no_mlflow else run_mlflow(sql_out, args.mlflow_python)
     if ml is None:
-        print("(c) MLflow: skipped (mlflow not importable; pass --mlflow-python)")
+        print("(c) MLflow: skipped (--no-mlflow, or mlflow not importable: pass --mlflow-python)")
     else:
         print(
             f"(c) MLflow sqlite: log {ml['log_s']:.1f} s, read back {ml['rows']} values in {ml['query_s']:.2f} s "
