@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for a machine with a CUDA device, torch and transformers, and no network or Ray.
 # Missing pure-Python packages travel as wheels in .whl/ (see docs/gpu.md); this script installs them.
-# Prints per-checkpoint time (load, forward, backward, svd, write) for Pythia-160m and -410m shapes.
+# Per phase and per checkpoint at Pythia's 70m/160m/410m shapes against the bare minimum (overhead ratio),
+# peak GPU memory, and the largest shape of 1.4b/2.8b/6.9b that fits with gradients (benchmarks/gpu.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
