@@ -82,6 +82,9 @@ def run_layerlake(folders: list[Path], label: str, probe, options, store) -> dic
 
     from layerlake.etl.prefetch import run_tasks
     from layerlake.etl.task import CheckpointRef, ExtractTask
+    from layerlake.etl.worker import process_weight_spectra
+
+    process_weight_spectra().entries.clear()  # every shape's spectra computed, none reused
 
     tasks = [
         ExtractTask(

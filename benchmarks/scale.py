@@ -139,8 +139,10 @@ def settings_for(data: Path, label: str, steps: list[int], extra: tuple[str, ...
 def run_layerlake(label: str, steps: list[int]) -> dict:
     """One extraction run into a fresh warehouse: wall seconds per checkpoint and the mean phases."""
     from layerlake.etl.driver import run_extract
+    from layerlake.etl.worker import process_weight_spectra
     from layerlake.warehouse.writer import Warehouse
 
+    process_weight_spectra().entries.clear()  # a repeat must not reuse the last run's weight spectra
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(Path(tmp), label, steps)
         start = time.perf_counter()
