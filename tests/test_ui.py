@@ -351,3 +351,24 @@ def test_an_answer_is_computed_once_for_simultaneous_requests_and_again_after_a_
     with pytest.raises(ZeroDivisionError):
         cache.get(("bad", 1), lambda: 1 / 0)
     assert ("bad", 1) not in cache._done  # an error is not kept
+
+
+def test_the_convergence_page_computes_its_cka_curves_once_with_the_same_data(root, monkeypatch):
+    import contextlib
+
+    from layerlake.ui import app as app_module
+
+    made = []
+    real = app_module.shared_staging
+
+    def counting(con, recipe, companion, bound):
+        made.append(companion is not None)
+        return real(con, recipe, companion, bound)
+
+    monkeypatch.setattr(app_module, "shared_staging", counting)
+    shared = app_module.UiApp(root).respond("GET", "/api/recipe", "name=layer_percentiles").body
+    monkeypatch.setattr(app_module, "shared_staging", lambda *a: contextlib.nullcontext())
+    alone = app_module.UiApp(root).respond("GET", "/api/recipe", "name=layer_percentiles").body
+    assert made == [True] and shared == alone and b'"rows"' in shared
+    con = app_module.UiApp(root).warehouse.cursor()  # the temporary table never outlives its request
+    assert con.sql("select count(*) from duckdb_tables() where temporary").fetchall() == [(0,)]
