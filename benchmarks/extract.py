@@ -7,8 +7,12 @@ layerlake: ``run_extract`` with the local executor into a fresh warehouse, then 
 checkpoint in SQL.
 
 Each side runs in its own child process of this script (so peak RSS is its own), alternately, repeated;
-the parent prints the ratio and checks both give the same numbers. Usage:
+the parent prints the ratio and checks both give the same numbers. ``--shapes 70m,160m`` runs the same
+comparison on random-initialised checkpoints of Pythia's shapes instead (``benchmarks/scale.py`` lays
+them out as hub revisions of ``suite=pythia``; both sides read the same files), with a probe of
+``--n-sequences`` (default 16 there: 2 CPU cores). Usage:
     python benchmarks/extract.py [--repeats 2] [--models embedded-s,embedded-m,embedded-l]
+    python benchmarks/extract.py --shapes 70m,160m [--checkpoints 3] [--n-sequences 16]
 Needs the `bench` extra (transformer-lens).
 """
 
@@ -35,8 +39,11 @@ SITES = {"attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "resid_post": "
 def settings_for(data: Path, models: list[str]):
     from layerlake.conf.compose import compose
 
+    shapes = os.environ.get("LAYERLAKE_BENCH_STEPS")  # set for --shapes: Pythia's shapes from a hub cache
+    suite = ["suite=pythia", "suite.keep_downloads=true", f"steps.only=[{shapes}]"] if shapes else []
     return compose(
         [
+            *suite,
             f"paths.data={data}",
             f"paths.suites={ROOT / 'data' / 'suites'}",
             f"models=[{','.join(models)}]",
@@ -45,7 +52,7 @@ def settings_for(data: Path, models: list[str]):
             "extract.per_head=false",
             "extract.estimators=[biased]",
             "extract.gradients=false",
-            f"probe.n_sequences={N_SEQUENCES}",
+            f"probe.n_sequences={os.environ.get('LAYERLAKE_BENCH_N', N_SEQUENCES)}",
         ]
     )
 
@@ -108,7 +115,7 @@ def run_baseline(data: Path, models: list[str]) -> dict:
     weights: dict = {}
     for task in plan.tasks:
         ref = task.ref
-        bridge = TransformerBridge.boot_transformers(ref.location, device="cpu")
+        bridge = TransformerBridge.boot_transformers(checkpoint_folder(ref), device="cpu")
         with torch.no_grad():
             _, cache = bridge.run_with_cache(tokens)
         kept[(ref.model, ref.step)] = {
@@ -134,6 +141,15 @@ def run_baseline(data: Path, models: list[str]) -> dict:
                 np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
     total_s = time.perf_counter() - start
     return {"checkpoints": len(plan.tasks), "extract_s": extract_s, "total_s": total_s, "cka": cka}
+
+
+def checkpoint_folder(ref) -> str:
+    """The folder of a checkpoint: a local one as it is, a hub revision's snapshot in the cache."""
+    if ref.source != "hf":
+        return ref.location
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(ref.location, revision=ref.revision, local_files_only=True)
 
 
 def child(side: str, models: list[str], out: Path) -> None:
@@ -169,21 +185,45 @@ def compare(a: list, b: list) -> float:
     return max(abs(left[k] - right[k]) for k in common)
 
 
+def pythia_shapes(args) -> list[str]:
+    """Lay out ``args.shapes``' checkpoints as hub revisions (once) and point the children at them."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import scale
+
+    steps = [scale.STEP_EVERY * (i + 1) for i in range(args.checkpoints)]
+    tokenizer = scale.embedded_tokenizer()
+    for label in args.shapes.split(","):
+        scale.build_hub_checkpoints(args.cache, label, steps, tokenizer)
+    os.environ.update(
+        HF_HUB_CACHE=str(args.cache),
+        LAYERLAKE_BENCH_STEPS=",".join(map(str, steps)),
+        LAYERLAKE_BENCH_N=str(args.n_sequences),
+    )
+    return [f"pythia-{label}" for label in args.shapes.split(",")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", choices=["layerlake", "baseline"])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--models", default="embedded-s,embedded-m,embedded-l")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--shapes", help="Pythia shapes (70m,160m,410m) instead of the embedded suite")
+    parser.add_argument("--checkpoints", type=int, default=3, help="with --shapes: checkpoints per shape")
+    parser.add_argument("--n-sequences", type=int, default=16, help="with --shapes: probe sequences")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "layerlake-scale-hub")
     args = parser.parse_args()
     models = args.models.split(",")
     if args.child:
         child(args.child, models, args.out)
         return 0
-    from layerlake.conf.compose import compose
-    from layerlake.etl.suite.command import build
+    if args.shapes:
+        models = pythia_shapes(args)
+    else:
+        from layerlake.conf.compose import compose
+        from layerlake.etl.suite.command import build
 
-    build(compose([f"paths.suites={ROOT / 'data' / 'suites'}"]))
+        build(compose([f"paths.suites={ROOT / 'data' / 'suites'}"]))
     runs = {"layerlake": [], "baseline": []}
     for _ in range(args.repeats):
         for side in ("baseline", "layerlake"):
@@ -196,7 +236,7 @@ def main() -> int:
     print(
         f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
-    print(f"checkpoints: {n} ({args.models}); repeats: {args.repeats} (best of)")
+    print(f"checkpoints: {n} ({','.join(models)}); repeats: {args.repeats} (best of)")
     for side in ("baseline", "layerlake"):
         print(
             f"{side:>10}: {best[side]:.1f} s total, {1000 * best[side] / n:.0f} ms per checkpoint, "
