@@ -26,32 +26,24 @@ import time
 from datetime import date
 from pathlib import Path
 
-SHAPES = {"70m": (6, 512, 8), "160m": (12, 768, 12)}  # Pythia's shapes: layers, d_model, heads
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scale  # noqa: E402  (Pythia's shapes and their configs)
+
+SHAPES = {label: scale.SHAPES[label] for label in ("70m", "160m")}
 
 
 def build_checkpoints(root: Path, label: str, count: int) -> list[Path]:
-    """Random-initialised GPT-NeoX folders of Pythia's shape, one per fake step (a seed each)."""
+    """Random-initialised GPT-NeoX folders of Pythia's shape (``scale.neox_config``), one per fake step
+    (a seed each)."""
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
-    layers, d_model, heads = SHAPES[label]
-    config = GPTNeoXConfig(
-        vocab_size=50304,
-        hidden_size=d_model,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * d_model,
-        max_position_embeddings=2048,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-    )
-    config.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}
     folders = []
     for step in range(count):
         folder = root / f"pythia-{label}-random" / f"step{step}"
         if not (folder / "model.safetensors").exists():
             torch.manual_seed(step)
-            GPTNeoXForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+            GPTNeoXForCausalLM(scale.neox_config(label)).save_pretrained(folder, safe_serialization=True)
         folders.append(folder)
     return folders
 

@@ -107,18 +107,10 @@ def test_a_crash_in_a_lane_fails_only_the_task_that_crashed(ray_cluster, tmp_pat
 
 @pytest.mark.ray
 def test_a_ray_lane_loads_the_next_checkpoint_while_one_computes(ray_cluster, tiny_suite, tmp_path):
-    import dataclasses
 
-    from layerlake.etl.plan import make_plan
+    from test_prefetch import tiny_tasks
 
-    settings, _ = tiny_suite
-    settings = dataclasses.replace(
-        settings,
-        paths=dataclasses.replace(settings.paths, warehouse=str(tmp_path / "warehouse")),
-        models=["tiny-b"],
-        extract=dataclasses.replace(settings.extract, gradients=True),
-    )
-    tasks = make_plan(settings).tasks  # 8 checkpoints on 2 CPUs: 4 lanes of 2
+    tasks = tiny_tasks(tiny_suite, tmp_path)  # 8 checkpoints on 2 CPUs: 4 lanes of 2
     outcomes = {o.task.task_id: o for o in RayExecutor(ExecutorConfig(kind="ray")).run(tasks)}
     assert [o.error for o in outcomes.values()] == [None] * len(tasks)
     for first, second in make_lanes(tasks, slots=2):
