@@ -185,6 +185,18 @@ def test_shape_macros_need_the_shape(con):
         q(con, "select condition_number([1.0, 0.5])")
 
 
+@pytest.mark.parametrize("macro", ["erank(?::DOUBLE[])", "numerical_rank(?::DOUBLE[], 8, 8)",
+                                   "condition_number(?::DOUBLE[], 8, 8)", "matrix_entropy(?::DOUBLE[], 8, 8)",
+                                   "powerlaw_alpha(?::DOUBLE[])"])  # fmt: skip
+def test_null_values_inside_a_spectrum_are_dropped_like_zeros(con, macro):
+    """A full-rank spectrum skips the per-element filter; one holding a NULL must not, and answers as if
+    the NULL were not there."""
+    clean = [4.0, 3.0, 2.0, 1.0, 0.5]
+    want = q(con, f"select {macro}", clean)
+    for holey in ([4.0, None, 3.0, 2.0, 1.0, 0.5], [4.0, 3.0, 2.0, 1.0, 0.5, None]):
+        assert q(con, f"select {macro}", holey) == pytest.approx(want, rel=1e-12), holey
+
+
 def test_known_values(con):
     assert q(con, "select erank([1.0, 1.0, 1.0, 1.0])") == pytest.approx(4.0)
     assert q(con, "select erank([5.0, 0.0])") == pytest.approx(1.0)

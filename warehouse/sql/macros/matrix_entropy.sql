@@ -3,11 +3,10 @@
 -- description: WeightWatcher's matrix entropy: the Shannon entropy of p_i = s_i^2 / sum_j s_j^2,
 --    divided by ln of the numerical rank (numerical_rank(sv, rows, cols)):
 --        matrix_entropy = -sum_i p_i ln p_i / ln(rank)
---    1 for a flat spectrum, near 0 when one direction dominates. NULL when the rank is below 2.
--- uses: numerical_rank
+--    1 for a flat spectrum, near 0 when one direction dominates. NULL when the rank is below 2. The sum of
+--    squares is taken once per spectrum (_ll_entropy), not inside a lambda, where DuckDB would take it
+--    again for every element: 22 s for 200 spectra of 2,048 values that way.
+-- uses: _ll_pos, _ll_entropy, numerical_rank
 CREATE OR REPLACE MACRO matrix_entropy(sv, rows, cols) AS
-    -list_sum(list_transform(
-        list_filter(sv::DOUBLE[], lambda x: x > 0),
-        lambda x: (x * x / list_sum(list_transform(sv::DOUBLE[], lambda y: y * y)))
-            * ln(x * x / list_sum(list_transform(sv::DOUBLE[], lambda y: y * y)))))
+    _ll_entropy(list_transform(_ll_pos(sv), lambda x: x * x))
     / nullif(ln(greatest(numerical_rank(sv, rows, cols), 1)), 0);
