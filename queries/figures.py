@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from layerlake.core.errors import ParameterError
-from layerlake.core.render import json_safe
+from layerlake.core.render import json_rows
 from layerlake.queries.errors import RecipeError
 
 SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
@@ -118,9 +118,9 @@ def recipe_figure(
     choices = measures(recipe.plot)
     if choices:
         options["y"] = measure or choices[0]
-    rows = [json_safe(row) for row in table.to_pylist()]
+    rows = json_rows(table)
     if layers is not None:
-        rows += [json_safe(row) for row in layers.to_pylist()]
+        rows += json_rows(layers)
     if "left" in options and options["left"].startswith("$"):
         options["left"] = str(params.get(options["left"][1:]))
     facet, panels_note = _facet(rows, options.get("panels", ""), table.column_names)
@@ -152,7 +152,31 @@ def recipe_figure(
         spec["resolve"] = {"scale": {"x": independent, "y": y}}
     if kind == "twin":  # the left and the right axis each have their own scale
         (spec.get("spec") or spec)["resolve"] = {"scale": {"y": "independent"}}
+    used = drawn_fields(spec)
+    spec["data"]["values"] = [{k: v for k, v in row.items() if k in used} for row in rows]
     return spec
+
+
+_DATUM_FIELD = re.compile(r"datum(?:\.(\w+)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
+
+
+def drawn_fields(spec: Any) -> set[str]:
+    """The data fields a Vega-Lite spec reads: every ``"field"`` and every ``datum.x`` / ``datum['x']`` of
+    its expressions. The figure's rows keep only these: the rank trajectories of the full-study warehouse
+    carry 16 columns, of which their figure draws 9 (12.5 -> 6 MB to send)."""
+    found: set[str] = set()
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            if key == "field" and isinstance(value, str):
+                found.add(value)
+            elif key != "data":
+                found |= drawn_fields(value)
+    elif isinstance(spec, list):
+        for value in spec:
+            found |= drawn_fields(value)
+    elif isinstance(spec, str):
+        found |= {a or b for a, b in _DATUM_FIELD.findall(spec)}
+    return found
 
 
 CONFIG = {

@@ -147,6 +147,30 @@ def test_each_figure_says_what_it_shows_in_words(con, tmp_path, name):
     assert set(colours(spec)) <= ALLOWED_COLOURS, f"{name}: colours outside the palette: {colours(spec)}"
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_figure_carries_the_fields_it_draws_and_no_others(con, name):
+    """The rows sent with a figure hold what its encodings, facets and filters read (a tooltip's model,
+    a filter's ``datum.p50``), nothing else: the UI sends these rows to the browser."""
+    params, _ = EXPECTED[name]
+    recipe = load_recipe(name)
+    bound = bind_params(recipe, params)
+    table = run_recipe(con, name, bound)
+    spec = figures.recipe_figure(recipe, bound, table)
+    read = figures.drawn_fields(spec)
+    held = set().union(*spec["data"]["values"])
+    assert held <= read, f"{name}: rows carry fields no mark reads: {sorted(held - read)}"
+    missing = {f for f in read if f in table.column_names and table.column(f).null_count < table.num_rows}
+    assert missing <= held, f"{name}: fields the figure reads were dropped: {sorted(missing - held)}"
+
+
+def test_drawn_fields_reads_encodings_and_expressions():
+    spec = {"data": {"values": [{"field": "not a spec"}]},
+            "layer": [{"transform": [{"filter": "isValid(datum.p50) && datum['run id'] != null"}],
+                       "encoding": {"x": {"field": "step"}, "tooltip": [{"field": "layer"}]}}],
+            "facet": {"field": "panel"}}  # fmt: skip
+    assert figures.drawn_fields(spec) == {"p50", "run id", "step", "layer", "panel"}
+
+
 def colours(spec: dict) -> list[str]:
     return sorted({c.upper() for c in re.findall(r"#[0-9A-Fa-f]{6}\b", json.dumps(spec))})
 

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from layerlake.cli.main import main
-from layerlake.core.render import fold_header, print_table
+from layerlake.core.render import fold_header, json_rows, print_table
 
 WIDTH = 80
 
@@ -116,3 +116,22 @@ def test_recipes_read_as_blocks_at_80_columns(monkeypatch, capsys):
         block = out.split(f"\n{recipe.name}: ", 1)[1]
         for param in recipe.params:
             assert f"  {param.name}  " in block.split("\nplot:")[0], (recipe.name, param.name)
+
+
+def test_json_rows_have_no_nan_or_infinity_at_any_depth():
+    table = pa.table({
+        "x": [1.5, float("nan"), float("inf"), None],
+        "x32": pa.array([float("-inf"), 2.0, 3.0, 4.0], pa.float32()),
+        "n": pa.array([1, 2, 3, 4], pa.int64()),
+        "name": ["a", None, "c", "d"],
+        "sv": [[1.0, float("nan")], None, [], [float("-inf")]],
+    })  # fmt: skip
+    want = [
+        {"x": 1.5, "x32": None, "n": 1, "name": "a", "sv": [1.0, None]},
+        {"x": None, "x32": 2.0, "n": 2, "name": None, "sv": None},
+        {"x": None, "x32": 3.0, "n": 3, "name": "c", "sv": []},
+        {"x": None, "x32": 4.0, "n": 4, "name": "d", "sv": [None]},
+    ]
+    assert json_rows(table) == want
+    assert json_rows(table.to_batches()[0]) == want
+    assert json_rows(table.slice(1, 2)) == want[1:3]

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from layerlake.core.duck import QueryLimits, limited
 from layerlake.core.errors import LayerlakeError, ParameterError
-from layerlake.core.render import json_safe, write_stream
+from layerlake.core.render import json_rows, write_stream
 from layerlake.queries import figures
 from layerlake.ui import pages
 
@@ -63,10 +63,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     return str(value)
-
-
-def rows_of(table: pa.Table) -> list[dict[str, Any]]:
-    return [json_safe(row) for row in table.to_pylist()]
 
 
 class AnswerCache:
@@ -249,16 +245,16 @@ class UiApp:
                     f"select value, count(*) from ({union}) where value is not null group by value order by value"
                 ).fetchall():
                     counts.append({"what": column, "value": value, "rows": rows})
-            runs = rows_of(con.sql(
+            runs = json_rows(con.sql(
                 "select run_id, suite, model, kind, status, seed, started_at, ended_at from runs "
                 "order by suite, model, run_id"
             ).to_arrow_table())  # fmt: skip
-            models = rows_of(con.sql(
+            models = json_rows(con.sql(
                 "select suite, model, count(distinct step) as steps, min(step) as first_step, "
                 "max(step) as last_step, count(distinct run_id) as runs from checkpoints "
                 "group by suite, model order by suite, model"
             ).to_arrow_table())  # fmt: skip
-            losses = rows_of(con.sql(
+            losses = json_rows(con.sql(
                 "select run_id, step, value from scalars where name = 'loss' order by run_id, step"
             ).to_arrow_table())  # fmt: skip
         finally:
@@ -275,7 +271,7 @@ class UiApp:
     def _runs(self, _params: dict[str, str]) -> Response:
         con = self.warehouse.cursor()
         try:
-            runs = rows_of(con.sql(
+            runs = json_rows(con.sql(
                 "select run_id, suite, model, kind, status, seed, started_at, ended_at, "
                 "(select count(*) from scalars s where s.run_id = r.run_id) as scalars "
                 "from runs r order by suite, model, run_id"
@@ -302,7 +298,7 @@ class UiApp:
                     f"run {unknown[0]!r} is not in the warehouse{did_you_mean(unknown[0], sorted(known))}",
                     fix="pick runs from the list (`layerlake runs` lists them too)",
                 )
-            rows = rows_of(con.sql(
+            rows = json_rows(con.sql(
                 "select run_id, step, value from scalars where list_contains($runs, run_id) and name = $name "
                 "order by run_id, step", params={"runs": chosen, "name": name},
             ).to_arrow_table())  # fmt: skip
@@ -332,7 +328,7 @@ class UiApp:
         finally:
             con.close()
         return json_response({
-            "columns": table.column_names, "rows": rows_of(table), "total": total, "page": page,
+            "columns": table.column_names, "rows": json_rows(table), "total": total, "page": page,
             "page_rows": PAGE_ROWS,
         })  # fmt: skip
 
@@ -379,7 +375,7 @@ class UiApp:
             return Response(200, kind, sink.getvalue(),
                             {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})  # fmt: skip
         return json_response({
-            "columns": table.column_names, "rows": rows_of(table.slice(0, PAGE_ROWS * 10)),
+            "columns": table.column_names, "rows": json_rows(table.slice(0, PAGE_ROWS * 10)),
             "total": table.num_rows, "chart": figures.recipe_figure(recipe, bound, table, measure, layers),
         })  # fmt: skip
 
