@@ -486,3 +486,17 @@ def test_pwcca_is_one_for_a_linear_map_and_null_for_a_mismatch(con):
     assert q(con, "select pwcca($1, 12, $2, 12)", a.tobytes(), b.tobytes()) == pytest.approx(1.0, abs=2e-3)
     assert q(con, "select pwcca($1, 12, $2, 12)", a.tobytes(), b[:10].tobytes()) is None  # other rows
     assert q(con, "select pwcca($1, 5, $2, 12)", a.tobytes(), b.tobytes()) is None  # not n x 5
+
+
+def test_each_macro_declares_the_macros_it_calls():
+    """`-- uses:` orders the CREATE statements; a call it leaves out works only while the names happen to
+    sort well (adding `_ll_ww` once put `_ll_ww_fit` before the `_ll_ww_alpha_at` it calls)."""
+    import re
+
+    from layerlake.warehouse.macros import MACROS
+
+    names = set(MACROS.names())
+    for item in MACROS.all():
+        body = item.body.split(" AS", 1)[1]  # after CREATE OR REPLACE MACRO name(args)
+        called = {n for n in names if n != item.name and re.search(rf"\b{n}\s*\(", body)}
+        assert called == {u for u in item.uses if u in names}, (item.name, sorted(called), item.uses)

@@ -8,6 +8,7 @@
 --    Each candidate's alpha, x_min and m are computed once, before its KS scan, and the scan reads no
 --    list but its own tail: written inside the scan they were recomputed (and eig copied) for every tail
 --    value, which took 9.5 s for one spectrum of 256 values and minutes at Pythia's widths.
+-- uses: _ll_ww_alpha_at
 CREATE OR REPLACE MACRO _ll_ww_fit(eig) AS
     CASE WHEN len(eig) >= 2 THEN
         list_sort(list_transform(

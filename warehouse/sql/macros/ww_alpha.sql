@@ -10,5 +10,5 @@
 --    spectrum. NULL with fewer than 2 eigenvalues above 1e-5. WeightWatcher 0.7 fits fewer than 20
 --    eigenvalues another way (a bias-corrected MLE, tails of 8 or more, a KS objective favouring long
 --    tails); this macro keeps the standard fit at every size, so small spectra can differ from it.
--- uses: _ll_ww_eig, _ll_ww_fit
-CREATE OR REPLACE MACRO ww_alpha(sv) AS _ll_ww_fit(_ll_ww_eig(sv))[3];
+-- uses: _ll_ww
+CREATE OR REPLACE MACRO ww_alpha(sv) AS _ll_ww(sv)[3];
