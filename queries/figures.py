@@ -266,10 +266,14 @@ def _facet(rows: list[dict], spec: str, columns: list[str]) -> tuple[dict[str, A
     row_cols, col_cols = [*varying, *wanted[:1]], wanted[1:]
     if not row_cols and not col_cols:
         return None, []
+    names: dict[tuple, tuple[str, str, str]] = {}  # a panel's three names, made once per panel
     for r in rows:
-        r["panel_row"] = " · ".join(_named(c, r.get(c)) for c in row_cols if r.get(c) is not None)
-        r["panel_column"] = " · ".join(_named(c, r.get(c)) for c in col_cols if r.get(c) is not None)
-        r["panel"] = " · ".join(p for p in (r["panel_row"], r["panel_column"]) if p)
+        key = tuple(r.get(c) for c in (*row_cols, *col_cols))
+        if key not in names:
+            row = " · ".join(_named(c, r.get(c)) for c in row_cols if r.get(c) is not None)
+            column = " · ".join(_named(c, r.get(c)) for c in col_cols if r.get(c) is not None)
+            names[key] = (row, column, " · ".join(p for p in (row, column) if p))
+        r["panel_row"], r["panel_column"], r["panel"] = names[key]
     order = sorted(
         {(r["panel_row"], r["panel_column"], r["panel"]) for r in rows if r["panel"]},
         key=lambda k: (_order(k[0], row_cols), _order(k[1], col_cols)),
