@@ -93,6 +93,7 @@ class LoadedTask:
     loaded: LoadedCheckpoint
     weights_file: dict  # the local weights file's fingerprint, taken before loading
     load_seconds: float
+    load_span: tuple[float, float] = (0.0, 0.0)  # when the load started and ended (Unix seconds)
 
 
 def use_torch_threads(options: ExtractOptions) -> None:
@@ -115,10 +116,12 @@ def load_task(task: ExtractTask) -> LoadedTask:
     use_torch_threads(task.options)
     device = resolve_device(task.options.device)
     options = task.options if device == task.options.device else _with_device(task.options, device)
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     fingerprint = weights_file_fingerprint(task.ref)  # before loading: what the rows were made from
     loaded = load_checkpoint(task.ref, device="cpu", dtype=options.dtype)
-    return LoadedTask(task, options, loaded, fingerprint, time.perf_counter() - start)
+    return LoadedTask(
+        task, options, loaded, fingerprint, time.perf_counter() - start, (started_at, time.time())
+    )
 
 
 @functools.cache
@@ -136,13 +139,15 @@ def compute_task(ready: LoadedTask, load_wait: float) -> TaskResult:
     ``load_wait`` is how long the caller waited for the load half (the whole load when it ran just
     before, less when it ran in the background). Timings: ``load`` (the load half's own time),
     ``load_wait``, the pass's phases, and ``total`` = ``load_wait`` + this half's time (the task's
-    share of the worker's time).
+    share of the worker's time). The placement says where it ran and when: ``load_span`` and
+    ``compute_span``, [start, end] in Unix seconds (a worker's timeline: which load ran during which
+    compute).
     """
     from layerlake.etl.extract import extract_from_model
 
     task, loaded, options = ready.task, ready.loaded, ready.options
     use_torch_threads(options)
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     tables, pass_timings = extract_from_model(
         loaded.model, task.ref, loaded.weights_sha256, task.probe, options, process_weight_spectra()
     )
@@ -159,7 +164,12 @@ def compute_task(ready: LoadedTask, load_wait: float) -> TaskResult:
         timings=timings,
         n_params=loaded.n_params,
         weights_file=ready.weights_file,
-        placement=placement() | {"device": options.device},
+        placement=placement()
+        | {
+            "device": options.device,
+            "load_span": list(ready.load_span),
+            "compute_span": [started_at, time.time()],
+        },
     )
 
 
