@@ -500,3 +500,15 @@ def test_each_macro_declares_the_macros_it_calls():
         body = item.body.split(" AS", 1)[1]  # after CREATE OR REPLACE MACRO name(args)
         called = {n for n in names if n != item.name and re.search(rf"\b{n}\s*\(", body)}
         assert called == {u for u in item.uses if u in names}, (item.name, sorted(called), item.uses)
+
+
+def test_ww_fit_is_null_without_a_tail_and_the_same_scanned_in_any_blocks(con, monkeypatch):
+    from layerlake.warehouse import powerlaw
+
+    for sv in ([], [1.0], [1e-4, 2.0], [3.0, 3.0, 3.0]):  # < 2 eigenvalues above 1e-5, or a flat tail
+        assert q(con, "select ww_alpha(?::DOUBLE[])", sv) is None, sv
+    assert q(con, "select ww_tail(?::DOUBLE[])", [3.0, 3.0, 3.0]) == 3  # every candidate's D is 1: the first
+    eig = np.sort(np.random.default_rng(7).pareto(2.0, size=300) + 1)
+    whole = powerlaw.ww_fit(eig)
+    monkeypatch.setattr(powerlaw, "BLOCK_VALUES", 1000)  # 3 candidates a block
+    assert powerlaw.ww_fit(eig) == whole

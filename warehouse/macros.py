@@ -57,11 +57,14 @@ def install_staging(con: Any) -> Any:
 def install_functions(con: Any) -> Any:
     """Define the scalar macros only (they need no table): ``cka``, ``erank``, ``per`` ... and the
     Python functions some of them call (``svcca``, ``mean_cca``: ``warehouse.similarity``; ``cka_bytes``
-    and the ``sketches`` view's ``gram``: ``warehouse.gram``)."""
+    and the ``sketches`` view's ``gram``: ``warehouse.gram``; ``ww_alpha`` and its family:
+    ``warehouse.powerlaw``)."""
     from layerlake.warehouse.gram import install_gram_functions
+    from layerlake.warehouse.powerlaw import install_powerlaw
     from layerlake.warehouse.similarity import install_similarity
 
     install_gram_functions(con)
+    install_powerlaw(con)
     install_similarity(con)
     for statement in macro_statements():
         con.execute(statement)
