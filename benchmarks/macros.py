@@ -82,7 +82,9 @@ def main() -> None:
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     install_functions(con)
     print(f"# {platform.machine()}, Python {platform.python_version()}, DuckDB {duckdb.__version__}")
-    print("| macro | m | SQL ms / spectrum | numpy ms / spectrum | SQL / numpy |")
+    print(
+        "| macro | m | SQL ms / spectrum | numpy ms / spectrum (ww_alpha: the weightwatcher package) | SQL / numpy |"
+    )
     print("| --- | --- | --- | --- | --- |")
     rng = np.random.default_rng(0)
     for m in map(int, args.widths.split(",")):
