@@ -22,7 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Package name -> folder in the repository (pyproject's package-dir says the same).
 FOLDERS = {
-    "layerlake": REPO / "layerlake",
+    "layerlake": REPO / "src" / "layerlake",
     "layerlake.conf": REPO / "conf",
     "layerlake.etl": REPO / "etl",
     "layerlake.warehouse": REPO / "warehouse",
@@ -101,7 +101,7 @@ def test_no_import_runs_upwards(graph):
 
 
 def test_the_facade_imports_lazily(graph):
-    tree = ast.parse((REPO / "layerlake" / "__init__.py").read_text())
+    tree = ast.parse((REPO / "src" / "layerlake" / "__init__.py").read_text())
     top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert all(not (getattr(n, "module", "") or "").startswith("layerlake") for n in top_level)
 
@@ -239,4 +239,4 @@ def test_the_readme_layout_table_matches_the_tree():
     tops -= {"data", "build", "dist"} | {p for p in tops if p.endswith(".egg-info")}
     assert tops - {f.split("/")[0] for f in folders} == set(), "a top-level folder is missing from the table"
     for sub in ("core", "cli"):
-        assert f"layerlake/{sub}" in folders
+        assert f"src/layerlake/{sub}" in folders

@@ -24,7 +24,9 @@ from layerlake.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [
-    p for d in ("layerlake", "conf", "etl", "warehouse", "queries") for p in sorted((REPO / d).rglob("*.py"))
+    p
+    for d in ("src/layerlake", "conf", "etl", "warehouse", "queries")
+    for p in sorted((REPO / d).rglob("*.py"))
 ]
 BLANK = "\x00"  # stands for an f-string field or any value not known statically
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
@@ -288,6 +290,6 @@ def test_a_missing_warehouse_fix_names_what_the_command_takes(argv, tmp_path, mo
     assert main(argv) == 2
     err = capsys.readouterr().err.replace("\n", " ")
     text = err.split("fix:", 1)[1]
-    fix = Fix(REPO / "layerlake" / "cli" / "main.py", 1, "", text)
+    fix = Fix(REPO / "src" / "layerlake" / "cli" / "main.py", 1, "", text)
     wrong = problems(fix, about={command_in(" ".join(argv))})
     assert wrong == [], (err, wrong)

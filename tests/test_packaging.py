@@ -64,13 +64,13 @@ def test_wheel_holds_one_namespace_and_every_data_file(wheel):
         if p.suffix in (".sql", ".yaml", ".js", ".css")
     )
     data += [
-        p.relative_to(REPO).as_posix().removeprefix("layerlake/")
-        for p in (REPO / "layerlake" / "ui" / "static").iterdir()
+        p.relative_to(REPO / "src").as_posix().removeprefix("layerlake/")
+        for p in (REPO / "src" / "layerlake" / "ui" / "static").iterdir()
     ]
     assert data, "no data files found"
     for rel in data:
         assert f"layerlake/{rel}" in names, f"{rel} is missing from the wheel"
-    sources = [p.relative_to(REPO).as_posix() for f in ("layerlake", "conf", "etl", "warehouse", "queries")
+    sources = [p.relative_to(REPO).as_posix().removeprefix("src/") for f in ("src/layerlake", "conf", "etl", "warehouse", "queries")
                for p in (REPO / f).rglob("*.py")]  # fmt: skip
     for rel in sources:
         inside = rel if rel.startswith("layerlake/") else f"layerlake/{rel}"
@@ -133,6 +133,22 @@ def test_query_side_works_with_the_core_dependencies_alone(core_venv, tmp_path):
         [*cli, "share", "attach", str(export), "--sql", "select count(*) from sketches"], tmp_path, env
     )
     assert attached.returncode == 0 and "12" in attached.stdout, attached.stderr
+
+
+def test_the_installed_package_is_not_shadowed_from_the_checkout_root(core_venv, tmp_path):
+    """``python`` started in the checkout root puts the root first on ``sys.path``: no folder there may be
+    the package ``layerlake`` (a partial one would hide the installed wheel's subpackages)."""
+    python = core_venv / "bin" / "python"
+    script = (
+        "import sys, layerlake; from layerlake.warehouse.writer import Warehouse; "
+        "Warehouse(sys.argv[1]); con = layerlake.connect(sys.argv[1]); "
+        "print(con.sql('select count(*) from sketches').fetchall()[0][0], layerlake.__file__)"
+    )
+    done = run([str(python), "-c", script, str(tmp_path / "wh")], REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    count, location = done.stdout.split()
+    assert count == "0"
+    assert str(core_venv) in location, f"layerlake was imported from {location}, not the installed wheel"
 
 
 def test_extraction_without_its_extra_names_the_extra(core_venv, tmp_path):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 DATA_ENV = "LAYERLAKE_DATA"
-_CHECKOUT = Path(__file__).resolve().parents[2]  # layerlake/core/paths.py -> the source checkout
+_CHECKOUT = Path(__file__).resolve().parents[3]  # src/layerlake/core/paths.py -> the source checkout
 
 
 def project_root() -> Path:
