@@ -43,7 +43,12 @@ FORMATS = OutputFormat.values()
 
 @contextmanager
 def statement_result(
-    root: Any, attach: list[Any], sql: str, limits: QueryLimits, variables: dict[str, Any] | None = None
+    root: Any,
+    attach: list[Any],
+    sql: str,
+    limits: QueryLimits,
+    variables: dict[str, Any] | None = None,
+    what: str = "`layerlake sql`",
 ) -> Iterator[Result]:
     """The answer of a user's read-only statement over the warehouse at ``root`` (plus ``attach``),
     streamed from a worker process under ``limits`` (``warehouse.sandbox``): what ``layerlake sql`` and
@@ -53,7 +58,7 @@ def statement_result(
     folders = tuple(Path(a).expanduser().resolve() for a in attach)
     # this process has opened no DuckDB database: forking it is safe and ~30 ms
     box = Sandbox(source, folders, limits, start="fork", max_workers=1, progress=sys.stderr.isatty())
-    with box, box.query(sql, variables) as result:
+    with box, box.query(sql, variables, what) as result:
         yield result
 
 
@@ -218,15 +223,20 @@ def sql_parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="a staging view parameter, e.g. --param estimator=debiased --param threshold=0.8",
     )  # fmt: skip
+    add_limit_arguments(parser)
+    return parser
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--timeout`` and ``--memory-limit``: the limits a user's statement runs under (``warehouse.sandbox``)."""
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
         help=f"stop the query after this long (default {DEFAULT_TIMEOUT_S:g}; 0 = no limit)",
     )  # fmt: skip
     parser.add_argument(
         "--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE",
-        help=f"stop the query when it needs more memory than this (default {DEFAULT_MEMORY_LIMIT})",
+        help=f"stop the query when its process needs this much more memory (default {DEFAULT_MEMORY_LIMIT})",
     )  # fmt: skip
-    return parser
 
 
 def sql(argv: list[str]) -> int:

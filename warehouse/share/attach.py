@@ -27,7 +27,14 @@ def attach(
     warehouse there; a ``root`` given that is not a warehouse is an error (``warehouse.locate``).
     ``folder`` may also be another warehouse root (it has a ``_manifest``).
     """
+    folder = checked_folder(folder, checksums)
+    return connect(root, read_only=read_only, attach=[folder])  # root None, no default: the folder alone
+
+
+def checked_folder(folder: str | Path, checksums: bool = False) -> Path:
+    """``folder``, absolute, once a shared dataset folder has passed ``verify_folder`` (a warehouse root
+    is read through its manifest, as any warehouse)."""
     folder = Path(folder).expanduser().resolve()
     if not is_warehouse(folder):
         verify_folder(folder, checksums=checksums)
-    return connect(root, read_only=read_only, attach=[folder])  # root None, no default: the folder alone
+    return folder

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from layerlake.core.duck import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryLimits
+from layerlake.core.duck import QueryLimits
 from layerlake.core.errors import LayerlakeError
 from layerlake.ui.app import Response, UiApp
-from layerlake.warehouse.command import add_root_argument
+from layerlake.warehouse.command import add_limit_arguments, add_root_argument
 
 LOCAL = "127.0.0.1"
 # Everything from this server only (no CDN can load); Vega compiles its expressions with eval.
@@ -92,8 +92,7 @@ def ui_parser() -> argparse.ArgumentParser:
         "--host", default=LOCAL, help=f"address to listen on (default {LOCAL}: this machine only)"
     )
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="SQL console time limit, s")
-    parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, help="SQL console memory limit")
+    add_limit_arguments(parser)  # the SQL console's, as `layerlake sql`'s
     parser.add_argument(
         "--no-warm-up",
         action="store_true",
