@@ -126,7 +126,9 @@ class Sandbox:
         self._slots = threading.BoundedSemaphore(max_workers)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
         self._closed = False
+        self.last_memory: dict[str, int] | None = None  # the last statement's ``Result.memory``
 
     def __enter__(self) -> Sandbox:
         return self
@@ -135,11 +137,11 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
-        """Stop every idle worker and remove the spill folder (a worker still answering is killed too)."""
+        """Stop every worker (one still answering too) and remove the spill folder."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for worker in idle:
+            workers, self._idle = [*self._idle, *self._busy], []
+        for worker in workers:
             worker.stop()
         shutil.rmtree(self._spill, ignore_errors=True)
 
@@ -178,6 +180,8 @@ class Sandbox:
             result.open()
             yield result
         finally:
+            if result is not None:
+                self.last_memory = result.memory
             if worker is not None:
                 self._give_back(worker, reusable=result is not None and result.ended and worker.alive)
             self._slots.release()
@@ -189,12 +193,17 @@ class Sandbox:
             while self._idle:
                 worker = self._idle.pop()
                 if worker.alive:
+                    self._busy.add(worker)
                     return worker
                 worker.stop()
-        return _Worker(self._context, self.source, self._setup)
+        worker = _Worker(self._context, self.source, self._setup)
+        with self._lock:
+            self._busy.add(worker)
+        return worker
 
     def _give_back(self, worker: _Worker, reusable: bool) -> None:
         with self._lock:
+            self._busy.discard(worker)
             if reusable and not self._closed:
                 self._idle.append(worker)
                 return
@@ -203,14 +212,15 @@ class Sandbox:
 
 class Result:
     """One statement's answer: ``schema``, then its batches as they come (``for batch in result``);
-    ``peak_rss``: the worker's peak resident memory in bytes, known once the answer ended."""
+    ``memory``: the worker's resident memory in bytes when its bound was set (``base_rss``) and at its
+    peak (``peak_rss``), known once the answer ended or failed."""
 
     def __init__(self, worker: _Worker, limits: QueryLimits) -> None:
         self._worker, self._limits = worker, limits
         self._deadline: float | None = time.monotonic() + STARTUP_S
         self.schema: pa.Schema | None = None
         self.ended = False
-        self.peak_rss: int | None = None
+        self.memory: dict[str, int] | None = None
 
     def open(self) -> None:
         """Wait for the worker to start the statement (its views open), then for the answer's schema
@@ -232,7 +242,7 @@ class Result:
                 yield pa.ipc.read_record_batch(pa.py_buffer(payload), self.schema)
             elif tag == END:
                 self.ended = True
-                self.peak_rss = json.loads(bytes(payload))["peak_rss"]
+                self.memory = json.loads(bytes(payload))["memory"]
             else:
                 raise QueryError(f"the query's worker answered {tag!r} mid-stream", fix="run the query again")
 
@@ -262,7 +272,7 @@ class Result:
         tag, payload = data[:1], memoryview(data)[1:]
         if tag == FAILED:
             failure = json.loads(bytes(payload))
-            self.peak_rss = failure.get("peak_rss")
+            self.memory = failure["memory"]
             if failure["kind"] == "memory":
                 worker.stop()
                 raise as_query_error(memory_error(self._limits, failure["message"]))
@@ -293,11 +303,13 @@ class _Worker:
             raise QueryError("the query's worker process is gone", fix="run the query again") from error
 
     def stop(self) -> int | None:
-        """Kill the process (if it still runs) and reap it; its exit code (negative: the signal)."""
+        """Kill the process (if it still runs) and reap it; its exit code (negative: the signal). Safe
+        to call twice, and from another thread while a statement waits on it (its wait then ends)."""
         if self.process.is_alive():
             self.process.kill()
         self.process.join()
-        self.conn.close()
+        with suppress(OSError):
+            self.conn.close()
         return self.process.exitcode
 
 
@@ -357,7 +369,7 @@ def _answer(
             for batch in reader:
                 batch = batch.rename_columns(names) if renamed else batch
                 conn.send_bytes(BATCH + batch.serialize().to_pybytes())
-        conn.send_bytes(END + json.dumps({"peak_rss": _peak_rss()}).encode())
+        conn.send_bytes(END + json.dumps({"memory": _memory()}).encode())
         return True
     except (BrokenPipeError, ConnectionError, EOFError):
         return False  # the parent stopped reading (it left, or killed the answer): nothing to tell
@@ -366,7 +378,7 @@ def _answer(
         try:
             conn.send_bytes(
                 FAILED
-                + json.dumps({"kind": kind, "message": message, "fix": fix, "peak_rss": _peak_rss()}).encode()
+                + json.dumps({"kind": kind, "message": message, "fix": fix, "memory": _memory()}).encode()
             )
         except (OSError, EOFError):
             return False
@@ -432,23 +444,30 @@ def manifest_stamp(folders: list[Path]) -> tuple:
 def _bound_memory(limits: QueryLimits) -> None:
     """Let this process's data segment grow by at most the memory limit from here (the interpreter, the
     libraries and the open views stay outside the bound)."""
+    global _BASE_RSS
     allowed = limits.memory_bytes()
+    _BASE_RSS = _status_bytes("VmRSS:")
     if allowed >= NO_RLIMIT:
         return
-    bound = _data_bytes() + allowed
+    bound = _status_bytes("VmData:") + allowed
     resource.setrlimit(resource.RLIMIT_DATA, (bound, bound))
 
 
-def _data_bytes() -> int:
+def _status_bytes(field: str) -> int:
+    """A size from ``/proc/self/status`` (``VmData:``, ``VmRSS:``), in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmData:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     return 0
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+_BASE_RSS = 0  # this worker's resident memory when its bound was set
+
+
+def _memory() -> dict[str, int]:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {"base_rss": _BASE_RSS, "peak_rss": peak}
 
 
 def _watch_parent(pid: int) -> None:
