@@ -83,6 +83,7 @@ class Setup:
     """How each worker runs: its limits, where it may spill, whether DuckDB draws its progress bar."""
 
     limits: QueryLimits
+    memory_bytes: int  # limits.memory_bytes(), read once by the parent
     spill_dir: str
     progress: bool
 
@@ -122,7 +123,7 @@ class Sandbox:
                 [__name__]
             )  # the server imports DuckDB, Arrow, the views once
         self._spill = Path(tempfile.mkdtemp(prefix="layerlake-sql-"))
-        self._setup = Setup(self.limits, str(self._spill), progress)
+        self._setup = Setup(self.limits, self.limits.memory_bytes(), str(self._spill), progress)
         self._slots = threading.BoundedSemaphore(max_workers)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
@@ -337,7 +338,7 @@ def serve(conn: Any, parent_pid: int, source: Source, setup: Setup) -> None:
     served = _Served(source, setup.progress)
     with suppress(LayerlakeError):
         served.connection()  # opened before the memory bound; a failure is each statement's answer
-    _bound_memory(setup.limits)
+    _bound_memory(setup.memory_bytes)
     while True:
         try:
             sql, variables, what = conn.recv()
@@ -358,7 +359,7 @@ def _answer(
             con = served.connection()  # opened again if a manifest changed: before the clock starts
         finally:
             conn.send_bytes(STARTED)
-        read_only_statement(sql, what)
+        read_only_statement(sql, what, con)  # parsed on the open views' connection: no other database
         set_memory_limit(con, limits)
         with staging_values(con, variables):
             reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
@@ -441,11 +442,10 @@ def manifest_stamp(folders: list[Path]) -> tuple:
     return tuple(stamps)
 
 
-def _bound_memory(limits: QueryLimits) -> None:
+def _bound_memory(allowed: int) -> None:
     """Let this process's data segment grow by at most the memory limit from here (the interpreter, the
     libraries and the open views stay outside the bound)."""
     global _BASE_RSS
-    allowed = limits.memory_bytes()
     _BASE_RSS = _status_bytes("VmRSS:")
     if allowed >= NO_RLIMIT:
         return
