@@ -72,6 +72,7 @@ def server(root):
     yield f"http://{host}:{port}"
     httpd.shutdown()
     httpd.server_close()
+    app.close()  # the SQL console's worker processes
 
 
 def get(url: str, method: str = "GET") -> tuple[int, str, bytes]:

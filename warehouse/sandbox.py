@@ -118,10 +118,8 @@ class Sandbox:
         # absolute: a worker works in its spill folder, where a relative path would name nothing
         self.source = Source(absolute[0] if root is not None else None, tuple(absolute[root is not None :]))
         self._context = multiprocessing.get_context(start)
-        if start == "forkserver":
-            self._context.set_forkserver_preload(
-                [__name__]
-            )  # the server imports DuckDB, Arrow, the views once
+        if start == "forkserver":  # the server imports DuckDB, Arrow and the views once, for every worker
+            self._context.set_forkserver_preload([__name__])
         self._spill = Path(tempfile.mkdtemp(prefix="layerlake-sql-"))
         self._setup = Setup(self.limits, self.limits.memory_bytes(), str(self._spill), progress)
         self._slots = threading.BoundedSemaphore(max_workers)
@@ -153,8 +151,10 @@ class Sandbox:
                 return
         worker = _Worker(self._context, self.source, self._setup)
         with self._lock:
-            (self._idle if not self._closed else []).append(worker)
-        if self._closed:
+            keep = not self._closed
+            if keep:
+                self._idle.append(worker)
+        if not keep:
             worker.stop()
 
     @contextmanager
