@@ -194,3 +194,18 @@ def test_over_the_socket_no_query_string_leaves_a_traceback_or_an_empty_reply(se
     assert request(server, "/api/sql?q=select+42+as+answer")[1] == b'{"columns": ["answer"], "rows": [{"answer": 42}], "total": 1, "page": 0, "page_rows": 100}'  # fmt: skip
     err = capfd.readouterr().err
     assert "Traceback" not in err and "failed" not in err, err[-3000:]
+
+
+def test_uiapp_checks_the_headers_it_is_given_against_the_address_it_serves(root):
+    app = UiApp(root)
+    app.serve_at("127.0.0.1", 8765)
+    for path in ("/", "/api/overview", "/static/app.js"):
+        assert app.respond("GET", path, "", [("Host", "evil.example:8765")]).status == 403
+        assert (
+            app.respond(
+                "GET", path, "", [("Host", "localhost:8765"), ("Origin", "http://evil.example")]
+            ).status
+            == 403
+        )
+        assert app.respond("GET", path, "", [("Host", "localhost:8765")]).status == 200
+    app.close()

@@ -446,20 +446,23 @@ def _bound_memory(allowed: int) -> None:
     """Let this process's data segment grow by at most the memory limit from here (the interpreter, the
     libraries and the open views stay outside the bound)."""
     global _BASE_RSS
-    _BASE_RSS = _status_bytes("VmRSS:")
-    if allowed >= NO_RLIMIT:
+    _BASE_RSS = _status_bytes("VmRSS:") or 0
+    data = _status_bytes("VmData:")
+    if allowed >= NO_RLIMIT or data is None:  # no /proc (not Linux): DuckDB's own limit only
         return
-    bound = _status_bytes("VmData:") + allowed
-    resource.setrlimit(resource.RLIMIT_DATA, (bound, bound))
+    resource.setrlimit(resource.RLIMIT_DATA, (data + allowed, data + allowed))
 
 
-def _status_bytes(field: str) -> int:
-    """A size from ``/proc/self/status`` (``VmData:``, ``VmRSS:``), in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    return 0
+def _status_bytes(field: str) -> int | None:
+    """A size from ``/proc/self/status`` (``VmData:``, ``VmRSS:``), in bytes; None where there is none."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 _BASE_RSS = 0  # this worker's resident memory when its bound was set
