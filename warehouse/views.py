@@ -138,9 +138,12 @@ def _resolve(root: Any) -> Path:
 
 def source_root(root: Any, attach: Iterable[Any] = ()) -> Path | None:
     """The warehouse a connection serves: ``root`` (None: the default), refused unless it is a warehouse;
-    None (no local warehouse) when folders are attached, no root is given and the default is none."""
-    if list(attach) and root is None and not is_warehouse(default_root()):
-        return None  # attaching needs no local warehouse
+    None (no local warehouse) when folders are attached and the root (given or the default) does not
+    exist: attaching needs no local warehouse. A root that exists but is no warehouse is still refused."""
+    if list(attach):
+        path = default_root() if root is None else Path(root).expanduser().resolve()
+        if not path.exists() or (root is None and not is_warehouse(path)):
+            return None
     return _resolve(root)
 
 
@@ -254,8 +257,8 @@ def connect(
     connection can read the warehouse and nothing else, and can write no file. ``read_only=False``
     leaves file access on (e.g. to ``COPY`` results out or join your own files); the warehouse is still
     only read through views. A ``root`` that is not a warehouse is an error naming the nearest one
-    (``warehouse.locate``); with ``attach`` given and no ``root``, the attached folders are served alone
-    when the default warehouse does not exist.
+    (``warehouse.locate``); with ``attach`` given, the attached folders are served alone when the
+    root (given, or the default) does not exist.
     """
     attach = list(attach)
     shards, failures = gather(source_root(root, attach), attach)
