@@ -185,7 +185,7 @@ def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[lis
 def check_families(todo: list[ExtractTask]) -> None:
     """Each model's first checkpoint to extract must be of a family with a site layout: an unknown one
     fails here, before any task runs or anything is written, naming the known families."""
-    from layerlake.etl.sites import family_of_type
+    from layerlake.etl.layouts import layout_for_type
     from layerlake.etl.sources import model_type_of
 
     first = {}
@@ -194,7 +194,7 @@ def check_families(todo: list[ExtractTask]) -> None:
     for model, ref in first.items():
         model_type = model_type_of(ref)
         if model_type is not None:
-            family_of_type(model_type, where=f"{model} ({ref.stored_location}): ")
+            layout_for_type(model_type, where=f"{model} ({ref.stored_location}): ")
 
 
 def activation_bytes(settings: Config, todo: list[ExtractTask], n: int) -> int:
