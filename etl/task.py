@@ -35,6 +35,8 @@ class CheckpointRef:
     location: str  # local: absolute folder of the checkpoint; hf: the hub repo id; live: the run id
     run_id: str = ""  # the run its rows belong to (default: extract_run_id(suite, model))
     trust_remote_code: bool = False
+    layout: str = ""  # a layout preset's name or a layout YAML file ("": the Hugging Face family's preset)
+    constructor: str = ""  # a model that is not Hugging Face's: JSON {"target": ..., "kwargs": {...}}
 
     @property
     def stored_location(self) -> str:

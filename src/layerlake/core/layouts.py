@@ -292,9 +292,10 @@ PRESETS: dict[str, Layout] = {
             blocks="layers.*",
             attention="attention",
             qkv=QkvLayout.separate,
-            query="attention.wq.weight",
-            key="attention.wk.weight",
-            value="attention.wv.weight",
+            # torchtitan 0.3 holds q, k, v in attention.qkv_linear; earlier releases in attention itself
+            query="attention.**.wq.weight",
+            key="attention.**.wk.weight",
+            value="attention.**.wv.weight",
             out="attention.wo.weight",
             mlp_in=(("gate_proj", "feed_forward.w1.weight"), ("up_proj", "feed_forward.w3.weight")),
             mlp_out="feed_forward.w2.weight",
