@@ -20,7 +20,23 @@ from layerlake.core.choices import Tensor
 from layerlake.core.errors import ConfigError
 from layerlake.core.layouts import DOC, Layout, layout_of_type, load_layout, matching
 from layerlake.etl.errors import ExtractionError
-from layerlake.etl.sites import Shape
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The attention geometry of a model, read from its weights and head counts."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+
+    @property
+    def group(self) -> int:
+        """Query heads per kv head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
 
 FIX = f"correct the layout's pattern ({DOC} says how to write one), or pass the layout that fits this model"
 

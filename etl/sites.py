@@ -64,38 +64,22 @@ paper); the ``value`` matrix and the ``ov`` gradient G_h are always those of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from layerlake.core.choices import Matrix, QkvLayout, Site, Tensor, VSlice
 from layerlake.etl.errors import ExtractionError
+from layerlake.etl.layouts import BlockFit, Shape
 
 if TYPE_CHECKING:
     from layerlake.core.layouts import Layout
-    from layerlake.etl.layouts import BlockFit
+
 
 # The canonical names and their meanings are the closed sets ``Site`` and ``Matrix`` of
 # ``layerlake.core.choices`` (one list each); layouts say where each lives.
 SITES = {s.value: s for s in Site}
 MATRICES = {m.value: m for m in Matrix}
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The attention geometry of a model, read from its weights and head counts."""
-
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-
-    @property
-    def group(self) -> int:
-        """Query heads per kv head (1 without grouped-query attention)."""
-        return self.n_heads // self.n_kv_heads
 
 
 def check_layout_options(v_slice: VSlice, layout: Layout, shape: Shape) -> None:
