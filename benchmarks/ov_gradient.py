@@ -21,6 +21,7 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from layerlake.core.layouts import PRESETS
+from layerlake.etl import ov_gradient
 from layerlake.etl.extract import extract_from_model
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 
@@ -42,11 +43,27 @@ def model_of(shape: str) -> torch.nn.Module:
     return GPTNeoXForCausalLM(cfg).eval()
 
 
+REDUCE = {"seconds": 0.0}
+_reduce = ov_gradient.OvGradient._reduce
+
+
+def _timed_reduce(self, layer, delta):  # the time spent reducing G_h (inside the backward)
+    start = time.perf_counter()
+    try:
+        return _reduce(self, layer, delta)
+    finally:
+        REDUCE["seconds"] += time.perf_counter() - start
+
+
+ov_gradient.OvGradient._reduce = _timed_reduce
+
+
 def timed(model, layout, probe, batch_size) -> dict[str, float]:
+    REDUCE["seconds"] = 0.0
     start = time.perf_counter()
     options = ExtractOptions(gradients=True, batch_size=batch_size)
     _, phases = extract_from_model(model, REF, "f" * 64, probe, options, layout=layout)
-    return phases | {"total": time.perf_counter() - start}
+    return phases | {"total": time.perf_counter() - start, "reduce": REDUCE["seconds"]}
 
 
 def main() -> None:
@@ -66,7 +83,8 @@ def main() -> None:
         "bench", "random", tuple(tuple(r) for r in ids),
         tuple((s, args.seq_len - 1) for s in range(args.sequences)), "last",
     )  # fmt: skip
-    print("| shape | probe | with ov grad (s) | without (s) | extra (s) | extra % | backward + svd extra (s) |")
+    print("| shape | probe | with ov grad (s) | without (s) | extra (s) | extra % | of which: forward, "
+          "backward (reduce inside it), svd, matrix_stats (s) |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for shape in args.shapes.split(","):
         model = model_of(shape)
@@ -78,9 +96,12 @@ def main() -> None:
                     best[name] = found
         w, wo = best["with"], best["without"]
         extra = w["total"] - wo["total"]
-        parts = (w["backward"] + w["svd"]) - (wo["backward"] + wo["svd"])
+        parts = ", ".join(
+            f"{w[p] - wo[p]:+.2f}" + (f" ({w['reduce']:.2f})" if p == "backward" else "")
+            for p in ("forward", "backward", "svd", "matrix_stats")
+        )
         print(f"| {shape} {SHAPES[shape]} | {args.sequences} x {args.seq_len} | {w['total']:.2f} | "
-              f"{wo['total']:.2f} | {extra:.2f} | {100 * extra / wo['total']:.0f}% | {parts:.2f} |")  # fmt: skip
+              f"{wo['total']:.2f} | {extra:.2f} | {100 * extra / wo['total']:.0f}% | {parts} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -82,6 +82,9 @@ class ProbeBatch:
         return len(self.positions)
 
 
+OV_GRADIENT = "dL/dM_h"  # what the ov grad rows hold (etl.ov_gradient); the product rule is ov_product_rule
+
+
 @dataclass(frozen=True)
 class ExtractOptions:
     """What one pass computes (from ``conf/extract``), plus device and dtype (from ``conf/executor``)."""
@@ -122,6 +125,8 @@ class ExtractOptions:
             payload.pop("store_activations")
         if self.spectra_precision == SpectraPrecision.float64:
             payload.pop("spectra_precision")
+        if self.gradients:  # the ov gradient's definition (G_h = dL/dM_h, no longer the product rule): rows
+            payload["ov_gradient"] = OV_GRADIENT  # taken with gradients before it are re-extracted
         return stable_hash(payload)
 
 

@@ -234,3 +234,19 @@ def test_an_attention_that_calls_sdpa_twice_is_refused():
     block.forward = lambda x: original(x) + 0 * original(x)  # two SDPA calls in one attention forward
     with pytest.raises(ExtractionError, match="called scaled_dot_product_attention twice"):
         gradient_pass(model, "nanogpt")
+
+
+def test_gradient_rows_taken_before_the_new_definition_are_re_extracted():
+    """The config hash of a gradient extraction names the ov gradient's definition, so the driver replaces
+    rows whose ``ov`` gradient was the product rule; extractions without gradients hash as before."""
+    from dataclasses import fields
+
+    from layerlake.core.hashing import stable_hash
+    from layerlake.etl.task import _plain
+
+    def old_hash(options):
+        skip = ("device", "torch_threads", "batch_size", "store_activations", "spectra_precision")
+        return stable_hash({f.name: _plain(getattr(options, f.name)) for f in fields(options) if f.name not in skip})
+
+    assert ExtractOptions().config_hash() == old_hash(ExtractOptions())
+    assert ExtractOptions(gradients=True).config_hash() != old_hash(ExtractOptions(gradients=True))
