@@ -246,7 +246,9 @@ def test_gradient_rows_taken_before_the_new_definition_are_re_extracted():
 
     def old_hash(options):
         skip = ("device", "torch_threads", "batch_size", "store_activations", "spectra_precision")
-        return stable_hash({f.name: _plain(getattr(options, f.name)) for f in fields(options) if f.name not in skip})
+        return stable_hash(
+            {f.name: _plain(getattr(options, f.name)) for f in fields(options) if f.name not in skip}
+        )
 
     assert ExtractOptions().config_hash() == old_hash(ExtractOptions())
     assert ExtractOptions(gradients=True).config_hash() != old_hash(ExtractOptions(gradients=True))
