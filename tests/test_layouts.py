@@ -237,3 +237,41 @@ def test_a_custom_models_rows_equal_plain_hooks_and_numpy():
     v = acts_v[pos[:, 0], pos[:, 1]][:, 32 + 8 : 32 + 12]
     ov = v @ weights["transformer.h.1.attn.c_proj.weight"][:, 8:12].T
     assert row["max_abs"] == pytest.approx(np.abs(ov).max(), rel=1e-5)
+
+
+def test_a_tracked_custom_model_stores_the_rows_of_its_layout(tmp_path):
+    """A nanoGPT-style model trained a few steps under ``track(layout="nanogpt")``: its snapshot's rows
+    are in the warehouse, named by the layout, with the weight spectra numpy gives the live weights."""
+    import layerlake
+
+    model = nanogpt.gpt(seed=6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with layerlake.track(model, layout="nanogpt", probe=IDS, cadence=[2], warehouse=tmp_path / "w") as run:
+        for step in range(3):
+            model.train()
+            _, loss = model(IDS, torch.roll(IDS, -1, dims=1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(step, loss=loss.item())
+            if step == 2:
+                c_fc = model.transformer.h[1].mlp.c_fc.weight.detach().double().numpy().copy()
+            run.snapshot(step, model)
+    assert run.failures == [] and run.snapshots == [2]
+    con = layerlake.connect(tmp_path / "w")
+    try:
+        (row,) = con.sql(
+            "select architecture, n_layers, d_model, n_heads, d_head from checkpoints"
+        ).fetchall()
+        assert row == ("nanogpt", 2, 16, 4, 4)
+        (sv,) = con.sql(
+            "select sv from spectra where tensor = 'weight' and matrix = 'dense_h_to_4h' and layer = 1"
+        ).fetchall()[0]
+        want = np.linalg.svd(c_fc, compute_uv=False)
+        np.testing.assert_allclose(sv, want, rtol=0, atol=1e-8 * want[0])
+        grads = {
+            m for (m,) in con.sql("select distinct matrix from spectra where tensor = 'grad'").fetchall()
+        }
+        assert {"ov", "ov_product_rule"} <= grads
+    finally:
+        con.close()
