@@ -252,3 +252,22 @@ def test_gradient_rows_taken_before_the_new_definition_are_re_extracted():
 
     assert ExtractOptions().config_hash() == old_hash(ExtractOptions())
     assert ExtractOptions(gradients=True).config_hash() != old_hash(ExtractOptions(gradients=True))
+
+
+def test_probabilities_from_a_module_give_what_sdpa_gives_and_none_at_all_is_refused():
+    """nanoGPT's hand-written attention (no SDPA): ``probs: module`` reads its dropout's output; the SDPA
+    preset on it finds no probabilities and says so instead of storing anything."""
+    import dataclasses
+
+    flash = nanogpt.gpt(seed=2).double()
+    manual = nanogpt.gpt(seed=2, flash=False).double()
+    layout = dataclasses.replace(PRESETS["nanogpt"], name="nanogpt-manual", probs="module",
+                                 probs_module="attn.attn_dropout")  # fmt: skip
+    _, g_flash = gradient_pass(flash, "nanogpt")
+    _, g_manual = gradient_pass(manual, layout)
+    for layer in g_flash:
+        torch.testing.assert_close(g_manual[layer], g_flash[layer], rtol=1e-7, atol=1e-9)
+    with pytest.raises(
+        ExtractionError, match="has no attention probabilities: its attention module called no"
+    ):
+        gradient_pass(manual, "nanogpt")
