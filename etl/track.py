@@ -197,6 +197,7 @@ class TrackedRun:
     _thread: threading.Thread | None = None
     _reported: bool = False
     _weight_spectra: Any = None  # etl.extract.WeightSpectraCache, made at the first snapshot
+    layout: Any = None  # where the model's sites live (core.layouts.Layout); None: its Hugging Face family's
 
     @property
     def run_id(self) -> str:
@@ -328,13 +329,17 @@ class TrackedRun:
             digest = weights_sha256(model)
             if self._weight_spectra is None:
                 self._weight_spectra = WeightSpectraCache(kept=1)
+            from layerlake.etl.layouts import fit
+
+            fitted = fit(model, self.layout)
             tables, timings = extract_from_model(
-                model, ref, digest, self.probe, options, self._weight_spectra
+                model, ref, digest, self.probe, options, self._weight_spectra, fitted
             )
         n_params = sum(p.numel() for p in model.parameters())
         tables["checkpoints"] = checkpoint_row(
-            ref, self.task_id(step), self.probe.probe_id, model.config, digest, n_params
-        )
+            ref, self.task_id(step), self.probe.probe_id, getattr(model, "config", None), digest, n_params,
+            fitted,
+        )  # fmt: skip
         timings["total"] = time.perf_counter() - started
         meta = {
             "kind": "extract", "revision": ref.revision, "step": ref.step, "tokens_seen": ref.tokens_seen,
@@ -413,13 +418,17 @@ def track(
     tokens_per_step: int | None = None,
     resume: bool = False,
     compact: bool = True,
+    layout: Any = None,
 ) -> TrackedRun:
     """Start (or with ``resume``, continue) a tracked run; use the result as a context manager.
 
     ``model`` names the run's model by its class when ``model_name`` is not given. ``probe`` is the fixed
     batch every snapshot reads (token ids or a ``ProbeBatch``); without one, the run records scalars
     only. ``options`` are the extraction options (default: those of ``layerlake extract``, gradients on).
-    With ``compact`` (the default), the run's small files are merged when it finishes.
+    With ``compact`` (the default), the run's small files are merged when it finishes. ``layout`` says
+    where the model's blocks, attention and MLP live (a ``Layout``, a preset name such as ``"nanogpt"``, or
+    a YAML file; ``docs/families.md``); None: the Hugging Face family's preset. A layout that does not fit
+    the model fails here, naming the pattern that matched nothing.
     """
     root = Path(warehouse) if warehouse is not None else default_warehouse_root()
     name = model_name or (type(model).__name__ if model is not None else "model")
@@ -438,10 +447,14 @@ def track(
         )
     batch = live_probe(probe, probe_rule) if probe is not None else None
     options = options or ExtractOptions(gradients=True)
+    if layout is not None:
+        from layerlake.core.layouts import load_layout
+
+        layout = load_layout(layout)
     if batch is not None and model is not None:
         from layerlake.etl.extract import check_options
 
-        check_options(options, batch, model)  # a probe or option that cannot work fails now, not per step
+        check_options(options, batch, model, layout)  # a probe, option or layout that cannot work fails now
     run = new_run(
         run_id, suite, name, RunKind.train, config if config is not None else hydra.get("config", {}), seed=seed,
         overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
@@ -452,10 +465,12 @@ def track(
     commit_run(store, run)
     if batch is not None:
         commit_probe(store, run, batch)
-    return TrackedRun(
+    tracked = TrackedRun(
         store, run, batch or ProbeBatch("", "", (), (), "last"), options,
         Cadence.parse(cadence) if batch is not None else Cadence(), tokens_per_step, compact,
     )  # fmt: skip
+    tracked.layout = layout
+    return tracked
 
 
 def commit_probe(store: Warehouse, run: Run, probe: ProbeBatch) -> None:
