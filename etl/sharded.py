@@ -1,0 +1,234 @@
+"""A snapshot of a sharded model (FSDP2's ``fully_shard``: every parameter a DTensor split over the ranks),
+taken by every rank together, whose rows equal those of the same model unsharded.
+
+Each gather is a collective, so every rank runs the same steps in the same order; only the writer
+rank computes summaries and spectra, the others drop what they gathered at once:
+
+1. the weights' hash: every state-dict tensor gathered in name order, one at a time, and hashed as
+   ``sources.weights_sha256`` hashes an unsharded model;
+2. weight spectra: per block, the matrices gathered one group at a time (``groups``), never the model;
+3. the probe's forward and backward through the sharded model on every rank at once (FSDP gathers each
+   block for its forward, as in training; every rank feeds the same probe, so the averaged gradient
+   shards are the probe's gradient); hooks capture the sites on every rank;
+4. gradient spectra as in 2, from the gradients' shards.
+
+A group is the matrices one canonical matrix is computed from: a Linear's weight alone, or W_O with the
+value map for the OV products. ``sites.block_matrices`` itself decides every matrix, on a stand-in block
+whose group's weights are gathered and whose other weights are shape-only (``meta``) tensors: what it
+builds from a meta tensor is dropped, what it builds from gathered ones only is kept. Memory beyond the
+training's own: one group's gathered weights (and gradients), measured in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+import torch
+from torch import nn
+
+from layerlake.core.choices import Dtype, Tensor
+from layerlake.etl import capture, metrics, sites
+from layerlake.etl.extract import (
+    TORCH_DTYPES,
+    Phases,
+    Rows,
+    Spectrum,
+    _grads_enabled,
+    capture_targets,
+    check_options,
+    probe_tensors,
+)
+from layerlake.etl.task import ExtractOptions, ProbeBatch
+
+
+def take_sharded(run: Any, step: int, model: nn.Module) -> tuple[dict[str, pa.Table], dict] | None:
+    """One snapshot of a sharded ``model`` for the tracked ``run``, on every rank at once: the writer's
+    tables and meta, None on the other ranks."""
+    from layerlake.etl.sources import weights_sha256
+    from layerlake.etl.track import training_state_kept
+
+    started = time.perf_counter()
+    ref, options = run.snapshot_ref(step), run.snapshot_options(model)
+    with training_state_kept(model):
+        digest = weights_sha256(Gathered(model))
+        tables, timings = extract_sharded(model, step, digest, run.probe, options, run.writes)
+    return run.package(ref, options, model, digest, tables, timings, started) if run.writes else None
+
+
+def extract_sharded(
+    model: nn.Module, step: int, digest: str, probe: ProbeBatch, options: ExtractOptions, writes: bool
+) -> tuple[dict[str, pa.Table], dict[str, float]]:
+    """``extract.extract_from_model`` for a sharded model, called on every rank (see the module's steps).
+    The model is neither moved nor cast: ``options`` must hold its own dtype and device."""
+    family, shape = sites.family_of(model), sites.shape_of(model)
+    check_options(options, probe, model)
+    timed = Phases(torch.device(options.device))
+    timed.seconds["gather"] = 0.0
+    rows = Rows(step, digest, probe.probe_id, timed)
+    was_training = model.training
+    try:
+        if options.weight_spectra:
+            add_spectra(rows, model, family, shape, options, Tensor.weight, writes)
+        model.eval()
+        with _grads_enabled(model, options.gradients):
+            ids, positions = probe_tensors(probe, torch.device(options.device))
+            captured, pass_times = capture.run_pass(
+                model, ids, positions, capture_targets(model, family, options.sites),
+                gradients=options.gradients, batch_size=options.batch_size,
+            )  # fmt: skip
+            timed.seconds.update(pass_times)
+            add_activations(rows, captured, model, family, shape, options, writes)
+            if options.gradients:
+                add_spectra(rows, model, family, shape, options, Tensor.grad, writes)
+    finally:
+        model.train(was_training)
+    return rows.tables(), timed.seconds
+
+
+# --- gathering -----------------------------------------------------------------------------------------
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole of a DTensor (an all-gather: every rank calls it), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+class Gathered:
+    """What ``sources.weights_sha256`` reads of a sharded model: a state dict whose tensors are gathered
+    as the hash reads them, one at a time, each dropped before the next."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.state = model.state_dict()
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        return _GatheredState(self.state)
+
+
+class _GatheredState(Mapping):
+    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return full(self.state[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.state)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+
+def groups(family: sites.Family) -> list[tuple[str, ...]]:
+    """The module paths gathered together: W_O with the value map first (the OV products need both; the
+    plain matrices of those two come with them), then each other Linear alone."""
+    pair = (family.value_module, family.out_module)
+    return [pair, *sorted(set(family.plain_matrices.values()) - set(pair))]
+
+
+def stand_in(block: nn.Module, family: sites.Family, real: tuple[str, ...], tensor: str) -> nn.Module:
+    """A module tree with the family's matrix paths of ``block``: the ``real`` ones hold the gathered
+    weight (and, for ``tensor="grad"``, its gathered gradient), the others a meta tensor of their shape."""
+    root = nn.Module()
+    paths = sorted({*family.plain_matrices.values(), family.value_module, family.out_module})
+    for path in paths:  # every rank gathers the same tensors in the same order
+        weight = block.get_submodule(path).weight
+        if path in real:
+            kept = nn.Parameter(full(weight.detach()), requires_grad=False)
+            if tensor == Tensor.grad and weight.grad is not None:
+                kept.grad = full(weight.grad)
+        else:
+            kept = nn.Parameter(
+                torch.empty(weight.shape, dtype=weight.dtype, device="meta"), requires_grad=False
+            )
+        holder = root
+        for part in path.split("."):
+            if not hasattr(holder, part):
+                holder.add_module(part, nn.Module())
+            holder = getattr(holder, part)
+        holder.weight = kept
+    return root
+
+
+def _real(factors: tuple[torch.Tensor, torch.Tensor | None]) -> bool:
+    return all(f is None or not f.is_meta for f in factors)
+
+
+# --- rows ------------------------------------------------------------------------------------------------
+
+
+def add_spectra(
+    rows: Rows, model: nn.Module, family: sites.Family, shape: sites.Shape, options: ExtractOptions,
+    tensor: str, writes: bool,
+) -> None:  # fmt: skip
+    """Spectra (and matrix stats) of every block's matrices, as ``extract`` computes them, one gathered
+    group at a time."""
+    precision = TORCH_DTYPES[Dtype(options.spectra_precision.value)]
+    for layer, block in enumerate(sites.blocks(model)):
+        done: set = set()
+        for paths in groups(family):
+            with rows.timed("gather"):
+                part = stand_in(block, family, paths, tensor)
+            if not writes:
+                continue
+            found = [
+                (key, factors)
+                for key, factors in sites.block_matrices(part, family, shape, options.v_slice, tensor).items()
+                if key not in done and _real(factors) and (key[1] is None or options.per_head)
+            ]
+            done.update(key for key, _ in found)
+            for s in spectra_of(layer, found, precision, rows.timed):
+                rows.add_spectrum(s.layer, tensor, s.matrix, s.head, s.rows, s.cols, s.sv)
+                if s.stats is not None:
+                    rows.add_matrix_stats(s.layer, tensor, s.matrix, s.head, s.stats)
+            del part, found
+
+
+def spectra_of(layer: int, found: list, precision: torch.dtype, timed: Phases) -> list[Spectrum]:
+    """The singular values of ``found`` ((matrix, head), (a, b)) and, as ``extract._spectra`` keeps
+    them, the entry stats of the matrices with entries of their own (parameters, the per-layer OV)."""
+    with timed("svd"):
+        values = metrics.batched_svdvals([f for _, f in found], dtype=precision)
+    out = []
+    for ((matrix, head), (a, b)), sv in zip(found, values, strict=True):
+        own = b is None or head is None
+        with timed("matrix_stats"):
+            stats = (
+                metrics.entry_stats(a if b is None else metrics.as64(a) @ metrics.as64(b)) if own else None
+            )
+        cols = a.shape[1] if b is None else b.shape[1]
+        out.append(Spectrum(layer, matrix, head, a.shape[0], cols, sv, stats))
+    return out
+
+
+def add_activations(
+    rows: Rows, captured: dict, model: nn.Module, family: sites.Family, shape: sites.Shape,
+    options: ExtractOptions, writes: bool,
+) -> None:  # fmt: skip
+    """Stats and sketches of every captured (layer, site[, head]) matrix, as ``extract`` adds them; the
+    ``ov`` site's W_O is gathered per layer."""
+    for layer, block in enumerate(sites.blocks(model)):
+        w_o = None
+        if "ov" in options.sites:
+            with rows.timed("gather"):
+                part = stand_in(block, family, (family.out_module,), Tensor.weight)
+            w_o = sites.read_tensor(sites.module_at(part, family.out_module), Tensor.weight, family)
+        if not writes:
+            continue
+        for site in options.sites:
+            if site != "ov":
+                rows.add_activation(layer, site, None, captured[(layer, site)], options)
+                continue
+            v = sites.split_value_output(captured[(layer, "value")], family, shape, options.v_slice)
+            whole, per_head = sites.ov_activations(v, metrics.as64(w_o))
+            rows.add_activation(layer, "ov", None, whole, options)
+            if options.per_head:
+                for head in range(shape.n_heads):
+                    rows.add_activation(layer, "ov", head, per_head[head], options)
+
+
+__all__ = ["Gathered", "extract_sharded", "full", "groups", "stand_in", "take_sharded"]
