@@ -30,6 +30,11 @@ class Reduce(Choice):
     """How ``run.log`` records a number that every process of a distributed job logs."""
 
     rank = "rank", "each process's own value, stored with its rank (no communication)"
+    writer = (
+        "writer",
+        "the writer rank's value, stored once as the run's (rank NULL); the other ranks' calls store nothing: "
+        "for numbers the training library has reduced already (Lightning's sync_dist, the Trainer's loss)",
+    )
     mean = "mean", "the mean over the ranks, stored once (rank NULL); every rank must log it at that step"
     sum = "sum", "the sum over the ranks, stored once (rank NULL); every rank must log it at that step"
     min = "min", "the least over the ranks, stored once (rank NULL); every rank must log it at that step"

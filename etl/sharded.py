@@ -21,9 +21,7 @@ training's own: one group's gathered weights (and gradients), measured in ``benc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import pyarrow as pa
 import torch
@@ -44,18 +42,15 @@ from layerlake.etl.extract import (
 from layerlake.etl.task import ExtractOptions, ProbeBatch
 
 
-def take_sharded(run: Any, step: int, model: nn.Module) -> tuple[dict[str, pa.Table], dict] | None:
-    """One snapshot of a sharded ``model`` for the tracked ``run``, on every rank at once: the writer's
-    tables and meta, None on the other ranks."""
+def snapshot_sharded(
+    model: nn.Module, step: int, probe: ProbeBatch, options: ExtractOptions, writes: bool
+) -> tuple[str, dict[str, pa.Table], dict[str, float]]:
+    """The weights' hash, the tables and the phase seconds of one snapshot of a sharded ``model``, on
+    every rank at once (the tables are empty on the ranks that do not write)."""
     from layerlake.etl.sources import weights_sha256
-    from layerlake.etl.track import training_state_kept
 
-    started = time.perf_counter()
-    ref, options = run.snapshot_ref(step), run.snapshot_options(model)
-    with training_state_kept(model):
-        digest = weights_sha256(Gathered(model))
-        tables, timings = extract_sharded(model, step, digest, run.probe, options, run.writes)
-    return run.package(ref, options, model, digest, tables, timings, started) if run.writes else None
+    digest = weights_sha256(Gathered(model))
+    return (digest, *extract_sharded(model, step, digest, probe, options, writes))
 
 
 def extract_sharded(
@@ -231,4 +226,4 @@ def add_activations(
                     rows.add_activation(layer, "ov", head, per_head[head], options)
 
 
-__all__ = ["Gathered", "extract_sharded", "full", "groups", "stand_in", "take_sharded"]
+__all__ = ["Gathered", "extract_sharded", "full", "groups", "snapshot_sharded", "stand_in"]

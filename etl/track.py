@@ -217,6 +217,12 @@ class TrackedRun:
         return self.run.run_id
 
     @property
+    def last_step(self) -> int:
+        """The last step this process logged or snapshotted (0 before any)."""
+        logged = [key[0] for block in self._scalars.values() for key in block]
+        return max([*logged, *self.snapshots], default=0)
+
+    @property
     def writes(self) -> bool:
         """Whether this process commits the run's snapshots and status (one process, or the writer rank)."""
         return self.group is None or self.group.writes
@@ -292,12 +298,16 @@ class TrackedRun:
         In a distributed job (``etl.distributed``) ``reduce`` says how: ``"rank"`` (the run's default)
         stores this rank's own values with its rank; ``"mean"``, ``"sum"``, ``"min"`` or ``"max"``
         combines them over the ranks (every rank must log the same names at this step) and stores them
-        once, as the run's. In one process the values are the run's and ``reduce`` changes nothing."""
+        once, as the run's; ``"writer"`` stores the writer's values as the run's and nothing from the
+        others. In one process the values are the run's and ``reduce`` changes nothing."""
         how = Reduce.parse(reduce, "reduce") if reduce is not None else self.reduce
         numbers = {name: float(v.item() if hasattr(v, "item") else v) for name, v in scalars.items()}
         rank = None
         if self.group is not None and how == Reduce.rank:
             rank = self.group.rank
+        elif self.group is not None and how == Reduce.writer:
+            if not self.writes:
+                return
         elif self.group is not None:
             from layerlake.etl.distributed import reduce as over_ranks
 
@@ -368,12 +378,7 @@ class TrackedRun:
         if not (sharded or self.writes):
             return False  # a replicated model is snapshotted by the writer alone
         try:
-            if sharded:  # every rank takes part (gathers, the probe's pass); the writer gets the rows
-                from layerlake.etl.sharded import take_sharded
-
-                taken = take_sharded(self, step, model)
-            else:
-                taken = self.take(step, model)
+            taken = self.take(step, model, sharded)
         except Exception as error:  # noqa: BLE001 - a snapshot must never stop the training
             self._fail(step, error)
             return False
@@ -388,8 +393,9 @@ class TrackedRun:
             self.run.suite, self.run.model, self.run_id, f"step{step}", self.probe.probe_id
         )
 
-    def take(self, step: int, model: Any) -> tuple[dict[str, pa.Table], dict]:
-        """The rows of one snapshot, on this thread, with the training state kept."""
+    def take(self, step: int, model: Any, sharded: bool = False) -> tuple[dict[str, pa.Table], dict] | None:
+        """The rows of one snapshot, on this thread, with the training state kept. A ``sharded`` model
+        (``etl.sharded``) is snapshotted by every rank at once; the ranks that do not write get None."""
         import time
 
         from layerlake.etl.extract import WeightSpectraCache, extract_from_model
@@ -398,12 +404,19 @@ class TrackedRun:
         started = time.perf_counter()
         ref, options = self.snapshot_ref(step), self.snapshot_options(model)
         with training_state_kept(model):
-            digest = weights_sha256(model)
-            if self._weight_spectra is None:
-                self._weight_spectra = WeightSpectraCache(kept=1)
-            tables, timings = extract_from_model(
-                model, ref, digest, self.probe, options, self._weight_spectra
-            )
+            if sharded:  # every rank gathers and runs the probe; the writer computes the rows
+                from layerlake.etl.sharded import snapshot_sharded
+
+                digest, tables, timings = snapshot_sharded(model, ref.step, self.probe, options, self.writes)
+            else:
+                digest = weights_sha256(model)
+                if self._weight_spectra is None:
+                    self._weight_spectra = WeightSpectraCache(kept=1)
+                tables, timings = extract_from_model(
+                    model, ref, digest, self.probe, options, self._weight_spectra
+                )
+        if not self.writes:
+            return None
         return self.package(ref, options, model, digest, tables, timings, started)
 
     def snapshot_ref(self, step: int) -> CheckpointRef:
@@ -480,8 +493,11 @@ class TrackedRun:
     # -- integrations ----------------------------------------------------------------------------------
 
     def trainer_callback(self) -> Any:
-        """A ``transformers.TrainerCallback`` for ``Trainer(callbacks=[run.trainer_callback()])``."""
-        return trainer_callback(self)
+        """A ``transformers.TrainerCallback`` for ``Trainer(callbacks=[run.trainer_callback()])``
+        (``etl.integrations.transformers``)."""
+        from layerlake.etl.integrations.transformers import LayerlakeCallback
+
+        return LayerlakeCallback(self)
 
     def hook(self, model: Any) -> Callable[[int, dict[str, float]], None]:
         """``hook(step, {"loss": ...})`` for a plain loop: logs and snapshots at the cadence."""
@@ -523,6 +539,7 @@ def track(
     compact: bool = True,
     reduce: Reduce | str = Reduce.rank,
     writer_rank: int = 0,
+    distributed: bool = True,
     quiet: bool = False,
 ) -> TrackedRun:
     """Start (or with ``resume``, continue) a tracked run; use the result as a context manager.
@@ -533,12 +550,14 @@ def track(
     With ``compact`` (the default), the run's small files are merged when it finishes. In a distributed
     job every rank calls ``track`` alike: the ``writer_rank`` starts the run and the others join it
     (``etl.distributed``); ``reduce`` is how ``log`` records numbers there unless a call says otherwise.
+    With ``distributed=False`` this process alone tracks the run whatever job it belongs to (a tracker
+    that a library calls on its main process only, as Accelerate does).
     A line on stderr says where the run goes when it starts and what it took when it ends (not with
     ``quiet``, and only from the writer).
     """
     from layerlake.etl.distributed import agree, current, model_class_name, unwrap
 
-    group = current(writer_rank)
+    group = current(writer_rank) if distributed else None
     root = Path(warehouse) if warehouse is not None else default_warehouse_root()
     name = model_name or (model_class_name(model) if model is not None else "model")
     store = Warehouse(root)
@@ -641,26 +660,6 @@ def hydra_context() -> dict[str, Any]:
 # --- callbacks ---------------------------------------------------------------------------------------------
 
 
-def trainer_callback(run: TrackedRun) -> Any:
-    """A ``transformers.TrainerCallback`` that logs the Trainer's numbers and snapshots at the cadence."""
-    from transformers import TrainerCallback
-
-    class LayerlakeCallback(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            if numbers:
-                run.log(state.global_step, **numbers)
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if model is not None:
-                run.snapshot(state.global_step, model)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            run.flush()
-
-    return LayerlakeCallback()
-
-
 def after_step(run: TrackedRun, model: Any) -> Callable[[int, dict[str, float]], None]:
     """The hook for a plain PyTorch loop: call ``hook(step, {"loss": ..., "lr": ...})`` after each
     ``optimizer.step()``; it logs the numbers and snapshots at the run's cadence."""
@@ -673,4 +672,4 @@ def after_step(run: TrackedRun, model: Any) -> Callable[[int, dict[str, float]],
     return hook
 
 
-__all__ = ["Cadence", "TrackedRun", "after_step", "live_probe", "track", "trainer_callback"]
+__all__ = ["Cadence", "TrackedRun", "after_step", "live_probe", "track"]

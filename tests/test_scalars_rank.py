@@ -42,7 +42,9 @@ def as_schema_3(root: Path) -> None:
         for f in line.get("files", []):
             if f["table"] == "scalars":
                 table = pq.read_table(root / f["path"]).drop_columns(["rank"])
-                pq.write_table(table.replace_schema_metadata({b"layerlake.schema_version": b"3"}), root / f["path"])
+                pq.write_table(
+                    table.replace_schema_metadata({b"layerlake.schema_version": b"3"}), root / f["path"]
+                )
                 data = (root / f["path"]).read_bytes()
                 f["sha256"], f["bytes"] = sha256_bytes(data), len(data)
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
