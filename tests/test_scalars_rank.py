@@ -56,9 +56,9 @@ def test_one_process_stores_rank_null_and_checks_reduce(tmp_path):
     assert con.sql("select step, value, rank from scalars order by step").fetchall() == [
         (0, 1.0, None), (1, 2.0, None), (2, 3.0, None),
     ]  # fmt: skip
-    with layerlake.track(suite="toy", warehouse=tmp_path / "other", quiet=True) as run:
-        with pytest.raises(ConfigError, match="reduce 'avg' is not one of"):
-            run.log(0, reduce="avg", loss=1.0)
+    run = layerlake.track(suite="toy", warehouse=tmp_path / "other", quiet=True)
+    with run, pytest.raises(ConfigError, match="reduce 'avg' is not one of"):
+        run.log(0, reduce="avg", loss=1.0)
 
 
 def test_a_schema_3_warehouse_migrates_with_rank_null_and_keeps_other_files(tmp_path):
