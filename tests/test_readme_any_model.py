@@ -61,6 +61,7 @@ def test_every_python_block_is_run_by_a_test():
 
 def test_lightning_accelerate_and_wandb_blocks_run_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERLAKE_DATA", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # Lightning saves its checkpoints under the working folder
     scope: dict = {}
     for code in in_process(
         "import lightning.pytorch as pl", "from accelerate import Accelerator", "import layerlake as wandb"
