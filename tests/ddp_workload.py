@@ -3,7 +3,7 @@ its workers (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment; gloo
 model wrapped in DistributedDataParallel or sharded with FSDP2's fully_shard, each rank on its own
 batches, tracked through ``layerlake.track``.
 
-    python tests/ddp_workload.py WAREHOUSE RUN_ID [--mode ddp|fsdp] [--steps N] [--cadence K]
+    python tests/ddp_workload.py WAREHOUSE RUN_ID|new [--mode ddp|fsdp] [--steps N] [--cadence K]
         [--weights DIR] [--die-rank R --die-step S]
 
 Each rank logs its loss (``reduce="rank"``) and the loss averaged over the ranks (``loss_mean``,
@@ -86,7 +86,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(trained.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(100 + rank)  # each rank its own batches
     with layerlake.track(
-        trained, suite="dist", model_name="neox", run_id=args.run_id, probe=PROBE, seed=0,
+        trained, suite="dist", model_name="neox", run_id=None if args.run_id == "new" else args.run_id, probe=PROBE, seed=0,
         warehouse=args.warehouse, cadence=args.cadence,
     ) as run:  # fmt: skip
         for step in range(args.steps):

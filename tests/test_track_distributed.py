@@ -152,3 +152,19 @@ def test_a_rank_killed_inside_a_snapshot_leaves_whole_rows_and_the_run_failed(tm
     status, error = con.sql("select status, error from runs where run_id = 'victim'").fetchall()[0]
     assert status == "failed" and f"rank {1 - dying}" in error
     con.close()
+
+
+def test_ranks_agree_on_a_new_run_id_and_share_the_writers_refusal(tmp_path):
+    """Without a run id the writer makes one and every rank uses it (one run, both ranks' numbers in it);
+    a run id that exists already is refused on every rank, none left waiting."""
+    finished(launch(tmp_path, "new", "--steps", "2", "--cadence", "100"))
+    con = layerlake.connect(tmp_path)
+    ((run_id,),) = con.sql("select run_id from runs").fetchall()
+    assert run_id.startswith("neox-")
+    ranks = con.sql("select distinct run_id, rank from scalars where name = 'loss' order by rank").fetchall()
+    assert ranks == [(run_id, 0), (run_id, 1)]
+    con.close()
+    again = launch(tmp_path, run_id, "--steps", "2")
+    for job in again:
+        out, err = job.communicate(timeout=300)
+        assert job.returncode != 0 and "exists already" in err and "resume=True" in err
