@@ -22,7 +22,8 @@ fills, so a resumed run (``track(run_id=..., resume=True)``) that logs a step ag
 of repeating it. Inside a ``@hydra.main`` job the run records the job's config, overrides, sweep folder
 and job number by itself. On entry, runs of this host left ``running`` by a process that is gone are
 marked ``killed``; on exit the run is ``finished`` (or ``failed`` with the exception), and its small
-files are compacted.
+files are compacted. In a ``torch.distributed`` job every rank tracks the same run (``etl.distributed``:
+who writes, ``log(..., reduce=...)``; ``etl.sharded``: snapshots of an FSDP2 model; ``docs/tracking.md``).
 """
 
 from __future__ import annotations
@@ -261,8 +262,8 @@ class TrackedRun:
                 f"{len(self.failures)} failure(s), in {self.warehouse.root}",
                 file=sys.stderr,
             )
-        if not self.compact_on_finish:
-            return
+        if not self.compact_on_finish or not self.writes:
+            return  # a rank that records a failure leaves the files to the writer
         try:
             from layerlake.warehouse.compact import compact
 
