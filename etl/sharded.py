@@ -29,6 +29,7 @@ from torch import nn
 
 from layerlake.core.choices import Dtype, Tensor
 from layerlake.etl import capture, metrics, sites
+from layerlake.etl.errors import ExtractionError
 from layerlake.etl.extract import (
     TORCH_DTYPES,
     Phases,
@@ -60,6 +61,11 @@ def extract_sharded(
     The model is neither moved nor cast: ``options`` must hold its own dtype and device."""
     family, shape = sites.family_of(model), sites.shape_of(model)
     check_options(options, probe, model)
+    if not options.gradients:  # without a loss the pass would call the base model, past FSDP's root
+        raise ExtractionError(
+            "a snapshot of a sharded (FSDP) model runs the probe through the whole model, with gradients",
+            fix="leave the run's extraction options at gradients=True (the tracker's default)",
+        )
     timed = Phases(torch.device(options.device))
     timed.seconds["gather"] = 0.0
     rows = Rows(step, digest, probe.probe_id, timed)

@@ -168,3 +168,51 @@ def test_ranks_agree_on_a_new_run_id_and_share_the_writers_refusal(tmp_path):
     for job in again:
         out, err = job.communicate(timeout=300)
         assert job.returncode != 0 and "exists already" in err and "resume=True" in err
+
+
+# --- the sharded path's arithmetic, in one process ----------------------------------------------------------
+
+
+def _tables_by_key(tables: dict) -> dict:
+    from layerlake.warehouse import schema
+
+    out = {}
+    for name in ("activation_stats", "sketches", "spectra", "matrix_stats"):
+        key = [c for c in schema.TABLES[name].key if c in tables[name].column_names]
+        out[name] = {tuple(r[c] for c in key): r for r in tables[name].to_pylist()}
+    return out
+
+
+@pytest.mark.parametrize("family", ["neox", "llama", "gpt2"])
+def test_the_sharded_path_on_a_whole_model_gives_the_rows_of_extract(family):
+    """``etl.sharded`` with nothing sharded (a gather is then the tensor itself): the matrices it builds
+    group by group, on stand-in blocks, are those ``extract_from_model`` builds from the whole model, for
+    fused interleaved QKV (GPT-NeoX), separate q/k/v with grouped heads (llama) and Conv1D (GPT-2)."""
+    from layerlake.etl.extract import extract_from_model
+    from layerlake.etl.sharded import snapshot_sharded
+    from layerlake.etl.task import CheckpointRef, ExtractOptions
+    from layerlake.etl.track import live_probe
+
+    model = getattr(tiny_models, family)(seed=0)
+    probe = live_probe(PROBE)
+    options = ExtractOptions(gradients=True)
+    digest, sharded, _ = snapshot_sharded(model, 3, probe, options, writes=True)
+    ref = CheckpointRef("s", "m", 3, "step3", 0, "live", "r", run_id="r")
+    whole, _ = extract_from_model(model, ref, digest, probe, options)
+    a, b = _tables_by_key(sharded), _tables_by_key(whole)
+    for table in a:
+        assert a[table].keys() == b[table].keys() and a[table], table
+        for key, row in a[table].items():
+            for column, value in row.items():
+                assert_close(value, b[table][key][column], f"{table} {key} {column}")
+
+
+def test_a_sharded_snapshot_without_gradients_is_refused_before_any_collective():
+    from layerlake.etl.errors import ExtractionError
+    from layerlake.etl.sharded import extract_sharded
+    from layerlake.etl.task import ExtractOptions
+    from layerlake.etl.track import live_probe
+
+    with pytest.raises(ExtractionError, match="with gradients") as failure:
+        extract_sharded(tiny_models.neox(), 0, "", live_probe(PROBE), ExtractOptions(gradients=False), True)
+    assert "gradients=True" in failure.value.fix
