@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # bump when a table, a column or a stored encoding changes
+SCHEMA_VERSION = 4  # bump when a table, a column or a stored encoding changes
 # 1: suite and model in hive partition folders only; task ids hashed the checkpoint's folder path.
 # 2: suite, model and run_id in every file; content-named files; the runs and scalars tables.
 # 3: sketches.gram stored as little-endian float32 bytes (a BLOB), not a list of floats (warehouse.gram).
+# 4: scalars.rank (the process of a distributed run that logged a value; NULL in older rows).
 IDENTITY_COLUMNS = ("suite", "model", "run_id")
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -386,12 +387,19 @@ RUNS = Table(
 SCALARS = Table(
     name="scalars",
     doc="Numbers a run logged per step: loss, learning rate, gradient norm, tokens seen, anything.",
-    key=("run_id", "step", "name"),
+    key=("run_id", "step", "name", "rank"),
     columns=(
         _STEP,
         _c("name", pa.string(), "what was logged, e.g. loss, lr, grad_norm, tokens_seen"),
         _c("value", pa.float64(), "the value"),
         _c("logged_at", TIMESTAMP, "when it was logged (UTC)"),
+        _c(
+            "rank",
+            pa.int32(),
+            "the process (torch.distributed rank) whose own value this is; NULL for the run's value: a "
+            "run of one process, or a value reduced over the ranks (log(..., reduce='mean'))",
+            nullable=True,
+        ),
     ),
 )
 
