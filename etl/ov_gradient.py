@@ -165,7 +165,8 @@ class OvGradient:
                 f"the ov gradient of layer {layer} ({block.name}) has no attention probabilities: its attention "
                 f"module called no scaled_dot_product_attention and returned none (layout "
                 f"{self.fit.layout.name!r}, probs: {self.fit.layout.probs})",
-                fix="run the model with SDPA attention (Hugging Face: attn_implementation='sdpa' or 'eager'), "
+                fix="run the model with SDPA or eager attention (a Hugging Face model's attn_implementation: 'sdpa' or "
+                "'eager'), "
                 "or declare probs: module / probs: none in the layout (docs/families.md)",
             )
         x = state.x

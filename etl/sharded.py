@@ -69,7 +69,7 @@ def extract_sharded(
     if not options.gradients:  # without a loss the pass would call the base model, past FSDP's root
         raise ExtractionError(
             "a snapshot of a sharded (FSDP) model runs the probe through the whole model, with gradients",
-            fix="leave the run's extraction options at gradients=True (the tracker's default)",
+            fix="leave gradients on in the run's extraction options (the tracker's default)",
         )
     timed = Phases(torch.device(options.device))
     timed.seconds["gather"] = 0.0
