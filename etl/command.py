@@ -35,6 +35,10 @@ def print_report(report: ExtractReport, warehouse: str, console: Console) -> Non
                 "extracted again, their rows replaced (one set of rows per checkpoint and probe)"
             )
         )
+    if report.resubmitted:
+        console.print(
+            Text(f"{report.resubmitted} task(s) ran again on another worker after their worker or node died")
+        )
     if report.duplicates:
         table = Table(title="checkpoints with identical weights (the step label is not their identity)")
         for column in ("model", "step", "same weights as step"):

@@ -36,6 +36,7 @@ class ExtractReport:
     committed: list[str] = field(default_factory=list)  # "model step"
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
+    resubmitted: int = 0  # tasks handed to another worker after their worker or node died
 
     @property
     def ok(self) -> bool:
@@ -247,6 +248,7 @@ def run_extract(settings: Config) -> ExtractReport:
             with ExtractProgress(per_model, enabled=settings.progress) as progress:
                 for outcome in executor.run(todo):
                     record(warehouse, outcome, report)
+                    report.resubmitted += outcome.resubmitted > 0
                     downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
                     progress.advance(outcome)
         end_runs(warehouse, runs, report)
