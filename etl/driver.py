@@ -19,7 +19,7 @@ from layerlake.core.hashing import sha256_file
 from layerlake.etl.downloads import HubDownloads
 from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
-from layerlake.etl.progress import ExtractProgress
+from layerlake.etl.progress import ExtractProgress, Throughput, checkpoint_cost
 from layerlake.etl.sources import WEIGHTS_FILE
 from layerlake.etl.task import ExtractTask, ProbeBatch, extract_run_id
 from layerlake.warehouse.layout import probe_task_id
@@ -37,10 +37,12 @@ class ExtractReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
     resubmitted: int = 0  # tasks handed to another worker after their worker or node died
+    throughput: Throughput | None = None  # the rate of the tasks this run ran, and the time of what is left
+    interrupted: bool = False  # stopped by the user (Ctrl-C) before every task had run
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.interrupted
 
 
 def task_label(task: ExtractTask) -> str:
@@ -245,13 +247,22 @@ def run_extract(settings: Config) -> ExtractReport:
         if executor is not None:
             per_model = Counter(t.ref.model for t in todo)
             downloads = HubDownloads(settings.suite, todo)
-            with ExtractProgress(per_model, enabled=settings.progress) as progress:
-                for outcome in executor.run(todo):
-                    record(warehouse, outcome, report)
-                    report.resubmitted += outcome.resubmitted > 0
-                    downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
-                    progress.advance(outcome)
-        end_runs(warehouse, runs, report)
+            costs = {spec.name: checkpoint_cost(spec) for spec in settings.suite.models}
+            with ExtractProgress(per_model, enabled=settings.progress, priors=costs) as progress:
+                try:
+                    for outcome in executor.run(todo):
+                        record(warehouse, outcome, report)
+                        report.resubmitted += outcome.resubmitted > 0
+                        downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
+                        progress.advance(outcome)
+                except KeyboardInterrupt:  # what was committed stays; the report says what is left
+                    report.interrupted = True
+            done = set(report.committed)
+            report.throughput = progress.throughput(
+                Counter(t.ref.model for t in todo if task_label(t) not in done)
+            )
+        if not report.interrupted:  # an interrupted run stays `running` (`layerlake check` finds it)
+            end_runs(warehouse, runs, report)
     finally:
         if executor is not None:
             executor.close()

@@ -1,0 +1,283 @@
+"""Progress of long work: the estimate of the time left (on a clock the test moves), plain lines where the
+output is not a terminal and bars where it is, for ``extract``, ``suite build`` and ``demo``, and the
+throughput report at the end of an extraction."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from layerlake.etl.executors import Outcome
+from layerlake.etl.progress import (
+    LINE_INTERVAL,
+    Estimate,
+    ExtractProgress,
+    LineGate,
+    Throughput,
+    TrainJob,
+    TrainProgress,
+)
+from layerlake.etl.task import CheckpointRef, ExtractOptions, ExtractTask, ProbeBatch, TaskResult
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERLAKE = str(REPO / ".venv" / "bin" / "layerlake")
+BAR = "━"  # rich's bar character
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_first_item_of_a_group_is_its_setup_and_unmeasured_groups_scale_by_their_prior():
+    clock = Clock()
+    estimate = Estimate({"a": 4, "b": 4}, priors={"a": 1.0, "b": 2.0}, sequential=True, clock=clock)
+    clock.now = 6.0  # a's first item: 5 s of setup and 1 s of work
+    estimate.add("a")
+    assert estimate.seconds_left() is None  # one item alone is mostly setup: no estimate yet
+    for now in (7.0, 8.0, 9.0):
+        clock.now = now
+        estimate.add("a")
+    # b: 4 items at twice a's 1 s (its prior), plus a's setup of 5 s; in sequence, elapsed = spent
+    assert estimate.seconds_left() == pytest.approx(4 * 2.0 + 5.0)
+    assert estimate.seconds_left({"a": 2}) == pytest.approx(2 * 1.0)  # a is set up already
+    assert estimate.per_hour() == pytest.approx(4 * 3600 / 9.0)
+    assert "about 13 s left" in estimate.status() and "elapsed 9 s" in estimate.status()
+
+
+def test_items_running_in_parallel_shorten_the_time_left():
+    clock = Clock()
+    estimate = Estimate({"a": 10}, clock=clock)  # two workers: each 2 s item ends 1 s after the last
+    for now in (2.0, 3.0, 4.0, 5.0):
+        clock.now = now
+        estimate.add("a", seconds=2.0)
+    assert estimate.seconds_left() == pytest.approx(6 * 2.0 * 5.0 / 8.0)  # 6 left: 12 s of work, 2 at a time
+
+
+def test_a_failed_item_is_finished_but_not_measured():
+    clock = Clock()
+    estimate = Estimate({"a": 3}, clock=clock)
+    for ok in (True, True, False):
+        clock.now += 1.0
+        estimate.add("a", seconds=1.0 if ok else None, ok=ok)
+    assert estimate.finished == 3 and estimate.measured == 2
+    assert estimate.status().endswith("done")
+    assert estimate.seconds_left({"a": 1}) == pytest.approx(1.0 * 3.0 / 2.0)  # the failure, again
+
+
+def test_lines_come_at_most_once_per_interval_but_always_when_they_must():
+    clock = Clock()
+    gate = LineGate(interval=10.0, clock=clock)
+    assert gate.due()  # the first
+    clock.now = 5.0
+    assert not gate.due()
+    assert gate.due(must=True)  # a failure, a model's last, the last
+    clock.now = 14.0
+    assert not gate.due()  # 9 s after the one that had to be printed
+    clock.now = 15.0
+    assert gate.due()
+
+
+def outcome(model: str, step: int, ok: bool = True) -> Outcome:
+    ref = CheckpointRef("suite", model, step, f"step{step}", 0, "local", "/x")
+    task = ExtractTask(ref, ProbeBatch("p", "test", ((1, 2),), ((0, 1),), "last"), ExtractOptions())
+    if not ok:
+        return Outcome(task, None, f"cannot load {model} step{step}", "traceback")
+    timings = {"total": 1.5, "load": 0.5, "forward": 0.25}
+    return Outcome(task, TaskResult(task.task_id, ref, "sha", {}, timings))
+
+
+def show_extraction(console: Console, outcomes: list[Outcome], per_model: dict[str, int]) -> str:
+    """What the display prints for ``outcomes``, one a second (well within ``LINE_INTERVAL``)."""
+    clock = Clock()
+    with ExtractProgress(per_model, enabled=True, console=console, clock=clock) as progress:
+        for item in outcomes:
+            clock.now += 1.0
+            progress.advance(item)
+    return console.file.getvalue()
+
+
+def test_extraction_prints_plain_lines_when_not_on_a_terminal():
+    outcomes = [outcome("a", 0), outcome("a", 1), outcome("b", 0, ok=False), outcome("b", 1), outcome("b", 2)]
+    out = show_extraction(Console(file=io.StringIO(), width=60), outcomes, {"a": 2, "b": 3})
+    lines = out.splitlines()
+    assert BAR not in out and "\x1b" not in out  # no bar, no control codes: a file reads as text
+    assert lines[0].startswith("extracting 5 checkpoint(s) of 2 model(s)")
+    # within LINE_INTERVAL: the first, a's last, the failure and the last (not b step1); never wrapped
+    assert [line.split(" (")[0] for line in lines[1:]] == [
+        "[1/5] ok a step0", "[2/5] ok a step1", "[3/5] failed b step0", "[5/5] ok b step2",
+    ]  # fmt: skip
+    assert "cannot load b step0" in lines[3]
+    assert "elapsed" in lines[1] and "checkpoints/h" in lines[1] and "load 0.50" in lines[1]
+    assert "done" in lines[4]
+
+
+def test_extraction_draws_bars_with_the_rate_on_a_terminal():
+    console = Console(file=io.StringIO(), width=150, force_terminal=True)
+    out = show_extraction(console, [outcome("a", step) for step in range(3)], {"a": 4})
+    assert BAR in out and "all checkpoints" in out
+    assert "checkpoints/h" in out and re.search(r"about \d+ s left", out)  # the overall bar's note
+    assert "[1/4]" not in out and "extracting 4 checkpoint(s)" not in out  # no plain lines
+
+
+def test_progress_off_prints_nothing():
+    console = Console(file=io.StringIO(), width=100)
+    with ExtractProgress({"a": 1}, enabled=False, console=console) as progress:
+        progress.advance(outcome("a", 0))
+    assert console.file.getvalue() == ""
+
+
+def train(console: Console, steps: list[int], interval: float = LINE_INTERVAL) -> str:
+    """What the display prints for two models of 4 updates each, one update a second."""
+    clock = Clock()
+    jobs = [TrainJob("m1", 4, 1.0), TrainJob("m2", 4, 2.0)]
+    with TrainProgress(console, jobs, steps, enabled=True, interval=interval, clock=clock) as progress:
+        for job in jobs:
+            on_update = progress.callback(job.key, 4)
+            for step in range(1, 5):
+                clock.now += 1.0
+                on_update(step, f"loss {5 - step / 4:.3f}")
+            progress.finished(job.key, f"{job.key}: trained")
+    return console.file.getvalue()
+
+
+def test_training_prints_a_line_per_saved_checkpoint_and_per_model_when_not_on_a_terminal():
+    out = train(Console(file=io.StringIO(), width=60), steps=[0, 2, 4], interval=0.0)
+    assert BAR not in out
+    assert [line.split(" (")[0] for line in out.splitlines()] == [
+        "training 2 model(s), 8 updates: a line per saved checkpoint, at most one per 0 s, and one per trained model",
+        "[model 1/2] m1: checkpoint step2 saved, update 2/4, loss 4.500",
+        "[model 1/2] m1: checkpoint step4 saved, update 4/4, loss 4.000",
+        "[model 1/2 done] m1: trained",
+        "[model 2/2] m2: checkpoint step2 saved, update 2/4, loss 4.500",
+        "[model 2/2] m2: checkpoint step4 saved, update 4/4, loss 4.000",
+        "[model 2/2 done] m2: trained",
+    ]  # fmt: skip
+    assert "left)" in out.splitlines()[3] and out.splitlines()[-1].endswith("done)")
+
+
+def test_training_draws_bars_on_a_terminal():
+    out = train(Console(file=io.StringIO(), width=120, force_terminal=True), steps=[0, 2, 4])
+    assert BAR in out and "all models" in out and "m2: trained" in out
+    assert "checkpoint step2 saved" not in out
+
+
+def test_the_report_gives_the_rate_and_the_time_of_what_is_left():
+    from layerlake.etl.command import throughput_lines
+
+    assert throughput_lines(Throughput(committed=16, elapsed=80.0, left=0, seconds_left=0.0), 16) == [
+        "rate: 720 checkpoints/hour (16 in 1 min 20 s)", "left: none of the 16 planned checkpoint(s)",
+    ]  # fmt: skip
+    assert throughput_lines(Throughput(committed=13, elapsed=65.0, left=3, seconds_left=15.2), 16)[1] == (
+        "left: 3 of 16 planned checkpoint(s), about 15 s at this run's rate"
+    )
+
+
+# The real commands, on the tiny suite, their output to a pipe (not a terminal) or to a forced terminal.
+
+
+def run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("TTY_COMPATIBLE", "FORCE_COLOR")}
+    return subprocess.run(
+        [LAYERLAKE, *args], capture_output=True, text=True, cwd=REPO, env=environment | env, timeout=900
+    )
+
+
+@pytest.fixture
+def copied_suite(tiny_suite, tmp_path) -> Path:
+    """A data folder holding a copy of the built tiny suite."""
+    _, suites = tiny_suite
+    shutil.copytree(suites, tmp_path / "suites")
+    return tmp_path
+
+
+def test_extract_into_a_pipe_prints_a_line_per_checkpoint_and_the_throughput(copied_suite, tiny_overrides):
+    weights = copied_suite / "suites" / "embedded" / "tiny-b" / "step4" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:100])  # a checkpoint that fails: what is left after the run
+    args = ["extract", f"paths.data={copied_suite}", *tiny_overrides, "progress=true"]
+    done = run([*args, "steps.only=[0,4,32]"])
+    assert done.returncode == 1, done.stderr
+    assert "all checkpoints" not in done.stderr and "\x1b[" not in done.stderr  # no bars
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("extracting 6 checkpoint(s) of 2 model(s)")
+    assert re.match(r"\[1/6\] ok tiny-a step0 \(elapsed [^,]+, time left not known yet", lines[1])
+    assert any(re.match(r"\[3/6\] ok tiny-a step32 \(elapsed [^,]+, about .+ left", line) for line in lines)
+    assert any(re.match(r"\[5/6\] failed tiny-b step4 \(elapsed", line) for line in lines)  # always shown
+    assert any(re.match(r"\[6/6\] ok tiny-b step32 \(elapsed [^,]+, done", line) for line in lines)
+    assert re.search(r"^rate: [\d,]+ checkpoints/hour \(5 in ", done.stderr, re.M)
+    assert re.search(
+        r"^left: 1 of 6 planned checkpoint\(s\), about .+ at this run's rate$", done.stderr, re.M
+    )
+
+    weights.write_bytes(good)
+    more = run([*args, "steps.only=[0,4,8,32]"])  # the failed one again, and a wider plan: 3 to run
+    assert more.returncode == 0, more.stderr
+    assert "extracted 3 checkpoint(s), skipped 5" in more.stdout and "[3/3] ok tiny-b step8" in more.stderr
+    assert "left: none of the 8 planned checkpoint(s)" in more.stdout
+
+
+def test_extract_on_a_terminal_draws_bars_with_the_rate_and_time_left(copied_suite, tiny_overrides):
+    args = [
+        "extract",
+        f"paths.data={copied_suite}",
+        *tiny_overrides,
+        "steps.only=[0,4,32]",
+        "models=[tiny-a]",
+    ]
+    done = run([*args, "progress=true"], TTY_COMPATIBLE="1", COLUMNS="160")
+    assert done.returncode == 0, done.stderr
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stderr)  # without the terminal's control codes
+    assert BAR in text and "all checkpoints" in text and "checkpoints/h" in text
+    assert "[1/3]" not in text and "ok tiny-a step0" in text  # no plain lines; a line above the bars
+
+
+@pytest.mark.slow  # the whole demo: about two minutes on 2 busy cores
+def test_demo_into_a_pipe_shows_each_stage_the_extraction_and_the_training(copied_suite, tiny_overrides):
+    args = ["demo", f"paths.data={copied_suite}", *tiny_overrides, "steps.only=[0,32]", "progress=true"]
+    done = run(args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout + done.stderr
+    assert "all checkpoints" not in out and "all models" not in out and "\x1b[" not in out  # no bars
+    assert re.search(r"2\. extraction \(at \d+", done.stdout)
+    assert "[1/4] ok tiny-a step0" in done.stderr and "[4/4] ok tiny-b step32" in done.stderr
+    # step 4 trains a second seed of tiny-a: a line per saved checkpoint (rate-limited) and its end
+    assert re.search(r"\[model 1/1\] tiny-a@seed\d+: checkpoint step\d+ saved, update \d+/32", done.stdout)
+    assert re.search(r"\[model 1/1 done\] tiny-a@seed\d+: loss .*\(elapsed .*, done\)", done.stdout)
+    assert re.search(r"^demo done in \d+", done.stdout, re.M)
+
+
+def test_an_interrupted_extraction_reports_what_is_left(tiny_suite, copied_suite, monkeypatch, capsys):
+    """Ctrl-C during the run: what was committed stays, the report says what is left, exit 130."""
+    from test_pipeline import with_paths
+
+    from layerlake.etl import command, driver
+
+    settings, _ = tiny_suite
+    settings = replace(with_paths(settings, copied_suite, copied_suite / "suites"), progress=True)
+
+    class InterruptAfterTwo(driver.ExtractProgress):
+        def advance(self, outcome):
+            super().advance(outcome)
+            if self.estimate.finished == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "ExtractProgress", InterruptAfterTwo)
+    assert command.extract(settings) == 130
+    out = capsys.readouterr().err
+    assert "extracted 2 checkpoint(s)" in out and "interrupted" in out
+    assert re.search(r"left: 14 of 16 planned checkpoint\(s\), about .* at this run's rate", out)
+    assert driver.run_extract(replace(settings, progress=False)).skipped == 2  # the two stay committed
