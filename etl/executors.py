@@ -124,7 +124,9 @@ class RayExecutor:
     none (it may come from the task computing or from the next one loading): the task computing is
     run again alone and the rest go on as a lane of their own. A crash of a task running alone counts
     against it: it is run again up to ``executor.max_retries`` times, then fails; no other task fails
-    with it.
+    with it. A node that dies is a crash of every lane it ran (Ray raises ``NodeDiedError``): their
+    tasks not yet reported run again wherever Ray places them (``tests/test_ray_nodes.py``); results
+    the node had already sent are kept. ``Outcome.resubmitted`` counts a task's new starts.
     """
 
     def __init__(self, config: ExecutorConfig, task_function: TaskFunction | None = None) -> None:

@@ -90,17 +90,17 @@ def update_cost(spec: ModelSpec) -> float:
 
 class Estimate:
     """Elapsed time, rate and time left of a job made of items in groups (a model's checkpoints, a model's
-    training updates) whose items cost alike within a group, after a setup of their group.
+    training updates) whose items cost alike within a group.
 
     An item's cost is its own seconds (a task's time on its worker) or, for work done in sequence
-    (``sequential``), the wall time since the item before. A group's first item carries its setup (a
-    worker importing torch, a model built, its step-0 checkpoint saved), so a group's cost per item is
-    the mean of its later items; a group with none of those yet is costed by its prior (a relative size)
-    times the seconds per prior unit of the groups measured so far (without priors: their mean item), and
-    a group not started yet adds the mean setup of the started ones. Time left = elapsed x (cost of what
-    is left) / (cost measured so far): on a cluster running k items at once the measured cost grows k
-    times as fast as the clock, so one formula serves sequence and parallel. Until a second item of some
-    group has finished there is no estimate (a first item alone is mostly setup).
+    (``sequential``), the wall time since the item before. A group's first item carries a setup (the
+    process importing torch and transformers, a Ray worker starting: on a busy machine a minute or
+    more, paid once per process, not per group), so a group's cost per item is the mean of its later
+    items; a group with none of those yet is costed by its prior (a relative size) times the seconds
+    per prior unit of the groups measured so far (without priors: their mean item). Time left = elapsed
+    x (cost of what is left) / (cost measured so far): on a cluster running k items at once the measured
+    cost grows k times as fast as the clock, so one formula serves sequence and parallel. Until a second
+    item of some group has finished there is no estimate (a first item alone is mostly setup).
     """
 
     def __init__(
@@ -176,11 +176,6 @@ class Estimate:
             return self.priors[group] * sum(self.later_spent[g] for g in known) / units
         return sum(self.later_spent[g] for g in known) / sum(self.later[g] for g in known)
 
-    def setup(self) -> float:
-        """The mean setup of the groups started: their first item's cost beyond a later one's."""
-        setups = [max(0.0, first - (self.per_item(g) or first)) for g, first in self.first.items()]
-        return sum(setups) / len(setups) if setups else 0.0
-
     def seconds_left(self, left: Mapping[str, int] | None = None) -> float | None:
         """Projected seconds for ``left`` (items per group; default: the totals not yet finished) at
         the rate measured so far; None before there is a measure."""
@@ -192,9 +187,7 @@ class Estimate:
         spent = self.spent()
         if spent <= 0 or any(cost is None for cost in per_item.values()):
             return None
-        setup = self.setup()
-        cost = sum(n * per_item[g] + (setup if g not in self.first else 0.0) for g, n in left.items())
-        return self.elapsed() * cost / spent
+        return self.elapsed() * sum(n * per_item[g] for g, n in left.items()) / spent
 
     def status(self) -> str:
         """``elapsed 1 min 05 s, about 3 min 10 s left``."""

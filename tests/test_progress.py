@@ -42,7 +42,7 @@ class Clock:
         return self.now
 
 
-def test_the_first_item_of_a_group_is_its_setup_and_unmeasured_groups_scale_by_their_prior():
+def test_a_first_item_is_setup_and_unmeasured_groups_scale_by_their_prior():
     clock = Clock()
     estimate = Estimate({"a": 4, "b": 4}, priors={"a": 1.0, "b": 2.0}, sequential=True, clock=clock)
     clock.now = 6.0  # a's first item: 5 s of setup and 1 s of work
@@ -51,11 +51,12 @@ def test_the_first_item_of_a_group_is_its_setup_and_unmeasured_groups_scale_by_t
     for now in (7.0, 8.0, 9.0):
         clock.now = now
         estimate.add("a")
-    # b: 4 items at twice a's 1 s (its prior), plus a's setup of 5 s; in sequence, elapsed = spent
-    assert estimate.seconds_left() == pytest.approx(4 * 2.0 + 5.0)
-    assert estimate.seconds_left({"a": 2}) == pytest.approx(2 * 1.0)  # a is set up already
+    # b: 4 items at twice a's 1 s (its prior; a's 5 s setup is the process's, paid once); in sequence,
+    # elapsed = spent
+    assert estimate.seconds_left() == pytest.approx(4 * 2.0)
+    assert estimate.seconds_left({"a": 2}) == pytest.approx(2 * 1.0)
     assert estimate.per_hour() == pytest.approx(4 * 3600 / 9.0)
-    assert "about 13 s left" in estimate.status() and "elapsed 9 s" in estimate.status()
+    assert "about 8 s left" in estimate.status() and "elapsed 9 s" in estimate.status()
 
 
 def test_items_running_in_parallel_shorten_the_time_left():
@@ -243,6 +244,27 @@ def test_extract_on_a_terminal_draws_bars_with_the_rate_and_time_left(copied_sui
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stderr)  # without the terminal's control codes
     assert BAR in text and "all checkpoints" in text and "checkpoints/h" in text
     assert "[1/3]" not in text and "ok tiny-a step0" in text  # no plain lines; a line above the bars
+
+
+def test_suite_build_into_a_pipe_prints_a_line_per_saved_checkpoint_and_per_model(tiny_overrides, tmp_path):
+    one_model = [
+        o for o in tiny_overrides if not o.startswith(("suite.models=", "suite.steps=", "suite.train.max"))
+    ]
+    args = ["suite", "build", f"paths.data={tmp_path}", *one_model, "progress=true",
+            "suite.models=[{name:tiny-a,n_layers:1,d_model:32,n_heads:2,d_mlp:64}]",
+            "suite.steps=[0,2,4,8]", "suite.subsets={paper:[0,8]}", "suite.train.max_steps=8"]  # fmt: skip
+    done = run(args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all models" not in done.stdout and "\x1b[" not in done.stdout  # no bars
+    assert "training 1 model(s), 8 updates: a line per saved checkpoint" in done.stdout
+    assert re.search(
+        r"^\[model 1/1\] tiny-a: checkpoint step2 saved, update 2/8, loss [\d.]+ \(elapsed ",
+        done.stdout,
+        re.M,
+    )
+    assert re.search(
+        r"^\[model 1/1 done\] tiny-a: loss .* parameters, .*\(elapsed [^,]+, done\)$", done.stdout, re.M
+    )
 
 
 @pytest.mark.slow  # the whole demo: about two minutes on 2 busy cores
