@@ -15,7 +15,7 @@ import enum
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -93,10 +93,10 @@ class Estimate:
     training updates) whose items cost alike within a group.
 
     An item's cost is its own seconds (a task's time on its worker) or, for work done in sequence
-    (``sequential``), the wall time since the item before. A group's first item carries a setup (the
-    process importing torch and transformers, a Ray worker starting: on a busy machine a minute or
-    more, paid once per process, not per group), so a group's cost per item is the mean of its later
-    items; a group with none of those yet is costed by its prior (a relative size) times the seconds
+    (``sequential``), the wall time since the item before. A group's first item in each worker process
+    carries a setup (the process importing torch and transformers, a Ray worker starting: on a busy
+    machine a minute or more, paid once per process, not per group), so a group's cost per item is the
+    mean of its other items; a group with none of those yet is costed by its prior (a relative size) times the seconds
     per prior unit of the groups measured so far (without priors: their mean item). Time left = elapsed
     x (cost of what is left) / (cost measured so far): on a cluster running k items at once the measured
     cost grows k times as fast as the clock, so one formula serves sequence and parallel. Until a second
@@ -116,25 +116,26 @@ class Estimate:
         self.clock = clock
         self.started = self.last = clock()
         self.done: Counter[str] = Counter()  # items finished (failed ones too)
-        self.first: dict[str, float] = {}  # group -> its first measured item's cost (with the setup)
-        self.later: Counter[str] = Counter()  # group -> measured items after the first
+        self.first: dict[tuple, float] = {}  # (group, worker) -> its first measured item's cost (setup)
+        self.later: Counter[str] = Counter()  # group -> measured items after the first in their worker
         self.later_spent: defaultdict[str, float] = defaultdict(float)  # ... and their seconds
 
     def restart(self) -> None:
         """Start the clock now (the work begins)."""
         self.started = self.last = self.clock()
 
-    def add(self, group: str, seconds: float | None = None, ok: bool = True) -> None:
+    def add(self, group: str, seconds: float | None = None, ok: bool = True, worker: Hashable = None) -> None:
         """One more item of ``group`` finished: ``seconds`` its own time (else, ``sequential``, the time
-        since the last item); a failed item (``ok=False``) counts as finished but is not measured."""
+        since the last item), in ``worker`` (the process it ran in; None: this one); a failed item
+        (``ok=False``) counts as finished but is not measured."""
         now = self.clock()
         cost = now - self.last if seconds is None and self.sequential else seconds
         self.last = now
         self.done[group] += 1
         if not ok or cost is None:
             return
-        if group not in self.first:
-            self.first[group] = cost
+        if (group, worker) not in self.first:
+            self.first[group, worker] = cost
         else:
             self.later[group] += 1
             self.later_spent[group] += cost
@@ -285,7 +286,8 @@ class ExtractProgress:
     def advance(self, outcome: Outcome) -> None:
         ref, result = outcome.task.ref, outcome.result
         ok, estimate = result is not None, self.estimate
-        estimate.add(ref.model, result.timings.get("total") if ok else None, ok=ok)
+        worker = (result.placement.get("node_id"), result.placement.get("pid")) if ok else None
+        estimate.add(ref.model, result.timings.get("total") if ok else None, ok=ok, worker=worker)
         detail = format_timings(result.timings) if ok else outcome.error or ""
         mark = "ok" if ok else "failed"
         line = f"[{estimate.finished}/{estimate.total}] {mark} {ref.model} {ref.revision} ({self.status()}): {detail}"

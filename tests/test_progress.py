@@ -68,6 +68,16 @@ def test_items_running_in_parallel_shorten_the_time_left():
     assert estimate.seconds_left() == pytest.approx(6 * 2.0 * 5.0 / 8.0)  # 6 left: 12 s of work, 2 at a time
 
 
+def test_each_worker_s_first_item_is_its_setup():
+    clock = Clock()
+    estimate = Estimate({"a": 10}, clock=clock)  # two Ray workers, each importing torch for 30 s first
+    for now, seconds, worker in ((31, 31.0, 1), (32, 1.0, 1), (33, 31.0, 2), (34, 1.0, 2), (35, 1.0, 1)):
+        clock.now = float(now)
+        estimate.add("a", seconds=seconds, worker=worker)
+    assert estimate.per_item("a") == pytest.approx(1.0)  # not (1 + 31 + 1 + 1) / 4
+    assert estimate.seconds_left() == pytest.approx(5 * 1.0 * 35.0 / 65.0)
+
+
 def test_a_failed_item_is_finished_but_not_measured():
     clock = Clock()
     estimate = Estimate({"a": 3}, clock=clock)
