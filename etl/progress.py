@@ -312,7 +312,10 @@ class ExtractProgress:
         if not short:
             return self.estimate.status() + per_hour
         left = self.estimate.seconds_left()
-        eta = f"about {format_duration(left)} left" if left is not None else "time left not known yet"
+        if self.estimate.finished >= self.estimate.total:
+            eta = "done"
+        else:
+            eta = f"about {format_duration(left)} left" if left is not None else "time left not known yet"
         return eta + per_hour
 
     def throughput(self, left: Mapping[str, int]) -> Throughput:

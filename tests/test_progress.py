@@ -253,6 +253,7 @@ def test_extract_on_a_terminal_draws_bars_with_the_rate_and_time_left(copied_sui
     assert done.returncode == 0, done.stderr
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stderr)  # without the terminal's control codes
     assert BAR in text and "all checkpoints" in text and "checkpoints/h" in text
+    assert re.search(r"about \d+ (s|min \d+ s) left", text) and "done" in text  # the overall bar's note
     assert "[1/3]" not in text and "ok tiny-a step0" in text  # no plain lines; a line above the bars
 
 
