@@ -101,9 +101,15 @@ def start_runs(warehouse: Warehouse, plan: Plan, settings: Config) -> dict[str, 
     return runs
 
 
-def end_runs(warehouse: Warehouse, runs: dict[str, Run], report: ExtractReport) -> None:
-    """Each extraction run as finished, or failed naming its failed checkpoints."""
+def end_runs(
+    warehouse: Warehouse, runs: dict[str, Run], report: ExtractReport, not_run: Counter | None = None
+) -> None:
+    """Each extraction run as finished, or failed naming its failed checkpoints and, after Ctrl-C, how
+    many of its checkpoints did not run (``not_run``: per model)."""
     failed: dict[str, list[str]] = {}
+    for model, n in (not_run or {}).items():
+        if n:
+            failed[model] = [f"interrupted (Ctrl-C) before {n} checkpoint(s) ran: run the extraction again"]
     for label, error in report.failed:
         failed.setdefault(label.split(" ")[0], []).append(f"{label}: {error}")
     for model, run in runs.items():
@@ -244,6 +250,7 @@ def run_extract(settings: Config) -> ExtractReport:
     try:
         runs = start_runs(warehouse, plan, settings)
         commit_probes(warehouse, plan, committed)
+        not_run = None  # after Ctrl-C: per model, the checkpoints that did not run
         if executor is not None:
             per_model = Counter(t.ref.model for t in todo)
             downloads = HubDownloads(settings.suite, todo)
@@ -261,8 +268,10 @@ def run_extract(settings: Config) -> ExtractReport:
             report.throughput = progress.throughput(
                 Counter(t.ref.model for t in todo if task_label(t) not in done)
             )
-        if not report.interrupted:  # an interrupted run stays `running` (`layerlake check` finds it)
-            end_runs(warehouse, runs, report)
+            if report.interrupted:
+                done |= {label for label, _ in report.failed}
+                not_run = Counter(t.ref.model for t in todo if task_label(t) not in done)
+        end_runs(warehouse, runs, report, not_run)
     finally:
         if executor is not None:
             executor.close()

@@ -25,7 +25,16 @@ from layerlake.etl.progress import (
     TrainJob,
     TrainProgress,
 )
-from layerlake.etl.task import CheckpointRef, ExtractOptions, ExtractTask, ProbeBatch, TaskResult
+from layerlake.etl.task import (
+    CheckpointRef,
+    ExtractOptions,
+    ExtractTask,
+    ProbeBatch,
+    TaskResult,
+    extract_run_id,
+)
+from layerlake.warehouse.runs import RunStatus, committed_run
+from layerlake.warehouse.writer import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERLAKE = str(REPO / ".venv" / "bin" / "layerlake")
@@ -293,14 +302,12 @@ def test_demo_into_a_pipe_shows_each_stage_the_extraction_and_the_training(copie
     assert re.search(r"^demo done in \d+", done.stdout, re.M)
 
 
-def test_an_interrupted_extraction_reports_what_is_left(tiny_suite, copied_suite, monkeypatch, capsys):
-    """Ctrl-C during the run: what was committed stays, the report says what is left, exit 130."""
-    from test_pipeline import with_paths
-
+def test_an_interrupted_extraction_reports_what_is_left(compose, copied_suite, monkeypatch, capsys):
+    """Ctrl-C during the run: what was committed stays, the report says what is left, exit 130, and each
+    extraction run ends as failed saying how many of its checkpoints did not run (not left `running`)."""
     from layerlake.etl import command, driver
 
-    settings, _ = tiny_suite
-    settings = replace(with_paths(settings, copied_suite, copied_suite / "suites"), progress=True)
+    settings = compose(copied_suite, "steps.only=[0,4,32]", "progress=true")  # 3 checkpoints per model
 
     class InterruptAfterTwo(driver.ExtractProgress):
         def advance(self, outcome):
@@ -312,5 +319,16 @@ def test_an_interrupted_extraction_reports_what_is_left(tiny_suite, copied_suite
     assert command.extract(settings) == 130
     out = capsys.readouterr().err
     assert "extracted 2 checkpoint(s)" in out and "interrupted" in out
-    assert re.search(r"left: 14 of 16 planned checkpoint\(s\), about .* at this run's rate", out)
-    assert driver.run_extract(replace(settings, progress=False)).skipped == 2  # the two stay committed
+    assert re.search(r"left: 4 of 6 planned checkpoint\(s\), about .* at this run's rate", out)
+    warehouse = Warehouse(settings.paths.warehouse)
+    models = ("tiny-a", "tiny-b")
+    runs = {m: committed_run(warehouse, extract_run_id(settings.suite.name, m)) for m in models}
+    assert {run.status for run in runs.values()} == {RunStatus.failed}
+    assert "interrupted (Ctrl-C) before 1 checkpoint(s) ran" in runs["tiny-a"].error
+    assert "interrupted (Ctrl-C) before 3 checkpoint(s) ran" in runs["tiny-b"].error
+
+    monkeypatch.undo()  # no more Ctrl-C: the same command again runs the rest
+    again = driver.run_extract(replace(settings, progress=False))
+    assert again.skipped == 2 and len(again.committed) == 4 and again.ok
+    runs = {m: committed_run(warehouse, extract_run_id(settings.suite.name, m)) for m in models}
+    assert {run.status for run in runs.values()} == {RunStatus.finished}

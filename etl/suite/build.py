@@ -161,8 +161,9 @@ def run_jobs(
     root: Path, suite: SuiteConfig, jobs: list[ModelJob], record: dict, tokens, progress, tracking=None
 ) -> list[str]:
     """Train every job that is not a reuse, updating ``suite.json`` before and after each; each model's
-    summary line goes to ``progress.finished`` as it ends, and all are returned. ``tracking(job)`` gives the run a job trains as (a context manager:
-    ``layerlake.etl.track.TrackedRun``), or None; a repair is not tracked (its steps were logged)."""
+    summary line goes to ``progress.finished`` as it ends, and all are returned. ``tracking(job)``
+    gives the run a job trains as (a context manager: ``layerlake.etl.track.TrackedRun``), or None; a
+    repair is not tracked (its steps were logged)."""
     lines = []
     for job in jobs:
         folder = root / job.key
