@@ -19,7 +19,7 @@ from layerlake.etl.downloads import HubDownloads
 from layerlake.etl.errors import ExtractionError
 from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
-from layerlake.etl.progress import ExtractProgress
+from layerlake.etl.progress import ExtractProgress, Throughput, checkpoint_cost
 from layerlake.etl.sources import weights_file
 from layerlake.etl.task import ExtractTask, ProbeBatch, extract_run_id
 from layerlake.warehouse.layout import probe_task_id
@@ -36,10 +36,13 @@ class ExtractReport:
     committed: list[str] = field(default_factory=list)  # "model step"
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
+    resubmitted: int = 0  # tasks handed to another worker after their worker or node died
+    throughput: Throughput | None = None  # the rate of the tasks this run ran, and the time of what is left
+    interrupted: bool = False  # stopped by the user (Ctrl-C) before every task had run
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.interrupted
 
 
 def task_label(task: ExtractTask) -> str:
@@ -98,9 +101,15 @@ def start_runs(warehouse: Warehouse, plan: Plan, settings: Config) -> dict[str, 
     return runs
 
 
-def end_runs(warehouse: Warehouse, runs: dict[str, Run], report: ExtractReport) -> None:
-    """Each extraction run as finished, or failed naming its failed checkpoints."""
+def end_runs(
+    warehouse: Warehouse, runs: dict[str, Run], report: ExtractReport, not_run: Counter | None = None
+) -> None:
+    """Each extraction run as finished, or failed naming its failed checkpoints and, after Ctrl-C, how
+    many of its checkpoints did not run (``not_run``: per model)."""
     failed: dict[str, list[str]] = {}
+    for model, n in (not_run or {}).items():
+        if n:
+            failed[model] = [f"interrupted (Ctrl-C) before {n} checkpoint(s) ran: run the extraction again"]
     for label, error in report.failed:
         failed.setdefault(label.split(" ")[0], []).append(f"{label}: {error}")
     for model, run in runs.items():
@@ -257,15 +266,28 @@ def run_extract(settings: Config) -> ExtractReport:
     try:
         runs = start_runs(warehouse, plan, settings)
         commit_probes(warehouse, plan, committed)
+        not_run = None  # after Ctrl-C: per model, the checkpoints that did not run
         if executor is not None:
             per_model = Counter(t.ref.model for t in todo)
             downloads = HubDownloads(settings.suite, todo)
-            with ExtractProgress(per_model, enabled=settings.progress) as progress:
-                for outcome in executor.run(todo):
-                    record(warehouse, outcome, report)
-                    downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
-                    progress.advance(outcome)
-        end_runs(warehouse, runs, report)
+            costs = {spec.name: checkpoint_cost(spec) for spec in settings.suite.models}
+            with ExtractProgress(per_model, enabled=settings.progress, priors=costs) as progress:
+                try:
+                    for outcome in executor.run(todo):
+                        record(warehouse, outcome, report)
+                        report.resubmitted += outcome.resubmitted > 0
+                        downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
+                        progress.advance(outcome)
+                except KeyboardInterrupt:  # what was committed stays; the report says what is left
+                    report.interrupted = True
+            done = set(report.committed)
+            report.throughput = progress.throughput(
+                Counter(t.ref.model for t in todo if task_label(t) not in done)
+            )
+            if report.interrupted:
+                done |= {label for label, _ in report.failed}
+                not_run = Counter(t.ref.model for t in todo if task_label(t) not in done)
+        end_runs(warehouse, runs, report, not_run)
     finally:
         if executor is not None:
             executor.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ class Outcome:
     result: TaskResult | None = None
     error: str | None = None  # one-line cause for the summary
     detail: str | None = None  # traceback, kept in the manifest
+    resubmitted: int = 0  # times the task was handed to a new worker after its worker or node died
 
 
 def run_guarded(task: ExtractTask) -> tuple[TaskResult | None, str | None, str | None]:
@@ -122,7 +124,9 @@ class RayExecutor:
     none (it may come from the task computing or from the next one loading): the task computing is
     run again alone and the rest go on as a lane of their own. A crash of a task running alone counts
     against it: it is run again up to ``executor.max_retries`` times, then fails; no other task fails
-    with it.
+    with it. A node that dies is a crash of every lane it ran (Ray raises ``NodeDiedError``): their
+    tasks not yet reported run again wherever Ray places them (``tests/test_ray_nodes.py``); results
+    the node had already sent are kept. ``Outcome.resubmitted`` counts a task's new starts.
     """
 
     def __init__(self, config: ExecutorConfig, task_function: TaskFunction | None = None) -> None:
@@ -149,6 +153,7 @@ class RayExecutor:
                 )
             self.started_here = True
         self.lane_function = lane_function_of(config, task_function)
+        self.resubmitted: Counter[str] = Counter()  # task id -> times handed to a new lane after a crash
         resources = {"num_gpus": 1, "num_cpus": 0} if config.num_gpus > 0 else {"num_cpus": 1}
         self.remote = ray.remote(num_returns="streaming", max_retries=0, **resources)(run_lane)
 
@@ -160,6 +165,7 @@ class RayExecutor:
     def run(self, tasks: Sequence[ExtractTask]) -> Iterator[Outcome]:
         running: dict = {}  # streaming generator -> the tasks of its lane not yet reported
         crashes: dict[str, int] = {}  # task id -> crashes while it ran alone
+        self.resubmitted.clear()
         for lane in make_lanes(tasks, self.slots()):
             self._submit(running, lane)
         while running:
@@ -169,6 +175,10 @@ class RayExecutor:
 
     def _submit(self, running: dict, lane: list[ExtractTask]) -> None:
         running[self.remote.remote(self.lane_function, lane)] = lane
+
+    def _resubmit(self, running: dict, lane: list[ExtractTask]) -> None:
+        self.resubmitted.update(task.task_id for task in lane)
+        self._submit(running, lane)
 
     def _next_outcome(self, running: dict, generator, crashes: dict[str, int]) -> Iterator[Outcome]:
         """The outcome ``generator`` has ready (its lane's first task not yet reported), or what its
@@ -183,7 +193,7 @@ class RayExecutor:
         except Exception as crash:  # noqa: BLE001 - the worker died (or Ray lost the lane)
             yield from self._after_crash(running, lane, crash, crashes)
             return
-        yield Outcome(lane[0], result, error, detail)
+        yield Outcome(lane[0], result, error, detail, self.resubmitted[lane[0].task_id])
         running[generator] = lane[1:]  # kept until its end: the lane has then released its worker
 
     def _after_crash(
@@ -191,15 +201,15 @@ class RayExecutor:
     ) -> Iterator[Outcome]:
         head, rest = lane[0], lane[1:]
         if rest:  # charged to none: the head again alone, the rest as a lane of their own
-            self._submit(running, [head])
-            self._submit(running, rest)
+            self._resubmit(running, [head])
+            self._resubmit(running, rest)
             return
         crashes[head.task_id] = crashes.get(head.task_id, 0) + 1
         if crashes[head.task_id] > self.config.max_retries:
             error, detail = describe_error(crash)
-            yield Outcome(head, None, error, detail)
+            yield Outcome(head, None, error, detail, self.resubmitted[head.task_id])
         else:
-            self._submit(running, [head])
+            self._resubmit(running, [head])
 
     def close(self) -> None:
         if self.started_here:

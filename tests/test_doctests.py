@@ -9,6 +9,7 @@ import pytest
 
 MODULES = (
     "layerlake.etl.probes",
+    "layerlake.etl.progress",
     "layerlake.etl.sites",
     "layerlake.etl.suite.corpus",
     "layerlake.etl.suite.train",

@@ -160,9 +160,10 @@ def _continue(spec: ModelSpec, digest: str, folder: Path, steps: list[int], comp
 def run_jobs(
     root: Path, suite: SuiteConfig, jobs: list[ModelJob], record: dict, tokens, progress, tracking=None
 ) -> list[str]:
-    """Train every job that is not a reuse, updating ``suite.json`` before and after each; returns
-    one summary line per model. ``tracking(job)`` gives the run a job trains as (a context manager:
-    ``layerlake.etl.track.TrackedRun``), or None; a repair is not tracked (its steps were logged)."""
+    """Train every job that is not a reuse, updating ``suite.json`` before and after each; each model's
+    summary line goes to ``progress.finished`` as it ends, and all are returned. ``tracking(job)``
+    gives the run a job trains as (a context manager: ``layerlake.etl.track.TrackedRun``), or None; a
+    repair is not tracked (its steps were logged)."""
     lines = []
     for job in jobs:
         folder = root / job.key
@@ -193,13 +194,14 @@ def run_jobs(
         if job.repair is not None:
             rewritten = ", ".join(f"step{s}" for s in sorted(job.repair))
             lines.append(f"{job.key}: rewrote {rewritten}, {resumed}, {seconds}")
-            continue
-        if job.action == "resume":
-            seconds += f", {resumed}"
-        lines.append(
-            f"{job.key}: loss {outcome.first_loss:.3f} -> {outcome.last_loss:.3f}, "
-            f"{outcome.n_params:,} parameters, {seconds}"
-        )
+        else:
+            if job.action == "resume":
+                seconds += f", {resumed}"
+            lines.append(
+                f"{job.key}: loss {outcome.first_loss:.3f} -> {outcome.last_loss:.3f}, "
+                f"{outcome.n_params:,} parameters, {seconds}"
+            )
+        progress.finished(job.key, lines[-1])
     return lines
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from layerlake.conf.schema import Config
 from layerlake.etl.errors import SuiteError
+from layerlake.etl.progress import TrainJob, TrainProgress, update_cost
 from layerlake.etl.suite import build as builder
 from layerlake.etl.suite import corpus, manifest
 from layerlake.etl.suite.train import LOSS_FILE
@@ -58,11 +59,8 @@ def build(settings: Config) -> int:
     todo = [job for job in jobs if job.action != "reuse"]
     if todo:
         tokens = corpus.encode(tokenizer, train_text)
-        with _Progress(console, len(todo) * suite.train.max_steps, settings.progress) as progress:
-            lines = builder.run_jobs(root, suite, jobs, record, tokens, progress, tracking(settings))
-        for line in lines:
-            console.print(line)
-            log.info("%s", line)
+        with TrainProgress(console, train_jobs(suite, todo), suite.steps, settings.progress) as progress:
+            builder.run_jobs(root, suite, jobs, record, tokens, progress, tracking(settings))
     hashes = {name: entry["config_hash"] for name, entry in sorted(record["models"].items())}
     record["suite_hash"] = manifest.suite_hash(hashes)
     manifest.write(root, record)
@@ -70,6 +68,16 @@ def build(settings: Config) -> int:
     console.print(f"suite {suite.name!r} {verb} at {root} in {time.perf_counter() - started:.0f} s")
     log.info("suite %r %s at %s", suite.name, verb, root)
     return 0
+
+
+def train_jobs(suite, jobs: list[builder.ModelJob]) -> list[TrainJob]:
+    """What the progress display needs of each model to train: its updates, its relative cost per update."""
+    out = []
+    for job in jobs:
+        last = suite.train.max_steps if job.repair is None else max(job.repair)
+        updates = last - (job.resume_from or 0)
+        out.append(TrainJob(job.key, updates, update_cost(job.spec)))
+    return out
 
 
 def sweep_variant() -> str | None:
@@ -195,43 +203,3 @@ def _loss_ends(path: Path) -> tuple[float | None, float | None]:
 
     loss = pq.read_table(path, columns=["loss"]).column("loss").to_pylist()
     return (loss[0], loss[-1]) if loss else (None, None)
-
-
-class _Progress:
-    """Rich progress bars: one overall, one per model; a no-op when ``enabled`` is false."""
-
-    def __init__(self, console, total: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.done: dict[str, int] = {}
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("{task.description:<16}", markup=False), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[note]}", markup=False), TimeElapsedColumn(), console=console,
-                transient=False,
-            )  # fmt: skip
-            self.overall = self.bar.add_task("all models", total=total, note="")
-
-    def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-    def callback(self, model: str, max_steps: int):
-        """``on_update(step, note)`` for one model's training loop."""
-        if not self.enabled:
-            return lambda step, note: None
-        task = self.bar.add_task(model, total=max_steps, note="")
-
-        def on_update(step: int, note: str) -> None:
-            self.done[model] = step
-            self.bar.update(task, completed=step, note=note)
-            self.bar.update(self.overall, completed=sum(self.done.values()))
-
-        return on_update

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -141,30 +142,38 @@ def cross_seed_findings(settings: Config, console: Console) -> list[Path]:
 def run(settings: Config) -> int:
     from layerlake.etl.command import print_report
     from layerlake.etl.driver import run_extract
+    from layerlake.etl.progress import format_duration
     from layerlake.etl.suite.command import build, show
 
     console = Console()
-    console.rule("1. the embedded suite")
+    started = time.monotonic()
+
+    def stage(title: str) -> None:  # in a log file too, each stage says when it began
+        elapsed = time.monotonic() - started
+        console.rule(f"{title} (at {format_duration(elapsed)})" if elapsed >= 1 else title)
+
+    stage("1. the embedded suite")
     code = build(settings)
     if code:
         return code
     show(settings)
-    console.rule("2. extraction")
+    stage("2. extraction")
     report = run_extract(settings)
     print_report(report, settings.paths.warehouse, console)
     if not report.ok:
-        return 1
-    console.rule("3. findings")
+        return 130 if report.interrupted else 1
+    stage("3. findings")
     plots = run_findings(settings, console)
     again = second_seed(settings)
     if again is not None:
-        console.rule(f"4. a second seed of {again.models[0]}, tracked while it trains")
+        stage(f"4. a second seed of {again.models[0]}, tracked while it trains")
         code = build(again)
         if code:
             return code
         plots += cross_seed_findings(again, console)
     for path in plots:
-        console.print(f"plot: {path}", markup=False)
+        console.print(f"plot: {path}", markup=False, soft_wrap=True)
+    console.print(f"demo done in {format_duration(time.monotonic() - started)}", markup=False)
     console.print(
         '\nQuery the warehouse yourself: layerlake sql "select model, layer, site, step, n, d from activation_stats limit 5"',
         markup=False,
