@@ -166,7 +166,7 @@ class ExtractConfig:
     sites: list[Site] = field(default_factory=lambda: list(Site))
     per_head: bool = True
     v_slice: VSlice = VSlice.true_v
-    gradients: bool = False
+    gradients: bool = True  # spectra of the LM-loss gradients (conf/extract/default.yaml says the same)
     weight_spectra: bool = True
     kernels: list[Kernel] = field(default_factory=lambda: [Kernel.linear])
     estimators: list[Estimator] = field(default_factory=lambda: list(Estimator))

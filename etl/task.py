@@ -87,7 +87,7 @@ class ExtractOptions:
     sites: tuple[Site, ...] = tuple(Site)
     per_head: bool = True
     v_slice: VSlice = VSlice.true_v
-    gradients: bool = False
+    gradients: bool = True  # the defaults are conf.schema.ExtractConfig's (tests/test_config.py checks)
     weight_spectra: bool = True
     kernels: tuple[Kernel, ...] = (Kernel.linear,)
     estimators: tuple[Estimator, ...] = tuple(Estimator)
