@@ -285,6 +285,48 @@ def test_debiased_cka_matches_numpy_formula(con):
     assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
+def test_cka_is_clamped_to_plus_minus_one_where_rounding_pushes_it_beyond(con):
+    """|CKA| <= 1 by Cauchy-Schwarz. A stored Gram's self-CKA (cka_bytes with the norm extraction stores,
+    torch's, against numpy's sum of the products) rounds above 1 for most Grams; it comes out 1. The
+    opposite Gram gives -1, and NULL stays NULL."""
+    import torch
+
+    from layerlake.etl.metrics import frobenius
+    from layerlake.warehouse.gram import stored_dot
+
+    rng = np.random.default_rng(0)
+    above = 0
+    for _ in range(20):
+        gram = rng.normal(size=2080).astype("<f4")  # a packed 64 x 64 Gram, as stored
+        blob, norm = gram.tobytes(), frobenius(torch.from_numpy(gram))
+        above += stored_dot(blob, blob) / (norm * norm) > 1.0  # unclamped: rounding lifts it above 1
+        assert q(con, "select cka_bytes($1, $1, $2, $2)", blob, norm) <= 1.0
+        assert q(con, "select cka_normed($1::DOUBLE[], $1::DOUBLE[], $2, $2)", gram.tolist(), norm) <= 1.0
+    assert above >= 5  # the clamp was needed
+    a = rng.normal(size=45)
+    tiny = float(np.linalg.norm(a)) * (1 - 1e-9)  # a norm a hair too small
+    assert q(con, "select cka_normed($1::DOUBLE[], $1::DOUBLE[], $2, $2)", a.tolist(), tiny) == 1.0
+    assert (
+        q(con, "select cka_normed($1::DOUBLE[], $2::DOUBLE[], $3, $3)", a.tolist(), (-a).tolist(), tiny)
+        == -1.0
+    )
+    assert q(con, "select cka($1::DOUBLE[], $2::DOUBLE[])", a.tolist(), (-2 * a).tolist()) == pytest.approx(
+        -1.0
+    )
+    assert q(con, "select cka_bytes(NULL, $1, 1.0, 1.0)", blob) is None
+    assert metrics_cka_clamped()
+
+
+def metrics_cka_clamped() -> bool:
+    """The extraction side's ``metrics.cka`` is clamped alike."""
+    import torch
+
+    from layerlake.etl.metrics import cka
+
+    g = torch.tensor([[1.0, 0.3], [0.3, 2.0]], dtype=torch.float64)
+    return cka(g, g) <= 1.0 and cka(g, -g) >= -1.0 and cka(g, 2 * g) == pytest.approx(1.0)
+
+
 def test_cka_of_zero_gram_is_null(con):
     assert q(con, "select cka([0, 0]::FLOAT[], [1, 2]::FLOAT[])") is None
     assert q(con, "select cka_normed([1, 0]::FLOAT[], [1, 0]::FLOAT[], 1.0, 0.0)") is None
@@ -372,6 +414,36 @@ def test_mp_softrank_is_near_one_for_a_random_matrix_and_small_with_spikes(con, 
         for name, (s, r, c) in WW_SPECTRA.items()
     }
     assert soft["bulk"] > 0.9 and soft["spiked"] < 0.5 * soft["bulk"]
+
+
+def ww_mp_softrank(sv, rows, cols):
+    """WeightWatcher's own soft rank (``WeightWatcher.mp_fit``): eigenvalues rescaled to mean 1, the bulk's
+    sigma fitted to their density (``RMT_Util.fit_density_with_range``), bulk_max / lambda_max."""
+    from weightwatcher.RMT_Util import fit_density_with_range
+
+    q_ratio = max(rows, cols) / min(rows, cols)
+    evals = sv**2 * len(sv) / np.sum(sv**2)
+    sigma, _ = fit_density_with_range(evals, q_ratio, bw=0.1)
+    return (sigma * (1 + 1 / np.sqrt(q_ratio))) ** 2 / evals.max()
+
+
+def test_mp_softrank_is_larger_than_weightwatchers_where_spikes_carry_the_norm(con):
+    """As the macro's description says: WeightWatcher fits the bulk's variance, below the mean eigenvalue
+    when spikes carry much of the norm, so its soft rank is the smaller one there; on an all-bulk spectrum
+    both are about 1."""
+    pytest.importorskip("weightwatcher.RMT_Util", reason="pip install weightwatcher (dev extra)")
+    rng = np.random.default_rng(0)
+    for rows, cols in ((64, 96), (256, 64), (100, 300)):
+        bulk = rng.normal(size=(rows, cols))
+        spikes = sum(s * np.outer(rng.normal(size=rows), rng.normal(size=cols)) for s in (3.0, 2.0, 1.5))
+        low_rank = 0.3 * bulk + rng.normal(size=(rows, 5)) @ rng.normal(size=(5, cols))
+        for m in (bulk + spikes, low_rank):
+            sv = np.linalg.svd(m, compute_uv=False)
+            ours = q(con, "select mp_softrank($1, $2, $3)", sv.tolist(), rows, cols)
+            assert ours > 2 * ww_mp_softrank(sv, rows, cols)
+        sv = np.linalg.svd(bulk, compute_uv=False)
+        ours = q(con, "select mp_softrank($1, $2, $3)", sv.tolist(), rows, cols)
+        assert ours == pytest.approx(1.0) and ww_mp_softrank(sv, rows, cols) == pytest.approx(1.0, abs=0.05)
 
 
 def test_ww_fit_needs_two_eigenvalues(con):
