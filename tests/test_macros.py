@@ -507,6 +507,60 @@ def test_svcca_and_mean_cca_from_grams_equal_cca_of_the_activations(con, seed, p
     np.testing.assert_allclose(got32.fetchall()[0], (want[0], want[2]), rtol=1e-4)
 
 
+def spread_activations(n: int, d: int, spread: float, seed: int, rank: int | None = None) -> np.ndarray:
+    """float32 activations (as a forward pass gives them, with a mean) whose centred singular values
+    spread log-evenly over ``spread`` decades, of rank ``rank`` (default min(n - 1, d))."""
+    rng = np.random.default_rng(seed)
+    k = rank or min(n - 1, d)
+    u = np.linalg.qr(rng.normal(size=(n, k)) - rng.normal(size=(n, k)).mean(axis=0))[0]
+    u = np.linalg.qr(u - u.mean(axis=0))[0]  # centred columns
+    v = np.linalg.qr(rng.normal(size=(d, k)))[0]
+    return ((u * np.logspace(0, -spread, k)) @ v.T + rng.normal(size=d)).astype(np.float32).astype(np.float64)
+
+
+def np_mean_cca(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean canonical correlation from the activations themselves: orthonormal bases of the centred
+    column spaces (SVD, numpy's rank tolerance in float32), the cosines of the principal angles."""
+
+    def basis(m):
+        u, s, _ = np.linalg.svd(m - m.mean(axis=0), full_matrices=False)
+        return u[:, s > s[0] * max(m.shape) * np.finfo(np.float32).eps]
+
+    qx, qy = basis(x), basis(y)
+    return float(np.mean(np.linalg.svd(qx.T @ qy, compute_uv=False)[: min(qx.shape[1], qy.shape[1])]))
+
+
+@pytest.mark.parametrize(("n", "d"), [(64, 64), (64, 96), (64, 24), (128, 48)])
+def test_mean_cca_of_float32_sketches_keeps_every_direction_they_resolve(con, n, d):
+    """Activations whose spectra spread over three decades (s_min = 1e-3 s_1, as real sites' do): from
+    the stored float32 sketches mean_cca equals the mean CCA of the activations, 1 where both sides span
+    every centred direction (d >= n - 1). The old cut (lambda_max * n * eps32) dropped directions: 0.98
+    and 0.82 where these give 1 and 0.745."""
+    from layerlake.warehouse.gram import pack
+
+    x = spread_activations(n, d, 3.0, seed=n + d)
+    y = (0.7 * x @ np.linalg.qr(np.random.default_rng(d).normal(size=(d, d)))[0]
+         + 0.3 * spread_activations(n, d, 3.0, seed=n * d)).astype(np.float32).astype(np.float64)  # fmt: skip
+    stored = [pack(centred_gram(m)).astype(np.float32).tolist() for m in (x, y)]
+    got = q(con, "select mean_cca($1::FLOAT[], $2::FLOAT[])", *stored)
+    want = np_mean_cca(x, y)
+    if d >= n - 1:
+        assert want == pytest.approx(1.0, abs=1e-9)
+    assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_mean_cca_drops_the_directions_a_sketch_does_not_have():
+    """A rank-r side keeps r directions: the centring's and the n - 1 - r missing ones, zero but for
+    float32 rounding, are not counted."""
+    from layerlake.warehouse.gram import pack
+    from layerlake.warehouse.similarity import kept_directions
+
+    for rank in (1, 10, 23):
+        x = spread_activations(64, 24, 3.0, seed=rank, rank=rank)
+        packed = pack(centred_gram(x)).astype(np.float32).astype(np.float64)
+        assert kept_directions(packed, 64, 1.0).shape == (64, rank)
+
+
 def test_svcca_is_one_for_a_rotated_copy_and_null_for_a_mismatch(con):
     from layerlake.warehouse.gram import pack
 
