@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from layerlake.core.choices import SpectraMethod
 from layerlake.etl import metrics
+from layerlake.warehouse.powerlaw import ww_fit
 
 
 def _rand(n: int, d: int, seed: int) -> np.ndarray:
@@ -163,3 +165,74 @@ def test_wide_matrices_are_taken_on_their_tall_side():
     np.testing.assert_allclose(
         metrics.svdvals64(wide).numpy(), np.linalg.svd(wide.numpy(), compute_uv=False), rtol=1e-13
     )
+
+
+# -- the spectra methods on matrices with known, badly spread spectra ----------------------------------
+
+
+def known_spectra(n: int) -> dict[str, np.ndarray]:
+    """n singular values each, descending: log-spread to condition numbers 10 ... 1e12, half exactly 0,
+    two tight clusters 100x apart, a power law."""
+    rng = np.random.default_rng(n)
+    out = {f"cond_1e{k}": np.logspace(0, -k, n) for k in (1, 2, 4, 8, 12)}
+    out["rank_half"] = np.concatenate([np.logspace(0, -1, n // 2), np.zeros(n - n // 2)])
+    out["two_clusters"] = np.sort(np.repeat([1.0, 1e-2], [n // 2, n - n // 2]) * (1 + 1e-3 * rng.random(n)))[
+        ::-1
+    ]
+    out["power_law"] = np.arange(1, n + 1) ** -1.0
+    return out
+
+
+def with_spectrum(rows: int, s: np.ndarray, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.normal(size=(rows, s.size)))[0]
+    v = np.linalg.qr(rng.normal(size=(s.size, s.size)))[0]
+    return torch.from_numpy((u * s) @ v.T)
+
+
+def np_measures(sv: np.ndarray, rows: int, cols: int) -> dict[str, float]:
+    """The stored measures, written from their formulas (warehouse/sql/macros/): erank, stable rank, the
+    numerical rank (float64), the fixed-tail power-law alpha and WeightWatcher's alpha."""
+    pos = sv[sv > 0]
+    p = pos / pos.sum()
+    eig = np.sort(pos**2)[::-1]
+    tail = eig[: eig.size // 2]
+    ww = ww_fit(np.sort(sv[sv**2 > 1e-5] ** 2))
+    return {
+        "erank": float(np.exp(-np.sum(p * np.log(p)))),
+        "stable_rank": float(np.sum(sv**2) / sv.max() ** 2),
+        "numerical_rank": int(np.count_nonzero(sv > sv.max() * max(rows, cols) * 2.0**-52)),
+        "powerlaw_alpha": float(1 + tail.size / np.sum(np.log(tail / tail.min()))),
+        "ww_alpha": ww[2] if ww is not None else None,
+    }
+
+
+@pytest.mark.parametrize("method", list(SpectraMethod))
+@pytest.mark.parametrize("rows", [64, 256])
+def test_every_spectra_method_is_as_exact_as_svdvals_on_badly_spread_spectra(method, rows):
+    """Against the known values: every value within svdvals' own accuracy (a few eps s_1), 1e-12 relative
+    down to 1e-2 s_1; every stored measure within 1e-10 of svdvals' (the numerical rank equal)."""
+    for k, (name, s) in enumerate(known_spectra(64).items()):
+        m = with_spectrum(rows, s, seed=rows + k)
+        (got,) = metrics.batched_svdvals([(m, None)], method=method)
+        got, ref = got.numpy(), torch.linalg.svdvals(m).numpy()
+        assert np.all(np.diff(got) <= 0), name
+        assert np.abs(got - s).max() <= 200 * 2.0**-52 * s[0], name  # svdvals' own: up to ~50
+        large = s >= 1e-2 * s[0]
+        assert np.abs(got - s)[large].max() <= 1e-12 * s[large].min(), name
+        want, have = np_measures(ref, rows, 64), np_measures(got, rows, 64)
+        assert have["numerical_rank"] == want["numerical_rank"], name
+        for measure in ("erank", "stable_rank", "powerlaw_alpha", "ww_alpha"):
+            assert have[measure] == pytest.approx(want[measure], rel=1e-10), (name, measure)
+
+
+def test_the_gram_is_taken_only_where_its_eigenvalues_are_exact():
+    """The Gram's eigenvalues are used for a matrix spread at most GRAM_FLOOR in lambda (a condition
+    number of 100), svdvals for a wider one: there a Gram's eigenvalue near eps lambda_max loses all
+    relative accuracy (at a condition number of 1e5 the Gram alone is off by more than 1e-9)."""
+    s_ok, s_wide = np.logspace(0, -1.9, 64), np.logspace(0, -5, 64)
+    ok, wide = with_spectrum(128, s_ok, 1), with_spectrum(128, s_wide, 2)
+    _, exact = metrics.gram_singular_values(torch.stack([ok, wide]))
+    assert exact.tolist() == [True, False]
+    alone = torch.linalg.eigvalsh(wide.mT @ wide).flip(0).clamp_min(0).sqrt().numpy()
+    assert np.abs(alone - s_wide).max() / s_wide.min() > 1e-9  # what the fallback avoids

@@ -93,6 +93,23 @@ class SpectraPrecision(Choice):
     float32 = "float32", "singular values computed in float32: faster, see docs/design.md for its error"
 
 
+class SpectraMethod(Choice):
+    """How a float64 spectrum is computed (``etl.metrics.singular_values``); all store the same values to
+    about 1e-12 relative (benchmarks/RESULTS.md, "Spectra fast and exact")."""
+
+    gram = (
+        "gram",
+        "eigenvalues of the float64 Gram of the short side, where their spread lets them be exact; svdvals "
+        "for the other matrices",
+    )
+    gram_deflated = (
+        "gram_deflated",
+        "the Gram's eigenvalues where they are exact, the rest from the matrix restricted to the Gram's "
+        "eigenvectors of the others (Rayleigh-Ritz), again by its Gram: symmetric eigensolvers only",
+    )
+    svd = "svd", "torch.linalg.svdvals of every matrix, on its tall side (the default)"
+
+
 class Estimator(Choice):
     biased = "biased", "biased HSIC: the doubly centred Gram H K H (Kornblith et al. 2019; the paper's)"
     debiased = "debiased", "unbiased HSIC: the U-centred Gram (Szekely-Rizzo; Song et al. 2012)"
