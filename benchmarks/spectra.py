@@ -27,7 +27,8 @@ synchronised wall time on a GPU):
 
 **Accuracy** against ``svd``, per stored measure, computed by the warehouse's own SQL macros: erank, PER
 (erank / min(rows, cols)), stable rank, the fixed-tail power-law alpha and WeightWatcher's alpha (the
-largest relative difference over the matrices) and the numerical rank (how many matrices differ). The
+largest relative difference over the matrices) and the numerical rank at float64's tolerance (how many
+matrices differ: the strictest test of the small values). The
 small singular values, which erank and the numerical rank read, separately: the largest relative error
 of the values below 1e-2 s_1, and every value's error in units of eps64 s_1 (svdvals' own accuracy).
 
@@ -213,7 +214,8 @@ def measure_errors(con, shapes: list[tuple[int, int]], reference: list, got: lis
         ).fetchall()[0]
         errors[measure] = worst if not undefined_differs else float("inf")
     (ranks,) = con.sql(
-        "select count(*) filter (numerical_rank(got, rows, cols) <> numerical_rank(ref, rows, cols)) from pairs"
+        "select count(*) filter (numerical_rank(got, rows, cols, $e) <> numerical_rank(ref, rows, cols, $e)) from pairs",
+        params={"e": EPS64},  # the float64 SVD's tolerance: the strictest test of the small values
     ).fetchall()[0]
     errors["numerical_rank_differs"] = ranks
     con.unregister("pairs")

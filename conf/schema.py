@@ -18,11 +18,13 @@ from omegaconf import MISSING, OmegaConf
 
 from layerlake.core.choices import (
     Architecture,
+    Autocast,
     Dtype,
     Estimator,
     ExecutorKind,
     FigureFormat,
     Kernel,
+    MatmulPrecision,
     PositionRule,
     ProbeSource,
     Site,
@@ -174,6 +176,8 @@ class ExtractConfig:
     batch_size: Optional[int] = None  # sequences per forward chunk (bounds memory); None = all at once
     store_activations: bool = False  # keep each site's probe activations (float16) for pwcca(); costly
     spectra_precision: SpectraPrecision = SpectraPrecision.float64  # float32: faster SVDs, see docs
+    matmul_precision: MatmulPrecision = MatmulPrecision.float32  # tf32: faster on Ampere+ GPUs; see docs
+    autocast: Autocast = Autocast.none  # bfloat16: mixed-precision pass; its error: benchmarks/RESULTS.md
 
 
 @dataclass

@@ -194,25 +194,33 @@ def test_gradient_spectra_equal_numpy_of_the_lm_loss_gradient():
     assert all(q.requires_grad for q in model.parameters())
 
 
-def test_stored_shapes_give_each_matrix_its_numerical_rank():
-    """What the rank tolerance needs is stored: with spectra's rows/cols and activation_stats' n/d the
-    macros find the rank each matrix has by construction, and a condition number that is not noise.
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_stored_shapes_and_precision_give_each_matrix_its_numerical_rank(dtype):
+    """What the rank tolerance needs is stored: with spectra's rows/cols/eps and activation_stats' n/d/eps
+    the macros find the rank each matrix has by construction, and a condition number that is not noise,
+    whether the pass ran in float32 (its gradients' missing directions at float32's rounding, about 1e-8
+    of s_1: eps = 2^-23) or float64.
 
-    In float64 (float32 gradients carry their own rounding, above the float64 tolerance): the gradient of
-    a matrix writing into the residual stream (dense, dense_4h_to_h) has rank d_model - 1, because
-    every read of the stream goes through a LayerNorm, whose gradient is orthogonal to the ones vector.
+    The gradient of a matrix writing into the residual stream (dense, dense_4h_to_h) has rank d_model - 1,
+    because every read of the stream goes through a LayerNorm, whose gradient is orthogonal to the ones
+    vector.
     """
     model = neox(n_heads=3)  # d_model 12, d_head 4
-    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True, dtype="float64"))
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True, dtype=dtype))
+    pass_eps = float(np.finfo(dtype).eps)
+    assert set(tables["activation_stats"].column("eps").to_pylist()) == {pass_eps}
+    spectra_eps = set(zip(*(tables["spectra"].column(c).to_pylist() for c in ("tensor", "eps")), strict=True))
+    assert spectra_eps == {("weight", float(np.finfo(np.float64).eps)), ("grad", pass_eps)}
     con = install_functions(duckdb.connect())
     con.register("spectra", tables["spectra"])
     con.register("activation_stats", tables["activation_stats"])
     spectra = con.execute(
-        "select tensor, matrix, head, rows, cols, len(sv), numerical_rank(sv, rows, cols),"
-        " condition_number(sv, rows, cols), sv[1] / list_min(list_filter(sv, lambda x: x > 0)) from spectra"
+        "select tensor, matrix, head, rows, cols, len(sv), numerical_rank(sv, rows, cols, eps),"
+        " condition_number(sv, rows, cols, eps), numerical_rank(sv, rows, cols, 2.220446049250313e-16)"
+        " from spectra"
     ).fetchall()
-    noise_divided = 0
-    for tensor, matrix, head, rows_, cols, count, rank, cond, old in spectra:
+    noise_counted = 0
+    for tensor, matrix, head, rows_, cols, count, rank, cond, float64_rank in spectra:
         key = (tensor, matrix, head)
         if matrix == "ov" and head is not None:  # d_model x d_model products of inner size 4 (grad: 8)
             want = 4 if tensor == "weight" else 8
@@ -222,11 +230,12 @@ def test_stored_shapes_give_each_matrix_its_numerical_rank():
             want = min(rows_, cols)
         assert count == min(rows_, cols) and rank == want, key
         assert np.isfinite(cond) and cond < 1e6, key
-        noise_divided += old > 1e12
-    assert noise_divided == 4  # the old rule's answer for those four gradients (2 layers x 2 matrices)
+        noise_counted += float64_rank > want
+    # float64's tolerance on a float32 pass counts the rounding of those four gradients as rank
+    assert noise_counted == (4 if dtype == "float32" else 0)
     n = PROBE.n  # 8 probe rows: a centred 8 x 12 matrix has rank <= 7, an OV head's <= d_head = 4
     stats = con.execute(
-        "select site, head, n, d, len(sv), numerical_rank(sv, n, d), condition_number(sv, n, d)"
+        "select site, head, n, d, len(sv), numerical_rank(sv, n, d, eps), condition_number(sv, n, d, eps)"
         " from activation_stats"
     ).fetchall()
     for site, head, n_, d, count, rank, cond in stats:

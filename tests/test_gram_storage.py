@@ -72,12 +72,16 @@ def test_grams_are_stored_as_uncompressed_float32_bytes_and_read_back_as_lists(t
 
 
 def as_schema_2(root: Path) -> None:
-    """Rewrite a warehouse's files and manifest as schema 2 wrote them: every Gram a list of floats."""
+    """Rewrite a warehouse's files and manifest as schema 2 wrote them: every Gram a list of floats, no
+    spectrum's precision (eps)."""
     manifest = root / "_manifest" / "commits.jsonl"
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     for path in {f["path"] for line in lines for f in line.get("files", []) if f["table"] == "sketches"}:
         table = pq.read_table(root / path)
         table = table.set_column(table.column_names.index("gram"), "gram", values_column(table["gram"]))
+        pq.write_table(table.replace_schema_metadata({b"layerlake.schema_version": b"2"}), root / path)
+    for path in {f["path"] for line in lines for f in line.get("files", []) if f["table"] == "spectra"}:
+        table = pq.read_table(root / path).drop_columns(["eps"])
         pq.write_table(table.replace_schema_metadata({b"layerlake.schema_version": b"2"}), root / path)
     for line in lines:
         line["schema_version"] = 2
@@ -93,6 +97,7 @@ def test_a_compacted_schema_2_warehouse_migrates_with_every_row_and_cka(tmp_path
     want = cka_rows(tmp_path)
     con = layerlake.connect(tmp_path)
     before = sorted(con.sql("select * exclude (gram_bytes) from sketches").fetchall(), key=repr)
+    spectra = sorted(con.sql("select * from spectra").fetchall(), key=repr)  # weights: eps 2^-52 again
     con.close()
     as_schema_2(tmp_path)
     report = migrate(tmp_path)
@@ -101,6 +106,7 @@ def test_a_compacted_schema_2_warehouse_migrates_with_every_row_and_cka(tmp_path
     con = layerlake.connect(tmp_path)
     after = sorted(con.sql("select * exclude (gram_bytes) from sketches").fetchall(), key=repr)
     assert after == before
+    assert sorted(con.sql("select * from spectra").fetchall(), key=repr) == spectra
     assert {e.task_id for e in Warehouse(tmp_path).committed().values()} >= {f"t{s}" for s in STEPS}
     assert cka_rows(tmp_path) == want
     assert migrate(tmp_path).tasks == 0

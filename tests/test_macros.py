@@ -75,16 +75,17 @@ SPECTRA = {
 
 
 EPS64 = float(np.finfo(np.float64).eps)
+EPS32 = float(np.finfo(np.float32).eps)
 
 
-def np_significant(s, rows, cols):
-    """numpy.linalg.matrix_rank's rule: the values above s_max * max(rows, cols) * eps (float64)."""
+def np_significant(s, rows, cols, eps=EPS64):
+    """numpy.linalg.matrix_rank's rule: the values above s_max * max(rows, cols) * eps."""
     s = np.asarray(s, dtype=float)
-    return s[s > s.max() * max(rows, cols) * EPS64] if s.size else s
+    return s[s > s.max() * max(rows, cols) * eps] if s.size else s
 
 
-def np_shape_measures(s, rows, cols):
-    keep = np_significant(s, rows, cols)
+def np_shape_measures(s, rows, cols, eps=EPS64):
+    keep = np_significant(s, rows, cols, eps)
     return {
         "numerical_rank": int(keep.size),
         "condition_number": float(keep.max() / keep.min()) if keep.size else None,
@@ -102,12 +103,13 @@ def test_spectrum_macros_match_numpy(con, case):
         else:
             assert got == pytest.approx(want, rel=1e-9), (macro, case)
     rows, cols = max(len(s), 1), len(s) + 3  # the matrix these values could belong to
-    for macro, want in np_shape_measures(s, rows, cols).items():
-        got = q(con, f"select {macro}(?::DOUBLE[], ?, ?)", s.tolist(), rows, cols)
-        if want is None:
-            assert got is None, (macro, case, got)
-        else:
-            assert got == pytest.approx(want, rel=1e-9), (macro, case)
+    for eps in (EPS64, EPS32, 0.1):  # the tolerance follows the precision the values were computed in
+        for macro, want in np_shape_measures(s, rows, cols, eps).items():
+            got = q(con, f"select {macro}(?::DOUBLE[], ?, ?, ?)", s.tolist(), rows, cols, eps)
+            if want is None:
+                assert got is None, (macro, case, got)
+            else:
+                assert got == pytest.approx(want, rel=1e-9), (macro, case, eps)
 
 
 def low_rank(rows: int, cols: int, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,9 +137,9 @@ def test_rank_deficient_matrices_get_their_rank_and_a_finite_condition_number(co
     sv = np.linalg.svd(m, compute_uv=False)
     assert sv[rank:].max(initial=0.0) < 1e-14  # rounding noise where the missing values would be
     assert sv[0] / sv[sv > 0].min() > 1e12  # which is what the old condition_number(sv) divided by
-    got_rank = q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    got_rank = q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64)
     assert got_rank == rank == np.linalg.matrix_rank(m)
-    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64)
     # the condition number of m restricted to its rank: s_1 / s_r of the r x r core U_r^T m V_r
     u, _, vt = np.linalg.svd(m)
     restricted = np.linalg.cond(u[:, :rank].T @ m @ vt[:rank].T)
@@ -146,14 +148,33 @@ def test_rank_deficient_matrices_get_their_rank_and_a_finite_condition_number(co
     assert got == pytest.approx(s_true[0] / s_true[-1], rel=1e-9)
 
 
+@pytest.mark.parametrize("case", list(RANK_DEFICIENT))
+def test_a_matrix_computed_in_float32_gets_its_rank_with_float32s_eps(con, case):
+    """A product of rank r formed in float32 (activations and gradients of a float32 pass) keeps its missing
+    directions at float32's rounding, about 1e-8 of s_1: with eps = 2^-23 it gets rank r and a condition
+    number of its own; with 2^-52 the rounding counted as rank (a condition number near 1e8)."""
+    rows, cols, rank = RANK_DEFICIENT[case]
+    rng = np.random.default_rng(rows * cols)
+    u = np.linalg.qr(rng.normal(size=(rows, rank)))[0].astype(np.float32)
+    v = np.linalg.qr(rng.normal(size=(cols, rank)))[0].astype(np.float32)
+    s = np.geomspace(1.0, 1.0 / 50, rank).astype(np.float32)
+    m = (u * s) @ v.T  # formed in float32
+    sv = np.linalg.svd(m.astype(np.float64), compute_uv=False)  # the float64 SVD layerlake stores
+    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS32) == rank
+    cond = q(con, "select condition_number(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS32)
+    assert cond == pytest.approx(50.0 if rank > 1 else 1.0, rel=1e-5)
+    if rank < min(rows, cols):  # what the float64 tolerance made of it
+        assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64) > rank
+
+
 def test_centred_activations_drop_the_direction_centring_removed(con):
     """activation_stats stores the spectrum of the column-centred n x d matrix: with n <= d it has rank
     n - 1 and one noise value, which condition_number(sv, n, d) ignores."""
     x = np.random.default_rng(5).normal(size=(10, 32))
     xc = x - x.mean(axis=0)
     sv = np.linalg.svd(xc, compute_uv=False)
-    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), 10, 32) == 9
-    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), 10, 32)
+    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), 10, 32, EPS64) == 9
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?, ?)", sv.tolist(), 10, 32, EPS64)
     assert got == pytest.approx(sv[0] / sv[8], rel=1e-12)
     assert got < 1e3 < sv[0] / sv[9]  # dividing by the noise value is what the old macro did
 
@@ -162,31 +183,37 @@ def test_centred_activations_drop_the_direction_centring_removed(con):
 def test_condition_number_of_a_full_rank_matrix_is_numpys(con, rows, cols):
     m = np.random.default_rng(rows * cols).normal(size=(rows, cols))
     sv = np.linalg.svd(m, compute_uv=False)
-    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64)
     assert got == pytest.approx(np.linalg.cond(m), rel=1e-12)
-    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols) == min(rows, cols)
+    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64) == min(
+        rows, cols
+    )
 
 
 def test_tolerance_is_relative_and_scales_with_the_larger_side(con):
     """Just above and just below tol = s_max * max(rows, cols) * eps, for values of any magnitude."""
     for scale in (1e-30, 1.0, 1e30):
-        tol = scale * 50 * EPS64
-        above, below = [scale, 1.01 * tol], [scale, 0.99 * tol]
-        assert q(con, "select numerical_rank(?::DOUBLE[], 50, 2)", above) == 2
-        assert q(con, "select numerical_rank(?::DOUBLE[], 2, 50)", below) == 1
-        assert q(con, "select condition_number(?::DOUBLE[], 2, 50)", below) == 1.0
+        for eps in (EPS64, EPS32):
+            tol = scale * 50 * eps
+            above, below = [scale, 1.01 * tol], [scale, 0.99 * tol]
+            assert q(con, "select numerical_rank(?::DOUBLE[], 50, 2, ?)", above, eps) == 2
+            assert q(con, "select numerical_rank(?::DOUBLE[], 2, 50, ?)", below, eps) == 1
+            assert q(con, "select condition_number(?::DOUBLE[], 2, 50, ?)", below, eps) == 1.0
 
 
 def test_shape_macros_need_the_shape(con):
-    assert q(con, "select numerical_rank([1.0, 0.5], NULL, 2)") is None
-    assert q(con, "select condition_number([1.0, 0.5], 2, NULL)") is None
-    assert q(con, "select numerical_rank([]::DOUBLE[], 0, 3)") == 0
-    with pytest.raises(duckdb.BinderException, match=r"condition_number\(sv, rows, cols\)"):
-        q(con, "select condition_number([1.0, 0.5])")
+    assert q(con, "select numerical_rank([1.0, 0.5], NULL, 2, 1e-16)") is None
+    assert q(con, "select condition_number([1.0, 0.5], 2, NULL, 1e-16)") is None
+    assert q(con, "select numerical_rank([1.0, 0.5], 2, 2, NULL)") is None  # no precision, no rank
+    assert q(con, "select numerical_rank([]::DOUBLE[], 0, 3, 1e-16)") == 0
+    for call in ("condition_number([1.0, 0.5])", "condition_number([1.0, 0.5], 2, 2)"):  # the eps is needed
+        with pytest.raises(duckdb.BinderException, match=r"condition_number\(sv, rows, cols, eps\)"):
+            q(con, f"select {call}")
 
 
-@pytest.mark.parametrize("macro", ["erank(?::DOUBLE[])", "numerical_rank(?::DOUBLE[], 8, 8)",
-                                   "condition_number(?::DOUBLE[], 8, 8)", "matrix_entropy(?::DOUBLE[], 8, 8)",
+@pytest.mark.parametrize("macro", ["erank(?::DOUBLE[])", "numerical_rank(?::DOUBLE[], 8, 8, 1e-16)",
+                                   "condition_number(?::DOUBLE[], 8, 8, 1e-16)",
+                                   "matrix_entropy(?::DOUBLE[], 8, 8, 1e-16)",
                                    "powerlaw_alpha(?::DOUBLE[])"])  # fmt: skip
 def test_null_values_inside_a_spectrum_are_dropped_like_zeros(con, macro):
     """A full-rank spectrum skips the per-element filter; one holding a NULL must not, and answers as if
@@ -206,7 +233,10 @@ def test_known_values(con):
     assert q(con, "select powerlaw_alpha([2.0, 1.0, 0.5, 0.25])") == pytest.approx(1 + 2 / np.log(4.0))
 
 
-SHAPED = ("condition_number", "numerical_rank", "matrix_entropy", "mp_softrank")  # (sv, rows, cols)
+SHAPED = {  # the arguments after sv: the shape, and the precision for the rank-based ones
+    "condition_number": ", 3, 4, 1e-16", "numerical_rank": ", 3, 4, 1e-16", "matrix_entropy": ", 3, 4, 1e-16",
+    "mp_softrank": ", 3, 4",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -214,7 +244,7 @@ SHAPED = ("condition_number", "numerical_rank", "matrix_entropy", "mp_softrank")
     [m for m in MACROS if m not in ("cka", "cka_normed", "cka_bytes", "per", "svcca", "mean_cca", "pwcca")],
 )
 def test_null_spectrum_is_null(con, macro):
-    shape = ", 3, 4" if macro in SHAPED else ""
+    shape = SHAPED.get(macro, "")
     assert q(con, f"select {macro}(NULL::DOUBLE[]{shape})") is None
 
 
@@ -227,8 +257,8 @@ def test_per_with_bad_k_is_null(con):
 def test_no_nan_from_float_lists(con):
     # FLOAT[] (as stored for Grams) and DOUBLE[] both work; zeros never give NaN.
     assert q(con, "select erank([0, 0]::FLOAT[])") is None
-    assert q(con, "select condition_number([0, 0]::FLOAT[], 2, 2)") is None
-    assert q(con, "select numerical_rank([0, 0]::FLOAT[], 2, 2)") == 0
+    assert q(con, "select condition_number([0, 0]::FLOAT[], 2, 2, 1e-16)") is None
+    assert q(con, "select numerical_rank([0, 0]::FLOAT[], 2, 2, 1e-16)") == 0
 
 
 def direct_linear_cka(x, y):
@@ -385,7 +415,7 @@ def test_weightwatcher_measures_equal_the_weightwatcher_package(con, case):
     fit = ww_powerlaw.WWFit(evals[evals > 1e-5])  # WeightWatcher's default fit (its own power-law code)
     got = con.execute(
         "select ww_alpha($s), ww_xmin($s), ww_tail($s), ww_ks($s), alpha_weighted($s), log_norm($s), "
-        "log_spectral_norm($s), matrix_entropy($s, $r, $c)", {"s": sv.tolist(), "r": rows, "c": cols}
+        "log_spectral_norm($s), matrix_entropy($s, $r, $c, $e)", {"s": sv.tolist(), "r": rows, "c": cols, "e": EPS64}
     ).fetchall()[0]  # fmt: skip
     log_spectral_norm = np.log10(evals.max())  # WeightWatcher's apply_norm_metrics
     want = (fit.alpha, fit.xmin, len(fit.data), fit.D, fit.alpha * log_spectral_norm, np.log10(evals.sum()),

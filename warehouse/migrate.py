@@ -12,6 +12,12 @@ that ``gc`` removes.
 From schema 2 to 3 each task keeps its id and run; its files are written again with every Gram
 (``sketches.gram``) as little-endian float32 bytes instead of a list (``warehouse.gram``). A compacted
 warehouse comes out with one file per task: run ``layerlake compact`` after.
+
+From schema 3 to 4 the same, with the precision each spectrum was computed in (``eps``, the rank
+tolerance's) added to ``activation_stats`` and ``spectra``. Older layerlakes stored no trace of it, so old
+rows get what the default options computed in (``OLD_EPS``): activations and gradients a float32 pass
+(2^-23), weights a float64 SVD (2^-52). A run extracted before with ``executor.dtype=bfloat16`` or
+``extract.spectra_precision=float32`` computed in coarser arithmetic than that: extract it again.
 """
 
 from __future__ import annotations
@@ -121,11 +127,19 @@ def stored_location(suite: str, model: str, revision: str, source: str, location
     return f"{suite}/{model}/{revision}" if source == "local" else location
 
 
+OLD_EPS = {  # rows written before schema 4: the machine epsilon of what the default options computed in
+    "activation_stats": {None: 2.0**-23},  # a float32 forward
+    "spectra": {"weight": 2.0**-52, "grad": 2.0**-23},  # a float64 SVD; of a float32 backward's gradients
+}
+
+
 def rewrite(root: Path, listed: FileEntry, entry: CommitEntry) -> pa.Table:
     """An old task's rows as the current contract wants them (identity columns are added by the writer,
     which also encodes a Gram list as its bytes)."""
     data = read_task_rows(root, listed)
     data = data.drop_columns([c for c in schema.IDENTITY_COLUMNS if c in data.column_names])
+    if listed.table in OLD_EPS and "eps" not in data.column_names:
+        data = with_old_eps(listed.table, data)
     if listed.table == "checkpoints" and entry.schema_version < 2 and "location" in data.column_names:
         rows = data.to_pylist()
         locations = [
@@ -139,6 +153,19 @@ def rewrite(root: Path, listed: FileEntry, entry: CommitEntry) -> pa.Table:
             pa.array([new_task_id(entry, run_of(entry)[0])] * len(rows), pa.string()),
         )  # fmt: skip
     return data
+
+
+def with_old_eps(table: str, data: pa.Table) -> pa.Table:
+    """``data`` with its ``eps`` column, in the contract's column order, from ``OLD_EPS``."""
+    by_tensor = OLD_EPS[table]
+    tensors = data.column("tensor").to_pylist() if "tensor" in data.column_names else [None] * data.num_rows
+    eps = pa.array([by_tensor.get(t, 2.0**-23) for t in tensors], pa.float64())
+    names = schema.TABLES[table].column_names
+    columns = {name: data.column(name) for name in data.column_names}
+    columns["eps"] = eps
+    return pa.table(
+        [columns[name] for name in names if name in columns], names=[n for n in names if n in columns]
+    )
 
 
 def clean_meta(entry: CommitEntry) -> dict:
