@@ -122,7 +122,7 @@ def test_weight_spectra_equal_numpy():
     weights = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
     tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions())
     spectra = tables["spectra"]
-    names = {r["matrix"] for r in spectra.to_pylist()}
+    names = {r["matrix"] for r in rows(spectra, tensor="weight")}
     assert names == {
         "query_key_value",
         "query",
@@ -262,7 +262,7 @@ def test_llama_gqa_extraction_uses_the_kv_group_of_each_head():
     tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions())
     stats = tables["activation_stats"]
     assert stats.num_rows == 2 * (3 + 1 + 4)
-    names = {r["matrix"] for r in tables["spectra"].to_pylist()}
+    names = {r["matrix"] for r in rows(tables["spectra"], tensor="weight")}
     assert names == {"query", "key", "value", "dense", "gate_proj", "up_proj", "dense_4h_to_h", "ov"}
     w_o = weights["model.layers.1.self_attn.o_proj.weight"]  # (16, 4 heads * 4)
     w_v = weights["model.layers.1.self_attn.v_proj.weight"]  # (2 kv heads * 4, 16)
