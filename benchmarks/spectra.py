@@ -5,17 +5,18 @@ Pythia's shapes (70m, 160m, 410m, 1.4b, 2.8b), on the CPU or a GPU (``--device``
 random-initialised, seed 0, vocabulary 512: the embeddings take no spectra), the gradients from one
 backward of the next-token loss on a random probe of ``--tokens`` tokens; then every matrix whose spectrum
 layerlake stores, as ``etl.sites.block_matrices`` gives them (fused and split Q, K, V, dense, both MLP
-matrices, the per-layer and per-head OV of the weights; the same parameters' gradients, OV left out:
-its gradient is defined elsewhere and is a d x d product and 2 d_head cores like the weights' OV). A
-layer's matrices have the same shapes in every layer, so one layer's time times the layer count is a
-checkpoint's (weights and gradients).
+matrices, the per-layer and per-head OV of the weights; the same parameters' gradients with the product
+rule ``ov_product_rule``), and the ``ov`` gradient G_h of every head and of the layer (d_model x d_model,
+from the pass's hooks, ``etl.ov_gradient``, as extraction takes it). A layer's matrices have the same
+shapes in every layer, so one layer's time times the layer count is a checkpoint's (weights and
+gradients).
 
 **Methods**, each on the same matrices, alternately, best of ``--repeats`` (CPU time on the CPU, the
 synchronised wall time on a GPU):
 
 - ``svd``: float64 ``torch.linalg.svdvals`` on the tall side (``etl.metrics.batched_svdvals`` with
   ``method=svd``: one call per matrix on the CPU, one batched call per shape on a GPU);
-- ``gram``: ``method=gram``, the default: the eigenvalues of the float64 Gram of the short side
+- ``gram``: ``method=gram``: the eigenvalues of the float64 Gram of the short side
   (a matrix multiply, then ``eigvalsh``) where the spread lets them be exact, ``svdvals`` for the rest;
 - ``gram_deflated``: ``method=gram_deflated``: the Gram's eigenvalues where they are exact, the rest
   from the matrix restricted to the Gram's other eigenvectors, again by its Gram (symmetric
@@ -76,7 +77,8 @@ def block_matrices(label: str, layers: int, tokens: int, device: str) -> list[tu
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from layerlake.etl import sites
+    from layerlake.etl import capture, layouts, ov_gradient, sites
+    from layerlake.etl.extract import ov_gradient_matrices
 
     _, d, heads = SHAPES[label]
     config = GPTNeoXConfig(
@@ -91,17 +93,18 @@ def block_matrices(label: str, layers: int, tokens: int, device: str) -> list[tu
     seq = min(tokens, 512)
     ids = torch.randint(0, 512, (max(1, tokens // seq), seq), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
-    model(ids, labels=ids).loss.backward()
-    family, shape = sites.family_of(model), sites.shape_of(model)
+    fitted = layouts.fit(model)
+    ov = ov_gradient.OvGradient(fitted)  # G_h of each head, reduced from the pass's hooks
+    positions = torch.tensor([[0, seq - 1]], device=device)
+    capture.run_pass(model, ids, positions, {}, gradients=True, call=fitted.layout.call, ov_gradient=ov)
     out = []
-    for layer, block in enumerate(sites.blocks(model)):
+    for block in fitted.blocks:
         for tensor in ("weight", "grad"):
-            for (matrix, head), (a, b) in sites.block_matrices(
-                block, family, shape, "true_v", tensor
-            ).items():
-                if tensor == "grad" and matrix == "ov":
-                    continue
-                name = f"{layer}.{tensor}.{matrix}" + ("" if head is None else f".{head}")
+            found = sites.block_matrices(block, fitted.layout, fitted.shape, "true_v", tensor)
+            if tensor == "grad":
+                found.update(ov_gradient_matrices(ov, block.index))
+            for (matrix, head), (a, b) in found.items():
+                name = f"{block.index}.{tensor}.{matrix}" + ("" if head is None else f".{head}")
                 out.append((name, (a.detach(), None if b is None else b.detach())))
     return out
 

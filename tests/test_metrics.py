@@ -10,7 +10,6 @@ import torch
 
 from layerlake.core.choices import SpectraMethod
 from layerlake.etl import metrics
-from layerlake.warehouse.powerlaw import ww_fit
 
 
 def _rand(n: int, d: int, seed: int) -> np.ndarray:
@@ -190,28 +189,52 @@ def with_spectrum(rows: int, s: np.ndarray, seed: int) -> torch.Tensor:
     return torch.from_numpy((u * s) @ v.T)
 
 
-def np_measures(sv: np.ndarray, rows: int, cols: int) -> dict[str, float]:
-    """The stored measures, written from their formulas (warehouse/sql/macros/): erank, stable rank, the
-    numerical rank (float64), the fixed-tail power-law alpha and WeightWatcher's alpha."""
-    pos = sv[sv > 0]
-    p = pos / pos.sum()
-    eig = np.sort(pos**2)[::-1]
-    tail = eig[: eig.size // 2]
-    ww = ww_fit(np.sort(sv[sv**2 > 1e-5] ** 2))
-    return {
-        "erank": float(np.exp(-np.sum(p * np.log(p)))),
-        "stable_rank": float(np.sum(sv**2) / sv.max() ** 2),
-        "numerical_rank": int(np.count_nonzero(sv > sv.max() * max(rows, cols) * 2.0**-52)),
-        "powerlaw_alpha": float(1 + tail.size / np.sum(np.log(tail / tail.min()))),
-        "ww_alpha": ww[2] if ww is not None else None,
-    }
+# Every stored measure of a spectrum, as the warehouse's macros compute it (warehouse/sql/macros/), with
+# the float64 SVD's tolerance where one is taken. The logarithms are compared on the scale of 1 (an error of
+# 1e-10 in log s is one of 1e-10 relative in s), alpha_weighted (alpha log10 lambda_max) on alpha's, the
+# rest relative to their value.
+SPECTRUM_MEASURES = {
+    "erank": "erank({})", "per": "per({}, 64)", "stable_rank": "stable_rank({})",
+    "spectral_norm": "spectral_norm({})", "frobenius_norm": "frobenius_norm({})",
+    "nuclear_norm": "nuclear_norm({})", "log_norm": "log_norm({})", "log_spectral_norm": "log_spectral_norm({})",
+    "matrix_entropy": "matrix_entropy({}, r, c, $eps)", "mp_softrank": "mp_softrank({}, r, c)",
+    "powerlaw_alpha": "powerlaw_alpha({})", "ww_alpha": "ww_alpha({})", "alpha_weighted": "alpha_weighted({})",
+    "ww_xmin": "ww_xmin({})", "ww_ks": "ww_ks({})", "ww_tail": "ww_tail({})",
+    "numerical_rank": "numerical_rank({}, r, c, $eps)", "condition_number": "condition_number({}, r, c, $eps)",
+}  # fmt: skip
+LOGS = {"log_norm", "log_spectral_norm"}
+
+
+def sql_measures(con, got: np.ndarray, ref: np.ndarray, rows: int, cols: int) -> dict[str, tuple]:
+    """``{measure: (of got, of ref)}`` by the macros."""
+    import pyarrow as pa
+
+    con.register("pair", pa.table({"g": [got], "f": [ref], "r": [rows], "c": [cols]}))
+    calls = [f"{call.format(side)}" for call in SPECTRUM_MEASURES.values() for side in ("g", "f")]
+    values = con.execute(f"select {', '.join(calls)} from pair", {"eps": 2.0**-52}).fetchall()[0]
+    con.unregister("pair")
+    return {name: values[2 * i : 2 * i + 2] for i, name in enumerate(SPECTRUM_MEASURES)}
+
+
+@pytest.fixture(scope="module")
+def con():
+    import duckdb
+
+    from layerlake.warehouse.macros import install_functions
+
+    connection = install_functions(duckdb.connect())
+    yield connection
+    connection.close()
 
 
 @pytest.mark.parametrize("method", list(SpectraMethod))
 @pytest.mark.parametrize("rows", [64, 256])
-def test_every_spectra_method_is_as_exact_as_svdvals_on_badly_spread_spectra(method, rows):
+def test_every_spectra_method_is_as_exact_as_svdvals_on_badly_spread_spectra(con, method, rows):
     """Against the known values: every value within svdvals' own accuracy (a few eps s_1), 1e-12 relative
-    down to 1e-2 s_1; every stored measure within 1e-10 of svdvals' (the numerical rank equal)."""
+    down to 1e-2 s_1. Every stored measure (each spectrum macro) within 1e-10 relative of svdvals', the
+    numerical rank equal, but the condition number: it reads the smallest value kept, s_r, which no
+    float64 method (svdvals included) has to better than about eps s_1, a relative error of eps s_1 / s_r;
+    it is checked against the truth at that accuracy (svdvals' and the method's alike)."""
     for k, (name, s) in enumerate(known_spectra(64).items()):
         m = with_spectrum(rows, s, seed=rows + k)
         (got,) = metrics.batched_svdvals([(m, None)], method=method)
@@ -220,10 +243,20 @@ def test_every_spectra_method_is_as_exact_as_svdvals_on_badly_spread_spectra(met
         assert np.abs(got - s).max() <= 200 * 2.0**-52 * s[0], name  # svdvals' own: up to ~50
         large = s >= 1e-2 * s[0]
         assert np.abs(got - s)[large].max() <= 1e-12 * s[large].min(), name
-        want, have = np_measures(ref, rows, 64), np_measures(got, rows, 64)
-        assert have["numerical_rank"] == want["numerical_rank"], name
-        for measure in ("erank", "stable_rank", "powerlaw_alpha", "ww_alpha"):
-            assert have[measure] == pytest.approx(want[measure], rel=1e-10), (name, measure)
+        measures = sql_measures(con, got, ref, rows, 64)
+        for measure, (have, want) in measures.items():
+            if measure == "condition_number":
+                kept = s[s > s[0] * rows * 2.0**-52]
+                true_cond = kept[0] / kept[-1]
+                for value in (have, want):  # both within 200 eps s_1 / s_r of the truth
+                    assert value == pytest.approx(true_cond, rel=200 * 2.0**-52 * true_cond), name
+            elif want is None or measure in ("numerical_rank", "ww_tail"):
+                assert have == want, (name, measure)
+            else:
+                scale = 1.0 if measure in LOGS else abs(want)
+                if measure == "alpha_weighted":
+                    scale = abs(measures["ww_alpha"][1])
+                assert abs(have - want) <= 1e-10 * scale, (name, measure, have, want)
 
 
 def test_the_gram_is_taken_only_where_its_eigenvalues_are_exact():
