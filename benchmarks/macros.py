@@ -54,9 +54,9 @@ def np_ww_alpha(s: np.ndarray) -> float:
 
 MACROS = {  # SQL over (sv, r, c) -> (numpy, spectra per SQL query: enough that the query's own cost is small)
     "erank(sv)": (lambda s, r, c: np_erank(s), 2000),
-    "numerical_rank(sv, r, c)": (np_numerical_rank, 2000),
+    "numerical_rank(sv, r, c, 2.220446049250313e-16)": (np_numerical_rank, 2000),  # float64 values: eps 2^-52
     "stable_rank(sv)": (lambda s, r, c: np_stable_rank(s), 2000),
-    "matrix_entropy(sv, r, c)": (np_matrix_entropy, 2000),
+    "matrix_entropy(sv, r, c, 2.220446049250313e-16)": (np_matrix_entropy, 2000),
     "ww_alpha(sv)": (lambda s, r, c: np_ww_alpha(s), 4),
 }
 

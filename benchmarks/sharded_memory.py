@@ -105,10 +105,11 @@ def rank_main(rank: int, port: int, what: str, args, out: str) -> None:
             with training_state_kept(m):
                 sharded.snapshot_sharded(m, 0, probe, options, writes=rank == 0)
         elif what == "spectra":
-            from layerlake.etl.extract import Phases, Rows
+            from layerlake.etl.extract import Phases, Rows, pass_eps
             from layerlake.etl.layouts import fit
 
-            rows = Rows(0, "", probe.probe_id, Phases(torch.device("cpu")))
+            cpu = torch.device("cpu")
+            rows = Rows(0, "", probe.probe_id, Phases(cpu), pass_eps(options, cpu))
             rows.timed.seconds["gather"] = 0.0
             sharded.add_spectra(rows, fit(m), options, "weight", rank == 0)
         else:

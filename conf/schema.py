@@ -18,11 +18,13 @@ from omegaconf import MISSING, OmegaConf
 
 from layerlake.core.choices import (
     Architecture,
+    Autocast,
     Dtype,
     Estimator,
     ExecutorKind,
     FigureFormat,
     Kernel,
+    MatmulPrecision,
     PositionRule,
     ProbeSource,
     Site,
@@ -242,7 +244,7 @@ class ExtractConfig:
     sites: list[Site] = field(default_factory=lambda: list(Site))
     per_head: bool = True
     v_slice: VSlice = VSlice.true_v
-    gradients: bool = False
+    gradients: bool = True  # spectra of the LM-loss gradients (conf/extract/default.yaml says the same)
     weight_spectra: bool = True
     kernels: list[Kernel] = field(default_factory=lambda: [Kernel.linear])
     estimators: list[Estimator] = field(default_factory=lambda: list(Estimator))
@@ -250,6 +252,8 @@ class ExtractConfig:
     batch_size: Optional[int] = None  # sequences per forward chunk (bounds memory); None = all at once
     store_activations: bool = False  # keep each site's probe activations (float16) for pwcca(); costly
     spectra_precision: SpectraPrecision = SpectraPrecision.float64  # float32: faster SVDs, see docs
+    matmul_precision: MatmulPrecision = MatmulPrecision.float32  # tf32: faster on Ampere+ GPUs; see docs
+    autocast: Autocast = Autocast.none  # bfloat16: mixed-precision pass; its error: benchmarks/RESULTS.md
 
 
 @dataclass

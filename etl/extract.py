@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from layerlake.core.choices import AttentionProbs, Dtype, ModelCall
+from layerlake.core.choices import AttentionProbs, Autocast, Dtype, MatmulPrecision, ModelCall, Tensor
 from layerlake.core.layouts import Layout
 from layerlake.etl import capture, metrics, sites
 from layerlake.etl.errors import ExtractionError, ProbeError
@@ -75,14 +75,14 @@ def extract_from_model(
     if options.torch_threads:
         torch.set_num_threads(options.torch_threads)
     timed = Phases(device)
-    rows = Rows(ref.step, weights_sha256, probe.probe_id, timed)
+    rows = Rows(ref.step, weights_sha256, probe.probe_id, timed, pass_eps(options, device))
     was_training = model.training
     model.to(device)
     try:
         if options.weight_spectra:
             _add_spectra(rows, fitted, options, "weight", spectra_cache)
         model.to(TORCH_DTYPES[options.dtype]).eval()
-        with _grads_enabled(model, options.gradients):
+        with _grads_enabled(model, options.gradients), pass_precision(options, device):
             ids, positions = probe_tensors(probe, device)
             ov_gradient = OvGradient(fitted) if fitted.layout.probs != AttentionProbs.none else None
             captured, pass_times = capture.run_pass(
@@ -102,6 +102,44 @@ def extract_from_model(
     finally:
         model.train(was_training)
     return rows.tables(), timed.seconds
+
+
+@contextmanager
+def pass_precision(options: ExtractOptions, device: torch.device) -> Iterator[None]:
+    """``extract.autocast`` and ``extract.matmul_precision`` around the forward and backward, restored after.
+
+    TF32 exists on NVIDIA GPUs only (Ampere and newer use it): on any other device the option changes
+    nothing, and the products stay float32.
+    """
+    tf32 = options.matmul_precision == MatmulPrecision.tf32 and device.type == "cuda"
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    if tf32:
+        matmul.allow_tf32 = True
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.autocast == Autocast.bfloat16):
+            yield
+    finally:
+        if tf32:
+            matmul.allow_tf32 = before
+
+
+def pass_eps(options: ExtractOptions, device: torch.device) -> float:
+    """The machine epsilon of the forward and backward: the coarsest of the model's dtype, bfloat16 under
+    autocast, and TF32's 2^-10 where TF32 runs (a CUDA device). What activation spectra carry (``eps``)."""
+    eps = [torch.finfo(TORCH_DTYPES[options.dtype]).eps]
+    if options.autocast == Autocast.bfloat16:
+        eps.append(torch.finfo(torch.bfloat16).eps)
+    if options.matmul_precision == MatmulPrecision.tf32 and device.type == "cuda":
+        eps.append(2.0**-10)
+    return max(eps)
+
+
+def spectra_eps(options: ExtractOptions, device: torch.device, tensor: str) -> float:
+    """The machine epsilon of a stored spectrum: its SVD's type (``extract.spectra_precision``), and for a
+    gradient also the pass's (:func:`pass_eps`), whichever is coarser."""
+    svd = torch.finfo(TORCH_DTYPES[Dtype(options.spectra_precision.value)]).eps
+    return max(svd, pass_eps(options, device)) if tensor == Tensor.grad else svd
 
 
 def check_options(
@@ -213,8 +251,9 @@ def _add_spectra(
         spectra = _spectra(fitted, options, tensor, rows.timed, ov_gradient)
         if cache is not None and tensor == "weight":
             cache.put(key, spectra)
+    eps = spectra_eps(options, torch.device(options.device), tensor)
     for s in spectra:
-        rows.add_spectrum(s.layer, tensor, s.matrix, s.head, s.rows, s.cols, s.sv)
+        rows.add_spectrum(s.layer, tensor, s.matrix, s.head, s.rows, s.cols, s.sv, eps)
         if s.stats is not None:
             rows.add_matrix_stats(s.layer, tensor, s.matrix, s.head, s.stats)
 
@@ -294,10 +333,11 @@ def _entry_stats(matrices: list[tuple[torch.Tensor, torch.Tensor | None]]) -> It
 class Rows:
     """Column lists for the output tables (OUTPUT_TABLES), filled row by row, turned into Arrow at the end."""
 
-    def __init__(self, step: int, weights_sha256: str, probe_id: str, timed: Phases) -> None:
+    def __init__(self, step: int, weights_sha256: str, probe_id: str, timed: Phases, pass_eps: float) -> None:
         self.common = {"step": step, "weights_sha256": weights_sha256}
         self.probe_id = probe_id
         self.timed = timed
+        self.pass_eps = pass_eps  # the precision activations were computed in (activation_stats.eps)
         self.cols: dict[str, dict[str, list]] = {
             name: {c: [] for c in TABLES[name].column_names} for name in OUTPUT_TABLES
         }
@@ -314,7 +354,7 @@ class Rows:
         with self.timed("summaries"):
             summary = metrics.activation_summary(x, options.near_zero_eps)
         summary["sv"] = np.asarray(summary["sv"], dtype=np.float64)
-        self._append("activation_stats", **key, **summary)
+        self._append("activation_stats", **key, **summary, eps=self.pass_eps)
         if options.store_activations and head is None:
             values = x.detach().to(torch.float16).cpu().numpy().astype("<f2", copy=False)
             self._append("activations", layer=layer, site=site, probe_id=self.probe_id,
@@ -347,6 +387,7 @@ class Rows:
         n_rows: int,
         n_cols: int,
         sv: torch.Tensor,
+        eps: float,
     ) -> None:
         self._append(
             "spectra",
@@ -357,6 +398,7 @@ class Rows:
             rows=n_rows,
             cols=n_cols,
             sv=sv.cpu().numpy(),
+            eps=eps,
             probe_id=self.probe_id if tensor == "grad" else None,
         )
 

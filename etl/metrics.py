@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from layerlake.core.choices import Estimator, Kernel
+from layerlake.core.choices import Estimator, Kernel, SpectraMethod
 
 KERNELS = Kernel.values()
 ESTIMATORS = Estimator.values()
@@ -150,18 +150,19 @@ def batched_svdvals(
     matrices: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
     dtype: torch.dtype = torch.float64,
     max_batch_bytes: int = 256 * 2**20,
+    method: SpectraMethod = SpectraMethod.svd,
 ) -> list[torch.Tensor]:
     """The singular values of each ``a @ b`` (or ``a``), as :func:`product_svdvals` gives them, for many
     matrices at once: float64 results, descending, ``min(rows, cols)`` each.
 
     Each matrix is first reduced to the core whose singular values it shares (itself on its tall side;
-    for a low-rank product the ``r x r`` ``Ra Rb^T``, see :func:`product_svdvals`), in ``dtype``. On a
-    GPU, cores of the same shape go through one batched ``svdvals`` call, at most ``max_batch_bytes`` of
-    them at a time (one call for the 24 MLP matrices of a model instead of 24 kernel launches). On the
-    CPU each core gets its own call: LAPACK runs a batch one matrix after another anyway, and stacking
-    the copies made six 3072 x 768 float64 SVDs 20% slower (1.09 s against 0.91 s, 2 cores).
-    ``dtype=torch.float32`` computes in float32 (its error against float64 is measured by
-    ``benchmarks/scale.py``).
+    for a low-rank product the ``r x r`` ``Ra Rb^T``, see :func:`product_svdvals`), in ``dtype``, and its
+    values come from :func:`singular_values` (``method``). On a GPU, cores of the same shape go through
+    one batched call, at most ``max_batch_bytes`` of them at a time (one call for the 24 MLP matrices of
+    a model instead of 24 kernel launches). On the CPU each core gets its own call: LAPACK runs a batch
+    one matrix after another anyway, and stacking the copies made six 3072 x 768 float64 SVDs 20% slower
+    (1.09 s against 0.91 s, 2 cores). ``dtype=torch.float32`` computes in float32 (``svdvals``; its
+    error against float64 is measured by ``benchmarks/scale.py``).
 
     >>> a = torch.tensor([[1.0], [0.0], [0.0]]); b = torch.tensor([[0.0, 2.0, 0.0]])
     >>> [v.tolist() for v in batched_svdvals([(a, b), (torch.diag(torch.tensor([1.0, 3.0])), None)])]
@@ -184,10 +185,119 @@ def batched_svdvals(
             stacked = (
                 cores[0][0][None] if len(cores) == 1 else torch.stack([c for c, _ in cores])
             )  # no copy of one
-            values = torch.linalg.svdvals(stacked).to(torch.float64)
+            values = singular_values(stacked, method).to(torch.float64)
             for i, (_, zeros), sv in zip(chunk, cores, values, strict=True):
                 out[i] = torch.cat([sv, sv.new_zeros(zeros)]) if zeros else sv
     return out  # type: ignore[return-value]
+
+
+# The smallest lambda_min / lambda_max at which a Gram's eigenvalues are used as the squared singular
+# values (a condition number of at most 100). Forming and solving the Gram moves each eigenvalue by about
+# c eps lambda_max (eps = 2^-52; measured c <= 3.5 for the small ones of spectra spread to this floor,
+# m up to 4096 x 1024), so s_i = sqrt(lambda_i) is off by c eps / 2 (s_1 / s_i)^2 relative: at most
+# 1.1e-12 c here. Below the floor that error grows as the square of the spread (6e-10 at a condition
+# number of 1e4, all relative accuracy gone near sqrt(eps) s_1 = 1.5e-8 s_1, where svdvals still resolves
+# eps s_1), so such a matrix is given to svdvals whole.
+GRAM_FLOOR = 1e-4
+
+
+def singular_values(cores: torch.Tensor, method: SpectraMethod = SpectraMethod.svd) -> torch.Tensor:
+    """The singular values of each tall matrix of ``cores`` (``batch x M x N``, ``M >= N``), descending.
+
+    ``svd`` (the default): ``torch.linalg.svdvals``. The Gram methods (float64 only; other types take
+    ``svdvals``) are as exact, to about 1e-12 relative on every value the measures read (tested on badly
+    spread spectra), and measured against it in ``benchmarks/spectra.py`` (``benchmarks/RESULTS.md``,
+    "Spectra fast and exact"): on the CPU neither is faster at Pythia's shapes, where random-initialised
+    square weights and every gradient are too spread for the Gram alone; on a GPU, where the symmetric
+    eigensolver is far cheaper than the SVD, they are the candidates.
+
+    - ``gram``: the square roots of the eigenvalues of the ``N x N`` Gram ``G = m^T m`` (one matrix
+      multiply, then the symmetric eigensolver: 1.5-2x cheaper than an SVD on the CPU) for each matrix
+      whose spread ``lambda_min / lambda_max`` is at least ``GRAM_FLOOR``, ``svdvals`` for the others;
+    - ``gram_deflated``: :func:`deflated_singular_values`, symmetric eigensolvers for every matrix.
+
+    >>> m = torch.tensor([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
+    >>> singular_values(m[None]).tolist()
+    [[4.0, 3.0]]
+    >>> singular_values(torch.tensor([[[1.0, 0.0], [0.0, 1e-9]]], dtype=torch.float64)).tolist()  # svdvals
+    [[1.0, 1e-09]]
+    """
+    if method == SpectraMethod.svd or cores.dtype != torch.float64 or cores.shape[0] == 0:
+        return torch.linalg.svdvals(cores)
+    if method == SpectraMethod.gram_deflated:
+        return torch.stack([deflated_singular_values(m) for m in cores])
+    values, from_gram = gram_singular_values(cores)
+    rest = ~from_gram
+    if bool(rest.any()):
+        values[rest] = torch.linalg.svdvals(cores[rest])
+    return values
+
+
+def gram_singular_values(cores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, exact)``: for each matrix of ``cores`` (``batch x M x N``, ``M >= N``, float64) the
+    square roots of its Gram's eigenvalues, descending, where ``exact`` (a bool per matrix) says its
+    spread is within ``GRAM_FLOOR``; the other rows of ``values`` are NaN.
+
+    A Cholesky factorisation of ``G - GRAM_FLOOR lambda' I`` (``lambda'`` a power-iteration estimate of
+    ``lambda_max``, never above it) tells first, at a sixth of the cost of forming ``G``, which matrices
+    cannot pass, so their eigenvalues are not computed only to be thrown away; the eigenvalues of the
+    others are then checked against the floor themselves.
+    """
+    gram = cores.mT @ cores
+    values = gram.new_full(gram.shape[:-1], math.nan)
+    exact = torch.zeros(gram.shape[0], dtype=torch.bool, device=gram.device)
+    candidates = torch.nonzero(_may_pass_floor(gram)).flatten()
+    if candidates.numel():
+        lam = torch.linalg.eigvalsh(gram[candidates]).flip(-1)  # descending
+        passed = lam[:, -1] >= GRAM_FLOOR * lam[:, 0]
+        kept = candidates[passed]
+        values[kept] = lam[passed].sqrt()
+        exact[kept] = True
+    return values, exact
+
+
+def deflated_singular_values(m: torch.Tensor, depth: int = 0) -> torch.Tensor:
+    """The singular values of a tall float64 matrix ``m`` (``M x N``) from symmetric eigensolvers only,
+    descending, each as exact as ``svdvals``'s (``SpectraMethod.gram_deflated``).
+
+    The eigenvalues ``lambda_i >= GRAM_FLOOR lambda_max`` of the Gram ``G = m^T m`` give their singular
+    values to about 1e-12 relative (see ``GRAM_FLOOR``). The others ("the tail") are the singular values
+    of ``m`` restricted to the tail's eigenvectors ``V_t``: ``B = m V_t`` (``M x k``), whose own Gram
+    ``B^T B`` is taken the same way, its spread measured against its own largest value, until a tail of
+    at most 32 columns (or the sixth level) is left to ``svdvals``. ``V_t`` spans the tail to within
+    ``eps lambda_max / (GRAM_FLOOR lambda_max)`` of the head, whose leak into ``B`` is orthogonal to the
+    tail's own part and moves a squared tail value by its square, ``(eps s_1 / sqrt(GRAM_FLOOR))^2``:
+    far below the ``eps s_1`` that rounding ``B`` itself costs, as ``svdvals`` does.
+
+    >>> deflated_singular_values(torch.diag(torch.tensor([1.0, 1e-6, 1e-12], dtype=torch.float64))).tolist()
+    [1.0, 1e-06, 1e-12]
+    """
+    n = m.shape[-1]
+    if n <= 32 or depth >= 6:
+        return torch.linalg.svdvals(m)
+    lam, vectors = torch.linalg.eigh(m.mT @ m)  # ascending
+    if not bool(lam[-1] > 0):
+        return torch.linalg.svdvals(m)
+    tail = int(torch.count_nonzero(lam < GRAM_FLOOR * lam[-1]))
+    head = lam[tail:].flip(0).sqrt()
+    if tail == 0:
+        return head
+    rest = deflated_singular_values(m @ vectors[:, :tail], depth + 1)
+    return torch.cat([head, rest]).sort(descending=True).values
+
+
+def _may_pass_floor(gram: torch.Tensor, iterations: int = 8) -> torch.Tensor:
+    """Whether each Gram may have ``lambda_min >= GRAM_FLOOR lambda_max``: ``G - GRAM_FLOOR lambda' I``
+    is positive definite (its Cholesky factorisation succeeds), with ``lambda' <= lambda_max`` the Rayleigh
+    quotient after a few power iterations (an underestimate only lets a matrix through to the exact check)."""
+    v = gram.new_ones(gram.shape[:-1] + (1,))
+    for _ in range(iterations):
+        v = gram @ v
+        v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(torch.finfo(gram.dtype).tiny)
+    top = (v.mT @ gram @ v)[..., 0, 0]
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    _, info = torch.linalg.cholesky_ex(gram - (GRAM_FLOOR * top)[:, None, None] * eye)
+    return (info == 0) & (top > 0)
 
 
 def _core_shape(a: torch.Tensor, b: torch.Tensor | None) -> tuple[int, int]:
@@ -393,11 +503,12 @@ def frobenius(g: torch.Tensor) -> float:
 
 
 def cka(g1: torch.Tensor, g2: torch.Tensor) -> float:
-    """CKA of two centred Grams of the same probe: ``<G1, G2> / (|G1| |G2|)``.
+    """CKA of two centred Grams of the same probe: ``<G1, G2> / (|G1| |G2|)``, clamped to [-1, 1] as the
+    warehouse's ``cka`` macros are (beyond it is the sums' rounding; below 0 is the debiased estimator's).
 
     >>> g = center_biased(linear_gram(torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])))
     >>> round(cka(g, 3.0 * g), 12)
     1.0
     """
     g1, g2 = as64(g1), as64(g2)
-    return (g1 * g2).sum().item() / (frobenius(g1) * frobenius(g2))
+    return min(1.0, max(-1.0, (g1 * g2).sum().item() / (frobenius(g1) * frobenius(g2))))

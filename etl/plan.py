@@ -47,6 +47,8 @@ def extract_options(settings: Config) -> ExtractOptions:
         batch_size=ex.batch_size,
         store_activations=ex.store_activations,
         spectra_precision=ex.spectra_precision,
+        matmul_precision=ex.matmul_precision,
+        autocast=ex.autocast,
         device=run.device,
         dtype=run.dtype,
         torch_threads=run.torch_threads,

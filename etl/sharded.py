@@ -40,7 +40,10 @@ from layerlake.etl.extract import (
     capture_targets,
     check_options,
     ov_gradient_matrices,
+    pass_eps,
+    pass_precision,
     probe_tensors,
+    spectra_eps,
 )
 from layerlake.etl.layouts import BlockFit, Fit
 from layerlake.etl.ov_gradient import OvGradient
@@ -71,16 +74,17 @@ def extract_sharded(
             "a snapshot of a sharded (FSDP) model runs the probe through the whole model, with gradients",
             fix="leave gradients on in the run's extraction options (the tracker's default)",
         )
-    timed = Phases(torch.device(options.device))
+    device = torch.device(options.device)
+    timed = Phases(device)
     timed.seconds["gather"] = 0.0
-    rows = Rows(step, digest, probe.probe_id, timed)
+    rows = Rows(step, digest, probe.probe_id, timed, pass_eps(options, device))
     was_training = model.training
     try:
         if options.weight_spectra:
             add_spectra(rows, fitted, options, Tensor.weight, writes)
         model.eval()
-        with _grads_enabled(model, options.gradients):
-            ids, positions = probe_tensors(probe, torch.device(options.device))
+        with _grads_enabled(model, options.gradients), pass_precision(options, device):
+            ids, positions = probe_tensors(probe, device)
             # G_h needs no weights (the value map's input, the probabilities, W_O's output gradient):
             # every rank reduces it from its own full activations; the writer keeps it
             ov_gradient = OvGradient(fitted) if fitted.layout.probs != AttentionProbs.none else None
@@ -189,7 +193,7 @@ def add_spectra(
                 if key not in done and _real(factors) and (key[1] is None or options.per_head)
             ]
             done.update(key for key, _ in found)
-            add(rows, tensor, spectra_of(block.index, found, precision, rows.timed))
+            add(rows, options, tensor, spectra_of(block.index, found, precision, rows.timed))
             del part, found
         if writes and ov_gradient is not None and tensor == Tensor.grad:
             found = [
@@ -197,12 +201,13 @@ def add_spectra(
                 for key, factors in ov_gradient_matrices(ov_gradient, block.index).items()
                 if key[1] is None or options.per_head
             ]
-            add(rows, tensor, spectra_of(block.index, found, precision, rows.timed))
+            add(rows, options, tensor, spectra_of(block.index, found, precision, rows.timed))
 
 
-def add(rows: Rows, tensor: str, spectra: list[Spectrum]) -> None:
+def add(rows: Rows, options: ExtractOptions, tensor: str, spectra: list[Spectrum]) -> None:
+    eps = spectra_eps(options, torch.device(options.device), tensor)  # the precision, as extract stores it
     for s in spectra:
-        rows.add_spectrum(s.layer, tensor, s.matrix, s.head, s.rows, s.cols, s.sv)
+        rows.add_spectrum(s.layer, tensor, s.matrix, s.head, s.rows, s.cols, s.sv, eps)
         if s.stats is not None:
             rows.add_matrix_stats(s.layer, tensor, s.matrix, s.head, s.stats)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from layerlake.core.choices import (
+    Autocast,
     Dtype,
     Estimator,
     Kernel,
+    MatmulPrecision,
     Site,
     SpectraPrecision,
     SuiteSource,
@@ -92,7 +94,7 @@ class ExtractOptions:
     sites: tuple[Site, ...] = tuple(Site)
     per_head: bool = True
     v_slice: VSlice = VSlice.true_v
-    gradients: bool = False
+    gradients: bool = True  # the defaults are conf.schema.ExtractConfig's (tests/test_config.py checks)
     weight_spectra: bool = True
     kernels: tuple[Kernel, ...] = (Kernel.linear,)
     estimators: tuple[Estimator, ...] = tuple(Estimator)
@@ -103,6 +105,8 @@ class ExtractOptions:
     batch_size: int | None = None  # sequences per forward chunk; None = the whole probe at once
     store_activations: bool = False  # the ``activations`` table: each whole-layer site's probe rows
     spectra_precision: SpectraPrecision = SpectraPrecision.float64  # the SVDs' floating-point type
+    matmul_precision: MatmulPrecision = MatmulPrecision.float32  # tf32: TF32 products on Ampere+ GPUs
+    autocast: Autocast = Autocast.none  # bfloat16: torch.autocast around the forward and backward
 
     def __post_init__(self) -> None:
         """Closed sets become ``Choice`` members (a wrong value is a ``ConfigError`` naming the option)."""
@@ -114,6 +118,9 @@ class ExtractOptions:
         object.__setattr__(self, "dtype", Dtype.parse(self.dtype, "executor.dtype"))
         precision = SpectraPrecision.parse(self.spectra_precision, "extract.spectra_precision")
         object.__setattr__(self, "spectra_precision", precision)
+        matmul = MatmulPrecision.parse(self.matmul_precision, "extract.matmul_precision")
+        object.__setattr__(self, "matmul_precision", matmul)
+        object.__setattr__(self, "autocast", Autocast.parse(self.autocast, "extract.autocast"))
         check_device(self.device)
 
     def config_hash(self) -> str:
@@ -123,8 +130,13 @@ class ExtractOptions:
         # Options added later hash as before while they keep their default: stored hashes stay valid.
         if not self.store_activations:
             payload.pop("store_activations")
-        if self.spectra_precision == SpectraPrecision.float64:
-            payload.pop("spectra_precision")
+        for name, default in (
+            ("spectra_precision", SpectraPrecision.float64),
+            ("matmul_precision", MatmulPrecision.float32),
+            ("autocast", Autocast.none),
+        ):
+            if getattr(self, name) == default:
+                payload.pop(name)
         if self.gradients:  # the ov gradient's definition (G_h = dL/dM_h, no longer the product rule): rows
             payload["ov_gradient"] = OV_GRADIENT  # taken with gradients before it are re-extracted
         return stable_hash(payload)

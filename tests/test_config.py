@@ -83,3 +83,25 @@ def test_cli_prints_the_composed_config_and_refuses_a_bad_key():
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "sitez" in bad.stderr
+
+
+def test_extract_defaults_are_one_set():
+    """The extraction options have one set of defaults: the schema's dataclass, the YAML the CLI composes
+    and the plain ``ExtractOptions`` that the library, a tracked run and the tests build all agree."""
+    import dataclasses
+
+    from layerlake.conf.schema import ExtractConfig
+    from layerlake.etl.task import ExtractOptions
+
+    composed = compose([]).extract
+    schema_defaults = ExtractConfig()
+    options = ExtractOptions()
+    for f in dataclasses.fields(ExtractConfig):
+        from_schema, from_yaml = getattr(schema_defaults, f.name), getattr(composed, f.name)
+        assert from_schema == from_yaml, (
+            f"extract.{f.name}: {from_schema!r} in conf/schema.py, {from_yaml!r} in YAML"
+        )
+        if hasattr(options, f.name):
+            want = tuple(from_schema) if isinstance(from_schema, list) else from_schema
+            assert getattr(options, f.name) == want, f"ExtractOptions.{f.name} differs from extract.{f.name}"
+    assert options.gradients is True

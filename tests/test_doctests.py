@@ -14,6 +14,7 @@ MODULES = (
     "layerlake.etl.suite.corpus",
     "layerlake.etl.suite.train",
     "layerlake.warehouse.gram",
+    "layerlake.warehouse.similarity",
 )
 
 

@@ -75,16 +75,17 @@ SPECTRA = {
 
 
 EPS64 = float(np.finfo(np.float64).eps)
+EPS32 = float(np.finfo(np.float32).eps)
 
 
-def np_significant(s, rows, cols):
-    """numpy.linalg.matrix_rank's rule: the values above s_max * max(rows, cols) * eps (float64)."""
+def np_significant(s, rows, cols, eps=EPS64):
+    """numpy.linalg.matrix_rank's rule: the values above s_max * max(rows, cols) * eps."""
     s = np.asarray(s, dtype=float)
-    return s[s > s.max() * max(rows, cols) * EPS64] if s.size else s
+    return s[s > s.max() * max(rows, cols) * eps] if s.size else s
 
 
-def np_shape_measures(s, rows, cols):
-    keep = np_significant(s, rows, cols)
+def np_shape_measures(s, rows, cols, eps=EPS64):
+    keep = np_significant(s, rows, cols, eps)
     return {
         "numerical_rank": int(keep.size),
         "condition_number": float(keep.max() / keep.min()) if keep.size else None,
@@ -102,12 +103,13 @@ def test_spectrum_macros_match_numpy(con, case):
         else:
             assert got == pytest.approx(want, rel=1e-9), (macro, case)
     rows, cols = max(len(s), 1), len(s) + 3  # the matrix these values could belong to
-    for macro, want in np_shape_measures(s, rows, cols).items():
-        got = q(con, f"select {macro}(?::DOUBLE[], ?, ?)", s.tolist(), rows, cols)
-        if want is None:
-            assert got is None, (macro, case, got)
-        else:
-            assert got == pytest.approx(want, rel=1e-9), (macro, case)
+    for eps in (EPS64, EPS32, 0.1):  # the tolerance follows the precision the values were computed in
+        for macro, want in np_shape_measures(s, rows, cols, eps).items():
+            got = q(con, f"select {macro}(?::DOUBLE[], ?, ?, ?)", s.tolist(), rows, cols, eps)
+            if want is None:
+                assert got is None, (macro, case, got)
+            else:
+                assert got == pytest.approx(want, rel=1e-9), (macro, case, eps)
 
 
 def low_rank(rows: int, cols: int, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,9 +137,9 @@ def test_rank_deficient_matrices_get_their_rank_and_a_finite_condition_number(co
     sv = np.linalg.svd(m, compute_uv=False)
     assert sv[rank:].max(initial=0.0) < 1e-14  # rounding noise where the missing values would be
     assert sv[0] / sv[sv > 0].min() > 1e12  # which is what the old condition_number(sv) divided by
-    got_rank = q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    got_rank = q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64)
     assert got_rank == rank == np.linalg.matrix_rank(m)
-    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64)
     # the condition number of m restricted to its rank: s_1 / s_r of the r x r core U_r^T m V_r
     u, _, vt = np.linalg.svd(m)
     restricted = np.linalg.cond(u[:, :rank].T @ m @ vt[:rank].T)
@@ -146,14 +148,33 @@ def test_rank_deficient_matrices_get_their_rank_and_a_finite_condition_number(co
     assert got == pytest.approx(s_true[0] / s_true[-1], rel=1e-9)
 
 
+@pytest.mark.parametrize("case", list(RANK_DEFICIENT))
+def test_a_matrix_computed_in_float32_gets_its_rank_with_float32s_eps(con, case):
+    """A product of rank r formed in float32 (activations and gradients of a float32 pass) keeps its missing
+    directions at float32's rounding, about 1e-8 of s_1: with eps = 2^-23 it gets rank r and a condition
+    number of its own; with 2^-52 the rounding counted as rank (a condition number near 1e8)."""
+    rows, cols, rank = RANK_DEFICIENT[case]
+    rng = np.random.default_rng(rows * cols)
+    u = np.linalg.qr(rng.normal(size=(rows, rank)))[0].astype(np.float32)
+    v = np.linalg.qr(rng.normal(size=(cols, rank)))[0].astype(np.float32)
+    s = np.geomspace(1.0, 1.0 / 50, rank).astype(np.float32)
+    m = (u * s) @ v.T  # formed in float32
+    sv = np.linalg.svd(m.astype(np.float64), compute_uv=False)  # the float64 SVD layerlake stores
+    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS32) == rank
+    cond = q(con, "select condition_number(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS32)
+    assert cond == pytest.approx(50.0 if rank > 1 else 1.0, rel=1e-5)
+    if rank < min(rows, cols):  # what the float64 tolerance made of it
+        assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64) > rank
+
+
 def test_centred_activations_drop_the_direction_centring_removed(con):
     """activation_stats stores the spectrum of the column-centred n x d matrix: with n <= d it has rank
     n - 1 and one noise value, which condition_number(sv, n, d) ignores."""
     x = np.random.default_rng(5).normal(size=(10, 32))
     xc = x - x.mean(axis=0)
     sv = np.linalg.svd(xc, compute_uv=False)
-    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), 10, 32) == 9
-    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), 10, 32)
+    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), 10, 32, EPS64) == 9
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?, ?)", sv.tolist(), 10, 32, EPS64)
     assert got == pytest.approx(sv[0] / sv[8], rel=1e-12)
     assert got < 1e3 < sv[0] / sv[9]  # dividing by the noise value is what the old macro did
 
@@ -162,31 +183,37 @@ def test_centred_activations_drop_the_direction_centring_removed(con):
 def test_condition_number_of_a_full_rank_matrix_is_numpys(con, rows, cols):
     m = np.random.default_rng(rows * cols).normal(size=(rows, cols))
     sv = np.linalg.svd(m, compute_uv=False)
-    got = q(con, "select condition_number(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols)
+    got = q(con, "select condition_number(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64)
     assert got == pytest.approx(np.linalg.cond(m), rel=1e-12)
-    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?)", sv.tolist(), rows, cols) == min(rows, cols)
+    assert q(con, "select numerical_rank(?::DOUBLE[], ?, ?, ?)", sv.tolist(), rows, cols, EPS64) == min(
+        rows, cols
+    )
 
 
 def test_tolerance_is_relative_and_scales_with_the_larger_side(con):
     """Just above and just below tol = s_max * max(rows, cols) * eps, for values of any magnitude."""
     for scale in (1e-30, 1.0, 1e30):
-        tol = scale * 50 * EPS64
-        above, below = [scale, 1.01 * tol], [scale, 0.99 * tol]
-        assert q(con, "select numerical_rank(?::DOUBLE[], 50, 2)", above) == 2
-        assert q(con, "select numerical_rank(?::DOUBLE[], 2, 50)", below) == 1
-        assert q(con, "select condition_number(?::DOUBLE[], 2, 50)", below) == 1.0
+        for eps in (EPS64, EPS32):
+            tol = scale * 50 * eps
+            above, below = [scale, 1.01 * tol], [scale, 0.99 * tol]
+            assert q(con, "select numerical_rank(?::DOUBLE[], 50, 2, ?)", above, eps) == 2
+            assert q(con, "select numerical_rank(?::DOUBLE[], 2, 50, ?)", below, eps) == 1
+            assert q(con, "select condition_number(?::DOUBLE[], 2, 50, ?)", below, eps) == 1.0
 
 
 def test_shape_macros_need_the_shape(con):
-    assert q(con, "select numerical_rank([1.0, 0.5], NULL, 2)") is None
-    assert q(con, "select condition_number([1.0, 0.5], 2, NULL)") is None
-    assert q(con, "select numerical_rank([]::DOUBLE[], 0, 3)") == 0
-    with pytest.raises(duckdb.BinderException, match=r"condition_number\(sv, rows, cols\)"):
-        q(con, "select condition_number([1.0, 0.5])")
+    assert q(con, "select numerical_rank([1.0, 0.5], NULL, 2, 1e-16)") is None
+    assert q(con, "select condition_number([1.0, 0.5], 2, NULL, 1e-16)") is None
+    assert q(con, "select numerical_rank([1.0, 0.5], 2, 2, NULL)") is None  # no precision, no rank
+    assert q(con, "select numerical_rank([]::DOUBLE[], 0, 3, 1e-16)") == 0
+    for call in ("condition_number([1.0, 0.5])", "condition_number([1.0, 0.5], 2, 2)"):  # the eps is needed
+        with pytest.raises(duckdb.BinderException, match=r"condition_number\(sv, rows, cols, eps\)"):
+            q(con, f"select {call}")
 
 
-@pytest.mark.parametrize("macro", ["erank(?::DOUBLE[])", "numerical_rank(?::DOUBLE[], 8, 8)",
-                                   "condition_number(?::DOUBLE[], 8, 8)", "matrix_entropy(?::DOUBLE[], 8, 8)",
+@pytest.mark.parametrize("macro", ["erank(?::DOUBLE[])", "numerical_rank(?::DOUBLE[], 8, 8, 1e-16)",
+                                   "condition_number(?::DOUBLE[], 8, 8, 1e-16)",
+                                   "matrix_entropy(?::DOUBLE[], 8, 8, 1e-16)",
                                    "powerlaw_alpha(?::DOUBLE[])"])  # fmt: skip
 def test_null_values_inside_a_spectrum_are_dropped_like_zeros(con, macro):
     """A full-rank spectrum skips the per-element filter; one holding a NULL must not, and answers as if
@@ -206,7 +233,10 @@ def test_known_values(con):
     assert q(con, "select powerlaw_alpha([2.0, 1.0, 0.5, 0.25])") == pytest.approx(1 + 2 / np.log(4.0))
 
 
-SHAPED = ("condition_number", "numerical_rank", "matrix_entropy", "mp_softrank")  # (sv, rows, cols)
+SHAPED = {  # the arguments after sv: the shape, and the precision for the rank-based ones
+    "condition_number": ", 3, 4, 1e-16", "numerical_rank": ", 3, 4, 1e-16", "matrix_entropy": ", 3, 4, 1e-16",
+    "mp_softrank": ", 3, 4",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -214,7 +244,7 @@ SHAPED = ("condition_number", "numerical_rank", "matrix_entropy", "mp_softrank")
     [m for m in MACROS if m not in ("cka", "cka_normed", "cka_bytes", "per", "svcca", "mean_cca", "pwcca")],
 )
 def test_null_spectrum_is_null(con, macro):
-    shape = ", 3, 4" if macro in SHAPED else ""
+    shape = SHAPED.get(macro, "")
     assert q(con, f"select {macro}(NULL::DOUBLE[]{shape})") is None
 
 
@@ -227,8 +257,8 @@ def test_per_with_bad_k_is_null(con):
 def test_no_nan_from_float_lists(con):
     # FLOAT[] (as stored for Grams) and DOUBLE[] both work; zeros never give NaN.
     assert q(con, "select erank([0, 0]::FLOAT[])") is None
-    assert q(con, "select condition_number([0, 0]::FLOAT[], 2, 2)") is None
-    assert q(con, "select numerical_rank([0, 0]::FLOAT[], 2, 2)") == 0
+    assert q(con, "select condition_number([0, 0]::FLOAT[], 2, 2, 1e-16)") is None
+    assert q(con, "select numerical_rank([0, 0]::FLOAT[], 2, 2, 1e-16)") == 0
 
 
 def direct_linear_cka(x, y):
@@ -283,6 +313,48 @@ def test_debiased_cka_matches_numpy_formula(con):
     assert abs(want) < 0.2 < direct_linear_cka(x, y)
     got = q(con, "select cka(?::DOUBLE[], ?::DOUBLE[])", ua.ravel().tolist(), ub.ravel().tolist())
     assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_cka_is_clamped_to_plus_minus_one_where_rounding_pushes_it_beyond(con):
+    """|CKA| <= 1 by Cauchy-Schwarz. A stored Gram's self-CKA (cka_bytes with the norm extraction stores,
+    torch's, against numpy's sum of the products) rounds above 1 for most Grams; it comes out 1. The
+    opposite Gram gives -1, and NULL stays NULL."""
+    import torch
+
+    from layerlake.etl.metrics import frobenius
+    from layerlake.warehouse.gram import stored_dot
+
+    rng = np.random.default_rng(0)
+    above = 0
+    for _ in range(20):
+        gram = rng.normal(size=2080).astype("<f4")  # a packed 64 x 64 Gram, as stored
+        blob, norm = gram.tobytes(), frobenius(torch.from_numpy(gram))
+        above += stored_dot(blob, blob) / (norm * norm) > 1.0  # unclamped: rounding lifts it above 1
+        assert q(con, "select cka_bytes($1, $1, $2, $2)", blob, norm) <= 1.0
+        assert q(con, "select cka_normed($1::DOUBLE[], $1::DOUBLE[], $2, $2)", gram.tolist(), norm) <= 1.0
+    assert above >= 5  # the clamp was needed
+    a = rng.normal(size=45)
+    tiny = float(np.linalg.norm(a)) * (1 - 1e-9)  # a norm a hair too small
+    assert q(con, "select cka_normed($1::DOUBLE[], $1::DOUBLE[], $2, $2)", a.tolist(), tiny) == 1.0
+    assert (
+        q(con, "select cka_normed($1::DOUBLE[], $2::DOUBLE[], $3, $3)", a.tolist(), (-a).tolist(), tiny)
+        == -1.0
+    )
+    assert q(con, "select cka($1::DOUBLE[], $2::DOUBLE[])", a.tolist(), (-2 * a).tolist()) == pytest.approx(
+        -1.0
+    )
+    assert q(con, "select cka_bytes(NULL, $1, 1.0, 1.0)", blob) is None
+    assert metrics_cka_clamped()
+
+
+def metrics_cka_clamped() -> bool:
+    """The extraction side's ``metrics.cka`` is clamped alike."""
+    import torch
+
+    from layerlake.etl.metrics import cka
+
+    g = torch.tensor([[1.0, 0.3], [0.3, 2.0]], dtype=torch.float64)
+    return cka(g, g) <= 1.0 and cka(g, -g) >= -1.0 and cka(g, 2 * g) == pytest.approx(1.0)
 
 
 def test_cka_of_zero_gram_is_null(con):
@@ -343,7 +415,7 @@ def test_weightwatcher_measures_equal_the_weightwatcher_package(con, case):
     fit = ww_powerlaw.WWFit(evals[evals > 1e-5])  # WeightWatcher's default fit (its own power-law code)
     got = con.execute(
         "select ww_alpha($s), ww_xmin($s), ww_tail($s), ww_ks($s), alpha_weighted($s), log_norm($s), "
-        "log_spectral_norm($s), matrix_entropy($s, $r, $c)", {"s": sv.tolist(), "r": rows, "c": cols}
+        "log_spectral_norm($s), matrix_entropy($s, $r, $c, $e)", {"s": sv.tolist(), "r": rows, "c": cols, "e": EPS64}
     ).fetchall()[0]  # fmt: skip
     log_spectral_norm = np.log10(evals.max())  # WeightWatcher's apply_norm_metrics
     want = (fit.alpha, fit.xmin, len(fit.data), fit.D, fit.alpha * log_spectral_norm, np.log10(evals.sum()),
@@ -372,6 +444,36 @@ def test_mp_softrank_is_near_one_for_a_random_matrix_and_small_with_spikes(con, 
         for name, (s, r, c) in WW_SPECTRA.items()
     }
     assert soft["bulk"] > 0.9 and soft["spiked"] < 0.5 * soft["bulk"]
+
+
+def ww_mp_softrank(sv, rows, cols):
+    """WeightWatcher's own soft rank (``WeightWatcher.mp_fit``): eigenvalues rescaled to mean 1, the bulk's
+    sigma fitted to their density (``RMT_Util.fit_density_with_range``), bulk_max / lambda_max."""
+    from weightwatcher.RMT_Util import fit_density_with_range
+
+    q_ratio = max(rows, cols) / min(rows, cols)
+    evals = sv**2 * len(sv) / np.sum(sv**2)
+    sigma, _ = fit_density_with_range(evals, q_ratio, bw=0.1)
+    return (sigma * (1 + 1 / np.sqrt(q_ratio))) ** 2 / evals.max()
+
+
+def test_mp_softrank_is_larger_than_weightwatchers_where_spikes_carry_the_norm(con):
+    """As the macro's description says: WeightWatcher fits the bulk's variance, below the mean eigenvalue
+    when spikes carry much of the norm, so its soft rank is the smaller one there; on an all-bulk spectrum
+    both are about 1."""
+    pytest.importorskip("weightwatcher.RMT_Util", reason="pip install weightwatcher (dev extra)")
+    rng = np.random.default_rng(0)
+    for rows, cols in ((64, 96), (256, 64), (100, 300)):
+        bulk = rng.normal(size=(rows, cols))
+        spikes = sum(s * np.outer(rng.normal(size=rows), rng.normal(size=cols)) for s in (3.0, 2.0, 1.5))
+        low_rank = 0.3 * bulk + rng.normal(size=(rows, 5)) @ rng.normal(size=(5, cols))
+        for m in (bulk + spikes, low_rank):
+            sv = np.linalg.svd(m, compute_uv=False)
+            ours = q(con, "select mp_softrank($1, $2, $3)", sv.tolist(), rows, cols)
+            assert ours > 2 * ww_mp_softrank(sv, rows, cols)
+        sv = np.linalg.svd(bulk, compute_uv=False)
+        ours = q(con, "select mp_softrank($1, $2, $3)", sv.tolist(), rows, cols)
+        assert ours == pytest.approx(1.0) and ww_mp_softrank(sv, rows, cols) == pytest.approx(1.0, abs=0.05)
 
 
 def test_ww_fit_needs_two_eigenvalues(con):
@@ -433,6 +535,60 @@ def test_svcca_and_mean_cca_from_grams_equal_cca_of_the_activations(con, seed, p
     }  # as sketches are kept
     got32 = con.execute("select svcca($a::FLOAT[], $b::FLOAT[]), mean_cca($a::FLOAT[], $b::FLOAT[])", stored)
     np.testing.assert_allclose(got32.fetchall()[0], (want[0], want[2]), rtol=1e-4)
+
+
+def spread_activations(n: int, d: int, spread: float, seed: int, rank: int | None = None) -> np.ndarray:
+    """float32 activations (as a forward pass gives them, with a mean) whose centred singular values
+    spread log-evenly over ``spread`` decades, of rank ``rank`` (default min(n - 1, d))."""
+    rng = np.random.default_rng(seed)
+    k = rank or min(n - 1, d)
+    u = np.linalg.qr(rng.normal(size=(n, k)) - rng.normal(size=(n, k)).mean(axis=0))[0]
+    u = np.linalg.qr(u - u.mean(axis=0))[0]  # centred columns
+    v = np.linalg.qr(rng.normal(size=(d, k)))[0]
+    return ((u * np.logspace(0, -spread, k)) @ v.T + rng.normal(size=d)).astype(np.float32).astype(np.float64)
+
+
+def np_mean_cca(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean canonical correlation from the activations themselves: orthonormal bases of the centred
+    column spaces (SVD, numpy's rank tolerance in float32), the cosines of the principal angles."""
+
+    def basis(m):
+        u, s, _ = np.linalg.svd(m - m.mean(axis=0), full_matrices=False)
+        return u[:, s > s[0] * max(m.shape) * np.finfo(np.float32).eps]
+
+    qx, qy = basis(x), basis(y)
+    return float(np.mean(np.linalg.svd(qx.T @ qy, compute_uv=False)[: min(qx.shape[1], qy.shape[1])]))
+
+
+@pytest.mark.parametrize(("n", "d"), [(64, 64), (64, 96), (64, 24), (128, 48)])
+def test_mean_cca_of_float32_sketches_keeps_every_direction_they_resolve(con, n, d):
+    """Activations whose spectra spread over three decades (s_min = 1e-3 s_1, as real sites' do): from
+    the stored float32 sketches mean_cca equals the mean CCA of the activations, 1 where both sides span
+    every centred direction (d >= n - 1). The old cut (lambda_max * n * eps32) dropped directions: 0.98
+    and 0.82 where these give 1 and 0.745."""
+    from layerlake.warehouse.gram import pack
+
+    x = spread_activations(n, d, 3.0, seed=n + d)
+    y = (0.7 * x @ np.linalg.qr(np.random.default_rng(d).normal(size=(d, d)))[0]
+         + 0.3 * spread_activations(n, d, 3.0, seed=n * d)).astype(np.float32).astype(np.float64)  # fmt: skip
+    stored = [pack(centred_gram(m)).astype(np.float32).tolist() for m in (x, y)]
+    got = q(con, "select mean_cca($1::FLOAT[], $2::FLOAT[])", *stored)
+    want = np_mean_cca(x, y)
+    if d >= n - 1:
+        assert want == pytest.approx(1.0, abs=1e-9)
+    assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_mean_cca_drops_the_directions_a_sketch_does_not_have():
+    """A rank-r side keeps r directions: the centring's and the n - 1 - r missing ones, zero but for
+    float32 rounding, are not counted."""
+    from layerlake.warehouse.gram import pack
+    from layerlake.warehouse.similarity import kept_directions
+
+    for rank in (1, 10, 23):
+        x = spread_activations(64, 24, 3.0, seed=rank, rank=rank)
+        packed = pack(centred_gram(x)).astype(np.float32).astype(np.float64)
+        assert kept_directions(packed, 64, 1.0).shape == (64, rank)
 
 
 def test_svcca_is_one_for_a_rotated_copy_and_null_for_a_mismatch(con):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from layerlake.core.choices import SpectraMethod
 from layerlake.etl import metrics
 
 
@@ -163,3 +164,108 @@ def test_wide_matrices_are_taken_on_their_tall_side():
     np.testing.assert_allclose(
         metrics.svdvals64(wide).numpy(), np.linalg.svd(wide.numpy(), compute_uv=False), rtol=1e-13
     )
+
+
+# -- the spectra methods on matrices with known, badly spread spectra ----------------------------------
+
+
+def known_spectra(n: int) -> dict[str, np.ndarray]:
+    """n singular values each, descending: log-spread to condition numbers 10 ... 1e12, half exactly 0,
+    two tight clusters 100x apart, a power law."""
+    rng = np.random.default_rng(n)
+    out = {f"cond_1e{k}": np.logspace(0, -k, n) for k in (1, 2, 4, 8, 12)}
+    out["rank_half"] = np.concatenate([np.logspace(0, -1, n // 2), np.zeros(n - n // 2)])
+    out["two_clusters"] = np.sort(np.repeat([1.0, 1e-2], [n // 2, n - n // 2]) * (1 + 1e-3 * rng.random(n)))[
+        ::-1
+    ]
+    out["power_law"] = np.arange(1, n + 1) ** -1.0
+    return out
+
+
+def with_spectrum(rows: int, s: np.ndarray, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.normal(size=(rows, s.size)))[0]
+    v = np.linalg.qr(rng.normal(size=(s.size, s.size)))[0]
+    return torch.from_numpy((u * s) @ v.T)
+
+
+# Every stored measure of a spectrum, as the warehouse's macros compute it (warehouse/sql/macros/), with
+# the float64 SVD's tolerance where one is taken. The logarithms are compared on the scale of 1 (an error of
+# 1e-10 in log s is one of 1e-10 relative in s), alpha_weighted (alpha log10 lambda_max) on alpha's, the
+# rest relative to their value.
+SPECTRUM_MEASURES = {
+    "erank": "erank({})", "per": "per({}, 64)", "stable_rank": "stable_rank({})",
+    "spectral_norm": "spectral_norm({})", "frobenius_norm": "frobenius_norm({})",
+    "nuclear_norm": "nuclear_norm({})", "log_norm": "log_norm({})", "log_spectral_norm": "log_spectral_norm({})",
+    "matrix_entropy": "matrix_entropy({}, r, c, $eps)", "mp_softrank": "mp_softrank({}, r, c)",
+    "powerlaw_alpha": "powerlaw_alpha({})", "ww_alpha": "ww_alpha({})", "alpha_weighted": "alpha_weighted({})",
+    "ww_xmin": "ww_xmin({})", "ww_ks": "ww_ks({})", "ww_tail": "ww_tail({})",
+    "numerical_rank": "numerical_rank({}, r, c, $eps)", "condition_number": "condition_number({}, r, c, $eps)",
+}  # fmt: skip
+LOGS = {"log_norm", "log_spectral_norm"}
+
+
+def sql_measures(con, got: np.ndarray, ref: np.ndarray, rows: int, cols: int) -> dict[str, tuple]:
+    """``{measure: (of got, of ref)}`` by the macros."""
+    import pyarrow as pa
+
+    con.register("pair", pa.table({"g": [got], "f": [ref], "r": [rows], "c": [cols]}))
+    calls = [f"{call.format(side)}" for call in SPECTRUM_MEASURES.values() for side in ("g", "f")]
+    values = con.execute(f"select {', '.join(calls)} from pair", {"eps": 2.0**-52}).fetchall()[0]
+    con.unregister("pair")
+    return {name: values[2 * i : 2 * i + 2] for i, name in enumerate(SPECTRUM_MEASURES)}
+
+
+@pytest.fixture(scope="module")
+def con():
+    import duckdb
+
+    from layerlake.warehouse.macros import install_functions
+
+    connection = install_functions(duckdb.connect())
+    yield connection
+    connection.close()
+
+
+@pytest.mark.parametrize("method", list(SpectraMethod))
+@pytest.mark.parametrize("rows", [64, 256])
+def test_every_spectra_method_is_as_exact_as_svdvals_on_badly_spread_spectra(con, method, rows):
+    """Against the known values: every value within svdvals' own accuracy (a few eps s_1), 1e-12 relative
+    down to 1e-2 s_1. Every stored measure (each spectrum macro) within 1e-10 relative of svdvals', the
+    numerical rank equal, but the condition number: it reads the smallest value kept, s_r, which no
+    float64 method (svdvals included) has to better than about eps s_1, a relative error of eps s_1 / s_r;
+    it is checked against the truth at that accuracy (svdvals' and the method's alike)."""
+    for k, (name, s) in enumerate(known_spectra(64).items()):
+        m = with_spectrum(rows, s, seed=rows + k)
+        (got,) = metrics.batched_svdvals([(m, None)], method=method)
+        got, ref = got.numpy(), torch.linalg.svdvals(m).numpy()
+        assert np.all(np.diff(got) <= 0), name
+        assert np.abs(got - s).max() <= 200 * 2.0**-52 * s[0], name  # svdvals' own: up to ~50
+        large = s >= 1e-2 * s[0]
+        assert np.abs(got - s)[large].max() <= 1e-12 * s[large].min(), name
+        measures = sql_measures(con, got, ref, rows, 64)
+        for measure, (have, want) in measures.items():
+            if measure == "condition_number":
+                kept = s[s > s[0] * rows * 2.0**-52]
+                true_cond = kept[0] / kept[-1]
+                for value in (have, want):  # both within 200 eps s_1 / s_r of the truth
+                    assert value == pytest.approx(true_cond, rel=200 * 2.0**-52 * true_cond), name
+            elif want is None or measure in ("numerical_rank", "ww_tail"):
+                assert have == want, (name, measure)
+            else:
+                scale = 1.0 if measure in LOGS else abs(want)
+                if measure == "alpha_weighted":
+                    scale = abs(measures["ww_alpha"][1])
+                assert abs(have - want) <= 1e-10 * scale, (name, measure, have, want)
+
+
+def test_the_gram_is_taken_only_where_its_eigenvalues_are_exact():
+    """The Gram's eigenvalues are used for a matrix spread at most GRAM_FLOOR in lambda (a condition
+    number of 100), svdvals for a wider one: there a Gram's eigenvalue near eps lambda_max loses all
+    relative accuracy (at a condition number of 1e5 the Gram alone is off by more than 1e-9)."""
+    s_ok, s_wide = np.logspace(0, -1.9, 64), np.logspace(0, -5, 64)
+    ok, wide = with_spectrum(128, s_ok, 1), with_spectrum(128, s_wide, 2)
+    _, exact = metrics.gram_singular_values(torch.stack([ok, wide]))
+    assert exact.tolist() == [True, False]
+    alone = torch.linalg.eigvalsh(wide.mT @ wide).flip(0).clamp_min(0).sqrt().numpy()
+    assert np.abs(alone - s_wide).max() / s_wide.min() > 1e-9  # what the fallback avoids

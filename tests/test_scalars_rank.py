@@ -1,6 +1,7 @@
 """``scalars.rank`` (schema 4): a run of one process stores its numbers with rank NULL, ``reduce`` is
-checked in one process too, and a schema-3 warehouse migrates with rank NULL in its old rows while
-every other file stays where it was."""
+checked in one process too, and a schema-3 warehouse migrates in one step to schema 4: rank NULL in its
+old scalars, the default options' ``eps`` in its old activation_stats and spectra, every other file
+(a probe's) where it was."""
 
 from __future__ import annotations
 
@@ -33,19 +34,23 @@ def tracked(root: Path) -> None:
         run.snapshot(0, model)
 
 
+ADDED_IN_4 = {"scalars": "rank", "activation_stats": "eps", "spectra": "eps"}  # what schema 3 files lack
+
+
 def as_schema_3(root: Path) -> None:
-    """The warehouse as schema 3 wrote it: scalars files without ``rank``, version 3 everywhere."""
+    """The warehouse as schema 3 wrote it: scalars files without ``rank``, activation_stats and spectra
+    without ``eps``, version 3 everywhere."""
     manifest = root / "_manifest" / "commits.jsonl"
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     for line in lines:
         line["schema_version"] = 3
         for f in line.get("files", []):
-            if f["table"] == "scalars":
-                table = pq.read_table(root / f["path"]).drop_columns(["rank"])
-                pq.write_table(
-                    table.replace_schema_metadata({b"layerlake.schema_version": b"3"}), root / f["path"]
-                )
-                data = (root / f["path"]).read_bytes()
+            if f["table"] in ADDED_IN_4:
+                path = root / f["path"]
+                table = pq.read_table(path).drop_columns([ADDED_IN_4[f["table"]]])
+                metadata = {**(table.schema.metadata or {}), b"layerlake.schema_version": b"3"}
+                pq.write_table(table.replace_schema_metadata(metadata), path)
+                data = path.read_bytes()
                 f["sha256"], f["bytes"] = sha256_bytes(data), len(data)
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
@@ -61,21 +66,37 @@ def test_one_process_stores_rank_null_and_checks_reduce(tmp_path):
         run.log(0, reduce="avg", loss=1.0)
 
 
-def test_a_schema_3_warehouse_migrates_with_rank_null_and_keeps_other_files(tmp_path):
+def test_a_schema_3_warehouse_migrates_in_one_step_with_rank_null_and_default_eps(tmp_path):
     tracked(tmp_path)
-    want = sorted(layerlake.connect(tmp_path).sql("select * from scalars").fetchall(), key=repr)
+    con = layerlake.connect(tmp_path)
+    queries = {
+        "scalars": "select * exclude (rank) from scalars",
+        "activation_stats": "select * exclude (eps) from activation_stats",
+        "spectra": "select * exclude (eps) from spectra",
+    }
+    want = {t: sorted(con.sql(q).fetchall(), key=repr) for t, q in queries.items()}
+    con.close()
+    assert all(want.values())  # the run logged scalars and took a snapshot
     as_schema_3(tmp_path)
     before = {e.task_id: e.files for e in Warehouse(tmp_path).committed().values()}
+    assert any(not {f.table for f in files} & set(ADDED_IN_4) for files in before.values())  # the probe's
     with pytest.raises(LayerlakeError, match="migrate"):
         layerlake.connect(tmp_path)
     report = migrate(tmp_path)
     assert report.tasks == len(before)
     after = Warehouse(tmp_path).committed()
     assert {e.schema_version for e in after.values()} == {schema.SCHEMA_VERSION}
-    for task_id, files in before.items():  # only the scalars files are written again
-        rewritten = any(f.table == "scalars" for f in files)
+    for task_id, files in before.items():  # the files of the three tables are written again, others kept
+        rewritten = any(f.table in ADDED_IN_4 for f in files)
         assert (after[task_id].files != files) == rewritten, task_id
-    got = sorted(layerlake.connect(tmp_path).sql("select * from scalars").fetchall(), key=repr)
-    assert [row[:-1] for row in got] == [row[:-1] for row in want]  # logged_at, value ... kept
-    assert {row[-1] for row in got} == {None}
+    con = layerlake.connect(tmp_path)
+    assert {t: sorted(con.sql(q).fetchall(), key=repr) for t, q in queries.items()} == want
+    assert con.sql("select distinct rank from scalars").fetchall() == [(None,)]
+    # the precision the default options computed in: a float32 pass, float64 SVDs of the weights
+    assert con.sql("select distinct eps from activation_stats").fetchall() == [(2.0**-23,)]
+    assert sorted(con.sql("select distinct tensor, eps from spectra").fetchall()) == [
+        ("grad", 2.0**-23), ("weight", 2.0**-52),
+    ]  # fmt: skip
+    con.close()
     assert check(["--root", str(tmp_path), "--verify-files"]) == 0
+    assert migrate(tmp_path).tasks == 0

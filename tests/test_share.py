@@ -40,7 +40,7 @@ def activation_stats(step: int, sha: str, rng: np.random.Generator) -> pa.Table:
         {"step": step, "weights_sha256": sha, "layer": layer, "site": site, "head": None, "probe_id": "probe0",
          "n": N, "d": D, "mean_norm": float(rng.random()), "rms": float(rng.random()), "std": float(rng.random()),
          "max_abs": float(rng.random()), "kurtosis": float(rng.normal()), "frac_near_zero": 0.0,
-         "sv": sorted(rng.random(D).tolist(), reverse=True)}
+         "sv": sorted(rng.random(D).tolist(), reverse=True), "eps": 2.0**-23}
         for layer in (0, 1) for site in ("attn_out", "mlp_out")
     ]  # fmt: skip
     return pa.Table.from_pylist(rows, schema=schema.ACTIVATION_STATS.arrow_schema())

@@ -183,11 +183,14 @@ def _tables_by_key(tables: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("family", ["neox", "llama", "gpt2"])
-def test_the_sharded_path_on_a_whole_model_gives_the_rows_of_extract(family):
+@pytest.mark.parametrize(
+    ("family", "autocast"), [("neox", "none"), ("llama", "none"), ("gpt2", "none"), ("neox", "bfloat16")]
+)
+def test_the_sharded_path_on_a_whole_model_gives_the_rows_of_extract(family, autocast):
     """``etl.sharded`` with nothing sharded (a gather is then the tensor itself): the matrices it builds
     group by group, on stand-in blocks, are those ``extract_from_model`` builds from the whole model, for
-    fused interleaved QKV (GPT-NeoX), separate q/k/v with grouped heads (llama) and Conv1D (GPT-2)."""
+    fused interleaved QKV (GPT-NeoX), separate q/k/v with grouped heads (llama) and Conv1D (GPT-2); every
+    column, the precision (``eps``) included, also with the pass under bfloat16 autocast."""
     from layerlake.etl.extract import extract_from_model
     from layerlake.etl.sharded import snapshot_sharded
     from layerlake.etl.task import CheckpointRef, ExtractOptions
@@ -195,11 +198,17 @@ def test_the_sharded_path_on_a_whole_model_gives_the_rows_of_extract(family):
 
     model = getattr(tiny_models, family)(seed=0)
     probe = live_probe(PROBE)
-    options = ExtractOptions(gradients=True)
+    options = ExtractOptions(gradients=True, autocast=autocast)
     digest, sharded, _ = snapshot_sharded(model, 3, probe, options, writes=True)
     ref = CheckpointRef("s", "m", 3, "step3", 0, "live", "r", run_id="r")
     whole, _ = extract_from_model(model, ref, digest, probe, options)
     a, b = _tables_by_key(sharded), _tables_by_key(whole)
+    pass_eps = 2.0**-7 if autocast == "bfloat16" else 2.0**-23
+    assert {r["eps"] for r in a["activation_stats"].values()} == {pass_eps}
+    assert {(r["tensor"], r["eps"]) for r in a["spectra"].values()} == {
+        ("weight", 2.0**-52),
+        ("grad", pass_eps),
+    }
     for table in a:
         assert a[table].keys() == b[table].keys() and a[table], table
         for key, row in a[table].items():

@@ -13,8 +13,14 @@ From schema 2 to 3 each task keeps its id and run; its files are written again w
 (``sketches.gram``) as little-endian float32 bytes instead of a list (``warehouse.gram``). A compacted
 warehouse comes out with one file per task: run ``layerlake compact`` after.
 
-From schema 3 to 4 the ``scalars`` files gain the ``rank`` column (NULL: each old value is its run's);
-every other file stays where it is and only its manifest entry moves to the new version.
+From schema 3 to 4 (one step) three tables gain a column and their files are written again, each task
+keeping its id and run: ``scalars`` gains ``rank`` (NULL: each old value is its run's), ``activation_stats``
+and ``spectra`` gain ``eps``, the precision each spectrum was computed in (the rank tolerance's). Older
+layerlakes stored no trace of it, so old rows get what the default options computed in (``OLD_EPS``):
+activations and gradients a float32 pass (2^-23), weights a float64 SVD (2^-52). A run extracted before
+with ``executor.dtype=bfloat16`` or ``extract.spectra_precision=float32`` computed in coarser arithmetic
+than that: extract it again. A task with none of these tables (a probe's) keeps its files; only its
+manifest entry moves to the new version.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from layerlake.warehouse.manifest import CommitEntry, FileEntry, read_task_rows
 from layerlake.warehouse.runs import RunKind, RunStatus, import_run_id, new_run, prepare_run
 from layerlake.warehouse.writer import Staged, Warehouse, default_run_id, discard, now_utc
 
-# Tables whose stored files changed after schema 3 (4: scalars.rank); other schema-3 files are kept as they are.
-REWRITTEN_SINCE_3 = frozenset({"scalars"})
+# Tables whose stored files changed after schema 3 (4: scalars.rank, activation_stats.eps, spectra.eps); other
+# schema-3 files are kept as they are.
+REWRITTEN_SINCE_3 = frozenset({"scalars", "activation_stats", "spectra"})
 
 
 @dataclass
@@ -135,11 +142,19 @@ def stored_location(suite: str, model: str, revision: str, source: str, location
     return f"{suite}/{model}/{revision}" if source == "local" else location
 
 
+OLD_EPS = {  # rows written before schema 4: the machine epsilon of what the default options computed in
+    "activation_stats": {None: 2.0**-23},  # a float32 forward
+    "spectra": {"weight": 2.0**-52, "grad": 2.0**-23},  # a float64 SVD; of a float32 backward's gradients
+}
+
+
 def rewrite(root: Path, listed: FileEntry, entry: CommitEntry) -> pa.Table:
     """An old task's rows as the current contract wants them (identity columns are added by the writer,
     which also encodes a Gram list as its bytes)."""
     data = read_task_rows(root, listed)
     data = data.drop_columns([c for c in schema.IDENTITY_COLUMNS if c in data.column_names])
+    if listed.table in OLD_EPS and "eps" not in data.column_names:
+        data = with_old_eps(listed.table, data)
     for column in schema.table(listed.table).columns:  # a column added since (scalars.rank): NULL in old rows
         if column.name not in data.column_names and column.nullable:
             data = data.append_column(column.name, pa.nulls(data.num_rows, column.type))
@@ -156,6 +171,19 @@ def rewrite(root: Path, listed: FileEntry, entry: CommitEntry) -> pa.Table:
             pa.array([new_task_id(entry, run_of(entry)[0])] * len(rows), pa.string()),
         )  # fmt: skip
     return data
+
+
+def with_old_eps(table: str, data: pa.Table) -> pa.Table:
+    """``data`` with its ``eps`` column, in the contract's column order, from ``OLD_EPS``."""
+    by_tensor = OLD_EPS[table]
+    tensors = data.column("tensor").to_pylist() if "tensor" in data.column_names else [None] * data.num_rows
+    eps = pa.array([by_tensor.get(t, 2.0**-23) for t in tensors], pa.float64())
+    names = schema.TABLES[table].column_names
+    columns = {name: data.column(name) for name in data.column_names}
+    columns["eps"] = eps
+    return pa.table(
+        [columns[name] for name in names if name in columns], names=[n for n in names if n in columns]
+    )
 
 
 def clean_meta(entry: CommitEntry) -> dict:

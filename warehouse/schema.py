@@ -24,7 +24,8 @@ SCHEMA_VERSION = 4  # bump when a table, a column or a stored encoding changes
 # 1: suite and model in hive partition folders only; task ids hashed the checkpoint's folder path.
 # 2: suite, model and run_id in every file; content-named files; the runs and scalars tables.
 # 3: sketches.gram stored as little-endian float32 bytes (a BLOB), not a list of floats (warehouse.gram).
-# 4: scalars.rank (the process of a distributed run that logged a value; NULL in older rows).
+# 4: scalars.rank (the process of a distributed run that logged a value; NULL in older rows);
+#    activation_stats.eps and spectra.eps: the precision each spectrum was computed in (the rank tolerance).
 IDENTITY_COLUMNS = ("suite", "model", "run_id")
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -187,8 +188,15 @@ ACTIVATION_STATS = Table(
             "sv",
             pa.list_(pa.float64()),
             "singular values of the column-centred n x d matrix (float64 SVD), descending, min(n, d) of them; "
-            "values <= max(sv) * max(n, d) * 2^-52 are rounding noise: numerical_rank(sv, n, d) and "
-            "condition_number(sv, n, d) ignore them",
+            "values <= max(sv) * max(n, d) * eps are the rounding of the pass that computed the activations: "
+            "numerical_rank(sv, n, d, eps) and condition_number(sv, n, d, eps) ignore them",
+        ),
+        _c(
+            "eps",
+            pa.float64(),
+            "machine epsilon of the floating-point type the activations were computed in: 2^-23 for a float32 "
+            "pass (the default), 2^-7 for bfloat16 (executor.dtype or extract.autocast=bfloat16), 2^-10 for "
+            "float16, 2^-52 for float64; rows migrated from schema 3 or older get 2^-23, the default pass's",
         ),
     ),
 )
@@ -276,8 +284,16 @@ SPECTRA = Table(
             "sv",
             pa.list_(pa.float64()),
             "singular values (float64 SVD), descending, min(rows, cols) of them; values <= max(sv) * "
-            "max(rows, cols) * 2^-52 are rounding noise: numerical_rank(sv, rows, cols) and "
-            "condition_number(sv, rows, cols) ignore them",
+            "max(rows, cols) * eps are rounding noise: numerical_rank(sv, rows, cols, eps) and "
+            "condition_number(sv, rows, cols, eps) ignore them",
+        ),
+        _c(
+            "eps",
+            pa.float64(),
+            "machine epsilon of the arithmetic the values carry: the SVD's for weights (2^-52; 2^-23 with "
+            "extract.spectra_precision=float32), the coarser of the SVD's and the pass's for gradients (2^-23 "
+            "for a float32 forward and backward, 2^-7 for bfloat16); rows migrated from schema 3 or older get "
+            "the default options' (2^-52 for weights, 2^-23 for gradients)",
         ),
         _GRAD_PROBE,
     ),

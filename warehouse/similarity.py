@@ -10,7 +10,15 @@ kept directions of two sketches are the singular values of U_k(a)^T U_k(b) (the 
 angles between the two subspaces; Bjorck and Golub 1973), and
 
     svcca(a, b, keep)  = their mean, with the directions holding ``keep`` of the variance (0.99 by default)
-    mean_cca(a, b)     = their mean over every direction (rank r: eigenvalues above r's tolerance)
+    mean_cca(a, b)     = their mean over every direction the stored sketch resolves
+
+A sketch is stored in float32: each value is off by at most 2^-24 of itself, so (Weyl) each eigenvalue
+of the stored Gram by at most ``||E||_2 <= ||E||_F <= 2^-24 ||K||_F``. The directions kept are those with
+an eigenvalue above twice that, ``eps32 ||K||_F``: the zero eigenvalues of a Gram of rank r < n (the
+centring's direction, and n - 1 - d more when d < n - 1) stay below it, every direction above it is the
+activations'. (An earlier cut, ``lambda_max * n * eps32``, was up to sqrt(n) times higher and dropped
+real directions: a mean CCA of 0.906 for two full-rank sides, where it is 1.) Directions with a singular
+value below about ``sqrt(eps32 ||K||_F)`` cannot be told from the rounding of a float32 sketch.
 
 Both need the biased, linear-kernel sketches (``estimator = 'biased' and kernel = 'linear'``) of the
 same probe rows (same probe_id and n); with d >= n - 1 every direction is kept by mean_cca and it is 1
@@ -39,17 +47,27 @@ MAX_ACTIVATION_VALUES = 1 << 24  # pwcca: n x d values of one activation matrix 
 def kept_directions(packed: np.ndarray, n: int, keep: float) -> np.ndarray | None:
     """An orthonormal basis (n x k) of the sample-space directions a sketch keeps: the leading
     eigenvectors of its Gram, the fewest whose eigenvalues hold ``keep`` of their sum (``keep >= 1``: all
-    above the numerical tolerance, lambda_max * n * float32's eps)."""
+    that the float32 sketch resolves, eigenvalues above ``resolved_floor``)."""
     values, vectors = np.linalg.eigh(unpack(packed, n))
     values, vectors = values[::-1], vectors[:, ::-1]
     if not values.size or values[0] <= 0:
         return None
-    rank = int(np.count_nonzero(values > values[0] * n * EPS32))
+    rank = int(np.count_nonzero(values > resolved_floor(values)))
     if keep >= 1:
         return vectors[:, :rank]
     share = np.cumsum(values[:rank]) / values[:rank].sum()
     k = min(rank, int(np.searchsorted(share, keep)) + 1)
     return vectors[:, :k]
+
+
+def resolved_floor(eigenvalues: np.ndarray) -> float:
+    """``eps32 ||K||_F`` (``||K||_F = sqrt(sum lambda_i^2)``): twice the most that storing the Gram in
+    float32 moves any of its eigenvalues; the directions above it are the activations'.
+
+    >>> resolved_floor(np.array([3.0, 4.0])) == 5.0 * EPS32
+    True
+    """
+    return EPS32 * float(np.sqrt(np.sum(np.square(eigenvalues))))
 
 
 def canonical_correlations(a: Any, b: Any, keep: float) -> np.ndarray | None:

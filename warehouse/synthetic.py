@@ -75,7 +75,8 @@ def checkpoint_tables(
         "step": [step] * len(skeys), "weights_sha256": [sha] * len(skeys), "layer": [k[0] for k in skeys],
         "tensor": ["weight"] * len(skeys), "matrix": [k[1] for k in skeys], "head": [None] * len(skeys),
         "rows": [d] * len(skeys), "cols": [d] * len(skeys),
-        "sv": [np.asarray(spectra[k], dtype=np.float64).tolist() for k in skeys], "probe_id": [None] * len(skeys),
+        "sv": [np.asarray(spectra[k], dtype=np.float64).tolist() for k in skeys],
+        "eps": [float(np.finfo(np.float64).eps)] * len(skeys), "probe_id": [None] * len(skeys),
     }  # fmt: skip
     return {
         "checkpoints": pa.table(checkpoints, schema=schema.CHECKPOINTS.arrow_schema()),

@@ -93,6 +93,44 @@ class SpectraPrecision(Choice):
     float32 = "float32", "singular values computed in float32: faster, see docs/design.md for its error"
 
 
+class MatmulPrecision(Choice):
+    """How float32 matrix multiplies of the forward and backward run (``extract.matmul_precision``)."""
+
+    float32 = "float32", "full float32 products (the default)"
+    tf32 = (
+        "tf32",
+        "TensorFloat-32 products (10-bit mantissa) on an Ampere or newer NVIDIA GPU; no effect on the CPU or "
+        "older GPUs, whose products stay float32",
+    )
+
+
+class Autocast(Choice):
+    """Mixed precision around the forward and backward (``extract.autocast``)."""
+
+    none = "none", "every op in the model's dtype (executor.dtype; the default)"
+    bfloat16 = (
+        "bfloat16",
+        "torch.autocast to bfloat16: matrix multiplies (and what autocast lists) in bfloat16, on the CPU too",
+    )
+
+
+class SpectraMethod(Choice):
+    """How a float64 spectrum is computed (``etl.metrics.singular_values``); all store the same values to
+    about 1e-12 relative (benchmarks/RESULTS.md, "Spectra fast and exact")."""
+
+    gram = (
+        "gram",
+        "eigenvalues of the float64 Gram of the short side, where their spread lets them be exact; svdvals "
+        "for the other matrices",
+    )
+    gram_deflated = (
+        "gram_deflated",
+        "the Gram's eigenvalues where they are exact, the rest from the matrix restricted to the Gram's "
+        "eigenvectors of the others (Rayleigh-Ritz), again by its Gram: symmetric eigensolvers only",
+    )
+    svd = "svd", "torch.linalg.svdvals of every matrix, on its tall side (the default)"
+
+
 class Estimator(Choice):
     biased = "biased", "biased HSIC: the doubly centred Gram H K H (Kornblith et al. 2019; the paper's)"
     debiased = "debiased", "unbiased HSIC: the U-centred Gram (Szekely-Rizzo; Song et al. 2012)"

@@ -6,8 +6,10 @@
 --        lambda_+ = (1 + 1 / sqrt(Q))^2
 --    and mp_softrank = lambda_+ / max_i lambda_i, at most 1: near 1 when the spectrum is all bulk
 --    (random-like), small when a few large directions (spikes) stand out. The bulk's variance is taken as
---    the mean eigenvalue; WeightWatcher instead fits it to the density, which gives a larger soft rank
---    when spikes carry much of the norm. NULL for an all-zero spectrum.
+--    the mean eigenvalue (1 after the rescaling), not fitted: WeightWatcher's mp_fit fits it to the
+--    density, which puts it below 1 when spikes carry much of the norm, so its soft rank is the SMALLER
+--    one then (up to 10x smaller with strong spikes); on an all-bulk spectrum both are about 1
+--    (WeightWatcher's is not capped and can come out a few % above 1). NULL for an all-zero spectrum.
 CREATE OR REPLACE MACRO mp_softrank(sv, rows, cols) AS
     CASE WHEN list_max(sv::DOUBLE[]) > 0 AND rows > 0 AND cols > 0 THEN
         least(1.0, (1 + 1 / sqrt(greatest(rows, cols)::DOUBLE / least(rows, cols)))^2

@@ -1,12 +1,14 @@
 -- name: numerical_rank
--- signature: numerical_rank(sv, rows, cols)
+-- signature: numerical_rank(sv, rows, cols, eps)
 -- description: the numerical rank of a rows x cols matrix from its singular values sv, as
---    numpy.linalg.matrix_rank:
---        numerical_rank = #{ i : s_i > max_j s_j * max(rows, cols) * eps },   eps = 2^-52 (float64)
---    Pass (sv, rows, cols) for spectra and (sv, n, d) for activation_stats. eps is float64's because the
---    stored spectra are float64 SVDs: the tolerance removes the SVD's rounding. A matrix whose entries were
---    themselves computed in lower precision keeps its missing directions at that precision's rounding level,
---    above this tolerance (gradients of a float32 pass: about 1e-8 of s_1). 0 for an all-zero or empty
---    spectrum; NULL when sv, rows or cols is NULL.
+--    numpy.linalg.matrix_rank gives it for a matrix of the floating-point type whose epsilon is eps:
+--        numerical_rank = #{ i : s_i > max_j s_j * max(rows, cols) * eps }
+--    Pass the stored eps with the shape: (sv, rows, cols, eps) for spectra, (sv, n, d, eps) for
+--    activation_stats. eps is the precision the values were computed in, so that the tolerance removes
+--    that arithmetic's rounding: 2^-52 for the float64 SVD of a weight matrix, 2^-23 for the activations
+--    and gradients of a float32 pass, whose missing directions sit at float32's rounding (about 1e-8 of
+--    s_1, far above float64's tolerance: with 2^-52 the gradient of a matrix writing into the residual
+--    stream, rank d_model - 1, counts d_model, with a condition number near 1e8).
+--    0 for an all-zero or empty spectrum; NULL when sv, rows, cols or eps is NULL.
 -- uses: _ll_significant
-CREATE OR REPLACE MACRO numerical_rank(sv, rows, cols) AS len(_ll_significant(sv, rows, cols));
+CREATE OR REPLACE MACRO numerical_rank(sv, rows, cols, eps) AS len(_ll_significant(sv, rows, cols, eps));

@@ -2,8 +2,8 @@
 -- description: Rank measures of stored weight / gradient spectra. With p_i = s_i / sum_j s_j (zeros
 --    dropped): erank = exp(-sum_i p_i ln p_i) (Roy & Vetterli), per = erank / k, where k is chosen by $k:
 --      head_dim   the model's head dimension (the paper's choice, even for MLP matrices);
---      rank       the numerical rank, numerical_rank(sv, rows, cols) = #{ s_i > max(s) * max(rows, cols) * eps },
---                 eps = 2^-52 (numpy's matrix_rank; the macro's header says why);
+--      rank       the numerical rank, numerical_rank(sv, rows, cols, eps) = #{ s_i > max(s) * max(rows, cols) * eps },
+--                 eps the stored precision of each spectrum (numpy's matrix_rank; the macro's header says why);
 --      min_side   least(rows, cols), the largest rank the matrix could have.
 --    Also stable_rank = sum s^2 / max s^2. head_dim comes from table checkpoints (same weights_sha256).
 -- param: $k enum(head_dim|rank|min_side) = head_dim | what PER divides the effective rank by
@@ -15,7 +15,7 @@
 -- uses: numerical_rank, erank, per, stable_rank
 -- grain: one row per (suite, model, step, tensor, matrix, layer, head)
 with spectra_rows as (
-    select *, numerical_rank(sv, rows, cols) as numerical_rank
+    select *, numerical_rank(sv, rows, cols, eps) as numerical_rank
     from spectra
     where ($suite is null or suite = $suite)
         and ($models is null or list_contains($models, model))
