@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import RenderableType
 from rich.text import Text
 
+from layerlake.core.choices import did_you_mean
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.queries.errors import RecipeError
 from layerlake.queries.figures import check_measure
@@ -75,8 +76,9 @@ def rewrite_args(args: list[str]) -> list[str]:
         else:
             names = sorted({p.name for r in recipes for p in r.params} - set(CONTEXT_PARAMS))
             where = ", ".join(r.name for r in recipes)
+            near = did_you_mean(key, [*names, *sorted(top - {"hydra"})])
             raise ConfigError(
-                f"{key!r} is neither a parameter of recipe {where} nor a config key",
+                f"{key!r} is neither a parameter of recipe {where} nor a config key{near}",
                 fix=f"use one of its parameters: {', '.join(names)} (`layerlake recipes`)",
             )
     return out

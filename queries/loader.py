@@ -3,7 +3,7 @@
 
     -- name: stabilisation                          (must equal the file name)
     -- description: one paragraph of what it finds
-    -- param: $threshold double = 0.9 | what it means       (its own parameters; see core.params)
+    -- param: $threshold double in [0, 1] = 0.9 | what it means   (its own parameters; see core.params)
     -- uses: layer_stabilisation                    (staging models of warehouse/sql/staging/)
     -- grain: one row per (suite, model, source, site, layer, head)
     -- plot: bars x=layer value=...                 (a spec for queries.figures; `none` for no plot)

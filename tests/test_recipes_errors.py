@@ -32,6 +32,9 @@ CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": Fa
         ("unused", "declared parameters ['x', 'y']"),
         ("wrong_name", "header says name 'something_else'"),
         ("bad_default", "parameter $x is not a valid value ('abc'): expected an integer"),
+        ("bad_range", "a range ([0, 1]) needs a number type, not 'varchar'"),
+        ("default_outside", "parameter $x is outside [0, 1] (1.5)"),
+        ("reversed_range", "malformed range '[1, 0]'"),
         ("no_such_recipe", "unknown recipe 'no_such_recipe'"),
         ("../etc/passwd", "unknown recipe"),
     ],
@@ -59,6 +62,9 @@ def test_unknown_recipe_lists_the_known_ones():
         ({"x": float("nan")}, "expected a finite number"),
         ({"x": True}, "expected a finite number"),
         ({"n": 1.5}, "$n is not a valid value (1.5): expected an integer"),
+        ({"x": 1.5}, "$x is outside [0, 1] (1.5): expected a finite number in [0, 1]"),
+        ({"x": "-0.01"}, "$x is outside [0, 1] (-0.01)"),
+        ({"n": 0}, "$n is outside (0, inf) (0): expected an integer in (0, inf)"),
         ({"who": "m1"}, "$who is not a list ('m1')"),
         ({"who": ["m1", "x'; drop table t; --"]}, "expected a list of [a name"),
         ({"mode": "c"}, "expected one of a, b"),
@@ -79,7 +85,7 @@ def test_good_parameter_values_are_converted():
     recipe = queries.load_recipe("ok", BAD)
     bound = queries.bind_params(recipe, {"must": "m", "x": 1, "n": "4", "who": ("a", "b-1.4b")})
     assert bound == {
-        "x": 1.0,
+        "x": 1.0,  # the closed end of [0, 1]
         "n": 4,
         "who": ["a", "b-1.4b"],
         "mode": "a",
@@ -149,6 +155,8 @@ def curves_warehouse(root: Path) -> None:
             "parameter $threshold is not a valid value",
         ),
         (["query", "stabilisation", "threshold=abc"], "expected a finite number"),
+        (["query", "stabilisation", "threshold=1.5"], "parameter $threshold is outside [0, 1] (1.5)"),
+        (["query", "stabilisation", "treshold=0.8"], "(did you mean 'threshold'?)"),
         (["query", "step_similarity"], "parameter $model is required"),
         (["query", "stabilisation", "bogus=1"], "'bogus' is neither a parameter"),
         (["query", "stabilisaton"], "unknown recipe 'stabilisaton' (did you mean 'stabilisation'"),

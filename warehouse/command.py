@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 
-from layerlake.core.choices import OutputFormat
+from layerlake.core.choices import OutputFormat, did_you_mean
 from layerlake.core.duck import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_TIMEOUT_S,
@@ -207,7 +207,7 @@ def parse_param(text: str) -> tuple[str, Any]:
     params = all_staging_params()
     if not sep or name not in params:
         raise QueryError(
-            f"--param {text!r} does not name a staging parameter",
+            f"--param {text!r} does not name a staging parameter{did_you_mean(name, list(params))}",
             fix=f"use --param NAME=VALUE with NAME one of: {', '.join(params)}",
         )
     return name, params[name].validate(yaml.safe_load(raw) if raw.strip() else None)

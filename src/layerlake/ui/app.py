@@ -482,8 +482,10 @@ def form_values(recipe: Any, params: dict[str, str]) -> dict[str, Any]:
     for key, raw in params.items():
         param = known.get(key)
         if param is None:
+            from layerlake.core.choices import did_you_mean
+
             raise ParameterError(
-                f"{key!r} is not a parameter of recipe {recipe.name!r}",
+                f"{key!r} is not a parameter of recipe {recipe.name!r}{did_you_mean(key, list(known))}",
                 fix=f"its parameters are: {', '.join(known)}",
             )
         text = raw.strip()
