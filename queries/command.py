@@ -60,6 +60,7 @@ def rewrite_args(args: list[str]) -> list[str]:
     naming the recipe's parameters.
     """
     register_recipe_configs()  # `+recipe=<name>` composes each recipe's declared parameters and defaults
+    args, shown = table_flags(args)
     # `query -m stabilisation ...`: the CLI only lifts a leading bare word, so lift one after flags here
     args = [f"recipe={a}" if not a.startswith("-") and "=" not in a else a for a in args]
     recipes = _chosen_recipes(args)
@@ -81,7 +82,35 @@ def rewrite_args(args: list[str]) -> list[str]:
                 f"{key!r} is neither a parameter of recipe {where} nor a config key{near}",
                 fix=f"use one of its parameters: {', '.join(names)} (`layerlake recipes`)",
             )
-    return out
+    return out + shown
+
+
+def table_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """``(rest, overrides)``: ``--max-rows N`` (or ``--max-rows=N``) and ``--all`` lifted out of ``args``
+    as ``++recipe.max_rows=N`` / ``++recipe.max_rows=null``, how many rows the terminal table shows."""
+    rest, out, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        option, eq, value = arg.partition("=")
+        if arg == "--all":
+            out.append("++recipe.max_rows=null")
+        elif option == "--max-rows":
+            if not eq:
+                if i + 1 == len(args):
+                    raise ConfigError(
+                        "--max-rows needs a number", fix="write --max-rows 50, or --all for every row"
+                    )
+                value, i = args[i + 1], i + 1
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(
+                    f"--max-rows {value!r} is not a number of rows",
+                    fix="write --max-rows 50, or --all for every row",
+                )
+            out.append(f"++recipe.max_rows={int(value)}")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, out
 
 
 def suite_configs() -> set[str]:
@@ -155,7 +184,9 @@ def query(settings: Any) -> int:
         _require_warehouse(settings.paths.warehouse)
         job["params"] = bound
         log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
-        written = _run_and_save(recipe, bound, settings.paths.warehouse, folder, settings.plot)
+        written = _run_and_save(
+            recipe, bound, settings.paths.warehouse, folder, settings.plot, settings.recipe.max_rows
+        )
         job.update(status="ok", **written)
         log.info(
             "%d rows; wrote %s",
@@ -187,7 +218,12 @@ def _require_warehouse(root: str) -> None:
 
 
 def _run_and_save(
-    recipe: Recipe, bound: dict[str, Any], warehouse_root: str, folder: Path, plot: Any
+    recipe: Recipe,
+    bound: dict[str, Any],
+    warehouse_root: str,
+    folder: Path,
+    plot: Any,
+    max_rows: int | None = 20,
 ) -> dict[str, Any]:
     from rich.console import Console
 
@@ -211,7 +247,11 @@ def _run_and_save(
             )
     console = Console()
     shown = ", ".join(f"{k}={v}" for k, v in bound.items() if v != recipe.param(k).default)
-    render.print_table(table, f"{recipe.name}" + (f" ({shown})" if shown else ""), console)
+    max_rows = table.num_rows if max_rows is None else max_rows
+    render.print_table(
+        table, f"{recipe.name}" + (f" ({shown})" if shown else ""), console, max_rows=max(max_rows, 1),
+        more_rows=f"--max-rows N or --all to show more; every row is in {csv.name}",
+    )  # fmt: skip
     for path in (parquet, csv, figure):
         if path is not None:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True, markup=False)
@@ -291,9 +331,9 @@ def print_help(args: list[str]) -> None:
     names = [a.partition("=")[2] if a.startswith(("recipe=", "+recipe=")) else a for a in args]
     chosen = [n for n in names if "=" not in n and not n.startswith("-")]
     usage = Text(
-        "usage: layerlake query <recipe> [param=value ...] [config overrides] [-m] [--cfg job]\n\n"
-        "Runs a SQL recipe over the warehouse, prints the result and writes result.parquet, result.csv "
-        "and a plot into the run folder. -m with comma-separated values (threshold=0.8,0.9) sweeps a "
+        "usage: layerlake query <recipe> [param=value ...] [config overrides] [--max-rows N | --all] [-m] [--cfg job]\n\n"
+        "Runs a SQL recipe over the warehouse, prints the result (its first and last rows: --max-rows N "
+        "or --all for more) and writes result.parquet, result.csv and a plot into the run folder. -m with comma-separated values (threshold=0.8,0.9) sweeps a "
         "parameter; --cfg job prints the composed config; config overrides (suite=pythia, "
         "paths.data=DIR) work as in every Hydra command; --hydra-help shows Hydra's own options."
     )

@@ -135,7 +135,17 @@ def test_rewrite_args():
     ]  # fmt: skip
     with pytest.raises(Exception) as error:
         rewrite_args(["recipe=stabilisation", "treshold=0.9"])
-    assert "'treshold' is neither a parameter of recipe stabilisation" in str(error.value)
+    assert (
+        "'treshold' is neither a parameter of recipe stabilisation nor a config key (did you mean 'threshold'?)"
+        in str(error.value)
+    )
+    assert rewrite_args(["recipe=stabilisation", "--max-rows", "50"])[-1] == "++recipe.max_rows=50"
+    assert rewrite_args(["recipe=stabilisation", "--max-rows=5", "--all"])[-2:] == [
+        "++recipe.max_rows=5", "++recipe.max_rows=null",
+    ]  # fmt: skip
+    for bad in (["--max-rows"], ["--max-rows", "0"], ["--max-rows=all"]):
+        with pytest.raises(Exception, match="--max-rows"):
+            rewrite_args(["recipe=stabilisation", *bad])
 
 
 def curves_warehouse(root: Path) -> None:
@@ -227,6 +237,23 @@ def test_cli_query_writes_result_and_plot(tmp_path, capsys):
     assert (tmp_path / "run" / "stabilisation.png").stat().st_size > 1000
     assert main(["recipes"]) == 0
     assert "layer_percentiles" in capsys.readouterr().out
+
+
+def test_query_shows_the_rows_asked_for_and_says_how_to_see_the_rest(tmp_path, capsys, monkeypatch):
+    """layer_percentiles over 2 checkpoints x 1 site gives 2 rows: --max-rows 1 shows one and says how to see
+    the other; --all shows both; a bad --max-rows is refused before anything runs."""
+    monkeypatch.setenv("COLUMNS", "200")
+    curves_warehouse(tmp_path / "warehouse")
+    common = ["query", "layer_percentiles", "source=fx", f"paths.data={tmp_path}", "plot.format=none"]
+    assert main([*common, "--max-rows", "1", f"hydra.run.dir={tmp_path}/one"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 rows (showing 1; --max-rows N or --all to show more; every row is in result.csv)" in out
+    assert main([*common, "--all", f"hydra.run.dir={tmp_path}/all"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 rows" in out and "showing" not in out
+    assert main([*common, "--max-rows", "none", f"hydra.run.dir={tmp_path}/bad"]) == 2
+    assert "--max-rows 'none' is not a number of rows" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_stored_values_are_checked_through_the_python_api_too(tmp_path):

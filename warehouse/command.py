@@ -115,12 +115,14 @@ def render(
     max_rows: int = 50,
     max_cell: int | None = 40,
     total_rows: int | None = None,
+    more_rows: str = "",
 ) -> None:
-    """Print ``table`` on the terminal (first and last rows; a caption says how many there are).
-    ``total_rows``: the result's row count when ``table`` holds only its ``window``."""
+    """Print ``table`` on the terminal (first and last rows; a caption says how many there are and
+    ``more_rows`` how to see the rest). ``total_rows``: the result's row count when ``table`` holds only
+    its ``window``."""
     print_table(
         table, title or "", max_rows=max_rows, hoist_constants=False, digits=6, max_cell=max_cell,
-        total_rows=total_rows,
+        total_rows=total_rows, more_rows=more_rows,
     )  # fmt: skip
 
 
@@ -276,7 +278,8 @@ def sql(argv: list[str]) -> int:
         batches = stream_query(con, args.query)  # streamed: memory holds a batch, not the result
         if fmt == "table":
             shown, total = window(batches, args.max_rows)
-            render(shown, max_rows=args.max_rows, total_rows=total)
+            render(shown, max_rows=args.max_rows, total_rows=total,
+                   more_rows="--max-rows N to show more; --output FILE writes every row")  # fmt: skip
         else:
             write_result(batches, fmt, args.output)
     return 0
