@@ -346,7 +346,9 @@ def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Tabl
     killed = [
         {
             "what": run.run_id,
-            "problem": f"status running, but its process {run.pid} on {run.host} is gone (killed)",
+            "problem": f"status running, but its process {run.pid} on {run.host} is gone (killed); "
+            f"`layerlake runs --mark-killed --root {root}` records it as killed, "
+            f"`layerlake.track(..., run_id={run.run_id!r}, resume=True)` continues it",
         }
         for run in stale_runs(store)
     ]
@@ -476,17 +478,28 @@ def runs_parser() -> argparse.ArgumentParser:
     add_root_argument(parser)
     parser.add_argument("--suite", help="only this suite")
     parser.add_argument("--config", action="store_true", help="show each run's config and overrides too")
+    parser.add_argument(
+        "--mark-killed", action="store_true",
+        help="record every run left running by a process that is gone (on this host) as killed; the only "
+        "option of `runs` that writes",
+    )  # fmt: skip
     return parser
 
 
 def runs(argv: list[str]) -> int:
-    """``layerlake runs``: one row per run with its status (a run whose process died shows as killed?)."""
-    from layerlake.warehouse.runs import stale_runs
-    from layerlake.warehouse.writer import Warehouse
-
+    """``layerlake runs``: one row per run with its status (a run whose process is gone shows as killed,
+    recorded or not: ``--mark-killed`` records it)."""
     args = runs_parser().parse_args(argv)
     root = _resolve(args.root)
-    stale = {r.run_id for r in stale_runs(Warehouse(root))}
+    if args.mark_killed:
+        from layerlake.warehouse.runs import mark_killed
+        from layerlake.warehouse.writer import Warehouse
+
+        marked = mark_killed(Warehouse(root))
+        print(
+            f"recorded {len(marked)} run(s) as killed"
+            + (f": {', '.join(r.run_id for r in marked)}" if marked else "")
+        )
     con = connect(root, read_only=True)
     columns = "run_id, suite, model, kind, status, seed, started_at, ended_at, host, git_commit, job_num"
     if args.config:
@@ -495,8 +508,5 @@ def runs(argv: list[str]) -> int:
         f"select {columns} from runs where $suite is null or suite = $suite order by started_at",
         params={"suite": args.suite},
     ).to_arrow_table()
-    status = [s + (" (process gone: killed)" if r in stale else "") for r, s in
-              zip(table.column("run_id").to_pylist(), table.column("status").to_pylist(), strict=True)]  # fmt: skip
-    table = table.set_column(table.column_names.index("status"), "status", pa.array(status, pa.string()))
     render(table, title=f"runs in {root}", max_rows=1000, max_cell=None if args.config else 40)
     return 0

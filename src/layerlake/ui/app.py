@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from layerlake.core.duck import QueryLimits, limited
 from layerlake.core.errors import LayerlakeError, ParameterError
-from layerlake.core.render import json_rows, write_stream
+from layerlake.core.render import json_rows, timestamp_text, write_stream
 from layerlake.queries import figures
 from layerlake.ui import pages
 
@@ -58,7 +58,9 @@ def error_response(error: LayerlakeError, status: int = 400) -> Response:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
+    if isinstance(value, datetime):
+        return timestamp_text(value)  # to the second, as the terminal shows it
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
@@ -113,10 +115,18 @@ class ServedWarehouse:
         self._stamp: tuple | None = None
         self._con: Any = None
         self._variables: list[tuple[str, Any]] = []
+        self._running: list[tuple[str, int | None]] = []  # (host, pid) of the runs served as running
 
     def version(self) -> tuple:
-        """What changes whenever the served rows may have changed (the manifests' sizes and times)."""
-        return self._manifest_stamp()
+        """What changes whenever the served rows may have changed: the manifests' sizes and times, and
+        whether the processes of the runs shown as running are still alive (one that died shows as
+        killed from the next request on)."""
+        return self._manifest_stamp(), self._alive()
+
+    def _alive(self) -> tuple:
+        from layerlake.core.provenance import process_alive
+
+        return tuple(process_alive(host, pid) is not False for host, pid in self._running)
 
     def _manifest_stamp(self) -> tuple:
         from layerlake.warehouse.manifest import manifest_path
@@ -134,12 +144,15 @@ class ServedWarehouse:
         from layerlake.warehouse.views import connect
 
         with self._lock:
-            stamp = self._manifest_stamp()
+            stamp = self.version()
             if self._con is None or stamp != self._stamp:
                 if self._con is not None:
                     self._con.close()
                 self._con = connect(self.root, read_only=True, attach=self.attach)
-                self._stamp = stamp
+                self._running = self._con.execute(
+                    "select host, pid from runs where status = 'running'"
+                ).fetchall()
+                self._stamp = self.version()
                 names = [n for (n,) in self._con.execute("select name from duckdb_variables()").fetchall()]
                 self._variables = [
                     (n, self._con.execute("select getvariable(?)", [n]).fetchall()[0][0]) for n in names
