@@ -128,7 +128,7 @@ def render(
 
 def write_result(batches: pa.RecordBatchReader, fmt: str, output: str | None) -> None:
     """Write the streamed result as csv / json / parquet to ``output`` (a path; written whole or not at
-    all) or to stdout."""
+    all, then ``wrote N rows, B bytes (fmt) to PATH`` on stderr) or to stdout."""
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise QueryError(
             "refusing to write Parquet to a terminal", fix="pass --output FILE or redirect stdout"
@@ -138,9 +138,16 @@ def write_result(batches: pa.RecordBatchReader, fmt: str, output: str | None) ->
         return
     target = Path(output)
     partial = target.with_name(f".{target.name}.partial")
+    counted = [0]
+
+    def counting() -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            counted[0] += batch.num_rows
+            yield batch
+
     try:
         with open(partial, "wb") as sink:
-            write_stream(batches, fmt, sink)
+            write_stream(pa.RecordBatchReader.from_batches(batches.schema, counting()), fmt, sink)
         partial.replace(target)
     except OSError as error:
         raise QueryError(
@@ -148,6 +155,10 @@ def write_result(batches: pa.RecordBatchReader, fmt: str, output: str | None) ->
         ) from error
     finally:
         partial.unlink(missing_ok=True)
+    size = target.stat().st_size
+    print(  # on stderr: stdout stays the result's when there is one
+        f"wrote {counted[0]:,} rows, {size:,} bytes ({fmt}) to {target.resolve()}", file=sys.stderr
+    )
 
 
 def describe_views(con: Any) -> pa.Table:
