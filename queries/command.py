@@ -149,11 +149,14 @@ def _chosen_recipes(args: list[str]) -> list[Recipe]:
     return [load_recipe(name.strip()) for name in chosen[-1].split(",")]
 
 
-def context_params(recipe: Recipe, settings: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """``given`` plus ``suite`` / ``models`` from the composed config where the recipe declares them."""
+def context_params(
+    recipe: Recipe, settings: Any, given: dict[str, Any], suite: str | None = None
+) -> dict[str, Any]:
+    """``given`` plus ``suite`` / ``models`` from the composed config where the recipe declares them;
+    ``suite``: the suite to read when none was named (``default_suite``), else the configured one."""
     params = dict(given)
     context = {
-        "suite": settings.suite.name,
+        "suite": settings.suite.name if suite is None else (suite or None),  # EVERY_SUITE: null, every suite
         "models": None if settings.models is None else list(settings.models),
     }
     for name in CONTEXT_PARAMS:
@@ -179,9 +182,14 @@ def query(settings: Any) -> int:
     }  # fmt: skip
     try:
         recipe = load_recipe(name)
-        bound = bind_params(recipe, context_params(recipe, settings, given))
+        bind_params(recipe, context_params(recipe, settings, given))  # a bad value fails before any read
         check_measure(recipe, settings.plot.measure)
         _require_warehouse(settings.paths.warehouse)
+        named = "suite" in given or any(
+            o.lstrip("+~").partition("=")[0] == "suite" for o in hydra.overrides.task
+        )
+        suite = None if named else default_suite(settings.suite.name, settings.paths.warehouse)
+        bound = bind_params(recipe, context_params(recipe, settings, given, suite))
         job["params"] = bound
         log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
         written = _run_and_save(
@@ -204,6 +212,34 @@ def query(settings: Any) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / JOB_FILE).write_text(json.dumps(_plain(job), indent=2, default=str) + "\n")
     return 0
+
+
+EVERY_SUITE = ""  # default_suite's answer when the configured suite is not stored: read every suite
+
+
+def default_suite(configured: str, root: str) -> str:
+    """The suite a recipe reads when the command line names none: the configured suite (``embedded``)
+    when the warehouse holds it; else every suite the warehouse holds (a warehouse of tracked runs only,
+    ``suite="mine"``, answers ``layerlake query stabilisation`` without ``suite=mine``), said on stderr."""
+    from rich.console import Console
+
+    from layerlake import warehouse
+    from layerlake.queries.stored_values import NAMED, stored_values, table_columns
+
+    con = warehouse.connect(root)
+    try:
+        held = stored_values(con, NAMED["suite"], {}, table_columns(con))
+    finally:
+        con.close()
+    if configured in held or not held:
+        return configured
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        Text(
+            f"note: the configured suite {configured!r} has no rows here; reading every suite the warehouse "
+            f"holds ({', '.join(sorted(map(str, held)))}); name one with suite=NAME"
+        )
+    )
+    return EVERY_SUITE
 
 
 def _require_warehouse(root: str) -> None:

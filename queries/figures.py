@@ -121,6 +121,9 @@ def recipe_figure(
     rows = json_rows(table)
     if layers is not None:
         rows += json_rows(layers)
+    if params.get("group_by") and "group_value" in table.column_names:  # a panel says which key: lr=0.001
+        for r in rows:
+            r["group_value"] = f"{params['group_by']}={r.get('group_value')}"
     if "left" in options and options["left"].startswith("$"):
         options["left"] = str(params.get(options["left"][1:]))
     facet, panels_note = _facet(rows, options.get("panels", ""), table.column_names)
@@ -255,7 +258,7 @@ def _facet(rows: list[dict], spec: str, columns: list[str]) -> tuple[dict[str, A
     """The facet of ``panels=a,b,c``: rows by ``a``, columns by ``b · c`` (wrapped when many), in the
     natural order; suite and source join the rows when the result holds several. Marks each row with
     its panel fields; drops the rows of panels past ``MAX_PANELS`` and says so."""
-    wanted = [c for c in spec.split(",") if c in columns]
+    wanted = [c for c in spec.split(",") if c in columns and any(r.get(c) is not None for r in rows)]
     if "model" in wanted and "run_id" in columns and _several_runs(rows):
         wanted[wanted.index("model")] = "run_id"  # a model with several runs (seeds): a panel per run
     varying = [

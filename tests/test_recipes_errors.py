@@ -256,6 +256,27 @@ def test_query_shows_the_rows_asked_for_and_says_how_to_see_the_rest(tmp_path, c
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_warehouse_of_tracked_runs_only_needs_no_suite_named(tmp_path, capsys, monkeypatch):
+    """The configured suite (embedded) has no rows: query reads every suite held and says so; a suite
+    named on the command line is still checked."""
+    import layerlake
+
+    monkeypatch.setenv("COLUMNS", "200")
+    for seed in (1, 2):
+        with layerlake.track(
+            suite="mine", model_name="m", run_id=f"m-{seed}", warehouse=tmp_path / "warehouse"
+        ) as run:
+            for step in range(3):
+                run.log(step, loss=3.0 - step - seed / 10)
+    common = ["query", "loss_and_convergence", f"paths.data={tmp_path}", "plot.format=none"]
+    assert main([*common, f"hydra.run.dir={tmp_path}/a"]) == 0
+    said = capsys.readouterr()
+    assert "reading every suite the warehouse holds (mine)" in " ".join(said.err.split())
+    assert "6 rows" in said.out and "m-2" in said.out
+    assert main([*common, "suite=embedded", f"hydra.run.dir={tmp_path}/b"]) == 2  # named: checked, refused
+    assert "suite 'embedded'" in capsys.readouterr().err
+
+
 def test_stored_values_are_checked_through_the_python_api_too(tmp_path):
     from layerlake import warehouse
 
