@@ -126,7 +126,8 @@ def recipe_figure(
             r["group_value"] = f"{params['group_by']}={r.get('group_value')}"
     if "left" in options and options["left"].startswith("$"):
         options["left"] = str(params.get(options["left"][1:]))
-    facet, panels_note = _facet(rows, options.get("panels", ""), table.column_names)
+    cell = (options["x"], options["y"]) if kind == "heatmap" else None
+    facet, panels_note = _facet(rows, options.get("panels", ""), table.column_names, cell)
     if len(rows) > MAX_ROWS:  # one panel larger than the budget: its first rows
         panels_note = [f"first {MAX_ROWS:,} of {len(rows):,} rows drawn: choose fewer models= or sites="]
         del rows[MAX_ROWS:]
@@ -254,18 +255,46 @@ def natural_key(value: object) -> tuple:
 # -- panels --------------------------------------------------------------------------------------
 
 
-def _facet(rows: list[dict], spec: str, columns: list[str]) -> tuple[dict[str, Any] | None, list[str]]:
+# A model's column, and the column naming its run: a model with several runs (seeds) gets a panel per run.
+RUN_OF = {"model": "run_id", "model_a": "run_a", "model_b": "run_b"}
+# What else may tell two rows of one heatmap cell apart (they would be drawn over each other).
+OVERLAID = (
+    "run_id",
+    "run_a",
+    "run_b",
+    "source",
+    "probe_id",
+    "head",
+    "tensor",
+    "matrix",
+    "estimator",
+    "kernel",
+)
+
+
+def _facet(
+    rows: list[dict], spec: str, columns: list[str], cell: tuple[str, str] | None = None
+) -> tuple[dict[str, Any] | None, list[str]]:
     """The facet of ``panels=a,b,c``: rows by ``a``, columns by ``b · c`` (wrapped when many), in the
-    natural order; suite and source join the rows when the result holds several. Marks each row with
-    its panel fields; drops the rows of panels past ``MAX_PANELS`` and says so."""
+    natural order; suite and source join the rows when the result holds several. A model with several
+    runs is split into a panel per run (``RUN_OF``); for a heatmap (``cell``: its x and y), any column of
+    ``OVERLAID`` that would otherwise put two rows in one cell joins the panels too, so nothing is
+    drawn over anything else. Marks each row with its panel fields; drops the rows of panels past
+    ``MAX_PANELS`` and says so."""
     wanted = [c for c in spec.split(",") if c in columns and any(r.get(c) is not None for r in rows)]
-    if "model" in wanted and "run_id" in columns and _several_runs(rows):
-        wanted[wanted.index("model")] = "run_id"  # a model with several runs (seeds): a panel per run
+    prefix, titles = dict(PANEL_PREFIX), {}
+    for model, run in RUN_OF.items():
+        if model in wanted and run in columns and _several_runs(rows, model, run):
+            wanted[wanted.index(model)] = run  # a panel per run (seed), named as its model's panel was
+            prefix[run] = PANEL_PREFIX.get(model, "")
+            titles[run] = "run" if model == "model" else f"run of {label(model)}"
     varying = [
         c
         for c in ("suite", "source")
         if c in columns and c not in wanted and len({r.get(c) for r in rows}) > 1
     ]
+    if cell is not None:
+        wanted += _overlaid(rows, [*varying, *wanted], cell, columns)
     row_cols, col_cols = [*varying, *wanted[:1]], wanted[1:]
     if not row_cols and not col_cols:
         return None, []
@@ -273,8 +302,8 @@ def _facet(rows: list[dict], spec: str, columns: list[str]) -> tuple[dict[str, A
     for r in rows:
         key = tuple(r.get(c) for c in (*row_cols, *col_cols))
         if key not in names:
-            row = " · ".join(_named(c, r.get(c)) for c in row_cols if r.get(c) is not None)
-            column = " · ".join(_named(c, r.get(c)) for c in col_cols if r.get(c) is not None)
+            row = " · ".join(_named(c, r.get(c), prefix) for c in row_cols if r.get(c) is not None)
+            column = " · ".join(_named(c, r.get(c), prefix) for c in col_cols if r.get(c) is not None)
             names[key] = (row, column, " · ".join(p for p in (row, column) if p))
         r["panel_row"], r["panel_column"], r["panel"] = names[key]
     order = sorted(
@@ -310,9 +339,9 @@ def _facet(rows: list[dict], spec: str, columns: list[str]) -> tuple[dict[str, A
         facet = {
             "facet": {
                 "row": {"field": "panel_row", "type": "nominal", "sort": row_values,
-                        "title": " · ".join(label(c) for c in row_cols), "header": header},
+                        "title": " · ".join(titles.get(c, label(c)) for c in row_cols), "header": header},
                 "column": {"field": "panel_column", "type": "nominal", "sort": col_values,
-                           "title": " · ".join(label(c) for c in col_cols), "header": header},
+                           "title": " · ".join(titles.get(c, label(c)) for c in col_cols), "header": header},
             }
         }  # fmt: skip
         if not row_cols:
@@ -320,19 +349,32 @@ def _facet(rows: list[dict], spec: str, columns: list[str]) -> tuple[dict[str, A
     return facet, note
 
 
-def _named(column: str, value: Any) -> str:
+def _named(column: str, value: Any, prefix: dict[str, str] | None = None) -> str:
     """A panel's value, prefixed where the value alone would be ambiguous (which model is on x)."""
-    return f"{PANEL_PREFIX[column]}{value}" if column in PANEL_PREFIX else str(value)
+    prefix = PANEL_PREFIX if prefix is None else prefix
+    return f"{prefix[column]}{value}" if prefix.get(column) else str(value)
 
 
 PANEL_PREFIX = {"model_a": "x: ", "model_b": "y: ", "run_b": "vs "}
 
 
-def _several_runs(rows: list[dict]) -> bool:
+def _several_runs(rows: list[dict], model: str = "model", run: str = "run_id") -> bool:
     runs: dict[Any, set] = {}
     for r in rows:
-        runs.setdefault(r.get("model"), set()).add(r.get("run_id"))
+        runs.setdefault(r.get(model), set()).add(r.get(run))
     return any(len(v) > 1 for v in runs.values())
+
+
+def _overlaid(rows: list[dict], panels: list[str], cell: tuple[str, str], columns: list[str]) -> list[str]:
+    """The columns of ``OVERLAID`` to add to ``panels`` so that no two rows share a panel and a cell."""
+    added: list[str] = []
+    for column in [c for c in OVERLAID if c in columns and c not in panels]:
+        keys = [tuple(r.get(c) for c in (*panels, *added, *cell)) for r in rows]
+        if len(set(keys)) == len(keys):
+            break
+        if len({r.get(column) for r in rows}) > 1:
+            added.append(column)
+    return added
 
 
 def _order(text: str, columns: list[str]) -> tuple:
@@ -520,7 +562,10 @@ def _lines(rows: list[dict], options: dict[str, str], columns: list[str]) -> lis
         held = sorted({r[dash] for r in rows if r.get(dash) is not None}, key=lambda v: (v != "weight", v))
         encoding["strokeDash"] = {"field": dash, "type": "nominal", "title": label(dash),
                                   "scale": {"domain": held, "range": [[1, 0], [5, 3], [1, 2], [8, 2, 2, 2]][: len(held)]},
-                                  "legend": {"symbolType": "stroke", "symbolStrokeWidth": 2}}  # fmt: skip
+                                  # the legend draws each dash as a dark stroke: the colour legend is the layers'
+                                  "legend": {"symbolType": "stroke", "symbolStrokeWidth": 2, "symbolSize": 400,
+                                             "encode": {"symbols": {"update": {
+                                                 "stroke": {"value": "#444444"}, "fill": {"value": "transparent"}}}}}}  # fmt: skip
     return [{"mark": {"type": "line", "strokeWidth": 1.4, "point": {"size": 10}}, "encoding": encoding}]
 
 
@@ -636,15 +681,34 @@ def draw(
     return None if spec is None else save_figure(spec, path, fmt)
 
 
+# A PNG's largest size in pixels: 2400 x 3000 is 8 x 10 inches at 300 dpi (a journal page's text block,
+# or a screen at 1.25x). A figure drawn larger at ``ppi`` is scaled down to fit, its dpi kept.
+MAX_PNG_WIDTH, MAX_PNG_HEIGHT = 2400, 3000
+
+
+def png_scale(spec: dict[str, Any], ppi: int) -> float:
+    """The factor (at most 1) that fits ``spec`` drawn at ``ppi`` into ``MAX_PNG_WIDTH`` x
+    ``MAX_PNG_HEIGHT`` pixels: vl-convert draws a CSS pixel as ``scale * ppi / 72`` pixels."""
+    import vl_convert
+
+    svg = vl_convert.vegalite_to_svg(spec)
+    size = re.search(r'<svg[^>]*?\swidth="([\d.]+)"[^>]*?\sheight="([\d.]+)"', svg)
+    if size is None:
+        return 1.0
+    width, height = (float(v) * ppi / 72 for v in size.groups())
+    return min(1.0, MAX_PNG_WIDTH / width, MAX_PNG_HEIGHT / height)
+
+
 def save_figure(spec: dict[str, Any], path: str | Path, fmt: str = "png", ppi: int = 300) -> Path:
-    """Write ``spec`` to ``path`` as PNG (``ppi`` pixels per inch), SVG or PDF; written whole or not at
-    all (a partial file renamed into place)."""
+    """Write ``spec`` to ``path`` as PNG (``ppi`` pixels per inch, at most ``MAX_PNG_WIDTH`` x
+    ``MAX_PNG_HEIGHT`` pixels), SVG or PDF; written whole or not at all (a partial file renamed into
+    place)."""
     import vl_convert
 
     if fmt not in FORMATS:
         raise ParameterError(f"unknown figure format {fmt!r}", fix=f"use one of: {', '.join(FORMATS)}")
     if fmt == "png":
-        data = vl_convert.vegalite_to_png(spec, ppi=ppi)
+        data = vl_convert.vegalite_to_png(spec, scale=png_scale(spec, ppi), ppi=ppi)
     elif fmt == "svg":
         data = vl_convert.vegalite_to_svg(spec).encode()
     else:

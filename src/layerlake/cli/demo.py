@@ -32,14 +32,14 @@ DEMO_FINDINGS = (
     ),
     (
         "rank_and_convergence",
-        {"threshold": 0.9, "k": "rank"},
+        {"threshold": 0.9},
         "Rank and convergence: Spearman correlation of a layer's final PER with its stabilisation "
         "(negative: higher-rank layers settle earlier)",
         ("model", "site", "tensor", "n_layers", "spearman", "agreement"),
     ),
     ("layer_percentiles", {}, None, ()),
     ("convergence", {}, None, ()),
-    ("rank_trajectories", {"matrices": ["ov", "dense_4h_to_h"], "k": "rank"}, None, ()),
+    ("rank_trajectories", {"matrices": ["ov", "dense_4h_to_h"]}, None, ()),  # PER's k: the default, as the UI
 )
 
 
