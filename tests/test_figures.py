@@ -310,3 +310,23 @@ def test_png_files_stay_a_sensible_size_at_300_dpi(con, tmp_path):
             height,
         )
         assert png_dpi(png) == 300
+
+
+def test_twelve_and_more_runs_each_get_their_own_line_style_and_legend_entry(tmp_path):
+    """The overview's loss chart over 15 runs: every run a distinct (colour, dash) pair, all 15 named once
+    in one legend, in the natural order (seed2 before seed10)."""
+    runs = [f"embedded.embedded-s.seed{i}" for i in range(1, 16)]
+    rows = [{"run_id": run, "step": step, "value": 5.0 / (1 + step / (100 + i))} for i, run in enumerate(runs)
+            for step in range(0, 501, 100)]  # fmt: skip
+    spec = figures.scalar_figure(rows, "loss")
+    colour, dash = spec["encoding"]["color"], spec["encoding"]["strokeDash"]
+    assert colour["scale"]["domain"] == dash["scale"]["domain"] == runs
+    styles = {
+        (c, json.dumps(d)) for c, d in zip(colour["scale"]["range"], dash["scale"]["range"], strict=True)
+    }
+    assert len(styles) == 15
+    svg = figures.save_figure(spec, tmp_path / "runs.svg", "svg").read_text()
+    assert svg.count('class="mark-group role-legend"') == 1
+    legend = html.unescape(svg[svg.index("role-legend") :])
+    assert all(legend.count(f">{run}<") == 1 for run in runs), "each run named once in the legend"
+    assert set(colours(spec)) <= ALLOWED_COLOURS
