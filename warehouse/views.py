@@ -14,8 +14,8 @@ Results come back the usual DuckDB ways::
 
 Design notes. A view cannot hold bound parameters, so each view reads its file list from a DuckDB
 variable (``getvariable('ll_files_<table>')``) set with a bound parameter: no path is ever formatted into
-SQL. Paths are absolute, so views do not depend on the working directory. ``hive_types`` pins the
-partition columns to VARCHAR (a model named ``070`` stays text).
+SQL. Paths are absolute, so views do not depend on the working directory. Every file holds its
+``suite`` and ``model`` columns (typed text: a model named ``070`` stays text); no folder name is read.
 """
 
 from __future__ import annotations
