@@ -61,9 +61,8 @@ def timestamp_text(value: datetime) -> str:
 # Columns that say which row this is (``model_a``, ``step_b`` ... count too): kept on screen in every
 # panel, never dropped for descriptive text. Number columns are values and are never dropped either.
 IDENTITY = frozenset(
-    ("suite", "model", "run_id", "run", "source", "site", "layer", "head", "step", "tensor", "matrix",
-     "estimator", "kernel", "metric", "revision", "view", "column", "macro", "audit", "table_name", "task_id",
-     "staging view")
+    ("suite", "model", "source", "site", "layer", "head", "step", "tensor", "matrix", "estimator", "kernel",
+     "metric", "revision", "view", "column", "macro", "audit", "table_name", "task_id", "staging view")
 )  # fmt: skip
 # Where a long name may break onto the next line: after these (``embedded-`` / ``llama-s``), never inside
 # a word; a piece longer than its column is the only thing ever cut.
@@ -111,7 +110,7 @@ def rich_table(
         shown = [*selected.slice(0, max_rows - tail).to_pylist(), None, *ends]
     texts = {c: [cell(r[c], digits, max_cell) for r in shown if r is not None] for c in varying}
     sizes = {c: _size(table, c, texts[c]) for c in varying}
-    panels, dropped = layout(table, varying, sizes, width, telling(table, shown, varying))
+    panels, dropped = layout(table, varying, sizes, width, telling(table, varying))
     hidden = [c for c in table.column_names if c not in constant and c not in varying]
     if not panels:  # every varying column, one per line
         return _records(
@@ -251,27 +250,32 @@ def is_key(table: pa.Table, name: str, first: str, telling: frozenset[str] = fro
     return name == first or _identity(name) or _numeric(table, name) or name in telling
 
 
-def telling(table: pa.Table, shown: list[dict | None], names: list[str]) -> frozenset[str]:
-    """The columns of ``names`` that cannot go without two ``shown`` rows that differ in their labels
-    looking the same: walking from the right (the order descriptive columns are dropped in), a column
-    is kept when the rows differ in it but not in the labels still kept without it. Labels are the text
-    and identity columns; a number that is a value (``cka``) tells no row apart (two runs' rows with
-    different values must still say which run is which)."""
-    names = [n for n in names if _identity(n) or not _numeric(table, n)]
-    rows = [tuple(_hashable(r[c]) for c in names) for r in shown if r is not None]
-    distinct = len(set(rows))
-    kept, needed = list(range(len(names))), set()
-    for index in reversed(range(len(names))):
-        trial = [i for i in kept if i != index]
-        if len({tuple(r[i] for i in trial) for r in rows}) < distinct:
-            needed.add(names[index])
+def telling(table: pa.Table, names: list[str]) -> frozenset[str]:
+    """The columns of ``names`` that cannot go without two rows of ``table`` that differ in their labels
+    looking the same (a run_id when a model has several runs): walking from the right (the order
+    descriptive columns are dropped in), a column is kept when the rows differ in it but not in the labels
+    still kept without it. Labels are the text and identity columns; a number that is a value (``cka``)
+    tells no row apart (two runs' rows with different values must still say which run is which)."""
+    labels = [
+        n
+        for n in names
+        if (_identity(n) or not _numeric(table, n)) and not pa.types.is_nested(table.schema.field(n).type)
+    ]
+    if table.num_rows < 2 or not labels:
+        return frozenset()
+
+    def distinct(columns: list[str]) -> int:
+        return table.select(columns).group_by(columns).aggregate([]).num_rows if columns else 1
+
+    everything = distinct(labels)
+    kept, needed = list(labels), set()
+    for name in reversed(labels):
+        trial = [c for c in kept if c != name]
+        if distinct(trial) < everything:
+            needed.add(name)
         else:
             kept = trial
     return frozenset(needed)
-
-
-def _hashable(value: object) -> object:
-    return repr(value) if isinstance(value, (list, dict)) else value
 
 
 def _identity(name: str) -> bool:
