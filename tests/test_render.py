@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from layerlake.cli.main import main
-from layerlake.core.render import BREAK_AFTER, fold_header, fold_text, json_rows, print_table
+from layerlake.core.render import BREAK_AFTER, cell, fold_header, fold_text, json_rows, print_table
 
 WIDTH = 80
 
@@ -206,3 +206,21 @@ def test_caption_says_how_to_see_the_rest():
     table = pa.table({"step": pa.array(range(100), pa.int64()), "x": [0.5] * 100})
     out = printed(table, hoist_constants=False, more_rows="--max-rows N or --all")
     assert "100 rows (showing 20; --max-rows N or --all)" in " ".join(out.split())
+
+
+def test_times_print_to_the_second():
+    from datetime import datetime, timedelta, timezone
+
+    table = pa.table(
+        {
+            "run_id": ["r"],
+            "started_at": pa.array([datetime(2025, 1, 31, 14, 5, 9, 123456, tzinfo=timezone.utc)]),
+        }
+    )
+    out = printed(table, hoist_constants=False)
+    assert "2025-01-31 14:05:09 UTC" in out and "123456" not in out
+    assert cell(datetime(2025, 1, 31, 14, 5, 9, 5)) == "2025-01-31 14:05:09"
+    assert (
+        cell(datetime(2025, 1, 31, 14, 5, 9, tzinfo=timezone(timedelta(hours=2))))
+        == "2025-01-31 14:05:09+0200"
+    )
