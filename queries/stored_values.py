@@ -12,7 +12,6 @@ SQL is built only from the names in ``NAMED``; the user's values are bound param
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,22 +59,6 @@ NAMED: dict[str, Named] = {
 }
 NARROWS = {"suite": "suite", "model": "model", "models": "model"}  # parameter -> column it narrows by
 SHOWN = 12  # stored values listed in a fix
-
-
-_TABLE_REF = re.compile(r"\b(?:from|join)\s+([A-Za-z_]\w*)", re.IGNORECASE)
-
-
-def read_tables(recipe: Any) -> frozenset[str]:
-    """The warehouse tables a recipe reads: those named after FROM or JOIN in its SQL and in the staging
-    views it uses, theirs included (the UI offers only values these tables hold: the checkpoint x
-    checkpoint page, reading sketches, offers only models that have sketches)."""
-    from layerlake.queries.loader import recipe_folder
-    from layerlake.warehouse import schema
-    from layerlake.warehouse.macros import STAGING
-
-    uses = [u for u in recipe_folder().get(recipe.name).uses if u in STAGING.names()]
-    bodies = [recipe.sql, *(f.body for f in STAGING.closure(uses, recipe.name))]
-    return frozenset(t for body in bodies for t in _TABLE_REF.findall(body) if t in schema.TABLES)
 
 
 def within(named: Named, tables: frozenset[str]) -> Named:

@@ -34,7 +34,11 @@ NOT_RUN = {
 # Blocks run by tests/test_readme_tracking.py (the "Track your own training" section).
 TRACKING = ("import torch", "layerlake runs", "select a.step")
 # The embedded suite takes the demo's half hour: its commands run on the tiny suite (the same code).
-SLOW = ("layerlake suite build", "layerlake extract executor=ray", "layerlake extract extract.store_activations=true")
+SLOW = (
+    "layerlake suite build",
+    "layerlake extract executor=ray",
+    "layerlake extract extract.store_activations=true",
+)
 
 
 def not_run(line: str) -> str | None:
@@ -45,16 +49,24 @@ def test_every_block_is_run_or_says_why_not():
     for language, text in blocks():
         first = text.splitlines()[0]
         if language == "":
-            assert first.lstrip("┏━ ").startswith(("Layers", "model")) or "━" in text, first  # the demo's output
+            assert first.lstrip("┏━ ").startswith(("Layers", "model")) or "━" in text, (
+                first
+            )  # the demo's output
         elif first.startswith(TRACKING):
             continue
         elif language == "bash":
             for line, _ in commands(text):
-                assert line.startswith("layerlake ") or not_run(line), f"a README command no test runs: {line}"
+                assert line.startswith("layerlake ") or not_run(line), (
+                    f"a README command no test runs: {line}"
+                )
         else:
-            assert language == "python" and first == "import layerlake", f"a README block no test runs: {first}"
+            assert language == "python" and first == "import layerlake", (
+                f"a README block no test runs: {first}"
+            )
     for start in NOT_RUN:  # every exception still names a line of the README
-        assert any(line.startswith(start) for lang, t in blocks() if lang == "bash" for line, _ in commands(t))
+        assert any(
+            line.startswith(start) for lang, t in blocks() if lang == "bash" for line, _ in commands(t)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +104,8 @@ def test_the_authors_values_reproduce_the_median_table_the_readme_quotes(fresh):
     (result,) = sorted((fresh / "data" / "runs").glob("*/result.parquet"))
     p50 = {(r["model"], r["site"], r["step"]): r["p50"] for r in pq.read_table(result).to_pylist()}
     said = re.search(
-        r"160m attention: (\.\d+) at step 23k, (\.\d+) at 43k; 2\.8b MLP: (\.\d+) and (\.\d+)", REPO.joinpath("README.md").read_text()
+        r"160m attention: (\.\d+) at step 23k, (\.\d+) at 43k; 2\.8b MLP: (\.\d+) and (\.\d+)",
+        REPO.joinpath("README.md").read_text(),
     )
     assert said, "the README no longer quotes the median table"
     got = (p50[("pythia-160m-deduped", "ov", 23000)], p50[("pythia-160m-deduped", "ov", 43000)],
@@ -115,7 +128,9 @@ def test_every_command_of_using_it_runs(used, fresh):
     ran = set(used)
     assert any(line.startswith("layerlake extract executor=ray") for line in ran)
     assert (fresh / "sketches.parquet").stat().st_size > 0  # `--output sketches.parquet`, where it was run
-    listed = next(out for line, (_, out) in used.items() if line.startswith("layerlake sql \"select model, layer, per("))
+    listed = next(
+        out for line, (_, out) in used.items() if line.startswith('layerlake sql "select model, layer, per(')
+    )
     assert "5 rows" in listed
 
 
