@@ -1,4 +1,7 @@
-"""The README's fenced blocks, for the tests that run them as written (tests/test_readme*.py)."""
+"""The README's fenced blocks, for the tests that run them as written. One mechanism for every README test:
+``blocks(section)`` gives a section's blocks, ``block(first_line)`` one block, ``commands`` a bash block's
+commands. Which test runs which block: ``tests/test_readme.py`` (its ``RUN_ELSEWHERE`` names the sections
+another module runs whole, each of which checks that it runs every block of its section)."""
 
 from __future__ import annotations
 
@@ -9,20 +12,22 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def sections() -> dict[str, str]:
+    """``{heading: text}`` of the README's ``## `` sections (``""``: the text before the first)."""
+    parts = re.split(r"^## (.+)\n", README.read_text(), flags=re.M)
+    return {"": parts[0], **dict(zip(parts[1::2], parts[2::2], strict=True))}
+
+
 def blocks(section: str | None = None) -> list[tuple[str, str]]:
     """``(language, text)`` of every fenced block of the README (of the ``## section`` only, if given);
     an output block has the language ``""``."""
-    text = README.read_text()
-    if section is not None:
-        start = text.index(f"## {section}")
-        end = text.find("\n## ", start + 1)
-        text = text[start : end if end > 0 else len(text)]
+    text = README.read_text() if section is None else sections()[section]
     return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
 
 
-def block(first_line: str, language: str | None = None) -> str:
+def block(first_line: str, language: str | None = None, section: str | None = None) -> str:
     """The one block whose first line starts with ``first_line``."""
-    found = [t for lang, t in blocks() if t.startswith(first_line) and language in (None, lang)]
+    found = [t for lang, t in blocks(section) if t.startswith(first_line) and language in (None, lang)]
     assert len(found) == 1, f"{len(found)} README blocks start with {first_line!r}"
     return found[0]
 

@@ -169,6 +169,6 @@ def test_the_readmes_python_block_runs_in_a_core_install(core_venv, tmp_path):
     made = run([str(python), "-c", QUERY_SIDE, str(data / "warehouse"), str(tmp_path / "export")], tmp_path)
     assert made.returncode == 0, made.stderr[-3000:]
     env = {**os.environ, "LAYERLAKE_DATA": str(data)}
-    done = run([str(python), "-c", block("import layerlake", "python")], tmp_path, env)
+    done = run([str(python), "-c", block("import layerlake\n", "python")], tmp_path, env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().startswith("[") and "Traceback" not in done.stderr

@@ -69,19 +69,22 @@ def test_trainer_example_runs_as_written(tracked):
 
 
 def test_commands_and_sql_of_the_section_run(tracked, monkeypatch):
+    assert sorted(lang for lang, _ in blocks(SECTION)) == ["bash", "python", "python", "sql"]  # each run here
     data, _ = tracked
     monkeypatch.setenv("LAYERLAKE_DATA", str(data))
     monkeypatch.setenv("COLUMNS", "160")
     monkeypatch.chdir(data.parent)
+    printed = {}
     for line, argv in commands(section_blocks("bash")[0]):
         assert argv[0] == "layerlake", line
         out = io.StringIO()
         with redirect_stdout(out):
             assert main(argv[1:]) == 0, line
         assert "0 rows" not in out.getvalue(), line
-    grouped = out.getvalue()
+        printed[line] = out.getvalue()
+    (grouped,) = [out for line, out in printed.items() if "group_by=lr" in line]
+    assert "group_value" in grouped and "0.003" in grouped, grouped
     con = layerlake.connect(data / "warehouse")
     rows = con.sql(section_blocks("sql")[0]).fetchall()
     assert len(rows) == 3 * 2 * 4  # steps x layers x sites
     assert all(0.0 <= cka <= 1.0 + 1e-6 for *_, cka in rows)
-    del grouped
