@@ -260,6 +260,7 @@ class ExtractConfig:
 class RecipeConfig:
     name: str = MISSING
     params: dict[str, Any] = field(default_factory=dict)
+    max_rows: Optional[int] = 20  # rows the terminal table shows (`query --max-rows N`); None: all (`--all`)
 
 
 @dataclass

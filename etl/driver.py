@@ -191,6 +191,32 @@ def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[lis
     return todo, replaced
 
 
+def announce_replacements(warehouse: Warehouse, todo: list[ExtractTask], committed: dict) -> int:
+    """Say on stderr, before anything runs, how many stored rows the plan replaces (the committed rows
+    of checkpoints extracted before with other extraction options or from other weights), per table;
+    returns that row count (0: nothing said)."""
+    from rich.console import Console
+
+    tables: Counter[str] = Counter()
+    checkpoints = 0
+    for task in todo:
+        entry = committed.get(task.task_id)
+        if entry is None or warehouse.problems(entry):  # new, or damaged: nothing readable is replaced
+            continue
+        checkpoints += 1
+        for file in entry.files:
+            tables[file.table] += file.rows
+    if not checkpoints:
+        return 0
+    rows = sum(tables.values())
+    detail = ", ".join(f"{table} {count:,}" for table, count in sorted(tables.items()))
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"{checkpoints} checkpoint(s) were extracted before with other extraction options or from other "
+        f"weights: extracting them again replaces their {rows:,} stored rows ({detail}) as each one commits"
+    )
+    return rows
+
+
 def check_families(todo: list[ExtractTask]) -> None:
     """Each model's layout must fit it, checked on its first checkpoint to extract before any task runs or
     anything is written: a Hugging Face model's family by its config's ``model_type`` (an unknown one names
@@ -260,6 +286,7 @@ def run_extract(settings: Config) -> ExtractReport:
     todo, report.replaced = tasks_to_run(warehouse, plan, committed)
     report.skipped = report.planned - len(todo)
     check_families(todo)
+    announce_replacements(warehouse, todo, committed)
     if settings.extract.store_activations and todo:
         announce_activations(settings, todo, plan.probe.n)
     executor = make_executor(settings.executor) if todo else None  # fails (e.g. no ray) before any write

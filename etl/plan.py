@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from layerlake.conf.schema import Config, ModelSpec
+from layerlake.core.provenance import layerlake_version
 from layerlake.etl.errors import SuiteError
 from layerlake.etl.task import ExtractOptions, ExtractTask, ProbeBatch
 
-CODE_VERSION = "layerlake-0.1.0"
+CODE_VERSION = f"layerlake-{layerlake_version()}"  # recorded with every checkpoint's rows (extracted or live)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import pyarrow as pa
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.core.paths import default_warehouse_root
 from layerlake.etl.distributed import Group, Reduce
+from layerlake.etl.plan import CODE_VERSION
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse import schema
 from layerlake.warehouse.layout import check_name, checkpoint_task_id, probe_task_id
@@ -460,6 +461,7 @@ class TrackedRun:
             "kind": "extract", "revision": ref.revision, "step": ref.step, "tokens_seen": ref.tokens_seen,
             "source": LIVE, "location": self.run_id, "probe_id": self.probe.probe_id,
             "config_hash": options.config_hash(), "weights_sha256": digest, "timings": timings,
+            "code_version": CODE_VERSION,
         }  # fmt: skip
         return tables, meta
 

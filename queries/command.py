@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import RenderableType
 from rich.text import Text
 
+from layerlake.core.choices import did_you_mean
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.queries.errors import RecipeError
 from layerlake.queries.figures import check_measure
@@ -58,6 +59,7 @@ def rewrite_args(args: list[str]) -> list[str]:
     naming the recipe's parameters.
     """
     register_recipe_configs()  # `+recipe=<name>` composes each recipe's declared parameters and defaults
+    args, shown = table_flags(args)
     # `query -m stabilisation ...`: the CLI only lifts a leading bare word, so lift one after flags here
     args = [f"recipe={a}" if not a.startswith("-") and "=" not in a else a for a in args]
     recipes = _chosen_recipes(args)
@@ -74,11 +76,40 @@ def rewrite_args(args: list[str]) -> list[str]:
         else:
             names = sorted({p.name for r in recipes for p in r.params} - set(CONTEXT_PARAMS))
             where = ", ".join(r.name for r in recipes)
+            near = did_you_mean(key, [*names, *sorted(top - {"hydra"})])
             raise ConfigError(
-                f"{key!r} is neither a parameter of recipe {where} nor a config key",
+                f"{key!r} is neither a parameter of recipe {where} nor a config key{near}",
                 fix=f"use one of its parameters: {', '.join(names)} (`layerlake recipes`)",
             )
-    return out
+    return out + shown
+
+
+def table_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """``(rest, overrides)``: ``--max-rows N`` (or ``--max-rows=N``) and ``--all`` lifted out of ``args``
+    as ``++recipe.max_rows=N`` / ``++recipe.max_rows=null``, how many rows the terminal table shows."""
+    rest, out, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        option, eq, value = arg.partition("=")
+        if arg == "--all":
+            out.append("++recipe.max_rows=null")
+        elif option == "--max-rows":
+            if not eq:
+                if i + 1 == len(args):
+                    raise ConfigError(
+                        "--max-rows needs a number", fix="write --max-rows 50, or --all for every row"
+                    )
+                value, i = args[i + 1], i + 1
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(
+                    f"--max-rows {value!r} is not a number of rows",
+                    fix="write --max-rows 50, or --all for every row",
+                )
+            out.append(f"++recipe.max_rows={int(value)}")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, out
 
 
 def suite_configs() -> set[str]:
@@ -117,11 +148,14 @@ def _chosen_recipes(args: list[str]) -> list[Recipe]:
     return [load_recipe(name.strip()) for name in chosen[-1].split(",")]
 
 
-def context_params(recipe: Recipe, settings: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """``given`` plus ``suite`` / ``models`` from the composed config where the recipe declares them."""
+def context_params(
+    recipe: Recipe, settings: Any, given: dict[str, Any], suite: str | None = None
+) -> dict[str, Any]:
+    """``given`` plus ``suite`` / ``models`` from the composed config where the recipe declares them;
+    ``suite``: the suite to read when none was named (``default_suite``), else the configured one."""
     params = dict(given)
     context = {
-        "suite": settings.suite.name,
+        "suite": settings.suite.name if suite is None else (suite or None),  # EVERY_SUITE: null, every suite
         "models": None if settings.models is None else list(settings.models),
     }
     for name in CONTEXT_PARAMS:
@@ -147,12 +181,19 @@ def query(settings: Any) -> int:
     }  # fmt: skip
     try:
         recipe = load_recipe(name)
-        bound = bind_params(recipe, context_params(recipe, settings, given))
+        bind_params(recipe, context_params(recipe, settings, given))  # a bad value fails before any read
         check_measure(recipe, settings.plot.measure)
         _require_warehouse(settings.paths.warehouse)
+        named = "suite" in given or any(
+            o.lstrip("+~").partition("=")[0] == "suite" for o in hydra.overrides.task
+        )
+        suite = None if named else default_suite(settings.suite.name, settings.paths.warehouse)
+        bound = bind_params(recipe, context_params(recipe, settings, given, suite))
         job["params"] = bound
         log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
-        written = _run_and_save(recipe, bound, settings.paths.warehouse, folder, settings.plot)
+        written = _run_and_save(
+            recipe, bound, settings.paths.warehouse, folder, settings.plot, settings.recipe.max_rows
+        )
         job.update(status="ok", **written)
         log.info(
             "%d rows; wrote %s",
@@ -172,6 +213,34 @@ def query(settings: Any) -> int:
     return 0
 
 
+EVERY_SUITE = ""  # default_suite's answer when the configured suite is not stored: read every suite
+
+
+def default_suite(configured: str, root: str) -> str:
+    """The suite a recipe reads when the command line names none: the configured suite (``embedded``)
+    when the warehouse holds it; else every suite the warehouse holds (a warehouse of tracked runs only,
+    ``suite="mine"``, answers ``layerlake query stabilisation`` without ``suite=mine``), said on stderr."""
+    from rich.console import Console
+
+    from layerlake import warehouse
+    from layerlake.queries.stored_values import NAMED, stored_values, table_columns
+
+    con = warehouse.connect(root)
+    try:
+        held = stored_values(con, NAMED["suite"], {}, table_columns(con))
+    finally:
+        con.close()
+    if configured in held or not held:
+        return configured
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        Text(
+            f"note: the configured suite {configured!r} has no rows here; reading every suite the warehouse "
+            f"holds ({', '.join(sorted(map(str, held)))}); name one with suite=NAME"
+        )
+    )
+    return EVERY_SUITE
+
+
 def _require_warehouse(root: str) -> None:
     """The query's warehouse must be one (``warehouse.locate``); the fix names the config key."""
     from layerlake.warehouse.locate import HYDRA_OPTION, warehouse_root
@@ -180,7 +249,12 @@ def _require_warehouse(root: str) -> None:
 
 
 def _run_and_save(
-    recipe: Recipe, bound: dict[str, Any], warehouse_root: str, folder: Path, plot: Any
+    recipe: Recipe,
+    bound: dict[str, Any],
+    warehouse_root: str,
+    folder: Path,
+    plot: Any,
+    max_rows: int | None = 20,
 ) -> dict[str, Any]:
     from rich.console import Console
 
@@ -204,7 +278,11 @@ def _run_and_save(
             )
     console = Console()
     shown = ", ".join(f"{k}={v}" for k, v in bound.items() if v != recipe.param(k).default)
-    render.print_table(table, f"{recipe.name}" + (f" ({shown})" if shown else ""), console)
+    max_rows = table.num_rows if max_rows is None else max_rows
+    render.print_table(
+        table, f"{recipe.name}" + (f" ({shown})" if shown else ""), console, max_rows=max(max_rows, 1),
+        more_rows=f"--max-rows N or --all to show more; every row is in {csv.name}",
+    )  # fmt: skip
     for path in (parquet, csv, figure):
         if path is not None:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True, markup=False)
@@ -284,9 +362,9 @@ def print_help(args: list[str]) -> None:
     names = [a.partition("=")[2] if a.startswith(("recipe=", "+recipe=")) else a for a in args]
     chosen = [n for n in names if "=" not in n and not n.startswith("-")]
     usage = Text(
-        "usage: layerlake query <recipe> [param=value ...] [config overrides] [-m] [--cfg job]\n\n"
-        "Runs a SQL recipe over the warehouse, prints the result and writes result.parquet, result.csv "
-        "and a plot into the run folder. -m with comma-separated values (threshold=0.8,0.9) sweeps a "
+        "usage: layerlake query <recipe> [param=value ...] [config overrides] [--max-rows N | --all] [-m] [--cfg job]\n\n"
+        "Runs a SQL recipe over the warehouse, prints the result (its first and last rows: --max-rows N "
+        "or --all for more) and writes result.parquet, result.csv and a plot into the run folder. -m with comma-separated values (threshold=0.8,0.9) sweeps a "
         "parameter; --cfg job prints the composed config; config overrides (suite=pythia, "
         "paths.data=DIR) work as in every Hydra command; --hydra-help shows Hydra's own options."
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +103,14 @@ def recipe_figure(
     table: pa.Table,
     measure: str | None = None,
     layers: pa.Table | None = None,
+    window: tuple[int, int, int] | None = None,
 ) -> dict[str, Any] | None:
     """The Vega-Lite spec of ``recipe``'s figure over its result ``table`` (run with the bound
     ``params``); None when the recipe draws nothing or the result is empty. ``measure`` picks one of
     ``measures(recipe.plot)``; ``layers`` (a bands figure only): the per-layer rows behind the bands,
-    drawn as points whose tooltip names the layer."""
+    drawn as points whose tooltip names the layer. ``window``: ``(width, height, page)`` of the UI's
+    window in CSS pixels: the panels that fit it, page ``page`` of them (``usermeta.paging`` says which
+    and how many pages); without it, a file's first ``MAX_PANELS`` panels."""
     kind, options = parse_spec(recipe.plot)
     if kind == "none" or table.num_rows == 0:
         return None
@@ -121,9 +125,15 @@ def recipe_figure(
     rows = json_rows(table)
     if layers is not None:
         rows += json_rows(layers)
+    if params.get("group_by") and "group_value" in table.column_names:  # a panel says which key: lr=0.001
+        for r in rows:
+            r["group_value"] = f"{params['group_by']}={r.get('group_value')}"
     if "left" in options and options["left"].startswith("$"):
         options["left"] = str(params.get(options["left"][1:]))
-    facet, panels_note = _facet(rows, options.get("panels", ""), table.column_names)
+    cell = (options["x"], options["y"]) if kind == "heatmap" else None
+    square = kind == "heatmap" and options["x"].rstrip("_ab") == options["y"].rstrip("_ab")
+    fit = None if window is None else fit_window(*window, square=square)
+    facet, panels_note, paging = _facet(rows, options.get("panels", ""), table.column_names, cell, fit)
     if len(rows) > MAX_ROWS:  # one panel larger than the budget: its first rows
         panels_note = [f"first {MAX_ROWS:,} of {len(rows):,} rows drawn: choose fewer models= or sites="]
         del rows[MAX_ROWS:]
@@ -139,7 +149,6 @@ def recipe_figure(
         "config": CONFIG,
     }
     # a matrix of a thing against itself (checkpoint x checkpoint, layer x layer) is drawn square
-    square = kind == "heatmap" and options["x"].rstrip("_ab") == options["y"].rstrip("_ab")
     width, height = (300, 300) if square else (WIDTH, HEIGHT)
     if facet is None:
         spec.update(width=width + 120, height=height + 60, layer=layer)
@@ -154,6 +163,8 @@ def recipe_figure(
         (spec.get("spec") or spec)["resolve"] = {"scale": {"y": "independent"}}
     used = drawn_fields(spec)
     spec["data"]["values"] = [{k: v for k, v in row.items() if k in used} for row in rows]
+    if window is not None and paging:
+        spec["usermeta"] = {"paging": paging}
     return spec
 
 
@@ -229,107 +240,209 @@ def subtitle(params: dict[str, Any], table: pa.Table) -> list[str]:
 
 
 def natural_key(value: object) -> tuple:
-    """Sort key: sites in the paper's order, model names by size (70m < 160m < 1.4b; s < m < l)."""
+    """Sort key: sites in the paper's order, model names by size (70m < 160m < 1.4b; s < m < l), numbers
+    inside names by value (seed2 < seed10)."""
     if value is None:
-        return (0, 0.0, "")
+        return (0, 0.0, ())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (4, float(value), "")
+        return (4, float(value), ())
     text = str(value)
     if text in SITE_ORDER:
-        return (1, float(SITE_ORDER.index(text)), text)
+        return (1, float(SITE_ORDER.index(text)), _digits(text))
     size = re.search(r"(\d+(?:\.\d+)?)([mbk])\b", text, re.IGNORECASE)
     if size:
         scale = {"k": 1e3, "m": 1e6, "b": 1e9}[size[2].lower()]
-        return (2, float(size[1]) * scale, text)
+        return (2, float(size[1]) * scale, _digits(text))
     suffix = re.search(r"-(xs|xl|s|m|l)(?![\w-])", text, re.IGNORECASE)
     if suffix:  # a family of sizes (embedded-s, -m, -l) together, then the next family (embedded-gpt2-s)
         size = ("xs", "s", "m", "l", "xl").index(suffix[1].lower())
-        return (3, 0.0, f"{text[: suffix.start()]}\x00{size}\x00{text}")
-    return (5, 0.0, text)
+        return (3, 0.0, (*_digits(text[: suffix.start()]), (2, size, ""), *_digits(text)))
+    return (5, 0.0, _digits(text))
+
+
+def _digits(text: str) -> tuple:
+    """``text`` as parts that sort numbers by value: ``seed10`` -> ((1, 0, 'seed'), (0, 10, ''))."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text) if p)
 
 
 # -- panels --------------------------------------------------------------------------------------
 
 
-def _facet(rows: list[dict], spec: str, columns: list[str]) -> tuple[dict[str, Any] | None, list[str]]:
+# A model's column, and the column naming its run: a model with several runs (seeds) gets a panel per run.
+RUN_OF = {"model": "run_id", "model_a": "run_a", "model_b": "run_b"}
+# What else may tell two rows of one heatmap cell apart (they would be drawn over each other).
+OVERLAID = (
+    "run_id",
+    "run_a",
+    "run_b",
+    "source",
+    "probe_id",
+    "head",
+    "tensor",
+    "matrix",
+    "estimator",
+    "kernel",
+)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What the UI's window holds: ``columns`` panels across, ``panels`` in all per page; ``page`` is the
+    one to draw (0-based). Files draw the first ``MAX_PANELS`` in ``MAX_COLUMNS`` columns instead."""
+
+    columns: int = MAX_COLUMNS
+    panels: int = MAX_PANELS
+    page: int = 0
+
+
+def fit_window(width: int, height: int, page: int = 0, square: bool = False) -> Fit:
+    """The panels a window of ``width`` x ``height`` CSS pixels shows without scrolling sideways, and
+    about as many rows as fit its height (at least one; a figure's title and legend take ~260 px)."""
+    panel_w, panel_h = (300, 300) if square else (WIDTH, HEIGHT)
+    columns = max(1, min(MAX_COLUMNS, (width - 110) // (panel_w + 45)))
+    rows = max(1, min(6, (height - 260) // (panel_h + 75)))
+    return Fit(columns, columns * rows, max(0, page))
+
+
+def _facet(
+    rows: list[dict],
+    spec: str,
+    columns: list[str],
+    cell: tuple[str, str] | None = None,
+    fit: Fit | None = None,
+) -> tuple[dict[str, Any] | None, list[str], dict[str, int]]:
     """The facet of ``panels=a,b,c``: rows by ``a``, columns by ``b · c`` (wrapped when many), in the
-    natural order; suite and source join the rows when the result holds several. Marks each row with
-    its panel fields; drops the rows of panels past ``MAX_PANELS`` and says so."""
-    wanted = [c for c in spec.split(",") if c in columns]
-    if "model" in wanted and "run_id" in columns and _several_runs(rows):
-        wanted[wanted.index("model")] = "run_id"  # a model with several runs (seeds): a panel per run
+    natural order; suite and source join the rows when the result holds several. A model with several
+    runs is split into a panel per run (``RUN_OF``); for a heatmap (``cell``: its x and y), any column of
+    ``OVERLAID`` that would otherwise put two rows in one cell joins the panels too, so nothing is
+    drawn over anything else. Marks each row with its panel fields and keeps the rows of the panels
+    drawn: with ``fit`` (the UI), one page of them, else the first ``MAX_PANELS``; returns the facet,
+    a note for the subtitle and the paging (``page``, ``pages``, ``panels``)."""
+    wanted = [c for c in spec.split(",") if c in columns and any(r.get(c) is not None for r in rows)]
+    prefix, titles = dict(PANEL_PREFIX), {}
+    for model, run in RUN_OF.items():
+        if model in wanted and run in columns and _several_runs(rows, model, run):
+            wanted[wanted.index(model)] = run  # a panel per run (seed), named as its model's panel was
+            prefix[run] = PANEL_PREFIX.get(model, "")
+            titles[run] = "run" if model == "model" else f"run of {label(model)}"
     varying = [
         c
         for c in ("suite", "source")
         if c in columns and c not in wanted and len({r.get(c) for r in rows}) > 1
     ]
+    if cell is not None:
+        wanted += _overlaid(rows, [*varying, *wanted], cell, columns)
     row_cols, col_cols = [*varying, *wanted[:1]], wanted[1:]
     if not row_cols and not col_cols:
-        return None, []
+        return None, [], {}
     names: dict[tuple, tuple[str, str, str]] = {}  # a panel's three names, made once per panel
     for r in rows:
         key = tuple(r.get(c) for c in (*row_cols, *col_cols))
         if key not in names:
-            row = " · ".join(_named(c, r.get(c)) for c in row_cols if r.get(c) is not None)
-            column = " · ".join(_named(c, r.get(c)) for c in col_cols if r.get(c) is not None)
+            row = " · ".join(_named(c, r.get(c), prefix) for c in row_cols if r.get(c) is not None)
+            column = " · ".join(_named(c, r.get(c), prefix) for c in col_cols if r.get(c) is not None)
             names[key] = (row, column, " · ".join(p for p in (row, column) if p))
         r["panel_row"], r["panel_column"], r["panel"] = names[key]
     order = sorted(
         {(r["panel_row"], r["panel_column"], r["panel"]) for r in rows if r["panel"]},
         key=lambda k: (_order(k[0], row_cols), _order(k[1], col_cols)),
     )
-    note = []
-    sizes: dict[str, int] = {}
-    for r in rows:
-        sizes[r["panel"]] = sizes.get(r["panel"], 0) + 1
-    shown, total = 0, 0
-    for _, _, panel in order:  # whole panels, in order, within MAX_PANELS and MAX_ROWS
-        if shown == MAX_PANELS or (shown and total + sizes[panel] > MAX_ROWS):
-            break
-        shown, total = shown + 1, total + sizes[panel]
-    if shown < len(order):
-        kept = {k[2] for k in order[:shown]}
-        rows[:] = [r for r in rows if r["panel"] in kept or not r["panel"]]
-        note = [
-            f"first {shown} of {len(order)} panels drawn: narrow the query (models=, sites=, matrices= ...) for the others"
-        ]
-        order = order[:shown]
+    fit = fit or Fit()
+    grid = bool(col_cols) and len({k[1] for k in order}) <= fit.columns
+    kept, note, paging = _page(rows, order, grid, fit)
+    rows[:] = [r for r in rows if r["panel"] in kept or not r["panel"]]
+    order = [k for k in order if k[2] in kept]
+    max_columns = fit.columns
     header = {"labelAngle": 0, "labelAlign": "left", "labelOrient": "top", "labelFontWeight": "bold"}
     row_values = list(dict.fromkeys(k[0] for k in order))
     col_values = list(dict.fromkeys(k[1] for k in order))
-    if not col_cols or len(col_values) > MAX_COLUMNS:
+    if not grid:
         facet = {
             "facet": {"field": "panel", "type": "nominal", "title": None, "header": header,
                       "sort": [k[2] for k in order]},
-            "columns": min(MAX_COLUMNS, len(order)),
+            "columns": min(max_columns, len(order)),
         }  # fmt: skip
     else:
         facet = {
             "facet": {
                 "row": {"field": "panel_row", "type": "nominal", "sort": row_values,
-                        "title": " · ".join(label(c) for c in row_cols), "header": header},
+                        "title": " · ".join(titles.get(c, label(c)) for c in row_cols), "header": header},
                 "column": {"field": "panel_column", "type": "nominal", "sort": col_values,
-                           "title": " · ".join(label(c) for c in col_cols), "header": header},
+                           "title": " · ".join(titles.get(c, label(c)) for c in col_cols), "header": header},
             }
         }  # fmt: skip
         if not row_cols:
             facet["facet"].pop("row")
-    return facet, note
+    return facet, note, paging
 
 
-def _named(column: str, value: Any) -> str:
+def _page(
+    rows: list[dict], order: list[tuple[str, str, str]], grid: bool, fit: Fit
+) -> tuple[set[str], list[str], dict[str, int]]:
+    """The panels of ``order`` to draw: page ``fit.page`` of ``fit.panels`` panels (whole rows of a grid),
+    within ``MAX_ROWS`` points; the subtitle's note and the paging."""
+    sizes: dict[str, int] = {}
+    for r in rows:
+        sizes[r["panel"]] = sizes.get(r["panel"], 0) + 1
+    if grid:  # whole rows of the grid per page
+        row_values = list(dict.fromkeys(k[0] for k in order))
+        across = len({k[1] for k in order})
+        per_page = max(1, fit.panels // across)
+        pages = [set(row_values[i : i + per_page]) for i in range(0, len(row_values), per_page)]
+        groups = [[k for k in order if k[0] in chosen] for chosen in pages]
+    else:
+        groups = [order[i : i + fit.panels] for i in range(0, len(order), fit.panels)]
+    page = min(fit.page, len(groups) - 1)
+    kept, total = [], 0
+    for key in groups[page]:  # whole panels, within MAX_ROWS points
+        if kept and total + sizes[key[2]] > MAX_ROWS:
+            break
+        kept.append(key[2])
+        total += sizes[key[2]]
+    first = sum(len(g) for g in groups[:page])
+    paging = {
+        "page": page,
+        "pages": len(groups),
+        "panels": len(order),
+        "first": first + 1,
+        "last": first + len(kept),
+    }
+    note = []
+    if len(kept) < len(order) and fit == Fit():  # a file: the first page only
+        note = [
+            f"first {len(kept)} of {len(order)} panels drawn: narrow the query (models=, sites=, matrices= ...) for the others"
+        ]
+    elif len(kept) < len(order):
+        note = [f"panels {first + 1}-{first + len(kept)} of {len(order)} (page {page + 1} of {len(groups)})"]
+    return set(kept), note, paging
+
+
+def _named(column: str, value: Any, prefix: dict[str, str] | None = None) -> str:
     """A panel's value, prefixed where the value alone would be ambiguous (which model is on x)."""
-    return f"{PANEL_PREFIX[column]}{value}" if column in PANEL_PREFIX else str(value)
+    prefix = PANEL_PREFIX if prefix is None else prefix
+    return f"{prefix[column]}{value}" if prefix.get(column) else str(value)
 
 
 PANEL_PREFIX = {"model_a": "x: ", "model_b": "y: ", "run_b": "vs "}
 
 
-def _several_runs(rows: list[dict]) -> bool:
+def _several_runs(rows: list[dict], model: str = "model", run: str = "run_id") -> bool:
     runs: dict[Any, set] = {}
     for r in rows:
-        runs.setdefault(r.get("model"), set()).add(r.get("run_id"))
+        runs.setdefault(r.get(model), set()).add(r.get(run))
     return any(len(v) > 1 for v in runs.values())
+
+
+def _overlaid(rows: list[dict], panels: list[str], cell: tuple[str, str], columns: list[str]) -> list[str]:
+    """The columns of ``OVERLAID`` to add to ``panels`` so that no two rows share a panel and a cell."""
+    added: list[str] = []
+    for column in [c for c in OVERLAID if c in columns and c not in panels]:
+        keys = [tuple(r.get(c) for c in (*panels, *added, *cell)) for r in rows]
+        if len(set(keys)) == len(keys):
+            break
+        if len({r.get(column) for r in rows}) > 1:
+            added.append(column)
+    return added
 
 
 def _order(text: str, columns: list[str]) -> tuple:
@@ -517,7 +630,10 @@ def _lines(rows: list[dict], options: dict[str, str], columns: list[str]) -> lis
         held = sorted({r[dash] for r in rows if r.get(dash) is not None}, key=lambda v: (v != "weight", v))
         encoding["strokeDash"] = {"field": dash, "type": "nominal", "title": label(dash),
                                   "scale": {"domain": held, "range": [[1, 0], [5, 3], [1, 2], [8, 2, 2, 2]][: len(held)]},
-                                  "legend": {"symbolType": "stroke", "symbolStrokeWidth": 2}}  # fmt: skip
+                                  # the legend draws each dash as a dark stroke: the colour legend is the layers'
+                                  "legend": {"symbolType": "stroke", "symbolStrokeWidth": 2, "symbolSize": 400,
+                                             "encode": {"symbols": {"update": {
+                                                 "stroke": {"value": "#444444"}, "fill": {"value": "transparent"}}}}}}  # fmt: skip
     return [{"mark": {"type": "line", "strokeWidth": 1.4, "point": {"size": 10}}, "encoding": encoding}]
 
 
@@ -591,6 +707,30 @@ DRAW = {
 # -- the runs' logged values -----------------------------------------------------------------------
 
 
+DASHES = ([1, 0], [6, 3], [2, 2], [8, 3, 2, 3])  # with the 8 colours: 32 runs told apart
+
+
+def series_encoding(field: str, values: list[Any], title: str, width: int) -> dict[str, Any]:
+    """Colour (and, past 8 series, dash) encodings telling ``values`` apart: the Okabe-Ito colours in
+    turn, each next round of 8 with the next dash pattern; one legend, in as many columns as ``width``
+    holds, so that 12 or 40 runs are each named once with a symbol that matches their line."""
+    values = sorted(dict.fromkeys(values), key=natural_key)
+    longest = max((len(str(v)) for v in values), default=1)
+    columns = max(1, min(4, width // int(longest * 6.5 + 40)))
+    legend = {"columns": columns, "symbolType": "stroke", "symbolStrokeWidth": 2.5, "symbolSize": 300, "labelLimit": 0,
+              "direction": "vertical", "orient": "bottom"}  # fmt: skip
+    colours = [OKABE_ITO[i % len(OKABE_ITO)] for i in range(len(values))]
+    encoding: dict[str, Any] = {
+        "color": {"field": field, "type": "nominal", "title": title, "legend": legend,
+                  "scale": {"domain": values, "range": colours}},
+    }  # fmt: skip
+    if len(values) > len(OKABE_ITO):
+        dashes = [DASHES[(i // len(OKABE_ITO)) % len(DASHES)] for i in range(len(values))]
+        encoding["strokeDash"] = {"field": field, "type": "nominal", "title": title, "legend": legend,
+                                  "scale": {"domain": values, "range": dashes}}  # fmt: skip
+    return encoding
+
+
 def scalar_figure(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     """A logged value against step, one line per run (rows: run_id, step, value); None without rows."""
     if not rows:
@@ -606,7 +746,7 @@ def scalar_figure(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | Non
         "encoding": {
             "x": step_axis("step", rows),
             "y": _number("value", label(name), scale={"zero": False}),
-            "color": {"field": "run_id", "type": "nominal", "title": "run"},
+            **series_encoding("run_id", [r["run_id"] for r in rows], "run", 560),
             "tooltip": [{"field": "run_id", "title": "run"}, {"field": "step", "title": "training step"},
                         {"field": "value", "title": label(name)}],
         },
@@ -633,15 +773,34 @@ def draw(
     return None if spec is None else save_figure(spec, path, fmt)
 
 
+# A PNG's largest size in pixels: 2400 x 3000 is 8 x 10 inches at 300 dpi (a journal page's text block,
+# or a screen at 1.25x). A figure drawn larger at ``ppi`` is scaled down to fit, its dpi kept.
+MAX_PNG_WIDTH, MAX_PNG_HEIGHT = 2400, 3000
+
+
+def png_scale(spec: dict[str, Any], ppi: int) -> float:
+    """The factor (at most 1) that fits ``spec`` drawn at ``ppi`` into ``MAX_PNG_WIDTH`` x
+    ``MAX_PNG_HEIGHT`` pixels: vl-convert draws a CSS pixel as ``scale * ppi / 72`` pixels."""
+    import vl_convert
+
+    svg = vl_convert.vegalite_to_svg(spec)
+    size = re.search(r'<svg[^>]*?\swidth="([\d.]+)"[^>]*?\sheight="([\d.]+)"', svg)
+    if size is None:
+        return 1.0
+    width, height = (float(v) * ppi / 72 for v in size.groups())
+    return min(1.0, MAX_PNG_WIDTH / width, MAX_PNG_HEIGHT / height)
+
+
 def save_figure(spec: dict[str, Any], path: str | Path, fmt: str = "png", ppi: int = 300) -> Path:
-    """Write ``spec`` to ``path`` as PNG (``ppi`` pixels per inch), SVG or PDF; written whole or not at
-    all (a partial file renamed into place)."""
+    """Write ``spec`` to ``path`` as PNG (``ppi`` pixels per inch, at most ``MAX_PNG_WIDTH`` x
+    ``MAX_PNG_HEIGHT`` pixels), SVG or PDF; written whole or not at all (a partial file renamed into
+    place)."""
     import vl_convert
 
     if fmt not in FORMATS:
         raise ParameterError(f"unknown figure format {fmt!r}", fix=f"use one of: {', '.join(FORMATS)}")
     if fmt == "png":
-        data = vl_convert.vegalite_to_png(spec, ppi=ppi)
+        data = vl_convert.vegalite_to_png(spec, scale=png_scale(spec, ppi), ppi=ppi)
     elif fmt == "svg":
         data = vl_convert.vegalite_to_svg(spec).encode()
     else:

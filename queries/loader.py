@@ -3,7 +3,7 @@
 
     -- name: stabilisation                          (must equal the file name)
     -- description: one paragraph of what it finds
-    -- param: $threshold double = 0.9 | what it means       (its own parameters; see core.params)
+    -- param: $threshold double in [0, 1] = 0.9 | what it means   (its own parameters; see core.params)
     -- uses: layer_stabilisation                    (staging models of warehouse/sql/staging/)
     -- grain: one row per (suite, model, source, site, layer, head)
     -- plot: bars x=layer value=...                 (a spec for queries.figures; `none` for no plot)
@@ -19,6 +19,7 @@ single read-only ``SELECT``. Each recipe's parameters and defaults are also its 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -177,3 +178,17 @@ def register_recipe_configs(directory: Path = RECIPES_DIR) -> None:
 
     for recipe in list_recipes(directory):
         register_recipe(recipe.name, {k: v for k, v in recipe.defaults.items() if k not in CONTEXT_PARAMS})
+
+
+_TABLE_REF = re.compile(r"\b(?:from|join)\s+([A-Za-z_]\w*)", re.IGNORECASE)
+
+
+def read_tables(recipe: Any) -> frozenset[str]:
+    """The warehouse tables a recipe reads: those named after FROM or JOIN in its SQL and in the staging
+    views it uses, theirs included (the UI offers only values these tables hold: the checkpoint x
+    checkpoint page, reading sketches, offers only models that have sketches)."""
+    from layerlake.warehouse import schema
+
+    uses = [u for u in recipe_folder().get(recipe.name).uses if u in STAGING.names()]
+    bodies = [recipe.sql, *(f.body for f in STAGING.closure(uses, recipe.name))]
+    return frozenset(t for body in bodies for t in _TABLE_REF.findall(body) if t in schema.TABLES)

@@ -2,7 +2,7 @@
 -- description: CKA between the layers of two different models at the same step, per site. This works
 --    because every model of a suite sees the same probe: sketches pair only when probe_id, n, kernel and
 --    estimator agree. Default step: the last step that every selected model has.
--- param: $step integer? = null | the checkpoint step; null = the last step common to the selected models
+-- param: $step integer? in [0, inf) = null | the checkpoint step; null = the last step common to the selected models
 -- uses: sketch_rows
 -- grain: one row per (suite, step, site, model_a, layer_a, model_b, layer_b), model_a < model_b
 -- plot: heatmap x=layer_a y=layer_b value=cka panels=model_a,model_b,site

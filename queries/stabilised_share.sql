@@ -2,7 +2,7 @@
 -- description: Per model and site, the share of layers stabilised (CKA stays >= threshold from then on)
 --    by the fraction by_fraction of training: share_stabilised = #{layers: stabilisation_fraction <=
 --    by_fraction} / #layers. The paper's claim: near 1 at 0.2 for large models, lower for small ones.
--- param: $by_fraction double = 0.2 | share of training (stabilisation_step / last step) to count by
+-- param: $by_fraction double in [0, 1] = 0.2 | share of training (stabilisation_step / last step) to count by
 -- grain: one row per (suite, model, source, probe_id, site)
 -- plot: none
 -- uses: layer_stabilisation

@@ -2,9 +2,9 @@
 -- description: CKA between every pair of checkpoints of one model, for one layer and site (and head):
 --    the step x step similarity matrix. Sketches pair only with the same probe and n.
 -- param: $model name | the model (required)
--- param: $layer integer = 0 | 0-based layer
+-- param: $layer integer in [0, inf) = 0 | 0-based layer
 -- param: $site name = mlp_out | site, e.g. ov, mlp_out, attn_out, resid_post
--- param: $head integer? = null | attention head; null = the whole layer
+-- param: $head integer? in [0, inf) = null | attention head; null = the whole layer
 -- param: $estimator estimator = biased | CKA estimator
 -- param: $kernel kernel = linear | kernel the Grams were computed with
 -- param: $suite name? = null | suite to read (the command binds the configured suite); null = every suite

@@ -1,6 +1,6 @@
 """A recipe parameter that names something stored (a suite, model, run, step, layer, site, source,
-logged scalar, or the estimator, kernel, tensor or matrix the stored rows were made with) must name
-something the warehouse holds: otherwise the recipe would return no rows and
+logged scalar, or the estimator, kernel, tensor or matrix the stored rows were made with; a key of the
+runs' config to group by) must name something the warehouse holds: otherwise the recipe would return no rows and
 exit 0, and a misspelt model would look like a finding. ``check_stored_values`` runs before a recipe
 and raises a ``ParameterError`` naming the value and the nearest stored ones.
 
@@ -61,6 +61,12 @@ NARROWS = {"suite": "suite", "model": "model", "models": "model"}  # parameter -
 SHOWN = 12  # stored values listed in a fix
 
 
+def within(named: Named, tables: frozenset[str]) -> Named:
+    """``named`` looked up only in ``tables`` (all of its own when it shares none with them)."""
+    kept = tuple(t for t in named.tables if t in tables)
+    return Named(named.column, kept or named.tables, named.also, named.optional)
+
+
 def check_stored_values(con: Any, params: dict[str, Any]) -> None:
     """Raise ``ParameterError`` for the first value of ``params`` (bound recipe parameters) that names
     something the warehouse on ``con`` does not hold; None values (meaning "all") are not checked."""
@@ -78,6 +84,54 @@ def check_stored_values(con: Any, params: dict[str, Any]) -> None:
             raise ParameterError(not_stored(name, missing[0], known, scope), fix=_fix(named, stored))
         if name in NARROWS:
             scope[NARROWS[name]] = values
+    if params.get("group_by") is not None:
+        check_config_key(con, params["group_by"], scope, columns)
+
+
+def check_config_key(con: Any, key: str, scope: dict[str, list[Any]], columns: dict[str, set[str]]) -> None:
+    """``key`` (``lr``, ``optim.lr``) must name a value in the config of at least one run within ``scope``
+    (``runs.config_json``, nested keys joined by dots); a ``ParameterError`` lists the keys they have."""
+    keys = config_keys(con, scope, columns)
+    if key in keys:
+        return
+    where = _scope_text(scope)
+    if not keys:
+        raise ParameterError(
+            f"group_by {key!r}: no run{where} recorded a config to group by",
+            fix="pass config={...} to layerlake.track (a Hydra job records its own), or leave group_by out",
+        )
+    shown = sorted(keys)
+    raise ParameterError(
+        f"group_by {key!r} is not a key of the runs' config{where}{did_you_mean(key, shown)}",
+        fix="use one of: " + ", ".join(shown[:SHOWN]) + (" ..." if len(shown) > SHOWN else ""),
+    )
+
+
+def config_keys(con: Any, scope: dict[str, list[Any]], columns: dict[str, set[str]]) -> set[str]:
+    """The keys of every run's config within ``scope`` that hold a value (not a section), nested keys
+    joined by dots (``{"optim": {"lr": 0.1}}`` -> ``optim.lr``)."""
+    import json
+
+    where, params = ["config_json is not null"], {}
+    for column, values in scope.items():
+        if column in columns.get("runs", ()):
+            params[f"scope_{column}"] = list(values)
+            where.append(f"list_contains($scope_{column}, {column})")
+    keys: set[str] = set()
+    for (text,) in con.execute(
+        f"select distinct config_json from runs where {' and '.join(where)}", params
+    ).fetchall():
+        try:
+            keys |= _leaf_keys(json.loads(text))
+        except ValueError:
+            continue
+    return keys
+
+
+def _leaf_keys(value: Any, prefix: str = "") -> set[str]:
+    if isinstance(value, dict):
+        return {k for name, item in value.items() for k in _leaf_keys(item, f"{prefix}{name}.")}
+    return {prefix[:-1]} if prefix else set()
 
 
 def stored_values(

@@ -98,9 +98,10 @@ EXPECTED = {
     "layer_percentiles": ({"reference_step": 2000}, ["Spread over layers of CKA", "reference checkpoint: step 2000",
                                                      "10th-90th percentile of layers", "median over layers"]),
     "loss_and_convergence": ({}, ["Training loss beside the layers' median CKA", "median CKA mlp_out"]),
-    "model_similarity": ({}, ["CKA between the layers of two models at step 3000", "x: tiny-m", "y: tiny-s"]),
+    "model_similarity": ({}, ["CKA between the layers of two models at step 3000", "x: tiny-m", "y: s.tiny-s ·",
+                             f"y: {SEED_RUN} ·", "run of model y"]),
     "rank_trajectories": ({"tensor": "weight"}, ["PER (effective rank / k) of each layer's matrices",
-                                                  "PER's k: head dim"]),
+                                                  "PER's k: rank"]),
     "run_similarity": ({"models": ["tiny-s"]}, ["CKA between two runs of tiny-s, per layer", f"vs {SEED_RUN}"]),
     "stabilisation": ({"reference_step": 256, "threshold": 0.8},
                       ["When each layer stabilises (CKA to the reference stays at or above 0.8)",
@@ -249,3 +250,83 @@ def test_a_measure_is_chosen_by_name_and_a_wrong_one_is_named(con, tmp_path):
     assert "per, erank, stable_rank" in error.value.fix
     with pytest.raises(ParameterError, match="offers no choice of measure"):
         figures.check_measure(load_recipe("convergence"), "per")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in EXPECTED if load_recipe(n).plot.startswith("heatmap")))
+def test_no_heatmap_draws_two_rows_in_one_cell(con, name):
+    """A model with two runs (tiny-s and its seed) gets a panel per run, so every cell holds one row:
+    model_similarity's run pairs (tiny-m against each of tiny-s's runs) are never overlaid."""
+    params, _ = EXPECTED[name]
+    recipe = load_recipe(name)
+    bound = bind_params(recipe, params)
+    spec = figures.recipe_figure(recipe, bound, run_recipe(con, name, bound))
+    options = figures.parse_spec(recipe.plot)[1]
+    rows = spec["data"]["values"]
+    panel = [(r.get("panel"), r.get("panel_row"), r.get("panel_column")) for r in rows]
+    cells = [(*p, r[options["x"]], r[options["y"]]) for p, r in zip(panel, rows, strict=True)]
+    assert len(cells) == len(set(cells)), f"{name}: rows drawn over each other"
+    if name == "model_similarity":
+        assert {p[1:] for p in panel} == {
+            ("x: tiny-m", f"y: {run} · {site}") for run in ("s.tiny-s", SEED_RUN) for site in SITES
+        }
+
+
+def test_the_rank_legend_draws_the_solid_and_dashed_strokes(con, tmp_path):
+    """Weights solid, gradients dashed: the legend shows each as a stroke with that dash, not a blank."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    recipe = load_recipe("rank_trajectories")
+    bound = bind_params(recipe, {"models": ["tiny-m"]})
+    weights = run_recipe(con, "rank_trajectories", bound)
+    grads = weights.set_column(
+        weights.schema.get_field_index("tensor"), "tensor", pa.array(["grad"] * weights.num_rows)
+    )
+    grads = grads.set_column(grads.schema.get_field_index("per"), "per", pc.multiply(grads["per"], 0.8))
+    spec = figures.recipe_figure(recipe, bound, pa.concat_tables([weights, grads]))
+    svg = figures.save_figure(spec, tmp_path / "ranks.svg", "svg").read_text()
+    legend = svg[svg.index("role-legend") :]
+    strokes = re.findall(
+        r'<path transform="[^"]*" d="M-?[\d.]+,0L[\d.]+,0" stroke="(#[0-9a-f]+)"[^>]*stroke-dasharray="([^"]+)"',
+        legend,
+    )
+    assert sorted(dash for _, dash in strokes) == ["1,0", "5,3"], strokes  # solid weight, dashed grad
+    assert all(colour != "transparent" for colour, _ in strokes)
+
+
+def test_png_files_stay_a_sensible_size_at_300_dpi(con, tmp_path):
+    """Many panels (3 runs x 2 sites of heatmaps) still make a PNG of at most 2400 x 3000 pixels (8 x 10
+    inches at 300 dpi); a small figure is not blown up."""
+    for name in ("convergence", "model_similarity", "step_similarity"):
+        params = EXPECTED[name][0]
+        recipe = load_recipe(name)
+        bound = bind_params(recipe, params)
+        png = figures.draw(name, params, run_recipe(con, name, bound), tmp_path / f"{name}.png")
+        width, height = struct.unpack(">II", png.read_bytes()[16:24])
+        assert width <= figures.MAX_PNG_WIDTH and height <= figures.MAX_PNG_HEIGHT, (name, width, height)
+        assert max(width / figures.MAX_PNG_WIDTH, height / figures.MAX_PNG_HEIGHT) > 0.5, (
+            name,
+            width,
+            height,
+        )
+        assert png_dpi(png) == 300
+
+
+def test_twelve_and_more_runs_each_get_their_own_line_style_and_legend_entry(tmp_path):
+    """The overview's loss chart over 15 runs: every run a distinct (colour, dash) pair, all 15 named once
+    in one legend, in the natural order (seed2 before seed10)."""
+    runs = [f"embedded.embedded-s.seed{i}" for i in range(1, 16)]
+    rows = [{"run_id": run, "step": step, "value": 5.0 / (1 + step / (100 + i))} for i, run in enumerate(runs)
+            for step in range(0, 501, 100)]  # fmt: skip
+    spec = figures.scalar_figure(rows, "loss")
+    colour, dash = spec["encoding"]["color"], spec["encoding"]["strokeDash"]
+    assert colour["scale"]["domain"] == dash["scale"]["domain"] == runs
+    styles = {
+        (c, json.dumps(d)) for c, d in zip(colour["scale"]["range"], dash["scale"]["range"], strict=True)
+    }
+    assert len(styles) == 15
+    svg = figures.save_figure(spec, tmp_path / "runs.svg", "svg").read_text()
+    assert svg.count('class="mark-group role-legend"') == 1
+    legend = html.unescape(svg[svg.index("role-legend") :])
+    assert all(legend.count(f">{run}<") == 1 for run in runs), "each run named once in the legend"
+    assert set(colours(spec)) <= ALLOWED_COLOURS

@@ -156,3 +156,19 @@ def test_extraction_without_its_extra_names_the_extra(core_venv, tmp_path):
     assert done.returncode == 2
     assert "pip install 'layerlake[extract]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_readmes_python_block_runs_in_a_core_install(core_venv, tmp_path):
+    """The README's "From Python" block, as written, with the core dependencies alone (no pandas: it is
+    no dependency of the query side, so the block shows ``fetchall`` / ``arrow``, not ``df``)."""
+    from readme import block
+
+    python = core_venv / "bin" / "python"
+    assert run([str(python), "-c", "import pandas"], tmp_path).returncode != 0, "pandas is in the core venv"
+    data = tmp_path / "data"
+    made = run([str(python), "-c", QUERY_SIDE, str(data / "warehouse"), str(tmp_path / "export")], tmp_path)
+    assert made.returncode == 0, made.stderr[-3000:]
+    env = {**os.environ, "LAYERLAKE_DATA": str(data)}
+    done = run([str(python), "-c", block("import layerlake\n", "python")], tmp_path, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().startswith("[") and "Traceback" not in done.stderr

@@ -17,6 +17,7 @@ import pytest
 from layerlake import warehouse
 from layerlake.etl.driver import run_extract
 from layerlake.etl.plan import make_plan
+from layerlake.warehouse.writer import Warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,7 +212,7 @@ def test_a_wrong_option_fails_before_any_task_runs_or_is_recorded(tiny_suite, tm
     assert not (tmp_path / "warehouse" / "_manifest" / "commits.jsonl").exists()
 
 
-def test_extracting_again_with_other_options_replaces_the_rows(tiny_suite, tmp_path):
+def test_extracting_again_with_other_options_replaces_the_rows(tiny_suite, tmp_path, capsys):
     settings, _ = tiny_suite
     settings = with_paths(settings, tmp_path)
     settings = dataclasses.replace(settings, steps=dataclasses.replace(settings.steps, only=[0, 32]))
@@ -219,8 +220,16 @@ def test_extracting_again_with_other_options_replaces_the_rows(tiny_suite, tmp_p
     with_grads = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, gradients=True))
     first = run_extract(without)
     assert first.ok and first.replaced == 0
+    assert "replaces" not in capsys.readouterr().err
+    stored = [
+        e for e in Warehouse(settings.paths.warehouse).committed().values() if e.meta.get("kind") == "extract"
+    ]
+    rows = sum(f.rows for e in stored for f in e.files)
     second = run_extract(with_grads)
     assert second.ok and second.replaced == len(first.committed) and second.skipped == 0
+    said = " ".join(capsys.readouterr().err.split())  # said before the first replacement commits
+    assert f"{len(stored)} checkpoint(s) were extracted before with other extraction options" in said
+    assert f"replaces their {rows:,} stored rows (activation_stats " in said
 
     con = warehouse.connect(settings.paths.warehouse)
     assert con.sql("select count(*) from spectra where tensor = 'grad'").fetchall()[0][0] > 0

@@ -1,5 +1,6 @@
-"""``layerlake extract executor=ray`` (what ``make demo`` runs) starts a local Ray cluster without Ray's
-token-authentication notice: the executor chooses the mode Ray would pick, explicitly."""
+"""``layerlake extract executor=ray`` (what ``make demo`` runs, and the README's line, which tests/test_readme.py runs on
+the local executor) starts a local Ray cluster without Ray's token-authentication notice: the executor
+chooses the mode Ray would pick, explicitly."""
 
 from __future__ import annotations
 

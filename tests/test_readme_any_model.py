@@ -5,38 +5,31 @@ the Hydra config under a real multirun."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from readme import blocks
 
 import layerlake
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "Any model, any trainer"
 
 
-def section() -> str:
-    text = README.read_text()
-    start = text.index("## Any model, any trainer")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end > 0 else len(text)]
-
-
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", section(), flags=re.S)
+def section_blocks(language: str) -> list[str]:
+    return [text for lang, text in blocks(SECTION) if lang == language]
 
 
 def block(first_line: str) -> str:
     """The Python block whose first line is ``first_line``."""
-    (found,) = [b for b in blocks("python") if b.splitlines()[0] == first_line]
+    (found,) = [b for b in section_blocks("python") if b.splitlines()[0] == first_line]
     return found
 
 
 def in_process(*firsts: str) -> list[str]:
     """The set-up block, then the blocks starting with each of ``firsts``."""
-    return [blocks("python")[0], *(block(f) for f in firsts)]
+    return [section_blocks("python")[0], *(block(f) for f in firsts)]
 
 
 def runs(data: Path) -> dict[str, list[int]]:
@@ -51,8 +44,10 @@ def runs(data: Path) -> dict[str, list[int]]:
     return {run_id: [s for s in steps if s is not None] for run_id, steps in found}
 
 
-def test_every_python_block_is_run_by_a_test():
-    firsts = {b.splitlines()[0] for b in blocks("python")[1:]}
+def test_every_block_of_the_section_is_run_by_a_test():
+    assert {lang for lang, _ in blocks(SECTION)} == {"python", "yaml"}  # a block of another kind: run it here
+    assert len(section_blocks("yaml")) == 1
+    firsts = {b.splitlines()[0] for b in section_blocks("python")[1:]}
     assert firsts == {
         "from torch import nn", "# train_ddp.py", "# train_fsdp.py", "import lightning.pytorch as pl",
         "from accelerate import Accelerator", "import layerlake as wandb",
@@ -107,7 +102,7 @@ def test_torchrun_scripts_make_one_run(tmp_path, script):
 
 def test_hydra_config_records_every_job(tmp_path):
     (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "config.yaml").write_text(blocks("yaml")[0])
+    (tmp_path / "conf" / "config.yaml").write_text(section_blocks("yaml")[0])
     (tmp_path / "train.py").write_text(
         "import hydra\n"
         "@hydra.main(version_base=None, config_path='conf', config_name='config')\n"

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 from layerlake import queries
+from layerlake.core.errors import ParameterError
 from layerlake.warehouse import macros, schema
 from layerlake.warehouse.gram import to_bytes
 
@@ -101,3 +102,27 @@ def test_sources_side_by_side():
     rows = queries.run_recipe(con, "layer_percentiles", {"source": None}).to_pylist()
     assert {r["source"] for r in rows} == {"fixture-paper", "elsewhere"}
     assert {r["suite"] for r in rows} == {"fx", "other"}
+
+
+@pytest.mark.parametrize(
+    ("group_by", "message"),
+    [
+        (
+            "optim.lrr",
+            "group_by 'optim.lrr' is not a key of the runs' config (for suite fx) (did you mean 'optim.lr'?)",
+        ),
+        ("optim", "group_by 'optim' is not a key"),  # a section, not a value
+        ("lr", "use one of: optim.lr, seed"),
+    ],
+)
+def test_group_by_must_name_a_key_of_the_runs_config(group_by, message):
+    con = connection(load_inputs("runs"))
+    with pytest.raises(ParameterError) as error:
+        queries.run_recipe(con, "stabilisation_across_runs", {"suite": "fx", "group_by": group_by})
+    assert message in f"{error.value.message} {error.value.fix}"
+
+
+def test_group_by_null_puts_every_run_of_a_model_together():
+    con = connection(load_inputs("runs"))
+    rows = queries.run_recipe(con, "stabilisation_across_runs", {"suite": "fx", "threshold": 0.8}).to_pylist()
+    assert {r["group_value"] for r in rows} == {None} and {r["n_runs"] for r in rows} == {2}

@@ -32,6 +32,9 @@ CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": Fa
         ("unused", "declared parameters ['x', 'y']"),
         ("wrong_name", "header says name 'something_else'"),
         ("bad_default", "parameter $x is not a valid value ('abc'): expected an integer"),
+        ("bad_range", "a range ([0, 1]) needs a number type, not 'varchar'"),
+        ("default_outside", "parameter $x is outside [0, 1] (1.5)"),
+        ("reversed_range", "malformed range '[1, 0]'"),
         ("no_such_recipe", "unknown recipe 'no_such_recipe'"),
         ("../etc/passwd", "unknown recipe"),
     ],
@@ -59,6 +62,9 @@ def test_unknown_recipe_lists_the_known_ones():
         ({"x": float("nan")}, "expected a finite number"),
         ({"x": True}, "expected a finite number"),
         ({"n": 1.5}, "$n is not a valid value (1.5): expected an integer"),
+        ({"x": 1.5}, "$x is outside [0, 1] (1.5): expected a finite number in [0, 1]"),
+        ({"x": "-0.01"}, "$x is outside [0, 1] (-0.01)"),
+        ({"n": 0}, "$n is outside (0, inf) (0): expected an integer in (0, inf)"),
         ({"who": "m1"}, "$who is not a list ('m1')"),
         ({"who": ["m1", "x'; drop table t; --"]}, "expected a list of [a name"),
         ({"mode": "c"}, "expected one of a, b"),
@@ -79,7 +85,7 @@ def test_good_parameter_values_are_converted():
     recipe = queries.load_recipe("ok", BAD)
     bound = queries.bind_params(recipe, {"must": "m", "x": 1, "n": "4", "who": ("a", "b-1.4b")})
     assert bound == {
-        "x": 1.0,
+        "x": 1.0,  # the closed end of [0, 1]
         "n": 4,
         "who": ["a", "b-1.4b"],
         "mode": "a",
@@ -129,7 +135,17 @@ def test_rewrite_args():
     ]  # fmt: skip
     with pytest.raises(Exception) as error:
         rewrite_args(["recipe=stabilisation", "treshold=0.9"])
-    assert "'treshold' is neither a parameter of recipe stabilisation" in str(error.value)
+    assert (
+        "'treshold' is neither a parameter of recipe stabilisation nor a config key (did you mean 'threshold'?)"
+        in str(error.value)
+    )
+    assert rewrite_args(["recipe=stabilisation", "--max-rows", "50"])[-1] == "++recipe.max_rows=50"
+    assert rewrite_args(["recipe=stabilisation", "--max-rows=5", "--all"])[-2:] == [
+        "++recipe.max_rows=5", "++recipe.max_rows=null",
+    ]  # fmt: skip
+    for bad in (["--max-rows"], ["--max-rows", "0"], ["--max-rows=all"]):
+        with pytest.raises(Exception, match="--max-rows"):
+            rewrite_args(["recipe=stabilisation", *bad])
 
 
 def curves_warehouse(root: Path) -> None:
@@ -149,6 +165,8 @@ def curves_warehouse(root: Path) -> None:
             "parameter $threshold is not a valid value",
         ),
         (["query", "stabilisation", "threshold=abc"], "expected a finite number"),
+        (["query", "stabilisation", "threshold=1.5"], "parameter $threshold is outside [0, 1] (1.5)"),
+        (["query", "stabilisation", "treshold=0.8"], "(did you mean 'threshold'?)"),
         (["query", "step_similarity"], "parameter $model is required"),
         (["query", "stabilisation", "bogus=1"], "'bogus' is neither a parameter"),
         (["query", "stabilisaton"], "unknown recipe 'stabilisaton' (did you mean 'stabilisation'"),
@@ -219,6 +237,44 @@ def test_cli_query_writes_result_and_plot(tmp_path, capsys):
     assert (tmp_path / "run" / "stabilisation.png").stat().st_size > 1000
     assert main(["recipes"]) == 0
     assert "layer_percentiles" in capsys.readouterr().out
+
+
+def test_query_shows_the_rows_asked_for_and_says_how_to_see_the_rest(tmp_path, capsys, monkeypatch):
+    """layer_percentiles over 2 checkpoints x 1 site gives 2 rows: --max-rows 1 shows one and says how to see
+    the other; --all shows both; a bad --max-rows is refused before anything runs."""
+    monkeypatch.setenv("COLUMNS", "200")
+    curves_warehouse(tmp_path / "warehouse")
+    common = ["query", "layer_percentiles", "source=fx", f"paths.data={tmp_path}", "plot.format=none"]
+    assert main([*common, "--max-rows", "1", f"hydra.run.dir={tmp_path}/one"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 rows (showing 1; --max-rows N or --all to show more; every row is in result.csv)" in out
+    assert main([*common, "--all", f"hydra.run.dir={tmp_path}/all"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 rows" in out and "showing" not in out
+    assert main([*common, "--max-rows", "none", f"hydra.run.dir={tmp_path}/bad"]) == 2
+    assert "--max-rows 'none' is not a number of rows" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_warehouse_of_tracked_runs_only_needs_no_suite_named(tmp_path, capsys, monkeypatch):
+    """The configured suite (embedded) has no rows: query reads every suite held and says so; a suite
+    named on the command line is still checked."""
+    import layerlake
+
+    monkeypatch.setenv("COLUMNS", "200")
+    for seed in (1, 2):
+        with layerlake.track(
+            suite="mine", model_name="m", run_id=f"m-{seed}", warehouse=tmp_path / "warehouse"
+        ) as run:
+            for step in range(3):
+                run.log(step, loss=3.0 - step - seed / 10)
+    common = ["query", "loss_and_convergence", f"paths.data={tmp_path}", "plot.format=none"]
+    assert main([*common, f"hydra.run.dir={tmp_path}/a"]) == 0
+    said = capsys.readouterr()
+    assert "reading every suite the warehouse holds (mine)" in " ".join(said.err.split())
+    assert "6 rows" in said.out and "m-2" in said.out
+    assert main([*common, "suite=embedded", f"hydra.run.dir={tmp_path}/b"]) == 2  # named: checked, refused
+    assert "suite 'embedded'" in capsys.readouterr().err
 
 
 def test_stored_values_are_checked_through_the_python_api_too(tmp_path):

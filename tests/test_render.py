@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from layerlake.cli.main import main
-from layerlake.core.render import fold_header, json_rows, print_table
+from layerlake.core.render import BREAK_AFTER, cell, fold_header, fold_text, json_rows, print_table
 
 WIDTH = 80
 
@@ -64,8 +64,8 @@ def test_every_key_column_and_value_shows_at_80_columns():
             assert str(row[name]) in out
     for piece in ("numerical_", "stable_", "condition_", "number"):  # headers fold after underscores
         assert piece in out
-    assert "note" not in out and "probe_id" not in out  # descriptive text gives way
-    assert "2 more columns not shown" in out
+    assert "a long free-text" not in out and "aa8debf5" not in out  # descriptive text gives way ...
+    assert "2 more columns not shown (probe_id, note)" in out  # ... and the caption names it
 
 
 def test_descriptive_text_folds_when_there_is_room():
@@ -135,3 +135,92 @@ def test_json_rows_have_no_nan_or_infinity_at_any_depth():
     assert json_rows(table) == want
     assert json_rows(table.to_batches()[0]) == want
     assert json_rows(table.slice(1, 2)) == want[1:3]
+
+
+def stabilisation_like() -> pa.Table:
+    """Two runs of one model whose rows agree in everything but the run: as ``stabilisation`` prints."""
+    return pa.table({
+        "suite": ["embedded"] * 4, "model": ["embedded-llama-s"] * 4,
+        "run_id": ["embedded.embedded-llama-s", "embedded.embedded-llama-s.seed2"] * 2,
+        "source": ["computed"] * 4, "probe_id": ["aa8debf5bffe2361"] * 4, "site": ["mlp_out"] * 4,
+        "layer": pa.array([0, 0, 1, 1], pa.int32()), "head": pa.array([None] * 4, pa.int32()),
+        "stabilisation_step": pa.array([512, 512, 1024, 1024], pa.int64()),
+        "stabilisation_fraction": [0.5, 0.5, 1.0, 1.0], "final_step": pa.array([1024] * 4, pa.int64()),
+        "mean_cka": [0.9, 0.9, 0.8, 0.8], "n_checkpoints": pa.array([9] * 4, pa.int64()),
+        "optimiser": ["adamw", "adamw-with-a-long-name", "adamw", "adamw-with-a-long-name"],
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("hoist", [True, False])
+def test_the_run_is_never_dropped(hoist):
+    """Two runs of one model whose rows agree in all else: run_id stays on screen at 80 columns."""
+    out = printed(stabilisation_like(), "stabilisation", hoist_constants=hoist)
+    assert "run_id" in out and "seed2" in out and "more columns not shown (probe_id" not in out
+
+
+def test_a_text_column_that_tells_rows_apart_is_kept_others_go():
+    """``variant`` is no identity column, but without it rows 1 and 2 would look the same: it stays,
+    while ``note`` (the same text in every row) goes, named in the caption."""
+    base = stabilisation_like().drop_columns(["run_id", "optimiser"])
+    notes = [f"some long descriptive remark on layer {i // 2} that nobody needs to read" for i in range(4)]
+    table = base.append_column("note", pa.array(notes)).append_column(
+        "variant", pa.array(["v-one", "v-two"] * 2)
+    )
+    console = Console(file=io.StringIO(), width=64)
+    print_table(table, "", console, hoist_constants=True)
+    out = console.file.getvalue()
+    assert "v-one" in out and "v-two" in out
+    assert "some long" not in out and "1 more columns not shown (note)" in " ".join(out.split())
+
+
+def test_names_fold_only_between_words():
+    """Every piece of a folded name starts at the name's start or after a ``-_./:, `` and ends at its end
+    or on one: ``embedded-`` / ``llama-s``, never ``embedded-l`` / ``lama-s``."""
+    table = stabilisation_like()
+    names = [v for c in table.column_names for v in set(table.column(c).to_pylist()) if isinstance(v, str)]
+    for width in (56, 64, 80, 100):
+        console = Console(file=io.StringIO(), width=width)
+        print_table(table, "", console, hoist_constants=False)
+        out = console.file.getvalue()
+        for line in out.splitlines():
+            for piece in (p.strip() for p in line.split("│")):
+                places = [
+                    (name, i)
+                    for name in names
+                    for i in range(len(name))
+                    if piece and name.startswith(piece, i)
+                ]
+                if len(piece) < 2 or not places or any(piece == name for name, _ in places):
+                    continue
+                assert any(
+                    (i == 0 or name[i - 1] in BREAK_AFTER)
+                    and (i + len(piece) == len(name) or piece[-1] in BREAK_AFTER)
+                    for name, i in places
+                ), (piece, out)
+    assert fold_text("embedded-llama-s", 10) == "embedded-\nllama-s"
+    assert fold_text("embedded.embedded-llama-s.seed2", 20) == "embedded.embedded-\nllama-s.seed2"
+    assert fold_text("abcdefghijkl", 5) == "abcde\nfghij\nkl"  # one long word: the only cut
+
+
+def test_caption_says_how_to_see_the_rest():
+    table = pa.table({"step": pa.array(range(100), pa.int64()), "x": [0.5] * 100})
+    out = printed(table, hoist_constants=False, more_rows="--max-rows N or --all")
+    assert "100 rows (showing 20; --max-rows N or --all)" in " ".join(out.split())
+
+
+def test_times_print_to_the_second():
+    from datetime import datetime, timedelta, timezone
+
+    table = pa.table(
+        {
+            "run_id": ["r"],
+            "started_at": pa.array([datetime(2025, 1, 31, 14, 5, 9, 123456, tzinfo=timezone.utc)]),
+        }
+    )
+    out = printed(table, hoist_constants=False)
+    assert "2025-01-31 14:05:09 UTC" in out and "123456" not in out
+    assert cell(datetime(2025, 1, 31, 14, 5, 9, 5)) == "2025-01-31 14:05:09"
+    assert (
+        cell(datetime(2025, 1, 31, 14, 5, 9, tzinfo=timezone(timedelta(hours=2))))
+        == "2025-01-31 14:05:09+0200"
+    )

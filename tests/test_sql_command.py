@@ -73,8 +73,11 @@ def test_csv_json_parquet(root, tmp_path, capsys, monkeypatch):
     assert json.loads(buffer.getvalue()) == [{"step": 0, "nn": 5.0}, {"step": 1, "nn": 5.0}]
     monkeypatch.undo()
     out = tmp_path / "r.parquet"
+    capsys.readouterr()
     sql([query, "--root", root, "--output", str(out)])
     assert pq.read_table(out).to_pylist() == [{"step": 0, "nn": 5.0}, {"step": 1, "nn": 5.0}]
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == f"wrote 2 rows, {out.stat().st_size:,} bytes (parquet) to {out}\n"
 
 
 def test_schema_describes_views(root, capsys):

@@ -373,3 +373,52 @@ def test_the_convergence_page_computes_its_cka_curves_once_with_the_same_data(ro
     assert made == [True] and shared == alone and b'"rows"' in shared
     con = app_module.UiApp(root).warehouse.cursor()  # the temporary table never outlives its request
     assert con.sql("select count(*) from duckdb_tables() where temporary").fetchall() == [(0,)]
+
+
+def test_a_figure_fits_the_window_and_pages_its_panels(root):
+    """A window two panels wide and one high shows the convergence bands of alpha, then of beta, each on
+    its own page, instead of cutting panels off; without a window (a link), the first panels as in a file."""
+    app = UiApp(root)
+    pages, panels = [], set()
+    for page in (0, 1, 5):  # past the last page: the last
+        query = f"name=layer_percentiles&fit_width=700&fit_height=700&panel_page={page}"
+        chart = json.loads(app.respond("GET", "/api/recipe", query).body)["chart"]
+        paging = chart["usermeta"]["paging"]
+        assert (paging["pages"], paging["panels"]) == (2, 4) and chart["facet"]["column"]
+        drawn = {(r["panel_row"], r["panel_column"]) for r in chart["data"]["values"] if r.get("panel_row")}
+        assert len(drawn) == 2 and chart["spec"]["width"] <= 700 // 2
+        pages.append(paging["page"])
+        panels |= drawn
+    assert pages == [0, 1, 1] and {row for row, _ in panels} == {"alpha", "beta"}
+    assert "panels 3-4 of 4 (page 2 of 2)" in chart["title"]["subtitle"]
+    whole = json.loads(app.respond("GET", "/api/recipe", "name=layer_percentiles").body)["chart"]
+    assert "usermeta" not in whole and len({r["panel_row"] for r in whole["data"]["values"]}) == 2
+    bad = app.respond("GET", "/api/recipe", "name=layer_percentiles&fit_width=wide")
+    assert bad.status == 400
+
+
+def test_the_checkpoint_page_offers_models_with_sketches_and_their_own_layers(tmp_path):
+    """An imported model (no sketches) named first alphabetically is not offered on the checkpoint x
+    checkpoint page; the page opens on the first model that has sketches, with that model's layers only,
+    and carries each model's layers for the script to offer when another model is chosen."""
+    from layerlake.queries.imports import import_table, validate
+
+    root = tmp_path / "warehouse"
+    store = Warehouse(root)
+    rng = np.random.default_rng(0)
+    for model, layers in (("m1", 2), ("m2", 4)):
+        for step in (0, 10):
+            grams = {(layer, "mlp_out"): np.cov(rng.normal(size=(6, 8))) for layer in range(layers)}
+            store.commit(
+                f"{model}-{step}", "s", model, checkpoint_tables(model, step, grams, {}, d=8), {"step": step}
+            )
+    imported = pa.table({"model": ["aaa"] * 2, "step": [0, 10], "layer": [7, 7], "site": ["mlp_out"] * 2,
+                         "metric": ["cka_scores"] * 2, "value": [0.5, 1.0]})  # fmt: skip
+    import_table(validate(imported, {}, "test"), root, "s", "paper", {})
+    body = UiApp(root).respond("GET", "/matrix").body.decode()
+    model = re.search(r"<select name='model'>(.*?)</select>", body)[1]
+    assert re.findall(r">([^<]+)</option>", model) == ["m1", "m2"] and "<option selected>m1</option>" in model
+    layer = re.search(r"<select name='layer'>(.*?)</select>", body)[1]
+    assert re.findall(r">([^<]+)</option>", layer) == ["0", "1"]
+    scoped = json.loads(html.unescape(re.search(r"data-scoped='([^']*)'", body)[1]))
+    assert scoped["layer"] == {"m1": ["0", "1"], "m2": ["0", "1", "2", "3"]}

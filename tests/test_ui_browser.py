@@ -170,3 +170,58 @@ def test_runs_are_picked_and_their_curves_overlaid(browser, server):  # noqa: F8
     Select(browser.find_element(By.ID, "scalar")).select_by_visible_text("lr")
     browser.find_element(By.CSS_SELECTOR, "#runs-form button").click()
     wait_for(browser, status_says("1 runs compared; 5 values of lr"), "one run's learning rate")
+
+
+def test_choosing_a_model_offers_its_own_layers(browser, tmp_path):
+    import threading
+
+    import numpy as np
+
+    from layerlake.ui.app import UiApp
+    from layerlake.ui.server import make_server
+    from layerlake.warehouse.synthetic import checkpoint_tables
+    from layerlake.warehouse.writer import Warehouse
+
+    folder = tmp_path / "warehouse"
+    rng = np.random.default_rng(0)
+    for model, layers in (("m1", 2), ("m2", 4)):
+        for step in (0, 10):
+            grams = {(layer, "mlp_out"): np.cov(rng.normal(size=(6, 8))) for layer in range(layers)}
+            Warehouse(folder).commit(
+                f"{model}-{step}", "s", model, checkpoint_tables(model, step, grams, {}, d=8), {"step": step}
+            )
+    httpd = make_server(UiApp(folder))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        browser.get("http://{}:{}/matrix".format(*httpd.server_address[:2]))
+        wait_for(browser, status_says("4 rows"), "m1's matrix")
+
+        def layers(d) -> list[str]:
+            return [o.text for o in Select(d.find_element(By.NAME, "layer")).options]
+
+        assert layers(browser) == ["0", "1"]
+        Select(browser.find_element(By.NAME, "model")).select_by_visible_text("m2")
+        wait_for(browser, lambda d: layers(d) == ["0", "1", "2", "3"] and "m2" in cells(d), "m2's layers")
+        Select(browser.find_element(By.NAME, "layer")).select_by_visible_text("3")
+        wait_for(browser, lambda d: "layer 3" in chart_text(d), "layer 3 of m2")
+        Select(browser.find_element(By.NAME, "model")).select_by_visible_text("m1")
+        wait_for(browser, lambda d: layers(d) == ["0", "1"] and "m1" in cells(d), "m1's layers again")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_narrow_window_pages_the_panels(browser, server):  # noqa: F811
+    browser.set_window_size(760, 760)
+    try:
+        browser.get(server + "/convergence")
+        wait_for(browser, lambda d: "panels 1-2 of 4" in d.find_element(By.ID, "panel-pager").text, "page 1")
+        assert "alpha" in chart_text(browser) and "beta" not in chart_text(browser)
+        browser.find_element(By.XPATH, "//div[@id='panel-pager']/button[text()='next panels']").click()
+        wait_for(browser, lambda d: "beta" in chart_text(d) and "alpha" not in chart_text(d), "beta's panels")
+        width = browser.execute_script(
+            "return document.querySelector('#chart svg').getBoundingClientRect().width"
+        )
+        assert width <= 760, "the figure fits the window's width"
+    finally:
+        browser.set_window_size(1400, 1000)

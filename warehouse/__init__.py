@@ -1,4 +1,4 @@
-"""The query side's storage: hive-partitioned Parquet shards, a commit manifest, and DuckDB views.
+"""The query side's storage: Parquet shards (one folder per table, suite and model), a commit manifest, and DuckDB views.
 
 - ``warehouse.connect(root=None, read_only=True, attach=())``: a DuckDB connection over the committed
   shards, one typed view per table of ``warehouse/schema.py`` plus ``manifest`` and ``failures``, with

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 
-from layerlake.core.choices import OutputFormat
+from layerlake.core.choices import OutputFormat, did_you_mean
 from layerlake.core.duck import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryLimits
 from layerlake.core.errors import LayerlakeError
 from layerlake.core.render import print_table, write_stream
@@ -95,18 +95,20 @@ def render(
     max_rows: int = 50,
     max_cell: int | None = 40,
     total_rows: int | None = None,
+    more_rows: str = "",
 ) -> None:
-    """Print ``table`` on the terminal (first and last rows; a caption says how many there are).
-    ``total_rows``: the result's row count when ``table`` holds only its ``window``."""
+    """Print ``table`` on the terminal (first and last rows; a caption says how many there are and
+    ``more_rows`` how to see the rest). ``total_rows``: the result's row count when ``table`` holds only
+    its ``window``."""
     print_table(
         table, title or "", max_rows=max_rows, hoist_constants=False, digits=6, max_cell=max_cell,
-        total_rows=total_rows,
+        total_rows=total_rows, more_rows=more_rows,
     )  # fmt: skip
 
 
 def write_result(batches: pa.RecordBatchReader, fmt: str, output: str | None) -> None:
     """Write the streamed result as csv / json / parquet to ``output`` (a path; written whole or not at
-    all) or to stdout."""
+    all, then ``wrote N rows, B bytes (fmt) to PATH`` on stderr) or to stdout."""
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise QueryError(
             "refusing to write Parquet to a terminal", fix="pass --output FILE or redirect stdout"
@@ -116,9 +118,16 @@ def write_result(batches: pa.RecordBatchReader, fmt: str, output: str | None) ->
         return
     target = Path(output)
     partial = target.with_name(f".{target.name}.partial")
+    counted = [0]
+
+    def counting() -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            counted[0] += batch.num_rows
+            yield batch
+
     try:
         with open(partial, "wb") as sink:
-            write_stream(batches, fmt, sink)
+            write_stream(pa.RecordBatchReader.from_batches(batches.schema, counting()), fmt, sink)
         partial.replace(target)
     except OSError as error:
         raise QueryError(
@@ -126,6 +135,10 @@ def write_result(batches: pa.RecordBatchReader, fmt: str, output: str | None) ->
         ) from error
     finally:
         partial.unlink(missing_ok=True)
+    size = target.stat().st_size
+    print(  # on stderr: stdout stays the result's when there is one
+        f"wrote {counted[0]:,} rows, {size:,} bytes ({fmt}) to {target.resolve()}", file=sys.stderr
+    )
 
 
 def describe_views(con: Any) -> pa.Table:
@@ -187,7 +200,7 @@ def parse_param(text: str) -> tuple[str, Any]:
     params = all_staging_params()
     if not sep or name not in params:
         raise QueryError(
-            f"--param {text!r} does not name a staging parameter",
+            f"--param {text!r} does not name a staging parameter{did_you_mean(name, list(params))}",
             fix=f"use --param NAME=VALUE with NAME one of: {', '.join(params)}",
         )
     return name, params[name].validate(yaml.safe_load(raw) if raw.strip() else None)
@@ -264,11 +277,18 @@ def sql(argv: list[str]) -> int:
     return 0
 
 
-def print_result(result: Any, fmt: str, output: str | None, max_rows: int) -> None:
-    """A streamed result as a terminal table (its first and last rows) or written as ``fmt``."""
+def print_result(
+    result: Any,
+    fmt: str,
+    output: str | None,
+    max_rows: int,
+    more_rows: str = "--max-rows N to show more; --output FILE writes every row",
+) -> None:
+    """A streamed result as a terminal table (its first and last rows; the caption says how to see the
+    rest, ``more_rows``) or written as ``fmt``."""
     if fmt == "table":
         shown, total = window(result, max_rows)
-        render(shown, max_rows=max_rows, total_rows=total)
+        render(shown, max_rows=max_rows, total_rows=total, more_rows=more_rows)
     else:
         write_result(result, fmt, output)
 
@@ -334,7 +354,9 @@ def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Tabl
     killed = [
         {
             "what": run.run_id,
-            "problem": f"status running, but its process {run.pid} on {run.host} is gone (killed)",
+            "problem": f"status running, but its process {run.pid} on {run.host} is gone (killed); "
+            f"`layerlake runs --mark-killed --root {root}` records it as killed, "
+            f"`layerlake.track(..., run_id={run.run_id!r}, resume=True)` continues it",
         }
         for run in stale_runs(store)
     ]
@@ -464,17 +486,28 @@ def runs_parser() -> argparse.ArgumentParser:
     add_root_argument(parser)
     parser.add_argument("--suite", help="only this suite")
     parser.add_argument("--config", action="store_true", help="show each run's config and overrides too")
+    parser.add_argument(
+        "--mark-killed", action="store_true",
+        help="record every run left running by a process that is gone (on this host) as killed; the only "
+        "option of `runs` that writes",
+    )  # fmt: skip
     return parser
 
 
 def runs(argv: list[str]) -> int:
-    """``layerlake runs``: one row per run with its status (a run whose process died shows as killed?)."""
-    from layerlake.warehouse.runs import stale_runs
-    from layerlake.warehouse.writer import Warehouse
-
+    """``layerlake runs``: one row per run with its status (a run whose process is gone shows as killed,
+    recorded or not: ``--mark-killed`` records it)."""
     args = runs_parser().parse_args(argv)
     root = _resolve(args.root)
-    stale = {r.run_id for r in stale_runs(Warehouse(root, create=False))}
+    if args.mark_killed:
+        from layerlake.warehouse.runs import mark_killed
+        from layerlake.warehouse.writer import Warehouse
+
+        marked = mark_killed(Warehouse(root, create=False))
+        print(
+            f"recorded {len(marked)} run(s) as killed"
+            + (f": {', '.join(r.run_id for r in marked)}" if marked else "")
+        )
     con = connect(root, read_only=True)
     columns = "run_id, suite, model, kind, status, seed, started_at, ended_at, host, git_commit, job_num"
     if args.config:
@@ -483,8 +516,5 @@ def runs(argv: list[str]) -> int:
         f"select {columns} from runs where $suite is null or suite = $suite order by started_at",
         params={"suite": args.suite},
     ).to_arrow_table()
-    status = [s + (" (process gone: killed)" if r in stale else "") for r, s in
-              zip(table.column("run_id").to_pylist(), table.column("status").to_pylist(), strict=True)]  # fmt: skip
-    table = table.set_column(table.column_names.index("status"), "status", pa.array(status, pa.string()))
     render(table, title=f"runs in {root}", max_rows=1000, max_cell=None if args.config else 40)
     return 0

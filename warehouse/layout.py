@@ -1,7 +1,7 @@
 """Where things live under a warehouse root (and inside a shared dataset folder): the one path rule.
 
-    <root>/<table>/<suite>/<model>/<task_id>-<digest>.parquet    a committed shard (digest: the first 16
-                                                                  hex digits of the file's sha256)
+    <root>/<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet   a committed shard (the first 16 hex
+                                                                      digits of the file's sha256)
     <root>/_manifest/commits.jsonl                               the commit log
     <root>/_staging/                                             files being written; never read
 
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from layerlake.core.hashing import stable_hash
 from layerlake.warehouse.errors import WarehouseError
 
+# Where a shard lives, relative to a warehouse root or a shared folder; docs quote this (a test checks).
+SHARD_PATTERN = "<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet"
 MANIFEST_DIR = "_manifest"
 STAGING_DIR = "_staging"
 MAX_NAME = 128  # a path component of at most this many characters (file systems allow 255 bytes)

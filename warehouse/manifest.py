@@ -124,7 +124,7 @@ def file_problem(
     name = parse_shard_path(listed.path)
     legacy = schema_version is not None and schema_version < 2 and is_schema1_shard_path(listed.path)
     if not legacy and (name is None or name.table != listed.table):
-        return "is not a shard path of this layout (<table>/<suite>/<model>/<task>-<digest>.parquet)"
+        return "is not a shard path of this layout (<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet)"
     path = root / listed.path
     for part in (path, *path.relative_to(root).parents):
         if (root / part).is_symlink():

@@ -127,16 +127,21 @@ def committed_run(warehouse: Warehouse, run_id: str) -> Run | None:
     return Run.from_meta(entry.meta)
 
 
+def is_stale(meta: dict[str, Any]) -> bool:
+    """Whether a manifest entry's ``meta`` is a run committed as ``running`` whose process on this host is
+    gone (killed, or ended without saying so). Readers show such a run as killed without writing
+    (``warehouse.views``); ``mark_killed`` records it."""
+    run = meta.get("run") if meta.get("kind") == "run" else None
+    return (
+        isinstance(run, dict)
+        and run.get("status") == str(RunStatus.running)
+        and process_alive(str(run.get("host")), run.get("pid")) is False
+    )
+
+
 def stale_runs(warehouse: Warehouse) -> list[Run]:
-    """Runs still ``running`` whose process on this host is gone (killed, or ended without saying so)."""
-    found = []
-    for entry in list(warehouse.committed().values()):
-        if entry.meta.get("kind") != "run":
-            continue
-        run = Run.from_meta(entry.meta)
-        if run.status == RunStatus.running and process_alive(run.host, run.pid) is False:
-            found.append(run)
-    return found
+    """Runs still ``running`` whose process on this host is gone (``is_stale``)."""
+    return [Run.from_meta(e.meta) for e in list(warehouse.committed().values()) if is_stale(e.meta)]
 
 
 def mark_killed(warehouse: Warehouse) -> list[Run]:

@@ -5,7 +5,7 @@ part of the stored data: changing one is a schema change and bumps ``SCHEMA_VERS
 
 Layout on disk (Parquet, one immutable file per task and table, never rewritten in place)::
 
-    <root>/<table>/<suite>/<model>/<task_id>-<content hash>.parquet
+    <root>/<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet   (warehouse.layout.SHARD_PATTERN)
     <root>/_manifest/commits.jsonl      one JSON line per commit: which files make each task
     <root>/_staging/                    files being written; never read
 

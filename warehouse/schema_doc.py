@@ -6,6 +6,7 @@ Regenerate with ``.venv/bin/python -m layerlake.warehouse.schema_doc > docs/sche
 from __future__ import annotations
 
 from layerlake.warehouse import schema
+from layerlake.warehouse.layout import SHARD_PATTERN
 from layerlake.warehouse.views import FAILURES_SCHEMA, MANIFEST_SCHEMA, duck_type
 
 
@@ -23,7 +24,7 @@ def render() -> str:
         "Every table's files and view hold the identity columns "
         + ", ".join(f"`{c.name}`" for c in schema.IDENTITY)
         + " first (the writer fills them), then the table's own. Files live at",
-        "`<root>/<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet`; the folders are plain names, not",
+        f"`<root>/{SHARD_PATTERN}`; the folders are plain names, not",
         "`key=value` partitions, so every reader sees exactly the columns in the files.",
         "Types are DuckDB's (Arrow's in parentheses). Gram matrices are stored packed, as little-endian float32",
         "bytes (`warehouse/gram.py`).",

@@ -14,8 +14,8 @@ Results come back the usual DuckDB ways::
 
 Design notes. A view cannot hold bound parameters, so each view reads its file list from a DuckDB
 variable (``getvariable('ll_files_<table>')``) set with a bound parameter: no path is ever formatted into
-SQL. Paths are absolute, so views do not depend on the working directory. ``hive_types`` pins the
-partition columns to VARCHAR (a model named ``070`` stays text).
+SQL. Paths are absolute, so views do not depend on the working directory. Every file holds its
+``suite`` and ``model`` columns (typed text: a model named ``070`` stays text); no folder name is read.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[
     return unique, failures
 
 
-def view_sql(table: schema.Table, has_files: bool) -> str:
+def view_sql(table: schema.Table, has_files: bool, dead_runs: bool = False) -> str:
     """The SELECT of a table's view: the file columns cast to their types (SQL text from the contract only).
 
     Every file of this schema version carries exactly the contract's columns (the writer and the importer
@@ -177,6 +177,8 @@ def view_sql(table: schema.Table, has_files: bool) -> str:
     created and cost about a fifth of a full scan (measured on the study-sized benchmark warehouse).
     A list stored as bytes (``sketches.gram``) shows twice: as the bytes (``gram_bytes``) and decoded to
     the list (``gram``, by ``_ll_gram_values``, which DuckDB only runs when a query selects it).
+    ``dead_runs`` (the ``runs`` table only): the runs of ``getvariable('ll_dead_runs')``, committed as
+    running by a process that is gone, show as ``killed`` (``warehouse.runs.is_stale``).
     """
     if not has_files:
         columns = [f"CAST(NULL AS {duck_type(f.type)}) AS {f.name}" for f in table.view_schema()]
@@ -186,9 +188,30 @@ def view_sql(table: schema.Table, has_files: bool) -> str:
         if c.stored_as_bytes:
             columns.append(f"_ll_gram_values(CAST({c.name} AS BLOB)) AS {c.name}")
             columns.append(f"CAST({c.name} AS BLOB) AS {c.bytes_name}")
+        elif dead_runs and c.name in DEAD_RUN_COLUMNS:
+            columns.append(DEAD_RUN_COLUMNS[c.name])
         else:
             columns.append(f"CAST({c.name} AS {duck_type(c.type)}) AS {c.name}")
     return f"SELECT {', '.join(columns)} FROM read_parquet(getvariable('ll_files_{table.name}'))"
+
+
+# A run whose process is gone, as every reader shows it (nothing is written: `layerlake runs --mark-killed`
+# or the next `track()` on its host records it).
+_DEAD = "list_contains(getvariable('ll_dead_runs'), run_id)"
+DEAD_RUN_COLUMNS = {
+    "status": f"CASE WHEN {_DEAD} THEN 'killed' ELSE CAST(status AS VARCHAR) END AS status",
+    "error": f"CASE WHEN {_DEAD} THEN coalesce(CAST(error AS VARCHAR), 'its process is gone: killed "
+    "(not yet recorded; `layerlake runs --mark-killed` records it)') ELSE CAST(error AS VARCHAR) END AS error",
+}
+
+
+def dead_runs(shards: list[Shard]) -> list[str]:
+    """The runs of ``shards`` committed as running whose process on this host is gone."""
+    from layerlake.warehouse.runs import is_stale
+
+    return sorted(
+        {s.entry.run_id for s in shards if s.table == "runs" and s.entry and is_stale(s.entry.meta)}
+    )
 
 
 def manifest_tables(shards: list[Shard], failures: list[CommitEntry]) -> tuple[pa.Table, pa.Table]:
@@ -273,12 +296,16 @@ def open_views(
     con = memory_connection()
     try:
         macros.install_functions(con)  # first: the sketches view decodes its Grams with one of them
+        dead = dead_runs(shards)
+        if dead:
+            con.execute("SET VARIABLE ll_dead_runs = ?", [dead])
         for table in schema.TABLES.values():
             files = sorted({str(s.path) for s in shards if s.table == table.name})  # a shared file once
             if files:
                 con.execute(f"SET VARIABLE ll_files_{table.name} = ?", [files])
             try:
-                con.execute(f"CREATE VIEW {table.name} AS {view_sql(table, bool(files))}")
+                sql = view_sql(table, bool(files), dead_runs=bool(dead) and table.name == "runs")
+                con.execute(f"CREATE VIEW {table.name} AS {sql}")
             except duckdb.Error as error:  # a view reads its first file's footer when it is created
                 raise WarehouseError(
                     f"cannot read the {table.name} files: {str(error).splitlines()[0]}",

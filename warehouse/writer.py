@@ -8,7 +8,7 @@ A commit of task ``t`` (tables ``{name: pa.Table}`` of one suite, model and run)
    reader looks at) under a name that says which process writes it, and fsync it. This happens
    outside the lock, so concurrent writers (training jobs of a sweep) overlap their slow part;
 3. holding ``<root>/_manifest/.lock``: remove stale staging files of dead writers, ``os.replace`` each
-   new file to ``<table>/<suite>/<model>/<t>-<sha256[:16]>.parquet`` (``warehouse.layout``), fsync the
+   new file to ``<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet`` (``warehouse.layout``), fsync the
    folders, and append one JSON line to ``_manifest/commits.jsonl`` (fsynced): the switch.
 
 A shard's name carries its content hash, so a commit never writes over a file an entry lists:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from layerlake.warehouse import schema
+from layerlake.warehouse.layout import SHARD_PATTERN
 from layerlake.warehouse.manifest import CommitEntry
 from layerlake.warehouse.views import duck_type
 
@@ -176,14 +177,29 @@ def _contents(manifest: dict[str, Any], summary: Summary) -> list[str]:
     lines += ["", "| table | files | rows | size |", "| --- | --- | --- | --- |"]
     for name, t in manifest["tables"].items():
         lines.append(f"| {name} | {t['files']} | {t['rows']} | {size_text(t['bytes'])} |")
-    versions = sorted({str(c.get("code_version")) for c in manifest["checkpoints"]})
-    configs = sorted({str(c.get("config_hash")) for c in manifest["checkpoints"]})
     lines += [
         "",
-        f"Code versions: {', '.join(versions) or '-'}. Extraction config hashes: {', '.join(configs) or '-'}.",
+        f"Code versions: {recorded(manifest['checkpoints'], 'code_version')}. "
+        f"Extraction config hashes: {recorded(manifest['checkpoints'], 'config_hash')}.",
         "",
     ]
     return lines
+
+
+def recorded(checkpoints: list[dict[str, Any]], key: str) -> str:
+    """The distinct values of ``key`` over ``checkpoints`` with how many hold each, and how many did not
+    record one: ``layerlake-0.1.0 (12 checkpoints), not recorded (3 checkpoints)``; never ``None``."""
+    counts: dict[str, int] = {}
+    for c in checkpoints:
+        value = c.get(key)
+        counts[str(value) if value is not None else ""] = (
+            counts.get(str(value) if value is not None else "", 0) + 1
+        )
+    missing = counts.pop("", 0)
+    parts = [f"{value} ({n} checkpoint{'s' * (n != 1)})" for value, n in sorted(counts.items())]
+    if missing:
+        parts.append(f"not recorded ({missing} checkpoint{'s' * (missing != 1)})")
+    return ", ".join(parts) or "-"
 
 
 def _reading(manifest: dict[str, Any], summary: Summary) -> list[str]:
@@ -191,7 +207,7 @@ def _reading(manifest: dict[str, Any], summary: Summary) -> list[str]:
     glob = f"DIR/{table}/**/*.parquet"
     return [
         "## Reading it (no layerlake needed)", "",
-        "Every table is a folder of Parquet files, `<table>/<suite>/<model>/<task>-<sha256>.parquet`; every",
+        f"Every table is a folder of Parquet files, `{SHARD_PATTERN}`; every",
         "file holds all of its table's columns (`suite`, `model` and `run_id` included), so every reader",
         "returns the same columns. `DIR` is this folder.", "",
         "```python", "import duckdb",

@@ -203,13 +203,16 @@ def build_manifest(
         for e in entries
         for f in e.files
     ]
+    # a checkpoint whose task did not record the code (a snapshot of an older tracked run) takes its run's
+    run_code = {e.run_id: e.meta["run"].get("code_version") for e in entries if e.meta.get("kind") == "run"}
     checkpoints = [
         {
             "suite": e.suite,
             "model": e.model,
             "run_id": e.run_id,
             "task_id": e.task_id,
-            **{k: machine_free(e.meta[k]) for k in PROVENANCE_KEYS if k in e.meta},
+            **({"code_version": run_code[e.run_id]} if run_code.get(e.run_id) else {}),
+            **{k: machine_free(e.meta[k]) for k in PROVENANCE_KEYS if e.meta.get(k) is not None},
         }
         for e in entries
         if "revision" in e.meta

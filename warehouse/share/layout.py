@@ -2,10 +2,10 @@
 
 A shared folder (``layerlake share export``) looks like a warehouse without its ``_manifest``::
 
-    DIR/manifest.json                                   format, schema_version, files, tasks, checkpoints
-    DIR/README.md                                       dataset card (Hugging Face YAML header)
-    DIR/croissant.json                                  MLCommons Croissant metadata
-    DIR/<table>/suite=<s>/model=<m>/part-<task>.parquet the warehouse's shard files, byte for byte
+    DIR/manifest.json                                             format, schema_version, files, tasks, checkpoints
+    DIR/README.md                                                 dataset card (Hugging Face YAML header)
+    DIR/croissant.json                                            MLCommons Croissant metadata
+    DIR/<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet   the warehouse's shard files, byte for byte
 
 Shard paths are the warehouse's own relative paths, so a file keeps its name (and task id) from the
 warehouse that made it to every warehouse that imports it.

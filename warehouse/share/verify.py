@@ -5,7 +5,7 @@ Checks, in order (all problems are collected, then reported together):
 1. ``manifest.json`` is readable, of format ``layerlake-share``, and its ``schema_version`` is not newer
    than this layerlake's ``warehouse.schema.SCHEMA_VERSION`` (a newer one is refused at once);
 2. its task entries are possible: each listed once, committed, with a run and a sane step;
-3. every listed file has a shard path (``<table>/<suite>/<model>/<task>-<sha256[:16]>.parquet``) that
+3. every listed file has a shard path (``<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet``) that
    agrees with its table, suite, model, task and hash, a table this layerlake knows, and a task entry;
 4. every listed file is a regular file inside the folder (no link on the way) with the listed size and
    sha256 (``manifest.file_problem``; ``checksums=False`` skips the hash);
@@ -137,7 +137,7 @@ def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]
                 problems.append(
                     Problem(
                         f.path,
-                        "is not a shard path <table>/<suite>/<model>/<task>-<sha256[:16]>.parquet",
+                        "is not a shard path <table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet",
                         _REEXPORT,
                     )
                 )

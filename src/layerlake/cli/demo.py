@@ -33,14 +33,14 @@ DEMO_FINDINGS = (
     ),
     (
         "rank_and_convergence",
-        {"threshold": 0.9, "k": "rank"},
+        {"threshold": 0.9},
         "Rank and convergence: Spearman correlation of a layer's final PER with its stabilisation "
         "(negative: higher-rank layers settle earlier)",
         ("model", "site", "tensor", "n_layers", "spearman", "agreement"),
     ),
     ("layer_percentiles", {}, None, ()),
     ("convergence", {}, None, ()),
-    ("rank_trajectories", {"matrices": ["ov", "dense_4h_to_h"], "k": "rank"}, None, ()),
+    ("rank_trajectories", {"matrices": ["ov", "dense_4h_to_h"]}, None, ()),  # PER's k: the default, as the UI
 )
 
 
@@ -57,6 +57,11 @@ def suite_runs_only(table, settings: Config):
     return table.filter(pc.is_in(table["run_id"], value_set=pa.array(own)))
 
 
+def show_finding(table: pa.Table, title: str, columns: tuple[str, ...], console: Console) -> None:
+    """A finding's ``columns`` as the demo prints them (the README's example table is this output)."""
+    print_table(table.select(list(columns)), title, console, max_rows=40, hoist_constants=False)
+
+
 def run_findings(settings: Config, console: Console) -> list[Path]:
     from layerlake import warehouse
     from layerlake.queries import run_recipe
@@ -69,7 +74,7 @@ def run_findings(settings: Config, console: Console) -> list[Path]:
     for name, params, title, columns in DEMO_FINDINGS:
         table = suite_runs_only(run_recipe(con, name, params | {"suite": settings.suite.name}), settings)
         if title:
-            print_table(table.select(list(columns)), title, console, max_rows=40, hoist_constants=False)
+            show_finding(table, title, columns, console)
         path = draw(name, params | {"suite": settings.suite.name}, table, out_dir / f"{name}.png")
         log.info("finding %s: %d rows%s", name, table.num_rows, f", plot {path}" if path else "")
         if path is not None:

@@ -1,13 +1,15 @@
 """Declared recipe parameters: parse a header's ``-- param:`` line, and validate a value before binding.
 
-A declaration reads ``-- param: $name type = default | description`` where ``type`` is one of
+A declaration reads ``-- param: $name type [in RANGE] = default | description`` where ``type`` is one of
 
     boolean | integer | double | varchar | name | enum(a|b|c)      a scalar
     estimator | kernel | tensor | matrix                          a scalar from a closed set
                                                                   (``layerlake.core.choices``)
     integer[] | double[] | varchar[] | name[] | matrix[] ...      a list (binds as a DuckDB LIST)
 
-with a trailing ``?`` when NULL is allowed (``name[]?``). ``name`` is a varchar restricted to the
+with a trailing ``?`` when NULL is allowed (``name[]?``). A number type may carry a range, ``in [0, 1]``
+(brackets include the end, parentheses leave it out; ``inf`` for no upper end: ``integer in [0, inf)``),
+which every value (each item of a list) must lie in: ``threshold=1.5`` is refused, not run. ``name`` is a varchar restricted to the
 characters of model, site and matrix names (letters, digits, ``_ . - : / +``), so a typo or pasted SQL
 fails with a clear message instead of silently matching nothing. The default is YAML (``null``,
 ``0.9``, ``[a, b]``). A non-optional parameter without a default (or with ``null``) is required:
@@ -32,9 +34,32 @@ _NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")  
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")  # not \d: int("٣") is 3, and a form field is typed, not a script
 BIGINT = (-(2**63), 2**63 - 1)  # an integer parameter binds as DuckDB's BIGINT
 _LINE = re.compile(
-    r"^\$(?P<name>[A-Za-z_]\w*)\s+(?P<type>\S+)(\s*=\s*(?P<default>[^|]*?))?\s*\|\s*(?P<doc>.*)$"
+    r"^\$(?P<name>[A-Za-z_]\w*)\s+(?P<type>\S+)(\s+in\s+(?P<range>[\[(][^\])]*[\])]))?"
+    r"(\s*=\s*(?P<default>[^|]*?))?\s*\|\s*(?P<doc>.*)$"
 )
+_RANGE = re.compile(r"^(?P<open>[\[(])\s*(?P<low>[^,\s]+)\s*,\s*(?P<high>[^,\s]+)\s*(?P<close>[\])])$")
 _ENUM = re.compile(r"^enum\((?P<choices>[^()]+)\)$")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a number parameter's values must lie in: ``[0, 1]``, ``(0, 1]``, ``[0, inf)``."""
+
+    low: float
+    high: float
+    low_closed: bool = True
+    high_closed: bool = True
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        def end(x: float) -> str:
+            return ("-inf" if x < 0 else "inf") if math.isinf(x) else f"{x:g}"
+
+        return f"{'[' if self.low_closed else '('}{end(self.low)}, {end(self.high)}{']' if self.high_closed else ')'}"
 
 
 @dataclass(frozen=True)
@@ -43,6 +68,7 @@ class Param:
     type: str  # as declared, e.g. "double", "name[]?", "enum(biased|debiased)"
     default: Any
     doc: str
+    bounds: Range | None = None  # integer and double only: the interval every value lies in
 
     @property
     def optional(self) -> bool:
@@ -83,8 +109,13 @@ class Param:
         if self.is_list:
             if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
                 raise self._error(value, "is not a list")
-            return [self._scalar(item) for item in value]
-        return self._scalar(value)
+            return [self._in_range(self._scalar(item)) for item in value]
+        return self._in_range(self._scalar(value))
+
+    def _in_range(self, value: Any) -> Any:
+        if self.bounds is not None and value not in self.bounds:
+            raise self._error(value, f"is outside {self.bounds}")
+        return value
 
     def _scalar(self, value: Any) -> Any:
         base = self.base
@@ -138,6 +169,8 @@ class Param:
                 "double": "a finite number",
                 "varchar": "a string",
             }[self.base]
+        if self.bounds is not None:
+            scalar += f" in {self.bounds}"
         text = f"a list of [{scalar}]" if self.is_list else scalar
         return f"{text}, or null" if self.optional else text
 
@@ -170,8 +203,30 @@ def parse_param(text: str, where: str) -> Param:
             f"{where}: parameter ${match['name']} has unknown type {type_!r}",
             fix=f"use one of {', '.join((*SCALARS, *PARAM_CHOICES))}, enum(a|b), a list `type[]`, optional with `?`",
         )
+    bounds = (
+        parse_range(match["range"], base, f"{where}: parameter ${match['name']}") if match["range"] else None
+    )
     default = yaml.safe_load(match["default"]) if match["default"] else None
-    param = Param(match["name"], type_, default, match["doc"].strip())
+    param = Param(match["name"], type_, default, match["doc"].strip(), bounds)
     if default is not None:
         param.validate(default)  # a wrong default is the recipe author's bug: fail on load
     return param
+
+
+def parse_range(text: str, base: str, where: str) -> Range:
+    """``[0, 1]`` / ``(0, inf)`` as a ``Range``; only a number type (integer, double) takes one."""
+    match = _RANGE.match(text.strip())
+    fix = (
+        "write the range as `in [low, high]` (parentheses for an open end, inf for none), after a number type"
+    )
+    if base not in ("integer", "double"):
+        raise SqlError(f"{where}: a range ({text}) needs a number type, not {base!r}", fix=fix)
+    ends = []
+    for raw in (match["low"], match["high"]) if match else ():
+        try:
+            ends.append(float(raw))
+        except ValueError:
+            ends.append(math.nan)
+    if match is None or any(math.isnan(e) for e in ends) or ends[0] > ends[1]:
+        raise SqlError(f"{where}: malformed range {text!r}", fix=fix)
+    return Range(ends[0], ends[1], match["open"] == "[", match["close"] == "]")

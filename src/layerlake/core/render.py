@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,7 +38,9 @@ def cell(value: object, digits: int = 4, max_cell: int | None = MAX_CELL) -> str
     cut with an ellipsis (None: never cut)."""
     if value is None:
         return "-"
-    if isinstance(value, float):
+    if isinstance(value, datetime):
+        text = timestamp_text(value)
+    elif isinstance(value, float):
         text = f"{value:.{digits}g}"
     elif isinstance(value, (list, tuple)):
         text = "[" + ", ".join(cell(v, digits) for v in value[:4]) + (", ..." if len(value) > 4 else "") + "]"
@@ -48,12 +51,25 @@ def cell(value: object, digits: int = 4, max_cell: int | None = MAX_CELL) -> str
     return text if max_cell is None or len(text) <= max_cell else text[: max_cell - 1] + "…"
 
 
+def timestamp_text(value: datetime) -> str:
+    """A time as people read it, to the second: ``2025-01-31 14:05:09 UTC`` (no microseconds)."""
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    offset = value.utcoffset()
+    if offset is None:
+        return text
+    return f"{text} UTC" if not offset else f"{text}{value.strftime('%z')}"
+
+
 # Columns that say which row this is (``model_a``, ``step_b`` ... count too): kept on screen in every
 # panel, never dropped for descriptive text. Number columns are values and are never dropped either.
 IDENTITY = frozenset(
     ("suite", "model", "source", "site", "layer", "head", "step", "tensor", "matrix", "estimator", "kernel",
      "metric", "revision", "view", "column", "macro", "audit", "table_name", "task_id", "staging view")
 )  # fmt: skip
+# Where a long name may break onto the next line: after these (``embedded-`` / ``llama-s``), never inside
+# a word; a piece longer than its column is the only thing ever cut.
+BREAK_AFTER = "-_./:, "
+_PIECES = re.compile(rf"[^{re.escape(BREAK_AFTER)}]*[{re.escape(BREAK_AFTER)}]+|[^{re.escape(BREAK_AFTER)}]+")
 
 
 def rich_table(
@@ -65,6 +81,7 @@ def rich_table(
     digits: int = 4,
     max_cell: int | None = MAX_CELL,
     total_rows: int | None = None,
+    more_rows: str = "",
 ) -> RenderableType:
     """The first and last rows of ``table`` (``max_rows`` in all), laid out to fit ``width``.
 
@@ -76,6 +93,10 @@ def rich_table(
     printed as a block of ``column  value`` lines. Numbers are never cut; text folds. Every header and
     cell is plain text (``[/x]`` in data stays ``[/x]``). ``total_rows``: the row count of a result of
     which ``table`` holds only the first ``max_rows - max_rows // 4`` and the last ``max_rows // 4``.
+    ``more_rows``: how to see the rows not shown (the command's option), added to the caption when
+    rows are left out. A text column that tells shown rows apart is a key column too: dropping it
+    would make two rows look the same. Dropped columns are named in the caption; names fold only
+    after ``-``, ``_``, ``.``, ``/`` (``BREAK_AFTER``), never inside a word.
     """
     total = table.num_rows if total_rows is None else total_rows
     constant = constant_columns(table) if hoist_constants else {}
@@ -91,11 +112,13 @@ def rich_table(
         shown = [*selected.slice(0, max_rows - tail).to_pylist(), None, *ends]
     texts = {c: [cell(r[c], digits, max_cell) for r in shown if r is not None] for c in varying}
     sizes = {c: _size(table, c, texts[c]) for c in varying}
-    panels, dropped = layout(table, varying, sizes, width)
-    hidden = table.num_columns - len(constant) - len(varying) + len(dropped)
-    caption = _caption(total, hidden, max_rows)
-    if not panels:
-        return _records(table, varying, shown, title, caption, digits, max_cell)
+    panels, dropped = layout(table, varying, sizes, width, telling(table, varying))
+    hidden = [c for c in table.column_names if c not in constant and c not in varying]
+    if not panels:  # every varying column, one per line
+        return _records(
+            table, varying, shown, title, _caption(total, hidden, max_rows, more_rows), digits, max_cell
+        )
+    caption = _caption(total, hidden + dropped, max_rows, more_rows)
     views = []
     for index, panel in enumerate(panels):
         last = index == len(panels) - 1
@@ -123,12 +146,16 @@ def _view(
             view.add_column(header, justify="right", overflow="fold", width=size)
         else:  # text folds onto more lines within its width
             view.add_column(header, overflow="fold", width=size)
+    numeric = {c for c, _ in columns if _numeric(table, c)}
     for row in shown:
         view.add_row(
             *(
                 [Text("⋮")] * len(columns)
                 if row is None
-                else [Text(cell(row[c], digits, max_cell)) for c, _ in columns]
+                else [
+                    Text(text if c in numeric else fold_text(text, size))
+                    for (c, size), text in ((col, cell(row[col[0]], digits, max_cell)) for col in columns)
+                ]
             )
         )
     return view
@@ -163,18 +190,36 @@ def _records(
 def fold_header(name: str, width: int) -> str:
     """``name`` broken into lines of at most ``width`` characters, after underscores where it can be
     (``numerical_rank`` at 10 -> ``numerical_`` / ``rank``); a longer piece is cut."""
+    return _fold(re.findall(r"[^_]*_|[^_]+", name), width)
+
+
+def fold_text(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters after ``BREAK_AFTER`` characters
+    (``embedded-llama-s`` at 10 -> ``embedded-`` / ``llama-s``), each existing line on its own; only a
+    piece longer than ``width`` is cut."""
+    return "\n".join(_fold(_PIECES.findall(line), width) if len(line) > width else line
+                     for line in text.split("\n"))  # fmt: skip
+
+
+def longest_piece(text: str) -> int:
+    """The width below which ``fold_text`` would have to cut inside a word."""
+    return max((len(p.rstrip(" ")) for p in _PIECES.findall(text)), default=0)
+
+
+def _fold(pieces: list[str], width: int) -> str:
     lines, line = [], ""
-    for piece in re.findall(r"[^_]*_|[^_]+", name):
+    for piece in pieces:
         while len(piece) > width:
             if line:
                 lines.append(line)
                 line = ""
             lines.append(piece[:width])
             piece = piece[width:]
-        if len(line) + len(piece) > width:
-            lines.append(line)
+        if len(line) + len(piece.rstrip(" ")) > width:
+            lines.append(line.rstrip(" "))
             line = ""
         line += piece
+    line = line.rstrip(" ")
     return "\n".join([*lines, line] if line else lines)
 
 
@@ -187,7 +232,9 @@ def _size(table: pa.Table, name: str, texts: list[str]) -> tuple[int, int, int]:
         need = max(values, len(name))
         return max(values, min(len(name), MIN_HEADER)), need, need
     need = max(min(values, MAX_TEXT), min(len(name), MAX_TEXT), 1)
-    return min(need, MIN_TEXT), need, max(need, values)
+    piece = max([0] + [longest_piece(t) for t in texts])  # narrower would cut inside a word
+    least = max(min(need, MIN_TEXT), piece)
+    return least, max(need, least), max(need, values)
 
 
 def _comfortable(table: pa.Table, name: str, size: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -199,9 +246,38 @@ def _comfortable(table: pa.Table, name: str, size: tuple[int, int, int]) -> tupl
     return max(size[0], min(piece, size[1])), size[1], size[2]
 
 
-def is_key(table: pa.Table, name: str, first: str) -> bool:
-    """A column always shown: an identity column, the first column, or a number column."""
-    return name == first or _identity(name) or _numeric(table, name)
+def is_key(table: pa.Table, name: str, first: str, telling: frozenset[str] = frozenset()) -> bool:
+    """A column always shown: an identity column, the first column, a number column, or one of
+    ``telling`` (text without which two shown rows would look the same)."""
+    return name == first or _identity(name) or _numeric(table, name) or name in telling
+
+
+def telling(table: pa.Table, names: list[str]) -> frozenset[str]:
+    """The columns of ``names`` that cannot go without two rows of ``table`` that differ in their labels
+    looking the same (a run_id when a model has several runs): walking from the right (the order
+    descriptive columns are dropped in), a column is kept when the rows differ in it but not in the labels
+    still kept without it. Labels are the text and identity columns; a number that is a value (``cka``)
+    tells no row apart (two runs' rows with different values must still say which run is which)."""
+    labels = [
+        n
+        for n in names
+        if (_identity(n) or not _numeric(table, n)) and not pa.types.is_nested(table.schema.field(n).type)
+    ]
+    if table.num_rows < 2 or not labels:
+        return frozenset()
+
+    def distinct(columns: list[str]) -> int:
+        return table.select(columns).group_by(columns).aggregate([]).num_rows if columns else 1
+
+    everything = distinct(labels)
+    kept, needed = list(labels), set()
+    for name in reversed(labels):
+        trial = [c for c in kept if c != name]
+        if distinct(trial) < everything:
+            needed.add(name)
+        else:
+            kept = trial
+    return frozenset(needed)
 
 
 def _identity(name: str) -> bool:
@@ -210,7 +286,11 @@ def _identity(name: str) -> bool:
 
 
 def layout(
-    table: pa.Table, names: list[str], sizes: dict[str, tuple[int, int, int]], width: int
+    table: pa.Table,
+    names: list[str],
+    sizes: dict[str, tuple[int, int, int]],
+    width: int,
+    telling: frozenset[str] = frozenset(),
 ) -> tuple[list[list[tuple[str, int]]], list[str]]:
     """``(panels, dropped)``: the columns of each table to print, with their widths, and the descriptive
     columns left out. One panel when the key columns fit; several (each repeating the identity columns)
@@ -218,7 +298,7 @@ def layout(
     if not names:
         return [], []
     first = names[0]
-    keys = [n for n in names if is_key(table, n, first)]
+    keys = [n for n in names if is_key(table, n, first, telling)]
     comfortable = {n: _comfortable(table, n, s) for n, s in sizes.items()}
     if _least(names, comfortable) <= width:  # everything fits with headers folded at underscores
         return [_widen(names, comfortable, width)], []
@@ -233,7 +313,7 @@ def layout(
         dropped.insert(0, gone)
     if _least(keep, sizes) <= width:
         return [_widen(keep, sizes, width)], dropped
-    identity = [n for n in keep if n == first or _identity(n)]
+    identity = [n for n in keep if n == first or _identity(n) or n in telling]
     values = [n for n in keep if n not in identity]
     panels: list[list[str]] = []
     for name in values:
@@ -284,12 +364,13 @@ def constant_columns(table: pa.Table) -> dict[str, object]:
     return found
 
 
-def _caption(total: int, hidden: int, max_rows: int) -> str:
+def _caption(total: int, hidden: list[str], max_rows: int, more_rows: str = "") -> str:
     text = f"{total} rows"
     if total > max_rows:
-        text += f" (showing {max_rows})"
+        text += f" (showing {max_rows}" + (f"; {more_rows}" if more_rows else "") + ")"
     if hidden:
-        text += f"; {hidden} more columns not shown"
+        shown = ", ".join(hidden[:6]) + (", ..." if len(hidden) > 6 else "")
+        text += f"; {len(hidden)} more columns not shown ({shown})"
     return text
 
 
@@ -324,11 +405,14 @@ def print_table(
     digits: int = 4,
     max_cell: int | None = MAX_CELL,
     total_rows: int | None = None,
+    more_rows: str = "",
 ) -> None:
     console = console or Console()
     table = with_unique_names(table)
     console.print(
-        rich_table(table, title, console.width, max_rows, hoist_constants, digits, max_cell, total_rows)
+        rich_table(
+            table, title, console.width, max_rows, hoist_constants, digits, max_cell, total_rows, more_rows
+        )
     )
 
 

@@ -6,7 +6,7 @@ more spaces continues the previous key. Then comes the SQL body::
 
     -- name: stabilisation                    the object's name; equals the file name without .sql
     -- description: what it is or finds      (required)
-    -- param: $threshold double = 0.9 | what it means      one line per parameter (core.params)
+    -- param: $threshold double in [0, 1] = 0.9 | what it means   one line per parameter (core.params)
     -- uses: layer_stabilisation, erank      staging models or macros it builds on
     -- grain: one row per (suite, model, ...)   what one result row is
     -- plot: bars x=layer value=...          recipes: how the result is drawn (`none`: no plot)

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from layerlake.core.duck import QueryLimits, limited
 from layerlake.core.errors import LayerlakeError, ParameterError
-from layerlake.core.render import json_rows, write_stream
+from layerlake.core.render import json_rows, timestamp_text, write_stream
 from layerlake.queries import figures
 from layerlake.ui import pages
 from layerlake.ui.guard import Served
@@ -62,7 +62,9 @@ def error_response(error: LayerlakeError, status: int = 400) -> Response:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
+    if isinstance(value, datetime):
+        return timestamp_text(value)  # to the second, as the terminal shows it
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
@@ -117,10 +119,18 @@ class ServedWarehouse:
         self._stamp: tuple | None = None
         self._con: Any = None
         self._variables: list[tuple[str, Any]] = []
+        self._running: list[tuple[str, int | None]] = []  # (host, pid) of the runs served as running
 
     def version(self) -> tuple:
-        """What changes whenever the served rows may have changed (the manifests' sizes and times)."""
-        return self._manifest_stamp()
+        """What changes whenever the served rows may have changed: the manifests' sizes and times, and
+        whether the processes of the runs shown as running are still alive (one that died shows as
+        killed from the next request on)."""
+        return self._manifest_stamp(), self._alive()
+
+    def _alive(self) -> tuple:
+        from layerlake.core.provenance import process_alive
+
+        return tuple(process_alive(host, pid) is not False for host, pid in self._running)
 
     def _manifest_stamp(self) -> tuple:
         return manifest_stamp([self.root, *self.attach])
@@ -129,12 +139,15 @@ class ServedWarehouse:
         from layerlake.warehouse.views import connect
 
         with self._lock:
-            stamp = self._manifest_stamp()
+            stamp = self.version()
             if self._con is None or stamp != self._stamp:
                 if self._con is not None:
                     self._con.close()
                 self._con = connect(self.root, read_only=True, attach=self.attach)
-                self._stamp = stamp
+                self._running = self._con.execute(
+                    "select host, pid from runs where status = 'running'"
+                ).fetchall()
+                self._stamp = self.version()
                 names = [n for (n,) in self._con.execute("select name from duckdb_variables()").fetchall()]
                 self._variables = [
                     (n, self._con.execute("select getvariable(?)", [n]).fetchall()[0][0]) for n in names
@@ -369,6 +382,7 @@ class UiApp:
             raise ParameterError(f"unknown recipe {name!r}", fix=f"use one of: {', '.join(recipe_names())}")
         fmt = params.pop("format", "json")
         measure = params.pop("measure", "") or None
+        window = _window(params)
         recipe = load_recipe(name)
         figures.check_measure(recipe, measure)
         measure = measure or next(iter(figures.measures(recipe.plot)), None)  # one key for "the default"
@@ -379,24 +393,22 @@ class UiApp:
                 f"unknown format {fmt!r}",
                 fix="ask for csv or parquet (the download links of a recipe page), or leave the format out",
             )
-        key = ("recipe", name, fmt, measure, json.dumps(bound, sort_keys=True, default=str))
-        return self.cached(key, lambda: self._compute_recipe(recipe, bound, fmt, measure))
+        key = ("recipe", name, fmt, measure, window, json.dumps(bound, sort_keys=True, default=str))
+        return self.cached(key, lambda: self._compute_recipe(recipe, bound, fmt, measure, window))
 
-    def _compute_recipe(self, recipe: Any, bound: dict[str, Any], fmt: str, measure: str | None) -> Response:
-        from layerlake.queries.loader import load_recipe, run_recipe
-
+    def _compute_recipe(
+        self,
+        recipe: Any,
+        bound: dict[str, Any],
+        fmt: str,
+        measure: str | None,
+        window: tuple[int, int, int] | None = None,
+    ) -> Response:
         name = recipe.name
         points = figures.parse_spec(recipe.plot)[1].get("points") if fmt == "json" else None
-        con = self.warehouse.cursor()
-        try:
-            with limited(con, self.limits):
-                companion = load_recipe(points) if points else None
-                with shared_staging(con, recipe, companion, bound):
-                    table = run_recipe(con, name, bound)
-                    # a bands figure's hover points: the per-layer rows of the recipe it names, same parameters
-                    layers = run_recipe(con, points, _shared(companion, bound)) if companion else None
-        finally:
-            con.close()
+        key = ("tables", name, points, json.dumps(bound, sort_keys=True, default=str))
+        # the result once per parameters: another page of panels or window size only draws again
+        table, layers = self.cached(key, lambda: self._run_recipe(recipe, bound, points))
         if fmt in ("csv", "parquet"):
             sink = io.BytesIO()
             write_stream(table.to_reader(), fmt, sink)
@@ -405,8 +417,24 @@ class UiApp:
                             {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})  # fmt: skip
         return json_response({
             "columns": table.column_names, "rows": json_rows(table.slice(0, PAGE_ROWS * 10)),
-            "total": table.num_rows, "chart": figures.recipe_figure(recipe, bound, table, measure, layers),
+            "total": table.num_rows, "chart": figures.recipe_figure(recipe, bound, table, measure, layers, window),
         })  # fmt: skip
+
+    def _run_recipe(self, recipe: Any, bound: dict[str, Any], points: str | None) -> tuple[pa.Table, Any]:
+        """The recipe's result and, for a bands figure, its companion's per-layer rows (same parameters)."""
+        from layerlake.queries.loader import load_recipe, run_recipe
+
+        con = self.warehouse.cursor()
+        try:
+            with limited(con, self.limits):
+                companion = load_recipe(points) if points else None
+                with shared_staging(con, recipe, companion, bound):
+                    table = run_recipe(con, recipe.name, bound)
+                    # a bands figure's hover points: the per-layer rows of the recipe it names, same parameters
+                    layers = run_recipe(con, points, _shared(companion, bound)) if companion else None
+        finally:
+            con.close()
+        return table, layers
 
     def _recipe_page(self, params: dict[str, str]) -> Response:
         from layerlake.queries.loader import recipe_names
@@ -426,7 +454,8 @@ class UiApp:
 
         recipe = load_recipe(name)
         return self.cached(
-            ("form", name, title), lambda: self._page(pages.recipe_form(recipe, self._stored(recipe), title))
+            ("form", name, title),
+            lambda: self._page(pages.recipe_form(recipe, self._stored(recipe), title, self._scoped(recipe))),
         )
 
     def _stored(self, recipe: Any) -> dict[str, list[Any]]:
@@ -434,20 +463,59 @@ class UiApp:
         return self.cached(("stored", recipe.name), lambda: self._compute_stored(recipe))
 
     def _compute_stored(self, recipe: Any) -> dict[str, list[Any]]:
-        from layerlake.queries.stored_values import NAMED, stored_values, table_columns
+        """Each stored-value parameter's values in the tables the recipe reads (``read_tables``: the
+        checkpoint x checkpoint page offers only models that have sketches)."""
+        from layerlake.queries.loader import read_tables
+        from layerlake.queries.stored_values import NAMED, stored_values, table_columns, within
 
+        tables = read_tables(recipe)
         con = self.warehouse.cursor()
         try:
             columns = table_columns(con)
             return {
-                p.name: sorted(stored_values(con, NAMED[p.name], {}, columns), key=figures.natural_key)
+                p.name: sorted(
+                    stored_values(con, within(NAMED[p.name], tables), {}, columns), key=figures.natural_key
+                )
                 for p in recipe.params
-                if p.name in NAMED and p.name not in ("suite", "estimator", "kernel", "tensor", "matrices")
+                if p.name in NAMED and p.name not in OFFERED_AS_CHOICES
+            }
+        finally:
+            con.close()
+
+    def _scoped(self, recipe: Any) -> dict[str, dict[str, list[Any]]]:
+        """For a form that picks one model: each other stored-value parameter's values per model (the
+        layers, sites and steps that model has), so the form offers only those of the chosen model."""
+        return self.cached(("scoped", recipe.name), lambda: self._compute_scoped(recipe))
+
+    def _compute_scoped(self, recipe: Any) -> dict[str, dict[str, list[Any]]]:
+        from layerlake.queries.loader import read_tables
+        from layerlake.queries.stored_values import NAMED, stored_values, table_columns, within
+
+        names = [p.name for p in recipe.params]
+        if "model" not in names:
+            return {}
+        models = self._stored(recipe).get("model", [])
+        tables = read_tables(recipe)
+        con = self.warehouse.cursor()
+        try:
+            columns = table_columns(con)
+            return {
+                name: {
+                    str(model): sorted(
+                        stored_values(con, within(NAMED[name], tables), {"model": [model]}, columns),
+                        key=figures.natural_key,
+                    )
+                    for model in models
+                }
+                for name in names
+                if name in NAMED and name not in (*OFFERED_AS_CHOICES, "model", "models")
             }
         finally:
             con.close()
 
 
+# Stored-value parameters a form offers as its closed set of choices, not as the values stored.
+OFFERED_AS_CHOICES = ("suite", "estimator", "kernel", "tensor", "matrices")
 # What the overview counts: each identifying column over the tables that hold it.
 OVERVIEW_COLUMNS = {
     "suite": ("checkpoints", "imported_metrics", "scalars"),
@@ -491,6 +559,19 @@ def _shared(recipe: Any, bound: dict[str, Any]) -> dict[str, Any]:
     """The values of ``bound`` that ``recipe`` also takes (a figure's companion recipe)."""
     names = {p.name for p in recipe.params}
     return {k: v for k, v in bound.items() if k in names}
+
+
+WINDOW_FIELDS = ("fit_width", "fit_height", "panel_page")  # what the page's script sends beside the form
+
+
+def _window(params: dict[str, str]) -> tuple[int, int, int] | None:
+    """``(width, height, page)`` of the browser window the figure must fit (popped from ``params``);
+    None when the request does not say (a link, a download): the figure's first panels, as in a file."""
+    given = [params.pop(name, "") for name in WINDOW_FIELDS]
+    if not any(given):
+        return None
+    width, height, page = (_page_number(text or "0") for text in given)
+    return max(width, 320), max(height, 400), page
 
 
 def query_params(query: str) -> dict[str, str]:
@@ -542,8 +623,10 @@ def form_values(recipe: Any, params: dict[str, str]) -> dict[str, Any]:
     for key, raw in params.items():
         param = known.get(key)
         if param is None:
+            from layerlake.core.choices import did_you_mean
+
             raise ParameterError(
-                f"{key!r} is not a parameter of recipe {recipe.name!r}",
+                f"{key!r} is not a parameter of recipe {recipe.name!r}{did_you_mean(key, list(known))}",
                 fix=f"its parameters are: {', '.join(known)}",
             )
         text = raw.strip()

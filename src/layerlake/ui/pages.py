@@ -4,6 +4,7 @@ page as text nodes by ``static/app.js``, never as markup."""
 
 from __future__ import annotations
 
+import json
 from html import escape
 from typing import Any
 
@@ -81,12 +82,20 @@ def recipes() -> str:
     return shell("recipes", f"<ul class='recipes'>{items}</ul>", "recipes")
 
 
-def recipe_form(recipe: Any, stored: dict[str, list[Any]] | None = None, title: str | None = None) -> str:
+def recipe_form(
+    recipe: Any,
+    stored: dict[str, list[Any]] | None = None,
+    title: str | None = None,
+    scoped: dict[str, dict[str, list[Any]]] | None = None,
+) -> str:
     """A recipe's parameters as a form: a select for a closed set or for what the warehouse stores
-    (``stored``: parameter -> its stored values; a list parameter takes several), a text field else."""
+    (``stored``: parameter -> its stored values; a list parameter takes several), a text field else.
+    ``scoped`` (parameter -> model -> values): the values each model holds, which the page's script
+    offers when that model is chosen (its layers only); the first options are the preselected model's."""
     from layerlake.queries.figures import measures
 
     stored = stored or {}
+    model = preselected(recipe.param("model"), stored.get("model")) if recipe.param("model") else ""
     fields = []
     for p in recipe.params:
         hint = escape(f"{p.describe_type()}; {p.doc}")  # shown on hover: the form stays one or two rows
@@ -94,8 +103,11 @@ def recipe_form(recipe: Any, stored: dict[str, list[Any]] | None = None, title: 
         default = "" if p.default is None else escape(_text(p.default))
         choices = ("true", "false") if p.base == "boolean" and not p.is_list else p.choices
         if p.name in stored and stored[p.name]:
-            values = [_text(v) for v in stored[p.name]]
-            chosen = preselected(p, stored[p.name])
+            held = stored[p.name]
+            if scoped and p.name in scoped and model in scoped[p.name]:
+                held = scoped[p.name][model] or held  # the preselected model's own values
+            values = [_text(v) for v in held]
+            chosen = preselected(p, held)
             control = _select(p.name, values, chosen, blank=p.optional and not p.is_list, multiple=p.is_list)
         elif choices is not None and not p.is_list:
             control = _select(p.name, list(choices), default, blank=p.optional)
@@ -106,14 +118,19 @@ def recipe_form(recipe: Any, stored: dict[str, list[Any]] | None = None, title: 
     if offered:
         fields.insert(0, "<label>measure <span class='hint'>(what the figure plots)</span><br>"
                          f"{_select('measure', offered, offered[0])}</label>")  # fmt: skip
+    scoped_json = json.dumps(
+        {n: {m: [_text(v) for v in vs] for m, vs in by.items()} for n, by in (scoped or {}).items()}
+    )
     heading = (
         f"<p class='hint'>recipe <a href='/recipe?name={escape(recipe.name)}'>{escape(recipe.name)}</a></p>"
     )
     body = (
         (heading if title and title != recipe.name else "") + f"<p>{escape(recipe.description)}</p>"
-        f"<form id='recipe-form' data-recipe='{escape(recipe.name)}'>{''.join(fields)}"
+        f"<form id='recipe-form' data-recipe='{escape(recipe.name)}' data-scoped='{escape(scoped_json)}'>"
+        f"{''.join(fields)}"
         "<button type='submit'>run</button></form>"
-        "<p id='downloads'></p><div id='chart'></div><div id='result'></div>"
+        "<p id='downloads'></p><div id='panel-pager' class='pager'></div><div id='chart'></div>"
+        "<div id='result'></div>"
     )
     return shell(title or recipe.name, body, "recipe")
 

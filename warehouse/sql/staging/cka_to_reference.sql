@@ -3,7 +3,7 @@
 --    the same model (same probe, kernel, estimator and n):
 --        cka(step) = <G_step, G_ref> / (||G_step|| ||G_ref||)     (macro cka_bytes on stored gram_norm)
 --    The reference is $reference_step, by default each model's last sketched step.
--- param: $reference_step integer? = null | reference checkpoint step; null = each model's last step
+-- param: $reference_step integer? in [0, inf) = null | reference checkpoint step; null = each model's last step
 -- uses: sketch_rows
 -- grain: one row per (suite, model, site, layer, head, step)
 with reference as (

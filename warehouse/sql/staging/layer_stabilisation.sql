@@ -5,7 +5,7 @@
 --    NULL when no such step exists (a NULL or NaN CKA counts as below). stabilisation_fraction is that
 --    step over the curve's last step (the share of training); mean_cka is the mean CKA over the
 --    checkpoints (a convergence score on the checkpoint grid, used to call a layer's CKA "good").
--- param: $threshold double = 0.9 | CKA a layer must keep at every later checkpoint
+-- param: $threshold double in [0, 1] = 0.9 | CKA a layer must keep at every later checkpoint
 -- uses: cka_curves
 -- grain: one row per (suite, model, source, probe_id, site, layer, head)
 with marked as (

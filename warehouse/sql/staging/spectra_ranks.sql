@@ -6,7 +6,7 @@
 --                 eps the stored precision of each spectrum (numpy's matrix_rank; the macro's header says why);
 --      min_side   least(rows, cols), the largest rank the matrix could have.
 --    Also stable_rank = sum s^2 / max s^2. head_dim comes from table checkpoints (same weights_sha256).
--- param: $k enum(head_dim|rank|min_side) = head_dim | what PER divides the effective rank by
+-- param: $k enum(head_dim|rank|min_side) = rank | what PER divides the effective rank by: rank (the default) keeps PER in [0, 1] for every matrix; head_dim is the paper's choice, meant for per-head matrices
 -- param: $tensor tensor? = null | weights or gradients; null = both
 -- param: $matrices matrix[]? = null | restrict to these matrices, e.g. [ov, dense_4h_to_h]; null = all
 -- param: $suite name? = null | suite to read (the command binds the configured suite); null = every suite

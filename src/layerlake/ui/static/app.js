@@ -74,11 +74,39 @@ async function sql(pageNumber) {
   say(data.total + " rows; page " + (data.page + 1) + " of " + (last + 1));
 }
 
+let panelPage = 0;  // which page of a figure's panels is drawn (the panels that fit the window)
+
+function windowFields() {
+  // the figure is drawn to fit the chart's width and the window's height; more panels go on other pages
+  const width = document.getElementById("chart").clientWidth || window.innerWidth;
+  return { fit_width: Math.round(width), fit_height: window.innerHeight, panel_page: panelPage };
+}
+
+function panelPager(form, chartSpec) {
+  const pager = document.getElementById("panel-pager");
+  pager.replaceChildren();
+  const paging = chartSpec && chartSpec.usermeta && chartSpec.usermeta.paging;
+  if (!paging || paging.pages < 2) return;
+  for (const [label, target] of [["previous panels", paging.page - 1], ["next panels", paging.page + 1]]) {
+    const button = document.createElement("button");
+    button.textContent = label;
+    button.disabled = target < 0 || target >= paging.pages;
+    button.onclick = () => { panelPage = target; run(() => recipe(form)); };
+    pager.appendChild(button);
+  }
+  const text = document.createElement("span");
+  text.textContent = " panels " + paging.first + "-" + paging.last + " of " + paging.panels +
+    " (page " + (paging.page + 1) + " of " + paging.pages + ")";
+  pager.appendChild(text);
+}
+
 async function recipe(form) {
   const params = new URLSearchParams({ name: form.dataset.recipe });
   const values = {};  // a multiple select gives several values: one comma-separated list
   for (const [k, v] of new FormData(form)) if (v !== "") (values[k] = values[k] || []).push(v);
   for (const [k, v] of Object.entries(values)) params.append(k, v.join(","));
+  const downloadParams = new URLSearchParams(params);  // a download holds every row, whatever is drawn
+  for (const [k, v] of Object.entries(windowFields())) params.append(k, v);
   say("running ...");
   const data = await getJson("/api/recipe?" + params);
   show("result", table(data.columns, data.rows));
@@ -86,12 +114,13 @@ async function recipe(form) {
   downloads.replaceChildren();
   for (const format of ["csv", "parquet"]) {
     const link = document.createElement("a");
-    link.href = "/api/recipe?" + params + "&format=" + format;
+    link.href = "/api/recipe?" + downloadParams + "&format=" + format;
     link.textContent = "download " + format;
     link.style.marginRight = "12px";
     downloads.appendChild(link);
   }
   await chart("chart", data.chart);
+  panelPager(form, data.chart);
   say(data.total + " rows" + (data.total > data.rows.length ? " (first " + data.rows.length + " shown)" : ""));
 }
 
@@ -138,6 +167,25 @@ if (page === "sql") {
   document.getElementById("sql-form").onsubmit = (e) => { e.preventDefault(); run(() => sql(0)); };
   run(() => sql(0));
 }
+function applyScope(form) {
+  // the chosen model's own layers, sites, steps ...: the other models' values are not offered
+  const scoped = JSON.parse(form.dataset.scoped || "{}");
+  const model = form.elements.model ? form.elements.model.value : "";
+  for (const [name, byModel] of Object.entries(scoped)) {
+    const select = form.elements[name];
+    if (!select || select.tagName !== "SELECT" || !byModel[model]) continue;
+    const current = [...select.selectedOptions].map((o) => o.value);
+    const blank = [...select.options].find((o) => o.value === "");
+    select.replaceChildren(...(blank ? [blank] : []));
+    for (const value of byModel[model]) {
+      const option = document.createElement("option");
+      option.textContent = value;
+      option.selected = current.includes(value);
+      select.appendChild(option);
+    }
+  }
+}
+
 if (page === "recipe") {
   const form = document.getElementById("recipe-form");
   const given = new URLSearchParams(window.location.search);  // a link may fill the form: ?name=R&model=m
@@ -147,8 +195,15 @@ if (page === "recipe") {
       const wanted = given.get(element.name).split(",");
       for (const option of element.options) option.selected = wanted.includes(option.value);
     } else element.value = given.get(element.name);
+    if (element.name === "model") applyScope(form);
   }
-  form.onsubmit = (e) => { e.preventDefault(); run(() => recipe(form)); };
-  form.onchange = () => run(() => recipe(form));  // a changed selection draws again
+  form.onsubmit = (e) => { e.preventDefault(); panelPage = 0; run(() => recipe(form)); };
+  form.onchange = (e) => {  // a changed selection draws again
+    if (e.target.name === "model") applyScope(form);
+    panelPage = 0;
+    run(() => recipe(form));
+  };
+  let resized = null;  // a resized window draws the figure again to fit, once the resizing stops
+  window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(() => run(() => recipe(form)), 400); });
   run(() => recipe(form));
 }
