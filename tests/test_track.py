@@ -435,3 +435,20 @@ def test_snapshots_are_committed_off_the_training_thread(tmp_path, monkeypatch):
             run.snapshot(step, model)
     assert run.snapshots == [0, 1] and len(committed_on) == 2
     assert threading.get_ident() not in committed_on
+
+
+def test_a_run_says_where_it_goes_when_it_starts_and_what_it_took_when_it_ends(tmp_path, capsys):
+    """One line on stderr as the run starts (its id, suite/model, cadence, warehouse) and one as it ends
+    (its status, how many snapshots and failures); ``quiet=True`` prints neither."""
+    model = tiny_models.neox(seed=0)
+    with layerlake.track(
+        model, suite="toy", model_name="neox", run_id="said", warehouse=tmp_path, probe=PROBE, cadence=[0, 2]
+    ) as run:
+        for step in range(3):
+            run.snapshot(step, model)
+    start, end = capsys.readouterr().err.strip().splitlines()
+    assert start.startswith("layerlake: run said started (toy/neox)") and str(tmp_path) in start, start
+    assert end == f"layerlake: run said finished: 2 snapshot(s), 0 failure(s), in {tmp_path}", end
+    with layerlake.track(model, suite="toy", run_id="quiet", warehouse=tmp_path, probe=PROBE, quiet=True):
+        pass
+    assert capsys.readouterr().err == ""
