@@ -1,7 +1,8 @@
 """The extraction driver: plans tasks, skips committed ones, runs the rest, commits each as it arrives.
 
-The driver is the warehouse's only writer. Workers return Arrow tables; the driver writes each
-task's shards and appends its manifest entry, or records the task's failure and goes on.
+Workers return Arrow tables and never write; the driver commits each task through the warehouse's
+writer (``warehouse.writer.Warehouse``, the one home of writing), or records the task's failure and
+goes on. Runs and probe batches are recorded through ``warehouse.runs``, as tracking records them.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-
 from layerlake.conf.schema import Config
 from layerlake.core.choices import SuiteSource
 from layerlake.core.hashing import sha256_file
@@ -21,10 +20,17 @@ from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress
 from layerlake.etl.sources import WEIGHTS_FILE
-from layerlake.etl.task import ExtractTask, ProbeBatch, extract_run_id
-from layerlake.warehouse.layout import probe_task_id
-from layerlake.warehouse.runs import Run, RunKind, RunStatus, commit_run, committed_run, new_run
-from layerlake.warehouse.schema import PROBES
+from layerlake.etl.task import ExtractTask, extract_run_id
+from layerlake.warehouse.runs import (
+    Run,
+    RunKind,
+    RunStatus,
+    begin_run,
+    commit_probe,
+    committed_run,
+    end_run,
+    new_run,
+)
 from layerlake.warehouse.writer import Warehouse
 
 
@@ -61,40 +67,24 @@ def task_meta(task: ExtractTask) -> dict:
     }
 
 
-def commit_probes(warehouse: Warehouse, plan: Plan, committed: dict) -> None:
-    """One ``probes`` row per (run, probe): the batch every checkpoint of the run saw."""
+def start_runs(warehouse: Warehouse, plan: Plan, settings: Config) -> dict[str, Run]:
+    """The extraction run of every planned model, committed as running (started_at kept from before),
+    with its probe batch's row. A model whose run was tracked while it trained (``suite build``) keeps
+    that run as it is: its checkpoints' rows join it (and its probe batch's row is added if missing)."""
     from layerlake.etl.probes import probe_row
 
-    for model in plan.models:
-        run_id = extract_run_id(plan.suite, model)
-        task_id = probe_task_id(run_id, plan.probe.probe_id)
-        if task_id in committed and not warehouse.problems(committed[task_id]):
-            continue
-        table = pa.Table.from_pylist([probe_row(plan.probe)], schema=PROBES.arrow_schema())
-        warehouse.commit(task_id, plan.suite, model, {"probes": table}, probe_meta(plan.probe), run_id=run_id)
-
-
-def probe_meta(probe: ProbeBatch) -> dict:
-    return {"kind": "probe", "probe_id": probe.probe_id, "source": probe.source, "rule": str(probe.rule)}
-
-
-def start_runs(warehouse: Warehouse, plan: Plan, settings: Config) -> dict[str, Run]:
-    """The extraction run of every planned model, committed as running (started_at kept from before).
-    A model whose run was tracked while it trained (``suite build``) keeps that run as it is: its
-    checkpoints' rows join it."""
     config = {"suite": dataclasses.asdict(settings.suite), "probe": dataclasses.asdict(settings.probe),
               "extract": dataclasses.asdict(settings.extract)}  # fmt: skip
+    probe = probe_row(plan.probe)
     runs = {}
     for model in plan.models:
         run_id = extract_run_id(plan.suite, model)
         before = committed_run(warehouse, run_id)
         if before is not None and before.kind != RunKind.extract:
+            commit_probe(warehouse, run_id, plan.suite, model, probe)
             continue
         run = new_run(run_id, plan.suite, model, RunKind.extract, config, probe_id=plan.probe.probe_id)
-        if before is not None:
-            run = dataclasses.replace(run, started_at=before.started_at)
-        commit_run(warehouse, run)
-        runs[model] = run
+        runs[model] = begin_run(warehouse, run, probe)
     return runs
 
 
@@ -105,8 +95,12 @@ def end_runs(warehouse: Warehouse, runs: dict[str, Run], report: ExtractReport) 
         failed.setdefault(label.split(" ")[0], []).append(f"{label}: {error}")
     for model, run in runs.items():
         errors = failed.get(model)
-        status = RunStatus.failed if errors else RunStatus.finished
-        commit_run(warehouse, run.ended(status, "; ".join(errors)[:2000] if errors else None))
+        end_run(
+            warehouse,
+            run,
+            RunStatus.failed if errors else RunStatus.finished,
+            "; ".join(errors or ()) or None,
+        )
 
 
 def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> None:
@@ -240,7 +234,6 @@ def run_extract(settings: Config) -> ExtractReport:
     executor = make_executor(settings.executor) if todo else None  # fails (e.g. no ray) before any write
     try:
         runs = start_runs(warehouse, plan, settings)
-        commit_probes(warehouse, plan, committed)
         if executor is not None:
             per_model = Counter(t.ref.model for t in todo)
             downloads = HubDownloads(settings.suite, todo)

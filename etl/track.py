@@ -46,8 +46,17 @@ from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.core.paths import default_warehouse_root
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse import schema
-from layerlake.warehouse.layout import check_name, checkpoint_task_id, probe_task_id
-from layerlake.warehouse.runs import Run, RunKind, RunStatus, commit_run, committed_run, mark_killed, new_run
+from layerlake.warehouse.layout import check_name, checkpoint_task_id
+from layerlake.warehouse.runs import (
+    Run,
+    RunKind,
+    RunStatus,
+    begin_run,
+    committed_run,
+    end_run,
+    mark_killed,
+    new_run,
+)
 from layerlake.warehouse.writer import Warehouse
 
 SCALAR_BLOCK = 1000  # steps per scalars task: a resumed run rewrites the block it re-enters
@@ -218,22 +227,33 @@ class TrackedRun:
             self.finish(RunStatus.failed, f"{kind.__name__}: {error}")
 
     def finish(self, status: RunStatus = RunStatus.finished, error: str | None = None) -> None:
-        """Flush the scalars, wait for every commit, then record the run's end and compact its files."""
+        """Flush the scalars, wait for every commit, then record the run's end and compact its files.
+        Never raises for what could not be stored (a full disk): that is counted in ``failures`` and
+        the run ends with one line on stderr saying what was lost."""
         self.flush()
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.run = self.run.ended(status, error)
-        commit_run(self.warehouse, self.run)
-        if not self.compact_on_finish:
-            return
         try:
-            from layerlake.warehouse.compact import compact
+            self.run = end_run(self.warehouse, self.run, status, error)
+        except LayerlakeError as failure:
+            self.run = self.run.ended(status, error)
+            self.failures.append(f"the run's end: {failure.message}")
+        if self.compact_on_finish:
+            try:
+                from layerlake.warehouse.compact import compact
 
-            compact(self.warehouse.root, run_ids=[self.run_id])
-        except LayerlakeError as failure:  # compaction is housekeeping: the rows are committed already
-            self._report(f"compaction of run {self.run_id} failed: {failure.message}")
+                compact(self.warehouse.root, run_ids=[self.run_id])
+            except LayerlakeError as failure:  # compaction is housekeeping: the rows are committed already
+                self.failures.append(f"compaction: {failure.message}")
+        if self.failures:
+            print(
+                f"layerlake: run {self.run_id} ended; {len(self.failures)} thing(s) could not be stored or "
+                f"done (first: {self.failures[0]}); what was committed is intact; "
+                f"`select * from failures where run_id = '{self.run_id}'` lists those recorded",
+                file=sys.stderr,
+            )
 
     # -- scalars -----------------------------------------------------------------------------------
 
@@ -386,7 +406,9 @@ class TrackedRun:
         return after_step(self, model)
 
     def _report(self, text: str) -> None:
-        print(text, file=sys.stderr)
+        """Say the first failure on stderr at once; later ones are counted and summed up at the end."""
+        if not self._reported:
+            print(text + " (later failures are summed up when the run ends)", file=sys.stderr)
         self._reported = True
 
 
@@ -447,30 +469,13 @@ def track(
         overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
         probe_id=batch.probe_id if batch else None,
     )  # fmt: skip
-    if before is not None:
-        run = dataclasses.replace(run, started_at=before.started_at)
-    commit_run(store, run)
-    if batch is not None:
-        commit_probe(store, run, batch)
+    from layerlake.etl.probes import probe_row
+
+    run = begin_run(store, run, probe_row(batch) if batch is not None else None)
     return TrackedRun(
         store, run, batch or ProbeBatch("", "", (), (), "last"), options,
         Cadence.parse(cadence) if batch is not None else Cadence(), tokens_per_step, compact,
     )  # fmt: skip
-
-
-def commit_probe(store: Warehouse, run: Run, probe: ProbeBatch) -> None:
-    from layerlake.etl.probes import probe_row
-
-    table = pa.Table.from_pylist([probe_row(probe)], schema=schema.PROBES.arrow_schema())
-    meta = {"kind": "probe", "probe_id": probe.probe_id, "source": probe.source, "rule": str(probe.rule)}
-    store.commit(
-        probe_task_id(run.run_id, probe.probe_id),
-        run.suite,
-        run.model,
-        {"probes": table},
-        meta,
-        run_id=run.run_id,
-    )
 
 
 def new_run_id(model: str, hydra: dict) -> str:

@@ -40,6 +40,7 @@ from layerlake.warehouse.manifest import (
     manifest_path,
     read_entries,
 )
+from layerlake.warehouse.writer import recover_interrupted
 
 SHARED_MANIFEST = "manifest.json"
 
@@ -252,13 +253,15 @@ def connect(
     connection can read the warehouse and nothing else, and can write no file. ``read_only=False``
     leaves file access on (e.g. to ``COPY`` results out or join your own files); the warehouse is still
     only read through views. With ``attach`` given, a missing ``root`` is no error: the attached folders
-    are served alone.
+    are served alone. What a killed ``compact`` or ``migrate`` left in ``root`` is cleaned up first when
+    no writer holds the lock (``warehouse.writer.recover_interrupted``; it never touches a listed file).
     """
     attach = list(attach)
     if attach and (Path(root).expanduser() if root is not None else default_root()).is_dir() is False:
         path = None  # attaching needs no local warehouse
     else:
         path = _resolve(root)
+        recover_interrupted(path)  # a killed compact or migrate: its leftovers go (no reader saw them)
     shards, failures = gather(path, attach)
     return open_views(shards, failures, read_only)
 
