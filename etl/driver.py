@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from layerlake.conf.schema import Config
 from layerlake.core.choices import SuiteSource
 from layerlake.core.hashing import sha256_file
@@ -21,6 +23,7 @@ from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress
 from layerlake.etl.sources import WEIGHTS_FILE
 from layerlake.etl.task import ExtractTask, extract_run_id
+from layerlake.warehouse.manifest import CommitEntry
 from layerlake.warehouse.runs import (
     Run,
     RunKind,
@@ -103,7 +106,44 @@ def end_runs(warehouse: Warehouse, runs: dict[str, Run], report: ExtractReport) 
         )
 
 
-def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> None:
+class WeightRows:
+    """Which committed task holds each checkpoint's weight rows (``spectra`` and ``matrix_stats`` with
+    tensor = 'weight': they depend on the weights, not on the probe). A checkpoint extracted through
+    several probes stores them once, in the first of its tasks committed; the others hold only what
+    their probe gives (activations, sketches, gradients), so no key is stored twice."""
+
+    def __init__(self, committed: dict[str, CommitEntry]) -> None:
+        self.holders: dict[tuple, str] = {}
+        for entry in committed.values():
+            self.add(entry)
+
+    def add(self, entry: CommitEntry) -> None:
+        meta = entry.meta
+        holds = meta.get("weight_rows", True) and any(f.table == "spectra" for f in entry.files)
+        if meta.get("kind") == "extract" and holds:
+            self.holders.setdefault(
+                (entry.run_id, meta.get("revision"), meta.get("weights_sha256")), entry.task_id
+            )
+
+    def elsewhere(self, task: ExtractTask, weights_sha256: str) -> str | None:
+        """The task of another probe that holds this checkpoint's weight rows, if one does."""
+        holder = self.holders.get((task.ref.run_id, task.ref.revision, weights_sha256))
+        return None if holder == task.task_id else holder
+
+
+def without_weight_rows(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """``tables`` without the rows of weight matrices (spectra and matrix_stats of tensor 'weight')."""
+    import pyarrow.compute as pc
+
+    return {
+        name: table.filter(pc.not_equal(table["tensor"], "weight"))
+        if name in ("spectra", "matrix_stats")
+        else table
+        for name, table in tables.items()
+    }
+
+
+def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport, weights: WeightRows) -> None:
     task = outcome.task
     meta = task_meta(task)
     ref = task.ref
@@ -121,7 +161,11 @@ def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> Non
         "timings": result.timings,
         "placement": result.placement,
     }
-    warehouse.commit(task.task_id, ref.suite, ref.model, result.tables, meta, run_id=ref.run_id)
+    tables, holder = result.tables, weights.elsewhere(task, result.weights_sha256)
+    if holder is not None:  # another probe's task of this checkpoint stores its weight rows
+        tables, meta["weight_rows_in"] = without_weight_rows(tables), holder
+    meta["weight_rows"] = holder is None
+    weights.add(warehouse.commit(task.task_id, ref.suite, ref.model, tables, meta, run_id=ref.run_id))
     report.committed.append(task_label(task))
 
 
@@ -238,8 +282,9 @@ def run_extract(settings: Config) -> ExtractReport:
             per_model = Counter(t.ref.model for t in todo)
             downloads = HubDownloads(settings.suite, todo)
             with ExtractProgress(per_model, enabled=settings.progress) as progress:
+                weights = WeightRows(warehouse.committed())
                 for outcome in executor.run(todo):
-                    record(warehouse, outcome, report)
+                    record(warehouse, outcome, report, weights)
                     downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
                     progress.advance(outcome)
         end_runs(warehouse, runs, report)

@@ -237,9 +237,11 @@ class TrackedRun:
             self._thread = None
         try:
             self.run = end_run(self.warehouse, self.run, status, error)
-        except LayerlakeError as failure:
+        except LayerlakeError as failure:  # its row still says running: `layerlake check` will name it killed
             self.run = self.run.ended(status, error)
-            self.failures.append(f"the run's end: {failure.message}")
+            self.failures.append(
+                f"the run's end ({failure.message}; `layerlake check` will list it as killed)"
+            )
         if self.compact_on_finish:
             try:
                 from layerlake.warehouse.compact import compact

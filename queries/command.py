@@ -147,13 +147,7 @@ def query(settings: Any) -> int:
         "job": hydra.job.get("num"), "overrides": list(hydra.overrides.task),
     }  # fmt: skip
     try:
-        recipe = load_recipe(name)
-        bound = bind_params(recipe, context_params(recipe, settings, given))
-        check_measure(recipe, settings.plot.measure)
-        _require_warehouse(settings.paths.warehouse)
-        job["params"] = bound
-        log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
-        written = _run_and_save(recipe, bound, settings.paths.warehouse, folder, settings.plot)
+        written = run_configured(settings, name, given, folder, job)
         job.update(status="ok", **written)
         log.info(
             "%d rows; wrote %s",
@@ -171,6 +165,22 @@ def query(settings: Any) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / JOB_FILE).write_text(json.dumps(_plain(job), indent=2, default=str) + "\n")
     return 0
+
+
+def run_configured(
+    settings: Any, name: str, given: dict[str, Any], folder: Path, job: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``query`` does for one recipe once the config is composed: bind its parameters (with the
+    configured suite and models), run it on the configured warehouse, print it and save it (and its
+    figure) into ``folder``; returns what was written. ``job`` learns the bound parameters."""
+    recipe = load_recipe(name)
+    bound = bind_params(recipe, context_params(recipe, settings, given))
+    check_measure(recipe, settings.plot.measure)
+    _require_warehouse(settings.paths.warehouse)
+    if job is not None:
+        job["params"] = bound
+    log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
+    return _run_and_save(recipe, bound, settings.paths.warehouse, folder, settings.plot)
 
 
 def _require_warehouse(root: str) -> None:

@@ -158,8 +158,10 @@ def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[
     seen, paths, unique = set(), set(), []
     for shard in shards:
         key = (shard.table, shard.entry.task_id if shard.entry else shard.path)
-        if key not in seen and shard.path not in paths:
-            seen.add(key)
+        if key in seen:
+            continue
+        seen.add(key)  # a task whose rows sit in a file already kept (a merged file) is seen too
+        if shard.path not in paths:
             paths.add(shard.path)
             unique.append(shard)
     return unique, failures

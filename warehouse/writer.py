@@ -283,7 +283,7 @@ class Warehouse:
         listed, data, where = slices_file(table, suite, model, members)
         staged = Staged(self.staging / staging_name(table), self.root / listed.path, listed)
         try:
-            with disk_errors(f"a merged {table} file of {suite}/{model}"):
+            with disk_errors(f"a merged {table} file of {suite}/{model}", "nothing was changed"):
                 write_durable(staged.tmp, data)
         except BaseException:
             discard([staged])
