@@ -132,9 +132,10 @@ def test_compact_on_a_full_disk_fails_clearly_and_changes_nothing(tmp_path, caps
     assert "Traceback" not in done.stderr and "File too large" in done.stderr
     assert "nothing was changed" in done.stderr and "fix: free disk space" in done.stderr
     assert (root / "_manifest" / "commits.jsonl").read_bytes() == manifest
+    assert not (root / "_manifest" / "maintenance.json").exists()  # the failed step was undone at once,
+    assert list((root / "_staging").iterdir()) == []  # not left for the next command to roll back
     assert content(root) == before and Warehouse(root).listed_paths() == listed
-    assert not (root / "_manifest" / "maintenance.json").exists()  # the failed step was undone at once
-    assert list((root / "_staging").iterdir()) == [] and Warehouse(root).orphans(grace_s=0) == []
+    assert Warehouse(root).orphans(grace_s=0) == []
     assert main(["check", "--root", str(root)]) == 0
 
 
@@ -149,6 +150,7 @@ def test_compact_on_a_small_disk_that_fills_fails_clearly_and_changes_nothing(tm
         assert main(["compact", "--root", str(root)]) == 2
         err = capsys.readouterr().err
         assert "No space left on device" in err and "nothing was changed" in err and "Traceback" not in err
+        assert not (root / "_manifest" / "maintenance.json").exists()  # undone at once
         assert content(root) == before
         filler.unlink()
         assert main(["check", "--root", str(root)]) == 0
