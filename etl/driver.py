@@ -164,7 +164,8 @@ def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport, weight
     tables, holder = result.tables, weights.elsewhere(task, result.weights_sha256)
     if holder is not None:  # another probe's task of this checkpoint stores its weight rows
         tables, meta["weight_rows_in"] = without_weight_rows(tables), holder
-    meta["weight_rows"] = holder is None
+    spectra = tables.get("spectra")
+    meta["weight_rows"] = spectra is not None and "weight" in spectra.column("tensor").to_pylist()
     weights.add(warehouse.commit(task.task_id, ref.suite, ref.model, tables, meta, run_id=ref.run_id))
     report.committed.append(task_label(task))
 

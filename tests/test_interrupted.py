@@ -211,3 +211,19 @@ def test_a_reader_that_cannot_write_says_which_command_to_run(small_files, tmp_p
         assert "FAIL interrupted_maintenance" in capsys.readouterr().out
     assert journal_path(root).exists()  # nothing was changed through the read-only view
     assert main(["check", "--root", str(root)]) == 0  # where it can be written, it is rolled back
+
+
+def test_an_unreadable_journal_is_an_error_naming_it_and_the_fix(small_files, tmp_path, capsys):
+    source, rows = small_files
+    root = tmp_path / "wh"
+    shutil.copytree(source, root)
+    journal_path(root).write_text("{not json")
+    before = (root / "_manifest" / "commits.jsonl").read_bytes()
+    assert main(["sql", "--root", str(root), "select count(*) from sketches"]) == 2
+    err = capsys.readouterr().err
+    assert "maintenance journal" in err and str(journal_path(root)) in err and "fix: if no" in err
+    assert "Traceback" not in err
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == before and journal_path(root).exists()
+    journal_path(root).unlink()  # the fix it names
+    assert main(["check", "--root", str(root)]) == 0
+    assert content(root) == rows

@@ -19,8 +19,6 @@ import dataclasses
 import json
 import re
 import shutil
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import pytest
 import torch
 from test_gram_storage import as_schema_2
 from test_import_metrics import write_csv
-from test_interrupted import KILLABLE, REPO
+from test_interrupted import killed
 from test_trust_identity import under
 
 import layerlake
@@ -111,19 +109,6 @@ def track_run(root: Path, seed: int, compact: bool) -> None:
     assert not run.failures, run.failures
 
 
-def kill_at_placed(root: Path, command: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, "placed", command, str(root)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    try:
-        assert proc.stdout.readline().strip() == "paused", proc.stderr.read()
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert journal_path(root).exists()
-
-
 @pytest.fixture(scope="module")
 def states(tiny_suite, tmp_path_factory) -> dict[str, State]:
     base = tmp_path_factory.mktemp("states")
@@ -172,13 +157,13 @@ def states(tiny_suite, tmp_path_factory) -> dict[str, State]:
 
     killed_compact = base / "killed-compact"
     shutil.copytree(root, killed_compact)
-    kill_at_placed(killed_compact, "compact")
+    killed(killed_compact, "compact", "placed")
     out["after a killed compact"] = State(killed_compact, fresh_counts, "tiny-a")
 
     killed_migrate = base / "killed-migrate"
     shutil.copytree(tracked, killed_migrate)
     as_schema_2(killed_migrate)
-    kill_at_placed(killed_migrate, "migrate")
+    killed(killed_migrate, "migrate", "placed")
     out["after a killed migrate"] = State(killed_migrate, tracked_counts, "neox-t", outdated=True)
     return out
 
