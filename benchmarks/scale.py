@@ -307,7 +307,7 @@ def precision_check(cache: Path, repo_id: str, step: int) -> dict:
     import pyarrow as pa
     import torch
 
-    from layerlake.etl import metrics, sites
+    from layerlake.etl import layouts, metrics, sites
     from layerlake.warehouse.macros import install_functions
 
     repo = cache / f"models--{repo_id.replace('/', '--')}"
@@ -315,11 +315,11 @@ def precision_check(cache: Path, repo_id: str, step: int) -> dict:
     from transformers import GPTNeoXForCausalLM
 
     model = GPTNeoXForCausalLM.from_pretrained(repo / "snapshots" / commit, dtype=torch.float32)
-    family, shape = sites.family_of(model), sites.shape_of(model)
+    fitted = layouts.fit(model)
     matrices = [
         factors
-        for block in sites.blocks(model)
-        for factors in sites.block_matrices(block, family, shape, "true_v", "weight").values()
+        for block in fitted.blocks
+        for factors in sites.block_matrices(block, fitted.layout, fitted.shape, "true_v", "weight").values()
     ]
     seconds = {}
     values = {}

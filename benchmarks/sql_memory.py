@@ -1,6 +1,7 @@
 """``layerlake sql --max-rows 5`` over a large result: peak memory with the result streamed (what the
-command does) against the result fetched whole and then shown (the baseline), each in a fresh child
-process of this script, on the same small warehouse. Usage:
+command does: its worker process runs the statement and streams the rows back) against the result
+fetched whole and then shown (the baseline), each in a fresh child process of this script, on the same
+small warehouse; the peak is the larger of the command's process and its worker's. Usage:
 
     python benchmarks/sql_memory.py [--rows 50000000]
 """
@@ -19,13 +20,14 @@ import resource, sys
 from layerlake.warehouse import command
 from layerlake.warehouse.views import connect
 root, mode, query = sys.argv[1:4]
-if mode == "streamed":
+if mode == "streamed":  # the command: the statement runs in a worker process, the rows stream back
     command.sql([query, "--root", root, "--max-rows", "5"])
-else:  # the whole result, then the table
+else:  # the whole result in this process, then the table
     con = connect(root)
-    table = command.run_query(con, query)
+    table = con.sql(query).to_arrow_table()
     command.render(table, max_rows=5)
-print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+print("PEAK_KB", max(usage), file=sys.stderr)  # the largest of this process and its worker
 """
 
 

@@ -8,9 +8,14 @@ seen at every update and takes a snapshot (the default probe shape and extractio
 repeats; the ratio tracked / plain is the overhead. Because the wall times of a shared machine wander
 by a few per cent, it also reports the time the training thread spent inside the run's calls (log,
 snapshot, and finish, which waits for the last commits and compacts), as a share of the plain loop's
-time: that share is the overhead the tracker adds, measured without the noise of two separate runs. Usage:
+time: that share is the overhead the tracker adds, measured without the noise of two separate runs.
 
-    python benchmarks/track_overhead.py [--steps 512] [--cadences 64,128,256,pythia] [--repeats 2]
+With ``--ddp`` each training is a DistributedDataParallel job of 2 CPU processes (gloo, one torch thread
+each, each rank its own batches), tracked by every rank (the writer snapshots; each rank logs its own
+numbers): the share is the writer's time in the run's calls against the plain job's wall time (the other
+rank waits for the writer in the next all-reduce, so that is what the job loses). Usage:
+
+    python benchmarks/track_overhead.py [--steps 512] [--cadences 64,128,256,pythia] [--repeats 2] [--ddp]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import platform
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,15 +35,19 @@ def settings():
     return compose(["progress=false"])
 
 
-def train(spec, config, steps: int, run=None) -> tuple[float, float]:
+def train(spec, config, steps: int, run=None, rank: int | None = None) -> tuple[float, float]:
     """Seconds for ``steps`` updates of a fresh model of ``spec`` (logged and snapshotted through
-    ``run``), and the seconds of those spent in the run's calls."""
+    ``run``), and the seconds of those spent in the run's calls. With a ``rank``: wrapped in DDP."""
     from layerlake.etl.suite.model import new_model
 
     torch.manual_seed(0)
     model = new_model(spec, config.suite.train, seed=0).train()
+    if rank is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.suite.train.lr)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0 if rank is None else 100 + rank)
     shape = (config.suite.train.batch_size, config.suite.train.seq_len)
     in_tracking = 0.0  # seconds the training thread spends in log, snapshot and finish
     started = time.perf_counter()
@@ -81,14 +91,75 @@ def tracked(spec, config, steps: int, cadence) -> tuple[float, float]:
         return seconds
 
 
+def ddp_rank(rank: int, port: int, spec_name: str, steps: int, cadence, folder: str | None, out: str) -> None:
+    """One rank of a 2-process DDP job: plain (``folder`` None) or tracked into ``folder``; rank 0 writes
+    its (seconds, seconds in tracking calls) to ``out``."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    config = settings()
+    spec = next(m for m in config.suite.models if m.name == spec_name)
+    run = None
+    if folder is not None:
+        import layerlake
+        from layerlake.etl.plan import extract_options
+
+        probe = torch.randint(
+            0, config.suite.train.vocab_size, (config.probe.n_sequences, config.probe.seq_len),
+            generator=torch.Generator().manual_seed(1),
+        )  # fmt: skip
+        run = layerlake.track(
+            suite="bench", model_name=spec.name, run_id="ddp", warehouse=folder, probe=probe, cadence=cadence,
+            options=extract_options(config), quiet=True,
+        )  # fmt: skip
+        run.__enter__()
+        # what a long run imports once: not a cost of its snapshots (the one-process benchmark pays it once
+        # for all its runs, in one interpreter)
+        import layerlake.etl.extract
+        import layerlake.etl.worker
+        import layerlake.warehouse.compact  # noqa: F401
+    dist.barrier()
+    seconds = train(spec, config, steps, run, rank=rank)
+    if run is not None:
+        assert not run.failures, run.failures
+    if rank == 0:
+        Path(out).write_text(json.dumps(seconds))
+    dist.destroy_process_group()
+
+
+def ddp_job(spec_name: str, steps: int, cadence=None) -> tuple[float, float]:
+    """(seconds, seconds in the writer's tracking calls) of one 2-process DDP job, plain without a cadence."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "seconds.json")
+        warehouse = None if cadence is None else str(Path(folder) / "warehouse")
+        mp.spawn(ddp_rank, args=(port, spec_name, steps, cadence, warehouse, out), nprocs=2)
+        return tuple(json.loads(Path(out).read_text()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--cadences", default="64,128,256,pythia")
     parser.add_argument("--models", default="embedded-s,embedded-m,embedded-l")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--ddp", action="store_true", help="2-process DDP jobs (gloo, one thread each)")
     args = parser.parse_args()
     config = settings()
+    if args.ddp:
+        return ddp_main(args, config)
     torch.set_num_threads(config.suite.train.torch_threads)
     specs = [m for m in config.suite.models if m.name in args.models.split(",")]
     cadences = [int(c) if c.isdigit() else c for c in args.cadences.split(",")]
@@ -111,6 +182,33 @@ def main() -> None:
             a = min(plain)
             b, calls = min(with_tracking[cadence])
             print(f"| {spec.name} | {cadence} | {n} | {a:.2f} s | {b:.2f} s | {b / a:.3f} | {calls:.2f} s "
+                  f"| {calls / a:.1%} |", flush=True)  # fmt: skip
+
+
+def ddp_main(args, config) -> None:
+    from layerlake.etl.track import Cadence
+
+    specs = [m.name for m in config.suite.models if m.name in args.models.split(",")]
+    cadences = [int(c) if c.isdigit() else c for c in args.cadences.split(",")]
+    print(f"# {platform.machine()}, DDP on 2 processes (gloo, 1 thread each), torch {torch.__version__}, "
+          f"{args.steps} updates, probe {config.probe.n_sequences} x {config.probe.seq_len}, "
+          f"best of {args.repeats}")  # fmt: skip
+    print(
+        "| model | cadence | snapshots | plain | tracked | ratio | writer in tracking calls | share of plain |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in specs:
+        plain: list[float] = []
+        with_tracking: dict = {c: [] for c in cadences}
+        for _ in range(args.repeats):  # alternately, so drift of a shared machine hits every side
+            plain.append(ddp_job(name, args.steps)[0])
+            for cadence in cadences:
+                with_tracking[cadence].append(ddp_job(name, args.steps, cadence))
+        for cadence in cadences:
+            n = sum(1 for s in range(args.steps) if s in Cadence.parse(cadence))
+            a = min(plain)
+            b, calls = min(with_tracking[cadence])
+            print(f"| {name} | {cadence} | {n} | {a:.2f} s | {b:.2f} s | {b / a:.3f} | {calls:.2f} s "
                   f"| {calls / a:.1%} |", flush=True)  # fmt: skip
 
 

@@ -44,16 +44,18 @@ def compose(overrides: Sequence[str] = ()) -> Config:
         raise explain(error) from error
 
 
-def check_overrides(overrides: Sequence[str]) -> None:
+def check_overrides(overrides: Sequence[str]) -> Config:
     """Compose once with the first value of every sweep (``a=1,2`` -> ``a=1``), then once more for each
     other value of each sweep (the rest at their first): a wrong key, type or choice in any job of a
-    multirun fails here, before a job runs or anything is written. ``hydra.*`` overrides are checked too."""
+    multirun fails here, before a job runs or anything is written. ``hydra.*`` overrides are checked too.
+    Returns the first composition (the first job's config)."""
     overrides = lift_long_lists(overrides)[0]  # a long plain list is checked by its first element
     base = first_of_sweeps(overrides)
-    compose(base)
+    first = compose(base)
     for index, values in _sweeps(overrides):
         for value in values[1:]:
             compose([*base[:index], value, *base[index + 1 :]])
+    return first
 
 
 def first_of_sweeps(overrides: Sequence[str]) -> list[str]:

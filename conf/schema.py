@@ -54,6 +54,50 @@ class PathsConfig:
 
 
 @dataclass
+class ConstructorConfig:
+    """How to build a model that is not a Hugging Face one: ``target`` (``package.module:Callable`` or
+    ``package.module.Callable``) called with ``kwargs``; its checkpoints are state dicts."""
+
+    target: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def check_constructor(where: str, constructor: ConstructorConfig) -> None:
+    """The constructor imports, is callable, and takes its kwargs: a ``ConfigError`` naming the fix if not."""
+    import importlib
+    import inspect
+
+    from layerlake.core.errors import ConfigError
+
+    target = constructor.target
+    module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
+    fix = f"set {where}.target to an importable callable, e.g. nanogpt.model:GPT or litgpt.model.GPT"
+    if not module_name or not attr:
+        raise ConfigError(f"{where}.target {target!r} is not an import path (module:callable)", fix=fix)
+    try:
+        found = importlib.import_module(module_name)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except ImportError as error:
+        raise ConfigError(
+            f"{where}.target {target!r}: cannot import {module_name} ({error})", fix=fix
+        ) from None
+    except AttributeError:
+        raise ConfigError(f"{where}.target {target!r}: {module_name} has no {attr!r}", fix=fix) from None
+    if not callable(found):
+        raise ConfigError(f"{where}.target {target!r} is not callable", fix=fix)
+    try:
+        inspect.signature(found).bind(**dict(constructor.kwargs))
+    except TypeError as error:
+        raise ConfigError(
+            f"{where}.kwargs do not fit {target}: {error}",
+            fix=f"give {where}.kwargs the keyword arguments {target} takes",
+        ) from None
+    except ValueError:  # no signature to check (a builtin): the call itself will say
+        pass
+
+
+@dataclass
 class ModelSpec:
     """One model of a suite. Shapes are needed to build the embedded suite; hub suites give them too."""
 
@@ -66,6 +110,28 @@ class ModelSpec:
     n_params_label: Optional[str] = None  # e.g. "160m"
     architecture: Architecture = Architecture.gpt_neox  # what the embedded suite trains
     n_kv_heads: Optional[int] = None  # llama: key/value heads (grouped-query attention); None = n_heads
+    # A model of any torch.nn.Module class (local suites): its checkpoints are state dicts (model.safetensors
+    # or model.pt) of the model `constructor` builds, read through `layout` (a preset name or a YAML file)
+    constructor: Optional[ConstructorConfig] = None
+    layout: Optional[str] = None  # where its sites live; default: the Hugging Face family's preset
+
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        from layerlake.core.errors import ConfigError
+        from layerlake.core.layouts import load_layout
+
+        where = f"suite.models[{self.name}]"
+        if self.constructor is not None:
+            check_constructor(f"{where}.constructor", self.constructor)
+            if self.layout is None:
+                raise ConfigError(
+                    f"{where} has a constructor but no layout: a custom model's sites cannot be found by name",
+                    fix=f"set {where}.layout to a preset (nanogpt, litgpt, olmo_core, torchtitan_llama ...) "
+                    "or a layout YAML file (docs/families.md)",
+                )
+        if self.layout is not None:
+            load_layout(self.layout)  # a preset's name, or a YAML file that parses into a layout
+            if Path(self.layout).suffix in (".yaml", ".yml"):  # workers elsewhere read it from the same place
+                self.layout = str(Path(self.layout).expanduser().resolve())
 
 
 @dataclass
@@ -116,6 +182,16 @@ class SuiteConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        custom = [m.name for m in self.models if m.constructor is not None]
+        if custom and self.source != SuiteSource.local:
+            from layerlake.core.errors import ConfigError
+
+            raise ConfigError(
+                f"suite {self.name!r} is a {self.source} suite, but model {custom[0]!r} has a constructor: state "
+                "dicts are read from local folders",
+                fix="set suite.source=local and put each step's model.safetensors (or model.pt) in "
+                "<suites>/<suite>/<model>/step<N>/",
+            )
         if self.download_budget_gb is not None and self.download_budget_gb < 0:
             from layerlake.core.errors import ConfigError
 

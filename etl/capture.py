@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from layerlake.core.choices import ModelCall
 from layerlake.etl.errors import ExtractionError
 
 Key = tuple[int, str]  # (layer, capture name)
@@ -107,6 +108,8 @@ def run_pass(
     *,
     gradients: bool,
     batch_size: int | None = None,
+    call: ModelCall = ModelCall.hf,
+    ov_gradient=None,
 ) -> tuple[dict[Key, torch.Tensor], dict[str, float]]:
     """One pass of the probe ``ids`` (n_sequences x seq_len) through ``model``.
 
@@ -114,22 +117,25 @@ def run_pass(
     spent in ``forward`` and ``backward``. ``batch_size`` sequences go through at a time (None: all):
     chunks only bound memory. With ``gradients`` the loss is the mean next-token cross-entropy over
     all ``n_sequences * (seq_len - 1)`` predictions; each chunk's summed loss is divided by that total
-    count, so the accumulated ``.grad`` equals the full batch's.
+    count, so the accumulated ``.grad`` equals the full batch's. ``call`` says how the model takes token
+    ids and gives logits (a layout's ``call``); ``ov_gradient`` (an ``etl.ov_gradient.OvGradient``)
+    accumulates the heads' OV gradients during the same pass.
     """
     device = ids.device
     gathered = Gathered(n=int(positions.shape[0]))
     step = batch_size or ids.shape[0]
     total = ids.shape[0] * (ids.shape[1] - 1)
     times = {"forward": 0.0, "backward": 0.0}
-    runner = model if gradients else model.base_model  # no logits are needed without a loss
-    with hooked(targets, gathered), torch.set_grad_enabled(gradients):
+    chunks = 0
+    attached = ov_gradient.attached() if ov_gradient is not None and gradients else nullcontext()
+    with hooked(targets, gathered), torch.set_grad_enabled(gradients), attached:
         for start in range(0, ids.shape[0], step):
             chunk = ids[start : start + step]
             gathered.select(positions, start, start + chunk.shape[0])
             t0 = time.perf_counter()
-            out = runner(input_ids=chunk, use_cache=False)
+            logits = forward(model, chunk, call, gradients)
             if gradients:
-                loss = next_token_loss_sum(out.logits, chunk) / total
+                loss = next_token_loss_sum(logits, chunk) / total
             _sync(device)
             times["forward"] += time.perf_counter() - t0
             if gradients:
@@ -137,6 +143,34 @@ def run_pass(
                 loss.backward()
                 _sync(device)
                 times["backward"] += time.perf_counter() - t0
-            del out
+            del logits
+            chunks += 1
+        if ov_gradient is not None and gradients:
+            ov_gradient.check_complete(chunks)
     gathered.check_complete()
     return gathered.buffers, times
+
+
+def forward(model: nn.Module, ids: torch.Tensor, call: ModelCall, logits: bool) -> torch.Tensor | None:
+    """Run ``model`` on ``ids`` as its layout's ``call`` says; the logits (B, T, vocab), or None where
+    they are not needed (``logits=False``: a Hugging Face model runs its base model only)."""
+    if call == ModelCall.hf:
+        if not logits:
+            model.base_model(input_ids=ids, use_cache=False)
+            return None
+        return model(input_ids=ids, use_cache=False).logits
+    if call == ModelCall.tokens_targets:
+        targets = torch.full_like(ids, -1)  # nanoGPT's ignore index; with targets it returns all logits
+        targets[:, :-1] = ids[:, 1:]
+        out = model(ids, targets)
+    else:
+        out = model(ids)
+    found = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
+    if not isinstance(found, torch.Tensor) or found.shape[:2] != ids.shape:
+        raise ExtractionError(
+            f"{type(model).__name__}(ids) gave {type(found).__name__}"
+            f"{tuple(found.shape) if isinstance(found, torch.Tensor) else ''}, not logits of shape "
+            f"({ids.shape[0]}, {ids.shape[1]}, vocab)",
+            fix="set the layout's call: tokens (model(ids) returns the logits) or tokens_targets (nanoGPT)",
+        )
+    return found

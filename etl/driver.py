@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -18,10 +17,11 @@ from layerlake.conf.schema import Config
 from layerlake.core.choices import SuiteSource
 from layerlake.core.hashing import sha256_file
 from layerlake.etl.downloads import HubDownloads
+from layerlake.etl.errors import ExtractionError
 from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress
-from layerlake.etl.sources import WEIGHTS_FILE
+from layerlake.etl.sources import weights_file
 from layerlake.etl.task import ExtractTask, extract_run_id
 from layerlake.warehouse.manifest import CommitEntry
 from layerlake.warehouse.runs import (
@@ -195,7 +195,7 @@ def weights_unchanged(task: ExtractTask, recorded: dict) -> bool:
     Hub checkpoints are named by their revision, which the hub does not change."""
     if task.ref.source != SuiteSource.local or not recorded:
         return True
-    path = Path(task.ref.location) / WEIGHTS_FILE
+    path = weights_file(task.ref)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -222,18 +222,34 @@ def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[lis
 
 
 def check_families(todo: list[ExtractTask]) -> None:
-    """Each model's first checkpoint to extract must be of a family with a site layout: an unknown one
-    fails here, before any task runs or anything is written, naming the known families."""
-    from layerlake.etl.sites import family_of_type
-    from layerlake.etl.sources import model_type_of
+    """Each model's layout must fit it, checked on its first checkpoint to extract before any task runs or
+    anything is written: a Hugging Face model's family by its config's ``model_type`` (an unknown one names
+    the known families), or its given layout; a model built by a constructor is built on the meta device
+    (names and shapes, no memory) and its layout fitted (a pattern that fits nothing is named)."""
+    from layerlake.etl.layouts import fit, layout_for_type
+    from layerlake.etl.sources import build_model, model_type_of
 
     first = {}
     for task in todo:
         first.setdefault(task.ref.model, task.ref)
     for model, ref in first.items():
+        where = f"{model} ({ref.stored_location}): "
+        if ref.constructor:
+            try:
+                built = build_model(ref, device="meta")
+            except Exception as error:  # the constructor itself fails with these kwargs
+                raise ExtractionError(
+                    f"{where}its constructor failed: {type(error).__name__}: {error}",
+                    fix=f"check suite.models[{model}].constructor (target and kwargs)",
+                ) from error
+            try:
+                fit(built, ref.layout)
+            except ExtractionError as error:
+                raise ExtractionError(where + error.message, fix=error.fix) from None
+            continue
         model_type = model_type_of(ref)
-        if model_type is not None:
-            family_of_type(model_type, where=f"{model} ({ref.stored_location}): ")
+        if model_type is not None and not ref.layout:
+            layout_for_type(model_type, where=where)
 
 
 def activation_bytes(settings: Config, todo: list[ExtractTask], n: int) -> int:

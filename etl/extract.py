@@ -9,7 +9,11 @@ numbers from :mod:`layerlake.etl.metrics`. Per call:
 3. one forward (and one backward if ``options.gradients``) captures the chosen sites at the probe
    positions;
 4. each (layer, site[, head]) activation matrix gives one ``activation_stats`` row and one
-   ``sketches`` row per kernel x estimator; gradients give ``spectra`` rows with ``tensor="grad"``.
+   ``sketches`` row per kernel x estimator; gradients give ``spectra`` rows with ``tensor="grad"``
+   (the ``ov`` gradient from hooks on the same pass, ``etl.ov_gradient``).
+
+Where each site and matrix lives is the model's layout (``etl.layouts.fit``): given, or the Hugging Face
+family's preset.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from layerlake.core.choices import Dtype
+from layerlake.core.choices import AttentionProbs, Dtype, ModelCall
+from layerlake.core.layouts import Layout
 from layerlake.etl import capture, metrics, sites
 from layerlake.etl.errors import ExtractionError, ProbeError
+from layerlake.etl.layouts import Fit, fit
+from layerlake.etl.ov_gradient import OvGradient
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse.gram import pack as pack_gram
 from layerlake.warehouse.schema import TABLES
@@ -49,6 +56,7 @@ def extract_from_model(
     probe: ProbeBatch,
     options: ExtractOptions,
     spectra_cache: WeightSpectraCache | None = None,
+    layout: Layout | Fit | str | None = None,
 ) -> tuple[dict[str, pa.Table], dict[str, float]]:
     """Every summary of one checkpoint from one pass: ``({table: pa.Table}, {phase: seconds})``.
 
@@ -57,10 +65,12 @@ def extract_from_model(
     ``forward``, ``backward`` (0 without gradients), ``summaries`` (activation stats), ``sketches``
     (Grams), ``svd`` (weight and gradient spectra) and ``matrix_stats``. The model is moved to
     ``options.device`` and cast to ``options.dtype`` in place. ``spectra_cache`` (given only with a true
-    weights hash) supplies weight spectra already taken from the same weights.
+    weights hash) supplies weight spectra already taken from the same weights. ``layout`` says where the
+    sites and matrices live (a ``Layout``, a preset name, a YAML path, or one already fitted to this
+    model); None: the Hugging Face family's preset.
     """
-    family, shape = sites.family_of(model), sites.shape_of(model)
-    _check_options(options, family, probe, model)
+    fitted = layout if isinstance(layout, Fit) else fit(model, layout)
+    _check_options(options, fitted, probe, model)
     device = torch.device(options.device)
     if options.torch_threads:
         torch.set_num_threads(options.torch_threads)
@@ -70,45 +80,51 @@ def extract_from_model(
     model.to(device)
     try:
         if options.weight_spectra:
-            _add_spectra(rows, model, family, shape, options, "weight", spectra_cache)
+            _add_spectra(rows, fitted, options, "weight", spectra_cache)
         model.to(TORCH_DTYPES[options.dtype]).eval()
         with _grads_enabled(model, options.gradients):
             ids, positions = probe_tensors(probe, device)
+            ov_gradient = OvGradient(fitted) if fitted.layout.probs != AttentionProbs.none else None
             captured, pass_times = capture.run_pass(
                 model,
                 ids,
                 positions,
-                capture_targets(model, family, options.sites),
+                capture_targets(fitted, options.sites),
                 gradients=options.gradients,
                 batch_size=options.batch_size,
+                call=fitted.layout.call,
+                ov_gradient=ov_gradient,
             )
             timed.seconds.update(pass_times)
-            _add_activations(rows, captured, model, family, shape, options)
+            _add_activations(rows, captured, fitted, options)
             if options.gradients:
-                _add_spectra(rows, model, family, shape, options, "grad")
+                _add_spectra(rows, fitted, options, "grad", ov_gradient=ov_gradient)
     finally:
         model.train(was_training)
     return rows.tables(), timed.seconds
 
 
-def check_options(options: ExtractOptions, probe: ProbeBatch, model: nn.Module) -> None:
-    """Whether ``options`` and ``probe`` suit ``model``: an ``ExtractionError`` naming the fix if not (a
-    tracked run checks this once when it starts, not at each snapshot)."""
-    _check_options(options, sites.family_of(model), probe, model)
+def check_options(
+    options: ExtractOptions, probe: ProbeBatch, model: nn.Module, layout: Layout | str | None = None
+) -> Fit:
+    """Whether ``options``, ``probe`` and ``layout`` suit ``model``: an ``ExtractionError`` naming the fix
+    (or the layout's pattern that fits nothing) if not; the fitted layout if so (a tracked run checks this
+    once when it starts, not at each snapshot)."""
+    fitted = fit(model, layout)
+    _check_options(options, fitted, probe, model)
+    return fitted
 
 
-def _check_options(
-    options: ExtractOptions, family: sites.Family, probe: ProbeBatch, model: nn.Module
-) -> None:
+def _check_options(options: ExtractOptions, fitted: Fit, probe: ProbeBatch, model: nn.Module) -> None:
     """Fail before any work, naming the option and its fix (values of closed sets were checked when
     the options were built; what is left depends on this model and probe)."""
-    sites.check_family_options(options.v_slice, family)
+    sites.check_layout_options(options.v_slice, fitted.layout, fitted.shape)
     if "debiased" in options.estimators and probe.n < 4:
         raise ExtractionError(
             f"the debiased estimator needs n >= 4 probe rows; probe {probe.probe_id} has {probe.n}",
             fix="use more probe sequences/positions or extract.estimators=[biased]",
         )
-    if options.gradients and model.get_output_embeddings() is None:
+    if options.gradients and fitted.layout.call == ModelCall.hf and model.get_output_embeddings() is None:
         raise ExtractionError(
             "gradients need the language-model loss, but the model has no LM head",
             fix="load a *ForCausalLM model, or set extract.gradients=false",
@@ -140,35 +156,23 @@ def probe_tensors(probe: ProbeBatch, device: torch.device) -> tuple[torch.Tensor
     return ids.to(device), positions.to(device)
 
 
-def capture_targets(
-    model: nn.Module, family: sites.Family, wanted: tuple[str, ...]
-) -> dict[capture.Key, nn.Module]:
-    """The modules to hook: one per (layer, capture name); the ``ov`` site captures the value module."""
+def capture_targets(fitted: Fit, wanted: tuple[str, ...]) -> dict[capture.Key, nn.Module]:
+    """The modules to hook: one per (layer, capture name); the ``ov`` site captures the map holding V."""
     names = sorted({"value" if s == "ov" else s for s in wanted})
-    return {
-        (i, name): sites.module_at(block, family.site_modules[name])
-        for i, block in enumerate(sites.blocks(model))
-        for name in names
-    }
+    return {(block.index, name): block.site_module(name) for block in fitted.blocks for name in names}
 
 
-def _add_activations(
-    rows: Rows,
-    captured: dict,
-    model: nn.Module,
-    family: sites.Family,
-    shape: sites.Shape,
-    options: ExtractOptions,
-) -> None:
+def _add_activations(rows: Rows, captured: dict, fitted: Fit, options: ExtractOptions) -> None:
     """Stats and sketches of every captured (layer, site[, head]) matrix."""
-    for layer, block in enumerate(sites.blocks(model)):
+    layout, shape = fitted.layout, fitted.shape
+    for block in fitted.blocks:
+        layer = block.index
         for site in options.sites:
             if site != "ov":
                 rows.add_activation(layer, site, None, captured[(layer, site)], options)
                 continue
-            v = sites.split_value_output(captured[(layer, "value")], family, shape, options.v_slice)
-            w_o = metrics.as64(sites.read_tensor(sites.module_at(block, family.out_module), "weight", family))
-            whole, per_head = sites.ov_activations(v, w_o)
+            v = sites.split_value_output(captured[(layer, "value")], layout, shape, options.v_slice)
+            whole, per_head = sites.ov_activations(v, metrics.as64(block.read("dense")))
             rows.add_activation(layer, "ov", None, whole, options)
             if options.per_head:
                 for head in range(shape.n_heads):
@@ -191,20 +195,22 @@ class Spectrum:
 
 def _add_spectra(
     rows: Rows,
-    model: nn.Module,
-    family: sites.Family,
-    shape: sites.Shape,
+    fitted: Fit,
     options: ExtractOptions,
     tensor: str,
     cache: WeightSpectraCache | None = None,
+    ov_gradient: OvGradient | None = None,
 ) -> None:
     """Spectra (and matrix stats) of every matrix of every block, of the weights or of their gradients
-    (``ov``: by the chain rule, see ``sites.ov_gradient_factors``). Weight spectra come from ``cache``
-    when it holds those of the same weights hash."""
-    key = (rows.common["weights_sha256"], options.per_head, options.v_slice, options.spectra_precision)
+    (``ov``: G_h from ``ov_gradient``; ``ov_product_rule``: see ``sites.ov_product_rule_factors``). Weight
+    spectra come from ``cache`` when it holds those of the same weights hash."""
+    key = (
+        rows.common["weights_sha256"], options.per_head, options.v_slice, options.spectra_precision,
+        fitted.layout,
+    )  # fmt: skip
     spectra = cache.get(key) if cache is not None and tensor == "weight" else None
     if spectra is None:
-        spectra = _spectra(model, family, shape, options, tensor, rows.timed)
+        spectra = _spectra(fitted, options, tensor, rows.timed, ov_gradient)
         if cache is not None and tensor == "weight":
             cache.put(key, spectra)
     for s in spectra:
@@ -239,34 +245,37 @@ class WeightSpectraCache:
 
 
 def _spectra(
-    model: nn.Module,
-    family: sites.Family,
-    shape: sites.Shape,
-    options: ExtractOptions,
-    tensor: str,
-    timed: Phases,
+    fitted: Fit, options: ExtractOptions, tensor: str, timed: Phases, ov_gradient: OvGradient | None = None
 ) -> list[Spectrum]:
     """Every block's matrices, their singular values computed together (``metrics.batched_svdvals``:
     matrices of one shape in one call, on the model's device, in ``options.spectra_precision``)."""
-    found = [
-        (layer, matrix, head, a, b)
-        for layer, block in enumerate(sites.blocks(model))
-        for (matrix, head), (a, b) in sites.block_matrices(
-            block, family, shape, options.v_slice, tensor
-        ).items()
-        if head is None or options.per_head
-    ]
+    found = []
+    for block in fitted.blocks:
+        matrices = sites.block_matrices(block, fitted.layout, fitted.shape, options.v_slice, tensor)
+        if ov_gradient is not None and tensor == "grad":
+            matrices.update(ov_gradient_matrices(ov_gradient, block.index))
+        found += [
+            (block.index, m, h, a, b) for (m, h), (a, b) in matrices.items() if h is None or options.per_head
+        ]
     precision = TORCH_DTYPES[Dtype(options.spectra_precision.value)]
     with timed("svd"):
         values = metrics.batched_svdvals([(a, b) for *_, a, b in found], dtype=precision)
     with timed("matrix_stats"):
-        stats = _entry_stats([(a, b) for _, _, head, a, b in found if b is None or head is None])
+        stats = _entry_stats([(a, b) for _, _, head, a, b in found if head is None])
     spectra = []
     for (layer, matrix, head, a, b), sv in zip(found, values, strict=True):
-        own = b is None or head is None  # parameters, and the per-layer OV product (formed once)
+        own = head is None  # parameters and the per-layer products (a per-head OV has no own entries)
         cols = a.shape[1] if b is None else b.shape[1]
         spectra.append(Spectrum(layer, matrix, head, a.shape[0], cols, sv, next(stats) if own else None))
     return spectra
+
+
+def ov_gradient_matrices(ov_gradient: OvGradient, layer: int) -> dict[sites.MatrixKey, sites.Factors]:
+    """The ``ov`` gradient rows of one layer: ``G_h`` per head and ``sum_h G_h`` for the layer."""
+    g = ov_gradient.g[layer]
+    found: dict[sites.MatrixKey, sites.Factors] = {("ov", None): (g.sum(dim=0), None)}
+    found.update({("ov", h): (g[h], None) for h in range(g.shape[0])})
+    return found
 
 
 def _entry_stats(matrices: list[tuple[torch.Tensor, torch.Tensor | None]]) -> Iterator[dict]:

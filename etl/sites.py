@@ -1,9 +1,10 @@
-"""The registry of site and matrix names that land in stored rows, and where each lives per architecture.
+"""The canonical site and matrix names that land in stored rows, and how V, W_V and OV are cut per head.
 
 Names here are part of the data contract (``warehouse.schema``): they are written into the ``site``
-and ``matrix`` columns, so they are spelled out once, documented, and never derived from Python
-import paths. Each architecture family maps the canonical names onto its own modules (GPT-2's layout and
-how to add a family: ``docs/families.md``):
+and ``matrix`` columns, so they are spelled out once (``layerlake.core.choices.Site`` and ``Matrix``),
+documented, and never derived from Python import paths. Where each lives in a model is a declared
+layout (``layerlake.core.layouts``, fitted by ``layerlake.etl.layouts``; presets and how to write one:
+``docs/families.md``):
 
 ==================  ===============================  ==========================================
 canonical name      gpt_neox (Pythia)                llama
@@ -21,7 +22,8 @@ matrix gate_proj    (none)                           ``mlp.gate_proj`` (goes thr
 matrix up_proj      (none)                           ``mlp.up_proj`` (multiplies the gate)
 matrix dense_4h_to_h    ``mlp.dense_4h_to_h``        ``mlp.down_proj``
 matrix ov           W_O_h W_V_h per head, W_O W_V    the same, W_V_h of head h's kv group
-                    per layer; grad: gO W_V + W_O gV  grad: the same chain rule
+                    per layer; grad: G_h (below)
+matrix ov_product_rule  grad only: gO W_V + W_O gV   the same
 ==================  ===============================  ==========================================
 
 ``gate_proj`` and ``up_proj`` keep llama's names because neither means what ``dense_h_to_4h``
@@ -32,15 +34,23 @@ The OV activation (the paper's "OV circuit" activation) is V at the probe positi
 without attention mixing: per head ``ov_h = V_h @ W_O[:, h]^T`` (n x d_model) and per layer
 ``ov = concat_h(V_h) @ W_O^T = sum_h ov_h``. The output bias of W_O is not added (as the paper).
 
-The ``ov`` *matrix* is the product ``W_O_h W_V_h`` (d_model x d_model, rank <= d_head) per head and
-``W_O W_V`` per layer. OV is not a parameter, so its gradient (``tensor="grad"`` rows) is the chain
-rule ``gO W_V + W_O gV`` (per head: ``gO_h W_V_h + W_O_h gV_h``), the derivative of the product along
-the gradients of its two factors (:func:`ov_gradient_factors`): linear in the gradient, rank <= 2 d_head
-per head. (The paper took ``gO gV``, the product of the two gradients, which is no derivative of OV
-and scales with the square of the gradient.)
+The ``ov`` *matrix* is the product ``M_h = W_O_h W_V_h`` (d_model x d_model, rank <= d_head) per head and
+``W_O W_V = sum_h M_h`` per layer. Its gradient (``tensor="grad"`` rows) is the gradient of the loss with
+respect to M_h, as if M_h were a parameter: ``G_h = sum_i delta_i (A_h X)_i^T`` over the probe's
+positions i, with delta_i the gradient at the attention output (W_O's output, d_model) and
+``(A_h X)_i = sum_j A_h[i, j] x_j`` head h's attention-weighted value *input* (x_j: the input of the
+value map). It is computed from hooks during the gradient pass (``etl.ov_gradient``); per layer the row
+holds ``sum_h G_h``, how the layer's W_O W_V moves when every head's product takes a gradient step. Then
+``dL/dW_O_h = G_h W_V_h^T + (sum_i delta_i) b_V_h^T``: the value bias reaches W_O's gradient through its
+own path, which is no part of M_h. A model whose layout gives no attention probabilities
+(``probs: none``) stores no ``ov`` gradient. ``ov_product_rule`` (grad only) is the former definition:
+``gO W_V + W_O gV`` (per head ``gO_h W_V_h + W_O_h gV_h``), the derivative of the product along the
+gradients of its two factors (:func:`ov_product_rule_factors`), what one gradient step on W_O and W_V
+does to W_O W_V to first order; rank <= 2 d_head per head.
 
 GPT-NeoX fuses Q, K and V *interleaved per head*: the fused output, viewed as
-``(..., n_heads, 3 * d_head)``, holds ``[q_h | k_h | v_h]`` for each head h. ``v_slice="true_v"``
+``(..., n_heads, 3 * d_head)``, holds ``[q_h | k_h | v_h]`` for each head h (with grouped-query
+attention, per key/value head g: the query heads of g, then k_g, then v_g). ``v_slice="true_v"``
 (the default) takes the true V; ``v_slice="paper_last_third"`` takes columns 2d..3d of the fused
 output (d = n_heads * d_head) as the paper's code did, thinking it was V. With H heads those columns are
 the d_head-wide pieces 2H..3H-1 of ``[q0 k0 v0 q1 k1 v1 ...]`` (:func:`paper_slice_pieces`): the true
@@ -48,185 +58,41 @@ V only for one head; q, k and v of the last third of the heads only when 3 divid
 8-11); otherwise the slice starts inside head floor(2H/3), e.g. ``[k1 | v1]`` for 2 heads,
 ``[v2 | q3 | k3 | v3]`` for 4, ``[k5 | v5 | q6 | k6 | v6 | q7 | k7 | v7]`` for 8 (of Pythia's head
 counts, 8, 12, 16, 32 and 40, only 12 is divisible by 3). Its i-th d_head piece is read as "V of head i".
-The slice applies to the ``ov`` site and the ``ov`` matrix (as in the paper); the ``value`` matrix is
-always the true V.
+The slice applies to the ``ov`` site, the ``ov`` weight matrix and ``ov_product_rule`` (as in the
+paper); the ``value`` matrix and the ``ov`` gradient G_h are always those of the true V.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from layerlake.core.choices import Matrix, Site, Tensor, VSlice
+from layerlake.core.choices import Matrix, QkvLayout, Site, Tensor, VSlice
 from layerlake.etl.errors import ExtractionError
+from layerlake.etl.layouts import BlockFit, Shape
+
+if TYPE_CHECKING:
+    from layerlake.core.layouts import Layout
+
 
 # The canonical names and their meanings are the closed sets ``Site`` and ``Matrix`` of
-# ``layerlake.core.choices`` (one list each); this module says where each lives per family.
+# ``layerlake.core.choices`` (one list each); layouts say where each lives.
 SITES = {s.value: s for s in Site}
 MATRICES = {m.value: m for m in Matrix}
 
 
-QKV_SEPARATE = "separate"  # q_proj, k_proj, v_proj (llama and its variants)
-QKV_INTERLEAVED = "interleaved"  # one fused map, rows [q_h | k_h | v_h] per head h (GPT-NeoX)
-QKV_STACKED = "stacked"  # one fused map, rows [Q | K | V], each the heads in order (GPT-2's c_attn)
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where the canonical sites and matrices live inside one transformer block of a family."""
-
-    name: str
-    model_types: tuple[str, ...]  # the ``config.model_type`` values laid out this way
-    blocks: str  # attribute of ``model.base_model`` holding the blocks, in order
-    site_modules: dict[str, str]  # capture name -> module path inside a block ("" = the block)
-    plain_matrices: dict[str, str]  # canonical matrix -> module path of a Linear (or Conv1D) in a block
-    value_module: str  # module whose output holds V
-    out_module: str  # module holding W_O
-    qkv: str  # QKV_SEPARATE, QKV_INTERLEAVED or QKV_STACKED: how Q, K and V are laid out
-    conv1d: bool = False  # weights stored (in, out) as GPT-2's Conv1D does: read transposed
-    note: str = ""  # what a reader of this family's rows should know
-
-    @property
-    def fused_qkv(self) -> bool:
-        return self.qkv != QKV_SEPARATE
-
-
-FAMILIES: dict[str, Family] = {
-    "gpt_neox": Family(
-        name="gpt_neox",
-        model_types=("gpt_neox",),
-        blocks="layers",
-        site_modules={
-            "attn_out": "attention.dense",
-            "mlp_out": "mlp.dense_4h_to_h",
-            "resid_post": "",
-            "value": "attention.query_key_value",
-        },
-        plain_matrices={
-            "query_key_value": "attention.query_key_value",
-            "dense": "attention.dense",
-            "dense_h_to_4h": "mlp.dense_h_to_4h",
-            "dense_4h_to_h": "mlp.dense_4h_to_h",
-        },
-        value_module="attention.query_key_value",
-        out_module="attention.dense",
-        qkv=QKV_INTERLEAVED,
-        note="Pythia and PolyPythias",
-    ),
-    "llama": Family(
-        name="llama",
-        # the same module names and the same roles in each: grouped-query attention where
-        # num_key_value_heads < num_attention_heads; Qwen2's q/k/v biases are in the V output; OLMo 2's
-        # QK-norm acts on Q and K only, so V, W_O and the sites are llama's
-        model_types=("llama", "mistral", "qwen2", "olmo", "olmo2"),
-        blocks="layers",
-        site_modules={
-            "attn_out": "self_attn.o_proj",
-            "mlp_out": "mlp.down_proj",
-            "resid_post": "",
-            "value": "self_attn.v_proj",
-        },
-        plain_matrices={
-            "query": "self_attn.q_proj",
-            "key": "self_attn.k_proj",
-            "value": "self_attn.v_proj",
-            "dense": "self_attn.o_proj",
-            "gate_proj": "mlp.gate_proj",
-            "up_proj": "mlp.up_proj",
-            "dense_4h_to_h": "mlp.down_proj",
-        },
-        value_module="self_attn.v_proj",
-        out_module="self_attn.o_proj",
-        qkv=QKV_SEPARATE,
-        note="LLaMA, Mistral, Qwen2, OLMo, OLMo 2, pico-lm",
-    ),
-    "gpt2": Family(
-        name="gpt2",
-        model_types=("gpt2",),
-        blocks="h",
-        site_modules={
-            "attn_out": "attn.c_proj",
-            "mlp_out": "mlp.c_proj",
-            "resid_post": "",
-            "value": "attn.c_attn",
-        },
-        plain_matrices={
-            "query_key_value": "attn.c_attn",
-            "dense": "attn.c_proj",
-            "dense_h_to_4h": "mlp.c_fc",
-            "dense_4h_to_h": "mlp.c_proj",
-        },
-        value_module="attn.c_attn",
-        out_module="attn.c_proj",
-        qkv=QKV_STACKED,
-        conv1d=True,
-        note="GPT-2 and Stanford CRFM's GPT-2 runs; Conv1D weights (in, out) are read transposed",
-    ),
-}
-# config.model_type -> its family
-MODEL_TYPES: dict[str, Family] = {t: f for f in FAMILIES.values() for t in f.model_types}
-REGISTRY_DOC = "docs/families.md"
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The attention geometry of a model, read from its config."""
-
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-
-    @property
-    def group(self) -> int:
-        """Query heads per kv head (1 without grouped-query attention)."""
-        return self.n_heads // self.n_kv_heads
-
-
-def family_of(model: nn.Module) -> Family:
-    """The family of a loaded model, from ``config.model_type``."""
-    return family_of_type(getattr(getattr(model, "config", None), "model_type", None))
-
-
-def family_of_type(model_type: str | None, where: str = "") -> Family:
-    """The family laying out ``model_type`` (a config's ``model_type``); an unknown one is an error
-    naming the known families and the registry."""
-    if model_type not in MODEL_TYPES:
-        known = "; ".join(f"{f.name} ({', '.join(f.model_types)})" for f in FAMILIES.values())
+def check_layout_options(v_slice: VSlice, layout: Layout, shape: Shape) -> None:
+    """Fail early, naming the option, when an option cannot apply to this layout."""
+    if v_slice == VSlice.paper_last_third and not layout.fused_qkv:
         raise ExtractionError(
-            f"{where}model type {model_type!r} has no site layout; layerlake knows: {known}",
-            fix=f"extract a model of a known family, or add its layout to etl.sites.FAMILIES ({REGISTRY_DOC})",
+            f"v_slice=paper_last_third needs a fused QKV; {layout.name} has separate V",
+            fix="set extract.v_slice=true_v for this model",
         )
-    return MODEL_TYPES[model_type]
-
-
-def shape_of(model: nn.Module) -> Shape:
-    """Layers, widths and heads of a loaded model."""
-    cfg = model.config
-    n_heads = cfg.num_attention_heads
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    return Shape(cfg.num_hidden_layers, cfg.hidden_size, n_heads, n_kv, d_head)
-
-
-def blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks, in order (``base_model.layers``; GPT-2: ``base_model.h``)."""
-    return list(getattr(model.base_model, family_of(model).blocks))
-
-
-def module_at(block: nn.Module, path: str) -> nn.Module:
-    """The submodule of ``block`` at a dotted ``path`` (``""`` is the block itself)."""
-    return block.get_submodule(path) if path else block
-
-
-def check_family_options(v_slice: VSlice, family: Family) -> None:
-    """Fail early, naming the option, when an option cannot apply to this family."""
-    if v_slice == VSlice.paper_last_third and family.qkv == QKV_SEPARATE:
+    if v_slice == VSlice.paper_last_third and shape.n_kv_heads != shape.n_heads:
         raise ExtractionError(
-            f"v_slice=paper_last_third needs a fused QKV; {family.name} has separate V",
+            f"v_slice=paper_last_third takes the paper's columns of a fused QKV without grouped-query "
+            f"attention; {layout.name} has {shape.n_heads} heads on {shape.n_kv_heads} key/value heads",
             fix="set extract.v_slice=true_v for this model",
         )
 
@@ -257,52 +123,65 @@ def paper_slice_pieces(n_heads: int) -> list[str]:
     return [f"{'qkv'[u % 3]}{u // 3}" for u in range(2 * n_heads, 3 * n_heads)]
 
 
-def split_value_output(out: torch.Tensor, family: Family, shape: Shape, v_slice: str) -> torch.Tensor:
-    """V per query head from the value module's output: (n, features) -> (n, n_heads, d_head).
+def qkv_rows(qkv: QkvLayout, shape: Shape) -> dict[str, torch.Tensor]:
+    """Row indices of Q (per query head), K and V (per key/value head) in the weight (or the output
+    features) of a fused QKV map, each ``(heads, d_head)``.
 
-    Fused QKV (``[head][q|k|v][d_head]``): ``true_v`` is ``out.view(n, H, 3, dh)[:, :, 2]``;
-    ``paper_last_third`` is ``out[:, 2d:].view(n, H, dh)``, whose "head" i is the fused piece
-    ``paper_slice_pieces(H)[i]`` (not V_i unless H = 1). Llama: ``v_proj`` output viewed as
-    ``(n, n_kv, dh)``, each kv head repeated for the ``n_heads / n_kv`` query heads of its group.
+    ``stacked``: ``[Q | K | V]``, Q holding H heads, K and V each H_kv. ``interleaved``: per key/value
+    head g, its r = H / H_kv query heads, then k_g, then v_g (GPT-NeoX, r = 1: ``[q_h | k_h | v_h]``).
+
+    >>> {k: v.flatten().tolist() for k, v in qkv_rows(QkvLayout.interleaved, Shape(1, 4, 2, 2, 1)).items()}
+    {'query': [0, 3], 'key': [1, 4], 'value': [2, 5]}
+    >>> {k: v.flatten().tolist() for k, v in qkv_rows(QkvLayout.stacked, Shape(1, 4, 4, 2, 1)).items()}
+    {'query': [0, 1, 2, 3], 'key': [4, 5], 'value': [6, 7]}
     """
-    n = out.shape[0]
+    h, kv, dh, r = shape.n_heads, shape.n_kv_heads, shape.d_head, shape.group
+    j = torch.arange(dh)
+    heads, groups = torch.arange(h)[:, None], torch.arange(kv)[:, None]
+    if qkv == QkvLayout.stacked:
+        return {"query": heads * dh + j, "key": (h + groups) * dh + j, "value": (h + kv + groups) * dh + j}
+    start = (heads // r) * (r + 2) * dh + (heads % r) * dh
+    base = groups * (r + 2) * dh
+    return {"query": start + j, "key": base + r * dh + j, "value": base + (r + 1) * dh + j}
+
+
+def value_rows(layout: Layout, shape: Shape, v_slice: str) -> torch.Tensor:
+    """``(n_heads, d_head)``: the rows of the weight holding V (its output features) that each query head
+    reads as its V. Separate maps: head h reads key/value head h // (n_heads / n_kv_heads); a fused QKV:
+    its V rows (``true_v``) or the paper's columns 2d..3d (``paper_last_third``, see :func:`paper_slice_pieces`)."""
     h, dh = shape.n_heads, shape.d_head
-    if family.qkv == QKV_STACKED:  # [Q | K | V]: the paper's last third is the true V here
-        return out[:, 2 * h * dh :].reshape(n, h, dh)
-    if family.qkv == QKV_INTERLEAVED:
-        if v_slice == VSlice.paper_last_third:
-            return out[:, 2 * h * dh :].reshape(n, h, dh)
-        return out.reshape(n, h, 3, dh)[:, :, 2, :]
-    v = out.reshape(n, shape.n_kv_heads, dh)
-    return v.repeat_interleave(shape.group, dim=1)
+    j, heads = torch.arange(dh), torch.arange(h)[:, None]
+    if layout.qkv == QkvLayout.separate:
+        return (heads // shape.group) * dh + j
+    if v_slice == VSlice.paper_last_third:
+        return 2 * h * dh + heads * dh + j
+    return qkv_rows(layout.qkv, shape)["value"][heads[:, 0] // shape.group]
 
 
-def split_value_weight(w: torch.Tensor, family: Family, shape: Shape, v_slice: str) -> torch.Tensor:
-    """W_V per query head from the value module's weight: (features, d_model) -> (n_heads, d_head, d_model).
+def split_value_output(out: torch.Tensor, layout: Layout, shape: Shape, v_slice: str) -> torch.Tensor:
+    """V per query head from the value map's output: (n, features) -> (n, n_heads, d_head).
+
+    Fused QKV interleaved (``[head][q|k|v][d_head]``): ``true_v`` is ``out.view(n, H, 3, dh)[:, :, 2]``;
+    ``paper_last_third`` is ``out[:, 2d:].view(n, H, dh)``, whose "head" i is the fused piece
+    ``paper_slice_pieces(H)[i]`` (not V_i unless H = 1). Stacked ``[Q | K | V]``: the last third. Separate
+    maps: ``v_proj``'s output viewed as ``(n, n_kv, dh)``, each kv head repeated for the query heads of its
+    group (:func:`value_rows`).
+    """
+    return out[:, value_rows(layout, shape, v_slice)]
+
+
+def split_value_weight(w: torch.Tensor, layout: Layout, shape: Shape, v_slice: str) -> torch.Tensor:
+    """W_V per query head from the value map's weight: (features, d_model) -> (n_heads, d_head, d_model).
 
     Rows follow the same layout as :func:`split_value_output` (a Linear's output features are its rows).
     """
-    h, dh = shape.n_heads, shape.d_head
-    if family.qkv == QKV_STACKED:
-        return w[2 * h * dh :].reshape(h, dh, -1)
-    if family.qkv == QKV_INTERLEAVED:
-        if v_slice == VSlice.paper_last_third:
-            return w[2 * h * dh :].reshape(h, dh, -1)
-        return w.reshape(h, 3, dh, -1)[:, 2]
-    return w.reshape(shape.n_kv_heads, dh, -1).repeat_interleave(shape.group, dim=0)
+    return w[value_rows(layout, shape, v_slice)]
 
 
-def split_fused_qkv(w: torch.Tensor, family: Family, shape: Shape) -> dict[str, torch.Tensor]:
-    """The true Q, K, V parts of a fused QKV weight (rows = output features), each (n_heads * d_head,
-    d_model): per head ``[q_h | k_h | v_h]`` interleaved (GPT-NeoX) or ``[Q | K | V]`` stacked (GPT-2)."""
-    if family.qkv == QKV_STACKED:
-        parts = w.reshape(3, shape.n_heads * shape.d_head, -1)
-        return {name: parts[i] for i, name in enumerate(("query", "key", "value"))}
-    parts = w.reshape(shape.n_heads, 3, shape.d_head, -1)
-    return {
-        name: parts[:, i].reshape(shape.n_heads * shape.d_head, -1)
-        for i, name in enumerate(("query", "key", "value"))
-    }
+def split_fused_qkv(w: torch.Tensor, layout: Layout, shape: Shape) -> dict[str, torch.Tensor]:
+    """The true Q, K, V parts of a fused QKV weight (rows = output features): Q (n_heads * d_head, d_model),
+    K and V (n_kv_heads * d_head, d_model), each its heads in order (:func:`qkv_rows`)."""
+    return {name: w[rows.flatten()] for name, rows in qkv_rows(layout.qkv, shape).items()}
 
 
 def ov_activations(v: torch.Tensor, w_o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,15 +202,8 @@ MatrixKey = tuple[str, "int | None"]  # (canonical matrix, head or None)
 Factors = tuple[torch.Tensor, "torch.Tensor | None"]  # (a, b): the matrix is a @ b (b None: a itself)
 
 
-def read_tensor(linear: nn.Module, tensor: str, family: Family | None = None) -> torch.Tensor | None:
-    """A Linear's weight (``tensor="weight"``) or its weight's gradient (``"grad"``, None if there is
-    none), as (out_features, in_features): a Conv1D's (in, out) weight is transposed."""
-    t = linear.weight.detach() if tensor == Tensor.weight else linear.weight.grad
-    return None if t is None else (t.T if family is not None and family.conv1d else t)
-
-
 def ov_operands(
-    value: nn.Module, dense: nn.Module, family: Family, shape: Shape, v_slice: str, tensor: str
+    block: BlockFit, layout: Layout, shape: Shape, v_slice: str, tensor: str
 ) -> dict[MatrixKey, tuple[torch.Tensor, torch.Tensor]]:
     """``(W_O, W_V)`` of the whole layer (key ``("ov", None)``) and of each head h (``("ov", h)``),
     read as ``tensor`` (weights or their gradients); empty when either is missing.
@@ -339,10 +211,10 @@ def ov_operands(
     Per layer W_O is (d_model x H*d_head) and W_V (H*d_head x d_model), its rows per head as
     :func:`split_value_weight` takes them (``v_slice``); per head ``W_O[:, h*dh:(h+1)*dh]`` and W_V_h.
     """
-    w_v_raw, w_o = read_tensor(value, tensor, family), read_tensor(dense, tensor, family)
+    w_v_raw, w_o = block.read(block.value_matrix, tensor), block.read("dense", tensor)
     if w_v_raw is None or w_o is None:
         return {}
-    w_v = split_value_weight(w_v_raw, family, shape, v_slice)  # (H, dh, d_model)
+    w_v = split_value_weight(w_v_raw, layout, shape, v_slice)  # (H, dh, d_model)
     w_o_heads = w_o.reshape(w_o.shape[0], shape.n_heads, shape.d_head)
     pairs = {("ov", None): (w_o, w_v.reshape(shape.n_heads * shape.d_head, -1))}
     for h in range(shape.n_heads):
@@ -350,26 +222,26 @@ def ov_operands(
     return pairs
 
 
-def ov_gradient_factors(
+def ov_product_rule_factors(
     w_o: torch.Tensor, w_v: torch.Tensor, g_o: torch.Tensor, g_v: torch.Tensor
 ) -> Factors:
-    """The gradient of OV = W_O W_V by the chain rule, ``gO @ W_V + W_O @ gV``, as factors of inner size 2r.
+    """The product rule's ``gO @ W_V + W_O @ gV`` (the ``ov_product_rule`` matrix), as factors of inner size 2r.
 
-    OV is not a parameter: what the loss gradient does to it is the derivative of the product along
-    the gradients gO = dL/dW_O (d_model x r) and gV = dL/dW_V (r x d_model) (the product rule):
+    What the gradients gO = dL/dW_O (d_model x r) and gV = dL/dW_V (r x d_model) of the two factors do to
+    their product OV = W_O W_V, to first order:
 
         d/dt (W_O + t gO)(W_V + t gV) |_{t=0} = gO W_V + W_O gV = [gO | W_O] @ [W_V ; gV]
 
-    so a gradient step of size lr moves OV by -lr times this matrix, to first order. It is linear in
-    the gradient, unlike the paper's ``gO @ gV`` (quadratic, and not a derivative of OV). The two
-    factors are (d_model x 2r) and (2r x d_model), so ``metrics.product_svdvals`` keeps its cheap SVD
-    while 2r < d_model (an OV head: rank <= 2 d_head).
+    so a gradient step of size lr moves OV by -lr times this matrix (plus a term in lr^2). It is not the
+    gradient of the loss with respect to OV (the ``ov`` gradient, ``etl.ov_gradient``). The two factors
+    are (d_model x 2r) and (2r x d_model), so ``metrics.product_svdvals`` keeps its cheap SVD while
+    2r < d_model (an OV head: rank <= 2 d_head).
 
     With W_O = e1, W_V = 2 e2^T, gO = e3, gV = e1^T in 3 dimensions the matrix is 2 e3 e2^T + e1 e1^T,
     with singular values 2, 1 and 0:
 
     >>> e = torch.eye(3)
-    >>> a, b = ov_gradient_factors(e[:, :1], 2 * e[1:2], e[:, 2:], e[:1])
+    >>> a, b = ov_product_rule_factors(e[:, :1], 2 * e[1:2], e[:, 2:], e[:1])
     >>> (a @ b).tolist()
     [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]]
     """
@@ -377,30 +249,35 @@ def ov_gradient_factors(
 
 
 def block_matrices(
-    block: nn.Module, family: Family, shape: Shape, v_slice: str, tensor: str
+    block: BlockFit, layout: Layout, shape: Shape, v_slice: str, tensor: str
 ) -> dict[MatrixKey, Factors]:
     """Every canonical matrix of one block, as ``(key) -> (a, b)`` with the matrix equal to ``a @ b``
     (``b`` None for a plain matrix), so low-rank products keep their factors for a cheap SVD.
 
-    ``tensor="weight"`` reads each Linear's weight, ``tensor="grad"`` its weight's gradient (matrices
-    without one are left out). The ``ov`` matrix is ``W_O_h @ W_V_h`` per head and ``W_O @ W_V`` per
-    layer; its gradient is the chain rule ``gO_h @ W_V_h + W_O_h @ gV_h`` per head and
-    ``gO @ W_V + W_O @ gV`` per layer (:func:`ov_gradient_factors`), with the weights at which the
-    gradient was taken. W_V and gV both follow ``v_slice``.
+    ``tensor="weight"`` reads each weight, ``tensor="grad"`` its gradient (matrices without one are left
+    out). The ``ov`` weight is ``W_O_h @ W_V_h`` per head and ``W_O @ W_V`` per layer. With gradients the
+    product rule ``gO_h @ W_V_h + W_O_h @ gV_h`` per head and ``gO @ W_V + W_O @ gV`` per layer is
+    ``ov_product_rule`` (:func:`ov_product_rule_factors`), with the weights at which the gradient was taken;
+    the ``ov`` gradient needs the pass's hooks and is not made here (``etl.ov_gradient``). W_V and gV both
+    follow ``v_slice``.
     """
     out: dict[MatrixKey, Factors] = {}
-    for name, path in family.plain_matrices.items():
-        t = read_tensor(module_at(block, path), tensor, family)
+    for name in block.weights:
+        t = block.read(name, tensor)
         if t is not None:
             out[(name, None)] = (t, None)
-    if family.fused_qkv and ("query_key_value", None) in out:
-        for name, part in split_fused_qkv(out[("query_key_value", None)][0], family, shape).items():
+    if layout.fused_qkv and ("query_key_value", None) in out:
+        for name, part in split_fused_qkv(out[("query_key_value", None)][0], layout, shape).items():
             out[(name, None)] = (part, None)
-    value, dense = module_at(block, family.value_module), module_at(block, family.out_module)
-    weights = ov_operands(value, dense, family, shape, v_slice, Tensor.weight)
+    weights = ov_operands(block, layout, shape, v_slice, Tensor.weight)
     if tensor == Tensor.weight:
         out.update(weights)  # (W_O, W_V): the product itself
     else:
-        grads = ov_operands(value, dense, family, shape, v_slice, Tensor.grad)
-        out.update({key: ov_gradient_factors(*weights[key], *g) for key, g in grads.items()})
+        grads = ov_operands(block, layout, shape, v_slice, Tensor.grad)
+        out.update(
+            {
+                ("ov_product_rule", h): ov_product_rule_factors(*weights[("ov", h)], *g)
+                for (_, h), g in grads.items()
+            }
+        )
     return out

@@ -23,6 +23,7 @@ revision that is not cached fails at once naming its repo, instead of after a mi
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import hashlib
 import json
@@ -43,6 +44,7 @@ from layerlake.etl.errors import CheckpointError, SuiteError
 from layerlake.etl.task import CheckpointRef, extract_run_id
 
 WEIGHTS_FILE = "model.safetensors"
+STATE_DICT_FILE = "model.pt"  # a custom model's state dict saved with torch.save (read weights_only)
 HUB_CONNECT_TIMEOUT = 3.0  # seconds to open one TCP connection to the hub (or its proxy)
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class CheckpointSource:
             location=location,
             run_id=extract_run_id(self.suite.name, spec.name),
             trust_remote_code=self.suite.trust_remote_code,
+            layout=spec.layout or "",
+            constructor=constructor_json(spec),
         )
 
 
@@ -221,14 +225,92 @@ def open_source(suite: SuiteConfig, suites_root: str | Path) -> CheckpointSource
         ) from None
 
 
+def constructor_json(spec: ModelSpec) -> str:
+    """A suite model's constructor as the JSON a ref carries ("" for a Hugging Face model)."""
+    if spec.constructor is None:
+        return ""
+    return json.dumps(
+        {"target": spec.constructor.target, "kwargs": dict(spec.constructor.kwargs)}, sort_keys=True
+    )
+
+
+def build_model(ref: CheckpointRef, device: str | None = None) -> Any:
+    """The model a ref's constructor builds (random weights; on ``device``, e.g. ``meta`` to read its
+    names and shapes without memory)."""
+    import importlib
+
+    import torch
+
+    spec = json.loads(ref.constructor)
+    target = spec["target"]
+    module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
+    factory: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        factory = getattr(factory, part)
+    with torch.device(device) if device else contextlib.nullcontext():
+        return factory(**spec["kwargs"])
+
+
+def weights_file(ref: CheckpointRef) -> Path:
+    """A local checkpoint's weights file: ``model.safetensors``, else (a state dict) ``model.pt``."""
+    folder = Path(ref.location)
+    if ref.constructor and not (folder / WEIGHTS_FILE).is_file() and (folder / STATE_DICT_FILE).is_file():
+        return folder / STATE_DICT_FILE
+    return folder / WEIGHTS_FILE
+
+
+def _from_state_dict(ref: CheckpointRef, torch_dtype) -> Any:
+    """A model built by the ref's constructor, with the state dict of its step folder loaded (strict)."""
+    import torch
+
+    path = weights_file(ref)
+    fix = "save the model's state_dict() there (safetensors.torch.save_model, or torch.save to model.pt)"
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {ref.location} has no {WEIGHTS_FILE} or {STATE_DICT_FILE}", fix=fix
+        )
+    try:
+        model = build_model(ref)
+        if path.name == WEIGHTS_FILE:
+            check_weights_file(path)
+            from safetensors.torch import load_model
+
+            missing, unexpected = load_model(model, path, strict=False)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("model"), dict):
+                state = state["model"]  # a training checkpoint holding the model's state dict
+            missing, unexpected = model.load_state_dict(state, strict=False)
+    except CheckpointError:
+        raise
+    except Exception as error:  # an unreadable file, a constructor that fails: this checkpoint is unusable
+        raise CheckpointError(
+            f"cannot load checkpoint {path} ({ref.suite}/{ref.model} step {ref.step}): "
+            f"{type(error).__name__}: {_first_line(error)}",
+            fix=fix,
+        ) from error
+    check_loading_info(ref, {"missing_keys": missing, "unexpected_keys": unexpected})
+    return model.to(torch_dtype)
+
+
 def load_checkpoint(ref: CheckpointRef, device: str = "cpu", dtype: str = "float32") -> LoadedCheckpoint:
     """Load the checkpoint ``ref`` points at, from the ref alone (what a Ray worker calls).
 
-    The weights hash is taken on the CPU copy, before the move to ``device``.
+    The weights hash is taken on the CPU copy, before the move to ``device``. A ref with a constructor
+    builds its model and loads the step's state dict; its config is the constructor's kwargs.
     """
     import torch
 
     dtype = Dtype.parse(dtype, "executor.dtype")
+    if ref.constructor:
+        model = _from_state_dict(ref, getattr(torch, dtype.value))
+        model.eval()
+        n_params = sum(p.numel() for p in model.parameters())
+        digest = weights_sha256(model)
+        if device != "cpu":
+            model.to(device)
+        config = json.loads(ref.constructor)["kwargs"]
+        return LoadedCheckpoint(model=model, config=config, weights_sha256=digest, n_params=n_params)
     model, info = _from_pretrained(ref, getattr(torch, dtype.value))
     check_loading_info(ref, info)
     model.eval()
@@ -418,7 +500,7 @@ def weights_file_fingerprint(ref: CheckpointRef) -> dict:
     content-addressed by the hub)."""
     if ref.source != SuiteSource.local:
         return {}
-    path = Path(ref.location) / WEIGHTS_FILE
+    path = weights_file(ref)
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
 

@@ -35,6 +35,8 @@ class CheckpointRef:
     location: str  # local: absolute folder of the checkpoint; hf: the hub repo id; live: the run id
     run_id: str = ""  # the run its rows belong to (default: extract_run_id(suite, model))
     trust_remote_code: bool = False
+    layout: str = ""  # a layout preset's name or a layout YAML file ("": the Hugging Face family's preset)
+    constructor: str = ""  # a model that is not Hugging Face's: JSON {"target": ..., "kwargs": {...}}
 
     @property
     def stored_location(self) -> str:
@@ -80,6 +82,9 @@ class ProbeBatch:
         return len(self.positions)
 
 
+OV_GRADIENT = "dL/dM_h"  # what the ov grad rows hold (etl.ov_gradient); the product rule is ov_product_rule
+
+
 @dataclass(frozen=True)
 class ExtractOptions:
     """What one pass computes (from ``conf/extract``), plus device and dtype (from ``conf/executor``)."""
@@ -120,6 +125,8 @@ class ExtractOptions:
             payload.pop("store_activations")
         if self.spectra_precision == SpectraPrecision.float64:
             payload.pop("spectra_precision")
+        if self.gradients:  # the ov gradient's definition (G_h = dL/dM_h, no longer the product rule): rows
+            payload["ov_gradient"] = OV_GRADIENT  # taken with gradients before it are re-extracted
         return stable_hash(payload)
 
 

@@ -22,7 +22,8 @@ fills, so a resumed run (``track(run_id=..., resume=True)``) that logs a step ag
 of repeating it. Inside a ``@hydra.main`` job the run records the job's config, overrides, sweep folder
 and job number by itself. On entry, runs of this host left ``running`` by a process that is gone are
 marked ``killed``; on exit the run is ``finished`` (or ``failed`` with the exception), and its small
-files are compacted.
+files are compacted. In a ``torch.distributed`` job every rank tracks the same run (``etl.distributed``:
+who writes, ``log(..., reduce=...)``; ``etl.sharded``: snapshots of an FSDP2 model; ``docs/tracking.md``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import pyarrow as pa
 
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.core.paths import default_warehouse_root
+from layerlake.etl.distributed import Group, Reduce
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse import schema
 from layerlake.warehouse.layout import check_name, checkpoint_task_id
@@ -75,6 +77,14 @@ class Cadence:
     every: int | None = None
     log_spaced: bool = False
     log_until: int = 512
+
+    def __str__(self) -> str:
+        parts = [f"steps {sorted(self.steps)}"] if self.steps else []
+        if self.log_spaced:
+            parts.append("powers of two" + (f" to {self.log_until}" if self.log_until < sys.maxsize else ""))
+        if self.every is not None:
+            parts.append(f"every {self.every} steps")
+        return ", ".join(parts) or "none"
 
     def __contains__(self, step: int) -> bool:
         if step in self.steps:
@@ -198,18 +208,35 @@ class TrackedRun:
     cadence: Cadence
     tokens_per_step: int | None = None
     compact_on_finish: bool = True
+    group: Group | None = None  # the distributed job this process is a rank of (etl.distributed), or None
+    reduce: Reduce = Reduce.rank  # how log() records a number under a group, unless a call says otherwise
+    quiet: bool = False  # no start and end line on stderr
     failures: list[str] = field(default_factory=list)
     snapshots: list[int] = field(default_factory=list)
-    _scalars: dict[int, dict[tuple[int, str], tuple[float, datetime]]] = field(default_factory=dict)
+    _scalars: dict[int, dict[tuple[int, str, int | None], tuple[float, datetime]]] = field(
+        default_factory=dict
+    )
     _dirty: set[int] = field(default_factory=set)
     _queue: queue.Queue = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
     _reported: bool = False
     _weight_spectra: Any = None  # etl.extract.WeightSpectraCache, made at the first snapshot
+    layout: Any = None  # where the model's sites live (core.layouts.Layout); None: its Hugging Face family's
 
     @property
     def run_id(self) -> str:
         return self.run.run_id
+
+    @property
+    def last_step(self) -> int:
+        """The last step this process logged or snapshotted (0 before any)."""
+        logged = [key[0] for block in self._scalars.values() for key in block]
+        return max([*logged, *self.snapshots], default=0)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process commits the run's snapshots and status (one process, or the writer rank)."""
+        return self.group is None or self.group.writes
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -235,6 +262,10 @@ class TrackedRun:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self.group is not None:
+            status, error = self._end_together(status, error)
+            if status is None:
+                return  # this rank has nothing to record: the writer does
         try:
             self.run = end_run(self.warehouse, self.run, status, error)
         except LayerlakeError as failure:  # its row still says running: `layerlake check` will name it killed
@@ -242,13 +273,21 @@ class TrackedRun:
             self.failures.append(
                 f"the run's end ({failure.message}; `layerlake check` will list it as killed)"
             )
-        if self.compact_on_finish:
+        if (
+            self.compact_on_finish and self.writes
+        ):  # a rank that records a failure leaves the files to the writer
             try:
                 from layerlake.warehouse.compact import compact
 
                 compact(self.warehouse.root, run_ids=[self.run_id])
             except LayerlakeError as failure:  # compaction is housekeeping: the rows are committed already
                 self.failures.append(f"compaction: {failure.message}")
+        if not self.quiet:
+            print(
+                f"layerlake: run {self.run_id} {status}: {len(self.snapshots)} snapshot(s), "
+                f"{len(self.failures)} failure(s), in {self.warehouse.root}",
+                file=sys.stderr,
+            )
         if self.failures:
             print(
                 f"layerlake: run {self.run_id} ended; {len(self.failures)} thing(s) could not be stored or "
@@ -257,19 +296,57 @@ class TrackedRun:
                 file=sys.stderr,
             )
 
+    def _end_together(self, status: RunStatus, error: str | None) -> tuple[RunStatus | None, str | None]:
+        """How a rank of a distributed job ends the run. A rank that fails records the run failed itself
+        (the writer may be waiting in a collective that never completes). On a normal end the ranks meet,
+        so the writer marks the run finished only once every rank's rows are committed; a rank gone
+        before that leaves the run failed. None: this rank records nothing."""
+        from layerlake.etl.distributed import barrier
+
+        rank = self.group.rank
+        if status != RunStatus.finished:
+            return status, f"rank {rank}: {error}"
+        try:
+            barrier(self.group)
+        except Exception as failure:  # noqa: BLE001 - the process group is broken: a rank died
+            said = committed_run(self.warehouse, self.run_id)
+            if said is not None and said.status != RunStatus.running:
+                return None, None  # the rank that failed has said why
+            return RunStatus.failed, f"rank {rank}: another rank ended without finishing ({failure})"
+        return (status, error) if self.writes else (None, None)
+
     # -- scalars -----------------------------------------------------------------------------------
 
-    def log(self, step: int, **scalars: float) -> None:
+    def log(self, step: int, reduce: Reduce | str | None = None, **scalars: float) -> None:
         """Record numbers for ``step`` (loss, lr, grad_norm, tokens_seen ...); NaN and infinity are kept
-        out (counted in ``failures``). Flushed at each snapshot, every block and at the end."""
+        out (counted in ``failures``). Flushed at each snapshot, every block and at the end.
+
+        In a distributed job (``etl.distributed``) ``reduce`` says how: ``"rank"`` (the run's default)
+        stores this rank's own values with its rank; ``"mean"``, ``"sum"``, ``"min"`` or ``"max"``
+        combines them over the ranks (every rank must log the same names at this step) and stores them
+        once, as the run's; ``"writer"`` stores the writer's values as the run's and nothing from the
+        others. In one process the values are the run's and ``reduce`` changes nothing."""
+        how = Reduce.parse(reduce, "reduce") if reduce is not None else self.reduce
+        numbers = {name: float(v.item() if hasattr(v, "item") else v) for name, v in scalars.items()}
+        rank = None
+        if self.group is not None and how == Reduce.rank:
+            rank = self.group.rank
+        elif self.group is not None and how == Reduce.writer:
+            if not self.writes:
+                return
+        elif self.group is not None:
+            from layerlake.etl.distributed import reduce as over_ranks
+
+            numbers = over_ranks(self.group, step, numbers, how)
+            if not self.writes:
+                return
         now = datetime.now(timezone.utc)
         block = self._block(step)
-        for name, value in scalars.items():
-            number = float(value.item() if hasattr(value, "item") else value)
+        for name, number in numbers.items():
             if not math.isfinite(number):
                 self.failures.append(f"step {step}: {name} = {number} (not stored)")
                 continue
-            block[(int(step), name)] = (number, now)
+            block[(int(step), name, rank)] = (number, now)
         self._dirty.add(int(step) // SCALAR_BLOCK)
         if len(self._dirty) > 1:  # a block is complete once a later one starts
             self.flush(keep=int(step) // SCALAR_BLOCK)
@@ -282,7 +359,7 @@ class TrackedRun:
 
     def _stored_block(self, index: int) -> dict:
         """The block's scalars already committed (a resumed run keeps them, and rewrites what it re-logs)."""
-        entry = self.warehouse.committed().get(scalars_task_id(self.run_id, index))
+        entry = self.warehouse.committed().get(self._scalars_task(index))
         if entry is None:
             return {}
         from layerlake.warehouse.manifest import read_task_rows
@@ -290,21 +367,25 @@ class TrackedRun:
         found = {}
         for f in entry.files:
             for row in read_task_rows(self.warehouse.root, f).to_pylist():
-                found[(row["step"], row["name"])] = (row["value"], row["logged_at"])
+                found[(row["step"], row["name"], row["rank"])] = (row["value"], row["logged_at"])
         return found
 
     def flush(self, keep: int | None = None) -> None:
         """Queue a commit of every block logged since the last flush (``keep``: that block stays open)."""
         for index in sorted(self._dirty - ({keep} if keep is not None else set())):
             rows = [
-                {"step": s, "name": n, "value": v, "logged_at": t}
-                for (s, n), (v, t) in sorted(self._scalars[index].items())
+                {"step": s, "name": n, "value": v, "logged_at": t, "rank": r}
+                for (s, n, r), (v, t) in sorted(self._scalars[index].items(), key=_scalar_order)
             ]
             table = pa.Table.from_pylist(rows, schema=schema.SCALARS.arrow_schema())
             self._queue.put(
-                (scalars_task_id(self.run_id, index), {"scalars": table}, {"kind": "scalars", "block": index})
+                (self._scalars_task(index), {"scalars": table}, {"kind": "scalars", "block": index})
             )
             self._dirty.discard(index)
+
+    def _scalars_task(self, index: int) -> str:
+        """The task of one block: the writer's (the run's values and its own), or a rank's own."""
+        return scalars_task_id(self.run_id, index, None if self.writes else self.group.rank)
 
     # -- snapshots ---------------------------------------------------------------------------------
 
@@ -316,14 +397,21 @@ class TrackedRun:
         queue their commit; returns whether a snapshot was taken. Never raises: a failure is recorded."""
         if not self.probe.probe_id or not (force or self.due(step)):
             return False  # a run without a probe records scalars only
+        from layerlake.etl.distributed import is_sharded, unwrap
+
+        model = unwrap(model)  # DDP's module: the replica every rank holds alike
+        sharded = self.group is not None and is_sharded(model)
+        if not (sharded or self.writes):
+            return False  # a replicated model is snapshotted by the writer alone
         try:
-            tables, meta = self.take(step, model)
+            taken = self.take(step, model, sharded)
         except Exception as error:  # noqa: BLE001 - a snapshot must never stop the training
             self._fail(step, error)
             return False
-        self.flush()
-        self._queue.put((self.task_id(step), tables, meta))
         self.snapshots.append(step)
+        if taken is not None:
+            self.flush()
+            self._queue.put((self.task_id(step), *taken))
         return True
 
     def task_id(self, step: int) -> str:
@@ -331,32 +419,66 @@ class TrackedRun:
             self.run.suite, self.run.model, self.run_id, f"step{step}", self.probe.probe_id
         )
 
-    def take(self, step: int, model: Any) -> tuple[dict[str, pa.Table], dict]:
-        """The rows of one snapshot, on this thread, with the training state kept."""
+    def take(self, step: int, model: Any, sharded: bool = False) -> tuple[dict[str, pa.Table], dict] | None:
+        """The rows of one snapshot, on this thread, with the training state kept. A ``sharded`` model
+        (``etl.sharded``) is snapshotted by every rank at once; the ranks that do not write get None."""
         import time
 
         from layerlake.etl.extract import WeightSpectraCache, extract_from_model
         from layerlake.etl.sources import weights_sha256
-        from layerlake.etl.worker import checkpoint_row
 
         started = time.perf_counter()
-        dtype, device = model_dtype_and_device(model)
-        options = dataclasses.replace(self.options, dtype=dtype, device=device, torch_threads=None)
-        ref = CheckpointRef(
+        ref, options = self.snapshot_ref(step), self.snapshot_options(model)
+        fitted = self.fitted(model)
+        with training_state_kept(model):
+            if sharded:  # every rank gathers and runs the probe; the writer computes the rows
+                from layerlake.etl.sharded import snapshot_sharded
+
+                digest, tables, timings = snapshot_sharded(
+                    model, ref.step, self.probe, options, self.writes, fitted
+                )
+            else:
+                digest = weights_sha256(model)
+                if self._weight_spectra is None:
+                    self._weight_spectra = WeightSpectraCache(kept=1)
+                tables, timings = extract_from_model(
+                    model, ref, digest, self.probe, options, self._weight_spectra, fitted
+                )
+        if not self.writes:
+            return None
+        return self.package(ref, options, model, digest, tables, timings, started, fitted)
+
+    def fitted(self, model: Any) -> Any:
+        """The run's layout fitted to ``model`` (``etl.layouts.fit``)."""
+        from layerlake.etl.layouts import fit
+
+        return fit(model, self.layout)
+
+    def snapshot_ref(self, step: int) -> CheckpointRef:
+        return CheckpointRef(
             self.run.suite, self.run.model, int(step), f"step{step}",
             int(step) * (self.tokens_per_step or 0), LIVE, self.run_id, run_id=self.run_id,
         )  # fmt: skip
-        with training_state_kept(model):
-            digest = weights_sha256(model)
-            if self._weight_spectra is None:
-                self._weight_spectra = WeightSpectraCache(kept=1)
-            tables, timings = extract_from_model(
-                model, ref, digest, self.probe, options, self._weight_spectra
-            )
-        n_params = sum(p.numel() for p in model.parameters())
+
+    def snapshot_options(self, model: Any) -> ExtractOptions:
+        """The run's options at the model's own dtype and device (a snapshot never casts or moves it)."""
+        dtype, device = model_dtype_and_device(model)
+        return dataclasses.replace(self.options, dtype=dtype, device=device, torch_threads=None)
+
+    def package(
+        self, ref: CheckpointRef, options: ExtractOptions, model: Any, digest: str,
+        tables: dict[str, pa.Table], timings: dict[str, float], started: float, fitted: Any = None,
+    ) -> tuple[dict[str, pa.Table], dict]:  # fmt: skip
+        """A snapshot's tables with its ``checkpoints`` row, and its manifest meta."""
+        import time
+
+        from layerlake.etl.worker import checkpoint_row
+
+        n_params = sum(p.numel() for p in model.parameters())  # a DTensor counts its whole shape
         tables["checkpoints"] = checkpoint_row(
-            ref, self.task_id(step), self.probe.probe_id, model.config, digest, n_params
-        )
+            ref, self.task_id(ref.step), self.probe.probe_id, getattr(model, "config", None), digest, n_params,
+            fitted if fitted is not None else self.fitted(model),
+        )  # fmt: skip
         timings["total"] = time.perf_counter() - started
         meta = {
             "kind": "extract", "revision": ref.revision, "step": ref.step, "tokens_seen": ref.tokens_seen,
@@ -367,10 +489,15 @@ class TrackedRun:
 
     # -- the committing thread -----------------------------------------------------------------------
 
+    def wait(self) -> None:
+        """Block until every snapshot and scalar block queued so far is committed (or recorded failed)."""
+        self._queue.join()
+
     def _commit_loop(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
+                self._queue.task_done()
                 return
             task_id, tables, meta = item
             try:
@@ -379,6 +506,8 @@ class TrackedRun:
                 )
             except Exception as error:  # noqa: BLE001 - a failed commit is recorded, the training goes on
                 self._fail(meta.get("step"), error, task_id)
+            finally:
+                self._queue.task_done()
 
     def _fail(self, step: int | None, error: BaseException, task_id: str | None = None) -> None:
         text = error.message if isinstance(error, LayerlakeError) else f"{type(error).__name__}: {error}"
@@ -400,8 +529,11 @@ class TrackedRun:
     # -- integrations ----------------------------------------------------------------------------------
 
     def trainer_callback(self) -> Any:
-        """A ``transformers.TrainerCallback`` for ``Trainer(callbacks=[run.trainer_callback()])``."""
-        return trainer_callback(self)
+        """A ``transformers.TrainerCallback`` for ``Trainer(callbacks=[run.trainer_callback()])``
+        (``etl.integrations.transformers``)."""
+        from layerlake.etl.integrations.transformers import LayerlakeCallback
+
+        return LayerlakeCallback(self)
 
     def hook(self, model: Any) -> Callable[[int, dict[str, float]], None]:
         """``hook(step, {"loss": ...})`` for a plain loop: logs and snapshots at the cadence."""
@@ -414,8 +546,14 @@ class TrackedRun:
         self._reported = True
 
 
-def scalars_task_id(run_id: str, block: int) -> str:
-    return f"scalars.{run_id}.{block}"
+def scalars_task_id(run_id: str, block: int, rank: int | None = None) -> str:
+    """``scalars.<run>.<block>``, or ``...<block>.rank<r>`` for what a rank other than the writer logged."""
+    return f"scalars.{run_id}.{block}" + ("" if rank is None else f".rank{rank}")
+
+
+def _scalar_order(item: tuple) -> tuple:
+    (step, name, rank), _ = item
+    return (step, name, -1 if rank is None else rank)
 
 
 # --- track() ---------------------------------------------------------------------------------------------
@@ -437,47 +575,83 @@ def track(
     tokens_per_step: int | None = None,
     resume: bool = False,
     compact: bool = True,
+    layout: Any = None,
+    reduce: Reduce | str = Reduce.rank,
+    writer_rank: int = 0,
+    distributed: bool = True,
+    quiet: bool = False,
 ) -> TrackedRun:
     """Start (or with ``resume``, continue) a tracked run; use the result as a context manager.
 
     ``model`` names the run's model by its class when ``model_name`` is not given. ``probe`` is the fixed
     batch every snapshot reads (token ids or a ``ProbeBatch``); without one, the run records scalars
     only. ``options`` are the extraction options (default: those of ``layerlake extract``, gradients on).
-    With ``compact`` (the default), the run's small files are merged when it finishes.
+    With ``compact`` (the default), the run's small files are merged when it finishes. ``layout`` says
+    where the model's blocks, attention and MLP live (a ``Layout``, a preset name such as ``"nanogpt"``, or
+    a YAML file; ``docs/families.md``); None: the Hugging Face family's preset. A layout that does not fit
+    the model fails here, naming the pattern that matched nothing.
+    In a distributed job every rank calls ``track`` alike: the ``writer_rank`` starts the run and the
+    others join it (``etl.distributed``); ``reduce`` is how ``log`` records numbers there unless a call says
+    otherwise. With ``distributed=False`` this process alone tracks the run whatever job it belongs to (a
+    tracker that a library calls on its main process only, as Accelerate does). A line on stderr says where
+    the run goes when it starts and what it took when it ends (not with ``quiet``, and only from the writer).
     """
+    from layerlake.etl.distributed import agree, current, model_class_name, unwrap
+
+    group = current(writer_rank) if distributed else None
     root = Path(warehouse) if warehouse is not None else default_warehouse_root()
-    name = model_name or (type(model).__name__ if model is not None else "model")
+    name = model_name or (model_class_name(model) if model is not None else "model")
     store = Warehouse(root)
-    store.check_version()
-    mark_killed(store)
     hydra = hydra_context()
-    run_id = run_id or new_run_id(name, hydra)
-    for kind, value in (("suite", suite), ("model", name), ("run id", run_id)):
-        check_name(kind, value)
-    before = committed_run(store, run_id)
-    if before is not None and not resume:
-        raise ConfigError(
-            f"run {run_id!r} exists already in {store.root} ({before.status}, started {before.started_at:%Y-%m-%d %H:%M})",
-            fix="pass resume=True to continue it, or another run_id",
-        )
     batch = live_probe(probe, probe_rule) if probe is not None else None
     options = options or ExtractOptions(gradients=True)
+    if layout is not None:
+        from layerlake.core.layouts import load_layout
+
+        layout = load_layout(layout)
     if batch is not None and model is not None:
         from layerlake.etl.extract import check_options
 
-        check_options(options, batch, model)  # a probe or option that cannot work fails now, not per step
-    run = new_run(
-        run_id, suite, name, RunKind.train, config if config is not None else hydra.get("config", {}), seed=seed,
-        overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
-        probe_id=batch.probe_id if batch else None,
-    )  # fmt: skip
-    from layerlake.etl.probes import probe_row
+        check_options(
+            options, batch, unwrap(model), layout
+        )  # a probe, option or layout that cannot work fails now
 
-    run = begin_run(store, run, probe_row(batch) if batch is not None else None)
-    return TrackedRun(
+    def start() -> Run:  # the writer's part: the run's row and its probe's, in one manifest line
+        from layerlake.etl.probes import probe_row
+
+        store.check_version()
+        mark_killed(store)
+        chosen = run_id or new_run_id(name, hydra)
+        for kind, value in (("suite", suite), ("model", name), ("run id", chosen)):
+            check_name(kind, value)
+        before = committed_run(store, chosen)
+        if before is not None and not resume:
+            raise ConfigError(
+                f"run {chosen!r} exists already in {store.root} ({before.status}, started {before.started_at:%Y-%m-%d %H:%M})",
+                fix="pass resume=True to continue it, or another run_id",
+            )
+        run = new_run(
+            chosen, suite, name, RunKind.train, config if config is not None else hydra.get("config", {}), seed=seed,
+            overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
+            probe_id=batch.probe_id if batch else None,
+        )  # fmt: skip
+        return begin_run(store, run, probe_row(batch) if batch is not None else None)
+
+    run = start() if group is None else agree(group, start)  # every rank: the writer's run
+    tracked = TrackedRun(
         store, run, batch or ProbeBatch("", "", (), (), "last"), options,
         Cadence.parse(cadence) if batch is not None else Cadence(), tokens_per_step, compact,
+        group, Reduce.parse(reduce, "reduce"), quiet,
     )  # fmt: skip
+    tracked.layout = layout
+    if tracked.writes and not quiet:
+        ranks = f", {group.world} ranks" if group is not None else ""
+        what = f"snapshots at {tracked.cadence}" if batch is not None else "scalars only (no probe)"
+        print(
+            f"layerlake: run {run.run_id} started ({suite}/{name}{ranks}), {what}, in {store.root}",
+            file=sys.stderr,
+        )
+    return tracked
 
 
 def new_run_id(model: str, hydra: dict) -> str:
@@ -516,26 +690,6 @@ def hydra_context() -> dict[str, Any]:
 # --- callbacks ---------------------------------------------------------------------------------------------
 
 
-def trainer_callback(run: TrackedRun) -> Any:
-    """A ``transformers.TrainerCallback`` that logs the Trainer's numbers and snapshots at the cadence."""
-    from transformers import TrainerCallback
-
-    class LayerlakeCallback(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            if numbers:
-                run.log(state.global_step, **numbers)
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if model is not None:
-                run.snapshot(state.global_step, model)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            run.flush()
-
-    return LayerlakeCallback()
-
-
 def after_step(run: TrackedRun, model: Any) -> Callable[[int, dict[str, float]], None]:
     """The hook for a plain PyTorch loop: call ``hook(step, {"loss": ..., "lr": ...})`` after each
     ``optimizer.step()``; it logs the numbers and snapshots at the run's cadence."""
@@ -548,4 +702,4 @@ def after_step(run: TrackedRun, model: Any) -> Callable[[int, dict[str, float]],
     return hook
 
 
-__all__ = ["Cadence", "TrackedRun", "after_step", "live_probe", "track", "trainer_callback"]
+__all__ = ["Cadence", "TrackedRun", "after_step", "live_probe", "track"]

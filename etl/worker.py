@@ -52,11 +52,30 @@ def placement() -> dict:
 
 
 def checkpoint_row(
-    ref: CheckpointRef, task_id: str, probe_id: str, config, weights_sha256: str, n_params: int
+    ref: CheckpointRef, task_id: str, probe_id: str, config, weights_sha256: str, n_params: int, fitted=None
 ) -> pa.Table:
-    """One row of the ``checkpoints`` table: a checkpoint loaded from disk or the hub, or a live model."""
-    n_heads = int(getattr(config, "num_attention_heads", 0))
-    d_model = int(getattr(config, "hidden_size", 0))
+    """One row of the ``checkpoints`` table: a checkpoint loaded from disk or the hub, or a live model.
+
+    A Hugging Face model's architecture and shape come from its config (``model_type`` ...); any other
+    model's from its fitted layout (``fitted``, an ``etl.layouts.Fit``: the layout's name, its blocks and
+    heads), with ``config_json`` its config as plain values where it has one (constructor kwargs, a
+    dataclass, a dict)."""
+    if hasattr(config, "model_type") or fitted is None:
+        n_heads = int(getattr(config, "num_attention_heads", 0))
+        d_model = int(getattr(config, "hidden_size", 0))
+        facts = {
+            "architecture": str(getattr(config, "model_type", "unknown")),
+            "n_layers": int(getattr(config, "num_hidden_layers", 0)),
+            "d_model": d_model,
+            "n_heads": n_heads,
+            "d_head": int(getattr(config, "head_dim", 0) or (d_model // n_heads if n_heads else 0)),
+        }
+    else:
+        shape = fitted.shape
+        facts = {
+            "architecture": fitted.architecture, "n_layers": shape.n_layers, "d_model": shape.d_model,
+            "n_heads": shape.n_heads, "d_head": shape.d_head,
+        }  # fmt: skip
     row = {
         "revision": ref.revision,
         "step": ref.step,
@@ -65,11 +84,7 @@ def checkpoint_row(
         "location": ref.stored_location,
         "weights_sha256": weights_sha256,
         "n_params": n_params,
-        "architecture": str(getattr(config, "model_type", "unknown")),
-        "n_layers": int(getattr(config, "num_hidden_layers", 0)),
-        "d_model": d_model,
-        "n_heads": n_heads,
-        "d_head": int(getattr(config, "head_dim", 0) or (d_model // n_heads if n_heads else 0)),
+        **facts,
         "config_json": config_json(config),
         "probe_id": probe_id,
         "task_id": task_id,
@@ -79,8 +94,19 @@ def checkpoint_row(
 
 def config_json(config) -> str:
     """The model config as stored: without ``_name_or_path``, the folder it was loaded from (a path of
-    this machine, which neither identifies the model nor belongs in a shared dataset)."""
-    values = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+    this machine, which neither identifies the model nor belongs in a shared dataset). A model without a
+    Hugging Face config: its config's plain values (a dict or a dataclass), else ``{}``."""
+    import dataclasses
+
+    if hasattr(config, "to_dict"):
+        values = config.to_dict()
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        values = dataclasses.asdict(config)
+    elif isinstance(config, dict):
+        values = dict(config)
+    else:
+        values = {}
+    values = {k: v for k, v in values.items() if k != "_name_or_path"}
     return json.dumps(values, sort_keys=True, default=str)
 
 
@@ -148,12 +174,16 @@ def compute_task(ready: LoadedTask, load_wait: float) -> TaskResult:
     task, loaded, options = ready.task, ready.loaded, ready.options
     use_torch_threads(options)
     start, started_at = time.perf_counter(), time.time()
+    from layerlake.etl.layouts import fit
+
+    fitted = fit(loaded.model, task.ref.layout or None)
     tables, pass_timings = extract_from_model(
-        loaded.model, task.ref, loaded.weights_sha256, task.probe, options, process_weight_spectra()
+        loaded.model, task.ref, loaded.weights_sha256, task.probe, options, process_weight_spectra(), fitted
     )
     tables["checkpoints"] = checkpoint_row(
-        task.ref, task.task_id, task.probe.probe_id, loaded.config, loaded.weights_sha256, loaded.n_params
-    )
+        task.ref, task.task_id, task.probe.probe_id, loaded.config, loaded.weights_sha256, loaded.n_params,
+        fitted,
+    )  # fmt: skip
     timings = {"load": ready.load_seconds, "load_wait": load_wait, **pass_timings}
     timings["total"] = load_wait + time.perf_counter() - start
     return TaskResult(

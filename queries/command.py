@@ -38,7 +38,6 @@ from layerlake.queries.loader import (
     register_recipe_configs,
 )
 from layerlake.queries.loader import list_recipes as load_all
-from layerlake.warehouse.errors import WarehouseError
 
 JOB_FILE = "job.json"
 log = logging.getLogger(__name__)
@@ -184,14 +183,10 @@ def run_configured(
 
 
 def _require_warehouse(root: str) -> None:
-    """The query's warehouse must exist; the fix names the config keys that point at one."""
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise WarehouseError(
-            f"no warehouse at {path}",
-            fix="run `layerlake extract` (or `layerlake demo`) first, or point the query at a warehouse with "
-            "paths.warehouse=DIR (or paths.data=DIR, whose warehouse is DIR/warehouse)",
-        )
+    """The query's warehouse must be one (``warehouse.locate``); the fix names the config key."""
+    from layerlake.warehouse.locate import HYDRA_OPTION, warehouse_root
+
+    warehouse_root(root, option=HYDRA_OPTION)
 
 
 def _run_and_save(

@@ -7,7 +7,8 @@ import tiny_models
 import torch
 from torch.nn import functional as F
 
-from layerlake.etl import capture, sites
+from layerlake.core.layouts import PRESETS
+from layerlake.etl import capture, layouts, sites
 from layerlake.etl.extract import capture_targets
 
 ALL = ("attn_out", "mlp_out", "resid_post", "ov")
@@ -27,9 +28,13 @@ def _at(t: torch.Tensor) -> torch.Tensor:
 
 
 def _run(model, batch_size=None, gradients=False):
-    family = sites.family_of(model)
     return capture.run_pass(
-        model, IDS, POSITIONS, capture_targets(model, family, ALL), gradients=gradients, batch_size=batch_size
+        model,
+        IDS,
+        POSITIONS,
+        capture_targets(layouts.fit(model), ALL),
+        gradients=gradients,
+        batch_size=batch_size,
     )[0]
 
 
@@ -142,7 +147,7 @@ def test_grad_mode_follows_gradients_option(gradients: bool):
 
 
 def test_split_value_true_v_and_paper_slice():
-    fam, shape = sites.FAMILIES["gpt_neox"], sites.Shape(1, 6, 2, 2, 3)
+    fam, shape = PRESETS["gpt_neox"], sites.Shape(1, 6, 2, 2, 3)
     out = torch.arange(18.0).reshape(1, 18)  # fused row: head0 [q0 q0 q0 k0 k0 k0 v0 v0 v0] head1 [...]
     true_v = sites.split_value_output(out, fam, shape, "true_v")
     paper = sites.split_value_output(out, fam, shape, "paper_last_third")
@@ -191,7 +196,7 @@ def hand_v_and_w_o(model, block, raw: torch.Tensor) -> tuple[list[torch.Tensor],
     """V and W_O of each query head by index arithmetic on the raw value output and the stored weight,
     written per layout without the code under test: (n, d_head) and (d_model, d_head) per head."""
     kind = model.config.model_type
-    shape = sites.shape_of(model)
+    shape = layouts.fit(model).shape
     h, dh, d = shape.n_heads, shape.d_head, shape.d_model
     if kind == "gpt_neox":  # rows [q_0 k_0 v_0 q_1 k_1 v_1 ...], each d_head wide
         v = [raw[:, (3 * i + 2) * dh : (3 * i + 3) * dh] for i in range(h)]
@@ -210,15 +215,16 @@ def hand_v_and_w_o(model, block, raw: torch.Tensor) -> tuple[list[torch.Tensor],
 @pytest.mark.parametrize("kind", sorted(FAMILY_MODELS))
 def test_every_family_gives_v_per_head_and_ov_of_the_hand_computation(kind):
     model = FAMILY_MODELS[kind]()
-    family, shape = sites.family_of(model), sites.shape_of(model)
+    fitted = layouts.fit(model)
+    family, shape = fitted.layout, fitted.shape
     assert model.config.model_type in family.model_types
     got = _run(model)
-    for i, block in enumerate(sites.blocks(model)):
+    for i, fitted_block in enumerate(fitted.blocks):
         raw = got[(i, "value")]
         v = sites.split_value_output(raw, family, shape, "true_v")
-        w_o = sites.read_tensor(sites.module_at(block, family.out_module), "weight", family).double()
+        w_o = fitted_block.read("dense").double()
         whole, per_head = sites.ov_activations(v, w_o)
-        hand_v, hand_w_o = hand_v_and_w_o(model, block, raw)
+        hand_v, hand_w_o = hand_v_and_w_o(model, fitted_block.module, raw)
         for h in range(shape.n_heads):
             torch.testing.assert_close(v[:, h], hand_v[h])
             torch.testing.assert_close(per_head[h], hand_v[h] @ hand_w_o[h].T)
@@ -227,9 +233,9 @@ def test_every_family_gives_v_per_head_and_ov_of_the_hand_computation(kind):
 
 def test_gpt2_qkv_matrices_are_the_stacked_thirds_of_c_attn_transposed():
     model = tiny_models.gpt2()
-    family, shape = sites.family_of(model), sites.shape_of(model)
-    block = sites.blocks(model)[0]
-    got = sites.block_matrices(block, family, shape, "true_v", "weight")
+    fitted = layouts.fit(model)
+    got = sites.block_matrices(fitted.blocks[0], fitted.layout, fitted.shape, "true_v", "weight")
+    block = fitted.blocks[0].module
     w = block.attn.c_attn.weight.detach()  # (d_model, 3 d_model): x @ w
     for j, name in enumerate(("query", "key", "value")):
         torch.testing.assert_close(got[(name, None)][0], w[:, j * 16 : (j + 1) * 16].T)
@@ -242,6 +248,6 @@ def test_an_unknown_family_is_named_with_the_known_ones_and_the_registry():
     from layerlake.etl.errors import ExtractionError
 
     with pytest.raises(ExtractionError, match="model type 'bloom' has no site layout") as error:
-        sites.family_of_type("bloom")
+        layouts.layout_for_type("bloom")
     assert "gpt2 (gpt2)" in error.value.message and "qwen2" in error.value.message
     assert "docs/families.md" in error.value.fix

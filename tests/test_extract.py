@@ -177,9 +177,9 @@ def test_gradient_spectra_equal_numpy_of_the_lm_loss_gradient():
     expected = {
         ("dense_4h_to_h", None): grads[p + "mlp.dense_4h_to_h.weight"],
         ("query_key_value", None): grads[p + "attention.query_key_value.weight"],
-        # OV is no parameter: its gradient is the chain rule gO W_V + W_O gV, per head and per layer
-        ("ov", 1): g_o[:, 6:12] @ w_v[6:] + w_o[:, 6:12] @ g_v[6:],
-        ("ov", None): g_o @ w_v + w_o @ g_v,
+        # the product rule gO W_V + W_O gV, per head and per layer (the ov gradient: tests/test_ov_gradient.py)
+        ("ov_product_rule", 1): g_o[:, 6:12] @ w_v[6:] + w_o[:, 6:12] @ g_v[6:],
+        ("ov_product_rule", None): g_o @ w_v + w_o @ g_v,
     }
     got = {(r["matrix"], r["head"]): r["sv"] for r in grad_rows if r["layer"] == 0}
     for key, matrix in expected.items():
@@ -187,7 +187,8 @@ def test_gradient_spectra_equal_numpy_of_the_lm_loss_gradient():
     # not the product of the two gradients (which scales with the square of the gradient)
     for head, cols in ((1, slice(6, 12)), (None, slice(None))):
         old = np.linalg.svd(g_o[:, cols] @ g_v[cols], compute_uv=False)
-        assert np.abs(np.asarray(got[("ov", head)]) - old).max() > 1e-2 * got[("ov", head)][0]
+        chain = got[("ov_product_rule", head)]
+        assert np.abs(np.asarray(chain) - old).max() > 1e-2 * chain[0]
     assert all(q.grad is None for q in model.parameters())
     assert all(q.requires_grad for q in model.parameters())
 
@@ -212,16 +213,21 @@ def test_stored_shapes_give_each_matrix_its_numerical_rank():
     noise_divided = 0
     for tensor, matrix, head, rows_, cols, count, rank, cond, old in spectra:
         key = (tensor, matrix, head)
-        if matrix == "ov" and head is not None:  # d_model x d_model products of inner size 4 (grad: 8)
-            want = 4 if tensor == "weight" else 8
-        elif tensor == "grad" and matrix in ("dense", "dense_4h_to_h"):
+        if matrix == "ov" and head is not None and tensor == "weight":  # d_model x d_model, inner size 4
+            want = 4
+        elif matrix == "ov_product_rule" and head is not None:  # [gO | W_O] @ [W_V ; gV]: inner size 8
+            want = 8
+        elif tensor == "grad" and matrix in ("dense", "dense_4h_to_h", "ov"):  # ov: delta^T (A X), delta
+            # the gradient at W_O's output, written into the stream like dense's
+            want = 11
             want = 11
         else:
             want = min(rows_, cols)
         assert count == min(rows_, cols) and rank == want, key
         assert np.isfinite(cond) and cond < 1e6, key
         noise_divided += old > 1e12
-    assert noise_divided == 4  # the old rule's answer for those four gradients (2 layers x 2 matrices)
+    # the old rule's answer for those gradients: 2 layers x (dense, dense_4h_to_h, ov per layer, 3 ov heads)
+    assert noise_divided == 2 * (2 + 1 + 3)
     n = PROBE.n  # 8 probe rows: a centred 8 x 12 matrix has rank <= 7, an OV head's <= d_head = 4
     stats = con.execute(
         "select site, head, n, d, len(sv), numerical_rank(sv, n, d), condition_number(sv, n, d)"

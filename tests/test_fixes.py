@@ -211,6 +211,8 @@ def problems(fix: Fix, about: set[str] | None = None) -> list[str]:
                 ok = True  # FROM=TO: a module name of the user's file
             elif fix.path.name == "track.py":  # the Python API: the keyword arguments of layerlake.track
                 ok = key in track_params()
+            elif fix.path.name in PYTHON_API or fix.path.parent.name == "integrations":
+                ok = key in track_params() | keyword_params(fix.path)  # its own calls, or track's
             else:
                 hydra = any(COMMANDS[c].hydra for c in commands if c in COMMANDS)
                 query = "query" in commands or fix.path.parent.name == "queries"
@@ -218,6 +220,19 @@ def problems(fix: Fix, about: set[str] | None = None) -> list[str]:
             if not ok:
                 found.append(f"{key}= is not a config key or parameter of {' / '.join(sorted(commands))}")
     return found
+
+
+PYTHON_API = ("distributed.py", "session.py", "sharded.py")  # etl modules whose fixes name Python keywords
+
+
+def keyword_params(path: Path) -> set[str]:
+    """Every parameter name of the functions (and methods) defined in ``path``."""
+    return {
+        a.arg
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+        for a in (*node.args.args, *node.args.kwonlyargs)
+    }
 
 
 def track_params() -> set[str]:

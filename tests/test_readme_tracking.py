@@ -77,7 +77,7 @@ def test_trainer_example_runs(tracked, tmp_path, monkeypatch):
     }
     exec(compile(blocks("python")[1], "README.md", "exec"), scope)
     con = layerlake.connect(tmp_path / "warehouse")
-    assert con.sql("select list(step order by step) from checkpoints").fetchall() == [([1, 2, 4],)]
+    assert con.sql("select list(step order by step) from checkpoints").fetchall() == [([0, 1, 2, 4],)]
 
 
 def test_commands_and_sql_of_the_section_run(tracked, monkeypatch, capsys):

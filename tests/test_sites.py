@@ -7,7 +7,8 @@ import pytest
 import tiny_models
 import torch
 
-from layerlake.etl import capture, metrics, sites
+from layerlake.core.layouts import PRESETS
+from layerlake.etl import capture, layouts, metrics, sites
 
 IDS = torch.randint(0, 40, (4, 10), generator=torch.Generator().manual_seed(3))
 
@@ -22,10 +23,10 @@ def backward(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def ov_modules(model: torch.nn.Module, layer: int):
-    family, shape = sites.family_of(model), sites.shape_of(model)
-    block = sites.blocks(model)[layer]
-    value, dense = sites.module_at(block, family.value_module), sites.module_at(block, family.out_module)
-    return block, family, shape, value, dense
+    fitted = layouts.fit(model)
+    block = fitted.blocks[layer]
+    value, dense = block.owner(block.value_matrix), block.owner("dense")
+    return block, fitted.layout, fitted.shape, value, dense
 
 
 def svd(m: np.ndarray) -> np.ndarray:
@@ -37,7 +38,7 @@ def assert_same_spectrum(got: torch.Tensor, matrix: np.ndarray, rel: float = 1e-
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=rel * want[0])
 
 
-# -- 21: the gradient of OV is the chain rule --------------------------------------------------------
+# -- 21: ov_product_rule is the chain rule --------------------------------------------------------
 
 
 def dense_chain_rule(model: torch.nn.Module, layer: int, v_slice: str):
@@ -85,15 +86,16 @@ CHAIN_CASES = [(name, "true_v") for name in MODELS] + [
 
 
 @pytest.mark.parametrize(("name", "v_slice"), CHAIN_CASES)
-def test_gradient_ov_spectra_are_those_of_the_chain_rule(name, v_slice):
+def test_ov_product_rule_spectra_are_those_of_the_chain_rule(name, v_slice):
     model = backward(MODELS[name]())
     for layer in range(2):
         block, family, shape, _, _ = ov_modules(model, layer)
         factors = sites.block_matrices(block, family, shape, v_slice, "grad")
         chain, paper = dense_chain_rule(model, layer, v_slice)
-        assert {h for (m, h) in factors if m == "ov"} == set(chain)
+        assert {h for (m, h) in factors if m == "ov_product_rule"} == set(chain)
+        assert not {h for (m, h) in factors if m == "ov"}  # the ov gradient comes from the pass's hooks
         for head, matrix in chain.items():
-            got = metrics.product_svdvals(*factors[("ov", head)])
+            got = metrics.product_svdvals(*factors[("ov_product_rule", head)])
             assert_same_spectrum(got, matrix)
             # The old definition, the product of the two gradients, is another matrix.
             old = svd(paper[head])
@@ -101,18 +103,18 @@ def test_gradient_ov_spectra_are_those_of_the_chain_rule(name, v_slice):
 
 
 @pytest.mark.parametrize("name", ["neox-3", "llama-gqa"])
-def test_ov_gradient_is_torch_autograd_derivative_of_the_product_along_the_gradients(name):
+def test_ov_product_rule_is_torch_autograd_derivative_of_the_product_along_the_gradients(name):
     """Autograd's Jacobian-vector product of (W_O, W_V) -> W_O @ W_V in the direction (gO, gV) is the stored matrix;
     and since the product is quadratic in t, a central difference of OV along the gradient is exact."""
     model = backward(MODELS[name]())
     block, family, shape, value, dense = ov_modules(model, 1)
-    weights = sites.ov_operands(value, dense, family, shape, "true_v", "weight")
-    grads = sites.ov_operands(value, dense, family, shape, "true_v", "grad")
+    weights = sites.ov_operands(block, family, shape, "true_v", "weight")
+    grads = sites.ov_operands(block, family, shape, "true_v", "grad")
     factors = sites.block_matrices(block, family, shape, "true_v", "grad")
     for key, (w_o, w_v) in weights.items():
         g_o, g_v = grads[key]
         _, tangent = torch.autograd.functional.jvp(torch.matmul, (w_o, w_v), (g_o, g_v))
-        a, b = factors[key]
+        a, b = factors[("ov_product_rule", key[1])]
         torch.testing.assert_close(a @ b, tangent, rtol=1e-12, atol=1e-12 * tangent.abs().max().item())
         t = 1e-3
         central = ((w_o + t * g_o) @ (w_v + t * g_v) - (w_o - t * g_o) @ (w_v - t * g_v)) / (2 * t)
@@ -120,7 +122,7 @@ def test_ov_gradient_is_torch_autograd_derivative_of_the_product_along_the_gradi
         assert_same_spectrum(metrics.product_svdvals(a, b), tangent.numpy())
 
 
-def test_ov_gradient_is_linear_in_the_gradient():
+def test_ov_product_rule_is_linear_in_the_gradient():
     """Scaling every gradient by c scales the gradient-OV spectra by c (the old gO @ gV scaled by c^2)."""
     model = backward(MODELS["neox-4"]())
     block, family, shape, _, _ = ov_modules(model, 0)
@@ -134,7 +136,7 @@ def test_ov_gradient_is_linear_in_the_gradient():
         k: metrics.product_svdvals(a, b)
         for k, (a, b) in sites.block_matrices(block, family, shape, "true_v", "grad").items()
     }
-    for key in [("ov", None), ("ov", 0), ("ov", 3), ("dense", None)]:
+    for key in [("ov_product_rule", None), ("ov_product_rule", 0), ("ov_product_rule", 3), ("dense", None)]:
         torch.testing.assert_close(after[key], 10.0 * before[key], rtol=1e-10, atol=1e-12)
 
 
@@ -146,7 +148,7 @@ def test_paper_slice_pieces_name_what_the_slices_take(n_heads):
     """Label every column of a fused QKV by its piece, as GPT-NeoX lays them out ([head][q|k|v][d_head]),
     slice it the paper's way through split_value_output and split_value_weight, and read the labels back."""
     dh = 3
-    family, shape = sites.FAMILIES["gpt_neox"], sites.Shape(1, n_heads * dh, n_heads, n_heads, dh)
+    family, shape = PRESETS["gpt_neox"], sites.Shape(1, n_heads * dh, n_heads, n_heads, dh)
     names = [f"{part}{head}" for head in range(n_heads) for part in "qkv"]
     # column value = 10 * piece + offset inside the piece
     fused = torch.tensor([10.0 * piece + j for piece in range(3 * n_heads) for j in range(dh)])

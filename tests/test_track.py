@@ -303,11 +303,9 @@ def test_a_probe_that_cannot_work_fails_when_the_run_starts_and_stores_nothing(t
 
 
 def test_trainer_callback_logs_the_trainers_numbers_and_snapshots(tmp_path):
-    """A real ``transformers.Trainer`` with the callback: its logged loss lands in ``scalars`` and a
-    snapshot at each step of the cadence in the row tables."""
+    """A real ``transformers.Trainer`` with the callback: its logged loss lands in ``scalars``, and a
+    snapshot at the first step, at each step of the cadence and at the last step in the row tables."""
     from transformers import Trainer, TrainingArguments
-
-    from layerlake.etl.track import trainer_callback
 
     model = tiny_models.neox(seed=0)
     generator = torch.Generator().manual_seed(0)
@@ -317,14 +315,14 @@ def test_trainer_callback_logs_the_trainers_numbers_and_snapshots(tmp_path):
         save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
     )  # fmt: skip
     with layerlake.track(
-        model, suite="toy", run_id="hf", warehouse=tmp_path, probe=PROBE, cadence=[2, 4, 6]
+        model, suite="toy", run_id="hf", warehouse=tmp_path, probe=PROBE, cadence=[2, 4]
     ) as run:
-        Trainer(model=model, args=args, train_dataset=data, callbacks=[trainer_callback(run)]).train()
-    assert run.snapshots == [2, 4, 6] and run.failures == []
+        Trainer(model=model, args=args, train_dataset=data, callbacks=[run.trainer_callback()]).train()
+    assert run.snapshots == [0, 2, 4, 6] and run.failures == []
     con = layerlake.connect(tmp_path)
     losses = con.sql("select step from scalars where name = 'loss' order by step").fetchall()
     assert [s for (s,) in losses] == [1, 2, 3, 4, 5, 6]
-    assert con.sql("select list(distinct step order by step) from sketches").fetchall() == [([2, 4, 6],)]
+    assert con.sql("select list(distinct step order by step) from sketches").fetchall() == [([0, 2, 4, 6],)]
     assert con.sql("select status from runs").fetchall() == [("finished",)]
 
 

@@ -72,6 +72,7 @@ def server(root):
     yield f"http://{host}:{port}"
     httpd.shutdown()
     httpd.server_close()
+    app.close()  # the SQL console's worker processes
 
 
 def get(url: str, method: str = "GET") -> tuple[int, str, bytes]:
@@ -205,7 +206,7 @@ def test_the_console_refuses_what_layerlake_sql_refuses(server, statement):
     from layerlake.core.errors import SqlError
 
     with pytest.raises(SqlError) as refused:
-        read_only_statement(statement, "`layerlake sql`")
+        read_only_statement(statement, "the SQL console")  # the same check, naming where it came from
     status, _, body = get(server + "/api/sql?" + urllib.parse.urlencode({"q": statement}))
     assert status == 400 and json.loads(body)["error"] == refused.value.message
 

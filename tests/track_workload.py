@@ -3,7 +3,7 @@
 
     python tests/track_workload.py WAREHOUSE RUN_ID [--steps N] [--cadence K] [--seed S] [--resume]
 
-Prints ``snapshot <step>`` as each snapshot is queued, and ``done`` at the end.
+Prints ``snapshot <step>`` as each snapshot is queued (the first five once committed), and ``done`` at the end.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def main() -> None:
                 continue  # replaying the steps before the resume point: the state a checkpoint would give
             run.log(step, loss=loss.item())
             if run.snapshot(step, model):
+                if step < 5:
+                    run.wait()  # the first five committed before they are announced: the kill test relies on them
                 print(f"snapshot {step}", flush=True)
     print("done", flush=True)
 

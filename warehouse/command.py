@@ -19,19 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 
 from layerlake.core.choices import OutputFormat
-from layerlake.core.duck import (
-    DEFAULT_MEMORY_LIMIT,
-    DEFAULT_TIMEOUT_S,
-    QueryLimits,
-    limited,
-    read_only_statement,
-)
-from layerlake.core.errors import LayerlakeError, SqlError
+from layerlake.core.duck import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryLimits
+from layerlake.core.errors import LayerlakeError
 from layerlake.core.render import print_table, write_stream
 from layerlake.warehouse import schema
 from layerlake.warehouse.audits import file_problems, load_audits, run_audit
@@ -41,45 +34,32 @@ from layerlake.warehouse.macros import (
     all_staging_params,
     public_macros,
     staging_params,
-    staging_values,
 )
-from layerlake.warehouse.views import _resolve, connect
+from layerlake.warehouse.sandbox import Result, Sandbox
+from layerlake.warehouse.views import _resolve, connect, source_root
 
 FORMATS = OutputFormat.values()
 
 
-BATCH_ROWS = 65_536  # rows per Arrow batch while a result streams
-
-
-def run_query(con: Any, sql: str, limits: QueryLimits | None = None) -> pa.Table:
-    """The whole result of the read-only statement ``sql`` as Arrow (under ``limits``, default ones)."""
-    with _query_errors(), limited(con, limits or QueryLimits()):
-        return stream_query(con, sql).read_all()
-
-
-def stream_query(con: Any, sql: str) -> pa.RecordBatchReader:
-    """The result of the read-only statement ``sql`` as a stream of Arrow batches: run it inside
-    ``limited(con, limits)`` and read it batch by batch, so memory holds one batch at a time."""
-    try:
-        read_only_statement(sql, "`layerlake sql`")
-    except SqlError as error:
-        raise QueryError(error.message, fix=error.fix) from error
-    with _query_errors():
-        return con.sql(sql).to_arrow_reader(BATCH_ROWS)
-
-
 @contextmanager
-def _query_errors() -> Iterator[None]:
-    try:
-        yield
-    except SqlError as error:  # a limit was hit
-        raise QueryError(error.message, fix=error.fix) from error
-    except duckdb.Error as error:
-        if isinstance(error, (duckdb.InterruptException, duckdb.OutOfMemoryException)):
-            raise  # for ``limited`` to name the limit
-        raise QueryError(
-            f"query failed: {error}", fix="see the views and columns with `layerlake sql --schema`"
-        ) from error
+def statement_result(
+    root: Any,
+    attach: list[Any],
+    sql: str,
+    limits: QueryLimits,
+    variables: dict[str, Any] | None = None,
+    what: str = "`layerlake sql`",
+) -> Iterator[Result]:
+    """The answer of a user's read-only statement over the warehouse at ``root`` (plus ``attach``),
+    streamed from a worker process under ``limits`` (``warehouse.sandbox``): what ``layerlake sql`` and
+    ``share attach --sql`` print. The warehouse is checked here first, so a wrong folder fails before any
+    process starts."""
+    source = source_root(root, attach)
+    folders = tuple(Path(a).expanduser().resolve() for a in attach)
+    # this process has opened no DuckDB database: forking it is safe and ~30 ms
+    box = Sandbox(source, folders, limits, start="fork", max_workers=1, progress=sys.stderr.isatty())
+    with box, box.query(sql, variables, what) as result:
+        yield result
 
 
 def window(batches: pa.RecordBatchReader, max_rows: int) -> tuple[pa.Table, int]:
@@ -213,7 +193,9 @@ def parse_param(text: str) -> tuple[str, Any]:
     return name, params[name].validate(yaml.safe_load(raw) if raw.strip() else None)
 
 
-ROOT_HELP = "warehouse folder (default: $LAYERLAKE_DATA/warehouse or data/warehouse)"
+ROOT_HELP = (
+    "warehouse folder, one holding _manifest/ (default: $LAYERLAKE_DATA/warehouse, else ./data/warehouse)"
+)
 
 
 def add_root_argument(parser: argparse.ArgumentParser) -> None:
@@ -241,23 +223,28 @@ def sql_parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="a staging view parameter, e.g. --param estimator=debiased --param threshold=0.8",
     )  # fmt: skip
+    add_limit_arguments(parser)
+    return parser
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--timeout`` and ``--memory-limit``: the limits a user's statement runs under (``warehouse.sandbox``)."""
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
         help=f"stop the query after this long (default {DEFAULT_TIMEOUT_S:g}; 0 = no limit)",
     )  # fmt: skip
     parser.add_argument(
         "--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE",
-        help=f"stop the query when it needs more memory than this (default {DEFAULT_MEMORY_LIMIT})",
+        help=f"stop the query when its process needs this much more memory (default {DEFAULT_MEMORY_LIMIT})",
     )  # fmt: skip
-    return parser
 
 
 def sql(argv: list[str]) -> int:
     """``layerlake sql "<query>" [--format F] [--output FILE] [--schema] [--root DIR]``."""
     args = sql_parser().parse_args(argv)
     values = dict(parse_param(p) for p in args.param)
-    con = connect(args.root, read_only=True, attach=args.attach)
     if args.schema:
+        con = connect(args.root, read_only=True, attach=args.attach)
         print_schema(con)
         return 0
     if not args.query:
@@ -272,14 +259,18 @@ def sql(argv: list[str]) -> int:
     if args.max_rows < 1:
         raise QueryError(f"--max-rows {args.max_rows}", fix="give --max-rows a number of rows >= 1")
     limits = QueryLimits(args.timeout, args.memory_limit)
-    with staging_values(con, values), _query_errors(), limited(con, limits):
-        batches = stream_query(con, args.query)  # streamed: memory holds a batch, not the result
-        if fmt == "table":
-            shown, total = window(batches, args.max_rows)
-            render(shown, max_rows=args.max_rows, total_rows=total)
-        else:
-            write_result(batches, fmt, args.output)
+    with statement_result(args.root, args.attach, args.query, limits, values) as result:
+        print_result(result, fmt, args.output, args.max_rows)  # streamed: memory holds a batch
     return 0
+
+
+def print_result(result: Any, fmt: str, output: str | None, max_rows: int) -> None:
+    """A streamed result as a terminal table (its first and last rows) or written as ``fmt``."""
+    if fmt == "table":
+        shown, total = window(result, max_rows)
+        render(shown, max_rows=max_rows, total_rows=total)
+    else:
+        write_result(result, fmt, output)
 
 
 def check_parser() -> argparse.ArgumentParser:
@@ -348,7 +339,7 @@ def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Tabl
     from layerlake.warehouse.runs import stale_runs
     from layerlake.warehouse.writer import Warehouse
 
-    store = Warehouse(root)
+    store = Warehouse(root, create=False)
     staging = [
         {"what": str(p.relative_to(root)), "problem": "left by a writer that is gone"}
         for p in store.stale_staging()
@@ -503,7 +494,7 @@ def runs(argv: list[str]) -> int:
 
     args = runs_parser().parse_args(argv)
     root = _resolve(args.root)
-    stale = {r.run_id for r in stale_runs(Warehouse(root))}
+    stale = {r.run_id for r in stale_runs(Warehouse(root, create=False))}
     con = connect(root, read_only=True)
     columns = "run_id, suite, model, kind, status, seed, started_at, ended_at, host, git_commit, job_num"
     if args.config:

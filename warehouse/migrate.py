@@ -13,6 +13,9 @@ the killed step left (``warehouse.journal``), and the old files become orphans t
 From schema 2 to 3 each task keeps its id and run; its files are written again with every Gram
 (``sketches.gram``) as little-endian float32 bytes instead of a list (``warehouse.gram``). A compacted
 warehouse comes out with one file per task: run ``layerlake compact`` after.
+
+From schema 3 to 4 the ``scalars`` files gain the ``rank`` column (NULL: each old value is its run's);
+every other file stays where it is and only its manifest entry moves to the new version.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from layerlake.warehouse.layout import checkpoint_task_id, probe_task_id
 from layerlake.warehouse.manifest import CommitEntry, FileEntry, read_task_rows
 from layerlake.warehouse.runs import RunKind, RunStatus, import_run_id, new_run, prepare_run
 from layerlake.warehouse.writer import Staged, Warehouse, default_run_id, discard, now_utc
+
+# Tables whose stored files changed after schema 3 (4: scalars.rank); other schema-3 files are kept as they are.
+REWRITTEN_SINCE_3 = frozenset({"scalars"})
 
 
 @dataclass
@@ -55,7 +61,15 @@ def migrate(root: str | Path) -> MigrationReport:
         runs: dict[str, tuple[str, str, RunKind]] = {}
         try:
             for entry in old:  # later lines win: a re-keyed duplicate replaces the one before it
-                if entry.schema_version >= 2:  # same task, same run: only the files' encoding changes
+                if entry.schema_version >= 3 and not REWRITTEN_SINCE_3.intersection(
+                    f.table for f in entry.files
+                ):
+                    # its files are as this schema writes them: the entry alone moves to the new version
+                    kept = dataclasses.replace(entry, meta=clean_meta(entry), schema_version=schema.SCHEMA_VERSION,
+                                               committed_at=now_utc())  # fmt: skip
+                    prepared[entry.task_id] = (kept, [])
+                    continue
+                if entry.schema_version >= 2:  # same task, same run: only the files' contents change
                     tables = {f.table: rewrite(store.root, f, entry) for f in entry.files}
                     staged = store.stage(entry.task_id, entry.suite, entry.model, entry.run_id, tables)
                     new = dataclasses.replace(entry, files=tuple(s.entry for s in staged), meta=clean_meta(entry),
@@ -129,6 +143,9 @@ def rewrite(root: Path, listed: FileEntry, entry: CommitEntry) -> pa.Table:
     which also encodes a Gram list as its bytes)."""
     data = read_task_rows(root, listed)
     data = data.drop_columns([c for c in schema.IDENTITY_COLUMNS if c in data.column_names])
+    for column in schema.table(listed.table).columns:  # a column added since (scalars.rank): NULL in old rows
+        if column.name not in data.column_names and column.nullable:
+            data = data.append_column(column.name, pa.nulls(data.num_rows, column.type))
     if listed.table == "checkpoints" and entry.schema_version < 2 and "location" in data.column_names:
         rows = data.to_pylist()
         locations = [

@@ -25,13 +25,21 @@ from typing import Any
 
 import numpy as np
 
+from layerlake.warehouse.errors import SizeBoundError
+from layerlake.warehouse.udf import list_rows
+
 BLOCK_VALUES = 1 << 20  # candidate x tail values scanned at once (8 MB of float64)
+MAX_EIGENVALUES = 1 << 15  # the fit takes at most this many eigenvalues: its KS scan is O(n^2), about
+# 5 s at this size on one core (22 s at 60,000); the largest weight matrices stored (d_model 16,384) fit
 
 
 def ww_fit(eig: np.ndarray) -> list[float] | None:
     """``[D, i, alpha, x_min, m]`` of the best candidate (i 1-based, as in SQL), or None for n < 2."""
     eig = np.asarray(eig, dtype=np.float64)
     n = eig.size
+    if n > MAX_EIGENVALUES:
+        raise SizeBoundError("ww_alpha (and ww_ks, ww_tail, ww_xmin, alpha_weighted)", n,
+                             "eigenvalues", MAX_EIGENVALUES, "its KS scan is quadratic")  # fmt: skip
     if n < 2:
         return None
     i = np.arange(n - 1)  # candidates, 0-based: every value but the largest
@@ -63,7 +71,7 @@ def ww_fit(eig: np.ndarray) -> list[float] | None:
 def _ww_fit_udf(eigs: Any) -> Any:  # a pyarrow list array in, one list of 5 doubles per row out
     import pyarrow as pa
 
-    fits = [None if e is None else ww_fit(np.array(e, dtype=np.float64)) for e in eigs.to_pylist()]
+    fits = [None if eig is None else ww_fit(eig) for eig in list_rows(eigs)]
     return pa.array(fits, pa.list_(pa.float64()))
 
 

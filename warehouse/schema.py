@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # bump when a table, a column or a stored encoding changes
+SCHEMA_VERSION = 4  # bump when a table, a column or a stored encoding changes
 # 1: suite and model in hive partition folders only; task ids hashed the checkpoint's folder path.
 # 2: suite, model and run_id in every file; content-named files; the runs and scalars tables.
 # 3: sketches.gram stored as little-endian float32 bytes (a BLOB), not a list of floats (warehouse.gram).
+# 4: scalars.rank (the process of a distributed run that logged a value; NULL in older rows).
 IDENTITY_COLUMNS = ("suite", "model", "run_id")
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -129,7 +130,9 @@ CHECKPOINTS = Table(
         _c(
             "architecture",
             pa.string(),
-            "the config's model_type (gpt_neox, llama, mistral, qwen2, olmo, olmo2, gpt2; docs/families.md)",
+            "a Hugging Face model's config model_type (gpt_neox, llama, mistral, qwen2, olmo, olmo2, gpt2), "
+            "else its layout's name (nanogpt, litgpt, olmo_core, torchtitan_llama or the user's; "
+            "docs/families.md)",
         ),
         _c("n_layers", pa.int32(), "number of transformer blocks"),
         _c("d_model", pa.int32(), "hidden size"),
@@ -236,14 +239,18 @@ _TENSOR = _c(
     "tensor",
     pa.string(),
     "weight | grad: the matrix, or the gradient of the mean next-token loss on the probe batch. "
-    "ov is a product, not a parameter: its grad is the chain rule gO W_V + W_O gV (per head "
-    "gO_h W_V_h + W_O_h gV_h; g = the factors' gradients, W = the weights they were taken at), "
-    "the derivative of W_O W_V along the gradient, linear in it (etl.sites.ov_gradient_factors)",
+    "ov is a product, not a parameter: its grad is the gradient with respect to the product, "
+    "G_h = sum over probe-batch positions of delta (A_h X)^T per head (delta: the gradient at W_O's output; "
+    "A_h X: head h's attention-weighted value input), sum_h G_h per layer (etl.ov_gradient); absent for a "
+    "layout without attention probabilities (probs: none). ov_product_rule (grad only) is "
+    "gO W_V + W_O gV (per head gO_h W_V_h + W_O_h gV_h), how W_O W_V moves along its factors' gradients "
+    "(etl.sites.ov_product_rule_factors)",
 )
 _MATRIX = _c(
     "matrix",
     pa.string(),
-    "canonical matrix name (layerlake.core.choices.Matrix); ov = W_O_h W_V_h per head, W_O W_V per layer",
+    "canonical matrix name (layerlake.core.choices.Matrix); ov = W_O_h W_V_h per head, W_O W_V per layer; "
+    "ov_product_rule: grad rows only",
 )
 _ROWS = _c("rows", pa.int32(), "matrix rows")
 _COLS = _c("cols", pa.int32(), "matrix columns")
@@ -384,12 +391,19 @@ RUNS = Table(
 SCALARS = Table(
     name="scalars",
     doc="Numbers a run logged per step: loss, learning rate, gradient norm, tokens seen, anything.",
-    key=("run_id", "step", "name"),
+    key=("run_id", "step", "name", "rank"),
     columns=(
         _STEP,
         _c("name", pa.string(), "what was logged, e.g. loss, lr, grad_norm, tokens_seen"),
         _c("value", pa.float64(), "the value"),
         _c("logged_at", TIMESTAMP, "when it was logged (UTC)"),
+        _c(
+            "rank",
+            pa.int32(),
+            "the process (torch.distributed rank) whose own value this is; NULL for the run's value: a "
+            "run of one process, or a value reduced over the ranks (log(..., reduce='mean'))",
+            nullable=True,
+        ),
     ),
 )
 

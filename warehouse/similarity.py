@@ -24,9 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from layerlake.warehouse.errors import SizeBoundError
 from layerlake.warehouse.gram import packed_length, unpack
+from layerlake.warehouse.udf import list_rows
 
 EPS32 = float(np.finfo(np.float32).eps)  # stored sketches are float32
+# Size bounds, as the work per row is cubic (an eigendecomposition, an SVD): at the bound a row takes
+# seconds on one core; a stored probe has a few hundred rows
+MAX_GRAM_ROWS = 4_096  # svcca, mean_cca: n of an n x n Gram sketch
+MAX_ACTIVATION_VALUES = 1 << 24  # pwcca: n x d values of one activation matrix (128 MB as float64;
+# min(n, d) <= 4,096 follows)
 
 
 def kept_directions(packed: np.ndarray, n: int, keep: float) -> np.ndarray | None:
@@ -54,6 +61,9 @@ def canonical_correlations(a: Any, b: Any, keep: float) -> np.ndarray | None:
     n = int((np.sqrt(8 * a.size + 1) - 1) / 2)
     if packed_length(n) != a.size:
         return None
+    if n > MAX_GRAM_ROWS:
+        raise SizeBoundError("svcca (and mean_cca)", n, "probe rows", MAX_GRAM_ROWS,
+                             "an n x n eigendecomposition per sketch is cubic in n")  # fmt: skip
     qa, qb = kept_directions(a, n, keep), kept_directions(b, n, keep)
     if qa is None or qb is None:
         return None
@@ -71,7 +81,7 @@ def _svcca_udf(a, b, keep):  # pyarrow arrays in, one double per row out
     keeps = keep.to_pylist()
     values = [
         None if k is None else mean_canonical_correlation(x, y, k)
-        for x, y, k in zip(a.to_pylist(), b.to_pylist(), keeps, strict=True)
+        for x, y, k in zip(list_rows(a), list_rows(b), keeps, strict=True)
     ]
     return pa.array(values, pa.float64())
 
@@ -83,6 +93,9 @@ def stored_activations(x: bytes, d: int) -> np.ndarray | None:
     """The n x d matrix of an ``activations`` row (float16 bytes), as float64; None if it is not one."""
     if x is None or d is None or d <= 0 or len(x) == 0 or len(x) % (2 * d):
         return None
+    if len(x) // 2 > MAX_ACTIVATION_VALUES:
+        raise SizeBoundError("pwcca", len(x) // 2, "activation values", MAX_ACTIVATION_VALUES,
+                             "each matrix is centred and decomposed in float64")  # fmt: skip
     return np.frombuffer(x, dtype="<f2").astype(np.float64).reshape(-1, d)
 
 

@@ -32,6 +32,7 @@ from layerlake.core.duck import memory_connection
 from layerlake.core.paths import default_warehouse_root
 from layerlake.warehouse import macros, schema
 from layerlake.warehouse.errors import ManifestError, WarehouseError
+from layerlake.warehouse.locate import SHARED_MANIFEST, is_warehouse, warehouse_root
 from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
@@ -41,8 +42,6 @@ from layerlake.warehouse.manifest import (
     read_entries,
 )
 from layerlake.warehouse.writer import recover_interrupted
-
-SHARED_MANIFEST = "manifest.json"
 
 
 class Shard(NamedTuple):
@@ -134,13 +133,19 @@ def shared_shards(folder: Path) -> list[Shard]:
 
 
 def _resolve(root: Any) -> Path:
-    path = default_root() if root is None else Path(root).expanduser().resolve()
-    if not path.is_dir():
-        raise WarehouseError(
-            f"no warehouse at {path}",
-            fix="run `layerlake extract` (or `layerlake demo`) first, or pass the warehouse folder with --root",
-        )
-    return path
+    """The warehouse ``root`` names (None: the default), refused unless it is one (``warehouse.locate``)."""
+    return warehouse_root(root)
+
+
+def source_root(root: Any, attach: Iterable[Any] = ()) -> Path | None:
+    """The warehouse a connection serves: ``root`` (None: the default), refused unless it is a warehouse;
+    None (no local warehouse) when folders are attached and the root (given or the default) does not
+    exist: attaching needs no local warehouse. A root that exists but is no warehouse is still refused."""
+    if list(attach):
+        path = default_root() if root is None else Path(root).expanduser().resolve()
+        if not path.exists() or (root is None and not is_warehouse(path)):
+            return None
+    return _resolve(root)
 
 
 def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
@@ -148,8 +153,8 @@ def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[
     twice is kept once (first wins), and a file listed twice is read once."""
     shards, failures = committed_shards(root) if root is not None else ([], [])
     for other in attach:
-        folder = _resolve(other)
-        if manifest_path(folder).is_file():
+        folder = Path(other).expanduser().resolve()
+        if is_warehouse(folder):
             more, more_failed = committed_shards(folder)
             failures += more_failed
         else:
@@ -254,16 +259,16 @@ def connect(
     ``read_only=True`` turns DuckDB's external access off except for the listed shard files: the
     connection can read the warehouse and nothing else, and can write no file. ``read_only=False``
     leaves file access on (e.g. to ``COPY`` results out or join your own files); the warehouse is still
-    only read through views. With ``attach`` given, a missing ``root`` is no error: the attached folders
-    are served alone. What a killed ``compact`` or ``migrate`` left in ``root`` is cleaned up first when
-    no writer holds the lock (``warehouse.writer.recover_interrupted``; it never touches a listed file).
+    only read through views. A ``root`` that is not a warehouse is an error naming the nearest one
+    (``warehouse.locate``); with ``attach`` given, the attached folders are served alone when the
+    root (given, or the default) does not exist. What a killed ``compact`` or ``migrate`` left in the
+    root is finished or rolled back first when no writer holds the lock
+    (``warehouse.writer.recover_interrupted``; a reader never sees a half-done step).
     """
     attach = list(attach)
-    if attach and (Path(root).expanduser() if root is not None else default_root()).is_dir() is False:
-        path = None  # attaching needs no local warehouse
-    else:
-        path = _resolve(root)
-        recover_interrupted(path)  # a killed compact or migrate: its leftovers go (no reader saw them)
+    path = source_root(root, attach)
+    if path is not None:
+        recover_interrupted(path)
     shards, failures = gather(path, attach)
     return open_views(shards, failures, read_only)
 

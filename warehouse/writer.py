@@ -142,12 +142,18 @@ class Warehouse:
     append its manifest line (``publish``). Maintenance that rewrites what is stored (``compact``,
     ``migrate``) runs as a journaled step holding the lock throughout (``maintenance``)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, create: bool = True) -> None:
+        """``create=False``: only read an existing warehouse (``check``, ``runs``): a folder that is not
+        one is refused by ``warehouse.locate`` and nothing is created."""
         self.root = Path(root).expanduser().resolve()
         self.staging = self.root / STAGING_DIR
         self.manifest = manifest_path(self.root)
+        if not create:
+            from layerlake.warehouse.locate import warehouse_root
+
+            warehouse_root(self.root)
         try:
-            for folder in (self.root, self.staging, self.root / MANIFEST_DIR):
+            for folder in (self.root, self.staging, self.root / MANIFEST_DIR) if create else ():
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise WarehouseError(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import duckdb
 
-from layerlake.warehouse.manifest import manifest_path
+from layerlake.warehouse.locate import is_warehouse
 from layerlake.warehouse.share.verify import verify_folder
-from layerlake.warehouse.views import connect, default_root
+from layerlake.warehouse.views import connect
 
 
 def attach(
@@ -24,13 +24,17 @@ def attach(
     """A ``warehouse.connect`` connection over the warehouse at ``root`` plus the shared ``folder``.
 
     ``root=None`` means ``warehouse.default_root()``, or the shared folder alone if there is no
-    warehouse there. ``folder`` may also be another warehouse root (it has a ``_manifest``).
+    warehouse there; a ``root`` given that is not a warehouse is an error (``warehouse.locate``).
+    ``folder`` may also be another warehouse root (it has a ``_manifest``).
     """
+    folder = checked_folder(folder, checksums)
+    return connect(root, read_only=read_only, attach=[folder])  # root None, no default: the folder alone
+
+
+def checked_folder(folder: str | Path, checksums: bool = False) -> Path:
+    """``folder``, absolute, once a shared dataset folder has passed ``verify_folder`` (a warehouse root
+    is read through its manifest, as any warehouse)."""
     folder = Path(folder).expanduser().resolve()
-    if not manifest_path(folder).is_file():
+    if not is_warehouse(folder):
         verify_folder(folder, checksums=checksums)
-    if root is None:
-        root = default_root()
-        if not Path(root).is_dir():
-            root = folder  # nothing local: the shared folder's views alone
-    return connect(root, read_only=read_only, attach=[folder])
+    return folder

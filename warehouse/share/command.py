@@ -2,7 +2,7 @@
 
     layerlake share export DIR [--root R] [--suite S] [--models a,b] [--steps 0,1000] [--tables t,u]
     layerlake share import DIR [--root R] [--dry-run]
-    layerlake share attach DIR [--root R] [--sql "select ..."] [--verify]
+    layerlake share attach DIR [--root R] [--sql "select ..."] [--verify] [--timeout S] [--memory-limit M]
 
 ``--root`` is the local warehouse (default: ``warehouse.default_root()``). Errors are ``ShareError``s:
 the CLI prints them and exits 2.
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from layerlake.warehouse.share.attach import attach
+from layerlake.warehouse.command import add_limit_arguments
+from layerlake.warehouse.share.attach import attach, checked_folder
 from layerlake.warehouse.share.card import size_text
 from layerlake.warehouse.share.export import export_dataset
 from layerlake.warehouse.share.importer import import_dataset
@@ -65,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     at.add_argument("--root", help=root_help)
     at.add_argument("--sql", help="a query over the views (default: files and rows per table and root)")
     at.add_argument("--verify", action="store_true", help="also check every file's sha256 first")
+    add_limit_arguments(at)
+    at.add_argument("--max-rows", type=int, default=50, help="rows of the --sql result shown")
     return top
 
 
@@ -88,10 +91,18 @@ def share(argv: list[str]) -> int:
             restore = "would restore" if args.dry_run else "restored"
             print(f"{restore} {len(report.repaired)} missing or damaged local file(s) from the shared copy: "
                   + ", ".join(report.repaired[:5]) + (" ..." if len(report.repaired) > 5 else ""))  # fmt: skip
+    elif args.sql:  # a user's statement: the same read-only check and limits as `layerlake sql`
+        from layerlake.core.duck import QueryLimits
+        from layerlake.warehouse.command import print_result, statement_result
+
+        folder = checked_folder(args.dir, checksums=args.verify)
+        limits = QueryLimits(args.timeout, args.memory_limit)
+        with statement_result(args.root, [folder], args.sql, limits, what="`share attach --sql`") as result:
+            print_result(result, "table", None, args.max_rows)
     else:
         con = attach(args.dir, args.root, checksums=args.verify)
         try:
-            print(con.sql(args.sql or _SUMMARY))
+            print(con.sql(_SUMMARY))
         finally:
             con.close()
     return 0

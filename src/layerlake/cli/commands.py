@@ -22,6 +22,8 @@ class Command:
     extra: str | None = None  # optional extra the command needs ("extract"), checked before it runs
     describe: str | None = None  # hydra commands: "module:function" printing `--help` from the arguments
     parser: str | None = None  # plain commands: "module:function" returning its argparse parser
+    reads_warehouse: bool = False  # hydra commands: paths.warehouse must be a warehouse before the job
+    # runs (Hydra makes the job's run folder under paths.runs, which a wrong folder must not get)
 
     def load(self) -> Callable:
         return resolve(self.target)
@@ -60,6 +62,7 @@ COMMANDS: dict[str, Command] = {
         positional="recipe",
         rewrite="layerlake.queries.command:rewrite_args",
         describe="layerlake.queries.command:print_help",
+        reads_warehouse=True,
     ),
     "recipes": Command(
         "layerlake.queries.command:list_recipes",

@@ -90,15 +90,24 @@ def check_flags(flags: list[str]) -> None:
         raise ConfigError("--resolve only applies to --cfg or --help", fix="add --cfg job, or drop --resolve")
 
 
-def precheck(flags: list[str], overrides: list[str]) -> None:
+def precheck(flags: list[str], overrides: list[str], command: Command | None = None) -> None:
     """Compose once before Hydra runs anything (every value of every sweep, the others at their first),
     so a wrong key, type or choice is a ``ConfigError`` (exit 2, the key named, a fix given) and no
     job starts: for a run, a multirun, ``--cfg``, ``--help`` and ``--info`` alike. Only shell
-    completion goes straight to Hydra."""
+    completion goes straight to Hydra. A command that reads the warehouse (``query``) and will run a
+    job is refused here when ``paths.warehouse`` is not one, before Hydra makes the job's run folder."""
     check_flags(flags)
     if "--shell-completion" in flags:
         return
-    check_overrides(overrides)
+    settings = check_overrides(overrides)
+    runs_a_job = not any(f.partition("=")[0] in NO_JOB_FLAGS for f in flags)
+    if command is not None and command.reads_warehouse and runs_a_job:
+        from layerlake.warehouse.locate import HYDRA_OPTION, warehouse_root
+
+        warehouse_root(settings.paths.warehouse, option=HYDRA_OPTION)
+
+
+NO_JOB_FLAGS = ("--cfg", "--info", "--help", "--hydra-help", "--shell-completion")
 
 
 def wants_help(flags: list[str]) -> bool:
@@ -119,7 +128,7 @@ def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
     overrides = [f"hydra.job.name={job_name(name)}", *overrides]  # a later hydra.job.name=... wins
     given = overrides
     overrides, lifted = lift_long_lists(overrides)  # models=[...20,000 names] skips the grammar
-    precheck(flags, overrides)
+    precheck(flags, overrides, command)
     if wants_help(flags):
         print(f"layerlake {name}: {command.help}\n")
     outcome: dict[str, int] = {"code": 0}

@@ -30,9 +30,18 @@ def usage() -> str:
         "",
         "Hydra commands (demo, suite, extract, query) take overrides such as `suite=pythia steps=paper`,",
         "`-m` for a multirun sweep and `--cfg job` to print the composed config.",
-        "`layerlake <command> --help` describes one command.",
+        "`layerlake <command> --help` describes one command; `layerlake --version` says where data goes.",
     ]
     return "\n".join(lines)
+
+
+def version_line() -> str:
+    """``layerlake 0.1.0 (data: /path/data, from the working directory)``: the version and where data goes."""
+    from layerlake import __version__
+    from layerlake.core.paths import data_dir_and_source
+
+    folder, source = data_dir_and_source()
+    return f"layerlake {__version__} (data: {folder}, from {source})"
 
 
 def group_usage(group: str) -> str:
@@ -66,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(version_line())
         return 0
     if argv[0] == "suite" and argv[1:2] in (["-h"], ["--help"]):
         print(group_usage("suite"))

@@ -155,8 +155,14 @@ class Matrix(Choice):
     dense_4h_to_h = "dense_4h_to_h", "the MLP output projection"
     ov = (
         "ov",
-        "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL); "
-        "its grad is the chain rule gO W_V + W_O gV",
+        "W_O_h W_V_h per head (head set), W_O W_V per layer (head NULL); its grad is the gradient of the "
+        "loss with respect to the head's product, G_h = sum over positions of delta (A_h X)^T (per layer: "
+        "sum_h G_h)",
+    )
+    ov_product_rule = (
+        "ov_product_rule",
+        "grad only: gO W_V + W_O gV (per head gO_h W_V_h + W_O_h gV_h), how W_O W_V moves along the "
+        "gradients of its two factors (first order); not the gradient with respect to OV",
     )
 
 
@@ -164,7 +170,52 @@ class Tensor(Choice):
     weight = "weight", "the parameter itself"
     grad = (
         "grad",
-        "the gradient of the language-model loss on the probe batch (ov: gO W_V + W_O gV, the chain rule)",
+        "the gradient of the language-model loss on the probe batch (ov: with respect to W_O_h W_V_h; "
+        "ov_product_rule: gO W_V + W_O gV)",
+    )
+
+
+class QkvLayout(Choice):
+    """How a layout's attention holds Q, K and V (``docs/families.md``)."""
+
+    separate = "separate", "three maps q, k, v (LLaMA's q_proj, k_proj, v_proj)"
+    interleaved = (
+        "interleaved",
+        "one fused map whose rows are, per key/value head g, the query heads of g, then k_g, then v_g "
+        "(GPT-NeoX: [q_h | k_h | v_h] per head)",
+    )
+    stacked = "stacked", "one fused map whose rows are [Q | K | V], each its heads in order (GPT-2's c_attn)"
+
+
+class Orientation(Choice):
+    linear = "linear", "weights stored (out, in), as torch.nn.Linear"
+    conv1d = "conv1d", "weights stored (in, out), as GPT-2's Conv1D: read transposed"
+
+
+class AttentionProbs(Choice):
+    """Where a layout's attention probabilities come from (for the ``ov`` gradient)."""
+
+    sdpa = (
+        "sdpa",
+        "recomputed from the q, k and mask given to torch.nn.functional.scaled_dot_product_attention "
+        "inside the attention module (or taken from its second output where it returns them, as "
+        "Hugging Face's eager attention does)",
+    )
+    module = (
+        "module",
+        "the output of a module inside the block (probs_module), e.g. a dropout after the softmax",
+    )
+    none = "none", "none: the ov gradient is left out for this model (ov_product_rule is still stored)"
+
+
+class ModelCall(Choice):
+    """How a layout's model is called on token ids, and where its logits are."""
+
+    hf = "hf", "model(input_ids=ids, use_cache=False).logits (Hugging Face); without gradients its base_model"
+    tokens = "tokens", "model(ids) returns the logits (or a tuple whose first item they are)"
+    tokens_targets = (
+        "tokens_targets",
+        "model(ids, targets) returns (logits, loss), full logits only with targets (nanoGPT)",
     )
 
 

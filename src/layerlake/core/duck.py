@@ -7,6 +7,7 @@ every connection is opened with auto-install and auto-load off.
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -28,16 +29,40 @@ def memory_connection() -> duckdb.DuckDBPyConnection:
     return duckdb.connect(":memory:", config=DUCKDB_CONFIG)
 
 
-def read_only_statement(sql: str, what: str = "the query") -> duckdb.Statement:
+@contextmanager
+def parser() -> Iterator[duckdb.DuckDBPyConnection]:
+    """This process's connection for parsing and settings only (no table, one thread), held while the
+    block runs. Opening a DuckDB database takes ~80 ms; a statement's check takes ~0.1 ms on an open one.
+    A forked child does not use its parent's (``os.register_at_fork``)."""
+    with _PARSER["lock"]:
+        if _PARSER["con"] is None:
+            _PARSER["con"] = duckdb.connect(":memory:", config={**DUCKDB_CONFIG, "threads": 1})
+        yield _PARSER["con"]
+
+
+_PARSER: dict = {"lock": threading.Lock(), "con": None}
+
+
+def _forget_parser() -> None:  # in a forked child: a new lock, and a new connection when one is needed
+    _PARSER["orphan"] = _PARSER["con"]  # kept, never used nor closed: its state is the parent's
+    _PARSER["con"], _PARSER["lock"] = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parser)
+
+
+def read_only_statement(
+    sql: str, what: str = "the query", con: duckdb.DuckDBPyConnection | None = None
+) -> duckdb.Statement:
     """The one statement of ``sql`` if it only reads (a SELECT, or EXPLAIN of one); ``SqlError`` otherwise.
 
-    Decided by DuckDB's own parser (the statement type), never by matching text.
+    Decided by DuckDB's own parser (the statement type), never by matching text; on ``con`` when given
+    (parsing runs nothing), else on this process's ``parser()``.
     """
-    con = memory_connection()
-    try:
+    if con is not None:
         return _check(con, sql, what)
-    finally:
-        con.close()
+    with parser() as own:
+        return _check(own, sql, what)
 
 
 def _check(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> duckdb.Statement:
@@ -91,53 +116,135 @@ def _first_line(error: BaseException) -> str:
 
 
 # --- limits on a user's query ---------------------------------------------------------------------------
-# A query typed by a user (``layerlake sql``, a console) may be a cross join that never ends or a result
-# larger than memory. It runs under a wall-clock limit (a timer interrupts the connection) and a DuckDB
-# memory limit; either one stops it with a ``SqlError`` that names the limit and the option raising it.
+# A query typed by a user (``layerlake sql``, the UI's console) may be a cross join that never ends or a
+# result larger than memory. ``QueryLimits`` says how long and how much; ``layerlake.warehouse.sandbox``
+# holds them for every statement (a worker process killed at the time limit, its memory bounded by the
+# kernel); ``limited`` below is DuckDB's own, softer form for queries run in this process (recipes).
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MEMORY_LIMIT = "4GB"
+MIN_MEMORY_BYTES = 16 << 20  # below this not even a small query runs
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z%]*)\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1,
+    "byte": 1,
+    "bytes": 1,
+    "kb": 10**3,
+    "kilobyte": 10**3,
+    "kilobytes": 10**3,
+    "mb": 10**6,
+    "megabyte": 10**6,
+    "megabytes": 10**6,
+    "gb": 10**9,
+    "gigabyte": 10**9,
+    "gigabytes": 10**9,
+    "tb": 10**12,
+    "terabyte": 10**12,
+    "terabytes": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "pib": 1 << 50,
+}  # fmt: skip  (DuckDB's memory units: KB = 1000 bytes, KiB = 1024)
+_TIME_FIX = "give --timeout SECONDS >= 0 (0 = no limit)"
+_MEMORY_FIX = "give --memory-limit as a size such as 512MB or 4GB"
 
 
 @dataclass(frozen=True)
 class QueryLimits:
     timeout_s: float = DEFAULT_TIMEOUT_S  # 0 = no limit
-    memory_limit: str = DEFAULT_MEMORY_LIMIT  # a DuckDB size: 512MB, 4GB ...
+    memory_limit: str = DEFAULT_MEMORY_LIMIT  # a DuckDB size: 512MB, 4GB, 80% (of this machine's memory)
 
     def describe(self) -> str:
         time_part = f"{self.timeout_s:g} s" if self.timeout_s else "no time limit"
         return f"{time_part}, {self.memory_limit} of memory"
 
+    def check(self) -> None:
+        """``SqlError`` naming the option when a limit is not one (a negative or NaN time, a size DuckDB
+        does not read, or one too small to run anything)."""
+        if (
+            not isinstance(self.timeout_s, (int, float))
+            or not math.isfinite(self.timeout_s)
+            or self.timeout_s < 0
+        ):
+            raise SqlError(f"a timeout of {self.timeout_s!r} s", fix=_TIME_FIX)
+        self.memory_bytes()
 
-@contextmanager
-def limited(con: duckdb.DuckDBPyConnection, limits: QueryLimits) -> Iterator[None]:
-    """Run the body's queries on ``con`` under ``limits``: past ``timeout_s`` the connection is
-    interrupted; past ``memory_limit`` DuckDB stops the query. Either becomes a ``SqlError``."""
-    if not math.isfinite(limits.timeout_s) or limits.timeout_s < 0:
-        raise SqlError(
-            f"a timeout of {limits.timeout_s:g} s", fix="give --timeout SECONDS >= 0 (0 = no limit)"
-        )
+    def memory_bytes(self) -> int:
+        """The memory limit in bytes, as DuckDB reads the size (``4GB`` = 4 * 10^9, ``4GiB`` = 4 * 2^30,
+        ``80%`` of this machine's memory)."""
+        text = str(self.memory_limit)
+        with parser() as con:
+            try:
+                con.execute("SET memory_limit = ?", [text])  # DuckDB decides what is a size
+                shown = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+            except duckdb.Error as error:
+                raise SqlError(
+                    f"memory limit {text!r} is not a size: {_first_line(error)}", fix=_MEMORY_FIX
+                ) from error
+            finally:
+                con.execute("RESET memory_limit")
+        size = _size_bytes(text) or _size_bytes(shown.replace(" ", ""))  # '80%' reads back as '18.8 GiB'
+        if size is None or size < MIN_MEMORY_BYTES:
+            raise SqlError(
+                f"memory limit {text!r} is too small to run a query (at least {MIN_MEMORY_BYTES >> 20}MiB)",
+                fix=_MEMORY_FIX,
+            )
+        return size
+
+
+def _size_bytes(text: str) -> int | None:
+    match = _SIZE.match(text)
+    if match is None or match[2].lower() not in _UNITS:
+        return None
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def set_memory_limit(con: duckdb.DuckDBPyConnection, limits: QueryLimits) -> None:
+    """DuckDB's own memory limit on ``con`` (its buffer manager: sorts, joins and aggregates spill or
+    stop at it with an ``OutOfMemoryException``)."""
     try:
         con.execute("SET memory_limit = ?", [limits.memory_limit])
     except duckdb.Error as error:
         raise SqlError(
-            f"memory limit {limits.memory_limit!r} is not a size: {_first_line(error)}",
-            fix="give --memory-limit as a size such as 512MB or 4GB",
+            f"memory limit {limits.memory_limit!r} is not a size: {_first_line(error)}", fix=_MEMORY_FIX
         ) from error
+
+
+def time_error(limits: QueryLimits) -> SqlError:
+    """The error of a query stopped at the time limit."""
+    return SqlError(
+        f"the query ran longer than {limits.timeout_s:g} s and was stopped",
+        fix="narrow it (a WHERE, a LIMIT, fewer joins), or allow more time with --timeout SECONDS (0 = no limit)",
+    )
+
+
+def memory_error(limits: QueryLimits, detail: str = "") -> SqlError:
+    """The error of a query stopped at the memory limit."""
+    return SqlError(
+        f"the query needed more than its memory limit of {limits.memory_limit} and was stopped"
+        + (f" ({detail})" if detail else ""),
+        fix="narrow it (a WHERE, fewer columns, an aggregate), or raise the limit with --memory-limit (e.g. 16GB)",
+    )
+
+
+@contextmanager
+def limited(con: duckdb.DuckDBPyConnection, limits: QueryLimits) -> Iterator[None]:
+    """Run the body's queries on ``con`` under DuckDB's own limits: past ``timeout_s`` the connection is
+    interrupted; past ``memory_limit`` DuckDB stops the query. Either becomes a ``SqlError``. Softer than
+    the sandbox: DuckDB checks its interrupt between chunks of work, so one long function call runs on,
+    and its memory limit does not cover Python functions or Arrow results."""
+    limits.check()
+    set_memory_limit(con, limits)
     timer = threading.Timer(limits.timeout_s, con.interrupt) if limits.timeout_s else None
     if timer is not None:
         timer.start()
     try:
         yield
     except duckdb.InterruptException as error:
-        raise SqlError(
-            f"the query ran longer than {limits.timeout_s:g} s and was stopped",
-            fix="narrow it (a WHERE, a LIMIT, fewer joins), or allow more time with --timeout SECONDS (0 = no limit)",
-        ) from error
+        raise time_error(limits) from error
     except duckdb.OutOfMemoryException as error:
-        raise SqlError(
-            f"the query needed more than its memory limit of {limits.memory_limit} and was stopped",
-            fix="narrow it (a WHERE, fewer columns, an aggregate), or raise the limit with --memory-limit (e.g. 16GB)",
-        ) from error
+        raise memory_error(limits) from error
     finally:
         if timer is not None:
             timer.cancel()

@@ -28,7 +28,9 @@ from layerlake.core.errors import ParameterError, SqlError
 
 SCALARS = ("boolean", "integer", "double", "varchar", "name")
 _NAME = re.compile(r"^[A-Za-z0-9_.:/+\-]+$")
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")  # ASCII digits only
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")  # not \d: int("٣") is 3, and a form field is typed, not a script
+BIGINT = (-(2**63), 2**63 - 1)  # an integer parameter binds as DuckDB's BIGINT
 _LINE = re.compile(
     r"^\$(?P<name>[A-Za-z_]\w*)\s+(?P<type>\S+)(\s*=\s*(?P<default>[^|]*?))?\s*\|\s*(?P<doc>.*)$"
 )
@@ -90,15 +92,15 @@ class Param:
             if isinstance(value, bool):
                 return value
         elif base == "integer":
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-                return int(value)
+            number = value if isinstance(value, int) and not isinstance(value, bool) else None
+            if isinstance(value, str) and _INTEGER.match(value.strip()) and len(value.strip()) <= 20:
+                number = int(value)
+            if number is not None and BIGINT[0] <= number <= BIGINT[1]:
+                return number
         elif base == "double":
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                return float(value)
-            if isinstance(value, str) and _NUMBER.match(value.strip()):
-                return float(value)
+            number = _finite(value)
+            if number is not None:
+                return number
         elif base == "varchar":
             if isinstance(value, str):
                 return value
@@ -117,6 +119,7 @@ class Param:
 
     def _error(self, value: Any, what: str) -> ParameterError:
         shown = "missing" if value is None else repr(value)
+        shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown)} characters)"
         return ParameterError(
             f"parameter ${self.name} {what} ({shown}): expected {self.describe_type()}",
             fix=f"pass {self.name}=<{self.describe_type()}> ({self.doc})",
@@ -131,12 +134,25 @@ class Param:
         else:
             scalar = {
                 "boolean": "true or false",
-                "integer": "an integer",
+                "integer": "an integer (64-bit)",
                 "double": "a finite number",
                 "varchar": "a string",
             }[self.base]
         text = f"a list of [{scalar}]" if self.is_list else scalar
         return f"{text}, or null" if self.optional else text
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` (a number, or ASCII number text) as a finite float; None if it is none."""
+    if isinstance(value, str):
+        value = value.strip() if _NUMBER.match(value.strip()) else None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        value = None
+    try:
+        number = None if value is None else float(value)
+    except OverflowError:  # an integer beyond a float's range
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def parse_param(text: str, where: str) -> Param:

@@ -1,5 +1,7 @@
-"""Where data lives by default: ``$LAYERLAKE_DATA``, else ``data/`` under the project checkout (or the
-working directory when layerlake is installed from a wheel). Hydra's ``paths`` group reads the same rule."""
+"""Where data lives by default, one rule however layerlake was installed (editable, wheel, or run from
+another folder): ``$LAYERLAKE_DATA`` if set, else ``./data`` under the working directory. Hydra's
+``paths`` group reads the same rule (``paths.data``), and ``layerlake --version`` prints where it points
+and why. ``make demo`` and ``make test`` run from the checkout root, so the demo lands in its ``data/``."""
 
 from __future__ import annotations
 
@@ -7,19 +9,23 @@ import os
 from pathlib import Path
 
 DATA_ENV = "LAYERLAKE_DATA"
-_CHECKOUT = Path(__file__).resolve().parents[3]  # src/layerlake/core/paths.py -> the source checkout
-
-
-def project_root() -> Path:
-    """The source checkout when layerlake runs from one (editable install); else the working directory."""
-    return _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
+DATA_FOLDER = "data"  # under the working directory when $LAYERLAKE_DATA is not set
+WAREHOUSE_FOLDER = "warehouse"  # under the data folder
 
 
 def default_data_dir() -> Path:
-    """``$LAYERLAKE_DATA`` if set, else ``data/`` under the project root."""
-    env = os.environ.get(DATA_ENV)
-    return Path(env).expanduser().resolve() if env else project_root() / "data"
+    """``$LAYERLAKE_DATA`` if set (not empty), else ``./data`` under the working directory; absolute."""
+    return data_dir_and_source()[0]
+
+
+def data_dir_and_source() -> tuple[Path, str]:
+    """``(the data folder, where the rule took it from)``: ``$LAYERLAKE_DATA`` or the working directory."""
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve(), f"${DATA_ENV}"
+    return Path.cwd().resolve() / DATA_FOLDER, "the working directory"
 
 
 def default_warehouse_root() -> Path:
-    return default_data_dir() / "warehouse"
+    """The warehouse under the default data folder: ``default_data_dir() / "warehouse"``."""
+    return default_data_dir() / WAREHOUSE_FOLDER

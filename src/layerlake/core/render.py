@@ -41,6 +41,8 @@ def cell(value: object, digits: int = 4, max_cell: int | None = MAX_CELL) -> str
         text = f"{value:.{digits}g}"
     elif isinstance(value, (list, tuple)):
         text = "[" + ", ".join(cell(v, digits) for v in value[:4]) + (", ..." if len(value) > 4 else "") + "]"
+    elif isinstance(value, bytes):
+        text = _json_text(value)
     else:
         text = str(value)
     return text if max_cell is None or len(text) <= max_cell else text[: max_cell - 1] + "…"
@@ -291,6 +293,28 @@ def _caption(total: int, hidden: int, max_rows: int) -> str:
     return text
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique the way DuckDB's ``CREATE TABLE AS`` makes them: a repeated name gets
+    the first free ``_1``, ``_2`` ... suffix (``a, a, a_1, a`` -> ``a, a_1, a_1_1, a_2``). A result with
+    two columns of one name (``select 1 as a, 2 as a``) is valid SQL; rows keyed by name (JSON, the
+    terminal table, Parquet readers) need them apart."""
+    used: set[str] = set()
+    out = []
+    for name in names:
+        candidate, i = name, 1
+        while candidate in used:
+            candidate, i = f"{name}_{i}", i + 1
+        used.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def with_unique_names(table: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``table`` with its column names made unique (``unique_names``); the same object when they are."""
+    names = unique_names(table.column_names)
+    return table if names == table.column_names else table.rename_columns(names)
+
+
 def print_table(
     table: pa.Table,
     title: str = "",
@@ -302,18 +326,34 @@ def print_table(
     total_rows: int | None = None,
 ) -> None:
     console = console or Console()
+    table = with_unique_names(table)
     console.print(
         rich_table(table, title, console.width, max_rows, hoist_constants, digits, max_cell, total_rows)
     )
 
 
 def csv_ready(table: pa.Table) -> pa.Table:
-    """``table`` with list and struct columns as JSON text (CSV holds scalars only)."""
+    """``table`` with list and struct columns as JSON text and binary columns as ``\\x`` + hex text
+    (PostgreSQL's bytea output): CSV holds text, and bytes are not text."""
     for index, field in enumerate(table.schema):
         if pa.types.is_nested(field.type):
-            texts = [None if v is None else json.dumps(json_safe(v)) for v in table.column(index).to_pylist()]
+            column = table.column(index).to_pylist()
+            texts = [None if v is None else json.dumps(json_safe(v), default=_json_text) for v in column]
             table = table.set_column(index, field.name, pa.array(texts, pa.string()))
+        elif is_binary(field.type):
+            table = table.set_column(index, field.name, hex_texts(table.column(index)))
     return table
+
+
+def is_binary(type_: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_)
+    )
+
+
+def hex_texts(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Bytes as ``\\x0a1b...`` text (None stays None)."""
+    return pa.array([None if v is None else "\\x" + v.hex() for v in column.to_pylist()], pa.string())
 
 
 def json_safe(value: Any) -> Any:
@@ -339,12 +379,17 @@ def json_rows(table: pa.Table | pa.RecordBatch) -> list[dict[str, Any]]:
     ]
     if not columns:
         return [{} for _ in range(table.num_rows)]
-    rows = pa.Table.from_arrays(columns, names=table.column_names).to_pylist()
+    rows = pa.Table.from_arrays(columns, names=unique_names(table.column_names)).to_pylist()
     nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
     for row in rows if nested else ():
         for name in nested:
             row[name] = json_safe(row[name])
     return rows
+
+
+def _json_text(value: Any) -> str:
+    """What JSON has no type for, as text: bytes as ``\\x`` + hex (as in CSV), the rest by ``str``."""
+    return "\\x" + value.hex() if isinstance(value, bytes) else str(value)
 
 
 def write_stream(batches: pa.RecordBatchReader, fmt: str, sink: BinaryIO) -> None:
@@ -366,7 +411,7 @@ def write_stream(batches: pa.RecordBatchReader, fmt: str, sink: BinaryIO) -> Non
         first = True
         for batch in batches:
             for row in json_rows(batch):
-                sink.write((("\n" if first else ",\n") + json.dumps(row, default=str)).encode())
+                sink.write((("\n" if first else ",\n") + json.dumps(row, default=_json_text)).encode())
                 first = False
         sink.write(b"\n]\n")
     elif fmt == "parquet":

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 import pyarrow as pa
 
@@ -35,6 +37,8 @@ from layerlake.core.errors import LayerlakeError, ParameterError
 from layerlake.core.render import json_rows, write_stream
 from layerlake.queries import figures
 from layerlake.ui import pages
+from layerlake.ui.guard import Served
+from layerlake.warehouse.sandbox import Sandbox, manifest_stamp
 
 PAGE_ROWS = 100  # rows per page of a table
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -119,16 +123,7 @@ class ServedWarehouse:
         return self._manifest_stamp()
 
     def _manifest_stamp(self) -> tuple:
-        from layerlake.warehouse.manifest import manifest_path
-
-        stamps = []
-        for folder in (self.root, *self.attach):
-            try:
-                stat = manifest_path(folder).stat()
-                stamps.append((stat.st_size, stat.st_mtime_ns))
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
+        return manifest_stamp([self.root, *self.attach])
 
     def cursor(self) -> Any:
         from layerlake.warehouse.views import connect
@@ -170,6 +165,9 @@ class UiApp:
         self._vega: bytes | None = None
         self._vega_lock = threading.Lock()
         self.answers = AnswerCache()
+        self.served: Served | None = None  # set by serve_at: then only requests addressed to it
+        self._sandbox: Sandbox | None = None
+        self._sandbox_lock = threading.Lock()
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()``'s answer for ``key`` on this version of the warehouse; errors are raised, not kept."""
@@ -194,7 +192,32 @@ class UiApp:
 
     # -- dispatch ------------------------------------------------------------------------------------
 
-    def respond(self, method: str, path: str, query: str = "") -> Response:
+    def serve_at(self, host: str, port: int) -> None:
+        """Answer only requests addressed to ``host:port`` from this server's own pages (``ui.guard``)."""
+        self.served = Served.at(host, port)
+
+    def respond(
+        self, method: str, path: str, query: str = "", headers: Iterable[tuple[str, str]] | None = None
+    ) -> Response:
+        """The answer to one request. ``headers`` (name, value pairs, as the server received them) are
+        checked against the served address when the app serves one (``serve_at``); a caller in this
+        process (a test, the warm-up) may leave them out. Never raises: an unexpected failure is a 500
+        with one line on stderr, never a traceback or an empty reply."""
+        try:
+            return self._respond(method, path, query, headers)
+        except Exception as error:  # noqa: BLE001 (a bug must not kill the reply; the line names it)
+            print(f"layerlake ui: {method} {path} failed: {type(error).__name__}: {error}", file=sys.stderr)
+            return json_response(
+                {"error": f"the server failed: {type(error).__name__}: {error}", "fix": "report this"}, 500
+            )
+
+    def _respond(
+        self, method: str, path: str, query: str, headers: Iterable[tuple[str, str]] | None
+    ) -> Response:
+        if self.served is not None and headers is not None:
+            refused = self.served.refusal(headers)
+            if refused is not None:
+                return json_response({"error": refused, "fix": f"open {self.served.url} in the browser"}, 403)
         if method not in ("GET", "HEAD"):
             return Response(405, "text/plain", b"read-only: only GET", {"Allow": "GET, HEAD"})
         if path == "/favicon.ico":
@@ -204,11 +227,25 @@ class UiApp:
         handler = self.routes.get(path)
         if handler is None:
             return Response(404, "text/plain", b"not found")
-        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
         try:
-            return handler(params)
+            return handler(query_params(query))
         except LayerlakeError as error:
             return error_response(error)
+
+    def close(self) -> None:
+        """Stop the SQL console's worker processes."""
+        with self._sandbox_lock:
+            sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            sandbox.close()
+
+    def sandbox(self) -> Sandbox:
+        """The SQL console's worker processes (``warehouse.sandbox``), started on first use."""
+        with self._sandbox_lock:
+            if self._sandbox is None:
+                warehouse = self.warehouse
+                self._sandbox = Sandbox(warehouse.root, warehouse.attach, self.limits)
+            return self._sandbox
 
     def _page(self, html: str) -> Response:
         return Response(200, "text/html; charset=utf-8", html.encode())
@@ -307,26 +344,18 @@ class UiApp:
         return json_response({"rows": rows, "chart": figures.scalar_figure(rows, name)})
 
     def _sql(self, params: dict[str, str]) -> Response:
-        from layerlake.warehouse.command import stream_query
-
+        """One page of a console statement's result, run in a worker process under the limits."""
         text = params.get("q", "")
         page = _page_number(params.get("page", "0"))
-        con = self.warehouse.cursor()
-        try:
-            with limited(con, self.limits):
-                batches = stream_query(con, text)
-                kept, total = [], 0
-                start, end = page * PAGE_ROWS, (page + 1) * PAGE_ROWS
-                for batch in batches:  # streamed: only the page is kept
-                    lo, hi = max(start - total, 0), min(end - total, batch.num_rows)
-                    if lo < hi:
-                        kept.append(batch.slice(lo, hi - lo))
-                    total += batch.num_rows
-                table = pa.Table.from_batches(kept, batches.schema)
-        except LayerlakeError as error:
-            return error_response(error)
-        finally:
-            con.close()
+        kept, total = [], 0
+        start, end = page * PAGE_ROWS, (page + 1) * PAGE_ROWS
+        with self.sandbox().query(text, what="the SQL console") as result:
+            for batch in result:  # streamed: only the page is kept
+                lo, hi = max(start - total, 0), min(end - total, batch.num_rows)
+                if lo < hi:
+                    kept.append(batch.slice(lo, hi - lo))
+                total += batch.num_rows
+            table = pa.Table.from_batches(kept, result.schema)
         return json_response({
             "columns": table.column_names, "rows": json_rows(table), "total": total, "page": page,
             "page_rows": PAGE_ROWS,
@@ -464,13 +493,44 @@ def _shared(recipe: Any, bound: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in bound.items() if k in names}
 
 
+def query_params(query: str) -> dict[str, str]:
+    """The query string's fields, each given once, as UTF-8 text; ``ParameterError`` otherwise (a
+    malformed percent-escape, bytes that are not UTF-8, a field given twice, too many fields)."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, errors="strict",
+                          max_num_fields=MAX_FIELDS)  # fmt: skip
+    except UnicodeDecodeError as error:
+        raise ParameterError(
+            "the query string is not UTF-8 text (a percent-escape of bytes that are no character)",
+            fix="encode each value as UTF-8 before percent-escaping it (as a browser's form does)",
+        ) from error
+    except ValueError as error:  # more than MAX_FIELDS fields
+        raise ParameterError(
+            f"the query string has more than {MAX_FIELDS} fields", fix="send fewer"
+        ) from error
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise ParameterError(f"{key!r} is given twice in the query string", fix=f"give {key}= once")
+        if "\x00" in key or "\x00" in value:
+            raise ParameterError(f"{key!r} holds a NUL character", fix="remove it")
+        params[key] = value
+    return params
+
+
+MAX_FIELDS = 200  # a recipe form has a few dozen at most
+
+
 def _page_number(text: str) -> int:
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise ParameterError(
             f"page {text!r} is not a page number",
             fix="ask for a page number: 0 for the first page, 1 for the next ...",
         )
     return int(text)
+
+
+_ASCII_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def form_values(recipe: Any, params: dict[str, str]) -> dict[str, Any]:
@@ -491,8 +551,8 @@ def form_values(recipe: Any, params: dict[str, str]) -> dict[str, Any]:
             continue
         if param.is_list:
             out[key] = [part.strip() for part in text.strip("[]").split(",") if part.strip()]
-            if param.base == "integer":
-                out[key] = [int(v) if v.lstrip("+-").isdigit() else v for v in out[key]]
+            if param.base == "integer":  # ASCII digits only: int("٣") is 3, and "²".isdigit()
+                out[key] = [int(v) if _ASCII_INTEGER.fullmatch(v) else v for v in out[key]]
         elif param.base == "boolean":
             out[key] = {"true": True, "false": False}.get(text.lower(), text)
         elif text.lower() == "null" and param.optional:

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from layerlake.core.duck import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryLimits
+from layerlake.core.duck import QueryLimits
 from layerlake.core.errors import LayerlakeError
-from layerlake.ui.app import UiApp
-from layerlake.warehouse.command import add_root_argument
+from layerlake.ui.app import Response, UiApp
+from layerlake.warehouse.command import add_limit_arguments, add_root_argument
 
 LOCAL = "127.0.0.1"
 # Everything from this server only (no CDN can load); Vega compiles its expressions with eval.
@@ -27,7 +27,13 @@ def handler_for(app: UiApp) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, head_only: bool = False) -> None:
             parts = urlsplit(self.path)
-            response = app.respond(self.command, parts.path, parts.query)
+            response = app.respond(self.command, parts.path, parts.query, self.headers.items())
+            try:
+                self._send(response, head_only)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the browser left before the answer: nothing to tell anyone
+
+        def _send(self, response: Response, head_only: bool) -> None:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))
@@ -56,10 +62,21 @@ def handler_for(app: UiApp) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        """One line, never a traceback (the app answers every request itself; this is the socket)."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            print(f"layerlake ui: a request from {client_address[0]} failed: {error!r}", file=sys.stderr)
+
+
 def make_server(app: UiApp, host: str = LOCAL, port: int = 0) -> ThreadingHTTPServer:
-    """The server, bound (``port`` 0: a free port); ``server.server_address`` says where."""
-    server = ThreadingHTTPServer((host, port), handler_for(app))
-    server.daemon_threads = True
+    """The server, bound (``port`` 0: a free port); ``server.server_address`` says where. The app then
+    answers only requests addressed to that host and port (``ui.guard``)."""
+    server = Server((host, port), handler_for(app))
+    app.serve_at(host, server.server_address[1])
     return server
 
 
@@ -75,8 +92,7 @@ def ui_parser() -> argparse.ArgumentParser:
         "--host", default=LOCAL, help=f"address to listen on (default {LOCAL}: this machine only)"
     )
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="SQL console time limit, s")
-    parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, help="SQL console memory limit")
+    add_limit_arguments(parser)  # the SQL console's, as `layerlake sql`'s
     parser.add_argument(
         "--no-warm-up",
         action="store_true",
@@ -86,9 +102,13 @@ def ui_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(app: UiApp, warm: bool) -> None:
-    app.vega_bundle()
-    if warm:
-        app.warm()
+    try:
+        app.vega_bundle()
+        app.sandbox().prestart()  # the SQL console's first worker, so the first statement finds it ready
+        if warm:
+            app.warm()
+    except LayerlakeError as error:  # the page that needs it will say what is wrong
+        print(f"layerlake ui: {error.message}", file=sys.stderr)
 
 
 def ui(argv: list[str]) -> int:
@@ -98,8 +118,10 @@ def ui(argv: list[str]) -> int:
     args = ui_parser().parse_args(argv)
     started = time.perf_counter()
     root = _resolve(args.root)
+    limits = QueryLimits(args.timeout, args.memory_limit)
+    limits.check()  # a wrong --timeout or --memory-limit fails here, not at the first console query
     connect(root, attach=args.attach).close()  # a warehouse that cannot be read fails here, by name
-    app = UiApp(root, tuple(Path(a) for a in args.attach), QueryLimits(args.timeout, args.memory_limit))
+    app = UiApp(root, tuple(Path(a).expanduser().resolve() for a in args.attach), limits)
     try:
         server = make_server(app, args.host, args.port)
     except OSError as error:
@@ -123,4 +145,5 @@ def ui(argv: list[str]) -> int:
         pass
     finally:
         server.server_close()
+        app.close()
     return 0

@@ -10,4 +10,6 @@
 --        alpha_i = sum_j |<h_i, x_j>|   (x_j = that side's centred features; h_i orthonormal)
 --        pwcca = sum_i alpha_i rho_i / sum_i alpha_i
 --    1 for the same activations up to an invertible linear map. NULL for a NULL, empty or mismatched pair.
+--    At most 2^24 values (n x d) per matrix (similarity.MAX_ACTIVATION_VALUES; past it the query fails
+--    naming the bound).
 CREATE OR REPLACE MACRO pwcca(x_a, d_a, x_b, d_b) AS _ll_pwcca(x_a, d_a, x_b, d_b);

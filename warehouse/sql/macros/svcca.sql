@@ -6,5 +6,6 @@
 --    Grams alone: the eigenvectors of K = X~ X~^T (eigenvalues = squared singular values of X~), and
 --        rho = singular values of U_k(a)^T U_k(b)   (cosines of the principal angles)
 --    1 for the same activations up to an invertible linear map of the kept directions. NULL for a NULL,
---    all-zero or mismatched pair. Computed in Python (numpy eigh per row): about 1 ms a pair at n = 128.
+--    all-zero or mismatched pair. Computed in Python (numpy eigh per row): about 1 ms a pair at n = 128; cubic in n, so at most n =
+--    4,096 probe rows (similarity.MAX_GRAM_ROWS; past it the query fails naming the bound).
 CREATE OR REPLACE MACRO svcca(a, b, keep := 0.99) AS _ll_svcca(a::DOUBLE[], b::DOUBLE[], keep);

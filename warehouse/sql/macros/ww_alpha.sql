@@ -7,7 +7,8 @@
 --        alpha = 1 + m / sum_{lambda >= x_min} ln(lambda / x_min)      (m tail values)
 --    and the x_min whose fit is closest to the tail's empirical CDF, D = max |1 - (lambda / x_min)^(1 -
 --    alpha) - (j / m)|, wins. powerlaw_alpha is the same MLE on a fixed tail (the top half). O(m^2) per
---    spectrum. NULL with fewer than 2 eigenvalues above 1e-5. WeightWatcher 0.7 fits fewer than 20
+--    spectrum, so at most 32,768 eigenvalues (powerlaw.MAX_EIGENVALUES, about 5 s; past it the query fails
+--    naming the bound). NULL with fewer than 2 eigenvalues above 1e-5. WeightWatcher 0.7 fits fewer than 20
 --    eigenvalues another way (a bias-corrected MLE, tails of 8 or more, a KS objective favouring long
 --    tails); this macro keeps the standard fit at every size, so small spectra can differ from it.
 -- uses: _ll_ww
