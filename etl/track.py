@@ -273,26 +273,26 @@ class TrackedRun:
             self.failures.append(
                 f"the run's end ({failure.message}; `layerlake check` will list it as killed)"
             )
-        if (
-            self.compact_on_finish and self.writes
-        ):  # a rank that records a failure leaves the files to the writer
+        # a rank other than the writer leaves the files to the writer
+        if self.compact_on_finish and self.writes:
             try:
                 from layerlake.warehouse.compact import compact
 
                 compact(self.warehouse.root, run_ids=[self.run_id])
             except LayerlakeError as failure:  # compaction is housekeeping: the rows are committed already
                 self.failures.append(f"compaction: {failure.message}")
-        if not self.quiet:
+        if self.failures:  # said even with quiet: something the user expects is not stored
             print(
-                f"layerlake: run {self.run_id} {status}: {len(self.snapshots)} snapshot(s), "
-                f"{len(self.failures)} failure(s), in {self.warehouse.root}",
+                f"layerlake: run {self.run_id} ended; {status} with {len(self.snapshots)} snapshot(s) in "
+                f"{self.warehouse.root}; {len(self.failures)} thing(s) could not be stored or done "
+                f"(first: {self.failures[0]}); what was committed is intact; "
+                f"`select * from failures where run_id = '{self.run_id}'` lists those recorded",
                 file=sys.stderr,
             )
-        if self.failures:
+        elif not self.quiet:
             print(
-                f"layerlake: run {self.run_id} ended; {len(self.failures)} thing(s) could not be stored or "
-                f"done (first: {self.failures[0]}); what was committed is intact; "
-                f"`select * from failures where run_id = '{self.run_id}'` lists those recorded",
+                f"layerlake: run {self.run_id} {status}: {len(self.snapshots)} snapshot(s), "
+                f"0 failure(s), in {self.warehouse.root}",
                 file=sys.stderr,
             )
 

@@ -1,16 +1,19 @@
 """Every command on every warehouse state.
 
 States: a fresh extraction (two probes on the same checkpoints), tracked runs compacted (what ``make
-demo`` leaves) with imported metrics, that warehouse migrated from schema 2, filled by ``share import``,
-a warehouse opened with a shared folder attached, and after a SIGKILL of ``compact`` and of ``migrate``.
+demo`` leaves) with imported metrics, that warehouse migrated from the previous schema (3), filled by
+``share import``, a warehouse opened with a shared folder attached, and after a SIGKILL of ``compact`` and
+of ``migrate`` (from schema 2).
 Commands: ``check``, ``sql``, every recipe through ``query``, every UI page's data, ``share export``,
 ``share import`` of that export into an empty warehouse and into the same one, ``share attach``,
 ``compact``, ``migrate``, ``runs``. Each cell runs on its own copy of the state, in process (the CLI's
 ``main``), and must exit 0 or with a clear error naming the fix, never a traceback; afterwards every
 table holds the rows it held, and ``check`` passes.
 
-States are built once per module from tiny real models: the tiny suite's checkpoints extracted
-(``tests/conftest.py``), and a tiny GPT-NeoX trained a few steps through ``layerlake.track``.
+States are built once per module, each when a test first needs it, from tiny real models: the tiny
+suite's checkpoints extracted (``tests/conftest.py``), and a tiny GPT-NeoX trained a few steps through
+``layerlake.track``. ``make test`` runs one cell per command covering every state (``DEFAULT_CELLS``);
+``make test-slow`` runs all of them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from test_gram_storage import as_schema_2
 from test_import_metrics import write_csv
 from test_interrupted import killed
+from test_scalars_rank import as_schema_3
 from test_trust_identity import under
 
 import layerlake
@@ -109,74 +113,122 @@ def track_run(root: Path, seed: int, compact: bool) -> None:
     assert not run.failures, run.failures
 
 
+class States:
+    """The warehouse states, each built the first time a test asks for it (a test of one state builds only
+    what that state needs) and then shared, read-only, by every cell: a cell works on its own copy."""
+
+    def __init__(self, tiny_suite, base: Path) -> None:
+        self.tiny_suite, self.base = tiny_suite, base
+        self.built: dict[str, State] = {}
+        self.exported: Path | None = None
+
+    def __getitem__(self, name: str) -> State:
+        if name not in self.built:
+            self.built[name] = BUILDERS[name](self)
+        return self.built[name]
+
+    def fresh(self) -> State:
+        """tiny-a's checkpoints extracted through two probes (a second probe adds rows beside the first)."""
+        settings, suites = self.tiny_suite
+        fresh = dataclasses.replace(under(settings, self.base / "fresh", suites), models=["tiny-a"])
+        assert run_extract(fresh).ok
+        first = counts(Path(fresh.paths.warehouse))
+        assert run_extract(
+            dataclasses.replace(fresh, probe=dataclasses.replace(fresh.probe, n_sequences=6))
+        ).ok
+        root = Path(fresh.paths.warehouse)
+        fresh_counts = counts(root)
+        con = warehouse.connect(root)
+        assert con.sql("select count(distinct probe_id) from sketches").fetchall() == [(2,)]
+        con.close()
+        assert fresh_counts["sketches"] == 2 * first["sketches"]  # the second probe replaced nothing
+        return State(root, fresh_counts, "tiny-a")
+
+    def tracked(self) -> State:
+        """Tracked runs, compacted as each finishes, and metrics imported from elsewhere (``make demo``)."""
+        tracked = self.base / "tracked"
+        for seed in (0, 1):
+            track_run(tracked, seed, compact=True)
+        assert main(["import-metrics", str(write_csv(self.base / "m.csv")), "--source", "paper", "--suite",
+                     "pythia", "--root", str(tracked)]) == 0  # fmt: skip
+        assert any(f.shared for e in Warehouse(tracked).committed().values() for f in e.files)
+        return State(tracked, counts(tracked), "neox-t", hydra=True)
+
+    def export(self) -> Path:
+        """The tracked warehouse's export."""
+        if self.exported is None:
+            self.exported = self.base / "tracked-export"
+            assert (
+                main(
+                    [
+                        "share",
+                        "export",
+                        str(self.exported),
+                        "--root",
+                        str(self["tracked runs compacted"].root),
+                    ]
+                )
+                == 0
+            )
+        return self.exported
+
+    def copy(self, name: str, to: str) -> tuple[Path, State]:
+        source = self[name]
+        shutil.copytree(source.root, self.base / to)
+        return self.base / to, source
+
+    def migrated(self) -> State:
+        """The tracked warehouse as the previous schema (3) wrote it, then migrated."""
+        root, tracked = self.copy("tracked runs compacted", "migrated")
+        as_schema_3(root)
+        assert main(["migrate", "--root", str(root)]) == 0
+        return State(root, tracked.counts, "neox-t")
+
+    def imported(self) -> State:
+        """The tracked warehouse's export imported into an empty warehouse."""
+        root = self.base / "imported"
+        assert main(["share", "import", str(self.export()), "--root", str(root)]) == 0
+        return State(root, self["tracked runs compacted"].counts, "neox-t")
+
+    def attached(self) -> State:
+        """The fresh extraction, with the tracked warehouse's export attached."""
+        root, fresh = self.copy("fresh extraction", "attached")
+        tracked = self["tracked runs compacted"]
+        seen = {t: fresh.counts[t] + tracked.counts[t] for t in schema.TABLES}
+        assert counts(root, (self.export(),)) == seen
+        return State(root, fresh.counts, "tiny-a", self.export(), seen)
+
+    def killed_compact(self) -> State:
+        """The fresh extraction after a ``compact`` SIGKILLed once its files were in place."""
+        root, fresh = self.copy("fresh extraction", "killed-compact")
+        killed(root, "compact", "placed")
+        return State(root, fresh.counts, "tiny-a")
+
+    def killed_migrate(self) -> State:
+        """The tracked warehouse as schema 2 wrote it (Grams as lists, scalars without rank), after a
+        ``migrate`` SIGKILLed once its files were in place: rolled back by the next command."""
+        root, tracked = self.copy("tracked runs compacted", "killed-migrate")
+        as_schema_3(root)
+        as_schema_2(root)
+        killed(root, "migrate", "placed")
+        return State(root, tracked.counts, "neox-t", outdated=True)
+
+
+BUILDERS = {
+    "fresh extraction": States.fresh,
+    "tracked runs compacted": States.tracked,
+    "migrated from schema 3": States.migrated,
+    "filled by share import": States.imported,
+    "opened by share attach": States.attached,
+    "after a killed compact": States.killed_compact,
+    "after a killed migrate": States.killed_migrate,
+}
+STATES = tuple(BUILDERS)
+
+
 @pytest.fixture(scope="module")
-def states(tiny_suite, tmp_path_factory) -> dict[str, State]:
-    base = tmp_path_factory.mktemp("states")
-    settings, suites = tiny_suite
-    out: dict[str, State] = {}
-
-    # a fresh extraction: tiny-a's checkpoints through two probes (a second probe adds rows beside the first)
-    fresh = dataclasses.replace(under(settings, base / "fresh", suites), models=["tiny-a"])
-    assert run_extract(fresh).ok
-    first = counts(Path(fresh.paths.warehouse))
-    assert run_extract(dataclasses.replace(fresh, probe=dataclasses.replace(fresh.probe, n_sequences=6))).ok
-    root = Path(fresh.paths.warehouse)
-    fresh_counts = counts(root)
-    con = warehouse.connect(root)
-    assert con.sql("select count(distinct probe_id) from sketches").fetchall() == [(2,)]
-    con.close()
-    assert fresh_counts["sketches"] == 2 * first["sketches"]  # the second probe replaced nothing
-    out["fresh extraction"] = State(root, fresh_counts, "tiny-a")
-
-    # tracked runs, compacted as each finishes, and metrics imported from elsewhere
-    tracked = base / "tracked"
-    for seed in (0, 1):
-        track_run(tracked, seed, compact=True)
-    assert main(["import-metrics", str(write_csv(base / "m.csv")), "--source", "paper", "--suite", "pythia",
-                 "--root", str(tracked)]) == 0  # fmt: skip
-    assert any(f.shared for e in Warehouse(tracked).committed().values() for f in e.files)
-    tracked_counts = counts(tracked)
-    out["tracked runs compacted"] = State(tracked, tracked_counts, "neox-t", hydra=True)
-
-    migrated = base / "migrated"
-    shutil.copytree(tracked, migrated)
-    as_schema_2(migrated)
-    assert main(["migrate", "--root", str(migrated)]) == 0
-    out["migrated 2 -> 3"] = State(migrated, tracked_counts, "neox-t")
-
-    exported, imported = base / "tracked-export", base / "imported"
-    assert main(["share", "export", str(exported), "--root", str(tracked)]) == 0
-    assert main(["share", "import", str(exported), "--root", str(imported)]) == 0
-    out["filled by share import"] = State(imported, tracked_counts, "neox-t")
-
-    attached = base / "attached"
-    shutil.copytree(root, attached)
-    seen = {t: fresh_counts[t] + tracked_counts[t] for t in schema.TABLES}
-    assert counts(attached, (exported,)) == seen
-    out["opened by share attach"] = State(attached, fresh_counts, "tiny-a", exported, seen)
-
-    killed_compact = base / "killed-compact"
-    shutil.copytree(root, killed_compact)
-    killed(killed_compact, "compact", "placed")
-    out["after a killed compact"] = State(killed_compact, fresh_counts, "tiny-a")
-
-    killed_migrate = base / "killed-migrate"
-    shutil.copytree(tracked, killed_migrate)
-    as_schema_2(killed_migrate)
-    killed(killed_migrate, "migrate", "placed")
-    out["after a killed migrate"] = State(killed_migrate, tracked_counts, "neox-t", outdated=True)
-    return out
-
-
-STATES = (
-    "fresh extraction",
-    "tracked runs compacted",
-    "migrated 2 -> 3",
-    "filled by share import",
-    "opened by share attach",
-    "after a killed compact",
-    "after a killed migrate",
-)
+def states(tiny_suite, tmp_path_factory) -> States:
+    return States(tiny_suite, tmp_path_factory.mktemp("states"))
 
 
 def test_a_second_probe_on_the_same_checkpoints_adds_its_rows_beside_the_first(states):
@@ -381,8 +433,28 @@ COMMANDS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize("state_name", STATES)
+# The cells of the default run (`make test`): every command once and every state at least once, the
+# costly commands (query: every recipe; ui: every page) where they matter most. The other cells run with
+# `make test-slow`.
+DEFAULT_CELLS = {
+    ("after a killed migrate", "check"), ("opened by share attach", "sql"), ("tracked runs compacted", "query"),
+    ("fresh extraction", "ui"), ("migrated from schema 3", "share export"),
+    ("filled by share import", "share import into an empty warehouse"),
+    ("tracked runs compacted", "share import into the same"), ("after a killed compact", "share attach"),
+    ("fresh extraction", "compact"), ("after a killed migrate", "migrate"), ("filled by share import", "runs"),
+}  # fmt: skip
+CELLS = [
+    pytest.param(state, command, marks=() if (state, command) in DEFAULT_CELLS else pytest.mark.slow)
+    for state in STATES
+    for command in COMMANDS
+]
+
+
+def test_the_default_cells_cover_every_state_and_every_command():
+    assert {s for s, _ in DEFAULT_CELLS} == set(STATES) and {c for _, c in DEFAULT_CELLS} == set(COMMANDS)
+
+
+@pytest.mark.parametrize(("state_name", "command"), CELLS)
 def test_every_command_on_every_state(state_name, command, states, tmp_path, capsys):
     state = states[state_name]
     root = tmp_path / "wh"

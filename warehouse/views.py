@@ -140,12 +140,17 @@ def _resolve(root: Any) -> Path:
 def source_root(root: Any, attach: Iterable[Any] = ()) -> Path | None:
     """The warehouse a connection serves: ``root`` (None: the default), refused unless it is a warehouse;
     None (no local warehouse) when folders are attached and the root (given or the default) does not
-    exist: attaching needs no local warehouse. A root that exists but is no warehouse is still refused."""
+    exist: attaching needs no local warehouse. A root that exists but is no warehouse is still refused.
+    What a killed ``compact`` or ``migrate`` left in the root is finished or rolled back here, first, when
+    no writer holds the lock (``warehouse.writer.recover_interrupted``): every reader comes through here
+    (``connect``, ``layerlake sql``, ``share attach --sql``), so none sees a half-done step."""
     if list(attach):
         path = default_root() if root is None else Path(root).expanduser().resolve()
         if not path.exists() or (root is None and not is_warehouse(path)):
             return None
-    return _resolve(root)
+    path = _resolve(root)
+    recover_interrupted(path)
+    return path
 
 
 def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
@@ -262,14 +267,10 @@ def connect(
     only read through views. A ``root`` that is not a warehouse is an error naming the nearest one
     (``warehouse.locate``); with ``attach`` given, the attached folders are served alone when the
     root (given, or the default) does not exist. What a killed ``compact`` or ``migrate`` left in the
-    root is finished or rolled back first when no writer holds the lock
-    (``warehouse.writer.recover_interrupted``; a reader never sees a half-done step).
+    root is finished or rolled back first (``source_root``).
     """
     attach = list(attach)
-    path = source_root(root, attach)
-    if path is not None:
-        recover_interrupted(path)
-    shards, failures = gather(path, attach)
+    shards, failures = gather(source_root(root, attach), attach)
     return open_views(shards, failures, read_only)
 
 
