@@ -511,7 +511,7 @@ class TrackedRun:
 
     def _fail(self, step: int | None, error: BaseException, task_id: str | None = None) -> None:
         text = error.message if isinstance(error, LayerlakeError) else f"{type(error).__name__}: {error}"
-        self.failures.append(f"step {step}: {text}")
+        self.failures.append(f"step {step}: {text}" if step is not None else f"{task_id}: {text}")
         meta = {"kind": "snapshot", "step": step, "traceback": "".join(traceback.format_exception(error))}
         with suppress(Exception):  # nothing more can be recorded; the report below still says it
             self.warehouse.record_failure(
@@ -522,9 +522,12 @@ class TrackedRun:
                 meta,
                 run_id=self.run_id,
             )
-        self._report(
-            f"layerlake: snapshot of run {self.run_id} at step {step} failed ({text}); training goes on"
+        what = (
+            f"snapshot of run {self.run_id} at step {step}"
+            if step is not None
+            else f"commit of task {task_id} of run {self.run_id}"
         )
+        self._report(f"layerlake: {what} failed ({text}); training goes on")
 
     # -- integrations ----------------------------------------------------------------------------------
 

@@ -26,22 +26,24 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 # A tiny GPT-NeoX trained through the tracker, a snapshot at every step; ``limit`` (bytes) caps every
-# file the process writes from the first step on (0: no cap; the disk itself may be small).
+# file the process writes from step ``since`` on (0: no cap; the disk itself may be small). What could
+# not be stored is printed last, one line each.
 TRAIN = r"""
 import resource, sys
 sys.path.insert(0, sys.argv[3])
 import torch, tiny_models, layerlake
 
-root, limit, steps = sys.argv[1], int(sys.argv[2]), 8
+root, limit, since, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[4]), 8
 model = tiny_models.neox(seed=0).train()
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 probe = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18], [19, 20, 21, 22, 23, 24]]
 batches = torch.Generator().manual_seed(0)
 with layerlake.track(model, suite="full", model_name="neox", run_id="r", probe=probe, warehouse=root,
                      cadence=1) as run:
-    if limit:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     for step in range(steps):
+        if limit and step == since:
+            run.wait()  # what was snapshotted before is committed
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         batch = torch.randint(0, 40, (4, 8), generator=batches)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -50,12 +52,13 @@ with layerlake.track(model, suite="full", model_name="neox", run_id="r", probe=p
         run.log(step, loss=loss.item())
         run.snapshot(step, model)
 print(f"trained {step + 1} steps; {len(run.snapshots)} snapshots taken, {len(run.failures)} failures", flush=True)
+print("\n".join(run.failures), flush=True)
 """
 
 
-def train(root: Path, limit: int = 0) -> subprocess.CompletedProcess:
+def train(root: Path, limit: int = 0, since: int = 0) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", TRAIN, str(root), str(limit), str(TESTS)],
+        [sys.executable, "-c", TRAIN, str(root), str(limit), str(TESTS), str(since)],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )  # fmt: skip
 
@@ -85,9 +88,11 @@ def assert_readable(root: Path, capsys) -> None:
 
 def test_a_tracked_run_whose_file_size_limit_is_reached_trains_on_and_ends_with_one_line(tmp_path, capsys):
     root = tmp_path / "wh"
-    done = train(root, limit=6000)  # the run's row and its probe fit; snapshots and the manifest soon do not
+    done = train(root, limit=6000, since=3)  # 3 snapshots go in; then no file may pass 6000 bytes
     assert_ended_cleanly(done)
     assert "File too large" in done.stderr
+    failed = done.stdout.splitlines()[1:]
+    assert any(f.startswith("compaction:") and "File too large" in f for f in failed), done.stdout
     assert_readable(root, capsys)
 
 
