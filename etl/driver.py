@@ -1,7 +1,8 @@
 """The extraction driver: plans tasks, skips committed ones, runs the rest, commits each as it arrives.
 
-The driver is the warehouse's only writer. Workers return Arrow tables; the driver writes each
-task's shards and appends its manifest entry, or records the task's failure and goes on.
+Workers return Arrow tables and never write; the driver commits each task through the warehouse's
+writer (``warehouse.writer.Warehouse``, the one home of writing), or records the task's failure and
+goes on. Runs and probe batches are recorded through ``warehouse.runs``, as tracking records them.
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress, Throughput, checkpoint_cost
 from layerlake.etl.sources import weights_file
-from layerlake.etl.task import ExtractTask, ProbeBatch, extract_run_id
-from layerlake.warehouse.layout import probe_task_id
-from layerlake.warehouse.runs import Run, RunKind, RunStatus, commit_run, committed_run, new_run
-from layerlake.warehouse.schema import PROBES
+from layerlake.etl.task import ExtractTask, extract_run_id
+from layerlake.warehouse.manifest import CommitEntry
+from layerlake.warehouse.runs import (
+    Run,
+    RunKind,
+    RunStatus,
+    begin_run,
+    commit_probe,
+    committed_run,
+    end_run,
+    new_run,
+)
 from layerlake.warehouse.writer import Warehouse
 
 
@@ -64,40 +73,24 @@ def task_meta(task: ExtractTask) -> dict:
     }
 
 
-def commit_probes(warehouse: Warehouse, plan: Plan, committed: dict) -> None:
-    """One ``probes`` row per (run, probe): the batch every checkpoint of the run saw."""
+def start_runs(warehouse: Warehouse, plan: Plan, settings: Config) -> dict[str, Run]:
+    """The extraction run of every planned model, committed as running (started_at kept from before),
+    with its probe batch's row. A model whose run was tracked while it trained (``suite build``) keeps
+    that run as it is: its checkpoints' rows join it (and its probe batch's row is added if missing)."""
     from layerlake.etl.probes import probe_row
 
-    for model in plan.models:
-        run_id = extract_run_id(plan.suite, model)
-        task_id = probe_task_id(run_id, plan.probe.probe_id)
-        if task_id in committed and not warehouse.problems(committed[task_id]):
-            continue
-        table = pa.Table.from_pylist([probe_row(plan.probe)], schema=PROBES.arrow_schema())
-        warehouse.commit(task_id, plan.suite, model, {"probes": table}, probe_meta(plan.probe), run_id=run_id)
-
-
-def probe_meta(probe: ProbeBatch) -> dict:
-    return {"kind": "probe", "probe_id": probe.probe_id, "source": probe.source, "rule": str(probe.rule)}
-
-
-def start_runs(warehouse: Warehouse, plan: Plan, settings: Config) -> dict[str, Run]:
-    """The extraction run of every planned model, committed as running (started_at kept from before).
-    A model whose run was tracked while it trained (``suite build``) keeps that run as it is: its
-    checkpoints' rows join it."""
     config = {"suite": dataclasses.asdict(settings.suite), "probe": dataclasses.asdict(settings.probe),
               "extract": dataclasses.asdict(settings.extract)}  # fmt: skip
+    probe = probe_row(plan.probe)
     runs = {}
     for model in plan.models:
         run_id = extract_run_id(plan.suite, model)
         before = committed_run(warehouse, run_id)
         if before is not None and before.kind != RunKind.extract:
+            commit_probe(warehouse, run_id, plan.suite, model, probe)
             continue
         run = new_run(run_id, plan.suite, model, RunKind.extract, config, probe_id=plan.probe.probe_id)
-        if before is not None:
-            run = dataclasses.replace(run, started_at=before.started_at)
-        commit_run(warehouse, run)
-        runs[model] = run
+        runs[model] = begin_run(warehouse, run, probe)
     return runs
 
 
@@ -114,11 +107,52 @@ def end_runs(
         failed.setdefault(label.split(" ")[0], []).append(f"{label}: {error}")
     for model, run in runs.items():
         errors = failed.get(model)
-        status = RunStatus.failed if errors else RunStatus.finished
-        commit_run(warehouse, run.ended(status, "; ".join(errors)[:2000] if errors else None))
+        end_run(
+            warehouse,
+            run,
+            RunStatus.failed if errors else RunStatus.finished,
+            "; ".join(errors or ()) or None,
+        )
 
 
-def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> None:
+class WeightRows:
+    """Which committed task holds each checkpoint's weight rows (``spectra`` and ``matrix_stats`` with
+    tensor = 'weight': they depend on the weights, not on the probe). A checkpoint extracted through
+    several probes stores them once, in the first of its tasks committed; the others hold only what
+    their probe gives (activations, sketches, gradients), so no key is stored twice."""
+
+    def __init__(self, committed: dict[str, CommitEntry]) -> None:
+        self.holders: dict[tuple, str] = {}
+        for entry in committed.values():
+            self.add(entry)
+
+    def add(self, entry: CommitEntry) -> None:
+        meta = entry.meta
+        holds = meta.get("weight_rows", True) and any(f.table == "spectra" for f in entry.files)
+        if meta.get("kind") == "extract" and holds:
+            self.holders.setdefault(
+                (entry.run_id, meta.get("revision"), meta.get("weights_sha256")), entry.task_id
+            )
+
+    def elsewhere(self, task: ExtractTask, weights_sha256: str) -> str | None:
+        """The task of another probe that holds this checkpoint's weight rows, if one does."""
+        holder = self.holders.get((task.ref.run_id, task.ref.revision, weights_sha256))
+        return None if holder == task.task_id else holder
+
+
+def without_weight_rows(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """``tables`` without the rows of weight matrices (spectra and matrix_stats of tensor 'weight')."""
+    import pyarrow.compute as pc
+
+    return {
+        name: table.filter(pc.not_equal(table["tensor"], "weight"))
+        if name in ("spectra", "matrix_stats")
+        else table
+        for name, table in tables.items()
+    }
+
+
+def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport, weights: WeightRows) -> None:
     task = outcome.task
     meta = task_meta(task)
     ref = task.ref
@@ -136,7 +170,12 @@ def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport) -> Non
         "timings": result.timings,
         "placement": result.placement,
     }
-    warehouse.commit(task.task_id, ref.suite, ref.model, result.tables, meta, run_id=ref.run_id)
+    tables, holder = result.tables, weights.elsewhere(task, result.weights_sha256)
+    if holder is not None:  # another probe's task of this checkpoint stores its weight rows
+        tables, meta["weight_rows_in"] = without_weight_rows(tables), holder
+    spectra = tables.get("spectra")
+    meta["weight_rows"] = spectra is not None and "weight" in spectra.column("tensor").to_pylist()
+    weights.add(warehouse.commit(task.task_id, ref.suite, ref.model, tables, meta, run_id=ref.run_id))
     report.committed.append(task_label(task))
 
 
@@ -292,16 +331,16 @@ def run_extract(settings: Config) -> ExtractReport:
     executor = make_executor(settings.executor) if todo else None  # fails (e.g. no ray) before any write
     try:
         runs = start_runs(warehouse, plan, settings)
-        commit_probes(warehouse, plan, committed)
         not_run = None  # after Ctrl-C: per model, the checkpoints that did not run
         if executor is not None:
             per_model = Counter(t.ref.model for t in todo)
             downloads = HubDownloads(settings.suite, todo)
             costs = {spec.name: checkpoint_cost(spec) for spec in settings.suite.models}
             with ExtractProgress(per_model, enabled=settings.progress, priors=costs) as progress:
+                weights = WeightRows(warehouse.committed())
                 try:
                     for outcome in executor.run(todo):
-                        record(warehouse, outcome, report)
+                        record(warehouse, outcome, report, weights)
                         report.resubmitted += outcome.resubmitted > 0
                         downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
                         progress.advance(outcome)

@@ -22,8 +22,8 @@ import sys
 from typing import Any
 
 from layerlake.core.errors import ConfigError
-from layerlake.etl.track import Cadence, TrackedRun, commit_probe, live_probe, track
-from layerlake.warehouse.runs import RunStatus, commit_run
+from layerlake.etl.track import Cadence, TrackedRun, live_probe, track
+from layerlake.warehouse.runs import RunStatus, begin_run
 
 # W&B's init arguments with no meaning in layerlake: accepted, unused (docs/tracking.md says why).
 IGNORED_INIT = ("entity", "group", "job_type", "tags", "notes", "mode", "save_code", "settings", "reinit",
@@ -139,10 +139,12 @@ def watch(
         )
     options = dataclasses.replace(run.options, gradients=log in ("gradients", "all"))
     check_options(options, batch, unwrap(model))
-    if run.writes and not run.probe.probe_id:
-        commit_probe(run.warehouse, run.run, batch)
-        run.run = dataclasses.replace(run.run, probe_id=batch.probe_id)
-        commit_run(run.warehouse, run.run)
+    if run.writes and not run.probe.probe_id:  # the run's row names its probe, whose row joins it
+        from layerlake.etl.probes import probe_row
+
+        run.run = begin_run(
+            run.warehouse, dataclasses.replace(run.run, probe_id=batch.probe_id), probe_row(batch)
+        )
     run.probe, run.options = batch, options
     run.cadence = Cadence.parse(cadence if cadence is not None else log_freq)
     _session.watched = [model]

@@ -49,8 +49,17 @@ from layerlake.etl.distributed import Group, Reduce
 from layerlake.etl.plan import CODE_VERSION
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse import schema
-from layerlake.warehouse.layout import check_name, checkpoint_task_id, probe_task_id
-from layerlake.warehouse.runs import Run, RunKind, RunStatus, commit_run, committed_run, mark_killed, new_run
+from layerlake.warehouse.layout import check_name, checkpoint_task_id
+from layerlake.warehouse.runs import (
+    Run,
+    RunKind,
+    RunStatus,
+    begin_run,
+    committed_run,
+    end_run,
+    mark_killed,
+    new_run,
+)
 from layerlake.warehouse.writer import Warehouse
 
 SCALAR_BLOCK = 1000  # steps per scalars task: a resumed run rewrites the block it re-enters
@@ -246,7 +255,9 @@ class TrackedRun:
             self.finish(RunStatus.failed, f"{kind.__name__}: {error}")
 
     def finish(self, status: RunStatus = RunStatus.finished, error: str | None = None) -> None:
-        """Flush the scalars, wait for every commit, then record the run's end and compact its files."""
+        """Flush the scalars, wait for every commit, then record the run's end and compact its files.
+        Never raises for what could not be stored (a full disk): that is counted in ``failures`` and
+        the run ends with one line on stderr saying what was lost."""
         self.flush()
         self._queue.put(None)
         if self._thread is not None:
@@ -256,22 +267,35 @@ class TrackedRun:
             status, error = self._end_together(status, error)
             if status is None:
                 return  # this rank has nothing to record: the writer does
-        self.run = self.run.ended(status, error)
-        commit_run(self.warehouse, self.run)
-        if not self.quiet:
+        try:
+            self.run = end_run(self.warehouse, self.run, status, error)
+        except LayerlakeError as failure:  # its row still says running: `layerlake check` will name it killed
+            self.run = self.run.ended(status, error)
+            self.failures.append(
+                f"the run's end ({failure.message}; `layerlake check` will list it as killed)"
+            )
+        # a rank other than the writer leaves the files to the writer
+        if self.compact_on_finish and self.writes:
+            try:
+                from layerlake.warehouse.compact import compact
+
+                compact(self.warehouse.root, run_ids=[self.run_id])
+            except LayerlakeError as failure:  # compaction is housekeeping: the rows are committed already
+                self.failures.append(f"compaction: {failure.message}")
+        if self.failures:  # said even with quiet: something the user expects is not stored
             print(
-                f"layerlake: run {self.run_id} {status}: {len(self.snapshots)} snapshot(s), "
-                f"{len(self.failures)} failure(s), in {self.warehouse.root}",
+                f"layerlake: run {self.run_id} ended; {status} with {len(self.snapshots)} snapshot(s) in "
+                f"{self.warehouse.root}; {len(self.failures)} thing(s) could not be stored or done "
+                f"(first: {self.failures[0]}); what was committed is intact; "
+                f"`select * from failures where run_id = '{self.run_id}'` lists those recorded",
                 file=sys.stderr,
             )
-        if not self.compact_on_finish or not self.writes:
-            return  # a rank that records a failure leaves the files to the writer
-        try:
-            from layerlake.warehouse.compact import compact
-
-            compact(self.warehouse.root, run_ids=[self.run_id])
-        except LayerlakeError as failure:  # compaction is housekeeping: the rows are committed already
-            self._report(f"compaction of run {self.run_id} failed: {failure.message}")
+        elif not self.quiet:
+            print(
+                f"layerlake: run {self.run_id} {status}: {len(self.snapshots)} snapshot(s), "
+                f"0 failure(s), in {self.warehouse.root}",
+                file=sys.stderr,
+            )
 
     def _end_together(self, status: RunStatus, error: str | None) -> tuple[RunStatus | None, str | None]:
         """How a rank of a distributed job ends the run. A rank that fails records the run failed itself
@@ -489,7 +513,7 @@ class TrackedRun:
 
     def _fail(self, step: int | None, error: BaseException, task_id: str | None = None) -> None:
         text = error.message if isinstance(error, LayerlakeError) else f"{type(error).__name__}: {error}"
-        self.failures.append(f"step {step}: {text}")
+        self.failures.append(f"step {step}: {text}" if step is not None else f"{task_id}: {text}")
         meta = {"kind": "snapshot", "step": step, "traceback": "".join(traceback.format_exception(error))}
         with suppress(Exception):  # nothing more can be recorded; the report below still says it
             self.warehouse.record_failure(
@@ -500,9 +524,12 @@ class TrackedRun:
                 meta,
                 run_id=self.run_id,
             )
-        self._report(
-            f"layerlake: snapshot of run {self.run_id} at step {step} failed ({text}); training goes on"
+        what = (
+            f"snapshot of run {self.run_id} at step {step}"
+            if step is not None
+            else f"commit of task {task_id} of run {self.run_id}"
         )
+        self._report(f"layerlake: {what} failed ({text}); training goes on")
 
     # -- integrations ----------------------------------------------------------------------------------
 
@@ -518,7 +545,9 @@ class TrackedRun:
         return after_step(self, model)
 
     def _report(self, text: str) -> None:
-        print(text, file=sys.stderr)
+        """Say the first failure on stderr at once; later ones are counted and summed up at the end."""
+        if not self._reported:
+            print(text + " (later failures are summed up when the run ends)", file=sys.stderr)
         self._reported = True
 
 
@@ -592,7 +621,9 @@ def track(
             options, batch, unwrap(model), layout
         )  # a probe, option or layout that cannot work fails now
 
-    def start() -> Run:  # the writer's part: the run's row and its probe
+    def start() -> Run:  # the writer's part: the run's row and its probe's, in one manifest line
+        from layerlake.etl.probes import probe_row
+
         store.check_version()
         mark_killed(store)
         chosen = run_id or new_run_id(name, hydra)
@@ -609,12 +640,7 @@ def track(
             overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
             probe_id=batch.probe_id if batch else None,
         )  # fmt: skip
-        if before is not None:
-            run = dataclasses.replace(run, started_at=before.started_at)
-        commit_run(store, run)
-        if batch is not None:
-            commit_probe(store, run, batch)
-        return run
+        return begin_run(store, run, probe_row(batch) if batch is not None else None)
 
     run = start() if group is None else agree(group, start)  # every rank: the writer's run
     tracked = TrackedRun(
@@ -631,21 +657,6 @@ def track(
             file=sys.stderr,
         )
     return tracked
-
-
-def commit_probe(store: Warehouse, run: Run, probe: ProbeBatch) -> None:
-    from layerlake.etl.probes import probe_row
-
-    table = pa.Table.from_pylist([probe_row(probe)], schema=schema.PROBES.arrow_schema())
-    meta = {"kind": "probe", "probe_id": probe.probe_id, "source": probe.source, "rule": str(probe.rule)}
-    store.commit(
-        probe_task_id(run.run_id, probe.probe_id),
-        run.suite,
-        run.model,
-        {"probes": table},
-        meta,
-        run_id=run.run_id,
-    )
 
 
 def new_run_id(model: str, hydra: dict) -> str:

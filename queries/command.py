@@ -180,20 +180,7 @@ def query(settings: Any) -> int:
         "job": hydra.job.get("num"), "overrides": list(hydra.overrides.task),
     }  # fmt: skip
     try:
-        recipe = load_recipe(name)
-        bind_params(recipe, context_params(recipe, settings, given))  # a bad value fails before any read
-        check_measure(recipe, settings.plot.measure)
-        _require_warehouse(settings.paths.warehouse)
-        named = "suite" in given or any(
-            o.lstrip("+~").partition("=")[0] == "suite" for o in hydra.overrides.task
-        )
-        suite = None if named else default_suite(settings.suite.name, settings.paths.warehouse)
-        bound = bind_params(recipe, context_params(recipe, settings, given, suite))
-        job["params"] = bound
-        log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
-        written = _run_and_save(
-            recipe, bound, settings.paths.warehouse, folder, settings.plot, settings.recipe.max_rows
-        )
+        written = run_configured(settings, name, given, folder, job)
         job.update(status="ok", **written)
         log.info(
             "%d rows; wrote %s",
@@ -239,6 +226,28 @@ def default_suite(configured: str, root: str) -> str:
         )
     )
     return EVERY_SUITE
+
+
+def run_configured(
+    settings: Any, name: str, given: dict[str, Any], folder: Path, job: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``query`` does for one recipe once the config is composed: bind its parameters (with the
+    configured suite and models), run it on the configured warehouse, print it and save it (and its
+    figure) into ``folder``; returns what was written. ``job`` learns the bound parameters."""
+    recipe = load_recipe(name)
+    bind_params(recipe, context_params(recipe, settings, given))  # a bad value fails before any read
+    check_measure(recipe, settings.plot.measure)
+    _require_warehouse(settings.paths.warehouse)
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    named = "suite" in given or any(o.lstrip("+~").partition("=")[0] == "suite" for o in overrides)
+    suite = None if named else default_suite(settings.suite.name, settings.paths.warehouse)
+    bound = bind_params(recipe, context_params(recipe, settings, given, suite))
+    if job is not None:
+        job["params"] = bound
+    log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
+    return _run_and_save(recipe, bound, settings.paths.warehouse, folder, settings.plot, settings.recipe.max_rows)
 
 
 def _require_warehouse(root: str) -> None:

@@ -19,10 +19,10 @@ last_step as (
     group by suite, model, run_id, tensor
 ),
 final_per as (
-    select r.suite, r.model, r.run_id, r.tensor, r.matrix, r.layer, avg(r.per) as per
+    select r.suite, r.model, r.run_id, r.tensor, r.probe_id, r.matrix, r.layer, avg(r.per) as per
     from spectra_ranks as r
     join last_step as l using (suite, model, run_id, tensor, step)
-    group by r.suite, r.model, r.run_id, r.tensor, r.matrix, r.layer
+    group by r.suite, r.model, r.run_id, r.tensor, r.probe_id, r.matrix, r.layer
 ),
 layers as (
     select
@@ -31,6 +31,7 @@ layers as (
     from layer_stabilisation as s
     join site_matrix as m using (site)
     join final_per as p on p.suite = s.suite and p.model = s.model and p.run_id = s.run_id and p.matrix = m.matrix and p.layer = s.layer
+        and (p.probe_id is null or p.probe_id = s.probe_id)  -- a gradient's PER: from the same probe's gradient
     where s.head is null
 ),
 ranked as (

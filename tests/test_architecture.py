@@ -240,3 +240,46 @@ def test_the_readme_layout_table_matches_the_tree():
     assert tops - {f.split("/")[0] for f in folders} == set(), "a top-level folder is missing from the table"
     for sub in ("core", "cli"):
         assert f"src/layerlake/{sub}" in folders
+
+
+# What writes into a warehouse: the writer's home and the modules it is built from. Anything else that
+# writes files writes outside any warehouse (an export folder, a suite's checkpoints, a query's results).
+WRITER_HOME = {"warehouse/writer.py", "warehouse/manifest.py", "warehouse/shards.py", "warehouse/journal.py"}
+WRITES_ELSEWHERE = {
+    "warehouse/share/export.py": "an export folder (stand-alone, not a warehouse)",
+    "warehouse/share/importer.py": "new slices of a shared file into a temporary folder, then stage_copy",
+    "etl/suite/corpus.py": "the embedded suite's corpus",
+    "etl/suite/manifest.py": "a suite's manifest",
+    "etl/suite/train.py": "a suite's checkpoints",
+    "src/layerlake/core/render.py": "a query's result file",
+}
+WRITE_PRIMITIVES = {
+    "append_entry", "append_batch", "_append_line", "write_durable", "slices_file", "copy_verified", "fsync_dir",
+    "write_table", "ParquetWriter", "add_targets", "roll_back",
+}  # fmt: skip
+OS_WRITES = {"replace", "rename", "remove", "unlink"}  # as os.<name>
+
+
+def test_one_home_writes_into_a_warehouse():
+    """Extraction, tracking, import-metrics, share import, compact and migrate write through
+    ``warehouse.writer.Warehouse`` (docs/design.md, "Writing and failure"): no other module calls a
+    low-level write (a manifest line, a shard file, a rename, the maintenance journal), and none
+    reaches into the writer's private state."""
+    found = []
+    for folder in FOLDERS.values():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(REPO).as_posix()
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if rel not in WRITER_HOME | WRITES_ELSEWHERE.keys() and isinstance(node, ast.Call):
+                    func = node.func
+                    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                    owner = getattr(getattr(func, "value", None), "id", "")
+                    if name in WRITE_PRIMITIVES or (owner == "os" and name in OS_WRITES):
+                        found.append(f"{rel}:{node.lineno} calls {name}")
+                if rel not in WRITER_HOME and isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                    owner = node.value
+                    owner_name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                    if owner_name in ("store", "warehouse", "writer") and not node.attr.startswith("__"):
+                        found.append(f"{rel}:{node.lineno} reads the writer's private {node.attr}")
+    assert not found, "\n".join(found)

@@ -87,6 +87,39 @@ def test_replacing_one_task_of_a_merged_file_keeps_the_others(tmp_path):
     assert check(["--root", str(tmp_path), "--verify-files"]) == 0
 
 
+def own_rows(root: Path) -> dict[tuple[str, str], list]:
+    """Each task's rows, per table, read through its own listing (its slice of a merged file)."""
+    from layerlake.warehouse.manifest import read_task_rows
+
+    return {
+        (e.task_id, f.table): read_task_rows(root, f)
+        .drop_columns(["gram"] if f.table == "sketches" else [])
+        .to_pylist()
+        for e in Warehouse(root).committed().values()
+        for f in e.files
+    }
+
+
+def test_each_task_owns_exactly_its_rows_in_a_merged_file_and_a_recommit_loses_no_other(tmp_path):
+    store = many_small_tasks(tmp_path, n=8)
+    before = own_rows(tmp_path)
+    assert {step for (task, table), rows in before.items() for r in rows for step in [r["step"]]} == set(
+        range(8)
+    )
+    compact(tmp_path)
+    assert any(f.shared for e in store.committed().values() for f in e.files)
+    assert own_rows(tmp_path) == before  # every task's slice holds that task's rows, none of another's
+    for task in ("t2", "t5"):  # re-commit one task of each merged file: the others keep their own rows
+        step = int(task[1:])
+        store.commit(
+            task, "s", f"m{step % 2}", tables(f"m{step % 2}", step), {"step": step}, run_id=f"run-m{step % 2}"
+        )
+    assert own_rows(tmp_path) == before
+    con = layerlake.connect(tmp_path)
+    assert con.sql("select count(distinct step), count(*) from checkpoints").fetchall() == [(8, 8)]
+    assert check(["--root", str(tmp_path), "--verify-files"]) == 0
+
+
 READER = """
 import sys, time, layerlake
 root, views = sys.argv[1], sys.argv[2].split(",")

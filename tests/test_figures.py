@@ -330,3 +330,49 @@ def test_twelve_and_more_runs_each_get_their_own_line_style_and_legend_entry(tmp
     legend = html.unescape(svg[svg.index("role-legend") :])
     assert all(legend.count(f">{run}<") == 1 for run in runs), "each run named once in the legend"
     assert set(colours(spec)) <= ALLOWED_COLOURS
+
+
+def bands_drawn(spec: dict) -> dict[str, tuple[str, str]]:
+    """Each band of a bands figure: its legend name -> (the field of its lower edge, of its upper edge)."""
+    found = {}
+    stack = [spec]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            encoding, mark = node.get("encoding", {}), node.get("mark")
+            if (
+                mark == "area" or (isinstance(mark, dict) and mark.get("type") == "area")
+            ) and "y2" in encoding:
+                found[encoding["color"]["datum"]] = (encoding["y"]["field"], encoding["y2"]["field"])
+            stack += list(node.values())
+        elif isinstance(node, list):
+            stack += node
+    return found
+
+
+def test_the_convergence_bands_are_the_percentiles_their_legend_names(con):
+    """Figure 1's bands: the outer one spans the 10th to the 90th percentile of the layers' CKA, the
+    inner one the 25th to the 75th; each percentile is the quantile of the layers' values at that step."""
+    recipe = load_recipe("layer_percentiles")
+    bound = bind_params(recipe, {"reference_step": 2000})
+    table = run_recipe(con, "layer_percentiles", bound)
+    spec = figures.recipe_figure(recipe, bound, table)
+    assert bands_drawn(spec) == {
+        "10th-90th percentile of layers": ("p10", "p90"),
+        "25th-75th percentile of layers": ("p25", "p75"),
+    }
+    layers = run_recipe(con, "convergence", bind_params(load_recipe("convergence"), {"reference_step": 2000}))
+    values: dict[tuple, list[float]] = {}
+    for row in layers.to_pylist():
+        if row["head"] is None and row["cka"] is not None:
+            values.setdefault((row["run_id"], row["site"], row["step"]), []).append(row["cka"])
+    checked = 0
+    for row in table.to_pylist():
+        cka = values.get((row["run_id"], row["site"], row["step"]))
+        if not cka or row.get("head") is not None:
+            continue
+        want = np.quantile(cka, [0.1, 0.25, 0.5, 0.75, 0.9])  # linear interpolation: DuckDB's quantile_cont
+        got = [row[p] for p in ("p10", "p25", "p50", "p75", "p90")]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+        checked += 1
+    assert checked >= 10

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -40,12 +39,15 @@ def copy_suite(settings, dest: Path) -> Path:
 
 
 def committed_files(root: Path) -> set[str]:
-    files = set()
-    for line in (root / "_manifest" / "commits.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("status") == "ok":
-            files |= {f["path"] for f in entry["files"]}
-    return files
+    """Every file an ok entry ever listed (batch lines too: a run starts with its row and its probe's)."""
+    from layerlake.warehouse.manifest import read_entries
+
+    return {
+        f.path
+        for e in read_entries(root / "_manifest" / "commits.jsonl")
+        if e.status == "ok"
+        for f in e.files
+    }
 
 
 def test_extract_commits_every_task_once_and_rerun_skips(tiny_suite, tmp_path):

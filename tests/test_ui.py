@@ -253,6 +253,15 @@ def test_a_recipe_result_downloads_as_csv_and_parquet(server, tmp_path):
     assert status == 200 and pq.read_table(tmp_path / "r.parquet").num_rows == 9
 
 
+@pytest.mark.parametrize("fmt", ["xlsx", "JSON", "csv;"])
+def test_an_unknown_download_format_is_refused_naming_the_formats(root, fmt):
+    app = UiApp(root)
+    answer = app.respond("GET", "/api/recipe", f"name=step_similarity&model=beta&site=ov&format={fmt}")
+    body = json.loads(answer.body)
+    assert answer.status == 400, body
+    assert f"unknown format {fmt!r}" in body["error"] and "csv" in body["fix"] and "parquet" in body["fix"]
+
+
 def test_new_rows_show_without_a_restart(root, server):
     status, _, body = get(server + "/api/sql?q=select+count(*)+as+n+from+checkpoints")
     before = json.loads(body)["rows"][0]["n"]

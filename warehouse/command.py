@@ -313,24 +313,44 @@ def check_parser() -> argparse.ArgumentParser:
 
 def check(argv: list[str]) -> int:
     """``layerlake check [--root DIR] [--verify-files] [--allow AUDIT ...]``; exit 1 when an audit fails."""
+    from layerlake.warehouse.writer import recover_interrupted
+
     audits = load_audits()
     args = check_parser().parse_args(argv)
     root = _resolve(args.root)
-    results = house_checks(root, args.verify_files)
+    allowed = set(args.allow)
+    recovery = recover_interrupted(root, say=False)
+    results = [interrupted_check(recovery)] + house_checks(root, args.verify_files)
+    if recovery is not None and recovery.outcome != "not possible":
+        allowed.add("interrupted_maintenance")  # named, and already finished or rolled back
     try:
         con = connect(root, read_only=True)
     except LayerlakeError as error:
         results.append(
             ("views", "the tables can be read", _rows([{"what": str(root), "problem": error.message}]))
         )
-        return report(results, set(args.allow), args.max_rows)
+        return report(results, allowed, args.max_rows)
     for audit in audits:
         try:
             rows = run_audit(con, audit)
         except QueryError as error:  # a file the footer check passed but whose pages do not decode
             rows = _rows([{"what": audit.name, "problem": error.message}])
         results.append((audit.name, audit.description, rows))
-    return report(results, set(args.allow), args.max_rows)
+    return report(results, allowed, args.max_rows)
+
+
+def interrupted_check(recovery: Any) -> tuple[str, str, pa.Table]:
+    """A maintenance step (compact, migrate) killed mid-way: what was done about it, or what to run."""
+    rows = (
+        []
+        if recovery is None
+        else [{"what": f"layerlake {recovery.step.command}", "problem": recovery.message}]
+    )
+    return (
+        "interrupted_maintenance",
+        "compact or migrate killed mid-way (finished or rolled back here)",
+        _rows(rows),
+    )
 
 
 def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Table]]:

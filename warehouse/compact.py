@@ -3,7 +3,8 @@ rewritten to its current state, so ``connect()`` and a full scan stay fast howev
 a tracked run made.
 
 ``compact(root)`` (``layerlake compact``; a tracked run does it for its own files when it finishes)
-holds the writer lock and:
+runs as one maintenance step of the writer (``Warehouse.maintenance``: the writer lock held throughout,
+journaled) and:
 
 1. groups the small files (under ``small_bytes``, each listed by one task) by table, suite and model,
    and concatenates each group, in order, into files of about ``target_bytes``; every task keeps owning
@@ -14,32 +15,20 @@ holds the writer lock and:
 
 Readers that listed the old files before the switch keep reading them (``gc`` removes unlisted files
 only after a grace period), so every view's content is the same before, during and after. A SIGKILL at
-any point leaves the old manifest and files (plus orphans), or the new ones. Replacing one task of a
-merged file later rewrites that file without the task's rows (``Warehouse.publish``).
+any point leaves the old manifest and files, or the new ones; the next command that opens the
+warehouse removes what the killed step left (``warehouse.journal``). A full disk is an error saying
+nothing was changed. Replacing one task of a merged file later rewrites that file without the task's
+rows (``Warehouse.publish``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pyarrow as pa
-
-from layerlake.core.hashing import sha256_bytes, stable_hash
-from layerlake.warehouse.layout import shard_path
-from layerlake.warehouse.manifest import CommitEntry, FileEntry, entry_problems, latest, read_task_rows
-from layerlake.warehouse.writer import (
-    Staged,
-    Warehouse,
-    fsync_dir,
-    now_utc,
-    parquet_bytes,
-    staging_name,
-    write_durable,
-)
+from layerlake.warehouse.manifest import CommitEntry, FileEntry, entry_problems, latest
+from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc
 
 SMALL_BYTES = 4 << 20  # files below this are merged
 TARGET_BYTES = 64 << 20  # into files of about this size
@@ -65,48 +54,63 @@ def compact(
     store = Warehouse(root)
     store.check_version()
     report = CompactReport()
-    with store.lock():
-        store.clean_staging()  # leftovers of writers (or compactions) that died
-        entries = store.entries()
-        committed, failed = latest(entries)
-        report.manifest_lines_before = (
-            len(store.manifest.read_bytes().splitlines()) if store.manifest.exists() else 0
-        )
-        listing: dict[str, int] = defaultdict(int)
-        for entry in committed.values():
-            for f in entry.files:
-                listing[f.path] += 1
-        report.files_before = len(listing)
-        groups: dict[tuple[str, str, str], list[tuple[CommitEntry, FileEntry]]] = defaultdict(list)
-        seen: dict = {}
-        for entry in committed.values():
-            if run_ids is not None and entry.run_id not in run_ids:
-                continue
-            if entry_problems(store.root, entry, seen=seen):
-                continue  # a damaged task is left for check to name, not folded into a merged file
-            for f in entry.files:
-                if listing[f.path] == 1 and not f.shared and f.bytes < small_bytes:
-                    groups[(f.table, entry.suite, entry.model)].append((entry, f))
-        updates: dict[str, dict[str, FileEntry]] = defaultdict(dict)  # task -> old path -> new file
-        staged: list[Staged] = []
-        try:
+    staged: list[Staged] = []
+    try:
+        with store.maintenance("compact"):
+            entries = store.entries()
+            committed, failed = latest(entries)
+            report.manifest_lines_before = (
+                len(store.manifest.read_bytes().splitlines()) if store.manifest.exists() else 0
+            )
+            listing: dict[str, int] = defaultdict(int)
+            for entry in committed.values():
+                for f in entry.files:
+                    listing[f.path] += 1
+            report.files_before = len(listing)
+            groups = small_files(store, committed, listing, run_ids, small_bytes)
+            updates: dict[str, dict[str, FileEntry]] = defaultdict(dict)  # task -> old path -> new file
             for (table, suite, model), members in sorted(groups.items()):
                 for chunk in chunks(members, target_bytes):
                     if len(chunk) < 2:
                         continue
-                    staged.append(merge(store, table, suite, model, chunk, updates))
+                    merged, where = store.stage_slices(
+                        table, suite, model, [((e.task_id, f.path), store.root, f) for e, f in chunk]
+                    )
+                    staged.append(merged)
+                    for (task, old_path), listed in where.items():
+                        updates[task][old_path] = listed
             touched = {task: replace(committed[task], files=tuple(files.get(f.path, f) for f in committed[task].files),
                                      committed_at=now_utc()) for task, files in updates.items()}  # fmt: skip
-            store._place(staged)
+            store.place(staged)
             state = [touched.get(task, entry) for task, entry in committed.items()] + list(failed.values())
-            rewrite_manifest(store, state)
-        finally:
-            for s in staged:
-                s.tmp.unlink(missing_ok=True)
+            store.replace_manifest(state)
+    finally:
+        discard(staged)
     report.tasks = len(updates)
     report.files_after = len({f.path for e in state if e.status == "ok" for f in e.files})
     report.manifest_lines_after = len(state)
     return report
+
+
+def small_files(
+    store: Warehouse,
+    committed: dict[str, CommitEntry],
+    listing: dict[str, int],
+    run_ids: list[str] | None,
+    small_bytes: int,
+) -> dict[tuple[str, str, str], list[tuple[CommitEntry, FileEntry]]]:
+    """The files to merge, per (table, suite, model), in manifest order: small, listed by one task."""
+    groups: dict[tuple[str, str, str], list[tuple[CommitEntry, FileEntry]]] = defaultdict(list)
+    seen: dict = {}
+    for entry in committed.values():
+        if run_ids is not None and entry.run_id not in run_ids:
+            continue
+        if entry_problems(store.root, entry, seen=seen):
+            continue  # a damaged task is left for check to name, not folded into a merged file
+        for f in entry.files:
+            if listing[f.path] == 1 and not f.shared and f.bytes < small_bytes:
+                groups[(f.table, entry.suite, entry.model)].append((entry, f))
+    return groups
 
 
 def chunks(members: list[tuple[CommitEntry, FileEntry]], target_bytes: int) -> list[list]:
@@ -121,40 +125,3 @@ def chunks(members: list[tuple[CommitEntry, FileEntry]], target_bytes: int) -> l
     if current:
         out.append(current)
     return out
-
-
-def merge(
-    store: Warehouse,
-    table: str,
-    suite: str,
-    model: str,
-    chunk: list[tuple[CommitEntry, FileEntry]],
-    updates: dict[str, dict[str, FileEntry]],
-) -> Staged:
-    """One merged file of ``chunk`` in staging; ``updates`` learns where each task's rows now are."""
-    parts = [read_task_rows(store.root, f).replace_schema_metadata(None) for _, f in chunk]
-    merged = pa.concat_tables(parts)
-    name = "compact." + stable_hash(sorted(e.task_id for e, _ in chunk))[:16]
-    data = parquet_bytes(table, merged, name)
-    digest = sha256_bytes(data)
-    rel = shard_path(table, suite, model, name, digest)
-    tmp = store.staging / staging_name(table)
-    write_durable(tmp, data)
-    offset = 0
-    for (entry, f), part in zip(chunk, parts, strict=True):
-        updates[entry.task_id][f.path] = FileEntry(
-            table, rel, digest, part.num_rows, len(data), first_row=offset
-        )
-        offset += part.num_rows
-    return Staged(tmp, store.root / rel, FileEntry(table, rel, digest, merged.num_rows, len(data)))
-
-
-def rewrite_manifest(store: Warehouse, state: list[CommitEntry]) -> None:
-    """Replace the manifest with one line per entry of ``state``, atomically (the caller holds the lock)."""
-    tmp = store.manifest.with_name(f".{store.manifest.name}.{os.getpid()}.tmp")
-    text = "".join(json.dumps(e.to_json(), sort_keys=True, separators=(",", ":")) + "\n" for e in state)
-    tmp.unlink(missing_ok=True)
-    write_durable(tmp, text.encode())
-    os.replace(tmp, store.manifest)
-    fsync_dir(store.manifest.parent)
-    store._cache = None

@@ -6,8 +6,9 @@ a content-named path; task ids are recomputed from content (they hashed the chec
 so a moved data folder had stored every checkpoint twice: such duplicates collapse into one task,
 the most recently committed); stored locations lose the machine's paths; every run gets its row in
 ``runs``. It all lands in ONE manifest line (new tasks, run rows, and ``retired`` entries for the old
-ids): a failure at any point leaves the warehouse exactly as it was, and the old files become orphans
-that ``gc`` removes.
+ids), written as one maintenance step of the writer (``Warehouse.maintenance``): a failure at any
+point leaves the warehouse exactly as it was, a SIGKILL too once the next command has rolled back what
+the killed step left (``warehouse.journal``), and the old files become orphans that ``gc`` removes.
 
 From schema 2 to 3 each task keeps its id and run; its files are written again with every Gram
 (``sketches.gram``) as little-endian float32 bytes instead of a list (``warehouse.gram``). A compacted
@@ -57,9 +58,11 @@ def migrate(root: str | Path) -> MigrationReport:
     store = Warehouse(root)
     report = MigrationReport(store.root)
     with store.lock():
-        old = sorted(store.outdated(), key=lambda e: e.line)
-        if not old:
+        store.recover()  # a migration killed before: rolled back here, then done again
+        if not store.outdated():
             return report
+    with store.maintenance("migrate"):
+        old = sorted(store.outdated(), key=lambda e: e.line)
         prepared: dict[str, tuple[CommitEntry, list[Staged]]] = {}
         retired: list[CommitEntry] = []
         runs: dict[str, tuple[str, str, RunKind]] = {}

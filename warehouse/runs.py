@@ -1,9 +1,13 @@
-"""Runs in the warehouse: every row of every table belongs to one (its ``run_id`` column).
+"""Runs in the warehouse, and the bookkeeping every writer shares: every row of every table belongs to
+a run (its ``run_id`` column), and every run that reads a probe batch has that batch's row in ``probes``.
 
 A run is a training run tracked while it trained (``kind = train``), the checkpoints of one suite model
 extracted after the fact (``kind = extract``), or metrics imported from elsewhere (``kind = import``).
 Its row in ``runs`` is the task ``run.<run_id>``, committed again whenever its status changes
-(running -> finished, failed or killed): the latest commit wins, like any task's.
+(running -> finished, failed or killed): the latest commit wins, like any task's. Extraction
+(``etl.driver``) and tracking (``etl.track``) both start a run with ``begin_run`` (its row and its
+probe batch's row in one manifest line), end it with ``end_run``, and write a probe batch's row with
+``commit_probe``: one home, so the two cannot record runs differently.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pyarrow as pa
 from layerlake.core.choices import Choice
 from layerlake.core.provenance import git_state, host, layerlake_version, pid, process_alive
 from layerlake.warehouse import schema
+from layerlake.warehouse.layout import probe_task_id
 from layerlake.warehouse.writer import Warehouse
 
 
@@ -109,6 +114,51 @@ def import_run_id(source: str, model: str) -> str:
 def commit_run(warehouse: Warehouse, run: Run) -> None:
     """Write (or rewrite) the run's row."""
     warehouse.publish([prepare_run(warehouse, run)])
+
+
+def begin_run(warehouse: Warehouse, run: Run, probe: dict[str, Any] | None = None) -> Run:
+    """Commit ``run`` as it starts (or starts again: its earlier row's ``started_at`` is kept), with
+    the row of the probe batch it reads (``probe``, a row of ``probes``; unless committed already, whole)
+    in one manifest line."""
+    before = committed_run(warehouse, run.run_id)
+    if before is not None:
+        run = replace(run, started_at=before.started_at)
+    commits = [prepare_run(warehouse, run)]
+    if probe is not None and not warehouse.is_committed(probe_task_id(run.run_id, str(probe["probe_id"]))):
+        commits.append(prepare_probe(warehouse, run.run_id, run.suite, run.model, probe))
+    warehouse.publish(commits)
+    return run
+
+
+def end_run(warehouse: Warehouse, run: Run, status: RunStatus, error: str | None = None) -> Run:
+    """Commit the run's end (finished, failed or killed, with the error); returns the ended run."""
+    ended = run.ended(status, error[:2000] if error else None)
+    commit_run(warehouse, ended)
+    return ended
+
+
+def probe_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """What a probe batch's manifest entry records."""
+    return {
+        "kind": "probe",
+        "probe_id": row["probe_id"],
+        "source": row["source"],
+        "rule": str(row["positions"]),
+    }
+
+
+def prepare_probe(warehouse: Warehouse, run_id: str, suite: str, model: str, probe: dict[str, Any]) -> tuple:
+    """The probe batch's row (``probe``, a row of ``probes``) of run ``run_id``, staged as the task
+    ``probe_task_id(run_id, probe_id)``, to publish with other tasks."""
+    table = pa.Table.from_pylist([probe], schema=schema.PROBES.arrow_schema())
+    task_id = probe_task_id(run_id, str(probe["probe_id"]))
+    return warehouse.prepare(task_id, suite, model, {"probes": table}, probe_meta(probe), run_id=run_id)
+
+
+def commit_probe(warehouse: Warehouse, run_id: str, suite: str, model: str, probe: dict[str, Any]) -> None:
+    """Write the probe batch's row of run ``run_id`` unless it is committed already, whole."""
+    if not warehouse.is_committed(probe_task_id(run_id, str(probe["probe_id"]))):
+        warehouse.publish([prepare_probe(warehouse, run_id, suite, model, probe)])
 
 
 def prepare_run(warehouse: Warehouse, run: Run, check: bool = True) -> tuple:

@@ -276,8 +276,12 @@ _A_MATRIX = (
 
 SPECTRA = Table(
     name="spectra",
-    doc="Singular values of a weight matrix or of its gradient (float64, descending).",
-    key=("run_id", "step", "weights_sha256", "layer", "tensor", "matrix", "head"),
+    doc=(
+        "Singular values of a weight matrix or of its gradient (float64, descending). A checkpoint's weight "
+        "rows are stored once, whatever probes it was extracted with (probe_id NULL); a gradient is taken on "
+        "a probe batch, so each probe has its own gradient rows."
+    ),
+    key=("run_id", "step", "weights_sha256", "layer", "tensor", "matrix", "head", "probe_id"),
     columns=(
         *_A_MATRIX,
         _c(
@@ -332,7 +336,7 @@ MATRIX_STATS = Table(
         "Entry-wise statistics of a weight matrix or of its gradient (pico-analyze's sparsity measures), "
         "for every parameter matrix and the per-layer OV product (not per head: that product is never formed)."
     ),
-    key=("run_id", "step", "weights_sha256", "layer", "tensor", "matrix", "head"),
+    key=("run_id", "step", "weights_sha256", "layer", "tensor", "matrix", "head", "probe_id"),
     columns=(
         *_A_MATRIX,
         _c(

@@ -41,6 +41,7 @@ from layerlake.warehouse.manifest import (
     manifest_path,
     read_entries,
 )
+from layerlake.warehouse.writer import recover_interrupted
 
 
 class Shard(NamedTuple):
@@ -139,12 +140,17 @@ def _resolve(root: Any) -> Path:
 def source_root(root: Any, attach: Iterable[Any] = ()) -> Path | None:
     """The warehouse a connection serves: ``root`` (None: the default), refused unless it is a warehouse;
     None (no local warehouse) when folders are attached and the root (given or the default) does not
-    exist: attaching needs no local warehouse. A root that exists but is no warehouse is still refused."""
+    exist: attaching needs no local warehouse. A root that exists but is no warehouse is still refused.
+    What a killed ``compact`` or ``migrate`` left in the root is finished or rolled back here, first, when
+    no writer holds the lock (``warehouse.writer.recover_interrupted``): every reader comes through here
+    (``connect``, ``layerlake sql``, ``share attach --sql``), so none sees a half-done step."""
     if list(attach):
         path = default_root() if root is None else Path(root).expanduser().resolve()
         if not path.exists() or (root is None and not is_warehouse(path)):
             return None
-    return _resolve(root)
+    path = _resolve(root)
+    recover_interrupted(path)
+    return path
 
 
 def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
@@ -162,8 +168,10 @@ def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[
     seen, paths, unique = set(), set(), []
     for shard in shards:
         key = (shard.table, shard.entry.task_id if shard.entry else shard.path)
-        if key not in seen and shard.path not in paths:
-            seen.add(key)
+        if key in seen:
+            continue
+        seen.add(key)  # a task whose rows sit in a file already kept (a merged file) is seen too
+        if shard.path not in paths:
             paths.add(shard.path)
             unique.append(shard)
     return unique, failures
@@ -281,7 +289,8 @@ def connect(
     leaves file access on (e.g. to ``COPY`` results out or join your own files); the warehouse is still
     only read through views. A ``root`` that is not a warehouse is an error naming the nearest one
     (``warehouse.locate``); with ``attach`` given, the attached folders are served alone when the
-    root (given, or the default) does not exist.
+    root (given, or the default) does not exist. What a killed ``compact`` or ``migrate`` left in the
+    root is finished or rolled back first (``source_root``).
     """
     attach = list(attach)
     shards, failures = gather(source_root(root, attach), attach)

@@ -1,4 +1,14 @@
-"""The commit protocol: immutable, content-named Parquet shards, then one manifest line as the switch.
+"""The one home of writing: immutable, content-named Parquet shards, then one manifest line as the switch.
+
+Every writer goes through ``Warehouse``: extraction (``etl.driver``), tracking (``etl.track``),
+``import-metrics``, ``share import``, ``compact`` and ``migrate``; run and probe rows through
+``warehouse.runs``. Its public operations: ``commit`` (one task), ``prepare`` + ``publish`` (several
+tasks in one manifest line), ``record_failure``; ``stage_rows`` / ``stage_copy`` / ``stage_slices``
+(files written to staging: new rows, a verified copy of another warehouse's or a shared folder's file,
+the slices of several tasks merged into one file), ``place`` and ``replace_manifest`` (for a
+maintenance step, which runs under ``maintenance``: journaled, undone on failure, finished or rolled
+back by the next writer after a SIGKILL, ``warehouse.journal``). A write that fails for lack of room
+(full disk, file size limit, quota) is a ``WarehouseError`` saying nothing was changed.
 
 A commit of task ``t`` (tables ``{name: pa.Table}`` of one suite, model and run) does:
 
@@ -16,6 +26,10 @@ replacing a task's rows adds new files, and readers (``warehouse.connect``, whic
 of each task's latest entry) see exactly the old state until the line is appended, and exactly the new
 one after. A failure or SIGKILL at any point leaves at most files that no entry lists (orphans) or
 staging leftovers; ``Warehouse.gc`` removes them (staging leftovers also at the next commit).
+
+A file shared by several tasks (merged by ``compact``) holds exactly the rows of the tasks that list
+it, each task a slice: replacing one of them writes the file again without it (``_unshare``), so a
+reader that reads the whole file sees every row once.
 """
 
 from __future__ import annotations
@@ -26,22 +40,20 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from layerlake.core.hashing import sha256_bytes
-from layerlake.warehouse import schema
+from layerlake.warehouse import journal, schema
 from layerlake.warehouse.errors import ManifestError, WarehouseError
-from layerlake.warehouse.gram import bytes_column, values_column
-from layerlake.warehouse.layout import MANIFEST_DIR, STAGING_DIR, check_name, parse_shard_path, shard_path
+from layerlake.warehouse.layout import MANIFEST_DIR, STAGING_DIR, check_name, shard_path
 from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
@@ -50,113 +62,22 @@ from layerlake.warehouse.manifest import (
     append_entry,
     entry_problems,
     manifest_path,
-    read_task_rows,
+)
+from layerlake.warehouse.shards import (
+    conform,
+    copy_verified,
+    fsync_dir,
+    now_utc,
+    parquet_bytes,
+    slices_file,
+    write_durable,
 )
 
 LOCK_FILE = ".lock"
 HOST = socket.gethostname()
 STALE_AFTER_S = 24 * 3600  # a staging file of another host (or a reused pid) is stale after this long
 ORPHAN_GRACE_S = 15 * 60  # an unlisted shard is removed only this long after it was last listed or written
-# Float arrays (Grams, spectra) gain nothing from dictionary encoding; everything else is small.
-_NO_DICTIONARY_TYPES = (pa.list_(pa.float32()), pa.list_(pa.float64()))
 _DISK_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def conform(name: str, table: pa.Table, suite: str, model: str, run_id: str) -> pa.Table:
-    """``table`` cast to the contract of warehouse table ``name``, with the identity columns first.
-
-    Identity columns (suite, model, run_id) may be present if they hold exactly the commit's values.
-    """
-    try:
-        spec = schema.table(name)
-    except KeyError as error:
-        raise WarehouseError(str(error.args[0]), fix="commit only tables of warehouse/schema.py") from None
-    for column, expected in zip(schema.IDENTITY_COLUMNS, (suite, model, run_id), strict=True):
-        if column in table.column_names:
-            values = set(table.column(column).to_pylist())
-            if values - {expected}:
-                raise WarehouseError(
-                    f"table {name!r} has {column} values {sorted(map(str, values))} but is committed as {expected!r}",
-                    fix=f"drop the {column} column (the commit sets it) or commit each {column} apart",
-                )
-            table = table.drop_columns([column])
-    wanted, given = spec.column_names, table.column_names
-    missing = [c for c in wanted if c not in given]
-    extra = [c for c in given if c not in wanted]
-    if missing or extra:
-        raise WarehouseError(
-            f"table {name!r} does not match the contract: missing columns {missing}, unknown columns {extra}",
-            fix="build the table with layerlake.warehouse.schema.table(name).arrow_schema() (docs/schema.md)",
-        )
-    table = table.select(list(wanted))
-    for column in spec.columns:
-        if not column.nullable and table.column(column.name).null_count:
-            raise WarehouseError(
-                f"table {name!r} column {column.name!r} holds NULLs but the contract forbids them",
-                fix=f"fill {column.name} for every row (docs/schema.md says what it means)",
-            )
-    for column in spec.columns:  # rows read back from a stored file hold bytes: the list again, to check
-        if column.stored_as_bytes and pa.types.is_binary(table.column(column.name).type):
-            index = table.column_names.index(column.name)
-            table = table.set_column(index, column.name, values_column(table.column(column.name)))
-    try:
-        table = table.cast(spec.arrow_schema())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as error:
-        types = ", ".join(f"{f.name}: {f.type}" for f in table.schema)
-        raise WarehouseError(
-            f"table {name!r} has types that do not cast to the contract ({error}); given {types}",
-            fix="cast the columns to the types in docs/schema.md",
-        ) from error
-    n = table.num_rows
-    identity = [pa.array([value] * n, pa.string()) for value in (suite, model, run_id)]
-    own = [
-        bytes_column(table.column(c.name)) if c.stored_as_bytes else table.column(c.name)
-        for c in spec.columns
-    ]
-    return pa.Table.from_arrays([*identity, *own], schema=spec.file_schema())
-
-
-def parquet_bytes(name: str, table: pa.Table, task_id: str) -> bytes:
-    """The Parquet file of one shard, in memory (zstd, contract metadata in the footer)."""
-    metadata = {
-        b"layerlake.schema_version": str(schema.SCHEMA_VERSION).encode(),
-        b"layerlake.task_id": task_id.encode(),
-        b"layerlake.table": name.encode(),
-    }
-    table = table.replace_schema_metadata(metadata)
-    as_bytes = {c.name for c in schema.table(name).columns if c.stored_as_bytes}
-    dictionary = [
-        f.name for f in table.schema if f.type not in _NO_DICTIONARY_TYPES and f.name not in as_bytes
-    ]
-    # Stored Grams are float noise to zstd (7 % smaller) and cost DuckDB's scan 3-4x its time to inflate
-    # (warehouse.gram): written plain.
-    compression = {f.name: "none" if f.name in as_bytes else "zstd" for f in table.schema}
-    sink = pa.BufferOutputStream()
-    pq.write_table(
-        table, sink, compression=compression, use_dictionary=dictionary, write_statistics=dictionary
-    )
-    return sink.getvalue().to_pybytes()
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder so a rename into it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file at ``path`` and fsync it."""
-    with open(path, "xb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def staging_name(what: str) -> str:
@@ -194,18 +115,32 @@ class Staged:
     entry: FileEntry
 
 
-def disk_error(error: OSError, what: str) -> WarehouseError:
+def disk_error(error: OSError, what: str, outcome: str = "nothing was committed") -> WarehouseError:
     """A write that failed for lack of room (full disk, file size limit, quota) as a clear error."""
     reason = os.strerror(error.errno) if error.errno else str(error)
     return WarehouseError(
-        f"could not write {what}: {reason}; nothing was committed, the warehouse is as it was",
+        f"could not write {what}: {reason}; {outcome}, the warehouse is as it was",
         fix="free disk space (or raise the file size limit / quota), then run the command again",
     )
 
 
+@contextmanager
+def disk_errors(what: str, outcome: str = "nothing was committed") -> Iterator[None]:
+    """Turn a write that failed for lack of room into ``disk_error``; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in _DISK_ERRORS:
+            raise disk_error(error, what, outcome) from error
+        raise
+
+
 class Warehouse:
-    """The writing side of a warehouse root. Many processes may commit to one root: each writes its
-    files on its own, then holds a file lock only to publish them and append its manifest line."""
+    """The writing side of a warehouse root, and the only one: extraction, tracking, ``import-metrics``,
+    ``share import``, ``compact`` and ``migrate`` all write through it. Many processes may write into
+    one root: each stages its files on its own, then holds a file lock only to move them into place and
+    append its manifest line (``publish``). Maintenance that rewrites what is stored (``compact``,
+    ``migrate``) runs as a journaled step holding the lock throughout (``maintenance``)."""
 
     def __init__(self, root: str | Path, create: bool = True) -> None:
         """``create=False``: only read an existing warehouse (``check``, ``runs``): a folder that is not
@@ -227,6 +162,7 @@ class Warehouse:
             ) from error
         self._manifest = ManifestFollower(self.manifest)
         self._lock_depth = 0
+        self._step: journal.Step | None = None  # the maintenance step this object runs, if any
 
     # -- reading the manifest -------------------------------------------------------------------------
 
@@ -241,6 +177,10 @@ class Warehouse:
     def failed(self) -> dict[str, CommitEntry]:
         """task_id -> its latest failure that no later ok entry supersedes."""
         return dict(self._manifest.read().failed)
+
+    def listed_paths(self) -> set[str]:
+        """Every file (relative path) that a latest ok entry lists: what readers may see."""
+        return {f.path for e in self._manifest.read().committed.values() for f in e.files}
 
     def is_committed(self, task_id: str) -> bool:
         """True when the task has an ok entry and every file it lists exists with the listed size."""
@@ -265,27 +205,34 @@ class Warehouse:
                 fix=f"run `layerlake migrate --root {self.root}` once (it rewrites them and keeps every row)",
             )
 
-    # -- writing ----------------------------------------------------------------------------------------
+    # -- the lock ---------------------------------------------------------------------------------------
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the writer lock (blocks while another process publishes); re-entrant for this object, so
-        a caller that plans under the lock can publish under it."""
+    def lock(self, wait: bool = True) -> Iterator[bool]:
+        """Hold the writer lock (blocks while another process holds it); re-entrant for this object, so
+        a caller that plans under the lock can publish under it. ``wait=False`` does not block: the
+        block gets False, and no lock, when another process holds it."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
-                yield
+                yield True
             finally:
                 self._lock_depth -= 1
             return
         fd = os.open(self.root / MANIFEST_DIR / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
             self._lock_depth = 1
-            yield
+            yield True
         finally:
             self._lock_depth = 0
             os.close(fd)  # closing releases the flock
+
+    # -- staging: files written outside every path a reader looks at ----------------------------------
 
     def stage(
         self, task_id: str, suite: str, model: str, run_id: str, tables: dict[str, pa.Table]
@@ -297,22 +244,59 @@ class Warehouse:
         staged: list[Staged] = []
         try:
             for name, table in shards.items():
-                if table.num_rows == 0:
-                    continue
-                data = parquet_bytes(name, table, task_id)
-                digest = sha256_bytes(data)
-                rel = shard_path(name, suite, model, task_id, digest)
-                tmp = self.staging / staging_name(name)
-                staged.append(
-                    Staged(tmp, self.root / rel, FileEntry(name, rel, digest, table.num_rows, len(data)))
-                )
-                write_durable(tmp, data)
-        except BaseException as error:
+                if table.num_rows:
+                    staged.append(
+                        self.stage_rows(name, suite, model, task_id, table, f"the rows of task {task_id}")
+                    )
+        except BaseException:
             discard(staged)
-            if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
-                raise disk_error(error, f"the rows of task {task_id}") from error
             raise
         return staged
+
+    def stage_rows(
+        self, name: str, suite: str, model: str, file_task: str, rows: pa.Table, what: str = ""
+    ) -> Staged:
+        """``rows`` (already of the contract's file schema) as one shard file of table ``name`` in
+        staging, to be named ``<file_task>-<sha256[:16]>.parquet``."""
+        data = parquet_bytes(name, rows, file_task)
+        digest = sha256_bytes(data)
+        rel = shard_path(name, suite, model, file_task, digest)
+        staged = Staged(
+            self.staging / staging_name(name),
+            self.root / rel,
+            FileEntry(name, rel, digest, rows.num_rows, len(data)),
+        )
+        try:
+            with disk_errors(what or f"a {name} file of {suite}/{model}"):
+                write_durable(staged.tmp, data)
+        except BaseException:
+            discard([staged])
+            raise
+        return staged
+
+    def stage_copy(self, src: Path, listed: FileEntry) -> Staged:
+        """A copy of the file ``src`` that another warehouse or a shared folder lists as ``listed``, in
+        staging (size and sha256 checked while copying), to go to ``listed.path``."""
+        staged = Staged(self.staging / staging_name(listed.table), self.root / listed.path, listed)
+        with disk_errors(f"a copy of {listed.path}"):
+            copy_verified(src, staged.tmp, listed)
+        return staged
+
+    def stage_slices(
+        self, table: str, suite: str, model: str, members: Sequence[tuple[tuple[str, str], Path, FileEntry]]
+    ) -> tuple[Staged, dict[tuple[str, str], FileEntry]]:
+        """``slices_file`` written to staging: the staged file, and per member where its rows now are."""
+        listed, data, where = slices_file(table, suite, model, members)
+        staged = Staged(self.staging / staging_name(table), self.root / listed.path, listed)
+        try:
+            with disk_errors(f"a merged {table} file of {suite}/{model}", "nothing was changed"):
+                write_durable(staged.tmp, data)
+        except BaseException:
+            discard([staged])
+            raise
+        return staged, where
+
+    # -- publishing -------------------------------------------------------------------------------------
 
     def commit(
         self,
@@ -360,36 +344,35 @@ class Warehouse:
 
     def publish(self, commits: list[tuple[CommitEntry | None, list[Staged]]]) -> None:
         """Move staged files into place and append their entries, one line for all (all or nothing).
-        An entry of None places files an existing entry already lists (a repair), appending nothing."""
+        An entry of None places files an existing entry already lists (a repair), appending nothing.
+        Staged files are removed from staging whatever happens."""
+        leftovers = [s for _, staged in commits for s in staged]
         try:
-            with self.lock():
-                self.clean_staging()
-                commits = [*commits, *self._unshare([e for e, _ in commits if e is not None])]
-                for _, staged in commits:
-                    self._place(staged)
-                entries = [entry for entry, _ in commits if entry is not None]
+            with self.lock(), disk_errors(f"the manifest of {self.root}"):
+                self.recover()
+                rewritten: list[Staged] = []
+                try:
+                    unshared = self._unshare([e for e, _ in commits if e is not None], rewritten)
+                finally:
+                    leftovers += rewritten
+                self.place(leftovers)
+                entries = [entry for entry, _ in commits if entry is not None] + unshared
                 if len(entries) == 1:
                     append_entry(self.manifest, entries[0])
                 elif entries:
                     append_batch(self.manifest, entries, now_utc())
-        except OSError as error:
-            if error.errno in _DISK_ERRORS:
-                raise disk_error(error, f"the manifest of {self.root}") from error
-            raise
         finally:
-            discard([s for _, staged in commits for s in staged])
+            discard(leftovers)
 
-    def _unshare(self, new_entries: list[CommitEntry]) -> list[tuple[CommitEntry, list[Staged]]]:
+    def _unshare(self, new_entries: list[CommitEntry], staged: list[Staged]) -> list[CommitEntry]:
         """Tasks being replaced whose rows sit in a file shared with other tasks (compacted): that file
         is written again without them, and the other tasks' entries point to the new one (published in
-        the same line), so their old rows never show beside their new ones. Holds the lock."""
+        the same line), so their old rows never show beside their new ones. Holds the lock; appends
+        what it stages to ``staged``."""
         committed = self.committed()
         replaced = {e.task_id for e in new_entries}
         paths = {f.path for t in replaced if t in committed for f in committed[t].files if f.shared}
-        if not paths:
-            return []
         moved: dict[str, dict[str, FileEntry]] = {}
-        staged: list[Staged] = []
         for path in sorted(paths):
             keep = [
                 (e, f)
@@ -400,44 +383,53 @@ class Warehouse:
             ]
             if not keep:
                 continue
-            parts = [read_task_rows(self.root, f).replace_schema_metadata(None) for _, f in keep]
-            first = keep[0][1]
-            name = parse_shard_path(path)
-            data = parquet_bytes(first.table, pa.concat_tables(parts), name.task_id if name else "compact")
-            digest = sha256_bytes(data)
-            rel = shard_path(first.table, name.suite, name.model, name.task_id, digest) if name else path
-            tmp = self.staging / staging_name(first.table)
-            write_durable(tmp, data)
-            staged.append(
-                Staged(
-                    tmp,
-                    self.root / rel,
-                    FileEntry(first.table, rel, digest, sum(len(p) for p in parts), len(data)),
-                )
+            first = keep[0][0]
+            members = [((e.task_id, f.path), self.root, f) for e, f in keep]
+            new, where = self.stage_slices(keep[0][1].table, first.suite, first.model, members)
+            staged.append(new)
+            for (task, old_path), listing in where.items():
+                moved.setdefault(task, {})[old_path] = listing
+        return [
+            dataclasses.replace(
+                committed[task],
+                files=tuple(files.get(f.path, f) for f in committed[task].files),
+                committed_at=now_utc(),
             )
-            offset = 0
-            for (entry, f), part in zip(keep, parts, strict=True):
-                moved.setdefault(entry.task_id, {})[f.path] = FileEntry(
-                    f.table, rel, digest, len(part), len(data), offset
-                )
-                offset += len(part)
-        out: list[tuple[CommitEntry, list[Staged]]] = []
-        for index, (task, files) in enumerate(sorted(moved.items())):
-            entry = committed[task]
-            new = dataclasses.replace(
-                entry, files=tuple(files.get(f.path, f) for f in entry.files), committed_at=now_utc()
-            )
-            out.append((new, staged if index == 0 else []))
-        return out
+            for task, files in sorted(moved.items())
+        ]
 
-    def _place(self, staged: list[Staged]) -> None:
+    def place(self, staged: list[Staged]) -> None:
+        """Move staged files to their shard paths (fsyncing the folders); no reader sees them until a
+        manifest line lists them. Inside a maintenance step, the paths are journaled first."""
+        if self._step is not None:
+            with disk_errors("the maintenance journal", "nothing was changed"):
+                self._step = journal.add_targets(self.root, self._step, [s.entry.path for s in staged])
         folders = set()
-        for s in staged:
-            s.target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(s.tmp, s.target)  # a file already there has this very content (its name is its hash)
-            folders.add(s.target.parent)
-        for folder in folders:
-            fsync_dir(folder)
+        with disk_errors("a file into place"):
+            for s in staged:
+                s.target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(
+                    s.tmp, s.target
+                )  # a file already there has this very content (its name is its hash)
+                folders.add(s.target.parent)
+            for folder in folders:
+                fsync_dir(folder)
+
+    def replace_manifest(self, entries: list[CommitEntry]) -> None:
+        """Replace the manifest with one line per entry, with one rename (readers see the old manifest or
+        the new one). The caller holds the lock and has placed every file the entries list."""
+        tmp = journal.manifest_tmp(self.manifest, os.getpid())
+        text = "".join(json.dumps(e.to_json(), sort_keys=True, separators=(",", ":")) + "\n" for e in entries)
+        tmp.unlink(missing_ok=True)
+        try:
+            with disk_errors(f"the manifest of {self.root}", "nothing was changed"):
+                write_durable(tmp, text.encode())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, self.manifest)
+        fsync_dir(self.manifest.parent)
+        self._manifest = ManifestFollower(self.manifest)
 
     def record_failure(
         self, task_id: str, suite: str, model: str, error: str, meta: dict, *, run_id: str | None = None
@@ -445,7 +437,7 @@ class Warehouse:
         """Append a failed entry for ``task_id`` (its earlier ok entry, if any, still stands)."""
         run_id = default_run_id(suite, model) if run_id is None else run_id
         entry = self._entry("failed", task_id, suite, model, (), meta, run_id, error=str(error))
-        with self.lock():
+        with self.lock(), disk_errors(f"the manifest of {self.root}", "the failure was not recorded"):
             append_entry(self.manifest, entry)
         return entry
 
@@ -472,6 +464,40 @@ class Warehouse:
             ) from exc
         return entry
 
+    # -- maintenance: steps that rewrite what is stored -------------------------------------------------
+
+    @contextmanager
+    def maintenance(self, command: str) -> Iterator[None]:
+        """Run ``command`` (compact, migrate) as one journaled step holding the writer lock throughout.
+        A failure undoes the step at once; a SIGKILL leaves the journal, and the next holder of the lock
+        finishes or rolls the step back (``recover``, ``warehouse.journal``)."""
+        with self.lock():
+            self.recover()
+            with disk_errors("the maintenance journal", "nothing was changed"):
+                self._step = journal.begin(self.root, command, now_utc())
+            try:
+                yield
+            except BaseException:
+                step, self._step = self._step, None
+                journal.roll_back(self.root, self.manifest, step, self.listed_paths())
+                raise
+            self._step = None
+            journal.end(self.root)
+
+    def recover(self, say: bool = True) -> journal.Recovery | None:
+        """Holding the lock: remove stale staging files, and finish or roll back the maintenance step of
+        another process that its journal says was interrupted (with ``say``, a line on stderr says which)."""
+        self.clean_staging()
+        if self._step is not None:  # this object's own step is in progress
+            return None
+        step = journal.read(self.root)
+        if step is None:
+            return None
+        recovery = journal.roll_back(self.root, self.manifest, step, self.listed_paths())
+        if say:
+            print(f"layerlake: {recovery.message}", file=sys.stderr)
+        return recovery
+
     # -- housekeeping -----------------------------------------------------------------------------------
 
     def stale_staging(self) -> list[Path]:
@@ -490,7 +516,7 @@ class Warehouse:
     def orphans(self, grace_s: float = ORPHAN_GRACE_S) -> list[Path]:
         """Shard files no latest ok entry lists, written more than ``grace_s`` seconds ago (a reader that
         listed the files just before a commit may still be about to read one)."""
-        listed = {self.root / f.path for e in self.committed().values() for f in e.files}
+        listed = {self.root / path for path in self.listed_paths()}
         now = time.time()
         found = []
         for name in schema.TABLES:
@@ -507,9 +533,35 @@ class Warehouse:
         with self.lock():
             candidates = self.stale_staging() + self.orphans(grace_s)
             if not dry_run:
+                recovery = self.recover()  # an interrupted maintenance step's files go at once, no grace
                 for path in candidates:
                     path.unlink(missing_ok=True)
+                if recovery is not None:
+                    candidates += [self.root / r for r in recovery.removed if self.root / r not in candidates]
         return candidates
+
+
+def recover_interrupted(root: str | Path, say: bool = True) -> journal.Recovery | None:
+    """For any command that opens the warehouse at ``root``: if a maintenance step was interrupted
+    there, finish or roll it back now when the writer lock is free (a writer at work does it itself),
+    or, where the warehouse cannot be written, say in one line which command to run. Costs one stat
+    when nothing was interrupted."""
+    root = Path(root).expanduser().resolve()
+    step = journal.read(root) if journal.journal_path(root).exists() else None
+    if step is None:
+        return None
+    try:
+        store = Warehouse(root)
+        with store.lock(wait=False) as held:
+            if not held:
+                return None  # the step is still running, or the writer holding the lock recovers it
+            recovery = store.recover(say=False)
+    except (OSError, WarehouseError) as error:
+        reason = error.message if isinstance(error, WarehouseError) else (error.strerror or str(error))
+        recovery = journal.Recovery(step, "not possible", reason=reason)
+    if recovery is not None and say:
+        print(f"layerlake: {recovery.message}", file=sys.stderr)
+    return recovery
 
 
 def default_run_id(suite: str, model: str) -> str:

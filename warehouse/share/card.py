@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from layerlake.warehouse import schema
 from layerlake.warehouse.layout import SHARD_PATTERN
-from layerlake.warehouse.manifest import CommitEntry
+from layerlake.warehouse.manifest import CommitEntry, read_task_rows
 from layerlake.warehouse.views import duck_type
 
 
@@ -53,13 +52,13 @@ def summarize(folder: Path, entries: list[CommitEntry]) -> Summary:
             facts["steps"].add(entry.meta["step"])
         for f in entry.files:
             if f.table == "checkpoints":
-                for row in pq.read_table(folder / f.path, columns=["step", *_FACTS]).to_pylist():
+                for row in read_task_rows(folder, f, columns=["step", *_FACTS]).to_pylist():
                     facts["steps"].add(row.pop("step"))
                     facts.update(row)
             for name, sources in _DISTINCT.items():
                 for table, column in sources:
                     if f.table == table:
-                        values = pq.read_table(folder / f.path, columns=[column]).column(column).unique()
+                        values = read_task_rows(folder, f, columns=[column]).column(column).unique()
                         summary.values.setdefault(name, set()).update(
                             v for v in values.to_pylist() if v is not None
                         )

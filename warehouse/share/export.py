@@ -2,8 +2,12 @@
 
 The export is built in a staging sibling (``.<name>.staging-<id>`` beside ``dest``) and renamed into
 place once complete, so ``dest`` either does not exist or holds a whole dataset. Shard files are copied
-byte for byte (their sha256 is checked against the warehouse manifest while copying), never rewritten:
-the sha256 a collaborator sees is the one the extraction recorded.
+byte for byte, each once (their sha256 is checked against the warehouse manifest while copying): the
+sha256 a collaborator sees is the one the warehouse recorded. A file that several tasks share (merged by
+``compact``) is copied once, and the tasks keep their slices of it (``first_row``, ``rows``); when only
+some of its tasks are exported (``--models``, ``--steps``), their slices are written into a file of
+their own instead, so every row of every exported file belongs to exactly one exported task and a
+reader that globs the folder sees each row once.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ import os
 import re
 import shutil
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from layerlake.warehouse import schema
-from layerlake.warehouse.errors import ManifestError, ShareError
+from layerlake.warehouse.errors import ShareError
 from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
@@ -30,9 +37,9 @@ from layerlake.warehouse.manifest import (
     manifest_path,
     read_entries,
 )
+from layerlake.warehouse.shards import copy_verified, fsync_dir, now_utc, slices_file, write_durable
 from layerlake.warehouse.share import card
 from layerlake.warehouse.share.layout import CARD, CROISSANT, FORMAT, FORMAT_VERSION, MANIFEST_JSON
-from layerlake.warehouse.writer import fsync_dir, now_utc
 
 # Meta keys of a commit entry that say where a checkpoint's rows came from (the dataset's provenance).
 DEFAULT_LICENSE = "CC-BY-4.0"  # the statistics an export holds, unless its author says otherwise (--license)
@@ -91,14 +98,19 @@ def export_dataset(
             + (f" (and {len(damaged) - 5} more)" if len(damaged) > 5 else ""),
             fix=f"run `layerlake check --root {root} --verify-files` and extract (or import) those tasks again",
         )
+    old = sorted({e.schema_version for e in entries if e.schema_version < schema.SCHEMA_VERSION})
+    if old:
+        raise ShareError(
+            f"the warehouse at {root} holds tasks of schema version {old[0]}; an export holds the current "
+            f"version ({schema.SCHEMA_VERSION}) only; nothing was written",
+            fix=f"run `layerlake migrate --root {root}` once, then export again",
+        )
     _check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
-        for entry in entries:
-            for f in entry.files:
-                copy_verified(root / f.path, staging / f.path, f)
+        entries = write_files(root, staging, entries)
         manifest = build_manifest(entries, license, citation)
         _write_json(staging / MANIFEST_JSON, manifest)
         summary = card.summarize(staging, entries)
@@ -114,9 +126,59 @@ def export_dataset(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    files = [f for e in entries for f in e.files]
+    files = unique_files(entries)
     return ExportReport(dest, len(entries), len(files), sum(f.rows for f in files), sum(f.bytes for f in files),
                         manifest["dataset_id"])  # fmt: skip
+
+
+def write_files(root: Path, folder: Path, entries: list[CommitEntry]) -> list[CommitEntry]:
+    """Write the files ``entries`` list into ``folder``, each once; returns the entries as the folder
+    lists them. A file is copied byte for byte unless it is shared by tasks of which only some are
+    exported: then the exported tasks' slices are written into a file of their own."""
+    members: dict[str, list[tuple[CommitEntry, FileEntry]]] = defaultdict(list)
+    for entry in entries:
+        for f in entry.files:
+            members[f.path].append((entry, f))
+    moved: dict[tuple[str, str], FileEntry] = {}
+    for path, chosen in members.items():
+        listed = chosen[0][1]
+        if not listed.shared or covers(root / path, [f for _, f in chosen]):
+            copy_verified(root / path, folder / path, listed)
+            continue
+        chosen = sorted(chosen, key=lambda m: m[1].first_row)
+        entry = chosen[0][0]
+        new, data, where = slices_file(
+            listed.table, entry.suite, entry.model, [((e.task_id, f.path), root, f) for e, f in chosen]
+        )
+        if not (folder / new.path).exists():
+            (folder / new.path).parent.mkdir(parents=True, exist_ok=True)
+            write_durable(folder / new.path, data)
+        moved.update(where)
+    return [
+        _with_files(e, tuple(moved.get((e.task_id, f.path), f) for f in e.files)) if moved else e
+        for e in entries
+    ]
+
+
+def covers(path: Path, slices: list[FileEntry]) -> bool:
+    """Whether ``slices`` of the file at ``path`` hold every one of its rows, each once."""
+    end = 0
+    for f in sorted(slices, key=lambda f: f.first_row or 0):
+        if (f.first_row or 0) != end:
+            return False
+        end += f.rows
+    return end == pq.ParquetFile(path).metadata.num_rows
+
+
+def unique_files(entries: list[CommitEntry]) -> list[FileEntry]:
+    """Each file the entries list, once (a file shared by several tasks counts once, all its rows)."""
+    found: dict[str, FileEntry] = {}
+    rows: dict[str, int] = defaultdict(int)
+    for e in entries:
+        for f in e.files:
+            found.setdefault(f.path, f)
+            rows[f.path] += f.rows
+    return [f._replace(rows=rows[path], first_row=None) for path, f in found.items()]
 
 
 def _tuple(values: Iterable[str] | None) -> tuple[str, ...] | None:
@@ -172,28 +234,6 @@ def _check_dest(dest: Path) -> None:
         raise ShareError(f"export folder {dest} is not empty", fix="choose a new folder, or empty this one")
 
 
-def copy_verified(src: Path, dst: Path, listed: FileEntry) -> None:
-    """Copy ``src`` to a new file ``dst`` byte for byte, checking size and sha256 against ``listed``."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    digest, size = hashlib.sha256(), 0
-    try:
-        with open(src, "rb") as reader, open(dst, "xb") as writer:
-            for block in iter(lambda: reader.read(1 << 20), b""):
-                digest.update(block)
-                size += len(block)
-                writer.write(block)
-            writer.flush()
-            os.fsync(writer.fileno())
-    except FileNotFoundError as error:
-        raise ManifestError(f"shard {src} listed in the manifest is missing",
-                            fix="run `layerlake check`, then re-extract its task") from error  # fmt: skip
-    if size != listed.bytes or digest.hexdigest() != listed.sha256:
-        raise ManifestError(
-            f"shard {src} does not match its manifest entry ({size} bytes, listed {listed.bytes}; sha256 differs)",
-            fix="run `layerlake check`; re-extract the task, or retry if a commit was running",
-        )
-
-
 def build_manifest(
     entries: list[CommitEntry], license: str = DEFAULT_LICENSE, citation: str | None = None
 ) -> dict[str, Any]:
@@ -217,11 +257,12 @@ def build_manifest(
         for e in entries
         if "revision" in e.meta
     ]
-    identity = json.dumps(sorted((f["path"], f["sha256"]) for f in files), separators=(",", ":"))
+    identity = json.dumps(sorted({(f["path"], f["sha256"]) for f in files}), separators=(",", ":"))
     dataset_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    shared = any(f.shared for e in entries for f in e.files)
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if shared else 1,  # readers of format 1 know no shared files
         "schema_version": max(e.schema_version for e in entries),
         "dataset_id": dataset_id,
         "created_at": now_utc(),
@@ -274,8 +315,10 @@ def imported_sources(entries: list[CommitEntry]) -> list[dict[str, Any]]:
 
 
 def _table_totals(files: list[dict[str, Any]], name: str) -> dict[str, int]:
+    """Files, rows and bytes of one table (a file several tasks share counts once, all its rows)."""
     mine = [f for f in files if f["table"] == name]
-    return {"files": len(mine), "rows": sum(f["rows"] for f in mine), "bytes": sum(f["bytes"] for f in mine)}
+    sizes = {f["path"]: f["bytes"] for f in mine}
+    return {"files": len(sizes), "rows": sum(f["rows"] for f in mine), "bytes": sum(sizes.values())}
 
 
 def _version() -> str:

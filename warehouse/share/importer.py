@@ -18,7 +18,9 @@ their meta, plus where they came from: ``imported_from``, ``import_dataset_id``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +37,10 @@ from layerlake.warehouse.manifest import (
     manifest_path,
     read_entries,
 )
-from layerlake.warehouse.share.export import copy_verified
+from layerlake.warehouse.shards import now_utc, slices_file, write_durable
 from layerlake.warehouse.share.verify import SharedDataset, verify_folder
 from layerlake.warehouse.views import default_root
-from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc, staging_name
+from layerlake.warehouse.writer import Warehouse, discard
 
 _SHOWN = 8  # conflicting rows named in an error; the rest are counted
 
@@ -69,38 +71,95 @@ def import_dataset(folder: str | Path, root: str | Path | None = None, dry_run: 
     """Verify the shared dataset at ``folder`` and merge it into the warehouse at ``root``."""
     dataset = verify_folder(folder, checksums=True)
     root = default_root() if root is None else Path(root).expanduser().resolve()
-    plan = plan_import(dataset, root)  # refuses conflicts before anything is created
-    if plan.new:
-        audit_combined(dataset, root, plan)  # the rows, joined with the warehouse's own, pass every audit
-    if not dry_run and (plan.new or plan.repair):
-        warehouse = Warehouse(root)
-        warehouse.check_version()
-        with warehouse.lock():
-            plan = plan_import(dataset, root)
-            if plan.new or plan.repair:
-                publish(warehouse, dataset, plan)
-    copied = [f for _, files in plan.new for f in files]
+    with tempfile.TemporaryDirectory(prefix="layerlake-import-") as scratch:
+        plan = plan_import(dataset, root)  # refuses conflicts before anything is created
+        if plan.new:  # the rows, joined with the warehouse's own, pass every audit
+            audit_combined(dataset, root, resolve(dataset, plan, Path(scratch)))
+        if not dry_run and (plan.new or plan.repair):
+            warehouse = Warehouse(root)
+            warehouse.check_version()
+            with warehouse.lock():
+                plan = plan_import(dataset, root)
+                if plan.new or plan.repair:
+                    publish(warehouse, dataset, plan, resolve(dataset, plan, Path(scratch)))
+    copied = unique_files([(e, files) for e, files in plan.new])
     return ImportReport(dataset.folder, root, dataset.dataset_id, [e.task_id for e, _ in plan.new], plan.present,
                         len(copied), sum(f.rows for f in copied), sum(f.bytes for f in copied),
                         [f.path for f in plan.repair])  # fmt: skip
+
+
+def unique_files(new: list[tuple[CommitEntry, tuple[FileEntry, ...]]]) -> list[FileEntry]:
+    """The files ``new`` lists, each once (a file shared by several tasks with the rows of all)."""
+    found: dict[str, FileEntry] = {}
+    for _, files in new:
+        for f in files:
+            had = found.get(f.path)
+            found[f.path] = f._replace(rows=f.rows + (had.rows if had else 0), first_row=None)
+    return list(found.values())
+
+
+@dataclass
+class Resolved:
+    """Where the rows of each task an import adds come from: per new entry (as it will be committed),
+    its new files as ``(source file, listing)``."""
+
+    new: list[tuple[CommitEntry, list[tuple[Path, FileEntry]]]]
+
+
+def resolve(dataset: SharedDataset, plan: Plan, scratch: Path) -> Resolved:
+    """Where each new file of ``plan`` comes from. A shared file (format 2) whose every slice is new is
+    taken whole; one of which only some slices are new (its other tasks are present already) gets the
+    new slices written into a file of their own in ``scratch``: the warehouse must never list a file
+    holding rows of a task it does not list (readers read whole files)."""
+    totals: dict[str, int] = {}
+    for entry in dataset.entries:
+        for f in entry.files:
+            totals[f.path] = totals.get(f.path, 0) + f.rows
+    wanted: dict[str, list[tuple[CommitEntry, FileEntry]]] = {}
+    for entry, files in plan.new:
+        for f in files:
+            wanted.setdefault(f.path, []).append((entry, f))
+    source: dict[tuple[str, str], tuple[Path, FileEntry]] = {}
+    for path, members in wanted.items():
+        if not members[0][1].shared or sum(f.rows for _, f in members) == totals[path]:
+            source.update({(e.task_id, path): (dataset.folder / path, f) for e, f in members})
+            continue
+        members = sorted(members, key=lambda m: m[1].first_row or 0)
+        first = members[0][0]
+        listed, data, where = slices_file(
+            members[0][1].table,
+            first.suite,
+            first.model,
+            [((e.task_id, f.path), dataset.folder, f) for e, f in members],
+        )
+        if not (scratch / listed.path).exists():
+            (scratch / listed.path).parent.mkdir(parents=True, exist_ok=True)
+            write_durable(scratch / listed.path, data)
+        source.update({key: (scratch / listed.path, f) for key, f in where.items()})
+    out = []
+    for entry, files in plan.new:
+        news = {f.path for f in files}
+        sources = [source[(entry.task_id, f.path)] for f in files]
+        renamed = {f.path: listed for f, (_, listed) in zip(files, sources, strict=True)}
+        entry = dataclasses.replace(
+            entry, files=tuple(renamed.get(f.path, f) if f.path in news else f for f in entry.files)
+        )
+        out.append((entry, sources))
+    return Resolved(out)
 
 
 # Audits whose rows are findings about the data, not faults of it (Pythia serves duplicated revisions).
 WARNING_AUDITS = ("duplicate_weights",)
 
 
-def audit_combined(dataset: SharedDataset, root: Path, plan: Plan) -> None:
+def audit_combined(dataset: SharedDataset, root: Path, resolved: Resolved) -> None:
     """Run ``layerlake check``'s audits over the warehouse's rows plus the rows the import would add;
     any offending row refuses the import, naming it. Nothing is written."""
     from layerlake.warehouse.audits import load_audits, run_audit
     from layerlake.warehouse.views import Shard, committed_shards, open_views
 
     shards, failures = committed_shards(root) if manifest_path(root).is_file() else ([], [])
-    new = [
-        Shard(f.table, dataset.folder / f.path, dataset.folder, entry, f)
-        for entry, files in plan.new
-        for f in files
-    ]
+    new = [Shard(f.table, path, path.parent, entry, f) for entry, files in resolved.new for path, f in files]
     con = open_views(shards + new, failures)
     try:
         found = []
@@ -156,7 +215,7 @@ def classify(
     same_path = next((x for x in local.files if x.path == f.path), None) if local else None
     if same_path is not None and same_path.sha256 == f.sha256:
         return "present"
-    same, differ = index.compare(f.table, entry.suite, entry.model, folder / f.path)
+    same, differ = index.compare(entry.suite, entry.model, folder, f)
     if differ:
         return differ
     if same_path is not None and len(same) != f.rows:
@@ -179,25 +238,30 @@ class LocalRows:
         self._keys: dict[tuple[str, str, str], dict[tuple, tuple[Path, int, str]]] = {}
 
     def keys(self, table: str, suite: str, model: str) -> dict[tuple, tuple[Path, int, str]]:
-        """key values -> (file, row index, task id) for every committed row of (table, suite, model)."""
+        """key values -> (file, row index in it, task id) for every committed row of (table, suite, model)."""
         part = (table, suite, model)
         if part not in self._keys:
             found: dict[tuple, tuple[Path, int, str]] = {}
+            files: dict[Path, list[tuple]] = {}  # a file several tasks share is read once
             for entry in self.committed.values():
                 if (entry.suite, entry.model) != (suite, model):
                     continue
                 for f in entry.files:
                     if f.table == table:
                         path = self.root / f.path
-                        for i, key in enumerate(read_keys(table, path)):
+                        if path not in files:
+                            files[path] = read_keys(table, path)
+                        for i, key in owned(files[path], f):
                             found[key] = (path, i, entry.task_id)
             self._keys[part] = found
         return self._keys[part]
 
-    def compare(self, table: str, suite: str, model: str, path: Path) -> tuple[list[str], list[str]]:
-        """(rows of ``path`` the warehouse holds identically, lines naming rows it holds differently)."""
+    def compare(self, suite: str, model: str, folder: Path, f: FileEntry) -> tuple[list[str], list[str]]:
+        """(rows of the shared file ``f`` under ``folder`` the warehouse holds identically, lines naming
+        rows it holds differently)."""
+        table, path = f.table, folder / f.path
         local = self.keys(table, suite, model)
-        overlap = [(i, key, local[key]) for i, key in enumerate(read_keys(table, path)) if key in local]
+        overlap = [(i, key, local[key]) for i, key in owned(read_keys(table, path), f) if key in local]
         if not overlap:
             return [], []
         theirs = pq.read_table(path).take([i for i, _, _ in overlap]).to_pylist()
@@ -214,6 +278,13 @@ class LocalRows:
             else:
                 same.append(f"{label} (local task {task})")
         return same, differ
+
+
+def owned(keys: list[tuple], listed: FileEntry) -> list[tuple[int, tuple]]:
+    """``(row index in the file, key)`` of the rows the listing owns (a slice of a shared file)."""
+    start = listed.first_row or 0
+    end = start + listed.rows if listed.shared else len(keys)
+    return [(i, keys[i]) for i in range(start, end)]
 
 
 def read_keys(table: str, path: Path) -> list[tuple]:
@@ -263,25 +334,22 @@ def imported_entry(
                        local.schema_version, now_utc(), run_id=local.run_id)  # fmt: skip
 
 
-def publish(warehouse: Warehouse, dataset: SharedDataset, plan: Plan) -> None:
-    """Copy the plan's new files to staging (each checked against its listed sha256 while copying), then
-    move them into place and append one batch line listing every new entry (``Warehouse.publish``)."""
-    commits: list = [
-        (
-            entry,
-            [Staged(warehouse.staging / staging_name(f.table), warehouse.root / f.path, f) for f in files],
-        )
-        for entry, files in plan.new
-    ]
-    repairs = [
-        Staged(warehouse.staging / staging_name(f.table), warehouse.root / f.path, f) for f in plan.repair
-    ]
-    if repairs:  # their entries already list them: only the files come back, under the lock
-        commits.append((None, repairs))
+def publish(warehouse: Warehouse, dataset: SharedDataset, plan: Plan, resolved: Resolved) -> None:
+    """Copy the new files to staging, each once (each checked against its listed sha256 while copying),
+    then move them into place and append one batch line listing every new entry (``Warehouse.publish``)."""
+    commits: list = []
+    seen: set[str] = set()
     try:
-        for _, staged in commits:
-            for s in staged:
-                copy_verified(dataset.folder / s.entry.path, s.tmp, s.entry)
+        for entry, files in resolved.new:
+            staged = []
+            for source, f in files:
+                if f.path not in seen:
+                    seen.add(f.path)
+                    staged.append(warehouse.stage_copy(source, f))
+            commits.append((entry, staged))
+        repairs = [warehouse.stage_copy(dataset.folder / f.path, f) for f in plan.repair]
+        if repairs:  # their entries already list them: only the files come back, under the lock
+            commits.append((None, repairs))
     except ManifestError as error:
         discard([s for _, staged in commits for s in staged])
         raise ShareError(

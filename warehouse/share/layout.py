@@ -8,7 +8,10 @@ A shared folder (``layerlake share export``) looks like a warehouse without its 
     DIR/<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet   the warehouse's shard files, byte for byte
 
 Shard paths are the warehouse's own relative paths, so a file keeps its name (and task id) from the
-warehouse that made it to every warehouse that imports it.
+warehouse that made it to every warehouse that imports it. Format version 2 adds files shared by
+several tasks (a compacted warehouse's merged files, ``compact.<hash>-<sha256[:16]>.parquet``): each task
+lists its slice (``first_row``, ``rows``), and the slices of a file hold each of its rows once. An
+export without such files is written as format 1, which every layerlake reads.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ CARD = "README.md"
 CROISSANT = "croissant.json"
 METADATA_FILES = (MANIFEST_JSON, CARD, CROISSANT)
 FORMAT = "layerlake-share"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this layerlake writes and reads
 
 __all__ = [
     "CARD", "CROISSANT", "FORMAT", "FORMAT_VERSION", "MANIFEST_JSON", "METADATA_FILES", "ShardName",

@@ -7,6 +7,8 @@ Checks, in order (all problems are collected, then reported together):
 2. its task entries are possible: each listed once, committed, with a run and a sane step;
 3. every listed file has a shard path (``<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet``) that
    agrees with its table, suite, model, task and hash, a table this layerlake knows, and a task entry;
+   a file several tasks share (format 2: a compacted warehouse's merged file) is split into their
+   slices exactly: each row belongs to one task;
 4. every listed file is a regular file inside the folder (no link on the way) with the listed size and
    sha256 (``manifest.file_problem``; ``checksums=False`` skips the hash);
 5. every file is readable Parquet whose footer row count equals the listed rows and whose columns and
@@ -108,12 +110,11 @@ def verify_folder(folder: str | Path, checksums: bool = True) -> SharedDataset:
     folder = Path(folder).expanduser().resolve()
     manifest = read_manifest(folder)
     entries, problems = _entries(manifest)
-    listed: set[str] = set()
-    for entry in entries:
-        for f in entry.files:
-            listed.add(f.path)
-            problems += _check_file(folder, f, checksums)
-    problems += _unlisted(folder, listed)
+    files, slice_problems = _files(entries)
+    problems += slice_problems
+    for f in files.values():
+        problems += _check_file(folder, f, checksums)
+    problems += _unlisted(folder, set(files))
     if problems:
         raise _error(folder, problems)
     return SharedDataset(folder, manifest, tuple(entries))
@@ -141,13 +142,12 @@ def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]
                         _REEXPORT,
                     )
                 )
-            elif (name.table, name.suite, name.model, name.task_id, name.digest) != (
+            elif (name.table, name.suite, name.model, name.digest) != (
                 f.table,
                 entry.suite,
                 entry.model,
-                entry.task_id,
                 f.sha256[:16],
-            ):
+            ) or (name.task_id != entry.task_id and not f.shared):
                 problems.append(
                     Problem(f.path, f"is listed as table {f.table!r} of task {entry.task_id!r}", _REEXPORT)
                 )
@@ -162,6 +162,33 @@ def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]
     for path in sorted(set(files) - by_task):
         problems.append(Problem(path, "is listed under 'files' but by no task", _REEXPORT))
     return entries, problems
+
+
+def _files(entries: list[CommitEntry]) -> tuple[dict[str, FileEntry], list[Problem]]:
+    """Each listed file once (with all its rows), and what is wrong with how tasks share files: a file
+    of one task listed by another, or slices of a shared file that overlap or leave rows to no task."""
+    listings: dict[str, list[tuple[str, FileEntry]]] = {}
+    for entry in entries:
+        for f in entry.files:
+            listings.setdefault(f.path, []).append((entry.task_id, f))
+    files, problems = {}, []
+    for path, listed in listings.items():
+        first = listed[0][1]
+        files[path] = first._replace(rows=sum(f.rows for _, f in listed), first_row=None)
+        if len(listed) > 1 and not all(f.shared for _, f in listed):
+            tasks = ", ".join(t for t, _ in listed)
+            problems.append(Problem(path, f"is one task's file but tasks {tasks} list it", _REEXPORT))
+            continue
+        end = 0
+        for task, f in sorted(listed, key=lambda item: item[1].first_row or 0):
+            if (f.first_row or 0) != end or f.rows < 0:
+                problems.append(
+                    Problem(path, f"task {task}'s rows start at {f.first_row}, not after the rows before ({end})",
+                            _REEXPORT)
+                )  # fmt: skip
+                break
+            end += f.rows
+    return files, problems
 
 
 MAX_STEP = 10**12  # more than any training run takes; a larger step is a corrupt or lying manifest
@@ -256,7 +283,7 @@ def _check_file(folder: Path, f: FileEntry, checksums: bool) -> list[Problem]:
             )
         ]
     problems = []
-    if meta.num_rows != f.rows:
+    if meta.num_rows != f.rows:  # a shared file's rows: the sum of its tasks' slices
         problems.append(
             Problem(f.path, f"holds {meta.num_rows} rows, manifest.json says {f.rows}", _REEXPORT)
         )

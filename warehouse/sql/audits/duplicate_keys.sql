@@ -19,9 +19,10 @@ FROM sketches
 GROUP BY suite, model, run_id, step, weights_sha256, layer, site, head, probe_id, kernel, estimator HAVING count(*) > 1
 UNION ALL
 SELECT 'spectra', suite, model, run_id,
-       concat_ws(' ', step, weights_sha256[:12], layer, tensor, matrix, coalesce(head::VARCHAR, '-')), count(*)
+       concat_ws(' ', step, weights_sha256[:12], layer, tensor, matrix, coalesce(head::VARCHAR, '-'),
+                 coalesce(probe_id, '-')), count(*)
 FROM spectra
-GROUP BY suite, model, run_id, step, weights_sha256, layer, tensor, matrix, head HAVING count(*) > 1
+GROUP BY suite, model, run_id, step, weights_sha256, layer, tensor, matrix, head, probe_id HAVING count(*) > 1
 UNION ALL
 SELECT 'imported_metrics', suite, model, run_id, concat_ws(' ', source, step, layer, site, metric), count(*)
 FROM imported_metrics

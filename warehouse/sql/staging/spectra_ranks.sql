@@ -13,7 +13,8 @@
 -- param: $models name[]? = null | restrict to these models (the command binds `models=[...]`); null = all
 -- param: $per_head boolean = false | true: per-head matrices (head is not null); false: whole matrices
 -- uses: numerical_rank, erank, per, stable_rank
--- grain: one row per (suite, model, step, tensor, matrix, layer, head)
+-- grain: one row per (suite, model, step, tensor, matrix, layer, head, probe_id); probe_id is NULL for weights and
+--    names the probe batch a gradient was taken on
 with spectra_rows as (
     select *, numerical_rank(sv, rows, cols, eps) as numerical_rank
     from spectra
@@ -43,7 +44,7 @@ measures as (
     from with_k
 )
 select
-    suite, model, run_id, step, tensor, matrix, layer, head, rows, cols,
+    suite, model, run_id, step, tensor, matrix, layer, head, probe_id, rows, cols,
     $k as k_rule, k, numerical_rank,
     erank,
     erank / nullif(k::DOUBLE, 0) as per,
