@@ -49,7 +49,7 @@ def test_two_processes_starting_one_new_run_id_at_once_one_is_refused(tmp_path):
         time.sleep(1.0)  # let both read the manifest before the lock opens (the race being tested)
     outs = sorted(p.communicate(timeout=120)[0].strip() for p in starters)
     assert (
-        outs[1] == "started" and outs[0].startswith("refused WarehouseError") and "exists already" in outs[0]
+        outs[1] == "started" and outs[0].startswith("refused ConfigError") and "exists already" in outs[0]
     )
     assert len([e for e in Warehouse(tmp_path).entries() if e.task_id == "run.same"]) == 1
 

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from layerlake.core.choices import Choice
+from layerlake.core.errors import ConfigError
 from layerlake.core.provenance import git_state, host, layerlake_version, pid, process_alive
 from layerlake.warehouse import schema
 from layerlake.warehouse.content import meta_problems
@@ -147,8 +148,8 @@ def begin_run(
 def check_restart(warehouse: Warehouse, before: Run, run: Run, resume: bool | None) -> None:
     """Refuse to start ``run`` again over ``before`` (its committed row) where that would mix two runs."""
     where = f"in {warehouse.root}"
-    if resume is False:
-        raise WarehouseError(
+    if resume is False:  # the caller's choice of run id: a ConfigError, as any option that cannot work
+        raise ConfigError(
             f"run {run.run_id!r} exists already {where} ({before.status}, started "
             f"{before.started_at:%Y-%m-%d %H:%M}, {before.suite}/{before.model})",
             fix="pass resume=True to continue it, or another run_id",
