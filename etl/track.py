@@ -49,6 +49,7 @@ from layerlake.etl.distributed import Group, Reduce
 from layerlake.etl.plan import CODE_VERSION
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse import schema
+from layerlake.warehouse.content import MAX_STEP, SCALARS_BLOCK
 from layerlake.warehouse.layout import check_name, checkpoint_task_id
 from layerlake.warehouse.runs import (
     Run,
@@ -62,7 +63,7 @@ from layerlake.warehouse.runs import (
 )
 from layerlake.warehouse.writer import Warehouse
 
-SCALAR_BLOCK = 1000  # steps per scalars task: a resumed run rewrites the block it re-enters
+SCALAR_BLOCK = SCALARS_BLOCK  # steps per scalars task: a resumed run rewrites the block it re-enters
 LIVE = "live"
 
 
@@ -328,7 +329,8 @@ class TrackedRun:
         once, as the run's; ``"writer"`` stores the writer's values as the run's and nothing from the
         others. In one process the values are the run's and ``reduce`` changes nothing."""
         how = Reduce.parse(reduce, "reduce") if reduce is not None else self.reduce
-        numbers = {name: float(v.item() if hasattr(v, "item") else v) for name, v in scalars.items()}
+        step = checked_step(step, "log")
+        numbers = {name: checked_number(name, v, step) for name, v in scalars.items()}
         rank = None
         if self.group is not None and how == Reduce.rank:
             rank = self.group.rank
@@ -395,7 +397,9 @@ class TrackedRun:
 
     def snapshot(self, step: int, model: Any, force: bool = False) -> bool:
         """At a step of the cadence (or with ``force``), take the run's rows from the live ``model`` and
-        queue their commit; returns whether a snapshot was taken. Never raises: a failure is recorded."""
+        queue their commit; returns whether a snapshot was taken. Raises only for a ``step`` that is no
+        step (``checked_step``); a failure to take the snapshot is recorded and training goes on."""
+        step = checked_step(step, "snapshot")
         if not self.probe.probe_id or not (force or self.due(step)):
             return False  # a run without a probe records scalars only
         from layerlake.etl.distributed import is_sharded, unwrap
@@ -551,6 +555,39 @@ class TrackedRun:
         self._reported = True
 
 
+def checked_step(step: Any, call: str) -> int:
+    """``step`` as an int the warehouse stores (0..``MAX_STEP``); a ``ConfigError`` at the call otherwise,
+    before anything is kept, so a bad step never reaches (and never loses) the run's stored rows."""
+    value = step.item() if hasattr(step, "item") and not isinstance(step, (int, float)) else step
+    if isinstance(value, bool) or not isinstance(value, int):
+        if not (isinstance(value, float) and value.is_integer()):
+            raise ConfigError(
+                f"{call}() got step {str(step)[:40]!r}, which is not a whole number",
+                fix="pass the training step as an int (0, 1, 2, ...)",
+            )
+        value = int(value)
+    if not 0 <= value <= MAX_STEP:
+        raise ConfigError(
+            f"{call}() got step {value}, outside the steps the warehouse stores (0..{MAX_STEP})",
+            fix="pass the training step (a count from 0), not a timestamp or a token count",
+        )
+    return value
+
+
+def checked_number(name: str, value: Any, step: int) -> float:
+    """A logged value as a float (a Python, numpy or torch number of one element); a ``ConfigError``
+    naming it otherwise."""
+    try:
+        if isinstance(value, (str, bytes, bool)):
+            raise TypeError
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ConfigError(
+            f"log() at step {step}: {name} = {str(value)[:40]!r} is not a number",
+            fix="log numbers only (a float, an int, or a one-element tensor: loss.item())",
+        ) from None
+
+
 def scalars_task_id(run_id: str, block: int, rank: int | None = None) -> str:
     """``scalars.<run>.<block>``, or ``...<block>.rank<r>`` for what a rank other than the writer logged."""
     return f"scalars.{run_id}.{block}" + ("" if rank is None else f".rank{rank}")
@@ -629,18 +666,12 @@ def track(
         chosen = run_id or new_run_id(name, hydra)
         for kind, value in (("suite", suite), ("model", name), ("run id", chosen)):
             check_name(kind, value)
-        before = committed_run(store, chosen)
-        if before is not None and not resume:
-            raise ConfigError(
-                f"run {chosen!r} exists already in {store.root} ({before.status}, started {before.started_at:%Y-%m-%d %H:%M})",
-                fix="pass resume=True to continue it, or another run_id",
-            )
         run = new_run(
             chosen, suite, name, RunKind.train, config if config is not None else hydra.get("config", {}), seed=seed,
             overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
             probe_id=batch.probe_id if batch else None,
         )  # fmt: skip
-        return begin_run(store, run, probe_row(batch) if batch is not None else None)
+        return begin_run(store, run, probe_row(batch) if batch is not None else None, resume=resume)
 
     run = start() if group is None else agree(group, start)  # every rank: the writer's run
     tracked = TrackedRun(

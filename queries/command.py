@@ -247,7 +247,9 @@ def run_configured(
     if job is not None:
         job["params"] = bound
     log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
-    return _run_and_save(recipe, bound, settings.paths.warehouse, folder, settings.plot, settings.recipe.max_rows)
+    return _run_and_save(
+        recipe, bound, settings.paths.warehouse, folder, settings.plot, settings.recipe.max_rows
+    )
 
 
 def _require_warehouse(root: str) -> None:

@@ -356,6 +356,7 @@ def interrupted_check(recovery: Any) -> tuple[str, str, pa.Table]:
 def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Table]]:
     """What ``check`` finds beside the audits: files against the manifest, stale staging leftovers,
     tasks of an older schema version, runs left running by a process that is gone."""
+    from layerlake.warehouse.content import meta_problems
     from layerlake.warehouse.runs import stale_runs
     from layerlake.warehouse.writer import Warehouse
 
@@ -370,6 +371,12 @@ def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Tabl
             "problem": f"schema version {e.schema_version}; run `layerlake migrate --root {root}`",
         }
         for e in store.outdated()
+    ]
+    old = {row["what"] for row in outdated}
+    malformed = [
+        {"what": e.task_id[:80], "problem": "; ".join(problems)}
+        for e in store.committed().values()
+        if e.task_id not in old and (problems := meta_problems(e))
     ]
     killed = [
         {
@@ -392,6 +399,11 @@ def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Tabl
             _rows(staging),
         ),
         ("schema_version", "tasks written by an older layerlake", _rows(outdated)),
+        (
+            "malformed_tasks",
+            "tasks whose manifest entry no layerlake writer writes (warehouse.content)",
+            _rows(malformed),
+        ),
         ("killed_runs", "runs whose process ended without finishing them", _rows(killed)),
     ]
 

@@ -20,9 +20,13 @@ from typing import Any
 import pyarrow as pa
 
 from layerlake.core.choices import Choice
+from layerlake.core.errors import ConfigError
 from layerlake.core.provenance import git_state, host, layerlake_version, pid, process_alive
 from layerlake.warehouse import schema
+from layerlake.warehouse.content import meta_problems
+from layerlake.warehouse.errors import WarehouseError
 from layerlake.warehouse.layout import probe_task_id
+from layerlake.warehouse.manifest import CommitEntry
 from layerlake.warehouse.writer import Warehouse
 
 
@@ -116,18 +120,52 @@ def commit_run(warehouse: Warehouse, run: Run) -> None:
     warehouse.publish([prepare_run(warehouse, run)])
 
 
-def begin_run(warehouse: Warehouse, run: Run, probe: dict[str, Any] | None = None) -> Run:
+def begin_run(
+    warehouse: Warehouse, run: Run, probe: dict[str, Any] | None = None, resume: bool | None = None
+) -> Run:
     """Commit ``run`` as it starts (or starts again: its earlier row's ``started_at`` is kept), with
     the row of the probe batch it reads (``probe``, a row of ``probes``; unless committed already, whole)
-    in one manifest line."""
-    before = committed_run(warehouse, run.run_id)
-    if before is not None:
-        run = replace(run, started_at=before.started_at)
-    commits = [prepare_run(warehouse, run)]
-    if probe is not None and not warehouse.is_committed(probe_task_id(run.run_id, str(probe["probe_id"]))):
-        commits.append(prepare_probe(warehouse, run.run_id, run.suite, run.model, probe))
-    warehouse.publish(commits)
+    in one manifest line.
+
+    Decided under the writer lock, so two processes starting one run id at once cannot both begin it:
+    ``resume=False`` refuses a run id that exists; ``resume=True`` refuses a run still ``running`` in a
+    live process of this host (naming host and pid), and a run of another suite or model; None (an
+    extraction's run, started again by every ``extract``) refuses only another suite or model."""
+    with warehouse.lock():
+        before = committed_run(warehouse, run.run_id)
+        if before is not None:
+            check_restart(warehouse, before, run, resume)
+            run = replace(run, started_at=before.started_at)
+        commits = [prepare_run(warehouse, run)]
+        if probe is not None and not warehouse.is_committed(
+            probe_task_id(run.run_id, str(probe["probe_id"]))
+        ):
+            commits.append(prepare_probe(warehouse, run.run_id, run.suite, run.model, probe))
+        warehouse.publish(commits)
     return run
+
+
+def check_restart(warehouse: Warehouse, before: Run, run: Run, resume: bool | None) -> None:
+    """Refuse to start ``run`` again over ``before`` (its committed row) where that would mix two runs."""
+    where = f"in {warehouse.root}"
+    if resume is False:  # the caller's choice of run id: a ConfigError, as any option that cannot work
+        raise ConfigError(
+            f"run {run.run_id!r} exists already {where} ({before.status}, started "
+            f"{before.started_at:%Y-%m-%d %H:%M}, {before.suite}/{before.model})",
+            fix="pass resume=True to continue it, or another run_id",
+        )
+    if (before.suite, before.model) != (run.suite, run.model):
+        raise WarehouseError(
+            f"run {run.run_id!r} {where} is a run of {before.suite}/{before.model}, not of {run.suite}/{run.model}",
+            fix=f"resume it as suite={before.suite!r}, model {before.model!r}, or start another run_id",
+        )
+    alive = process_alive(before.host, before.pid)
+    if resume and before.status == RunStatus.running and alive and before.pid != pid():
+        raise WarehouseError(
+            f"run {run.run_id!r} {where} is still running: process {before.pid} on {before.host} is alive",
+            fix=f"wait until it ends (or stop process {before.pid} on {before.host}), then resume it; or start "
+            "another run_id",
+        )
 
 
 def end_run(warehouse: Warehouse, run: Run, status: RunStatus, error: str | None = None) -> Run:
@@ -170,11 +208,30 @@ def prepare_run(warehouse: Warehouse, run: Run, check: bool = True) -> tuple:
 
 
 def committed_run(warehouse: Warehouse, run_id: str) -> Run | None:
-    """The run as last committed, from its manifest entry (no file read); None if there is none."""
+    """The run as last committed, from its manifest entry (no file read); None if there is none. A
+    malformed run task (``warehouse.content``) is an error naming it, never a ``KeyError``."""
     entry = warehouse.committed().get(f"run.{run_id}")
-    if entry is None or "run" not in entry.meta:
+    if entry is None:
         return None
-    return Run.from_meta(entry.meta)
+    run = run_of(entry)
+    if run is None:
+        problems = "; ".join(meta_problems(entry)) or "its meta is not a run's"
+        raise WarehouseError(
+            f"the task of run {run_id!r} in {warehouse.root} is malformed ({problems})",
+            fix="run `layerlake check` (it names every malformed task); use another run_id, or import the run "
+            "again from a good copy",
+        )
+    return run
+
+
+def run_of(entry: CommitEntry) -> Run | None:
+    """The run a run task's manifest entry records; None when the entry is malformed (``warehouse.content``)."""
+    if entry.meta.get("kind") != "run" or meta_problems(entry):
+        return None
+    try:
+        return Run.from_meta(entry.meta)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def is_stale(meta: dict[str, Any]) -> bool:
@@ -185,13 +242,20 @@ def is_stale(meta: dict[str, Any]) -> bool:
     return (
         isinstance(run, dict)
         and run.get("status") == str(RunStatus.running)
+        and isinstance(run.get("pid"), int)
         and process_alive(str(run.get("host")), run.get("pid")) is False
     )
 
 
 def stale_runs(warehouse: Warehouse) -> list[Run]:
-    """Runs still ``running`` whose process on this host is gone (``is_stale``)."""
-    return [Run.from_meta(e.meta) for e in list(warehouse.committed().values()) if is_stale(e.meta)]
+    """Runs still ``running`` whose process on this host is gone (``is_stale``). A malformed run task is
+    skipped here (``check`` names it)."""
+    found = []
+    for entry in list(warehouse.committed().values()):
+        run = run_of(entry) if is_stale(entry.meta) else None
+        if run is not None:
+            found.append(run)
+    return found
 
 
 def mark_killed(warehouse: Warehouse) -> list[Run]:

@@ -29,6 +29,11 @@ def render() -> str:
         "Types are DuckDB's (Arrow's in parentheses). Gram matrices are stored packed, as little-endian float32",
         "bytes (`warehouse/gram.py`).",
         "",
+        "A table's key names one row in the whole warehouse, whatever suite and model folder holds it:",
+        "`share import` refuses a row whose key the warehouse (or the import itself) already holds otherwise,",
+        "and `check`'s `duplicate_keys` audit fails when any key repeats. What else a row may hold (names,",
+        "enums, bounds, lengths) is in `warehouse/content.py`.",
+        "",
     ]
     for table in schema.TABLES.values():
         lines += [

@@ -52,6 +52,8 @@ class Shard(NamedTuple):
     root: Path  # the warehouse root (or shared folder) it belongs to
     entry: CommitEntry | None  # None for a shared folder's file
     listed: FileEntry | None = None  # the entry's listing of this file
+    partial: bool = False  # True: only this task's slice of the (shared) file is read, not the whole file:
+    # another task of the file is shown from another copy (``gather``)
 
 
 def default_root() -> Path:
@@ -154,8 +156,10 @@ def source_root(root: Any, attach: Iterable[Any] = ()) -> Path | None:
 
 
 def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
-    """Shards of ``root`` (None: no local warehouse) and of every attached folder; a (table, task) seen
-    twice is kept once (first wins), and a file listed twice is read once."""
+    """Shards of ``root`` (None: no local warehouse) and of every attached folder, one per (table, task):
+    a task seen twice is kept once (first wins). A merged file (``compact``) some of whose tasks are
+    shown from another copy is read by its kept tasks' slices only (``Shard.partial``), so each task's
+    rows show once whether either side is compacted or not."""
     shards, failures = committed_shards(root) if root is not None else ([], [])
     for other in attach:
         folder = Path(other).expanduser().resolve()
@@ -165,19 +169,18 @@ def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[
         else:
             more = shared_shards(folder)
         shards += more
-    seen, paths, unique = set(), set(), []
+    seen, kept, dropped = set(), [], set()
     for shard in shards:
         key = (shard.table, shard.entry.task_id if shard.entry else shard.path)
         if key in seen:
+            dropped.add(shard.path)
             continue
-        seen.add(key)  # a task whose rows sit in a file already kept (a merged file) is seen too
-        if shard.path not in paths:
-            paths.add(shard.path)
-            unique.append(shard)
-    return unique, failures
+        seen.add(key)
+        kept.append(shard)
+    return [s._replace(partial=True) if s.path in dropped else s for s in kept], failures
 
 
-def view_sql(table: schema.Table, has_files: bool, dead_runs: bool = False) -> str:
+def view_sql(table: schema.Table, has_files: bool, has_slices: bool = False, dead_runs: bool = False) -> str:
     """The SELECT of a table's view: the file columns cast to their types (SQL text from the contract only).
 
     Every file of this schema version carries exactly the contract's columns (the writer and the importer
@@ -188,7 +191,7 @@ def view_sql(table: schema.Table, has_files: bool, dead_runs: bool = False) -> s
     ``dead_runs`` (the ``runs`` table only): the runs of ``getvariable('ll_dead_runs')``, committed as
     running by a process that is gone, show as ``killed`` (``warehouse.runs.is_stale``).
     """
-    if not has_files:
+    if not (has_files or has_slices):
         columns = [f"CAST(NULL AS {duck_type(f.type)}) AS {f.name}" for f in table.view_schema()]
         return f"SELECT {', '.join(columns)} WHERE false"
     columns = []
@@ -200,7 +203,16 @@ def view_sql(table: schema.Table, has_files: bool, dead_runs: bool = False) -> s
             columns.append(DEAD_RUN_COLUMNS[c.name])
         else:
             columns.append(f"CAST({c.name} AS {duck_type(c.type)}) AS {c.name}")
-    return f"SELECT {', '.join(columns)} FROM read_parquet(getvariable('ll_files_{table.name}'))"
+    parts = []
+    if has_files:
+        parts.append(f"SELECT {', '.join(columns)} FROM read_parquet(getvariable('ll_files_{table.name}'))")
+    if has_slices:  # files read by the slices of their kept tasks only (Shard.partial)
+        parts.append(
+            f"SELECT {', '.join(columns)} FROM read_parquet(getvariable('ll_parts_{table.name}'), "
+            "filename = true, file_row_number = true) AS p WHERE EXISTS (SELECT 1 FROM _ll_slices AS s "
+            f"WHERE s.path = p.filename AND p.file_row_number >= s.first_row AND p.file_row_number < s.end_row)"
+        )
+    return " UNION ALL ".join(parts)
 
 
 # A run whose process is gone, as every reader shows it (nothing is written: `layerlake runs --mark-killed`
@@ -253,7 +265,10 @@ _META = ("config_hash", "code_version", "probe_id", "weights_sha256", "revision"
 
 def _meta_columns(meta: dict[str, Any]) -> dict[str, Any]:
     out = {k: (None if meta.get(k) is None else str(meta[k])) for k in _META}
-    out["step"] = meta.get("step") if isinstance(meta.get("step"), int) else None
+    step = meta.get("step")  # a step no int64 holds (a hand-edited or crafted meta) shows as NULL
+    out["step"] = (
+        step if isinstance(step, int) and not isinstance(step, bool) and -(2**63) <= step < 2**63 else None
+    )
     return out
 
 
@@ -267,6 +282,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("committed_at", pa.string()),
         pa.field("meta_json", pa.string()),
     ]
+)
+SLICES_SCHEMA = pa.schema(
+    [pa.field("path", pa.string()), pa.field("first_row", pa.int64()), pa.field("end_row", pa.int64())]
 )
 FAILURES_SCHEMA = pa.schema(
     [pa.field(n, pa.string()) for n in ("task_id", "suite", "model", "run_id", "error")]
@@ -308,12 +326,22 @@ def open_views(
         dead = dead_runs(shards)
         if dead:
             con.execute("SET VARIABLE ll_dead_runs = ?", [dead])
+        slices = [
+            {"path": str(s.path), "first_row": s.listed.first_row or 0,
+             "end_row": (s.listed.first_row or 0) + s.listed.rows}
+            for s in shards if s.partial and s.listed is not None
+        ]  # fmt: skip
+        con.register("_ll_slices", pa.Table.from_pylist(slices, schema=SLICES_SCHEMA))
         for table in schema.TABLES.values():
-            files = sorted({str(s.path) for s in shards if s.table == table.name})  # a shared file once
+            mine = [s for s in shards if s.table == table.name]
+            files = sorted({str(s.path) for s in mine if not s.partial})  # a shared file once
+            parts = sorted({str(s.path) for s in mine if s.partial})
             if files:
                 con.execute(f"SET VARIABLE ll_files_{table.name} = ?", [files])
+            if parts:
+                con.execute(f"SET VARIABLE ll_parts_{table.name} = ?", [parts])
             try:
-                sql = view_sql(table, bool(files), dead_runs=bool(dead) and table.name == "runs")
+                sql = view_sql(table, bool(files), bool(parts), dead_runs=bool(dead) and table.name == "runs")
                 con.execute(f"CREATE VIEW {table.name} AS {sql}")
             except duckdb.Error as error:  # a view reads its first file's footer when it is created
                 raise WarehouseError(

@@ -61,6 +61,7 @@ from layerlake.warehouse.manifest import (
     append_batch,
     append_entry,
     entry_problems,
+    latest,
     manifest_path,
 )
 from layerlake.warehouse.shards import (
@@ -427,6 +428,9 @@ class Warehouse:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        before = self.listed_paths()
+        after = {f.path for e in latest(entries)[0].values() for f in e.files}
+        record_unlisted(self.root, sorted(before - after), time.time())  # first: a crash keeps them longer
         os.replace(tmp, self.manifest)
         fsync_dir(self.manifest.parent)
         self._manifest = ManifestFollower(self.manifest)
@@ -514,9 +518,12 @@ class Warehouse:
         return removed
 
     def orphans(self, grace_s: float = ORPHAN_GRACE_S) -> list[Path]:
-        """Shard files no latest ok entry lists, written more than ``grace_s`` seconds ago (a reader that
-        listed the files just before a commit may still be about to read one)."""
+        """Shard files no latest ok entry lists, both written and no longer listed more than ``grace_s``
+        seconds ago: a reader connected before the commit (or the compaction) that stopped listing a
+        file may still read it, so the grace counts from then, however old the file is
+        (``unlisted_since``)."""
         listed = {self.root / path for path in self.listed_paths()}
+        since = self.unlisted_since()
         now = time.time()
         found = []
         for name in schema.TABLES:
@@ -524,9 +531,38 @@ class Warehouse:
             if not folder.is_dir():
                 continue
             for path in folder.rglob("*.parquet"):
-                if path not in listed and now - path.stat().st_mtime >= grace_s:
+                if path in listed:
+                    continue
+                try:
+                    written = path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                rel = path.relative_to(self.root).as_posix()
+                if now - max(written, since.get(rel, 0.0)) >= grace_s:
                     found.append(path)
         return sorted(found)
+
+    def unlisted_since(self) -> dict[str, float]:
+        """File (relative path) -> when (epoch seconds) it last stopped being listed: from the manifest's
+        history (a commit that replaced a task's files, a retirement), and from ``_manifest/unlisted.jsonl``
+        for the files a rewrite of the manifest (``compact``, ``migrate``) stopped listing, whose history
+        that rewrite removed."""
+        since = read_unlisted(self.root)
+        files: dict[str, set[str]] = {}
+        count: dict[str, int] = {}
+        for entry in self.entries():
+            if entry.status == "failed":
+                continue
+            old = files.get(entry.task_id, set())
+            new = {f.path for f in entry.files} if entry.status == "ok" else set()
+            for path in new - old:
+                count[path] = count.get(path, 0) + 1
+            for path in old - new:
+                count[path] -= 1
+                if not count[path]:
+                    since[path] = max(since.get(path, 0.0), _epoch(entry.committed_at))
+            files[entry.task_id] = new
+        return since
 
     def gc(self, dry_run: bool = False, grace_s: float = ORPHAN_GRACE_S) -> list[Path]:
         """Remove stale staging files and orphan shards; returns them. Holds the writer lock."""
@@ -536,6 +572,7 @@ class Warehouse:
                 recovery = self.recover()  # an interrupted maintenance step's files go at once, no grace
                 for path in candidates:
                     path.unlink(missing_ok=True)
+                forget_unlisted(self.root)
                 if recovery is not None:
                     candidates += [self.root / r for r in recovery.removed if self.root / r not in candidates]
         return candidates
@@ -562,6 +599,62 @@ def recover_interrupted(root: str | Path, say: bool = True) -> journal.Recovery 
     if recovery is not None and say:
         print(f"layerlake: {recovery.message}", file=sys.stderr)
     return recovery
+
+
+UNLISTED_FILE = "unlisted.jsonl"  # under _manifest/: files a manifest rewrite stopped listing, and when
+
+
+def record_unlisted(root: Path, paths: list[str], at: float) -> None:
+    """Append to ``_manifest/unlisted.jsonl`` that ``paths`` stopped being listed at ``at`` (fsynced)."""
+    if not paths:
+        return
+    text = "".join(json.dumps({"path": p, "at": at}) + "\n" for p in paths)
+    with (
+        disk_errors(f"the record of unlisted files of {root}", "nothing was changed"),
+        open(root / MANIFEST_DIR / UNLISTED_FILE, "a") as handle,
+    ):
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_unlisted(root: Path) -> dict[str, float]:
+    """``_manifest/unlisted.jsonl`` as path -> the latest time it stopped being listed (a torn or
+    damaged line is skipped: the file's own age then counts)."""
+    since: dict[str, float] = {}
+    try:
+        lines = (root / MANIFEST_DIR / UNLISTED_FILE).read_text().splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return since
+    for line in lines:
+        try:
+            item = json.loads(line)
+            since[str(item["path"])] = max(since.get(str(item["path"]), 0.0), float(item["at"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return since
+
+
+def forget_unlisted(root: Path) -> None:
+    """Keep only the lines of files still on disk (after gc removed some); the caller holds the lock."""
+    path = root / MANIFEST_DIR / UNLISTED_FILE
+    if not path.exists():
+        return
+    keep = {p: at for p, at in read_unlisted(root).items() if (root / p).exists()}
+    tmp = path.with_name(f".{UNLISTED_FILE}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    write_durable(tmp, "".join(json.dumps({"path": p, "at": at}) + "\n" for p, at in keep.items()).encode())
+    os.replace(tmp, path)
+
+
+def _epoch(stamp: str) -> float:
+    """An entry's ``committed_at`` (ISO 8601) in epoch seconds; 0 when unreadable."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def default_run_id(suite: str, model: str) -> str:

@@ -19,9 +19,7 @@ from layerlake.warehouse.share.export import export_dataset
 from layerlake.warehouse.share.importer import import_dataset
 from layerlake.warehouse.views import default_root
 
-_SUMMARY = (
-    "select table_name, root, count(*) as files, sum(rows) as rows from manifest group by all order by all"
-)
+_SUMMARY = "select table_name, root, count(distinct path) as files, sum(rows) as rows from manifest group by all order by all"
 
 
 def _words(text: str) -> list[str]:

@@ -186,6 +186,9 @@ def plan_import(dataset: SharedDataset, root: Path) -> Plan:
     """Classify every shared task against the warehouse at ``root`` (read only); raise on conflicts."""
     committed = latest(read_entries(manifest_path(root)))[0] if root.is_dir() else {}
     index = LocalRows(root, committed)
+    repeated = repeated_keys(dataset)
+    if repeated:
+        raise _conflict_error(dataset, root, repeated, "repeats keys within itself (duplicate_keys)")
     plan, conflicts = Plan(), []
     for entry in dataset.entries:
         local = committed.get(entry.task_id)
@@ -231,21 +234,19 @@ def classify(
 
 
 class LocalRows:
-    """The keys (``warehouse/schema.py``) of the warehouse's committed rows, per table and partition."""
+    """The keys (``warehouse/schema.py``) of the warehouse's committed rows, per table, across every
+    suite and model: a key names one row in the whole warehouse, whatever folder holds it."""
 
     def __init__(self, root: Path, committed: dict[str, CommitEntry]) -> None:
         self.root, self.committed = root, committed
-        self._keys: dict[tuple[str, str, str], dict[tuple, tuple[Path, int, str]]] = {}
+        self._keys: dict[str, dict[tuple, tuple[Path, int, str]]] = {}
 
-    def keys(self, table: str, suite: str, model: str) -> dict[tuple, tuple[Path, int, str]]:
-        """key values -> (file, row index in it, task id) for every committed row of (table, suite, model)."""
-        part = (table, suite, model)
-        if part not in self._keys:
+    def keys(self, table: str) -> dict[tuple, tuple[Path, int, str]]:
+        """key values -> (file, row index in it, task id) for every committed row of ``table``."""
+        if table not in self._keys:
             found: dict[tuple, tuple[Path, int, str]] = {}
             files: dict[Path, list[tuple]] = {}  # a file several tasks share is read once
             for entry in self.committed.values():
-                if (entry.suite, entry.model) != (suite, model):
-                    continue
                 for f in entry.files:
                     if f.table == table:
                         path = self.root / f.path
@@ -253,14 +254,14 @@ class LocalRows:
                             files[path] = read_keys(table, path)
                         for i, key in owned(files[path], f):
                             found[key] = (path, i, entry.task_id)
-            self._keys[part] = found
-        return self._keys[part]
+            self._keys[table] = found
+        return self._keys[table]
 
     def compare(self, suite: str, model: str, folder: Path, f: FileEntry) -> tuple[list[str], list[str]]:
         """(rows of the shared file ``f`` under ``folder`` the warehouse holds identically, lines naming
-        rows it holds differently)."""
+        rows it holds differently: other values, or the same key under another suite or model)."""
         table, path = f.table, folder / f.path
-        local = self.keys(table, suite, model)
+        local = self.keys(table)
         overlap = [(i, key, local[key]) for i, key in owned(read_keys(table, path), f) if key in local]
         if not overlap:
             return [], []
@@ -278,6 +279,26 @@ class LocalRows:
             else:
                 same.append(f"{label} (local task {task})")
         return same, differ
+
+
+def repeated_keys(dataset: SharedDataset) -> list[str]:
+    """Lines naming every key (``warehouse/schema.py``) that the shared dataset itself holds more than
+    once: in one file, or in two tasks' files (of any suite and model)."""
+    seen: dict[tuple[str, tuple], str] = {}
+    found = []
+    keys: dict[str, list[tuple]] = {}  # a file several tasks share is read once
+    for entry in dataset.entries:
+        for f in entry.files:
+            if f.path not in keys:
+                keys[f.path] = read_keys(f.table, dataset.folder / f.path)
+            for _, key in owned(keys[f.path], f):
+                where = f"{f.path} (task {entry.task_id})"
+                if (f.table, key) in seen:
+                    label = describe_key(f.table, entry.suite, entry.model, key)
+                    found.append(f"{label}: held twice, in {seen[f.table, key]} and {where}")
+                else:
+                    seen[f.table, key] = where
+    return found
 
 
 def owned(keys: list[tuple], listed: FileEntry) -> list[tuple[int, tuple]]:
@@ -362,13 +383,16 @@ def publish(warehouse: Warehouse, dataset: SharedDataset, plan: Plan, resolved: 
     warehouse.publish(commits)
 
 
-def _conflict_error(dataset: SharedDataset, root: Path, conflicts: list[str]) -> ShareError:
+def _conflict_error(dataset: SharedDataset, root: Path, conflicts: list[str], what: str = "") -> ShareError:
     lines = [f"  - {c}" for c in conflicts[:_SHOWN]]
     if len(conflicts) > _SHOWN:
         lines.append(f"  ... and {len(conflicts) - _SHOWN} more")
+    what = what or (
+        f"conflicts with the warehouse at {root}: rows with the same key hold other values, or sit under "
+        "another suite or model (or would be repeated)"
+    )
     return ShareError(
-        f"shared dataset {dataset.folder} conflicts with the warehouse at {root}: rows with the same key hold "
-        f"other values (or would be repeated); nothing was imported:\n" + "\n".join(lines),
+        f"shared dataset {dataset.folder} {what}; nothing was imported:\n" + "\n".join(lines),
         fix="compare the two `manifest` views' provenance (code_version, config_hash, weights_sha256); query both "
         "side by side with `layerlake share attach`, or import into a separate warehouse with --root",
     )

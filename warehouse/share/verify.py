@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from layerlake.warehouse import schema
+from layerlake.warehouse import content, schema
 from layerlake.warehouse.errors import ShareError
 from layerlake.warehouse.gram import values_column
 from layerlake.warehouse.manifest import CommitEntry, FileEntry, file_problem
@@ -113,11 +113,33 @@ def verify_folder(folder: str | Path, checksums: bool = True) -> SharedDataset:
     files, slice_problems = _files(entries)
     problems += slice_problems
     for f in files.values():
-        problems += _check_file(folder, f, checksums)
+        if f.table in schema.TABLES:  # a table this layerlake does not know is named by _entries
+            problems += _check_file(folder, f, checksums)
     problems += _unlisted(folder, set(files))
+    if checksums and not problems:  # every file reads: what each task's rows hold
+        problems += _task_content_problems(folder, entries)
     if problems:
         raise _error(folder, problems)
     return SharedDataset(folder, manifest, tuple(entries))
+
+
+def _task_content_problems(folder: Path, entries: list[CommitEntry]) -> list[Problem]:
+    """Each task's rows held to what a layerlake writer writes (``warehouse.content``): names, enums,
+    bounds, lengths, the task's own suite, model and run, and agreement with its meta."""
+    tables: dict[str, pa.Table] = {}  # a file several tasks share is read once
+    problems = []
+    for entry in entries:
+        for f in entry.files:
+            if f.path not in tables:
+                tables[f.path] = pq.read_table(folder / f.path)
+            whole = tables[f.path]
+            rows = whole if f.first_row is None else whole.slice(f.first_row, f.rows)
+            found = content.row_problems(f.table, rows, entry) + content.rows_agree_with_meta(
+                entry, f.table, rows
+            )
+            if found:
+                problems.append(Problem(f.path, f"task {entry.task_id}: " + "; ".join(found), _REEXPORT))
+    return problems
 
 
 def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]]:
@@ -191,7 +213,7 @@ def _files(entries: list[CommitEntry]) -> tuple[dict[str, FileEntry], list[Probl
     return files, problems
 
 
-MAX_STEP = 10**12  # more than any training run takes; a larger step is a corrupt or lying manifest
+MAX_STEP = content.MAX_STEP
 
 
 def _meta_problems(entries: list[CommitEntry]) -> list[Problem]:
@@ -209,11 +231,8 @@ def _meta_problems(entries: list[CommitEntry]) -> list[Problem]:
             )
         if not entry.run_id:
             problems.append(Problem(where, "names no run", _REEXPORT))
-        step = entry.meta.get("step")
-        if step is not None and (
-            not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP
-        ):
-            problems.append(Problem(where, f"has an impossible step {step!r}", _REEXPORT))
+        for problem in content.meta_problems(entry):
+            problems.append(Problem(where, problem, _REEXPORT))
     return problems
 
 

@@ -1,0 +1,193 @@
+"""Hostile shared datasets cannot duplicate or poison the warehouse (issue 22.1-2).
+
+Keys are the contract across the whole warehouse: an import whose rows repeat a key the warehouse holds
+under another suite or model is refused, for every table; so is an import repeating a key inside itself;
+``check``'s duplicate_keys audit sees a key repeated across partitions in every table. Imported content
+is held to what the writer writes (names, enums, bounds, lengths, the task's own run, its meta); a
+refused import leaves the warehouse byte for byte as it was. A malformed task on disk is named by
+``check`` and breaks no reader (``runs``, ``sql``, ``track``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hostile_data import build, probe_row, set_column, tamper, tree_hash
+
+import layerlake
+from layerlake.cli.main import main
+from layerlake.core.errors import LayerlakeError
+from layerlake.warehouse import schema
+from layerlake.warehouse.audits import load_audits, run_audit
+from layerlake.warehouse.errors import ShareError
+from layerlake.warehouse.runs import Run, RunKind, begin_run
+from layerlake.warehouse.share import export_dataset, import_dataset, verify_folder
+from layerlake.warehouse.writer import Warehouse
+
+TABLES = tuple(schema.TABLES)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> Path:
+    """The receiving warehouse: run r1 of toy/m1, every table filled."""
+    root = tmp_path_factory.mktemp("local") / "warehouse"
+    build(root, "m1", "r1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    """The same run id r1 with the same keys, but under model m2: a hostile duplicate."""
+    root = tmp_path_factory.mktemp("other") / "warehouse"
+    build(root, "m2", "r1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def export(local, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("export") / "full"
+    export_dataset(local, dest)
+    return dest
+
+
+def refused(folder: Path, root: Path, match: str) -> None:
+    """Importing ``folder`` into ``root`` is refused with ``match`` and changes no byte of ``root``."""
+    before = tree_hash(root) if root.exists() else None
+    with pytest.raises(ShareError, match=match):
+        import_dataset(folder, root)
+    assert (tree_hash(root) if root.exists() else None) == before
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_a_key_held_under_another_model_is_refused_for_every_table(table, local, other_model, tmp_path):
+    dest = tmp_path / "one"
+    export_dataset(other_model, dest, tables=[table])
+    refused(dest, local, "conflicts with the warehouse")
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_a_key_repeated_inside_one_imported_file_is_refused(table, export, tmp_path):
+    folder = tmp_path / "dup"
+    shutil.copytree(export, folder)
+    tamper(folder, table, rows=lambda t: pa.concat_tables([t, t]))
+    refused(folder, tmp_path / "empty", "held twice|2 runs rows in one")
+
+
+def test_the_same_dataset_imports_again_as_present(local, export):
+    before = tree_hash(local)
+    report = import_dataset(export, local)
+    assert report.imported == [] and tree_hash(local) == before
+
+
+def test_check_finds_a_key_repeated_across_partitions_in_every_table(local, other_model, tmp_path):
+    root = tmp_path / "both"
+    shutil.copytree(local, root)
+    merged = Warehouse(root)
+    for entry in Warehouse(other_model).committed().values():  # m2's tasks under other task ids
+        tables = {f.table: pa.parquet.read_table(other_model / f.path) for f in entry.files}
+        merged.commit("x" + entry.task_id, entry.suite, entry.model, tables, entry.meta, run_id=entry.run_id)
+    audit = next(a for a in load_audits() if a.name == "duplicate_keys")
+    con = layerlake.connect(root)
+    try:
+        found = run_audit(con, audit)
+    finally:
+        con.close()
+    assert set(found.column("table_name").to_pylist()) == set(TABLES)
+    assert main(["check", "--root", str(root)]) == 1
+
+
+def _first(column: str, value):
+    return lambda t: set_column(t, column, [value] * t.num_rows)
+
+
+HOSTILE = {
+    "run_id of another task": ("scalars", _first("run_id", "r9"), None, "run_id r9 in a task"),
+    "model of another task": ("spectra", _first("model", "m9"), None, "model m9 in a task"),
+    "a name breaking the rule": ("activation_stats", _first("probe_id", "../p0"), None, "name rule"),
+    "run status not an enum": ("runs", _first("status", "exploded"), None, "not one of"),
+    "run kind not an enum": ("runs", _first("kind", "weird"), None, "not one of"),
+    "kernel not an enum": ("sketches", _first("kernel", "poly"), None, "not one of"),
+    "site not an enum": ("activations", _first("site", "anything"), None, "not one of"),
+    "step out of range": ("scalars", _first("step", 2**62), None, "step outside"),
+    "negative layer": ("spectra", _first("layer", -1), None, "layer outside"),
+    "huge size": ("matrix_stats", _first("rows", 2**30), None, "rows outside"),
+    "activation shape not its bytes": ("activations", _first("n", 3), None, "n x d float16"),
+    "gram shorter than n": ("sketches", _first("n", 3), None, "n\\(n\\+1\\)/2"),
+    "more singular values than min(rows, cols)": ("spectra", _first("sv", [3.0, 2.0, 1.0]), None, "sv value"),
+    "rows of another step than the task": ("sketches", _first("step", 7), None, "of step 7 in a task of step"),
+    "scalars outside their block": ("scalars", _first("step", 5000), None, "block"),
+    "run meta without the run": ("runs", None, lambda e: e["meta"].pop("run"), "not a run's"),
+    "run meta of another status": (
+        "runs", None, lambda e: e["meta"]["run"].update(status="running"), "differs from its meta",
+    ),
+    "run task id not run.<id>": ("runs", None, lambda e: e.update(task_id="run.zzz"), "run.<run_id>"),
+    "meta step beyond int64": ("sketches", None, lambda e: e["meta"].update(step=2**63), "impossible step"),
+    "meta kind run on a non-run": ("spectra", None, lambda e: e["meta"].update(kind="run"), "not a run's"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_content_no_writer_writes_is_refused_and_changes_nothing(case, export, local, tmp_path):
+    table, rows, meta, match = HOSTILE[case]
+    folder = tmp_path / "hostile"
+    shutil.copytree(export, folder)
+    tamper(folder, table, rows=rows, meta=meta)
+    with pytest.raises(ShareError, match=match):
+        verify_folder(folder)
+    refused(folder, tmp_path / "empty", match)
+    refused(folder, local, match)
+
+
+@pytest.fixture(scope="module")
+def malformed(local, tmp_path_factory) -> Path:
+    """A warehouse holding a run task whose meta is not a run's (written by hand, as a crafted task
+    would be): the case that made `check`, `runs` and `track` fail with KeyError for everyone."""
+    root = tmp_path_factory.mktemp("malformed") / "warehouse"
+    shutil.copytree(local, root)
+    store = Warehouse(root)
+    row = Run("evil", "toy", "m1", RunKind.train).table()
+    store.commit("run.evil", "toy", "m1", {"runs": row}, {"kind": "run"}, run_id="evil")
+    return root
+
+
+def test_check_names_a_malformed_task_on_disk(malformed, capsys):
+    assert main(["check", "--root", str(malformed)]) == 1
+    out = capsys.readouterr().out
+    assert "malformed_tasks" in out and "run.evil" in out and "Traceback" not in out
+
+
+def test_runs_sql_and_a_new_run_work_beside_a_malformed_task(malformed, capsys):
+    assert main(["runs", "--root", str(malformed)]) == 0
+    assert main(["sql", "select count(*) from runs", "--root", str(malformed)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    store = Warehouse(malformed)
+    begin_run(store, Run("fresh", "toy", "m1", RunKind.train), probe_row(), resume=False)
+    assert "run.fresh" in store.committed()
+    if importlib.util.find_spec("torch") is not None:  # track() itself scans every run task as it starts
+        with layerlake.track(
+            suite="toy", model_name="m1", run_id="tracked", warehouse=malformed, quiet=True
+        ) as run:
+            run.log(0, loss=1.0)
+    con = layerlake.connect(malformed)
+    try:
+        assert con.sql("select count(*) from runs where run_id in ('evil', 'fresh', 'r1')").fetchall() == [
+            (3,)
+        ]
+    finally:
+        con.close()
+
+
+def test_a_malformed_run_is_refused_by_name_when_resumed(malformed):
+    store = Warehouse(malformed)
+    with pytest.raises(LayerlakeError, match="run.evil|malformed"):
+        begin_run(store, Run("evil", "toy", "m1", RunKind.train), resume=True)
+
+
+def test_export_meta_written_by_the_writer_is_valid(export):
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert {t["meta"].get("kind") for t in manifest["tasks"]} == {"run", "probe", "extract", "scalars"}
+    verify_folder(export)
