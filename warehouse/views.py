@@ -47,8 +47,8 @@ class Shard(NamedTuple):
     """One readable file: where it is and which commit listed it."""
 
     table: str
-    path: Path  # absolute
-    root: Path  # the warehouse root (or shared folder) it belongs to
+    path: Path | str  # absolute; a URL (str) for a shared dataset attached by URL
+    root: Path | str  # the warehouse root (or shared folder, or its URL) it belongs to
     entry: CommitEntry | None  # None for a shared folder's file
     listed: FileEntry | None = None  # the entry's listing of this file
 
@@ -150,8 +150,13 @@ def source_root(root: Any, attach: Iterable[Any] = ()) -> Path | None:
 def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
     """Shards of ``root`` (None: no local warehouse) and of every attached folder; a (table, task) seen
     twice is kept once (first wins), and a file listed twice is read once."""
+    from layerlake.warehouse.share.remote import is_url, remote_shards
+
     shards, failures = committed_shards(root) if root is not None else ([], [])
     for other in attach:
+        if is_url(other):  # http(s):// or hf://: read in place, by ranges (warehouse.share.remote)
+            shards += remote_shards(other)
+            continue
         folder = Path(other).expanduser().resolve()
         if is_warehouse(folder):
             more, more_failed = committed_shards(folder)
@@ -272,6 +277,10 @@ def open_views(
     shards plus a shared folder's new ones, which an import audits before it commits them)."""
     con = memory_connection()
     try:
+        if any(isinstance(s.path, str) for s in shards):  # attached by URL: DuckDB reads them through this
+            from layerlake.warehouse.share.remote import filesystem
+
+            con.register_filesystem(filesystem())
         macros.install_functions(con)  # first: the sketches view decodes its Grams with one of them
         for table in schema.TABLES.values():
             files = sorted({str(s.path) for s in shards if s.table == table.name})  # a shared file once

@@ -36,6 +36,7 @@ from layerlake.warehouse.manifest import (
     read_entries,
 )
 from layerlake.warehouse.share.export import copy_verified
+from layerlake.warehouse.share.remote import import_url, is_url
 from layerlake.warehouse.share.verify import SharedDataset, verify_folder
 from layerlake.warehouse.views import default_root
 from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc, staging_name
@@ -65,10 +66,18 @@ class Plan:
     repair: list[FileEntry] = field(default_factory=list)  # local files of present tasks, missing or damaged
 
 
-def import_dataset(folder: str | Path, root: str | Path | None = None, dry_run: bool = False) -> ImportReport:
-    """Verify the shared dataset at ``folder`` and merge it into the warehouse at ``root``."""
-    dataset = verify_folder(folder, checksums=True)
+def import_dataset(folder: Any, root: str | Path | None = None, dry_run: bool = False) -> ImportReport:
+    """Verify the shared dataset at ``folder`` and merge it into the warehouse at ``root``. ``folder`` may be
+    a URL (``warehouse.share.remote``): the files the warehouse lacks are downloaded (checked) into a
+    temporary folder beside it, which is then imported as any folder, and removed."""
     root = default_root() if root is None else Path(root).expanduser().resolve()
+    if is_url(folder):
+        return import_url(folder, root, dry_run)
+    return import_verified(verify_folder(folder, checksums=True), root, dry_run)
+
+
+def import_verified(dataset: SharedDataset, root: Path, dry_run: bool = False) -> ImportReport:
+    """Plan, audit and publish a verified shared dataset into the warehouse at ``root`` (all or nothing)."""
     plan = plan_import(dataset, root)  # refuses conflicts before anything is created
     if plan.new:
         audit_combined(dataset, root, plan)  # the rows, joined with the warehouse's own, pass every audit
@@ -249,7 +258,8 @@ def imported_entry(
 ) -> CommitEntry:
     """The manifest entry an imported task gets (a task the warehouse has gains the new files only)."""
     provenance = {
-        "imported_from": dataset.folder.name,  # the folder's name only: no path of this machine is stored
+        "imported_from": dataset.source or dataset.folder.name,  # a URL, or the folder's name only: no path
+        # of this machine is stored
         "import_dataset_id": dataset.dataset_id,
         "imported_at": now_utc(),
         "original_task_id": entry.task_id,

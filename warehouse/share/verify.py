@@ -59,6 +59,7 @@ class SharedDataset:
     folder: Path
     manifest: dict[str, Any]
     entries: tuple[CommitEntry, ...]
+    source: str = ""  # the URL it was downloaded from (``warehouse.share.remote``); "" for a folder
 
     @property
     def schema_version(self) -> int:
@@ -77,15 +78,26 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"shared dataset folder {folder} does not exist", fix="pass the folder `share export` made"
         )
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ShareError(
             f"{path} is missing: {folder} is not a layerlake shared dataset", fix=_REEXPORT
         ) from None
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise ShareError(f"{path} is not readable JSON ({error})", fix=_REEXPORT) from error
+    return parse_manifest(text, str(path), str(folder))
+
+
+def parse_manifest(text: str, path: str, folder: str) -> dict[str, Any]:
+    """``manifest.json``'s content (read from ``path`` of the dataset at ``folder``, a folder or a URL),
+    checked: format, schema version not newer than this layerlake's, format version."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
         raise ShareError(f"{path} is not readable JSON ({error})", fix=_REEXPORT) from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ShareError(f"{path} is not a {FORMAT} manifest (format {data.get('format')!r})", fix=_REEXPORT)
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ShareError(f"{path} is not a {FORMAT} manifest (format {found!r})", fix=_REEXPORT)
     version = data.get("schema_version")
     if not isinstance(version, int):
         raise ShareError(f"{path} has no integer schema_version", fix=_REEXPORT)
@@ -107,7 +119,7 @@ def verify_folder(folder: str | Path, checksums: bool = True) -> SharedDataset:
     """Verify the shared dataset at ``folder`` (see the module docstring); raises ``ShareError``."""
     folder = Path(folder).expanduser().resolve()
     manifest = read_manifest(folder)
-    entries, problems = _entries(manifest)
+    entries, problems = manifest_entries(manifest)
     listed: set[str] = set()
     for entry in entries:
         for f in entry.files:
@@ -115,11 +127,11 @@ def verify_folder(folder: str | Path, checksums: bool = True) -> SharedDataset:
             problems += _check_file(folder, f, checksums)
     problems += _unlisted(folder, listed)
     if problems:
-        raise _error(folder, problems)
+        raise verify_error(folder, problems)
     return SharedDataset(folder, manifest, tuple(entries))
 
 
-def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]]:
+def manifest_entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]]:
     """The manifest's task entries, cross-checked with its flat file list and the shard path rule."""
     problems: list[Problem] = []
     try:
@@ -310,7 +322,7 @@ def _unlisted(folder: Path, listed: set[str]) -> list[Problem]:
     return problems
 
 
-def _error(folder: Path, problems: list[Problem]) -> ShareError:
+def verify_error(folder: Path | str, problems: list[Problem]) -> ShareError:
     shown = problems[:20]
     lines = [f"  - {p.path}: {p.what}" for p in shown]
     if len(problems) > len(shown):
