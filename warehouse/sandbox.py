@@ -59,6 +59,7 @@ from layerlake.core.duck import (
 from layerlake.core.errors import LayerlakeError, SqlError
 from layerlake.core.render import unique_names
 from layerlake.warehouse.errors import QueryError
+from layerlake.warehouse.share.http import from_duckdb
 from layerlake.warehouse.share.remote import is_url
 
 BATCH_ROWS = 65_536  # rows per Arrow batch while a result streams
@@ -398,6 +399,9 @@ def _failure(error: BaseException) -> tuple[str, str, str | None]:
         return "memory", _first_line(text) or type(error).__name__, None
     if isinstance(error, LayerlakeError):
         return "query", error.message, error.fix
+    remote = from_duckdb(error) if isinstance(error, duckdb.Error) else None
+    if remote is not None:  # a dataset attached by URL: its server failed, or served other bytes
+        return "query", remote.message, remote.fix
     if isinstance(error, duckdb.Error):
         return "query", f"query failed: {text}", QUERY_FIX
     return "query", f"query failed: {type(error).__name__}: {text}", QUERY_FIX

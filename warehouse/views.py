@@ -150,12 +150,12 @@ def source_root(root: Any, attach: Iterable[Any] = ()) -> Path | None:
 def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
     """Shards of ``root`` (None: no local warehouse) and of every attached folder; a (table, task) seen
     twice is kept once (first wins), and a file listed twice is read once."""
-    from layerlake.warehouse.share.remote import is_url, remote_shards
+    from layerlake.warehouse.share.remote import is_url, remote_files
 
     shards, failures = committed_shards(root) if root is not None else ([], [])
     for other in attach:
         if is_url(other):  # http(s):// or hf://: read in place, by ranges (warehouse.share.remote)
-            shards += remote_shards(other)
+            shards += [Shard(*listed) for listed in remote_files(other)]
             continue
         folder = Path(other).expanduser().resolve()
         if is_warehouse(folder):
@@ -289,6 +289,11 @@ def open_views(
             try:
                 con.execute(f"CREATE VIEW {table.name} AS {view_sql(table, bool(files))}")
             except duckdb.Error as error:  # a view reads its first file's footer when it is created
+                from layerlake.warehouse.share.http import from_duckdb
+
+                remote = from_duckdb(error)  # a file attached by URL: its server failed, or it changed
+                if remote is not None:
+                    raise remote from error
                 raise WarehouseError(
                     f"cannot read the {table.name} files: {str(error).splitlines()[0]}",
                     fix="run `layerlake check --verify-files` to find damaged files, then extract their tasks again "

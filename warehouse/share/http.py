@@ -366,3 +366,13 @@ def block_digests(path: Any, block_bytes: int = BLOCK_BYTES) -> dict[str, Any]:
         for block in iter(lambda: handle.read(block_bytes), b""):
             digests.append(hashlib.sha256(block).hexdigest()[:DIGEST_HEX])
     return {"block_bytes": block_bytes, "block_sha256": "".join(digests)}
+
+
+def from_duckdb(error: BaseException) -> RemoteError | None:
+    """The ``RemoteError`` behind a DuckDB error raised while DuckDB read through ``RemoteFileSystem``
+    (DuckDB reports a filesystem's exception as its Python traceback, as text), or None."""
+    text, marker = str(error), "RemoteError: "
+    if marker not in text:
+        return None
+    message, _, fix = text[text.rindex(marker) + len(marker) :].partition("\n  fix: ")
+    return RemoteError(message.strip(), fix=fix.strip() or None)

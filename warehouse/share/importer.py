@@ -19,7 +19,9 @@ their meta, plus where they came from: ``imported_from``, ``import_dataset_id``,
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from layerlake.warehouse.manifest import (
     read_entries,
 )
 from layerlake.warehouse.share.export import copy_verified
-from layerlake.warehouse.share.remote import import_url, is_url
+from layerlake.warehouse.share.remote import as_source, download, is_url
 from layerlake.warehouse.share.verify import SharedDataset, verify_folder
 from layerlake.warehouse.views import default_root
 from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc, staging_name
@@ -314,3 +316,21 @@ def _conflict_error(dataset: SharedDataset, root: Path, conflicts: list[str]) ->
         fix="compare the two `manifest` views' provenance (code_version, config_hash, weights_sha256); query both "
         "side by side with `layerlake share attach`, or import into a separate warehouse with --root",
     )
+
+
+def import_url(source: Any, root: Path, dry_run: bool = False) -> Any:
+    """``share import URL``: ``download`` into a temporary folder beside the warehouse (so files it holds
+    already are linked, not copied), verify that folder as any shared folder, import it, remove it. A
+    failure anywhere leaves the warehouse as it was; errors name the URL, not the temporary folder."""
+    source = as_source(source)
+    near = root.parent if root.parent.is_dir() else None
+    folder = Path(tempfile.mkdtemp(prefix=".layerlake-download-", dir=near))
+    try:
+        download(source, root if root.is_dir() else None, folder)
+        try:
+            dataset = verify_folder(folder, checksums=True)
+            return import_verified(replace(dataset, source=source.url), root, dry_run)
+        except ShareError as error:
+            raise type(error)(error.message.replace(str(folder), source.url), fix=error.fix) from error
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -6,7 +6,7 @@
 - ``open_dataset(source)``: ``manifest.json`` fetched and verified as a folder's is (format, schema
   version, every task and shard path: ``warehouse.share.verify``), each listed file registered with
   ``warehouse.share.http.FILES`` at a URL inside the dataset's folder, on its host;
-- ``remote_shards(source)``: the files ``warehouse.connect(attach=[URL])`` serves, read through
+- ``remote_files(source)``: the files ``warehouse.connect(attach=[URL])`` serves, read through
   ``RemoteFileSystem`` (``warehouse.share.http``: only listed files, every fetched block checked);
 - ``verify_remote(source, checksums)``: what ``share attach URL`` checks first (``--verify``: every file
   fetched whole and its sha256 compared);
@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -206,14 +205,14 @@ def open_dataset(source: RemoteSource) -> RemoteDataset:
     return dataset
 
 
-def remote_shards(source: Any) -> list[Any]:
-    """The files of the dataset at ``source`` as ``warehouse.views.Shard``s (path and root: URLs)."""
+def remote_files(source: Any) -> list[tuple[str, str, str, CommitEntry, FileEntry]]:
+    """``(table, file URL, dataset URL, entry, file)`` for every file of the dataset at ``source``: what
+    ``warehouse.views`` serves as its ``Shard``s."""
     from layerlake.warehouse import schema
-    from layerlake.warehouse.views import Shard
 
     dataset = open_dataset(as_source(source))
     return [
-        Shard(f.table, dataset.file_url(f.path), dataset.source.url, e, f)
+        (f.table, dataset.file_url(f.path), dataset.source.url, e, f)
         for e in dataset.entries
         for f in e.files
         if f.table in schema.TABLES
@@ -313,24 +312,3 @@ def given_sources(values: list[Any], args: Any) -> list[Any]:
     if args.http_timeout <= 0:
         raise ShareError(f"--http-timeout {args.http_timeout:g}", fix="give a time limit in seconds > 0")
     return [as_source(v, args.http_timeout, tuple(args.allow_redirect)) if is_url(v) else v for v in values]
-
-
-def import_url(source: Any, root: Path, dry_run: bool = False) -> Any:
-    """``share import URL``: ``download`` into a temporary folder beside the warehouse (so files it holds
-    already are linked, not copied), verify that folder as any shared folder, import it, remove it. A
-    failure anywhere leaves the warehouse as it was; errors name the URL, not the temporary folder."""
-    from layerlake.warehouse.share.importer import import_verified
-    from layerlake.warehouse.share.verify import verify_folder
-
-    source = as_source(source)
-    near = root.parent if root.parent.is_dir() else None
-    folder = Path(tempfile.mkdtemp(prefix=".layerlake-download-", dir=near))
-    try:
-        download(source, root if root.is_dir() else None, folder)
-        try:
-            dataset = verify_folder(folder, checksums=True)
-            return import_verified(replace(dataset, source=source.url), root, dry_run)
-        except ShareError as error:
-            raise type(error)(error.message.replace(str(folder), source.url), fix=error.fix) from error
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
