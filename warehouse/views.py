@@ -278,9 +278,13 @@ def open_views(
     con = memory_connection()
     try:
         if any(isinstance(s.path, str) for s in shards):  # attached by URL: DuckDB reads them through this
+            from layerlake.warehouse.share.http import BLOCK_BYTES
             from layerlake.warehouse.share.remote import filesystem
 
             con.register_filesystem(filesystem())
+            # DuckDB's cache of remote reads fetches whole files up to 2 MB by default (every small shard,
+            # whatever the query needs); in blocks of the manifest's size it reads what the query needs
+            con.execute("SET external_file_cache_remote_max_block_size = ?", [BLOCK_BYTES])
         macros.install_functions(con)  # first: the sketches view decodes its Grams with one of them
         for table in schema.TABLES.values():
             files = sorted({str(s.path) for s in shards if s.table == table.name})  # a shared file once
