@@ -66,7 +66,9 @@ def build(root: Path, steps: int, layers: int, heads: int, n: int, d: int) -> No
 def served_bytes(server, url: str, query) -> tuple[int, int, object]:
     """(bytes, requests, result) of a fresh connection to ``url`` and ``query(con)``."""
     from layerlake import warehouse
+    from layerlake.warehouse.share.http import KEPT
 
+    KEPT.clear()  # blocks kept from an earlier query would not be fetched again
     server.reset()
     con = warehouse.connect(Path("/nonexistent-warehouse"), attach=[url])
     try:

@@ -124,14 +124,10 @@ def reading_order(name: str, table: pa.Table) -> pa.Table:
     keys = [(c, "ascending") for c in schema.table(name).key if c in table.column_names]
     if not keys or table.num_rows < 2:
         return table
-    if "head" in table.column_names:
-        flagged = table.append_column("_ll_per_head", pa.compute.is_valid(table.column("head")))
-        order = pa.compute.sort_indices(
-            flagged, [("_ll_per_head", "ascending"), *keys], null_placement="at_start"
-        )
-    else:
-        order = pa.compute.sort_indices(table, keys, null_placement="at_start")
-    return table.take(order)
+    if "head" not in table.column_names:
+        return table.sort_by(keys)
+    flagged = table.append_column("_ll_per_head", pa.compute.is_valid(table.column("head")))
+    return flagged.sort_by([("_ll_per_head", "ascending"), *keys]).drop_columns(["_ll_per_head"])
 
 
 def row_group_bounds(table: pa.Table) -> list[int]:

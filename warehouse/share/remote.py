@@ -242,7 +242,7 @@ def _fetch_whole(dataset: RemoteDataset, f: FileEntry, sink: Any) -> None:
     import hashlib
 
     expected = dataset.expected(f)
-    reader = RemoteFile(filesystem(), dataset.file_url(f.path), expected, dataset.client)
+    reader = RemoteFile(filesystem(), dataset.file_url(f.path), expected, dataset.client, keep=False)
     digest = hashlib.sha256()
     step = (
         DOWNLOAD_PIECE
@@ -251,7 +251,6 @@ def _fetch_whole(dataset: RemoteDataset, f: FileEntry, sink: Any) -> None:
     )
     for start in range(0, f.bytes, step):
         piece = reader._fetch_range(start, min(start + step, f.bytes))
-        reader.kept.clear()
         digest.update(piece)
         if sink is not None:
             sink.write(piece)
