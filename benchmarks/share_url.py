@@ -56,9 +56,15 @@ def build(root: Path, steps: int, layers: int, heads: int, n: int, d: int) -> No
             tables = checkpoint_tables(model, step, grams, spectra, d=d)
             per_head = []
             for h in range(heads):  # each head's sketches: the same keys with head = h
-                more = checkpoint_tables(model, step, {k: g * (1 + 0.1 * h) for k, g in grams.items()}, {}, d=d)
+                more = checkpoint_tables(
+                    model, step, {k: g * (1 + 0.1 * h) for k, g in grams.items()}, {}, d=d
+                )
                 sk = more["sketches"]
-                per_head.append(sk.set_column(sk.schema.get_field_index("head"), "head", pa.array([h] * sk.num_rows, pa.int32())))
+                per_head.append(
+                    sk.set_column(
+                        sk.schema.get_field_index("head"), "head", pa.array([h] * sk.num_rows, pa.int32())
+                    )
+                )
             tables["sketches"] = pa.concat_tables([tables["sketches"], *per_head])
             w.commit(f"{model}-{step}", "pythia", model, tables, {"step": step, "revision": f"step{step}"})
 
@@ -105,7 +111,9 @@ def main() -> None:
     total = sum(f["bytes"] for f in manifest["files"])
     per_table = {t: sum(f["bytes"] for f in manifest["files"] if f["table"] == t) for t in manifest["tables"]}
     print(f"machine: {platform.machine()}, {platform.python_version()}, built in {built:.0f} s")
-    print(f"export: {len(manifest['files'])} files, {total / 1e6:.1f} MB; manifest.json {(base / 'export' / 'manifest.json').stat().st_size / 1e3:.0f} kB")
+    print(
+        f"export: {len(manifest['files'])} files, {total / 1e6:.1f} MB; manifest.json {(base / 'export' / 'manifest.json').stat().st_size / 1e3:.0f} kB"
+    )
     print("  " + ", ".join(f"{t} {b / 1e6:.1f} MB" for t, b in per_table.items()))
     rows = []
     with Server(base) as server:
@@ -114,14 +122,22 @@ def main() -> None:
         rows.append(("connect (manifest, views)", sent, requests))
         for table in schema.TABLES:
             if table in per_table:
-                sent, requests, _ = served_bytes(server, url, lambda con, t=table: con.sql(f"select count(*) from {t}").fetchall())
+                sent, requests, _ = served_bytes(
+                    server, url, lambda con, t=table: con.sql(f"select count(*) from {t}").fetchall()
+                )
                 rows.append((f"count(*) from {table}", sent, requests))
         model = MODELS[1]
         t0 = time.perf_counter()
-        sent, requests, remote = served_bytes(server, url, lambda con: run_recipe(con, "convergence", {"models": [model]}))
+        sent, requests, remote = served_bytes(
+            server, url, lambda con: run_recipe(con, "convergence", {"models": [model]})
+        )
         seconds = time.perf_counter() - t0
         rows.append((f"convergence recipe, models=[{model}] ({seconds:.1f} s)", sent, requests))
-        sent, requests, _ = served_bytes(server, url, lambda con: con.sql("select sum(gram_norm) from sketches where model = 'm160'").fetchall())
+        sent, requests, _ = served_bytes(
+            server,
+            url,
+            lambda con: con.sql("select sum(gram_norm) from sketches where model = 'm160'").fetchall(),
+        )
         rows.append(("sum(gram_norm) of one model", sent, requests))
     local = warehouse.connect(Path("/nonexistent-warehouse"), attach=[base / "export"])
     try:
@@ -133,7 +149,9 @@ def main() -> None:
     same = remote.sort_by([(c, "ascending") for c in ("site", "layer", "step")]).equals(
         want.sort_by([(c, "ascending") for c in ("site", "layer", "step")])
     )
-    print(f"convergence for {model}: {remote.num_rows} rows, identical to the local folder's: {same} (local {local_s:.1f} s)")
+    print(
+        f"convergence for {model}: {remote.num_rows} rows, identical to the local folder's: {same} (local {local_s:.1f} s)"
+    )
     print("| query | bytes served | share of the export | requests |\n| --- | --- | --- | --- |")
     for what, sent, requests in rows:
         print(f"| {what} | {sent / 1e6:.2f} MB | {100 * sent / total:.1f} % | {requests} |")

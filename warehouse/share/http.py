@@ -110,9 +110,12 @@ class HttpClient:
     def get(self, url: str, start: int | None = None, end: int | None = None, what: str = "") -> Response:
         """The answer to GET ``url`` (bytes ``[start, end)`` when given); ``RemoteError`` on any failure."""
         origin, deadline, target = _origin(url), time.monotonic() + self.policy.timeout_s, url
+        hops: dict[str, str] = {}  # headers of the redirects (the Hub's X-Repo-Commit comes with its first)
         for _ in range(MAX_REDIRECTS + 1):
             status, headers, body = self._once(target, start, end, deadline, what or url)
+            headers = {**hops, **headers}
             if status in (301, 302, 303, 307, 308) and "location" in headers:
+                hops = {k: v for k, v in headers.items() if k.startswith("x-")}
                 following = urljoin(target, headers["location"])
                 if not self.policy.allows(origin, following):
                     raise RemoteError(
