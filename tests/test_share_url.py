@@ -16,6 +16,7 @@ import pytest
 from share_http import COMMIT, Server  # tests/ is on sys.path under pytest
 from test_share import build_warehouse, tree_hash, view_rows
 
+import layerlake
 from layerlake import warehouse
 from layerlake.cli.main import main
 from layerlake.warehouse.errors import ShareError, WarehouseError
@@ -70,6 +71,11 @@ def test_attach_by_url_serves_the_same_rows_read_only(shared, served, tmp_path, 
     finally:
         con.close()
     assert roots == [(url,)] and all(p.startswith(url + "/") for (p,) in paths)
+    con = layerlake.connect(tmp_path / "none", attach=url)  # one URL, as the facade takes it
+    try:
+        assert con.sql("select count(*) from sketches").fetchall() == [(16,)]
+    finally:
+        con.close()
     sql = "select model, count(*) as n from sketches group by all order by all"
     assert main(["sql", "--root", str(tmp_path / "none"), "--attach", url, sql, "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ['"model","n"', '"m1",8', '"m2",8']
@@ -196,6 +202,29 @@ def test_blocks_are_checked_one_by_one(shared, tmp_path):
             con.close()
             con = warehouse.connect(tmp_path / "none", attach=[server.url + "/export"])
             with pytest.raises(Exception, match=f"{path} changed on the server .*bytes 2048-3071 differ"):
+                con.sql("select * from sketches").fetchall()
+        finally:
+            con.close()
+
+
+def test_an_export_without_block_hashes_is_read_whole_file_by_file(shared, tmp_path):
+    """An export made before block hashes: each file fetched whole and checked against its sha256."""
+    folder, server = copy_served(shared, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for f in manifest["files"]:
+        del f["block_bytes"], f["block_sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with server:
+        KEPT.clear()
+        assert view_rows(tmp_path / "none", (server.url + "/export",)) == view_rows(shared / "source")
+        path = sketch_path(folder)
+        data = bytearray((folder / path).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (folder / path).write_bytes(bytes(data))
+        KEPT.clear()
+        con = warehouse.connect(tmp_path / "none", attach=[server.url + "/export"])
+        try:
+            with pytest.raises(Exception, match=f"{path} changed on the server .*sha256 differs"):
                 con.sql("select * from sketches").fetchall()
         finally:
             con.close()

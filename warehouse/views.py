@@ -250,13 +250,15 @@ FAILURES_SCHEMA = pa.schema(
 
 
 def connect(
-    root: Any = None, read_only: bool = True, attach: Iterable[Any] = ()
+    root: Any = None, read_only: bool = True, attach: Iterable[Any] | str | Path = ()
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB in-memory connection over the warehouse at ``root`` (default: ``default_root()``).
 
     One typed view per contract table over the committed shards of ``root`` and of every folder in
     ``attach`` (other warehouse roots, or shared dataset folders with a ``manifest.json``), plus the
     ``manifest`` and ``failures`` views, the SQL macros and the staging views (``warehouse.macros``).
+    ``attach`` may be one folder or URL, or several; a URL (``http(s)://``, ``hf://datasets/ORG/NAME``)
+    is read in place by ranges (``warehouse.share.remote``).
 
     ``read_only=True`` turns DuckDB's external access off except for the listed shard files: the
     connection can read the warehouse and nothing else, and can write no file. ``read_only=False``
@@ -265,7 +267,9 @@ def connect(
     (``warehouse.locate``); with ``attach`` given, the attached folders are served alone when the
     root (given, or the default) does not exist.
     """
-    attach = list(attach)
+    attach = (
+        [attach] if isinstance(attach, (str, Path)) or hasattr(attach, "url") else list(attach)
+    )  # one, or many
     shards, failures = gather(source_root(root, attach), attach)
     return open_views(shards, failures, read_only)
 

@@ -33,6 +33,7 @@ from layerlake.warehouse.errors import ShareError
 from layerlake.warehouse.manifest import CommitEntry, FileEntry
 from layerlake.warehouse.share.http import (
     DEFAULT_TIMEOUT_S,
+    DIGEST_HEX,
     FILES,
     Expected,
     HttpClient,
@@ -109,7 +110,7 @@ class RemoteDataset:
             isinstance(block, int)
             and block > 0
             and isinstance(digests, str)
-            and len(digests) == 32 * -(-f.bytes // block)
+            and len(digests) == DIGEST_HEX * -(-f.bytes // block)
         ):
             block, digests = 0, ""  # listed badly or not at all: the file is fetched whole, checked by sha256
         return Expected(f.path, f.bytes, f.sha256, block, digests)
