@@ -106,6 +106,9 @@ def test_import_by_url_downloads_only_what_it_imports(shared, served, tmp_path, 
     import_dataset(partial, target)  # m1's files are here already
     m1_bytes = sum(f["bytes"] for f in json.loads((partial / "manifest.json").read_text())["files"])
     total = sum(f["bytes"] for f in json.loads((shared / "export" / "manifest.json").read_text())["files"])
+    before = tree_hash(target)
+    assert main(["share", "import", url, "--root", str(target), "--dry-run"]) == 0
+    assert "would import 3 tasks" in capsys.readouterr().out and tree_hash(target) == before
     served.reset()
     assert main(["share", "import", url, "--root", str(target)]) == 0
     assert "imported 3 tasks" in capsys.readouterr().out  # m2's probe and two checkpoints
@@ -322,3 +325,31 @@ def test_the_public_hub_url_and_its_file_hosts(monkeypatch):
     for bad in ("hf://models/org/name", "hf://datasets/org", "ftp://host/x", "https://host/x?token=1"):
         with pytest.raises(WarehouseError):
             locate(RemoteSource(bad))
+
+
+def test_whole_layer_rows_have_row_groups_of_their_own(tmp_path):
+    """The writer stores a task's whole-layer rows (head NULL) first, sorted by key, in a row group no
+    per-head row shares, so a whole-layer query skips the per-head Grams by their statistics."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_share import checkpoint
+
+    from layerlake.warehouse.writer import Warehouse
+
+    tables = checkpoint("m1", 10)
+    whole = tables["sketches"]
+    heads = whole.set_column(
+        whole.schema.get_field_index("head"), "head", pa.array([1] * whole.num_rows, pa.int32())
+    )
+    other = heads.slice(0, 1).set_column(
+        whole.schema.get_field_index("head"), "head", pa.array([2], pa.int32())
+    )
+    tables["sketches"] = pa.concat_tables([heads, whole, other]).take([4, 0, 5, 1, 6, 2, 7, 3, 8])  # mixed
+    Warehouse(tmp_path / "wh").commit("t", "toy", "m1", tables, {"step": 10})
+    (path,) = (tmp_path / "wh" / "sketches").rglob("*.parquet")
+    meta = pq.ParquetFile(path).metadata
+    head = meta.schema.names.index("head")
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    assert [(g.num_rows, g.column(head).statistics.null_count) for g in groups] == [(4, 4), (5, 0)]
+    rows = pq.read_table(path).select(["layer", "site", "head"]).to_pylist()
+    assert rows[:4] == sorted(rows[:4], key=lambda r: (r["layer"], r["site"]))
