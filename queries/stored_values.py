@@ -59,6 +59,10 @@ NAMED: dict[str, Named] = {
 }
 NARROWS = {"suite": "suite", "model": "model", "models": "model"}  # parameter -> column it narrows by
 SHOWN = 12  # stored values listed in a fix
+# Every shard file lives under <table>/<suite>/<model>/ and holds only that suite and model (the writer's
+# path rule), so the ``manifest`` view (one row per file) knows their values without reading a file: a
+# dataset attached by URL is not scanned to check a model name.
+PATH_COLUMNS = ("suite", "model")
 
 
 def within(named: Named, tables: frozenset[str]) -> Named:
@@ -139,6 +143,8 @@ def stored_values(
 ) -> set[Any]:
     """The distinct non-null values of ``named.column`` in its tables (``columns``: table -> its
     columns), within ``scope`` (column -> values)."""
+    if named.column in PATH_COLUMNS and "manifest" in columns:
+        return _from_manifest(con, named, scope)
     selects, params = [], {}
     for table in named.tables:
         if named.column not in columns.get(table, ()):
@@ -204,3 +210,15 @@ def _fix(named: Named, stored: set[Any]) -> str:
     values = sorted(stored, key=lambda v: (str(type(v)), v))
     shown = ", ".join(map(str, [*named.also, *values][:SHOWN])) + (" ..." if len(values) > SHOWN else "")
     return f"use one of the stored values: {shown}"
+
+
+def _from_manifest(con: Any, named: Named, scope: dict[str, list[Any]]) -> set[Any]:
+    """``stored_values`` of a path column (suite, model), from the ``manifest`` view's files."""
+    where = [f"{named.column} is not null", "list_contains($tables, table_name)"]
+    params: dict[str, Any] = {"tables": list(named.tables)}
+    for column, values in scope.items():
+        if column in PATH_COLUMNS:
+            params[f"scope_{column}"] = list(values)
+            where.append(f"list_contains($scope_{column}, {column})")
+    sql = f"select distinct {named.column} from manifest where {' and '.join(where)}"
+    return {row[0] for row in con.execute(sql, params).fetchall()}

@@ -36,6 +36,7 @@ from layerlake.warehouse.macros import (
     staging_params,
 )
 from layerlake.warehouse.sandbox import Result, Sandbox
+from layerlake.warehouse.share.remote import add_remote_arguments, as_source, given_sources, is_url
 from layerlake.warehouse.views import _resolve, connect, source_root
 
 FORMATS = OutputFormat.values()
@@ -55,7 +56,7 @@ def statement_result(
     ``share attach --sql`` print. The warehouse is checked here first, so a wrong folder fails before any
     process starts."""
     source = source_root(root, attach)
-    folders = tuple(Path(a).expanduser().resolve() for a in attach)
+    folders = tuple(as_source(a) if is_url(a) else Path(a).expanduser().resolve() for a in attach)
     # this process has opened no DuckDB database: forking it is safe and ~30 ms
     box = Sandbox(source, folders, limits, start="fork", max_workers=1, progress=sys.stderr.isatty())
     with box, box.query(sql, variables, what) as result:
@@ -224,8 +225,10 @@ def sql_parser() -> argparse.ArgumentParser:
     parser.add_argument("query", nargs="?", help="one SELECT (or EXPLAIN SELECT) statement")
     add_root_argument(parser)
     parser.add_argument(
-        "--attach", action="append", default=[], help="another warehouse root or shared folder"
-    )
+        "--attach", action="append", default=[],
+        help="another warehouse root or shared folder, or a shared dataset's URL (http(s)://..., hf://datasets/ORG/NAME)",
+    )  # fmt: skip
+    add_remote_arguments(parser)
     parser.add_argument(
         "--format", choices=FORMATS, help="output format (default: table, or from --output's suffix)"
     )
@@ -255,6 +258,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 def sql(argv: list[str]) -> int:
     """``layerlake sql "<query>" [--format F] [--output FILE] [--schema] [--root DIR]``."""
     args = sql_parser().parse_args(argv)
+    args.attach = given_sources(args.attach, args)
     values = dict(parse_param(p) for p in args.param)
     if args.schema:
         con = connect(args.root, read_only=True, attach=args.attach)

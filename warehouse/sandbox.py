@@ -59,6 +59,8 @@ from layerlake.core.duck import (
 from layerlake.core.errors import LayerlakeError, SqlError
 from layerlake.core.render import unique_names
 from layerlake.warehouse.errors import QueryError
+from layerlake.warehouse.share.http import from_duckdb
+from layerlake.warehouse.share.remote import is_url
 
 BATCH_ROWS = 65_536  # rows per Arrow batch while a result streams
 # the first byte of each message from a worker: the statement started (the views are open), its schema,
@@ -75,7 +77,7 @@ class Source:
     """What a worker serves: a warehouse root (None: the attached folders alone) and attached folders."""
 
     root: Path | None
-    attach: tuple[Path, ...] = ()
+    attach: tuple[Any, ...] = ()  # folders (Path), or datasets by URL (``share.remote.RemoteSource``)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class Sandbox:
     def __init__(
         self,
         root: Path | None,
-        attach: tuple[Path, ...] = (),
+        attach: tuple[Any, ...] = (),
         limits: QueryLimits | None = None,
         *,
         start: str = "forkserver",
@@ -114,7 +116,9 @@ class Sandbox:
             self.limits.check()
         except SqlError as error:
             raise as_query_error(error) from error
-        absolute = [Path(p).expanduser().resolve() for p in (root, *attach) if p is not None]
+        absolute = [
+            p if is_url(p) else Path(p).expanduser().resolve() for p in (root, *attach) if p is not None
+        ]
         # absolute: a worker works in its spill folder, where a relative path would name nothing
         self.source = Source(absolute[0] if root is not None else None, tuple(absolute[root is not None :]))
         self._context = multiprocessing.get_context(start)
@@ -395,6 +399,9 @@ def _failure(error: BaseException) -> tuple[str, str, str | None]:
         return "memory", _first_line(text) or type(error).__name__, None
     if isinstance(error, LayerlakeError):
         return "query", error.message, error.fix
+    remote = from_duckdb(error) if isinstance(error, duckdb.Error) else None
+    if remote is not None:  # a dataset attached by URL: its server failed, or served other bytes
+        return "query", remote.message, remote.fix
     if isinstance(error, duckdb.Error):
         return "query", f"query failed: {text}", QUERY_FIX
     return "query", f"query failed: {type(error).__name__}: {text}", QUERY_FIX
@@ -427,13 +434,16 @@ class _Served:
         return self._con
 
 
-def manifest_stamp(folders: list[Path]) -> tuple:
+def manifest_stamp(folders: list[Any]) -> tuple:
     """What changes whenever the rows served from ``folders`` may have changed: each manifest's size and
     modification time (a shared folder's ``manifest.json`` is not written after export)."""
     from layerlake.warehouse.manifest import manifest_path
 
     stamps = []
     for folder in folders:
+        if is_url(folder):  # a dataset by URL: its manifest is read once per worker, never rewritten
+            stamps.append(str(folder))
+            continue
         try:
             stat = manifest_path(folder).stat()
             stamps.append((stat.st_size, stat.st_mtime_ns, stat.st_ino))

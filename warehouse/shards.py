@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from layerlake.core.hashing import sha256_bytes, stable_hash
@@ -79,6 +80,29 @@ def conform(name: str, table: pa.Table, suite: str, model: str, run_id: str) -> 
     return pa.Table.from_arrays([*identity, *own], schema=spec.file_schema())
 
 
+def reading_order(name: str, table: pa.Table) -> pa.Table:
+    """One task's rows in the order a reader skips by: whole-layer rows (``head`` NULL) before per-head
+    rows, each sorted by the table's key (step, layer, site ...). With ``parquet_bytes``' row groups, a
+    query of whole layers (every recipe's default) skips the per-head Grams by their statistics."""
+    keys = [(c, "ascending") for c in schema.table(name).key if c in table.column_names]
+    if not keys or table.num_rows < 2:
+        return table
+    if "head" not in table.column_names:
+        return table.sort_by(keys)
+    flagged = table.append_column("_ll_per_head", pc.is_valid(table.column("head")))
+    return flagged.sort_by([("_ll_per_head", "ascending"), *keys]).drop_columns(["_ll_per_head"])
+
+
+def row_group_bounds(table: pa.Table) -> list[int]:
+    """Where a file's row groups start: a new one wherever ``head`` turns from NULL to set or back, so
+    that no row group mixes whole-layer and per-head rows (their statistics then tell them apart)."""
+    if "head" not in table.column_names or table.num_rows == 0:
+        return [0]
+    per_head = pc.is_valid(table.column("head")).to_numpy(zero_copy_only=False)
+    changes = (per_head[1:] != per_head[:-1]).nonzero()[0] + 1
+    return [0, *changes.tolist()]
+
+
 def parquet_bytes(name: str, table: pa.Table, task_id: str) -> bytes:
     """The Parquet file of one shard, in memory (zstd, contract metadata in the footer)."""
     metadata = {
@@ -95,9 +119,12 @@ def parquet_bytes(name: str, table: pa.Table, task_id: str) -> bytes:
     # (warehouse.gram): written plain.
     compression = {f.name: "none" if f.name in as_bytes else "zstd" for f in table.schema}
     sink = pa.BufferOutputStream()
-    pq.write_table(
-        table, sink, compression=compression, use_dictionary=dictionary, write_statistics=dictionary
-    )
+    bounds = row_group_bounds(table)
+    with pq.ParquetWriter(
+        sink, table.schema, compression=compression, use_dictionary=dictionary, write_statistics=dictionary
+    ) as writer:
+        for start, end in zip(bounds, [*bounds[1:], table.num_rows], strict=True):
+            writer.write_table(table.slice(start, end - start))
     return sink.getvalue().to_pybytes()
 
 

@@ -48,8 +48,8 @@ class Shard(NamedTuple):
     """One readable file: where it is and which commit listed it."""
 
     table: str
-    path: Path  # absolute
-    root: Path  # the warehouse root (or shared folder) it belongs to
+    path: Path | str  # absolute; a URL (str) for a shared dataset attached by URL
+    root: Path | str  # the warehouse root (or shared folder, or its URL) it belongs to
     entry: CommitEntry | None  # None for a shared folder's file
     listed: FileEntry | None = None  # the entry's listing of this file
     partial: bool = False  # True: only this task's slice of the (shared) file is read, not the whole file:
@@ -160,8 +160,13 @@ def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[
     a task seen twice is kept once (first wins). A merged file (``compact``) some of whose tasks are
     shown from another copy is read by its kept tasks' slices only (``Shard.partial``), so each task's
     rows show once whether either side is compacted or not."""
+    from layerlake.warehouse.share.remote import is_url, remote_files
+
     shards, failures = committed_shards(root) if root is not None else ([], [])
     for other in attach:
+        if is_url(other):  # http(s):// or hf://: read in place, by ranges (warehouse.share.remote)
+            shards += [Shard(*listed) for listed in remote_files(other)]
+            continue
         folder = Path(other).expanduser().resolve()
         if is_warehouse(folder):
             more, more_failed = committed_shards(folder)
@@ -294,13 +299,15 @@ FAILURES_SCHEMA = pa.schema(
 
 
 def connect(
-    root: Any = None, read_only: bool = True, attach: Iterable[Any] = ()
+    root: Any = None, read_only: bool = True, attach: Iterable[Any] | str | Path = ()
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB in-memory connection over the warehouse at ``root`` (default: ``default_root()``).
 
     One typed view per contract table over the committed shards of ``root`` and of every folder in
     ``attach`` (other warehouse roots, or shared dataset folders with a ``manifest.json``), plus the
     ``manifest`` and ``failures`` views, the SQL macros and the staging views (``warehouse.macros``).
+    ``attach`` may be one folder or URL, or several; a URL (``http(s)://``, ``hf://datasets/ORG/NAME``)
+    is read in place by ranges (``warehouse.share.remote``).
 
     ``read_only=True`` turns DuckDB's external access off except for the listed shard files: the
     connection can read the warehouse and nothing else, and can write no file. ``read_only=False``
@@ -310,7 +317,9 @@ def connect(
     root (given, or the default) does not exist. What a killed ``compact`` or ``migrate`` left in the
     root is finished or rolled back first (``source_root``).
     """
-    attach = list(attach)
+    attach = (
+        [attach] if isinstance(attach, (str, Path)) or hasattr(attach, "url") else list(attach)
+    )  # one, or many
     shards, failures = gather(source_root(root, attach), attach)
     return open_views(shards, failures, read_only)
 
@@ -322,6 +331,14 @@ def open_views(
     shards plus a shared folder's new ones, which an import audits before it commits them)."""
     con = memory_connection()
     try:
+        if any(isinstance(s.path, str) for s in shards):  # attached by URL: DuckDB reads them through this
+            from layerlake.warehouse.share.http import BLOCK_BYTES
+            from layerlake.warehouse.share.remote import filesystem
+
+            con.register_filesystem(filesystem())
+            # DuckDB's cache of remote reads fetches whole files up to 2 MB by default (every small shard,
+            # whatever the query needs); in blocks of the manifest's size it reads what the query needs
+            con.execute("SET external_file_cache_remote_max_block_size = ?", [BLOCK_BYTES])
         macros.install_functions(con)  # first: the sketches view decodes its Grams with one of them
         dead = dead_runs(shards)
         if dead:
@@ -344,6 +361,11 @@ def open_views(
                 sql = view_sql(table, bool(files), bool(parts), dead_runs=bool(dead) and table.name == "runs")
                 con.execute(f"CREATE VIEW {table.name} AS {sql}")
             except duckdb.Error as error:  # a view reads its first file's footer when it is created
+                from layerlake.warehouse.share.http import from_duckdb
+
+                remote = from_duckdb(error)  # a file attached by URL: its server failed, or it changed
+                if remote is not None:
+                    raise remote from error
                 raise WarehouseError(
                     f"cannot read the {table.name} files: {str(error).splitlines()[0]}",
                     fix="run `layerlake check --verify-files` to find damaged files, then extract their tasks again "

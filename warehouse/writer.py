@@ -70,6 +70,7 @@ from layerlake.warehouse.shards import (
     fsync_dir,
     now_utc,
     parquet_bytes,
+    reading_order,
     slices_file,
     write_durable,
 )
@@ -241,7 +242,9 @@ class Warehouse:
         """Validate ``tables`` and write each non-empty one to staging; returns what to publish."""
         for kind, value in (("task id", task_id), ("suite", suite), ("model", model), ("run id", run_id)):
             check_name(kind, value)
-        shards = {name: conform(name, t, suite, model, run_id) for name, t in tables.items()}
+        shards = {
+            name: reading_order(name, conform(name, t, suite, model, run_id)) for name, t in tables.items()
+        }
         staged: list[Staged] = []
         try:
             for name, table in shards.items():

@@ -6,6 +6,9 @@
 - ``import_dataset(folder, root)``: verify, then merge into a local warehouse all or nothing.
 - ``attach(folder, root)``: a read-only ``warehouse.connect`` over the local warehouse plus the folder.
 - ``layerlake share export|import|attach``: ``warehouse.share.command.share``.
+- import and attach also take an export's URL (``http(s)://``, ``hf://datasets/ORG/NAME[@revision]``):
+  ``warehouse.share.remote`` (manifest, downloads) over ``warehouse.share.http`` (what DuckDB reads by
+  ranges, every block checked).
 
 Like the rest of ``warehouse``, never imports torch, transformers or ray. See ``docs/sharing.md``.
 """

@@ -1,8 +1,10 @@
 """``layerlake share <export|import|attach>``: the command line of ``warehouse.share``.
 
     layerlake share export DIR [--root R] [--suite S] [--models a,b] [--steps 0,1000] [--tables t,u]
-    layerlake share import DIR [--root R] [--dry-run]
-    layerlake share attach DIR [--root R] [--sql "select ..."] [--verify] [--timeout S] [--memory-limit M]
+    layerlake share import DIR|URL [--root R] [--dry-run] [--http-timeout S] [--allow-redirect HOST]
+    layerlake share attach DIR|URL [--root R] [--sql "select ..."] [--verify] [--timeout S] [--memory-limit M]
+
+A URL is ``http(s)://HOST/PATH`` or ``hf://datasets/ORG/NAME[@revision][/folder]`` (``share.remote``).
 
 ``--root`` is the local warehouse (default: ``warehouse.default_root()``). Errors are ``ShareError``s:
 the CLI prints them and exits 2.
@@ -17,6 +19,7 @@ from layerlake.warehouse.share.attach import attach, checked_folder
 from layerlake.warehouse.share.card import size_text
 from layerlake.warehouse.share.export import export_dataset
 from layerlake.warehouse.share.importer import import_dataset
+from layerlake.warehouse.share.remote import add_remote_arguments, given_sources
 from layerlake.warehouse.views import default_root
 
 _SUMMARY = "select table_name, root, count(distinct path) as files, sum(rows) as rows from manifest group by all order by all"
@@ -56,22 +59,30 @@ def parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--citation", help="how to cite the export, e.g. a BibTeX entry (default: one naming it)")
     im = sub.add_parser("import", help="verify a shared folder and merge it into the warehouse")
-    im.add_argument("dir", help="the shared dataset folder")
+    im.add_argument(
+        "dir", help="the shared dataset folder, or its URL (http(s)://..., hf://datasets/ORG/NAME)"
+    )
     im.add_argument("--root", help=root_help)
     im.add_argument("--dry-run", action="store_true", help="verify and plan only; change nothing")
+    add_remote_arguments(im)
     at = sub.add_parser("attach", help="query a shared folder in place beside the warehouse (read-only)")
-    at.add_argument("dir", help="the shared dataset folder")
+    at.add_argument(
+        "dir", help="the shared dataset folder, or its URL (http(s)://..., hf://datasets/ORG/NAME)"
+    )
     at.add_argument("--root", help=root_help)
     at.add_argument("--sql", help="a query over the views (default: files and rows per table and root)")
     at.add_argument("--verify", action="store_true", help="also check every file's sha256 first")
     add_limit_arguments(at)
     at.add_argument("--max-rows", type=int, default=50, help="rows of the --sql result shown")
+    add_remote_arguments(at)
     return top
 
 
 def share(argv: list[str]) -> int:
     """Entry point of ``layerlake share``; returns the exit status."""
     args = parser().parse_args(argv)
+    if args.action != "export":
+        (args.dir,) = given_sources([args.dir], args)
     if args.action == "export":
         root = default_root() if args.root is None else args.root
         report = export_dataset(

@@ -39,6 +39,7 @@ from layerlake.warehouse.manifest import (
 )
 from layerlake.warehouse.shards import copy_verified, fsync_dir, now_utc, slices_file, write_durable
 from layerlake.warehouse.share import card
+from layerlake.warehouse.share.http import block_digests
 from layerlake.warehouse.share.layout import CARD, CROISSANT, FORMAT, FORMAT_VERSION, MANIFEST_JSON
 
 # Meta keys of a commit entry that say where a checkpoint's rows came from (the dataset's provenance).
@@ -112,6 +113,8 @@ def export_dataset(
     try:
         entries = write_files(root, staging, entries)
         manifest = build_manifest(entries, license, citation)
+        for listed in manifest["files"]:  # each block's hash: a reader by URL checks every range it fetches
+            listed.update(block_digests(staging / listed["path"]))
         _write_json(staging / MANIFEST_JSON, manifest)
         summary = card.summarize(staging, entries)
         _write_text(staging / CARD, card.render_card(manifest, summary))

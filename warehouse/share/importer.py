@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from layerlake.warehouse.manifest import (
     read_entries,
 )
 from layerlake.warehouse.shards import now_utc, slices_file, write_durable
+from layerlake.warehouse.share.remote import as_source, download, is_url
 from layerlake.warehouse.share.verify import SharedDataset, verify_folder
 from layerlake.warehouse.views import default_root
 from layerlake.warehouse.writer import Warehouse, discard
@@ -67,10 +69,18 @@ class Plan:
     repair: list[FileEntry] = field(default_factory=list)  # local files of present tasks, missing or damaged
 
 
-def import_dataset(folder: str | Path, root: str | Path | None = None, dry_run: bool = False) -> ImportReport:
-    """Verify the shared dataset at ``folder`` and merge it into the warehouse at ``root``."""
-    dataset = verify_folder(folder, checksums=True)
+def import_dataset(folder: Any, root: str | Path | None = None, dry_run: bool = False) -> ImportReport:
+    """Verify the shared dataset at ``folder`` and merge it into the warehouse at ``root``. ``folder`` may be
+    a URL (``warehouse.share.remote``): the files the warehouse lacks are downloaded (checked) into a
+    temporary folder beside it, which is then imported as any folder, and removed."""
     root = default_root() if root is None else Path(root).expanduser().resolve()
+    if is_url(folder):
+        return import_url(folder, root, dry_run)
+    return import_verified(verify_folder(folder, checksums=True), root, dry_run)
+
+
+def import_verified(dataset: SharedDataset, root: Path, dry_run: bool = False) -> ImportReport:
+    """Plan, audit and publish a verified shared dataset into the warehouse at ``root`` (all or nothing)."""
     with tempfile.TemporaryDirectory(prefix="layerlake-import-") as scratch:
         plan = plan_import(dataset, root)  # refuses conflicts before anything is created
         if plan.new:  # the rows, joined with the warehouse's own, pass every audit
@@ -341,7 +351,8 @@ def imported_entry(
 ) -> CommitEntry:
     """The manifest entry an imported task gets (a task the warehouse has gains the new files only)."""
     provenance = {
-        "imported_from": dataset.folder.name,  # the folder's name only: no path of this machine is stored
+        "imported_from": dataset.source or dataset.folder.name,  # a URL, or the folder's name only: no path
+        # of this machine is stored
         "import_dataset_id": dataset.dataset_id,
         "imported_at": now_utc(),
         "original_task_id": entry.task_id,
@@ -396,3 +407,21 @@ def _conflict_error(dataset: SharedDataset, root: Path, conflicts: list[str], wh
         fix="compare the two `manifest` views' provenance (code_version, config_hash, weights_sha256); query both "
         "side by side with `layerlake share attach`, or import into a separate warehouse with --root",
     )
+
+
+def import_url(source: Any, root: Path, dry_run: bool = False) -> Any:
+    """``share import URL``: ``download`` into a temporary folder beside the warehouse (so files it holds
+    already are linked, not copied), verify that folder as any shared folder, import it, remove it. A
+    failure anywhere leaves the warehouse as it was; errors name the URL, not the temporary folder."""
+    source = as_source(source)
+    near = root.parent if root.parent.is_dir() else None
+    folder = Path(tempfile.mkdtemp(prefix=".layerlake-download-", dir=near))
+    try:
+        download(source, root if root.is_dir() else None, folder)
+        try:
+            dataset = verify_folder(folder, checksums=True)
+            return import_verified(replace(dataset, source=source.url), root, dry_run)
+        except ShareError as error:
+            raise type(error)(error.message.replace(str(folder), source.url), fix=error.fix) from error
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -61,6 +61,7 @@ class SharedDataset:
     folder: Path
     manifest: dict[str, Any]
     entries: tuple[CommitEntry, ...]
+    source: str = ""  # the URL it was downloaded from (``warehouse.share.remote``); "" for a folder
 
     @property
     def schema_version(self) -> int:
@@ -79,15 +80,26 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"shared dataset folder {folder} does not exist", fix="pass the folder `share export` made"
         )
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ShareError(
             f"{path} is missing: {folder} is not a layerlake shared dataset", fix=_REEXPORT
         ) from None
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise ShareError(f"{path} is not readable JSON ({error})", fix=_REEXPORT) from error
+    return parse_manifest(text, str(path), str(folder))
+
+
+def parse_manifest(text: str, path: str, folder: str) -> dict[str, Any]:
+    """``manifest.json``'s content (read from ``path`` of the dataset at ``folder``, a folder or a URL),
+    checked: format, schema version not newer than this layerlake's, format version."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
         raise ShareError(f"{path} is not readable JSON ({error})", fix=_REEXPORT) from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ShareError(f"{path} is not a {FORMAT} manifest (format {data.get('format')!r})", fix=_REEXPORT)
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ShareError(f"{path} is not a {FORMAT} manifest (format {found!r})", fix=_REEXPORT)
     version = data.get("schema_version")
     if not isinstance(version, int):
         raise ShareError(f"{path} has no integer schema_version", fix=_REEXPORT)
@@ -109,17 +121,17 @@ def verify_folder(folder: str | Path, checksums: bool = True) -> SharedDataset:
     """Verify the shared dataset at ``folder`` (see the module docstring); raises ``ShareError``."""
     folder = Path(folder).expanduser().resolve()
     manifest = read_manifest(folder)
-    entries, problems = _entries(manifest)
-    files, slice_problems = _files(entries)
+    entries, problems = manifest_entries(manifest)
+    files, slice_problems = listed_files(entries)
     problems += slice_problems
     for f in files.values():
-        if f.table in schema.TABLES:  # a table this layerlake does not know is named by _entries
+        if f.table in schema.TABLES:  # a table this layerlake does not know is named by manifest_entries
             problems += _check_file(folder, f, checksums)
     problems += _unlisted(folder, set(files))
     if checksums and not problems:  # every file reads: what each task's rows hold
         problems += _task_content_problems(folder, entries)
     if problems:
-        raise _error(folder, problems)
+        raise verify_error(folder, problems)
     return SharedDataset(folder, manifest, tuple(entries))
 
 
@@ -142,7 +154,7 @@ def _task_content_problems(folder: Path, entries: list[CommitEntry]) -> list[Pro
     return problems
 
 
-def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]]:
+def manifest_entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]]:
     """The manifest's task entries, cross-checked with its flat file list and the shard path rule."""
     problems: list[Problem] = []
     try:
@@ -186,7 +198,7 @@ def _entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]
     return entries, problems
 
 
-def _files(entries: list[CommitEntry]) -> tuple[dict[str, FileEntry], list[Problem]]:
+def listed_files(entries: list[CommitEntry]) -> tuple[dict[str, FileEntry], list[Problem]]:
     """Each listed file once (with all its rows), and what is wrong with how tasks share files: a file
     of one task listed by another, or slices of a shared file that overlap or leave rows to no task."""
     listings: dict[str, list[tuple[str, FileEntry]]] = {}
@@ -356,7 +368,7 @@ def _unlisted(folder: Path, listed: set[str]) -> list[Problem]:
     return problems
 
 
-def _error(folder: Path, problems: list[Problem]) -> ShareError:
+def verify_error(folder: Path | str, problems: list[Problem]) -> ShareError:
     shown = problems[:20]
     lines = [f"  - {p.path}: {p.what}" for p in shown]
     if len(problems) > len(shown):
