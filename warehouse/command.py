@@ -454,37 +454,3 @@ def compact(argv: list[str]) -> int:
         "removed by `layerlake gc` after its grace period."
     )
     return 0
-
-
-def runs_parser() -> argparse.ArgumentParser:
-    """The arguments of ``layerlake runs``."""
-    parser = argparse.ArgumentParser(
-        prog="layerlake runs", description="List the runs: status, kind, config."
-    )
-    add_root_argument(parser)
-    parser.add_argument("--suite", help="only this suite")
-    parser.add_argument("--config", action="store_true", help="show each run's config and overrides too")
-    return parser
-
-
-def runs(argv: list[str]) -> int:
-    """``layerlake runs``: one row per run with its status (a run whose process died shows as killed?)."""
-    from layerlake.warehouse.runs import stale_runs
-    from layerlake.warehouse.writer import Warehouse
-
-    args = runs_parser().parse_args(argv)
-    root = _resolve(args.root)
-    stale = {r.run_id for r in stale_runs(Warehouse(root, create=False))}
-    con = connect(root, read_only=True)
-    columns = "run_id, suite, model, kind, status, seed, started_at, ended_at, host, git_commit, job_num"
-    if args.config:
-        columns += ", overrides, config_json"
-    table = con.sql(
-        f"select {columns} from runs where $suite is null or suite = $suite order by started_at",
-        params={"suite": args.suite},
-    ).to_arrow_table()
-    status = [s + (" (process gone: killed)" if r in stale else "") for r, s in
-              zip(table.column("run_id").to_pylist(), table.column("status").to_pylist(), strict=True)]  # fmt: skip
-    table = table.set_column(table.column_names.index("status"), "status", pa.array(status, pa.string()))
-    render(table, title=f"runs in {root}", max_rows=1000, max_cell=None if args.config else 40)
-    return 0

@@ -30,7 +30,14 @@ import pyarrow as pa
 
 from layerlake.core.hashing import sha256_bytes, stable_hash
 from layerlake.warehouse.layout import shard_path
-from layerlake.warehouse.manifest import CommitEntry, FileEntry, entry_problems, latest, read_task_rows
+from layerlake.warehouse.manifest import (
+    CommitEntry,
+    FileEntry,
+    entry_problems,
+    is_archived,
+    latest,
+    read_task_rows,
+)
 from layerlake.warehouse.writer import (
     Staged,
     Warehouse,
@@ -84,6 +91,8 @@ def compact(
                 continue
             if entry_problems(store.root, entry, seen=seen):
                 continue  # a damaged task is left for check to name, not folded into a merged file
+            if is_archived(entry):
+                continue  # hidden rows must not share a file with shown ones (a view reads a file whole)
             for f in entry.files:
                 if listing[f.path] == 1 and not f.shared and f.bytes < small_bytes:
                     groups[(f.table, entry.suite, entry.model)].append((entry, f))

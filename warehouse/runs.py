@@ -131,8 +131,8 @@ def stale_runs(warehouse: Warehouse) -> list[Run]:
     """Runs still ``running`` whose process on this host is gone (killed, or ended without saying so)."""
     found = []
     for entry in list(warehouse.committed().values()):
-        if entry.meta.get("kind") != "run":
-            continue
+        if entry.meta.get("kind") != "run" or entry.meta.get("archived") is True:
+            continue  # an archived run stays as it was archived
         run = Run.from_meta(entry.meta)
         if run.status == RunStatus.running and process_alive(run.host, run.pid) is False:
             found.append(run)
