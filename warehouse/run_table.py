@@ -216,10 +216,11 @@ def build(con: Any, now: datetime | None = None) -> RunsTable:
     keys = sorted({k for c in configs.values() for k in c})
     shared: dict[str, Any] = {}
     differing = []
+    every = list(configs.values())
     for key in keys:
-        values = {json.dumps(c.get(key, _MISSING), sort_keys=True, default=str) for c in configs.values()}
-        if len(values) == 1 and len(configs) > 1:
-            shared[key] = next(iter(configs.values()))[key]
+        first = _typed(every[0].get(key, _MISSING))  # flattened values are scalars: compared as they are
+        if len(every) > 1 and all(_typed(c.get(key, _MISSING)) == first for c in every[1:]):
+            shared[key] = every[0][key]
         else:
             differing.append(key)
     for run_id, config in configs.items():
@@ -246,3 +247,8 @@ def build(con: Any, now: datetime | None = None) -> RunsTable:
 
 
 _MISSING = "\x00missing"
+
+
+def _typed(value: Any) -> tuple[type, Any]:
+    """A value with its type, so that 1, 1.0 and True are three values (they are equal in Python)."""
+    return type(value), value

@@ -8,6 +8,7 @@ sql``; recipe parameters are validated against their declared types and bound, n
 Pages are small HTML shells (``pages``) whose script fetches the JSON endpoints:
 
     /api/overview                      counts of what is stored, the runs, loss curves
+    /runs, /run, /sweep and theirs      the runs pages (``runs_page``)
     /api/sql?q=...&page=N              one page of a read-only query's result
     /api/recipe?name=R&<param>=...     a recipe's result (rows, columns, a Vega-Lite chart)
     /api/recipe?name=R&...&format=csv  the same as a download (csv or parquet)
@@ -36,7 +37,7 @@ from layerlake.core.duck import QueryLimits, limited
 from layerlake.core.errors import LayerlakeError, ParameterError
 from layerlake.core.render import json_rows, write_stream
 from layerlake.queries import figures
-from layerlake.ui import pages
+from layerlake.ui import pages, runs_page
 from layerlake.ui.guard import Served
 from layerlake.warehouse.sandbox import Sandbox, manifest_stamp
 
@@ -155,7 +156,8 @@ class UiApp:
             "/recipes": lambda q: self._page(pages.recipes()),
             "/recipe": self._recipe_page,
             **{path: self._named_page(recipe, title) for path, (recipe, title) in pages.FIGURE_PAGES.items()},
-            "/runs": lambda q: self._page(pages.runs()),
+            "/compare": lambda q: self._page(pages.compare()),
+            **runs_page.routes(self),
             "/api/runs": self._runs,
             "/api/scalars": self._scalars,
             "/api/overview": self._overview,
@@ -180,6 +182,7 @@ class UiApp:
 
         try:
             self._overview({})
+            runs_page.RunsPages(self).table()  # the runs table, built once per warehouse version
             for recipe_name, title in pages.FIGURE_PAGES.values():
                 self._form_page(recipe_name, title)
                 recipe = load_recipe(recipe_name)
