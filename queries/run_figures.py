@@ -34,7 +34,7 @@ def logged_figure(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "encoding": {
                 # a plain axis: a live page adds steps to this figure, which fixed ticks would not show
                 "x": {"field": "step", "type": "quantitative", "title": label("step"),
-                      "axis": {"format": "d", "tickMinStep": 1}},
+                      "axis": {"tickMinStep": 1, "labelExpr": "datum.value % 1 ? '' : datum.label"}},
                 "y": {"field": "value", "type": "quantitative", "title": None, "scale": {"zero": False}},
                 "color": {"value": OKABE_ITO[0]},
                 "tooltip": [{"field": "name"}, {"field": "step", "title": "training step"}, {"field": "value"}],

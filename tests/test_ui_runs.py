@@ -342,3 +342,17 @@ def test_the_sweep_view_draws_each_swept_value_against_the_outcome(browser, serv
     wait_for(browser, lambda d: "4 runs" in status_text(d), "drawn again")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#result tbody tr")) == 4
     screenshot(browser, "ui-sweep")
+
+
+def test_ticked_runs_open_in_the_compare_page(browser, server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/runs?filter=seed%20%3D%201")
+    wait_for(browser, lambda d: "2 of " in status_text(d), "the table filtered from the address")
+    for box in browser.find_elements(By.CSS_SELECTOR, "#runs tbody input[type=checkbox]"):
+        box.click()
+    browser.find_element(By.ID, "compare").click()
+    wait_for(
+        browser, lambda d: "2 runs compared; 12 values of loss" in status_text(d), "the two runs overlaid"
+    )
+    assert "/compare?runs=" in browser.current_url

@@ -25,8 +25,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -39,35 +37,12 @@ from layerlake.core.render import json_rows, write_stream
 from layerlake.queries import figures
 from layerlake.ui import pages, runs_page
 from layerlake.ui.guard import Served
+from layerlake.ui.responses import Response, error_response, json_response
 from layerlake.warehouse.sandbox import Sandbox, manifest_stamp
 
 PAGE_ROWS = 100  # rows per page of a table
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    content_type: str
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(status, "application/json", json.dumps(data, default=_json_default).encode())
-
-
-def error_response(error: LayerlakeError, status: int = 400) -> Response:
-    return json_response({"error": error.message, "fix": error.fix}, status)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    return str(value)
 
 
 class AnswerCache:

@@ -28,6 +28,7 @@ from layerlake.core.errors import LayerlakeError, ParameterError
 from layerlake.core.render import json_rows
 from layerlake.queries import figures, run_figures
 from layerlake.ui import pages
+from layerlake.ui.responses import Response, html_response, json_response
 from layerlake.warehouse import run_table, schema
 
 MAX_UPDATE_ROWS = 20_000  # logged values sent in one update (a page asks again for the rest)
@@ -40,9 +41,9 @@ SNAPSHOT_TABLES = tuple(
 def routes(app: Any) -> dict[str, Any]:
     pages_ = RunsPages(app)
     return {
-        "/runs": lambda q: app._page(pages.runs_table()),
+        "/runs": lambda q: html_response(pages.runs_table()),
         "/run": pages_.run_page,
-        "/sweep": lambda q: app._page(pages.sweep()),
+        "/sweep": lambda q: html_response(pages.sweep()),
         "/api/runs_table": pages_.runs_table,
         "/api/run": pages_.run,
         "/api/run_updates": pages_.run_updates,
@@ -74,8 +75,6 @@ class RunsPages:
             con.close()
 
     def runs_table(self, params: dict[str, str]) -> Any:
-        from layerlake.ui.app import json_response
-
         _only(params, "search", "filter", "sort", "desc")
         table = self.table()
         rows = table.select(
@@ -92,8 +91,6 @@ class RunsPages:
         })  # fmt: skip
 
     def version(self, params: dict[str, str]) -> Any:
-        from layerlake.ui.app import json_response
-
         _only(params)
         return json_response({"version": version_text(self.app.warehouse.version())})
 
@@ -111,18 +108,14 @@ class RunsPages:
         return wanted
 
     def run_page(self, params: dict[str, str]) -> Any:
-        from layerlake.ui.app import Response
-
         _only(params, "id")
         try:
             run_id = self.run_id(params)
         except LayerlakeError as error:
             return Response(404, "text/plain; charset=utf-8", f"{error.message}\nfix: {error.fix}".encode())
-        return self.app._page(pages.run(run_id))
+        return html_response(pages.run(run_id))
 
     def run(self, params: dict[str, str]) -> Any:
-        from layerlake.ui.app import json_response
-
         _only(params, "id")
         run_id = self.run_id(params)
         return json_response(self.app.cached(("run", run_id), lambda: self._run(run_id)))
@@ -155,8 +148,6 @@ class RunsPages:
     def run_updates(self, params: dict[str, str]) -> Any:
         """What a live run page lacks: the run's status, the values logged after step ``after``, and
         its snapshots (a short list) when their number is not ``snapshots``."""
-        from layerlake.ui.app import json_response
-
         _only(params, "id", "after", "snapshots")
         run_id = self.run_id(params)
         after = _integer(params.get("after", ""), "after")
@@ -183,8 +174,6 @@ class RunsPages:
         }  # fmt: skip
 
     def run_figures(self, params: dict[str, str]) -> Any:
-        from layerlake.ui.app import json_response
-
         _only(params, "id")
         run_id = self.run_id(params)
         return json_response(self.app.cached(("run_figures", run_id), lambda: self._figures(run_id)))
@@ -215,8 +204,6 @@ class RunsPages:
     # -- a sweep -------------------------------------------------------------------------------------
 
     def sweep(self, params: dict[str, str]) -> Any:
-        from layerlake.ui.app import json_response
-
         _only(params, "dir", "outcome")
         table = self.table()
         sweeps: dict[str, int] = {}
