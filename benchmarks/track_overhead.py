@@ -13,9 +13,14 @@ time: that share is the overhead the tracker adds, measured without the noise of
 With ``--ddp`` each training is a DistributedDataParallel job of 2 CPU processes (gloo, one torch thread
 each, each rank its own batches), tracked by every rank (the writer snapshots; each rank logs its own
 numbers): the share is the writer's time in the run's calls against the plain job's wall time (the other
-rank waits for the writer in the next all-reduce, so that is what the job loses). Usage:
+rank waits for the writer in the next all-reduce, so that is what the job loses).
 
-    python benchmarks/track_overhead.py [--steps 512] [--cadences 64,128,256,pythia] [--repeats 2] [--ddp]
+With ``--custom`` each model is a plain ``torch.nn.Module`` of the embedded model's shape written here
+(not a Hugging Face class: its own module names, a fused [Q | K | V] Linear, SDPA, a GELU MLP), called
+on token ids and trained with its own cross-entropy, tracked through a declared ``Layout``. Usage:
+
+    python benchmarks/track_overhead.py [--steps 512] [--cadences 64,128,256,pythia] [--repeats 2]
+        [--ddp | --custom]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 
 def settings():
@@ -35,13 +41,82 @@ def settings():
     return compose(["progress=false"])
 
 
-def train(spec, config, steps: int, run=None, rank: int | None = None) -> tuple[float, float]:
-    """Seconds for ``steps`` updates of a fresh model of ``spec`` (logged and snapshotted through
-    ``run``), and the seconds of those spent in the run's calls. With a ``rank``: wrapped in DDP."""
-    from layerlake.etl.suite.model import new_model
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
 
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (m.view(b, t, self.heads, -1).transpose(1, 2) for m in self.qkv(x).split(d, dim=2))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, d_mlp: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(d), Attention(d, heads)
+        self.norm2, self.up, self.down = nn.LayerNorm(d), nn.Linear(d, d_mlp), nn.Linear(d_mlp, d)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.down(nn.functional.gelu(self.up(self.norm2(x))))
+
+
+class CustomLM(nn.Module):
+    """A language model of no library: token ids in, logits out."""
+
+    def __init__(self, vocab: int, d: int, layers: int, heads: int, d_mlp: int, seq_len: int):
+        super().__init__()
+        self.embed, self.position = nn.Embedding(vocab, d), nn.Embedding(seq_len, d)
+        self.blocks = nn.ModuleList(Block(d, heads, d_mlp) for _ in range(layers))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids):
+        x = self.embed(ids) + self.position(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def custom_layout(spec):
+    from layerlake.core.layouts import Layout
+
+    return Layout(
+        name="custom_lm", blocks="blocks.*", attention="attn", qkv="stacked", value="attn.qkv.weight",
+        out="attn.proj.weight", mlp_in={"dense_h_to_4h": "up.weight"}, mlp_out="down.weight",
+        n_heads=spec.n_heads, call="tokens",
+    )  # fmt: skip
+
+
+def new_model(spec, config, custom: bool) -> nn.Module:
+    if not custom:
+        from layerlake.etl.suite.model import new_model as embedded_model
+
+        return embedded_model(spec, config.suite.train, seed=0)
+    train = config.suite.train
+    width = max(train.seq_len, config.probe.seq_len)
+    return CustomLM(train.vocab_size, spec.d_model, spec.n_layers, spec.n_heads, spec.d_mlp or 4 * spec.d_model,
+                    width)  # fmt: skip
+
+
+def loss_of(model, batch, custom: bool):
+    if not custom:
+        return model(input_ids=batch, labels=batch).loss
+    logits = model(batch[:, :-1])
+    return nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+
+
+def train(
+    spec, config, steps: int, run=None, rank: int | None = None, custom: bool = False
+) -> tuple[float, float]:
+    """Seconds for ``steps`` updates of a fresh model of ``spec`` (logged and snapshotted through
+    ``run``), and the seconds of those spent in the run's calls. With a ``rank``: wrapped in DDP; with
+    ``custom``: the model is a ``CustomLM`` of the spec's shape."""
     torch.manual_seed(0)
-    model = new_model(spec, config.suite.train, seed=0).train()
+    model = new_model(spec, config, custom).train()
     if rank is not None:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -53,7 +128,7 @@ def train(spec, config, steps: int, run=None, rank: int | None = None) -> tuple[
     started = time.perf_counter()
     for step in range(steps):
         batch = torch.randint(0, config.suite.train.vocab_size, shape, generator=generator)
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = loss_of(model, batch, custom)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -72,7 +147,7 @@ def train(spec, config, steps: int, run=None, rank: int | None = None) -> tuple[
     return time.perf_counter() - started, in_tracking
 
 
-def tracked(spec, config, steps: int, cadence) -> tuple[float, float]:
+def tracked(spec, config, steps: int, cadence, custom: bool = False) -> tuple[float, float]:
     import layerlake
     from layerlake.etl.plan import extract_options
 
@@ -83,10 +158,10 @@ def tracked(spec, config, steps: int, cadence) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as folder:
         run = layerlake.track(
             suite="bench", model_name=spec.name, warehouse=folder, probe=probe, cadence=cadence,
-            options=extract_options(config),
+            options=extract_options(config), layout=custom_layout(spec) if custom else None, quiet=True,
         )  # fmt: skip
         run.__enter__()
-        seconds = train(spec, config, steps, run)
+        seconds = train(spec, config, steps, run, custom=custom)
         assert not run.failures, run.failures
         return seconds
 
@@ -156,6 +231,9 @@ def main() -> None:
     parser.add_argument("--models", default="embedded-s,embedded-m,embedded-l")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--ddp", action="store_true", help="2-process DDP jobs (gloo, one thread each)")
+    parser.add_argument(
+        "--custom", action="store_true", help="a plain nn.Module tracked by a declared layout"
+    )
     args = parser.parse_args()
     config = settings()
     if args.ddp:
@@ -165,7 +243,7 @@ def main() -> None:
     cadences = [int(c) if c.isdigit() else c for c in args.cadences.split(",")]
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{args.steps} updates, probe {config.probe.n_sequences} x {config.probe.seq_len}, "
-          f"best of {args.repeats}")  # fmt: skip
+          f"best of {args.repeats}{', custom models by a declared layout' if args.custom else ''}")  # fmt: skip
     print("| model | cadence | snapshots | plain | tracked | ratio | in tracking calls | share of plain |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     from layerlake.etl.track import Cadence
@@ -174,9 +252,9 @@ def main() -> None:
         plain: list[float] = []
         with_tracking: dict = {c: [] for c in cadences}
         for _ in range(args.repeats):  # alternately, so drift of a shared machine hits every side
-            plain.append(train(spec, config, args.steps)[0])
+            plain.append(train(spec, config, args.steps, custom=args.custom)[0])
             for cadence in cadences:
-                with_tracking[cadence].append(tracked(spec, config, args.steps, cadence))
+                with_tracking[cadence].append(tracked(spec, config, args.steps, cadence, args.custom))
         for cadence in cadences:
             n = sum(1 for s in range(args.steps) if s in Cadence.parse(cadence))
             a = min(plain)

@@ -54,7 +54,7 @@ def runs(data: Path) -> dict[str, list[int]]:
 def test_every_python_block_is_run_by_a_test():
     firsts = {b.splitlines()[0] for b in blocks("python")[1:]}
     assert firsts == {
-        "# train_ddp.py", "# train_fsdp.py", "import lightning.pytorch as pl",
+        "from torch import nn", "# train_ddp.py", "# train_fsdp.py", "import lightning.pytorch as pl",
         "from accelerate import Accelerator", "import layerlake as wandb",
     }  # fmt: skip
 
@@ -64,17 +64,27 @@ def test_lightning_accelerate_and_wandb_blocks_run_in_order(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)  # Lightning saves its checkpoints under the working folder
     scope: dict = {}
     for code in in_process(
-        "import lightning.pytorch as pl", "from accelerate import Accelerator", "import layerlake as wandb"
+        "from torch import nn",
+        "import lightning.pytorch as pl",
+        "from accelerate import Accelerator",
+        "import layerlake as wandb",
     ):
         exec(compile(code, "README.md", "exec"), scope)
     found = runs(tmp_path)
+    ((custom, steps),) = [(r, s) for r, s in found.items() if r.startswith("tiny-lm-")]
+    assert found.pop(custom) == [0, 4, 8]
     assert found.pop("neox-64-lightning") == [0, 4, 8]
     assert found.pop("neox-64-accelerate") == [0, 4, 7]
     ((wandb_run, steps),) = found.items()
     assert wandb_run.startswith("neox-64-") and steps == [0, 4]
     con = layerlake.connect(tmp_path / "warehouse")
     assert con.sql("select distinct status from runs").fetchall() == [("finished",)]
-    assert con.sql("select count(distinct run_id) from scalars").fetchall() == [(3,)]
+    assert con.sql("select count(distinct run_id) from scalars").fetchall() == [(4,)]
+    custom_rows = con.sql(
+        "select architecture, count(distinct layer) from checkpoints c join spectra s using (model, step) "
+        "where model = 'tiny-lm' and s.matrix = 'ov' and s.tensor = 'grad' group by all"
+    ).fetchall()
+    assert custom_rows == [("tiny_lm", 2)]  # the declared layout's name, the ov gradient of both layers
 
 
 @pytest.mark.parametrize("script", ["# train_ddp.py", "# train_fsdp.py"])
