@@ -28,7 +28,7 @@ PAGES = {  # file -> (path, window height: enough for what the page shows first)
     "ui-heatmap.png": ("/heatmap?models=embedded-m,embedded-l&sites=ov,mlp_out", 1150),
     "ui-matrix.png": ("/matrix?model=embedded-l&layer=3&site=mlp_out", 1000),
     "ui-ranks.png": ("/ranks?models=embedded-l&tensor=weight", 1300),
-    "ui-runs.png": ("/runs", 900),
+    "ui-runs.png": ("/compare", 900),
 }
 
 

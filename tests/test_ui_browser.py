@@ -163,7 +163,7 @@ def test_a_link_fills_the_form(browser, server):  # noqa: F811
 
 
 def test_runs_are_picked_and_their_curves_overlaid(browser, server):  # noqa: F811
-    browser.get(server + "/runs")
+    browser.get(server + "/compare")
     wait_for(browser, status_says("2 runs compared; 10 values of loss"), "both runs' loss curves")
     assert browser.find_elements(By.CSS_SELECTOR, "#chart svg")
     browser.find_element(By.CSS_SELECTOR, "#run-list input[value='alpha-seed8']").click()  # untick one

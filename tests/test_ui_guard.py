@@ -72,7 +72,8 @@ def request(port: int, path: str, headers: list[tuple[str, str]] | None = None) 
 
 ROUTES = ["/", "/sql", "/recipes", "/recipe?name=stabilisation", *pages.FIGURE_PAGES, "/runs", "/api/runs",
           "/api/overview", "/api/sql?q=select+1", "/api/recipe?name=stabilisation", "/api/scalars?runs=x",
-          "/static/app.js", "/static/vega.js"]  # fmt: skip
+          "/static/app.js", "/static/vega.js", "/compare", "/sweep", "/api/runs_table", "/api/run?id=x",
+          "/api/run_updates?id=x", "/api/run_figures?id=x", "/api/sweep", "/api/version", "/static/runs.js"]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", ROUTES)
@@ -130,7 +131,9 @@ def hostile_queries() -> list[tuple[str, str]]:
     """``(path, query)`` pairs: each key a route reads, and an unknown one, with each hostile value, and
     each key given twice."""
     keys = {"/api/sql": ["q", "page"], "/api/scalars": ["runs", "name"], "/recipe": ["name"],
-            "/api/recipe": ["name", "format", "measure"]}  # fmt: skip
+            "/api/recipe": ["name", "format", "measure"], "/api/runs_table": ["search", "filter", "sort", "desc"],
+            "/api/run": ["id"], "/api/run_updates": ["id", "after", "snapshots"], "/api/sweep": ["dir", "outcome"],
+            "/api/run_figures": ["id"], "/run": ["id"]}  # fmt: skip
     base = {"/api/sql": "q=select+1", "/api/scalars": "runs=x", "/api/recipe": "name=stabilisation"}
     found = []
     for path in [r.split("?")[0] for r in ROUTES if not r.startswith("/static")]:

@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from layerlake.warehouse.manifest import CommitEntry, FileEntry, entry_problems, latest
+from layerlake.warehouse.manifest import CommitEntry, FileEntry, entry_problems, is_archived, latest
 from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc
 
 SMALL_BYTES = 4 << 20  # files below this are merged
@@ -107,6 +107,8 @@ def small_files(
             continue
         if entry_problems(store.root, entry, seen=seen):
             continue  # a damaged task is left for check to name, not folded into a merged file
+        if is_archived(entry):
+            continue  # hidden rows must not share a file with shown ones (a view reads a file whole)
         for f in entry.files:
             if listing[f.path] == 1 and not f.shared and f.bytes < small_bytes:
                 groups[(f.table, entry.suite, entry.model)].append((entry, f))

@@ -12,7 +12,9 @@ An entry::
      "meta": {config_hash, code_version, probe_id, weights_sha256, revision, step, source, ...},
      "schema_version", "committed_at" (UTC ISO 8601), "error" (failed entries only)}
 
-``retired`` ends a task: no file of it is shown any more (a migration re-keys tasks this way).
+``retired`` ends a task: no file of it is shown any more (a migration re-keys tasks this way, and
+``layerlake runs delete`` removes a run so). An ok entry whose meta holds ``"archived": true`` (``layerlake
+runs archive``) stays committed, its files kept and listed, but the views do not show it.
 
 A batch line (written by ``layerlake share import``) holds several entries at once: see ``append_batch``.
 """
@@ -30,6 +32,7 @@ from layerlake.warehouse.errors import ManifestError
 from layerlake.warehouse.layout import MANIFEST_DIR, is_schema1_shard_path, parse_shard_path
 
 COMMITS_FILE = "commits.jsonl"
+ARCHIVED = "archived"  # the meta key of a task whose run is archived (hidden from the views)
 
 
 class FileEntry(NamedTuple):
@@ -109,6 +112,11 @@ class CommitEntry:
         entry = object.__new__(cls)
         entry.__dict__.update(fields)
         return entry
+
+
+def is_archived(entry: CommitEntry) -> bool:
+    """Whether the task belongs to an archived run: kept and listed, but not shown by the views."""
+    return entry.meta.get(ARCHIVED) is True
 
 
 def manifest_path(root: Path) -> Path:

@@ -252,6 +252,8 @@ def stale_runs(warehouse: Warehouse) -> list[Run]:
     skipped here (``check`` names it)."""
     found = []
     for entry in list(warehouse.committed().values()):
+        if entry.meta.get("archived") is True:
+            continue  # an archived run stays as it was archived
         run = run_of(entry) if is_stale(entry.meta) else None
         if run is not None:
             found.append(run)

@@ -423,11 +423,37 @@ SCALARS = Table(
     ),
 )
 
+# Tags and notes a user gives a run (``layerlake runs tag`` / ``runs note``). Added after schema 4
+# without a version bump: a warehouse without them reads them as empty tables, and an older layerlake
+# skips their files (it shows only the tables it knows), so nothing stored needs rewriting.
+RUN_TAGS = Table(
+    name="run_tags",
+    doc="Labels a user gave a run (``layerlake runs tag RUN key=value``): one row per key, the latest value.",
+    key=("run_id", "key"),
+    columns=(
+        _c("key", pa.string(), "the tag's name, e.g. group or verdict"),
+        _c("value", pa.string(), "its value (text)"),
+        _c("tagged_at", TIMESTAMP, "when it was set (UTC)"),
+    ),
+)
+
+RUN_NOTES = Table(
+    name="run_notes",
+    doc='Free-text notes on a run (``layerlake runs note RUN "text"``), oldest first.',
+    key=("run_id", "noted_at"),
+    columns=(
+        _c("note", pa.string(), "the note"),
+        _c("noted_at", TIMESTAMP, "when it was written (UTC)"),
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         RUNS,
         SCALARS,
+        RUN_TAGS,
+        RUN_NOTES,
         CHECKPOINTS,
         PROBES,
         ACTIVATION_STATS,

@@ -37,6 +37,7 @@ from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
     entry_problems,
+    is_archived,
     latest,
     manifest_path,
     read_entries,
@@ -91,6 +92,8 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
         )
     shards, seen, paths = [], {}, {}  # paths: one Path per file, however many tasks share it (compacted)
     for entry in committed.values():
+        if is_archived(entry):
+            continue  # an archived run (`layerlake runs archive`): kept, not shown
         if not entry_problems(root, entry, seen=seen):
             for f in entry.files:
                 if f.table in schema.TABLES:

@@ -95,11 +95,26 @@ COMMANDS: dict[str, Command] = {
         parser="layerlake.warehouse.command:check_parser",
     ),
     "runs": Command(
-        "layerlake.warehouse.command:runs",
-        "list the runs: status, kind, seed, config",
+        "layerlake.warehouse.runs_command:runs",
+        "list and filter the runs: status, kind, seed, config, last values, tags",
         False,
-        parser="layerlake.warehouse.command:runs_parser",
+        parser="layerlake.warehouse.runs_command:runs_parser",
     ),
+    **{
+        f"runs {name}": Command(
+            f"layerlake.warehouse.runs_command:{name}",
+            what,
+            False,
+            parser=f"layerlake.warehouse.runs_command:{name}_parser",
+        )
+        for name, what in (
+            ("tag", "set tags on a run: layerlake runs tag RUN key=value ..."),
+            ("note", 'add a note to a run: layerlake runs note RUN "text"'),
+            ("archive", "hide runs and all their rows, all or nothing (--dry-run says what)"),
+            ("restore", "show archived runs again"),
+            ("delete", "remove runs and all their rows, all or nothing (--dry-run says what)"),
+        )
+    },
     "compact": Command(
         "layerlake.warehouse.command:compact",
         "merge small files (tracked runs make many) and rewrite the manifest to its current state",

@@ -8,6 +8,7 @@ sql``; recipe parameters are validated against their declared types and bound, n
 Pages are small HTML shells (``pages``) whose script fetches the JSON endpoints:
 
     /api/overview                      counts of what is stored, the runs, loss curves
+    /runs, /run, /sweep and theirs      the runs pages (``runs_page``)
     /api/sql?q=...&page=N              one page of a read-only query's result
     /api/recipe?name=R&<param>=...     a recipe's result (rows, columns, a Vega-Lite chart)
     /api/recipe?name=R&...&format=csv  the same as a download (csv or parquet)
@@ -24,8 +25,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,41 +33,16 @@ import pyarrow as pa
 
 from layerlake.core.duck import QueryLimits, limited
 from layerlake.core.errors import LayerlakeError, ParameterError
-from layerlake.core.render import json_rows, timestamp_text, write_stream
+from layerlake.core.render import json_rows, write_stream
 from layerlake.queries import figures
-from layerlake.ui import pages
+from layerlake.ui import pages, runs_page
 from layerlake.ui.guard import Served
+from layerlake.ui.responses import Response, error_response, json_response
 from layerlake.warehouse.sandbox import Sandbox, manifest_stamp
 
 PAGE_ROWS = 100  # rows per page of a table
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    content_type: str
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(status, "application/json", json.dumps(data, default=_json_default).encode())
-
-
-def error_response(error: LayerlakeError, status: int = 400) -> Response:
-    return json_response({"error": error.message, "fix": error.fix}, status)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return timestamp_text(value)  # to the second, as the terminal shows it
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    return str(value)
 
 
 class AnswerCache:
@@ -168,7 +142,8 @@ class UiApp:
             "/recipes": lambda q: self._page(pages.recipes()),
             "/recipe": self._recipe_page,
             **{path: self._named_page(recipe, title) for path, (recipe, title) in pages.FIGURE_PAGES.items()},
-            "/runs": lambda q: self._page(pages.runs()),
+            "/compare": lambda q: self._page(pages.compare()),
+            **runs_page.routes(self),
             "/api/runs": self._runs,
             "/api/scalars": self._scalars,
             "/api/overview": self._overview,
@@ -193,6 +168,7 @@ class UiApp:
 
         try:
             self._overview({})
+            runs_page.RunsPages(self).table()  # the runs table, built once per warehouse version
             for recipe_name, title in pages.FIGURE_PAGES.values():
                 self._form_page(recipe_name, title)
                 recipe = load_recipe(recipe_name)

@@ -18,19 +18,22 @@ FIGURE_PAGES = {
 NAV = (
     ("/", "overview"),
     *((path, title) for path, (_, title) in FIGURE_PAGES.items()),
-    ("/runs", "compare runs"),
+    ("/runs", "runs"),
+    ("/sweep", "sweeps"),
+    ("/compare", "compare runs"),
     ("/recipes", "recipes"),
     ("/sql", "SQL console"),
 )
 
 
-def shell(title: str, body: str, script: str) -> str:
+def shell(title: str, body: str, script: str, module: str = "app.js") -> str:
+    """A page: ``module`` (a file of ``static/``) fills it; ``script`` names the page for it."""
     links = " ".join(f'<a href="{href}">{escape(text)}</a>' for href, text in NAV)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>layerlake · {escape(title)}</title>
 <link rel="stylesheet" href="/static/style.css">
 <script type="module" src="/static/vega.js"></script>
-<script type="module" src="/static/app.js"></script>
+<script type="module" src="/static/{escape(module)}"></script>
 </head><body data-page="{escape(script)}">
 <nav><strong>layerlake</strong> {links}</nav>
 <main><h1>{escape(title)}</h1>
@@ -50,7 +53,52 @@ def overview() -> str:
     )
 
 
-def runs() -> str:
+def runs_table() -> str:
+    return shell(
+        "runs",
+        '<form id="runs-filter" class="filters">'
+        '<label>search<br><input id="search" name="search" size="24" placeholder="any text"></label>'
+        '<label>filter <span class="hint" title="comma-separated terms: column op value; op is one of '
+        '= != &gt; &gt;= &lt; &lt;= ~ (contains); config., last. and tag. columns may drop their prefix">(?)</span>'
+        '<br><input id="filter" name="filter" size="48" placeholder="lr > 1e-3, status = finished"></label>'
+        '<details id="columns"><summary>columns</summary><div id="column-list"></div></details>'
+        '<button type="button" id="compare">compare selected</button></form>'
+        '<p id="shared" class="hint"></p><div id="table" class="runs"></div>',
+        "runs_table",
+        "runs.js",
+    )
+
+
+def run(run_id: str) -> str:
+    return shell(
+        run_id,
+        f'<div id="run-page" data-run="{escape(run_id)}">'
+        '<p id="badge"></p>'
+        '<section class="two"><div><h2>run</h2><div id="facts"></div></div>'
+        '<div><h2>tags and notes</h2><div id="tags"></div><div id="notes"></div></div></section>'
+        '<section><h2>logged values</h2><div id="logged"></div></section>'
+        '<section><h2>snapshots</h2><div id="snapshots"></div></section>'
+        '<section><h2>CKA of each layer to the final snapshot</h2><div id="cka"></div></section>'
+        '<section><h2>rank trajectories</h2><div id="ranks"></div></section>'
+        '<section class="two"><div><h2>config</h2><div id="config"></div></div>'
+        '<div><h2>overrides</h2><div id="overrides"></div></div></section></div>',
+        "run",
+        "runs.js",
+    )
+
+
+def sweep() -> str:
+    return shell(
+        "sweep",
+        '<form id="sweep-form"><label>sweep<br><select id="sweep-dir" name="dir"></select></label>'
+        '<label>outcome<br><select id="outcome" name="outcome"></select></label></form>'
+        '<section class="two"><div id="chart"></div><div id="result"></div></section>',
+        "sweep",
+        "runs.js",
+    )
+
+
+def compare() -> str:
     return shell(
         "compare runs",
         '<form id="runs-form"><div id="run-list"></div>'

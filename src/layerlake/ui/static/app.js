@@ -2,26 +2,26 @@
 const page = document.body.dataset.page;
 const status = document.getElementById("status");
 
-function say(text, isError) {
+export function say(text, isError) {
   status.textContent = text;
   status.className = isError ? "error" : "status";
 }
 
-async function getJson(url) {
+export async function getJson(url) {
   const response = await fetch(url);
   const data = await response.json();
   if (!response.ok) throw new Error(data.error + (data.fix ? "\nfix: " + data.fix : ""));
   return data;
 }
 
-function cell(value) {
+export function cell(value) {
   if (value === null || value === undefined) return "";
   if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toPrecision(6);
   if (Array.isArray(value)) return "[" + value.length + " values]";
   return String(value);
 }
 
-function table(columns, rows) {
+export function table(columns, rows) {
   const element = document.createElement("table");
   const head = element.createTHead().insertRow();
   for (const c of columns) { const th = document.createElement("th"); th.textContent = c; head.appendChild(th); }
@@ -33,12 +33,12 @@ function table(columns, rows) {
   return element;
 }
 
-function show(id, element) {
+export function show(id, element) {
   const target = document.getElementById(id);
   target.replaceChildren(element);
 }
 
-async function chart(id, spec) {
+export async function chart(id, spec) {
   const target = document.getElementById(id);
   if (!spec) { target.textContent = "(nothing to draw)"; return; }
   // SVG: the figure's words (title, axis labels, panels) are text a reader can select and find; a large
@@ -126,6 +126,8 @@ async function recipe(form) {
 
 async function runsPage() {
   const data = await getJson("/api/runs");
+  const given = new URLSearchParams(window.location.search).get("runs");
+  const chosen = given ? given.split(",") : null;
   const list = document.getElementById("run-list");
   list.replaceChildren();
   for (const r of data.runs) {
@@ -133,7 +135,7 @@ async function runsPage() {
     const box = document.createElement("input");
     box.type = "checkbox";
     box.value = r.run_id;
-    box.checked = r.scalars > 0;
+    box.checked = chosen ? chosen.includes(r.run_id) : r.scalars > 0;  // /compare?runs=a,b picks them
     label.append(box, " " + r.run_id + " (" + r.model + ", " + r.status + ", " + r.scalars + " logged values)");
     list.appendChild(label);
   }
@@ -156,7 +158,7 @@ async function compare() {
   say(runs.length + " runs compared; " + data.rows.length + " values of " + name);
 }
 
-function run(task) { task().catch((e) => say(e.message, true)); }
+export function run(task) { task().catch((e) => say(e.message, true)); }
 
 if (page === "overview") run(overview);
 if (page === "runs") {

@@ -1,0 +1,263 @@
+"""Managing runs after the fact: tag, note, archive, restore and delete (``layerlake runs ...``).
+
+Every change is one manifest line, so it happens all or nothing (a torn last line is ignored by every
+reader and cut away by the next writer):
+
+- ``tag`` and ``note`` rewrite the run's task ``annotations.<run_id>`` (tables ``run_tags`` and
+  ``run_notes``) with the run's tags and notes so far plus the new ones: the latest commit wins, like
+  any task's. They are rows of the run, so SQL joins them on ``run_id``.
+- ``archive`` commits every task of the run again, listing the same files, with ``archived`` in its
+  meta: the views skip such tasks (the run and all its rows are hidden) until ``restore`` commits them
+  again without it. Only rows that compaction merged into a file shared with other runs are written
+  again, into files of the run's own (a view reads a shared file whole); compaction leaves archived
+  tasks alone.
+- ``delete`` appends a ``retired`` entry for every task of the run (its failures included): no reader
+  sees any of its rows after that line. Rows of the run that compaction merged into a file shared with
+  other runs are written again without them, in the same commit (``Warehouse.publish``). The files
+  themselves are left for ``layerlake gc`` to remove after its grace period (a reader may still be
+  reading one).
+
+Each plans under the writer lock what it would change (``RunPlan``) and, without ``dry_run``, publishes
+it under that same lock, so no run's task committed in between is missed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from layerlake.core.choices import did_you_mean
+from layerlake.warehouse import schema
+from layerlake.warehouse.errors import WarehouseError
+from layerlake.warehouse.manifest import ARCHIVED, CommitEntry, is_archived, read_task_rows
+from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc
+
+TAG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+MAX_TEXT = 10_000  # characters of a tag value or a note
+
+
+def annotations_task_id(run_id: str) -> str:
+    return f"annotations.{run_id}"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a change to a run touches: its tasks (latest ok entries, and standing failures)."""
+
+    run_id: str
+    tasks: tuple[CommitEntry, ...]
+    failures: tuple[CommitEntry, ...]
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """table -> the run's rows in it."""
+        out: dict[str, int] = {}
+        for entry in self.tasks:
+            for f in entry.files:
+                out[f.table] = out.get(f.table, 0) + f.rows
+        return dict(sorted(out.items()))
+
+    @property
+    def files(self) -> int:
+        return len({f.path for e in self.tasks for f in e.files})
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the files that hold only this run's rows (a shared file is counted by its owner)."""
+        return sum({f.path: f.bytes for e in self.tasks for f in e.files if not f.shared}.values())
+
+    def describe(self) -> str:
+        rows = ", ".join(f"{n} {t}" for t, n in self.rows.items()) or "no rows"
+        failed = f", {len(self.failures)} recorded failures" if self.failures else ""
+        return f"run {self.run_id}: {len(self.tasks)} tasks ({rows}) in {self.files} files{failed}"
+
+
+def plan(store: Warehouse, run_id: str, archived: bool | None = False) -> RunPlan:
+    """The tasks of ``run_id``; a clear error when there are none. ``archived``: False counts only a
+    shown run, True only an archived one, None either."""
+    committed = store.committed()
+    tasks = tuple(e for e in committed.values() if e.run_id == run_id)
+    failures = tuple(e for e in store.failed().values() if e.run_id == run_id)
+    if not tasks and not failures:
+        known = sorted({e.run_id for e in committed.values() if e.run_id})
+        raise WarehouseError(
+            f"run {run_id!r} is not in the warehouse at {store.root}{did_you_mean(run_id, known)}",
+            fix="`layerlake runs` lists the runs (`layerlake runs --archived` the archived ones)",
+        )
+    hidden = any(is_archived(e) for e in tasks)
+    if archived is False and hidden:
+        raise WarehouseError(
+            f"run {run_id!r} is archived", fix=f"restore it first: layerlake runs restore {run_id}"
+        )
+    if archived is True and not hidden:
+        raise WarehouseError(f"run {run_id!r} is not archived", fix="`layerlake runs --archived` lists those")
+    return RunPlan(run_id, tasks, failures)
+
+
+def delete(store: Warehouse, run_ids: Iterable[str], dry_run: bool = False) -> list[RunPlan]:
+    """Retire every task of each run, in one manifest line; returns what went (or would go)."""
+    with store.lock():
+        plans = [plan(store, r, archived=None) for r in _unique(run_ids)]
+        if not dry_run:
+            retired = [_retired(e) for p in plans for e in (*p.tasks, *p.failures)]
+            store.publish([(e, []) for e in retired])
+    return plans
+
+
+def archive(
+    store: Warehouse, run_ids: Iterable[str], dry_run: bool = False, restore: bool = False
+) -> list[RunPlan]:
+    """Hide each run and all its rows (``restore``: show them again), in one manifest line."""
+    with store.lock():
+        plans = [plan(store, r, archived=restore) for r in _unique(run_ids)]
+        if not dry_run:
+            store.publish([_archived(store, e, not restore) for p in plans for e in p.tasks])
+    return plans
+
+
+def archived_runs(store: Warehouse) -> list[CommitEntry]:
+    """The run rows' entries (``run.<id>``, meta kind ``run``) of the archived runs."""
+    return sorted(
+        (e for e in store.committed().values() if is_archived(e) and e.meta.get("kind") == "run"),
+        key=lambda e: e.run_id,
+    )
+
+
+def tag(store: Warehouse, run_id: str, tags: dict[str, str], remove: Iterable[str] = ()) -> dict[str, str]:
+    """Set ``tags`` (and drop the keys in ``remove``) on the run; returns all its tags now."""
+    for key, value in tags.items():
+        check_tag(key, value)
+    with store.lock():
+        run = plan(store, run_id)
+        current, notes = _annotations(store, run_id)
+        now = datetime.now(timezone.utc)
+        missing = [k for k in remove if k not in current]
+        if missing:
+            raise WarehouseError(
+                f"run {run_id!r} has no tag {missing[0]!r}{did_you_mean(missing[0], sorted(current))}",
+                fix=f"its tags are: {', '.join(sorted(current)) or 'none'}",
+            )
+        for key in remove:
+            current.pop(key)
+        current.update({k: (v, now) for k, v in tags.items()})
+        _commit_annotations(store, run, current, notes)
+    return {k: v for k, (v, _) in sorted(current.items())}
+
+
+def note(store: Warehouse, run_id: str, text: str) -> int:
+    """Add a note to the run; returns how many it has now."""
+    text = text.strip()
+    if not text or len(text) > MAX_TEXT:
+        raise WarehouseError(
+            "a note must hold some text" if not text else f"a note of {len(text)} characters is too long",
+            fix=f'write 1 to {MAX_TEXT} characters: layerlake runs note RUN "what you saw"',
+        )
+    with store.lock():
+        run = plan(store, run_id)
+        tags, notes = _annotations(store, run_id)
+        notes.append((text, datetime.now(timezone.utc)))
+        _commit_annotations(store, run, tags, notes)
+    return len(notes)
+
+
+def check_tag(key: str, value: str) -> None:
+    if not TAG_KEY.fullmatch(key):
+        raise WarehouseError(
+            f"tag name {key!r} is not a name",
+            fix="start it with a letter or '_', then up to 63 letters, digits, '_', '.' or '-' (key=value)",
+        )
+    if len(value) > MAX_TEXT:
+        raise WarehouseError(
+            f"the value of tag {key!r} is too long", fix=f"keep it under {MAX_TEXT} characters"
+        )
+
+
+def parse_tags(items: Iterable[str]) -> dict[str, str]:
+    """``["group=a", "verdict=good run"]`` -> ``{"group": "a", ...}``; a clear error for an item without ``=``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise WarehouseError(
+                f"tag {item!r} has no value",
+                fix="write key=value (key= with nothing after it sets an empty value)",
+            )
+        check_tag(key.strip(), value)
+        out[key.strip()] = value
+    return out
+
+
+def _annotations(store: Warehouse, run_id: str) -> tuple[dict[str, tuple[str, datetime]], list]:
+    """The run's stored tags (key -> (value, when)) and notes ([(text, when)])."""
+    entry = store.committed().get(annotations_task_id(run_id))
+    tags: dict[str, tuple[str, datetime]] = {}
+    notes: list[tuple[str, datetime]] = []
+    for listed in entry.files if entry is not None else ():
+        rows = read_task_rows(store.root, listed).to_pylist()
+        if listed.table == "run_tags":
+            tags.update({r["key"]: (r["value"], r["tagged_at"]) for r in rows})
+        elif listed.table == "run_notes":
+            notes.extend((r["note"], r["noted_at"]) for r in rows)
+    return tags, notes
+
+
+def _commit_annotations(store: Warehouse, run: RunPlan, tags: dict, notes: list) -> None:
+    first = run.tasks[0]
+    tables = {
+        "run_tags": pa.Table.from_pylist(
+            [{"key": k, "value": v, "tagged_at": t} for k, (v, t) in sorted(tags.items())],
+            schema=schema.RUN_TAGS.arrow_schema(),
+        ),
+        "run_notes": pa.Table.from_pylist(
+            [{"note": n, "noted_at": t} for n, t in notes], schema=schema.RUN_NOTES.arrow_schema()
+        ),
+    }
+    meta = {"kind": "annotations", "tags": len(tags), "notes": len(notes)}
+    store.commit(annotations_task_id(run.run_id), first.suite, first.model, tables, meta, run_id=run.run_id)
+
+
+def _retired(entry: CommitEntry) -> CommitEntry:
+    return dataclasses.replace(
+        entry,
+        status="retired",
+        files=(),
+        meta={"deleted_run": entry.run_id},
+        error=None,
+        committed_at=now_utc(),
+    )
+
+
+def _archived(store: Warehouse, entry: CommitEntry, archived: bool) -> tuple[CommitEntry, list[Staged]]:
+    """The task's entry with (or without) the archived mark. Its rows that compaction merged into a
+    file shared with other tasks get a file of their own (published with it, while ``publish`` writes
+    the shared file again without them): a view reads a shared file whole, so it must hold only rows
+    that are shown."""
+    meta = {k: v for k, v in entry.meta.items() if k != ARCHIVED}
+    if archived:
+        meta[ARCHIVED] = True
+    files, staged = [], []
+    try:
+        for listed in entry.files:
+            if not listed.shared:
+                files.append(listed)
+                continue
+            rows = read_task_rows(store.root, listed)
+            own = store.stage(entry.task_id, entry.suite, entry.model, entry.run_id, {listed.table: rows})
+            staged += own
+            files += [s.entry for s in own]
+    except BaseException:
+        discard(staged)
+        raise
+    return dataclasses.replace(entry, meta=meta, files=tuple(files), committed_at=now_utc()), staged
+
+
+def _unique(run_ids: Iterable[str]) -> list[str]:
+    out = list(dict.fromkeys(run_ids))
+    if not out:
+        raise WarehouseError("no run given", fix="name at least one run (`layerlake runs` lists them)")
+    return out
