@@ -266,7 +266,8 @@ def test_new_rows_show_without_a_restart(root, server):
     status, _, body = get(server + "/api/sql?q=select+count(*)+as+n+from+checkpoints")
     before = json.loads(body)["rows"][0]["n"]
     rng = np.random.default_rng(1)
-    grams = {(0, "ov"): np.cov(rng.normal(size=(6, 8)))}
+    # every layer and site, as the fixture's checkpoints: later tests see the same panels
+    grams = {(layer, site): np.cov(rng.normal(size=(6, 8))) for layer in (0, 1) for site in ("ov", "mlp_out")}
     Warehouse(root).commit(
         "beta-30", "s", "beta", checkpoint_tables("beta", 30, grams, {}, d=8), {"step": 30}
     )

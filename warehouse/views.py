@@ -327,6 +327,17 @@ def connect(
     return open_views(shards, failures, read_only)
 
 
+def stored_table(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> None:
+    """``rows`` as table ``name`` of the connection's database, which its cursors (the UI's threads, a
+    sandbox worker's) see too: an Arrow table registered on a connection is visible to that connection
+    alone."""
+    con.register("_ll_arrow", rows)
+    try:
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM _ll_arrow")
+    finally:
+        con.unregister("_ll_arrow")
+
+
 def open_views(
     shards: list[Shard], failures: list[CommitEntry], read_only: bool = True
 ) -> duckdb.DuckDBPyConnection:
@@ -351,7 +362,7 @@ def open_views(
              "end_row": (s.listed.first_row or 0) + s.listed.rows}
             for s in shards if s.partial and s.listed is not None
         ]  # fmt: skip
-        con.register("_ll_slices", pa.Table.from_pylist(slices, schema=SLICES_SCHEMA))
+        stored_table(con, "_ll_slices", pa.Table.from_pylist(slices, schema=SLICES_SCHEMA))
         for table in schema.TABLES.values():
             mine = [s for s in shards if s.table == table.name]
             files = sorted({str(s.path) for s in mine if not s.partial})  # a shared file once
@@ -375,8 +386,8 @@ def open_views(
                     "(or import them again from a shared copy)",
                 ) from error
         manifest_rows, failure_rows = manifest_tables(shards, failures)
-        con.register("_ll_manifest", manifest_rows)
-        con.register("_ll_failures", failure_rows)
+        stored_table(con, "_ll_manifest", manifest_rows)
+        stored_table(con, "_ll_failures", failure_rows)
         con.execute("CREATE VIEW manifest AS SELECT * FROM _ll_manifest")
         con.execute("CREATE VIEW failures AS SELECT * FROM _ll_failures")
         macros.install_staging(con)  # after the table views: the staging views read them
