@@ -247,9 +247,8 @@ def run_configured(
     if job is not None:
         job["params"] = bound
     log.info("recipe %s with %s", name, json.dumps(_plain(bound), default=str))
-    return _run_and_save(
-        recipe, bound, settings.paths.warehouse, folder, settings.plot, settings.recipe.max_rows
-    )
+    max_rows = settings.recipe.max_rows if settings.recipe is not None else 20  # RecipeConfig's default
+    return _run_and_save(recipe, bound, settings.paths.warehouse, folder, settings.plot, max_rows)
 
 
 def _require_warehouse(root: str) -> None:

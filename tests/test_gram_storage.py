@@ -81,7 +81,8 @@ def as_schema_2(root: Path) -> None:
         table = table.set_column(table.column_names.index("gram"), "gram", values_column(table["gram"]))
         pq.write_table(table.replace_schema_metadata({b"layerlake.schema_version": b"2"}), root / path)
     for path in {f["path"] for line in lines for f in line.get("files", []) if f["table"] == "spectra"}:
-        table = pq.read_table(root / path).drop_columns(["eps"])
+        table = pq.read_table(root / path)
+        table = table.drop_columns(["eps"]) if "eps" in table.column_names else table  # as_schema_3 may have
         pq.write_table(table.replace_schema_metadata({b"layerlake.schema_version": b"2"}), root / path)
     for line in lines:
         line["schema_version"] = 2

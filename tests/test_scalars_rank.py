@@ -42,16 +42,19 @@ def as_schema_3(root: Path) -> None:
     without ``eps``, version 3 everywhere."""
     manifest = root / "_manifest" / "commits.jsonl"
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rewritten: dict[str, tuple[str, int]] = {}  # a merged file (compacted) listed by several tasks: once
     for line in lines:
         line["schema_version"] = 3
         for f in line.get("files", []):
             if f["table"] in ADDED_IN_4:
-                path = root / f["path"]
-                table = pq.read_table(path).drop_columns([ADDED_IN_4[f["table"]]])
-                metadata = {**(table.schema.metadata or {}), b"layerlake.schema_version": b"3"}
-                pq.write_table(table.replace_schema_metadata(metadata), path)
-                data = path.read_bytes()
-                f["sha256"], f["bytes"] = sha256_bytes(data), len(data)
+                if f["path"] not in rewritten:
+                    path = root / f["path"]
+                    table = pq.read_table(path).drop_columns([ADDED_IN_4[f["table"]]])
+                    metadata = {**(table.schema.metadata or {}), b"layerlake.schema_version": b"3"}
+                    pq.write_table(table.replace_schema_metadata(metadata), path)
+                    data = path.read_bytes()
+                    rewritten[f["path"]] = (sha256_bytes(data), len(data))
+                f["sha256"], f["bytes"] = rewritten[f["path"]]
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 

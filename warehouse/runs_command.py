@@ -87,7 +87,7 @@ def runs(argv: list[str]) -> int:
             row["overrides"], row["config_json"] = overrides[row["run_id"]], configs[row["run_id"]]
     columns = [*LISTED, *(c for c in table.columns if c.startswith(run_table.PREFIXES))]
     columns += ["overrides", "config_json"] if args.config else []
-    out = pa.Table.from_pylist([{c: _cell(r.get(c)) for c in columns} for r in rows])
+    out = pa.table({c: _column([r.get(c) for r in rows]) for c in columns})
     if not rows:
         out = pa.table({c: pa.array([], pa.string()) for c in columns})
     shown = f"{len(rows)} of {len(table.rows)} runs" if len(rows) != len(table.rows) else f"{len(rows)} runs"
@@ -95,12 +95,13 @@ def runs(argv: list[str]) -> int:
     return 0
 
 
-def _cell(value: Any) -> Any:
-    return (
-        run_table.text(value)
-        if not isinstance(value, (int, float, list)) or isinstance(value, bool)
-        else value
-    )
+def _column(values: list[Any]) -> pa.Array:
+    """One column of the listing: numbers stay numbers when every value of the column is one (or
+    missing); a column that mixes kinds (a config value that is 3 in one run, "auto" in another) is text."""
+    numbers = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
+    if numbers:
+        return pa.array(values, pa.float64() if any(isinstance(v, float) for v in values) else pa.int64())
+    return pa.array([None if v is None else run_table.text(v) for v in values], pa.string())
 
 
 def _list_archived(store: Any) -> int:
