@@ -259,7 +259,10 @@ class Result:
         is gone, it is killed and the matching error raised."""
         worker = self._worker
         try:
-            ready = worker.conn.poll(_remaining(self._deadline))
+            # past the deadline nothing more is read, even while batches keep coming (a result streamed
+            # into a file arrives faster than it is written: polling alone would never time out)
+            late = self._deadline is not None and time.monotonic() >= self._deadline
+            ready = not late and worker.conn.poll(_remaining(self._deadline))
             data = worker.conn.recv_bytes() if ready else None
         except (EOFError, OSError):
             data = b""
