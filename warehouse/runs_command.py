@@ -87,20 +87,23 @@ def runs(argv: list[str]) -> int:
             row["overrides"], row["config_json"] = overrides[row["run_id"]], configs[row["run_id"]]
     columns = [*LISTED, *(c for c in table.columns if c.startswith(run_table.PREFIXES))]
     columns += ["overrides", "config_json"] if args.config else []
-    out = pa.Table.from_pylist([{c: _cell(r.get(c)) for c in columns} for r in rows])
-    if not rows:
-        out = pa.table({c: pa.array([], pa.string()) for c in columns})
+    out = pa.table({c: _column([r.get(c) for r in rows]) for c in columns})
     shown = f"{len(rows)} of {len(table.rows)} runs" if len(rows) != len(table.rows) else f"{len(rows)} runs"
     render(out, title=f"{shown} in {root}", max_rows=1000, max_cell=None if args.config else 40)
     return 0
 
 
-def _cell(value: Any) -> Any:
-    return (
-        run_table.text(value)
-        if not isinstance(value, (int, float, list)) or isinstance(value, bool)
-        else value
-    )
+def _column(values: list[Any]) -> pa.Array:
+    """One listed column: numbers (or lists) when every value present is one, else text; a run without
+    the value shows it missing. Runs differ in what they hold (a run that logged nothing has no
+    ``last.loss``, a killed run no duration, a config value may be a number in one run and text in
+    another), so a column's type is decided from all its values, never from one run's."""
+    present = [v for v in values if v is not None]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    lists = all(isinstance(v, list) for v in present)
+    if present and (numbers or lists):
+        return pa.array(values)
+    return pa.array([None if v is None else run_table.text(v) for v in values], pa.string())
 
 
 def _list_archived(store: Any) -> int:
