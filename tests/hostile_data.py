@@ -1,5 +1,5 @@
 """A tiny warehouse with rows in every table, written through the writer's own paths (``begin_run``,
-``commit_probe``, ``Warehouse.commit``), and a way to tamper with an export of it as a hostile sender
+``commit_probe``, ``Warehouse.commit``, ``run_admin.tag`` and ``run_admin.note``), and a way to tamper with an export of it as a hostile sender
 would (rewritten rows or meta, with sha256, sizes and paths made to match again)."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from layerlake.core.hashing import sha256_file
-from layerlake.warehouse import schema
+from layerlake.warehouse import run_admin, schema
+from layerlake.warehouse.content import ANNOTATION_COUNTS, ANNOTATIONS
 from layerlake.warehouse.gram import pack
 from layerlake.warehouse.layout import checkpoint_task_id
 from layerlake.warehouse.runs import Run, RunKind, RunStatus, begin_run, commit_probe, end_run
@@ -75,7 +76,8 @@ def extract_meta(step: int, run_id: str) -> dict:
 
 def build(root: Path, model: str = "m1", run_id: str = "r1", steps=(0, 10), logged=None) -> Warehouse:
     """A run of ``model`` (begin_run, its probe, one task per step with every checkpoint table, a block of
-    scalars of the ``logged`` steps (default: ``steps``), end_run)."""
+    scalars of the ``logged`` steps (default: ``steps``), end_run, then two tags and a note). Times are
+    fixed (``NOW``), so two builds hold the same keys: a note's key is its time."""
     store = Warehouse(root)
     run = begin_run(store, Run(run_id, SUITE, model, RunKind.train, started_at=NOW), probe_row())
     commit_probe(store, run_id, SUITE, model, probe_row())
@@ -93,6 +95,8 @@ def build(root: Path, model: str = "m1", run_id: str = "r1", steps=(0, 10), logg
     store.commit(f"scalars.{run_id}.0", SUITE, model, {"scalars": scalars}, {"kind": "scalars", "block": 0},
                  run_id=run_id)  # fmt: skip
     end_run(store, run, RunStatus.finished)
+    run_admin.tag(store, run_id, {"group": "a", "verdict": "good run"}, at=NOW)
+    run_admin.note(store, run_id, "loss fell as expected", at=NOW)
     return store
 
 
@@ -110,8 +114,8 @@ def tamper(
 ) -> None:
     """Rewrite, in the exported ``folder``, the ``table`` file of the first task that ``task`` accepts:
     its rows through ``rows`` (a file schema table in, one out) and its task entry through ``meta`` (edits
-    the entry's JSON in place); the file's name, sha256, size and row count are made to match again, so
-    only the content is hostile."""  # fmt: skip
+    the entry's JSON in place); the file's name, sha256, size and row count (in the file list, and in an
+    annotations task's meta) are made to match again, so only the content is hostile."""  # fmt: skip
     manifest = json.loads((folder / "manifest.json").read_text())
     entry = next(t for t in manifest["tasks"] if any(f["table"] == table for f in t["files"])
                  and (task is None or task(t)))  # fmt: skip
@@ -131,6 +135,8 @@ def tamper(
             if f["path"] == listed["path"]:
                 f.update(change)
         listed.update(change)
+    if rows is not None and entry["meta"].get("kind") == ANNOTATIONS:  # its meta counts its rows
+        entry["meta"][ANNOTATION_COUNTS[table]] = listed["rows"]
     if meta is not None:
         meta(entry)
     (folder / "manifest.json").write_text(json.dumps(manifest))

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from hostile_data import build, probe_row, set_column, tamper, tree_hash
+from hostile_data import NOW, build, probe_row, set_column, tamper, tree_hash
 
 import layerlake
 from layerlake.cli.main import main
 from layerlake.core.errors import LayerlakeError
-from layerlake.warehouse import schema
+from layerlake.warehouse import run_admin, schema
 from layerlake.warehouse.audits import load_audits, run_audit
 from layerlake.warehouse.errors import ShareError
 from layerlake.warehouse.runs import Run, RunKind, begin_run
@@ -77,6 +77,36 @@ def test_a_key_repeated_inside_one_imported_file_is_refused(table, export, tmp_p
     refused(folder, tmp_path / "empty", "held twice|2 runs rows in one")
 
 
+def test_a_real_export_with_tags_and_notes_imports_and_its_run_is_managed(export, tmp_path):
+    root = tmp_path / "fresh"
+    report = import_dataset(export, root)
+    assert "annotations.r1" in report.imported and main(["check", "--root", str(root)]) == 0
+    con = layerlake.connect(root)
+    try:
+        assert con.sql("select key, value from run_tags order by key").fetchall() == [
+            ("group", "a"), ("verdict", "good run")
+        ]  # fmt: skip
+        assert con.sql("select note from run_notes").fetchall() == [("loss fell as expected",)]
+    finally:
+        con.close()
+    store = Warehouse(root)
+    assert run_admin.tag(store, "r1", {"group": "b"}) == {"group": "b", "verdict": "good run"}
+    assert run_admin.note(store, "r1", "imported, then looked at again") == 2
+    with pytest.raises(LayerlakeError, match="note written at"):  # a note's time is its key
+        run_admin.note(store, "r1", "same time", at=NOW)
+
+
+def test_an_archived_run_exports_and_imports_archived(local, tmp_path):
+    root = tmp_path / "archived"
+    shutil.copytree(local, root)
+    run_admin.archive(Warehouse(root), ["r1"])
+    export_dataset(root, tmp_path / "export")
+    verify_folder(tmp_path / "export")
+    import_dataset(tmp_path / "export", tmp_path / "fresh")
+    assert [e.run_id for e in run_admin.archived_runs(Warehouse(tmp_path / "fresh"))] == ["r1"]
+    assert main(["check", "--root", str(tmp_path / "fresh")]) == 0
+
+
 def test_the_same_dataset_imports_again_as_present(local, export):
     before = tree_hash(local)
     report = import_dataset(export, local)
@@ -127,6 +157,18 @@ HOSTILE = {
     "run task id not run.<id>": ("runs", None, lambda e: e.update(task_id="run.zzz"), "run.<run_id>"),
     "meta step beyond int64": ("sketches", None, lambda e: e["meta"].update(step=2**63), "impossible step"),
     "meta kind run on a non-run": ("spectra", None, lambda e: e["meta"].update(kind="run"), "not a run's"),
+    "tag key not a tag name": ("run_tags", _first("key", "../etc"), None, "not a tag name"),
+    "tag value too long": ("run_tags", _first("value", "x" * 10_001), None, "tag value over"),
+    "blank note": ("run_notes", _first("note", "   "), None, "note that is blank"),
+    "note of another run": ("run_notes", _first("run_id", "r9"), None, "run_id r9 in a task"),
+    "annotations task id not annotations.<id>": (
+        "run_tags", None, lambda e: e.update(task_id="annotations.zzz"), "annotations.<run_id>",
+    ),
+    "tags in a task of another kind": (
+        "run_tags", None, lambda e: e["meta"].update(kind="scalars", block=0), "not 'annotations'",
+    ),
+    "notes counted otherwise than held": ("run_notes", None, lambda e: e["meta"].update(notes=5), "counts 5"),
+    "archived mark not true": ("spectra", None, lambda e: e["meta"].update(archived="no"), "archived mark"),
 }  # fmt: skip
 
 
@@ -189,5 +231,6 @@ def test_a_malformed_run_is_refused_by_name_when_resumed(malformed):
 
 def test_export_meta_written_by_the_writer_is_valid(export):
     manifest = json.loads((export / "manifest.json").read_text())
-    assert {t["meta"].get("kind") for t in manifest["tasks"]} == {"run", "probe", "extract", "scalars"}
+    kinds = {t["meta"].get("kind") for t in manifest["tasks"]}
+    assert kinds == {"run", "probe", "extract", "scalars", "annotations"}
     verify_folder(export)

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import layerlake
@@ -18,6 +20,7 @@ from layerlake.cli.main import main
 from layerlake.warehouse import schema
 from layerlake.warehouse.command import check
 from layerlake.warehouse.compact import compact
+from layerlake.warehouse.runs import RunKind, begin_run, new_run
 from layerlake.warehouse.synthetic import checkpoint_tables
 from layerlake.warehouse.writer import Warehouse
 
@@ -123,6 +126,25 @@ def test_tags_and_notes_show_in_sql_and_in_the_listing(root, capsys):
     out = capsys.readouterr().out
     assert "tag.verdict" in out and "1 of 3 runs" in out
     assert check(["--root", str(root)]) == 0
+
+
+def test_the_listing_shows_runs_that_differ_in_what_they_hold(tmp_path, capsys):
+    """A config value that is a number in one run and text in another, a run without it, a run that
+    logged nothing: each column is typed from all its values, never from the first run's."""
+    root = tmp_path / "wh"
+    store = Warehouse(root)
+    for run_id, config in (("a", {"lr": 0.001}), ("b", {"lr": "auto"}), ("c", {})):
+        begin_run(store, new_run(run_id, "s", "m", RunKind.train, config=config))
+    loss = pa.Table.from_pylist(
+        [{"step": 0, "name": "loss", "value": 2.5, "logged_at": datetime.now(timezone.utc), "rank": None}],
+        schema=schema.SCALARS.arrow_schema(),
+    )
+    store.commit("scalars.a.0", "s", "m", {"scalars": loss}, {"kind": "scalars", "block": 0}, run_id="a")
+    assert main(["runs", "--root", str(root)]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("│")}
+    assert "0.001" in rows["a"] and "2.5" in rows["a"] and "auto" in rows["b"]
+    assert main(["runs", "--root", str(root), "--filter", "lr = auto"]) == 0
+    assert "1 of 3 runs" in capsys.readouterr().out
 
 
 def test_tag_errors_are_clear(root, capsys):

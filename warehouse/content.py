@@ -6,7 +6,9 @@ cannot read, never failing for everyone).
 Rules, beyond the column types of ``warehouse/schema.py``:
 
 - names (suite, model, run_id, task id, probe_id, site, matrix) obey the name rule of the command line
-  (``warehouse.layout.check_name``); a row's suite, model and run_id are its task's;
+  (``warehouse.layout.check_name``); a row's suite, model and run_id are its task's; a tag's key obeys
+  ``TAG_KEY``, a tag's value and a note hold at most ``MAX_TEXT`` characters (a note at least one that
+  is not blank);
 - enumerated values are members of their enum (run kind and status, site, matrix, tensor, kernel,
   estimator, position rule);
 - steps lie in 0..``MAX_STEP``, layers and heads in 0..``MAX_INDEX``, sizes (n, d, rows, cols) in
@@ -14,7 +16,13 @@ Rules, beyond the column types of ``warehouse/schema.py``:
   smaller; a packed Gram: n(n+1)/2; activations: n x d float16);
 - the meta of a task agrees with its rows: a run task (``kind: run``) is ``run.<run_id>`` and its meta
   is a whole run equal to its row; a probe task's rows are of its probe; an extraction task's rows are
-  all of its step (and revision and probe); a scalars block's steps fall in its block.
+  all of its step (and revision and probe); a scalars block's steps fall in its block; an annotations
+  task (``kind: annotations``, ``warehouse.run_admin``) is ``annotations.<run_id>``, holds only
+  ``run_tags`` and ``run_notes`` rows (no other task holds any), as many as its meta counts;
+- ``archived``, where a task's meta has it, is ``true`` (``layerlake runs archive``).
+
+Each row's key (``warehouse/schema.py``) is unique across the whole warehouse: ``share import`` and
+``check``'s ``duplicate_keys`` audit hold every table to it, these tables included.
 """
 
 from __future__ import annotations
@@ -26,16 +34,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from layerlake.core.choices import Estimator, Kernel, Matrix, PositionRule, Site, Tensor
-from layerlake.warehouse.layout import MAX_NAME, NAME
-from layerlake.warehouse.manifest import CommitEntry
+from layerlake.core.choices import Estimator, Kernel, Matrix, PositionRule, RunKind, RunStatus, Site, Tensor
+from layerlake.warehouse import schema
+from layerlake.warehouse.layout import MAX_NAME, NAME, annotations_task_id
+from layerlake.warehouse.manifest import ARCHIVED, CommitEntry
 
 MAX_STEP = 10**12  # more than any training run takes; a larger step is a corrupt or lying row
 MAX_INDEX = 100_000  # layers and heads
 MAX_SIZE = 1 << 20  # rows, columns and probe positions of one matrix
 SCALARS_BLOCK = 1000  # steps per scalars task (etl.track.SCALAR_BLOCK)
-RUN_KINDS = ("train", "extract", "import")  # warehouse.runs.RunKind
-RUN_STATUSES = ("running", "finished", "failed", "killed")  # warehouse.runs.RunStatus
+RUN_KINDS = RunKind.values()
+RUN_STATUSES = RunStatus.values()
+RUN_FIELDS = frozenset(c.name for c in schema.RUNS.all_columns)  # a run meta's fields (warehouse.runs.Run)
+TAG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")  # a tag's name (layerlake runs tag RUN key=value)
+MAX_TEXT = 10_000  # characters of a tag value or a note
+ANNOTATIONS = "annotations"  # the meta kind of a run's tags and notes task (warehouse.run_admin)
+ANNOTATION_COUNTS = {"run_tags": "tags", "run_notes": "notes"}  # table -> the meta key counting its rows
 _NAME = re.compile(rf"^{NAME}$")
 
 # column -> the values it may hold, per table (None: every table with that column)
@@ -101,6 +115,25 @@ def row_problems(table: str, rows: pa.Table, entry: CommitEntry) -> list[str]:
     if found:  # the lengths below rely on sane sizes
         return found
     found += _length_problems(table, rows)
+    found += _annotation_problems(table, rows)
+    return found
+
+
+def _annotation_problems(table: str, rows: pa.Table) -> list[str]:
+    """Tags named by ``TAG_KEY``, tag values and notes of at most ``MAX_TEXT`` characters (notes not
+    blank): what ``layerlake runs tag`` and ``runs note`` accept."""
+    found = []
+    if table == "run_tags":
+        bad = sorted({k for k in rows.column("key").to_pylist() if k is None or not TAG_KEY.fullmatch(k)})
+        if bad:
+            found.append(f"tag key {str(bad[0])[:60]!r} that is not a tag name ({TAG_KEY.pattern})")
+        if (pc.max(pc.utf8_length(rows.column("value"))).as_py() or 0) > MAX_TEXT:
+            found.append(f"a tag value over {MAX_TEXT} characters")
+    if table == "run_notes":
+        lengths = pc.utf8_length(pc.utf8_trim_whitespace(rows.column("note")))
+        least, most = (v.as_py() for v in pc.min_max(lengths).values())
+        if least is not None and (least == 0 or most > MAX_TEXT):
+            found.append(f"a note that is blank or over {MAX_TEXT} characters")
     return found
 
 
@@ -145,6 +178,10 @@ def meta_problems(entry: CommitEntry) -> list[str]:
     tables = {f.table for f in entry.files}
     if kind == "run" or "runs" in tables:
         found += _run_meta_problems(entry)
+    if kind == ANNOTATIONS or tables & set(ANNOTATION_COUNTS):
+        found += _annotations_meta_problems(entry, tables)
+    if ARCHIVED in meta and meta[ARCHIVED] is not True:
+        found.append(f"its {ARCHIVED} mark is {str(meta[ARCHIVED])[:30]!r}, not true")
     if kind == "probe" and not is_name(meta.get("probe_id")):
         found.append(f"its probe {str(meta.get('probe_id'))[:60]!r} breaks the name rule")
     if kind == "scalars" and not (isinstance(meta.get("block"), int) and 0 <= meta["block"] <= MAX_STEP):
@@ -179,12 +216,7 @@ def _run_meta_problems(entry: CommitEntry) -> list[str]:
             datetime.fromisoformat(value)
         except (TypeError, ValueError):
             found.append(f"its run's {field} {str(value)[:40]!r} is not a time")
-    from dataclasses import fields
-
-    from layerlake.warehouse.runs import Run
-
-    known = {f.name for f in fields(Run)}
-    unknown = sorted(set(run) - known)
+    unknown = sorted(set(run) - RUN_FIELDS)
     missing = sorted({"run_id", "suite", "model", "kind"} - set(run))
     if unknown or missing:
         found.append(f"its meta run has unknown fields {unknown} / lacks {missing}")
@@ -195,12 +227,35 @@ def _run_meta_problems(entry: CommitEntry) -> list[str]:
     return found
 
 
+def _annotations_meta_problems(entry: CommitEntry, tables: set[str]) -> list[str]:
+    meta = entry.meta
+    if meta.get("kind") != ANNOTATIONS:
+        return [f"it holds {' and '.join(sorted(tables & set(ANNOTATION_COUNTS)))} rows but its meta kind "
+                f"is {str(meta.get('kind'))[:30]!r}, not {ANNOTATIONS!r}"]  # fmt: skip
+    found = []
+    if entry.task_id != annotations_task_id(entry.run_id):
+        found.append(
+            f"a run's tags and notes task is {annotations_task_id('<run_id>')}, not {entry.task_id!r}"
+        )
+    other = sorted(tables - set(ANNOTATION_COUNTS))
+    if other:
+        found.append(f"a run's tags and notes task holds {', '.join(other)} rows")
+    for key in ANNOTATION_COUNTS.values():
+        count = meta.get(key)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            found.append(f"its {key} count {str(count)[:30]!r} is not a number of rows")
+    return found
+
+
 def rows_agree_with_meta(entry: CommitEntry, table: str, rows: pa.Table) -> list[str]:
     """What the task's rows of ``table`` say that its meta contradicts."""
     meta, found = entry.meta, []
+    kind = meta.get("kind")
+    count = meta.get(ANNOTATION_COUNTS.get(table, ""))
+    if kind == ANNOTATIONS and isinstance(count, int) and rows.num_rows != count:
+        found.append(f"{rows.num_rows} {table} rows in a task whose meta counts {count}")
     if not rows.num_rows:
         return found
-    kind = meta.get("kind")
     if kind == "extract" and "step" in rows.column_names and isinstance(meta.get("step"), int):
         other = sorted(set(rows.column("step").to_pylist()) - {meta["step"]})
         if other:

@@ -66,6 +66,11 @@ def probe_task_id(run_id: str, probe_id: str) -> str:
     return "probe-" + stable_hash({"run_id": run_id, "probe": probe_id})[:14]
 
 
+def annotations_task_id(run_id: str) -> str:
+    """The task holding a run's tags and notes (tables ``run_tags`` and ``run_notes``)."""
+    return f"annotations.{run_id}"
+
+
 def shard_path(table: str, suite: str, model: str, task_id: str, sha256: str) -> str:
     """``<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet`` (posix, relative to the root)."""
     for kind, value in (("suite", suite), ("model", model), ("task id", task_id)):

@@ -24,7 +24,6 @@ it under that same lock, so no run's task committed in between is missed.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,16 +32,11 @@ import pyarrow as pa
 
 from layerlake.core.choices import did_you_mean
 from layerlake.warehouse import schema
+from layerlake.warehouse.content import ANNOTATION_COUNTS, ANNOTATIONS, MAX_TEXT, TAG_KEY
 from layerlake.warehouse.errors import WarehouseError
+from layerlake.warehouse.layout import annotations_task_id
 from layerlake.warehouse.manifest import ARCHIVED, CommitEntry, is_archived, read_task_rows
 from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc
-
-TAG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
-MAX_TEXT = 10_000  # characters of a tag value or a note
-
-
-def annotations_task_id(run_id: str) -> str:
-    return f"annotations.{run_id}"
 
 
 @dataclass(frozen=True)
@@ -128,14 +122,21 @@ def archived_runs(store: Warehouse) -> list[CommitEntry]:
     )
 
 
-def tag(store: Warehouse, run_id: str, tags: dict[str, str], remove: Iterable[str] = ()) -> dict[str, str]:
-    """Set ``tags`` (and drop the keys in ``remove``) on the run; returns all its tags now."""
+def tag(
+    store: Warehouse,
+    run_id: str,
+    tags: dict[str, str],
+    remove: Iterable[str] = (),
+    at: datetime | None = None,
+) -> dict[str, str]:
+    """Set ``tags`` (and drop the keys in ``remove``) on the run, as set at ``at`` (UTC; default now);
+    returns all its tags now."""
     for key, value in tags.items():
         check_tag(key, value)
     with store.lock():
         run = plan(store, run_id)
         current, notes = _annotations(store, run_id)
-        now = datetime.now(timezone.utc)
+        now = at or datetime.now(timezone.utc)
         missing = [k for k in remove if k not in current]
         if missing:
             raise WarehouseError(
@@ -149,8 +150,9 @@ def tag(store: Warehouse, run_id: str, tags: dict[str, str], remove: Iterable[st
     return {k: v for k, (v, _) in sorted(current.items())}
 
 
-def note(store: Warehouse, run_id: str, text: str) -> int:
-    """Add a note to the run; returns how many it has now."""
+def note(store: Warehouse, run_id: str, text: str, at: datetime | None = None) -> int:
+    """Add a note to the run, written at ``at`` (UTC; default now); returns how many it has now. A note's
+    time is its key (table ``run_notes``), so a second note at the time of one the run has is refused."""
     text = text.strip()
     if not text or len(text) > MAX_TEXT:
         raise WarehouseError(
@@ -160,7 +162,13 @@ def note(store: Warehouse, run_id: str, text: str) -> int:
     with store.lock():
         run = plan(store, run_id)
         tags, notes = _annotations(store, run_id)
-        notes.append((text, datetime.now(timezone.utc)))
+        when = at or datetime.now(timezone.utc)
+        if any(t == when for _, t in notes):
+            raise WarehouseError(
+                f"run {run_id!r} has a note written at {when.isoformat()} already",
+                fix="write the note at another time (its time is its key in run_notes)",
+            )
+        notes.append((text, when))
         _commit_annotations(store, run, tags, notes)
     return len(notes)
 
@@ -217,7 +225,7 @@ def _commit_annotations(store: Warehouse, run: RunPlan, tags: dict, notes: list)
             [{"note": n, "noted_at": t} for n, t in notes], schema=schema.RUN_NOTES.arrow_schema()
         ),
     }
-    meta = {"kind": "annotations", "tags": len(tags), "notes": len(notes)}
+    meta = {"kind": ANNOTATIONS, **{count: tables[t].num_rows for t, count in ANNOTATION_COUNTS.items()}}
     store.commit(annotations_task_id(run.run_id), first.suite, first.model, tables, meta, run_id=run.run_id)
 
 

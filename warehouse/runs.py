@@ -19,28 +19,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from layerlake.core.choices import Choice
+from layerlake.core.choices import RunKind, RunStatus
 from layerlake.core.errors import ConfigError
 from layerlake.core.provenance import git_state, host, layerlake_version, pid, process_alive
 from layerlake.warehouse import schema
 from layerlake.warehouse.content import meta_problems
 from layerlake.warehouse.errors import WarehouseError
 from layerlake.warehouse.layout import probe_task_id
-from layerlake.warehouse.manifest import CommitEntry
+from layerlake.warehouse.manifest import CommitEntry, is_archived
 from layerlake.warehouse.writer import Warehouse
-
-
-class RunKind(Choice):
-    train = "train", "a training run tracked live (layerlake.track)"
-    extract = "extract", "the checkpoints of one suite model, extracted after the fact"
-    imported = "import", "metrics computed elsewhere and imported"
-
-
-class RunStatus(Choice):
-    running = "running", "started, not finished"
-    finished = "finished", "ended normally"
-    failed = "failed", "ended with an error (see error)"
-    killed = "killed", "its process died without ending it (found by the next start or by check)"
 
 
 @dataclass(frozen=True)
@@ -252,7 +239,7 @@ def stale_runs(warehouse: Warehouse) -> list[Run]:
     skipped here (``check`` names it)."""
     found = []
     for entry in list(warehouse.committed().values()):
-        if entry.meta.get("archived") is True:
+        if is_archived(entry):
             continue  # an archived run stays as it was archived
         run = run_of(entry) if is_stale(entry.meta) else None
         if run is not None:

@@ -88,19 +88,21 @@ def runs(argv: list[str]) -> int:
     columns = [*LISTED, *(c for c in table.columns if c.startswith(run_table.PREFIXES))]
     columns += ["overrides", "config_json"] if args.config else []
     out = pa.table({c: _column([r.get(c) for r in rows]) for c in columns})
-    if not rows:
-        out = pa.table({c: pa.array([], pa.string()) for c in columns})
     shown = f"{len(rows)} of {len(table.rows)} runs" if len(rows) != len(table.rows) else f"{len(rows)} runs"
     render(out, title=f"{shown} in {root}", max_rows=1000, max_cell=None if args.config else 40)
     return 0
 
 
 def _column(values: list[Any]) -> pa.Array:
-    """One column of the listing: numbers stay numbers when every value of the column is one (or
-    missing); a column that mixes kinds (a config value that is 3 in one run, "auto" in another) is text."""
-    numbers = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
-    if numbers:
-        return pa.array(values, pa.float64() if any(isinstance(v, float) for v in values) else pa.int64())
+    """One listed column: numbers (or lists) when every value present is one, else text; a run without
+    the value shows it missing. Runs differ in what they hold (a run that logged nothing has no
+    ``last.loss``, a killed run no duration, a config value may be a number in one run and text in
+    another), so a column's type is decided from all its values, never from one run's."""
+    present = [v for v in values if v is not None]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    lists = all(isinstance(v, list) for v in present)
+    if present and (numbers or lists):
+        return pa.array(values)
     return pa.array([None if v is None else run_table.text(v) for v in values], pa.string())
 
 

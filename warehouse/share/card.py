@@ -1,8 +1,9 @@
 """The human and machine descriptions of an export: ``README.md`` (a Hugging Face dataset card) and
 ``croissant.json`` (MLCommons Croissant 1.0).
 
-The card's YAML header declares one ``datasets`` config per table (``data_files: <table>/**/*.parquet``),
-so ``datasets.load_dataset(DIR, "<table>")`` loads it; its body says what is inside (models, steps,
+The card's YAML header declares one ``datasets`` config per table the export holds (``data_files:
+<table>/**/*.parquet``; a table without files gets none, as its glob would match nothing and fail to
+load), so ``datasets.load_dataset(DIR, "<table>")`` loads it; its body says what is inside (models, steps,
 sites, estimators, sizes), how to read it without layerlake, and one example query that runs as is.
 Column descriptions come from ``warehouse/schema.py``, so the card cannot drift from the contract.
 """
@@ -86,7 +87,7 @@ def size_text(n: int) -> str:
 
 
 def header(manifest: dict[str, Any]) -> str:
-    """The YAML front matter: one ``datasets`` config per table, plus tags (text built by hand, no YAML lib)."""
+    """The YAML front matter: one ``datasets`` config per table the export holds, plus tags (text built by hand, no YAML lib)."""
     lines = ["---", "pretty_name: layerlake per-layer checkpoint statistics", "tags:"]
     lines += [
         f"- {t}" for t in ("layerlake", "training-dynamics", "interpretability", "cka", "effective-rank")

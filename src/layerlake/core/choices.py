@@ -2,8 +2,8 @@
 line, the SQL parameter types and the extraction code all check against.
 
 Members are strings (``Site.ov == "ov"``), so they print, hash, compare and serialise as their value.
-Names that land in stored rows (sites, matrices, tensors, estimators, kernels) are part of the data
-contract: changing one is a schema change.
+Names that land in stored rows (sites, matrices, tensors, estimators, kernels, run kinds and statuses)
+are part of the data contract: changing one is a schema change.
 """
 
 from __future__ import annotations
@@ -166,6 +166,23 @@ class ProbeSource(Choice):
 class SuiteSource(Choice):
     local = "local", "model folders <suites>/<suite>/<model>/step<N>/ in the hub's on-disk format"
     hf = "hf", "hub repositories with one revision step<N> per checkpoint"
+
+
+class RunKind(Choice):
+    """What a run is (column ``runs.kind``)."""
+
+    train = "train", "a training run tracked live (layerlake.track)"
+    extract = "extract", "the checkpoints of one suite model, extracted after the fact"
+    imported = "import", "metrics computed elsewhere and imported"
+
+
+class RunStatus(Choice):
+    """Where a run stands (column ``runs.status``)."""
+
+    running = "running", "started, not finished"
+    finished = "finished", "ended normally"
+    failed = "failed", "ended with an error (see error)"
+    killed = "killed", "its process died without ending it (found by the next start or by check)"
 
 
 class Site(Choice):

@@ -9,6 +9,14 @@ SELECT 'scalars', string_agg(DISTINCT suite, ',' ORDER BY suite), string_agg(DIS
        run_id, concat_ws(' ', step, name, coalesce(rank::VARCHAR, '-')), count(*)
 FROM scalars GROUP BY run_id, step, name, rank HAVING count(*) > 1
 UNION ALL
+SELECT 'run_tags', string_agg(DISTINCT suite, ',' ORDER BY suite), string_agg(DISTINCT model, ',' ORDER BY model),
+       run_id, key, count(*)
+FROM run_tags GROUP BY run_id, key HAVING count(*) > 1
+UNION ALL
+SELECT 'run_notes', string_agg(DISTINCT suite, ',' ORDER BY suite), string_agg(DISTINCT model, ',' ORDER BY model),
+       run_id, strftime(noted_at, '%Y-%m-%dT%H:%M:%S.%fZ'), count(*)
+FROM run_notes GROUP BY run_id, noted_at HAVING count(*) > 1
+UNION ALL
 SELECT 'checkpoints', string_agg(DISTINCT suite, ',' ORDER BY suite), string_agg(DISTINCT model, ',' ORDER BY model),
        run_id, revision || ' ' || probe_id, count(*)
 FROM checkpoints GROUP BY run_id, revision, probe_id HAVING count(*) > 1
