@@ -87,20 +87,23 @@ def runs(argv: list[str]) -> int:
             row["overrides"], row["config_json"] = overrides[row["run_id"]], configs[row["run_id"]]
     columns = [*LISTED, *(c for c in table.columns if c.startswith(run_table.PREFIXES))]
     columns += ["overrides", "config_json"] if args.config else []
-    out = pa.Table.from_pylist([{c: _cell(r.get(c)) for c in columns} for r in rows])
-    if not rows:
-        out = pa.table({c: pa.array([], pa.string()) for c in columns})
+    out = pa.table({c: _column([r.get(c) for r in rows]) for c in columns})
     shown = f"{len(rows)} of {len(table.rows)} runs" if len(rows) != len(table.rows) else f"{len(rows)} runs"
     render(out, title=f"{shown} in {root}", max_rows=1000, max_cell=None if args.config else 40)
     return 0
 
 
-def _cell(value: Any) -> Any:
-    return (
-        run_table.text(value)
-        if not isinstance(value, (int, float, list)) or isinstance(value, bool)
-        else value
-    )
+def _column(values: list[Any]) -> pa.Array:
+    """One column of the listing: typed where every value is a number or a list and Arrow holds them as one
+    type (a run without the value shows null), else every value as text. Runs differ: ``config.x`` may be
+    ``1`` in one run and ``"a"`` in another, a seed or a last value missing in some."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (int, float, list)) and not isinstance(v, bool) for v in present):
+        try:
+            return pa.array(values)
+        except (pa.ArrowException, OverflowError):  # ints and lists of text, an int beyond 64 bits
+            pass
+    return pa.array([run_table.text(v) for v in values], pa.string())
 
 
 def _list_archived(store: Any) -> int:
