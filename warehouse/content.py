@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from layerlake.core.choices import Estimator, Kernel, Matrix, PositionRule, Site, Tensor
 from layerlake.warehouse.layout import MAX_NAME, NAME
 from layerlake.warehouse.manifest import CommitEntry
+from layerlake.warehouse.schema import TABLES
 
 MAX_STEP = 10**12  # more than any training run takes; a larger step is a corrupt or lying row
 MAX_INDEX = 100_000  # layers and heads
@@ -179,11 +180,7 @@ def _run_meta_problems(entry: CommitEntry) -> list[str]:
             datetime.fromisoformat(value)
         except (TypeError, ValueError):
             found.append(f"its run's {field} {str(value)[:40]!r} is not a time")
-    from dataclasses import fields
-
-    from layerlake.warehouse.runs import Run
-
-    known = {f.name for f in fields(Run)}
+    known = set(TABLES["runs"].file_schema().names)  # a run's meta is its row (warehouse.runs.Run's fields)
     unknown = sorted(set(run) - known)
     missing = sorted({"run_id", "suite", "model", "kind"} - set(run))
     if unknown or missing:
