@@ -84,6 +84,9 @@ def rewrite_args(args: list[str]) -> list[str]:
     return out + shown
 
 
+MAX_ROWS, ALL = TABLE_FLAGS = ("--max-rows", "--all")  # query's own options beside Hydra's flags
+
+
 def table_flags(args: list[str]) -> tuple[list[str], list[str]]:
     """``(rest, overrides)``: ``--max-rows N`` (or ``--max-rows=N``) and ``--all`` lifted out of ``args``
     as ``++recipe.max_rows=N`` / ``++recipe.max_rows=null``, how many rows the terminal table shows."""
@@ -91,9 +94,9 @@ def table_flags(args: list[str]) -> tuple[list[str], list[str]]:
     while i < len(args):
         arg = args[i]
         option, eq, value = arg.partition("=")
-        if arg == "--all":
+        if arg == ALL:
             out.append("++recipe.max_rows=null")
-        elif option == "--max-rows":
+        elif option == MAX_ROWS:
             if not eq:
                 if i + 1 == len(args):
                     raise ConfigError(

@@ -102,7 +102,7 @@ def check_config_key(con: Any, key: str, scope: dict[str, list[Any]], columns: d
     if not keys:
         raise ParameterError(
             f"group_by {key!r}: no run{where} recorded a config to group by",
-            fix="pass config={...} to layerlake.track (a Hydra job records its own), or leave group_by out",
+            fix="pass `layerlake.track(..., config={...})` (a Hydra job records its own), or leave group_by out",
         )
     shown = sorted(keys)
     raise ParameterError(

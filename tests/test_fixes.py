@@ -32,6 +32,7 @@ BLANK = "\x00"  # stands for an f-string field or any value not known statically
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 KEY = re.compile(r"(?<![\w.$<\-/=\[{'])(\+{0,2}[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)=(?!=)")
 MENTION = re.compile(r"`layerlake ([a-z][a-z -]*)")
+CALL = re.compile(r"`layerlake\.([a-z_][a-z0-9_]*)\(")  # `layerlake.track(config={...})`: the Python API
 
 
 def text_of(node: ast.AST) -> str:
@@ -91,8 +92,8 @@ def options() -> dict[str, set[str]]:
     hydra_flags = set(get_args_parser()._option_string_actions)
     out: dict[str, set[str]] = {}
     for name, command in COMMANDS.items():
-        if command.hydra:
-            out[name] = hydra_flags
+        if command.hydra:  # Hydra's flags, and the options its rewrite lifts out (query --max-rows)
+            out[name] = hydra_flags | set(resolve(command.flags) if command.flags else ())
         else:
             out.update(parser_options(resolve(command.parser)(), name))
     return out
@@ -180,6 +181,32 @@ def commands_of(fix: Fix) -> set[str]:
     return reached or set(options())
 
 
+@cache
+def free_keys() -> set[str]:
+    """The commands whose arguments include free ``key=value`` items (``runs tag RUN key=value``): any
+    name is a key there, the command checks it itself."""
+    out = set()
+    for name, command in COMMANDS.items():
+        if command.parser:
+            for action in resolve(command.parser)()._actions:
+                if not action.option_strings and "=" in str(action.metavar or ""):
+                    out.add(name)
+    return out
+
+
+def api_params(function: str) -> set[str] | None:
+    """The keyword arguments of ``layerlake.<function>`` (``track``'s are ``etl.track.track``'s), or None
+    if the package has no such function."""
+    import inspect
+
+    import layerlake
+
+    if function == "track":
+        return track_params()
+    found = getattr(layerlake, function, None)
+    return set(inspect.signature(found).parameters) if callable(found) else None
+
+
 def command_in(mention: str) -> str | None:
     """The longest command (with sub-command) at the start of ``layerlake <mention>``."""
     words = mention.split()
@@ -199,6 +226,10 @@ def problems(fix: Fix, about: set[str] | None = None) -> list[str]:
         named = command_in(mention.group(1)) if mention else None
         if mention and named is None:
             found.append(f"`layerlake {mention.group(1).strip()}` is not a command")
+        call = CALL.match("`" + segment) if index % 2 else None
+        api = api_params(call.group(1)) if call else None
+        if call and api is None:
+            found.append(f"layerlake.{call.group(1)} is not a function of the package")
         commands = {named} if named else (about or commands_of(fix))
         for option in OPTION.findall(segment):
             if not any(option in options()[c] for c in commands):
@@ -209,6 +240,10 @@ def problems(fix: Fix, about: set[str] | None = None) -> list[str]:
                 ok = key in staging_params()
             elif before.endswith("--site-map"):
                 ok = True  # FROM=TO: a module name of the user's file
+            elif call:  # `layerlake.track(resume=True)`
+                ok = key in (api or set())
+            elif named in free_keys():  # `layerlake runs tag RUN key=value`
+                ok = True
             elif fix.path.name == "track.py":  # the Python API: the keyword arguments of layerlake.track
                 ok = key in track_params()
             elif fix.path.name in PYTHON_API or fix.path.parent.name == "integrations":
@@ -263,6 +298,11 @@ def test_every_fix_names_options_and_keys_that_exist():
         ("use `layerlake query convergence treshold=0.8`", "treshold= is not a config key"),
         ("pass --param estimatr=debiased", "estimatr= is not a config key"),
         ("run `layerlake suite rebuild`", "`layerlake suite rebuild` is not a command"),
+        ("use `layerlake query convergence --max-row 5`", "--max-row is not an option of query"),
+        ("pass `layerlake.track(resum=True)`", "resum= is not a config key"),
+        ("pass `layerlake.trak(resume=True)`", "layerlake.trak is not a function"),
+        ("write `layerlake runs note RUN key=value`", "key= is not a config key"),
+        ("write key=value (`layerlake runs tag RUN key=value`)", "key= is not a config key"),
     ],
 )
 def test_the_checker_catches_a_wrong_fix(text, expected):
@@ -279,6 +319,9 @@ def test_the_checker_catches_a_wrong_fix(text, expected):
         "pass --param estimator=debiased",
         "write e.g. --site-map attention.dense=ov",
         "`layerlake share export DIR --tables checkpoints`",
+        "use `layerlake query convergence --max-rows 50` or --all",
+        "pass `layerlake.track(config={...}, resume=True)`",
+        "write `layerlake runs tag RUN verdict=good`",
     ],
 )
 def test_the_checker_accepts_a_right_fix(text):

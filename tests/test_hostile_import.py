@@ -234,3 +234,22 @@ def test_export_meta_written_by_the_writer_is_valid(export):
     kinds = {t["meta"].get("kind") for t in manifest["tasks"]}
     assert kinds == {"run", "probe", "extract", "scalars", "annotations"}
     verify_folder(export)
+
+
+def test_a_run_meta_is_checked_against_the_fields_of_a_run():
+    """``warehouse.content`` knows a run's fields from the runs table's columns (it may not import
+    ``warehouse.runs``, which imports it): they are ``Run``'s fields, and a meta with another is refused."""
+    import dataclasses
+
+    from layerlake.warehouse.content import meta_problems
+    from layerlake.warehouse.manifest import CommitEntry
+
+    assert {f.name for f in dataclasses.fields(Run)} == set(schema.TABLES["runs"].file_schema().names)
+
+    def entry(meta: dict) -> CommitEntry:
+        return CommitEntry("ok", "run.r", "toy", "m1", (), meta, schema.SCHEMA_VERSION, "", run_id="r")
+
+    meta = Run("r", "toy", "m1", RunKind.train).meta()
+    assert meta_problems(entry(meta)) == []
+    meta["run"]["colour"] = "red"
+    assert any("unknown fields ['colour']" in p for p in meta_problems(entry(meta)))

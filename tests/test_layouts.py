@@ -208,7 +208,9 @@ def test_a_custom_models_rows_equal_plain_hooks_and_numpy():
     for a, b in (((0, "resid_post"), (1, "resid_post")), ((0, "attn_out"), (1, "mlp_out"))):
         stored = float((grams[a] * grams[b]).sum() / (np.linalg.norm(grams[a]) * np.linalg.norm(grams[b])))
         assert stored == pytest.approx(np_cka(acts[a], acts[b]), abs=1e-5)
-    spectra = {(r["layer"], r["matrix"], r["head"]): r["sv"] for r in tables["spectra"].to_pylist()}
+    weight_rows = [r for r in tables["spectra"].to_pylist() if r["tensor"] == "weight"]  # not the gradients'
+    spectra = {(r["layer"], r["matrix"], r["head"]): r["sv"] for r in weight_rows}
+    assert len(spectra) == len(weight_rows)  # one row per matrix and head
     for layer in range(2):
         p = f"transformer.h.{layer}."
         c_attn = weights[p + "attn.c_attn.weight"]  # (3 d, d): rows [Q | K | V]

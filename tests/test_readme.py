@@ -45,6 +45,10 @@ NOT_RUN = {
     "layerlake extract suite=olmo": "lists and downloads OLMo checkpoints from the hub",
     "layerlake extract suite=pythia suite.keep_downloads=true": "downloads Pythia from the hub",
     "layerlake extract suite=pythia suite.download_budget_gb=50": "downloads Pythia from the hub",
+    "layerlake extract executor.device=cuda": (
+        "asks for a GPU (docs/gpu.md's precision check runs these options on one; tests/test_pass_precision.py "
+        "runs them on the CPU)"
+    ),
     "layerlake ui": "serves until stopped; tests/test_ui.py and test_ui_browser.py drive the same app",
 }
 # The README's Ray extraction runs on the local executor here: tests/test_ray_auth.py runs that line on a

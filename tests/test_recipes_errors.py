@@ -64,7 +64,7 @@ def test_unknown_recipe_lists_the_known_ones():
         ({"n": 1.5}, "$n is not a valid value (1.5): expected an integer"),
         ({"x": 1.5}, "$x is outside [0, 1] (1.5): expected a finite number in [0, 1]"),
         ({"x": "-0.01"}, "$x is outside [0, 1] (-0.01)"),
-        ({"n": 0}, "$n is outside (0, inf) (0): expected an integer in (0, inf)"),
+        ({"n": 0}, "$n is outside (0, inf) (0): expected an integer (64-bit) in (0, inf)"),
         ({"who": "m1"}, "$who is not a list ('m1')"),
         ({"who": ["m1", "x'; drop table t; --"]}, "expected a list of [a name"),
         ({"mode": "c"}, "expected one of a, b"),

@@ -101,6 +101,25 @@ def test_runs_lists_filters_and_sorts(source, capsys):
     assert out.index("r1") < out.index("r2") and " c " not in out  # r1's final loss is the higher
 
 
+def test_runs_whose_values_differ_in_type_or_are_missing_are_listed(tmp_path, capsys):
+    """A config value that is a number in one run and text in another, a run without a seed or a logged
+    value, a value beyond 64 bits: each column shows them all (text where the runs' types differ)."""
+    root = tmp_path / "wh"
+    for run_id, config, seed, loss in (
+        ("a", {"x": 1, "big": 2**70}, 0, 1.5),
+        ("b", {"x": "one", "big": 1}, None, None),
+    ):
+        with layerlake.track(
+            suite="s", model_name="m", run_id=run_id, warehouse=root, seed=seed, quiet=True, config=config
+        ) as run:
+            if loss is not None:
+                run.log(0, loss=loss)
+    assert main(["runs", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "config.x" in out and " one " in out and str(2**70) in out and "1.5" in out
+    assert main(["runs", "--root", str(root), "--config"]) == 0
+
+
 def test_a_wrong_filter_names_the_columns(source, capsys):
     assert main(["runs", "--root", str(source), "--filter", "lrr > 1"]) == 2
     err = capsys.readouterr().err

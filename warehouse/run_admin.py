@@ -177,7 +177,8 @@ def check_tag(key: str, value: str) -> None:
     if not TAG_KEY.fullmatch(key):
         raise WarehouseError(
             f"tag name {key!r} is not a name",
-            fix="start it with a letter or '_', then up to 63 letters, digits, '_', '.' or '-' (key=value)",
+            fix="start it with a letter or '_', then up to 63 letters, digits, '_', '.' or '-' "
+            "(`layerlake runs tag RUN key=value`)",
         )
     if len(value) > MAX_TEXT:
         raise WarehouseError(
@@ -193,7 +194,7 @@ def parse_tags(items: Iterable[str]) -> dict[str, str]:
         if not eq:
             raise WarehouseError(
                 f"tag {item!r} has no value",
-                fix="write key=value (key= with nothing after it sets an empty value)",
+                fix="write `layerlake runs tag RUN key=value` (an empty value: `layerlake runs tag RUN key=`)",
             )
         check_tag(key.strip(), value)
         out[key.strip()] = value

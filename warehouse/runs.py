@@ -139,7 +139,7 @@ def check_restart(warehouse: Warehouse, before: Run, run: Run, resume: bool | No
         raise ConfigError(
             f"run {run.run_id!r} exists already {where} ({before.status}, started "
             f"{before.started_at:%Y-%m-%d %H:%M}, {before.suite}/{before.model})",
-            fix="pass resume=True to continue it, or another run_id",
+            fix="pass `layerlake.track(..., resume=True)` to continue it, or another run_id",
         )
     if (before.suite, before.model) != (run.suite, run.model):
         raise WarehouseError(

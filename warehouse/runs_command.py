@@ -94,15 +94,16 @@ def runs(argv: list[str]) -> int:
 
 
 def _column(values: list[Any]) -> pa.Array:
-    """One listed column: numbers (or lists) when every value present is one, else text; a run without
-    the value shows it missing. Runs differ in what they hold (a run that logged nothing has no
-    ``last.loss``, a killed run no duration, a config value may be a number in one run and text in
-    another), so a column's type is decided from all its values, never from one run's."""
+    """One listed column: typed where every value present is a number or a list and Arrow holds them as
+    one type (a run without the value shows it missing), else text. Runs differ in what they hold (a run
+    that logged nothing has no ``last.loss``, a killed run no duration, a config value may be a number in
+    one run and text in another), so a column's type is decided from all its values, never from one run's."""
     present = [v for v in values if v is not None]
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
-    lists = all(isinstance(v, list) for v in present)
-    if present and (numbers or lists):
-        return pa.array(values)
+    if present and all(isinstance(v, (int, float, list)) and not isinstance(v, bool) for v in present):
+        try:
+            return pa.array(values)
+        except (pa.ArrowException, OverflowError):  # ints and lists of text, an int beyond 64 bits
+            pass
     return pa.array([None if v is None else run_table.text(v) for v in values], pa.string())
 
 

@@ -22,6 +22,8 @@ class Command:
     extra: str | None = None  # optional extra the command needs ("extract"), checked before it runs
     describe: str | None = None  # hydra commands: "module:function" printing `--help` from the arguments
     parser: str | None = None  # plain commands: "module:function" returning its argparse parser
+    flags: str | None = None  # hydra commands: "module:NAME", the options its rewrite takes beside
+    # Hydra's own flags (query's --max-rows N and --all)
     reads_warehouse: bool = False  # hydra commands: paths.warehouse must be a warehouse before the job
     # runs (Hydra makes the job's run folder under paths.runs, which a wrong folder must not get)
 
@@ -62,6 +64,7 @@ COMMANDS: dict[str, Command] = {
         positional="recipe",
         rewrite="layerlake.queries.command:rewrite_args",
         describe="layerlake.queries.command:print_help",
+        flags="layerlake.queries.command:TABLE_FLAGS",
         reads_warehouse=True,
     ),
     "recipes": Command(
