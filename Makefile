@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
+# make test runs the test files on this many processes (pytest-xdist; a file's tests stay together, so its
+# module fixtures are built once): 2 halves the suite on a 2-core machine, most of it waiting on subprocesses
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-slow lint bench clean-data
 
@@ -25,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -165,6 +165,7 @@ def test_sigkill_mid_run_then_rerun_leaves_exactly_one_set_of_rows(tiny_suite, t
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # a Ray cluster with declared GPUs: make test-slow (make test runs a Ray extraction)
 def test_ray_executor_gives_each_gpu_task_its_own_device(tiny_suite, tmp_path):
     import ray
 
@@ -244,6 +245,7 @@ def test_extracting_again_with_other_options_replaces_the_rows(tiny_suite, tmp_p
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # a second Ray cluster started for the test: make test-slow
 def test_ray_executor_joins_an_existing_cluster_by_address(tiny_suite, tmp_path):
     import ray
     from ray.cluster_utils import Cluster

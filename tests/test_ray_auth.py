@@ -16,6 +16,7 @@ LAYERLAKE = str(REPO / ".venv" / "bin" / "layerlake")
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # a whole Ray extraction in a subprocess: make test-slow
 def test_a_local_ray_extraction_prints_no_token_authentication_warning(tiny_suite, tiny_overrides, tmp_path):
     _, suites = tiny_suite
     shutil.copytree(suites, tmp_path / "suites")

@@ -189,6 +189,7 @@ def test_a_corrupt_checkpoint_of_a_complete_model_is_repaired_in_place(tiny_suit
     assert _hashes(moved, data / "suites", "tiny-a") == _hashes(settings, suites, "tiny-a")
 
 
+@pytest.mark.slow  # the SIGKILL-resume mechanism runs in make test through test_resume_after_sigkill_gives_identical_weights
 def test_an_interrupted_build_resumes_from_its_last_intact_checkpoint(tiny_suite, tiny_overrides, tmp_path):
     """Kill a real build, damage its newest checkpoint: the rerun says it resumes from the checkpoint
     before it, resumes there (not from step 0), and ends with the uninterrupted build's weights."""

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import layerlake
 from layerlake.warehouse.command import check
 from layerlake.warehouse.runs import committed_run
@@ -80,6 +82,7 @@ def test_sigkill_during_a_snapshot_keeps_what_was_committed_and_resume_adds_no_d
     assert not list((tmp_path / "_staging").glob("*"))
 
 
+@pytest.mark.slow  # a killed run as readers show it and --mark-killed records it: tests/test_killed_runs.py
 def test_a_killed_run_is_marked_killed_by_the_next_start(tmp_path):
     job = workload(tmp_path, "gone", "--steps", "200")
     for line in job.stdout:

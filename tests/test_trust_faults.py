@@ -392,7 +392,9 @@ def test_an_over_long_name_is_an_error_not_a_file_system_failure(tmp_path, capsy
         w.commit("t", "s", "m" * 300, {}, {})
 
 
-@pytest.mark.parametrize("command", ["import-metrics", "share import"])
+@pytest.mark.parametrize(
+    "command", [pytest.param("import-metrics", marks=pytest.mark.slow), "share import"]
+)  # the same all-or-nothing publish: one in make test, both in make test-slow
 def test_sigkill_of_a_real_import_leaves_the_old_or_the_new_rows(tmp_path, command):
     """The real command killed at random moments: every time, readers see exactly the rows before it or
     exactly the rows of a complete import, never a part; the next run cleans up and completes."""
