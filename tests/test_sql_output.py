@@ -6,6 +6,7 @@ process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -110,6 +111,21 @@ def test_a_reader_that_leaves_ends_the_command_quietly(root):
     assert not any(alive(w) for w in workers)
 
 
+def communicate_or_kill(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
+    """``proc.communicate``; a command still running after ``timeout`` is a failure that says what its
+    signals were (from /proc), and it is killed with its workers, never left running for the next tests."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        signals = [line for line in status.splitlines() if line.startswith(("Sig", "Shd"))]
+        for pid in [*children(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"the command did not end within {timeout} s of Ctrl-C: {signals}") from None
+
+
 @pytest.mark.parametrize("target", ["process", "group"])
 @pytest.mark.parametrize("when", ["running", "streaming"])
 def test_ctrl_c_ends_the_command_and_its_worker_without_a_traceback(root, target, when):
@@ -128,6 +144,24 @@ def test_ctrl_c_ends_the_command_and_its_worker_without_a_traceback(root, target
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     else:
         proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    _, err = communicate_or_kill(proc, timeout=120)
     assert proc.returncode == 130 and b"interrupted" in err and b"Traceback" not in err, err.decode()
+    wait_for(lambda: not any(alive(w) for w in workers), "the worker's end", timeout=30)
+
+
+def test_ctrl_c_delivered_to_another_thread_of_the_command_still_ends_it(root):
+    """The kernel may hand a process's SIGINT to any of its threads (DuckDB's in the parent): the
+    command must still end, as a terminal's Ctrl-C ends it, not wait forever on its worker."""
+    import ctypes
+
+    proc = layerlake("sql", "select count(*) from range(1000000000000) a, range(1000) b", "--root", root,
+                     "--format", "csv", "--timeout", "0", stdout=subprocess.PIPE)  # fmt: skip
+    wait_for(lambda: children(proc.pid), "a worker")
+    workers = children(proc.pid)
+    threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+    assert threads, "the command has no thread but its main one: nothing to test"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(234, proc.pid, threads[-1], signal.SIGINT) == 0  # tgkill (x86_64): that thread only
+    _, err = communicate_or_kill(proc, timeout=60)
+    assert proc.returncode == 130 and b"Traceback" not in err, err.decode()
     wait_for(lambda: not any(alive(w) for w in workers), "the worker's end", timeout=30)

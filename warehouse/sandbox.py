@@ -262,7 +262,7 @@ class Result:
             # past the deadline nothing more is read, even while batches keep coming (a result streamed
             # into a file arrives faster than it is written: polling alone would never time out)
             late = self._deadline is not None and time.monotonic() >= self._deadline
-            ready = not late and worker.conn.poll(_remaining(self._deadline))
+            ready = not late and _wait(worker.conn, self._deadline)
             data = worker.conn.recv_bytes() if ready else None
         except (EOFError, OSError):
             data = b""
@@ -319,6 +319,22 @@ class _Worker:
         with suppress(OSError):
             self.conn.close()
         return self.process.exitcode
+
+
+POLL_S = 0.2  # the longest the parent waits on a worker's pipe before it looks at its signals again
+
+
+def _wait(conn: Any, deadline: float | None) -> bool:
+    """Whether a message came before ``deadline`` (None: wait for one), waiting in slices of ``POLL_S``: a
+    Ctrl-C that the kernel hands to another thread of the parent (DuckDB's) only sets a flag, which the
+    main thread acts on when it next runs Python code, never while it blocks in one long ``poll``."""
+    while True:
+        remaining = _remaining(deadline)
+        step = POLL_S if remaining is None else min(POLL_S, remaining)
+        if conn.poll(step):
+            return True
+        if remaining is not None and remaining <= step:
+            return False
 
 
 def _remaining(deadline: float | None) -> float | None:
