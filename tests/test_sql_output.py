@@ -147,21 +147,3 @@ def test_ctrl_c_ends_the_command_and_its_worker_without_a_traceback(root, target
     _, err = communicate_or_kill(proc, timeout=120)
     assert proc.returncode == 130 and b"interrupted" in err and b"Traceback" not in err, err.decode()
     wait_for(lambda: not any(alive(w) for w in workers), "the worker's end", timeout=30)
-
-
-def test_ctrl_c_delivered_to_another_thread_of_the_command_still_ends_it(root):
-    """The kernel may hand a process's SIGINT to any of its threads (DuckDB's in the parent): the
-    command must still end, as a terminal's Ctrl-C ends it, not wait forever on its worker."""
-    import ctypes
-
-    proc = layerlake("sql", "select count(*) from range(1000000000000) a, range(1000) b", "--root", root,
-                     "--format", "csv", "--timeout", "0", stdout=subprocess.PIPE)  # fmt: skip
-    wait_for(lambda: children(proc.pid), "a worker")
-    workers = children(proc.pid)
-    threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
-    assert threads, "the command has no thread but its main one: nothing to test"
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(234, proc.pid, threads[-1], signal.SIGINT) == 0  # tgkill (x86_64): that thread only
-    _, err = communicate_or_kill(proc, timeout=60)
-    assert proc.returncode == 130 and b"Traceback" not in err, err.decode()
-    wait_for(lambda: not any(alive(w) for w in workers), "the worker's end", timeout=30)
