@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -111,19 +112,40 @@ def test_a_reader_that_leaves_ends_the_command_quietly(root):
     assert not any(alive(w) for w in workers)
 
 
-def communicate_or_kill(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
-    """``proc.communicate``; a command still running after ``timeout`` is a failure that says what its
-    signals were (from /proc), and it is killed with its workers, never left running for the next tests."""
+def foreground_sigint() -> None:
+    """In the child before it runs the command: Ctrl-C's default disposition, as a terminal's foreground
+    command has it. A suite started in the background (``make test &``, ``nohup``) runs with SIGINT
+    ignored, which its children inherit, and Python then keeps ignoring it, as a background job should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def end_or_kill(proc: subprocess.Popen, timeout: float) -> bytes:
+    """The command's stderr once it ended, its stdout read and dropped as it comes (a stream that did not
+    stop would otherwise fill the test's memory); a command still running after ``timeout`` is a failure
+    that says what its signals were (from /proc), and it is killed with its workers, never left running
+    for the next tests."""
+    drains = [threading.Thread(target=drain, args=(stream,), daemon=True) for stream in (proc.stdout,)]
+    for thread in drains:
+        thread.start()
     try:
-        return proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         status = Path(f"/proc/{proc.pid}/status").read_text()
         signals = [line for line in status.splitlines() if line.startswith(("Sig", "Shd"))]
         for pid in [*children(proc.pid), proc.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        proc.communicate()
+        proc.wait()
         raise AssertionError(f"the command did not end within {timeout} s of Ctrl-C: {signals}") from None
+    finally:
+        for thread in drains:
+            thread.join(timeout=30)
+    return proc.stderr.read()
+
+
+def drain(stream) -> None:
+    while stream is not None and stream.read(1 << 16):
+        pass
 
 
 @pytest.mark.parametrize("target", ["process", "group"])
@@ -134,7 +156,7 @@ def test_ctrl_c_ends_the_command_and_its_worker_without_a_traceback(root, target
         "streaming": "select range from range(1000000000000)",
     }[when]
     proc = layerlake("sql", statement, "--root", root, "--format", "csv", "--timeout", "0",
-                     stdout=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                     stdout=subprocess.PIPE, start_new_session=True, preexec_fn=foreground_sigint)  # fmt: skip
     if when == "streaming":
         assert proc.stdout.readline() == b'"range"\n'
     wait_for(lambda: children(proc.pid), "a worker")
@@ -144,6 +166,6 @@ def test_ctrl_c_ends_the_command_and_its_worker_without_a_traceback(root, target
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     else:
         proc.send_signal(signal.SIGINT)
-    _, err = communicate_or_kill(proc, timeout=120)
+    err = end_or_kill(proc, timeout=120)
     assert proc.returncode == 130 and b"interrupted" in err and b"Traceback" not in err, err.decode()
     wait_for(lambda: not any(alive(w) for w in workers), "the worker's end", timeout=30)
