@@ -224,6 +224,8 @@ def test_staging_leftovers_are_reported_and_removed_but_never_a_live_writers(tmp
     live.write_bytes(b"y")
     assert main(["check", "--root", str(root)]) == 1
     assert "FAIL staging_leftovers" in capsys.readouterr().out
+    assert main(["check", "--root", str(root), "--allow", "staging_leftovers"]) == 0  # named, accepted
+    assert "staging_leftovers" in capsys.readouterr().out and dead.exists()
     w.commit("t1", "s", "m", checkpoint_tables("m", 1, {(0, "a"): np.eye(3)}, {(0, "w"): [1.0]}, d=3), {})
     assert not dead.exists() and live.exists()
     live.unlink()

@@ -297,6 +297,11 @@ def print_result(
         write_result(result, fmt, output)
 
 
+# findings beside the audits that a user may knowingly accept: files a dead writer was staging (harmless,
+# the next writer removes them), runs killed and kept as they are
+ALLOWABLE = ("staging_leftovers", "killed_runs")
+
+
 def check_parser() -> argparse.ArgumentParser:
     """The arguments of ``layerlake check``."""
     audits = load_audits()
@@ -308,7 +313,7 @@ def check_parser() -> argparse.ArgumentParser:
         "--verify-files", action="store_true", help="also verify every committed file's sha256"
     )
     parser.add_argument(
-        "--allow", action="append", default=[], choices=[a.name for a in audits],
+        "--allow", action="append", default=[], choices=[a.name for a in audits] + list(ALLOWABLE),
         help="show this audit's rows but do not fail on them (e.g. duplicate_weights for Pythia)",
     )  # fmt: skip
     parser.add_argument("--max-rows", type=int, default=20, help="offending rows shown per audit")
