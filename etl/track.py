@@ -98,7 +98,7 @@ class Cadence:
     @classmethod
     def parse(cls, value: Cadence | int | str | Iterable[int] | None) -> Cadence:
         """``Cadence`` from a cadence, ``N`` (every N steps), ``"pythia"``, ``"pythia:N"`` (log-spaced, then
-        every N), ``"log"`` (powers of two only), a list of steps, or None (every 128 steps)."""
+        every N), ``"log"`` (powers of two only), a list of steps, or None (every 256 steps)."""
         if isinstance(value, Cadence):
             return value
         if value is None:
@@ -123,10 +123,11 @@ class Cadence:
 
 
 CADENCE_FIX = 'use an int (every N steps), "pythia", "pythia:N", "log", or a list of steps'
-# Measured (benchmarks/track_overhead.py, benchmarks/RESULTS.md): on the embedded models on 2 CPU cores,
-# the time spent in tracking calls is 3.3-4.0% of training at every 128 steps, 7-8% at every 64, and
-# about 9% with Pythia's log-spaced schedule over 512 updates (10 snapshots).
-DEFAULT_CADENCE = Cadence(every=128)
+# Measured (benchmarks/track_overhead.py, benchmarks/RESULTS.md): on the embedded models on 2 CPU cores, a
+# snapshot with the default options (gradient spectra and the ov gradient included) costs about 7 training
+# steps; the time spent in tracking calls is 2.3-3.9% of training at every 256 steps (Hugging Face and
+# declared-layout models), 4.5-7.0% at every 128, and more with Pythia's log-spaced schedule early on.
+DEFAULT_CADENCE = Cadence(every=256)
 
 
 # --- the probe a run snapshots through ----------------------------------------------------------------

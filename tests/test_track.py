@@ -219,6 +219,7 @@ def test_a_failing_snapshot_is_recorded_and_training_goes_on(tmp_path, capsys):
 
 def test_cadence_forms():
     assert [s for s in range(200) if s in Cadence.parse(64)] == [0, 64, 128, 192]
+    assert [s for s in range(600) if s in Cadence.parse(None)] == [0, 256, 512]  # the measured default
     assert [s for s in range(20) if s in Cadence.parse([3, 7])] == [3, 7]
     pythia = [s for s in range(2000) if s in Cadence.parse("pythia")]
     assert pythia[:11] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512] and pythia[-1] == 1000
