@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -124,44 +125,69 @@ def manifest_path(root: Path) -> Path:
 
 
 def file_problem(
-    root: Path, listed: FileEntry, verify_sha256: bool = False, schema_version: int | None = None
+    root: Path,
+    listed: FileEntry,
+    verify_sha256: bool = False,
+    schema_version: int | None = None,
+    links: dict[tuple[str, str], bool] | None = None,
 ) -> str | None:
     """What is wrong with the file ``listed`` names under ``root``: a path that breaks the shard rule or
     leaves the root, a symbolic link on the way, missing, wrong size, or (with ``verify_sha256``) wrong
-    sha256; None when it matches. The one file check of the warehouse and of shared folders."""
+    sha256; None when it matches. The one file check of the warehouse and of shared folders. ``links``
+    keeps, for one pass over many files, whether each folder on the way is a link (a few folders hold
+    thousands of files: one ``lstat`` per file instead of one per file and folder)."""
     name = parse_shard_path(listed.path)
     legacy = schema_version is not None and schema_version < 2 and is_schema1_shard_path(listed.path)
     if not legacy and (name is None or name.table != listed.table):
         return "is not a shard path of this layout (<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet)"
-    path = root / listed.path
-    for part in (path, *path.relative_to(root).parents):
-        if (root / part).is_symlink():
-            return "is reached through a symbolic link (links are refused: they can point anywhere)"
+    base = str(root)
+    parts = listed.path.split("/")  # the listed path is relative, in POSIX form (the shard rule)
+    if any(_is_link(base, "/".join(parts[:depth]), links) for depth in range(len(parts))):
+        return LINK_PROBLEM
+    path = os.path.join(base, listed.path)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+        status = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
         return "missing"
-    if not path.is_file():
+    if stat.S_ISLNK(status.st_mode):
+        return LINK_PROBLEM
+    if not stat.S_ISREG(status.st_mode):
         return "is not a regular file"
-    if size != listed.bytes:
-        return f"{size} bytes, the manifest lists {listed.bytes}"
-    if verify_sha256 and sha256_file(path) != listed.sha256:
+    if status.st_size != listed.bytes:
+        return f"{status.st_size} bytes, the manifest lists {listed.bytes}"
+    if verify_sha256 and sha256_file(Path(path)) != listed.sha256:
         return "sha256 differs from the manifest"
     return None
+
+
+LINK_PROBLEM = "is reached through a symbolic link (links are refused: they can point anywhere)"
+
+
+def _is_link(base: str, folder: str, links: dict[tuple[str, str], bool] | None) -> bool:
+    """Whether ``folder`` (relative to ``base``; "" is ``base`` itself) is a symbolic link."""
+    key = (base, folder)
+    if links is not None and key in links:
+        return links[key]
+    found = os.path.islink(os.path.join(base, folder) if folder else base)
+    if links is not None:
+        links[key] = found
+    return found
 
 
 def entry_problems(
     root: Path, entry: CommitEntry, verify_sha256: bool = False, seen: dict | None = None
 ) -> list[tuple[FileEntry, str]]:
     """``(file, problem)`` for every file of ``entry`` (under ``root``) that does not match its listing.
-    ``seen`` caches the answer per file, for files that many tasks share (a compacted file)."""
+    ``seen`` caches, for one pass, the answer per file (for files that many tasks share: a compacted
+    file) and whether each folder on the way is a link."""
     found = []
+    links = None if seen is None else seen.setdefault("folders that are links", {})
     for f in entry.files:
         key = (f.path, f.bytes, f.sha256)
         if seen is not None and key in seen:
             problem = seen[key]
         else:
-            problem = file_problem(root, f, verify_sha256, entry.schema_version)
+            problem = file_problem(root, f, verify_sha256, entry.schema_version, links)
             if seen is not None:
                 seen[key] = problem
         if problem is not None:
