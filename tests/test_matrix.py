@@ -210,8 +210,29 @@ class States:
         root, tracked = self.copy("tracked runs compacted", "killed-migrate")
         as_schema_3(root)
         as_schema_2(root)
+        named_by_content(root)
         killed(root, "migrate", "placed")
         return State(root, tracked.counts, "neox-t", outdated=True)
+
+
+def named_by_content(root: Path) -> None:
+    """Give every listed file the name a writer gives its bytes (``<task>-<sha256[:16]>.parquet``). The
+    schema rewriters change files in place under their old names; a migration that writes the original
+    bytes back would then name its file as the rewritten one and place it over a listed file, a
+    collision no warehouse written by an older layerlake has."""
+    manifest = root / "_manifest" / "commits.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    renamed: dict[str, str] = {}
+    for line in lines:
+        for entry in line.get("entries", [line]):
+            for f in entry.get("files", []):
+                old = f["path"]
+                if old not in renamed:
+                    renamed[old] = re.sub(r"-[0-9a-f]{16}\.parquet$", f"-{f['sha256'][:16]}.parquet", old)
+                    if renamed[old] != old:
+                        (root / old).rename(root / renamed[old])
+                f["path"] = renamed[old]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
 BUILDERS = {
