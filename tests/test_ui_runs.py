@@ -235,9 +235,15 @@ def browser():
 
 
 def wait_for(driver, condition, what: str):
+    """Wait until ``condition`` holds; an element the page re-drew between finding and reading it (a
+    table redrawn after a sort) is looked for again, not an error."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, 60, poll_frequency=0.2).until(condition, message=what)
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, 60, poll_frequency=0.2, ignored_exceptions=ignored).until(
+        condition, message=what
+    )
 
 
 def status_text(driver) -> str:

@@ -94,6 +94,14 @@ def as_query_error(error: SqlError) -> QueryError:
     return error if isinstance(error, QueryError) else QueryError(error.message, fix=error.fix)
 
 
+def check_statement(sql: str, what: str) -> None:
+    """``read_only_statement`` with its refusal as a ``QueryError``."""
+    try:
+        read_only_statement(sql, what)
+    except SqlError as error:
+        raise as_query_error(error) from error
+
+
 class Sandbox:
     """Worker processes that run users' statements under ``limits``; ``query()`` one at a time per worker.
 
@@ -170,16 +178,20 @@ class Sandbox:
         (``what`` names the statement's origin in a refusal). The time limit counts from when a worker
         with open views starts the statement. Leaving the block before the end of the answer stops the
         worker (it is not reused)."""
-        try:
-            read_only_statement(sql, what)  # refused here, before a worker is taken
-        except SqlError as error:
-            raise as_query_error(error) from error
+        forking = self._context.get_start_method() == "fork"
+        if not forking:
+            check_statement(sql, what)  # refused here, before a worker is taken
         timeout = self.limits.timeout_s or None
         if not self._slots.acquire(timeout=timeout):
             raise as_query_error(time_error(self.limits))  # every worker busy for the whole time limit
         worker = result = None
+        refused = False
         try:
-            worker = self._take()
+            worker = self._take()  # forked before this process opens the parsing connection (its threads)
+            if forking:
+                refused = True
+                check_statement(sql, what)
+                refused = False
             result = Result(worker, self.limits)
             worker.send((sql, dict(variables or {}), what))
             result.open()
@@ -188,7 +200,8 @@ class Sandbox:
             if result is not None:
                 self.last_memory = result.memory
             if worker is not None:
-                self._give_back(worker, reusable=result is not None and result.ended and worker.alive)
+                ended = result is not None and result.ended
+                self._give_back(worker, reusable=(ended or refused) and worker.alive)
             self._slots.release()
 
     def _take(self) -> _Worker:
