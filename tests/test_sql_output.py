@@ -169,3 +169,18 @@ def test_ctrl_c_ends_the_command_and_its_worker_without_a_traceback(root, target
     err = end_or_kill(proc, timeout=120)
     assert proc.returncode == 130 and b"interrupted" in err and b"Traceback" not in err, err.decode()
     wait_for(lambda: not any(alive(w) for w in workers), "the worker's end", timeout=30)
+
+
+def test_a_forking_sandbox_refuses_a_write_and_keeps_the_worker_it_forked_first(root):
+    """``layerlake sql``'s sandbox forks its worker before the statement is checked (the check opens a
+    DuckDB connection, whose threads a later fork would copy); a refused statement gives that worker back."""
+    from layerlake.warehouse.errors import QueryError
+    from layerlake.warehouse.sandbox import Sandbox
+
+    with Sandbox(Path(root), start="fork", max_workers=1) as box:
+        with pytest.raises(QueryError, match="read-only"), box.query("drop table sketches"):
+            pass
+        (worker,) = box._idle  # forked, kept after the refusal
+        with box.query("select count(*) as n from sketches") as result:
+            assert result.read_all().to_pylist() == [{"n": 1}]
+        assert box._idle == [worker] and worker.alive
