@@ -27,7 +27,14 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from layerlake.warehouse.manifest import CommitEntry, FileEntry, entry_problems, is_archived, latest
+from layerlake.warehouse.manifest import (
+    CommitEntry,
+    FileCheckPass,
+    FileEntry,
+    entry_problems,
+    is_archived,
+    latest,
+)
 from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc
 
 SMALL_BYTES = 4 << 20  # files below this are merged
@@ -101,11 +108,11 @@ def small_files(
 ) -> dict[tuple[str, str, str], list[tuple[CommitEntry, FileEntry]]]:
     """The files to merge, per (table, suite, model), in manifest order: small, listed by one task."""
     groups: dict[tuple[str, str, str], list[tuple[CommitEntry, FileEntry]]] = defaultdict(list)
-    seen: dict = {}
+    checks = FileCheckPass()
     for entry in committed.values():
         if run_ids is not None and entry.run_id not in run_ids:
             continue
-        if entry_problems(store.root, entry, seen=seen):
+        if entry_problems(store.root, entry, checks=checks):
             continue  # a damaged task is left for check to name, not folded into a merged file
         if is_archived(entry):
             continue  # hidden rows must not share a file with shown ones (a view reads a file whole)

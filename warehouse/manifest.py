@@ -174,22 +174,30 @@ def _is_link(base: str, folder: str, links: dict[tuple[str, str], bool] | None) 
     return found
 
 
+@dataclass
+class FileCheckPass:
+    """What one pass over many entries has already learnt: the answer per listed file (files that many
+    tasks share, a compacted file, are checked once) and whether each folder on the way is a link."""
+
+    files: dict[tuple[str, int, str], str | None] = field(default_factory=dict)
+    links: dict[tuple[str, str], bool] = field(default_factory=dict)
+
+
 def entry_problems(
-    root: Path, entry: CommitEntry, verify_sha256: bool = False, seen: dict | None = None
+    root: Path, entry: CommitEntry, verify_sha256: bool = False, checks: FileCheckPass | None = None
 ) -> list[tuple[FileEntry, str]]:
     """``(file, problem)`` for every file of ``entry`` (under ``root``) that does not match its listing.
-    ``seen`` caches, for one pass, the answer per file (for files that many tasks share: a compacted
-    file) and whether each folder on the way is a link."""
+    ``checks``, when given, is reused across one pass over many entries."""
     found = []
-    links = None if seen is None else seen.setdefault("folders that are links", {})
     for f in entry.files:
         key = (f.path, f.bytes, f.sha256)
-        if seen is not None and key in seen:
-            problem = seen[key]
+        if checks is not None and key in checks.files:
+            problem = checks.files[key]
         else:
+            links = None if checks is None else checks.links
             problem = file_problem(root, f, verify_sha256, entry.schema_version, links)
-            if seen is not None:
-                seen[key] = problem
+            if checks is not None:
+                checks.files[key] = problem
         if problem is not None:
             found.append((f, problem))
     return found

@@ -185,13 +185,15 @@ class Sandbox:
         if not self._slots.acquire(timeout=timeout):
             raise as_query_error(time_error(self.limits))  # every worker busy for the whole time limit
         worker = result = None
-        refused = False
         try:
             worker = self._take()  # forked before this process opens the parsing connection (its threads)
             if forking:
-                refused = True
-                check_statement(sql, what)
-                refused = False
+                try:
+                    check_statement(sql, what)
+                except QueryError:
+                    self._give_back(worker, reusable=worker.alive)  # it ran nothing: keep it for the next
+                    worker = None
+                    raise
             result = Result(worker, self.limits)
             worker.send((sql, dict(variables or {}), what))
             result.open()
@@ -201,7 +203,7 @@ class Sandbox:
                 self.last_memory = result.memory
             if worker is not None:
                 ended = result is not None and result.ended
-                self._give_back(worker, reusable=(ended or refused) and worker.alive)
+                self._give_back(worker, reusable=ended and worker.alive)
             self._slots.release()
 
     def _take(self) -> _Worker:

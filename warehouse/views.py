@@ -35,6 +35,7 @@ from layerlake.warehouse.errors import ManifestError, WarehouseError
 from layerlake.warehouse.locate import SHARED_MANIFEST, is_warehouse, warehouse_root
 from layerlake.warehouse.manifest import (
     CommitEntry,
+    FileCheckPass,
     FileEntry,
     entry_problems,
     is_archived,
@@ -90,11 +91,15 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
             f"{min(e.schema_version for e in old)}; this one reads {schema.SCHEMA_VERSION})",
             fix=f"run `layerlake migrate --root {root}` once: it rewrites the files and keeps every row",
         )
-    shards, seen, paths = [], {}, {}  # paths: one Path per file, however many tasks share it (compacted)
+    shards, checks, paths = (
+        [],
+        FileCheckPass(),
+        {},
+    )  # paths: one Path per file, however many tasks share it (compacted)
     for entry in committed.values():
         if is_archived(entry):
             continue  # an archived run (`layerlake runs archive`): kept, not shown
-        if not entry_problems(root, entry, seen=seen):
+        if not entry_problems(root, entry, checks=checks):
             for f in entry.files:
                 if f.table in schema.TABLES:
                     path = paths.get(f.path) or paths.setdefault(f.path, root / f.path)
