@@ -504,11 +504,14 @@ def frobenius(g: torch.Tensor) -> float:
 
 def cka(g1: torch.Tensor, g2: torch.Tensor) -> float:
     """CKA of two centred Grams of the same probe: ``<G1, G2> / (|G1| |G2|)``, clamped to [-1, 1] as the
-    warehouse's ``cka`` macros are (beyond it is the sums' rounding; below 0 is the debiased estimator's).
+    warehouse's ``cka`` macros are (beyond it is the sums' rounding; below 0 is the debiased estimator's);
+    NaN where they give NULL (a zero Gram, or one holding a NaN or an infinity).
 
     >>> g = center_biased(linear_gram(torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])))
     >>> round(cka(g, 3.0 * g), 12)
     1.0
     """
     g1, g2 = as64(g1), as64(g2)
-    return min(1.0, max(-1.0, (g1 * g2).sum().item() / (frobenius(g1) * frobenius(g2))))
+    norms = frobenius(g1) * frobenius(g2)
+    value = (g1 * g2).sum().item() / norms if norms != 0 else math.nan
+    return min(1.0, max(-1.0, value)) if math.isfinite(value) else math.nan

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import duckdb
 import numpy as np
 import pytest
@@ -357,6 +359,53 @@ def metrics_cka_clamped() -> bool:
     return cka(g, g) <= 1.0 and cka(g, -g) >= -1.0 and cka(g, 2 * g) == pytest.approx(1.0)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_a_cka_of_a_gram_holding_a_nan_or_an_infinity_is_null_not_clamped_to_one(con, bad):
+    # DuckDB orders NaN above every number: a plain clamp (x > 1 -> 1) read a diverged layer as identical
+    import torch
+
+    from layerlake.etl.metrics import cka
+    from layerlake.warehouse.gram import to_bytes
+
+    a, b = [1.0, bad, 2.0], [1.0, 1.0, 2.0]
+    assert q(con, "select cka(?::DOUBLE[], ?::DOUBLE[])", a, b) is None
+    assert q(con, "select cka(?::FLOAT[], ?::FLOAT[])", a, a) is None
+    assert q(con, "select cka_normed(?::DOUBLE[], ?::DOUBLE[], ?, 2.0)", b, b, bad) is None
+    assert q(con, "select cka_bytes(?::BLOB, ?::BLOB, 3.0, 2.4)", to_bytes(a), to_bytes(b)) is None
+    assert math.isnan(cka(torch.tensor(a), torch.tensor(b)))
+
+
+def test_a_gram_past_float32s_range_gives_a_null_cka_not_one(con):
+    # independent activations whose float64 Grams are finite but overflow float32 storage (a diverged run)
+    from layerlake.warehouse.gram import pack, to_bytes
+
+    rng = np.random.default_rng(5)
+    x, y = (rng.normal(size=(16, 8)) * 1e19 for _ in range(2))
+    a, b = (pack(centred_gram(m)) for m in (x, y))
+    assert np.isfinite(a).all() and not np.isfinite(a.astype(np.float32)).all()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    stored = q(con, "select cka_bytes(?::BLOB, ?::BLOB, ?, ?)", to_bytes(a.astype(np.float32)),
+               to_bytes(b.astype(np.float32)), na, nb)  # fmt: skip
+    assert stored is None
+
+
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_a_spectrum_holding_a_nan_or_an_infinity_has_no_rank_softrank_or_power_law_fit(con, bad):
+    sv = [3.0, bad, 1.0]
+    for sql in (
+        "numerical_rank($1, 3, 3, 1e-16)", "condition_number($1, 3, 3, 1e-16)",
+        "matrix_entropy($1, 3, 3, 1e-16)", "mp_softrank($1, 3, 3)", "ww_alpha($1)", "ww_xmin($1)",
+        "ww_ks($1)", "ww_tail($1)", "alpha_weighted($1)",
+    ):  # fmt: skip
+        assert q(con, f"select {sql.replace('$1', '?::DOUBLE[]')}", sv) is None, sql
+    for sql in ("erank(?::DOUBLE[])", "stable_rank(?::DOUBLE[])", "frobenius_norm(?::DOUBLE[])"):
+        value = q(con, f"select {sql}", sv)  # arithmetic measures carry the NaN or infinity, never a number
+        assert value is None or not math.isfinite(value), sql
+
+
 def test_cka_of_zero_gram_is_null(con):
     assert q(con, "select cka([0, 0]::FLOAT[], [1, 2]::FLOAT[])") is None
     assert q(con, "select cka_normed([1, 0]::FLOAT[], [1, 0]::FLOAT[], 1.0, 0.0)") is None
@@ -662,8 +711,8 @@ def test_ww_fit_is_null_without_a_tail_and_the_same_scanned_in_any_blocks(con, m
     from layerlake.warehouse import powerlaw
 
     for sv in ([], [1.0], [1e-4, 2.0], [3.0, 3.0, 3.0]):  # < 2 eigenvalues above 1e-5, or a flat tail
-        assert q(con, "select ww_alpha(?::DOUBLE[])", sv) is None, sv
-    assert q(con, "select ww_tail(?::DOUBLE[])", [3.0, 3.0, 3.0]) == 3  # every candidate's D is 1: the first
+        for macro in ("ww_alpha", "ww_xmin", "ww_ks", "ww_tail", "alpha_weighted"):  # no fit, no part of one
+            assert q(con, f"select {macro}(?::DOUBLE[])", sv) is None, (macro, sv)
     eig = np.sort(np.random.default_rng(7).pareto(2.0, size=300) + 1)
     whole = powerlaw.ww_fit(eig)
     monkeypatch.setattr(powerlaw, "BLOCK_VALUES", 1000)  # 3 candidates a block

@@ -11,7 +11,9 @@ and its Kolmogorov-Smirnov distance to the fitted power law
     D_i = max_{j>=i} | 1 - (eig[j] / eig[i])^(1 - alpha_i) - (j - i) / m |      (1 when alpha_i <= 1)
 
 (Clauset, Shalizi and Newman 2009; WeightWatcher's default fit). The fit is the candidate with the
-smallest D (the first on ties): ``[D, i, alpha, x_min, m]``. NULL with fewer than 2 eigenvalues.
+smallest D (the first on ties): ``[D, i, alpha, x_min, m]``. NULL with fewer than 2 eigenvalues, when
+no candidate's tail has an exponent (every eigenvalue equal: no power law to fit), or when an eigenvalue
+is NaN or infinite (a diverged matrix: there is no fit, and a partial one would read as a real alpha).
 
 In numpy rather than SQL: the KS scan is O(n^2) per spectrum, and DuckDB's lambdas over every
 candidate's tail were 4x the weightwatcher package at 2,048 eigenvalues (0.34 s a spectrum), where
@@ -34,13 +36,14 @@ MAX_EIGENVALUES = 1 << 15  # the fit takes at most this many eigenvalues: its KS
 
 
 def ww_fit(eig: np.ndarray) -> list[float] | None:
-    """``[D, i, alpha, x_min, m]`` of the best candidate (i 1-based, as in SQL), or None for n < 2."""
+    """``[D, i, alpha, x_min, m]`` of the best candidate (i 1-based, as in SQL); None for n < 2, for
+    equal eigenvalues (no exponent) and for a NaN or an infinity among them."""
     eig = np.asarray(eig, dtype=np.float64)
     n = eig.size
     if n > MAX_EIGENVALUES:
         raise SizeBoundError("ww_alpha (and ww_ks, ww_tail, ww_xmin, alpha_weighted)", n,
                              "eigenvalues", MAX_EIGENVALUES, "its KS scan is quadratic")  # fmt: skip
-    if n < 2:
+    if n < 2 or not np.isfinite(eig).all():
         return None
     i = np.arange(n - 1)  # candidates, 0-based: every value but the largest
     m = (n - i).astype(np.float64)
@@ -63,6 +66,8 @@ def ww_fit(eig: np.ndarray) -> list[float] | None:
         gap = np.abs(1 - fitted_cdf - (j[None, :] - block[:, None]) / m[block, None])
         gap[j[None, :] < block[:, None]] = -np.inf  # only the candidate's own tail
         distance[block] = gap.max(axis=1)
+    if fitted.size == 0:
+        return None  # no tail with an exponent: every eigenvalue equal, nothing to fit
     best = int(np.argmin(np.where(np.isnan(distance), np.inf, distance)))  # the first of the smallest
     fit_alpha = None if np.isnan(alpha[best]) else float(alpha[best])  # a flat tail has none
     return [float(distance[best]), float(best + 1), fit_alpha, float(eig[best]), float(m[best])]

@@ -9,6 +9,7 @@
 --    and gradients of a float32 pass, whose missing directions sit at float32's rounding (about 1e-8 of
 --    s_1, far above float64's tolerance: with 2^-52 the gradient of a matrix writing into the residual
 --    stream, rank d_model - 1, counts d_model, with a condition number near 1e8).
---    0 for an all-zero or empty spectrum; NULL when sv, rows, cols or eps is NULL.
+--    0 for an all-zero or empty spectrum; NULL when sv, rows, cols or eps is NULL, or sv holds a NaN
+--    or an infinity.
 -- uses: _ll_significant
 CREATE OR REPLACE MACRO numerical_rank(sv, rows, cols, eps) AS len(_ll_significant(sv, rows, cols, eps));
