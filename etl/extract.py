@@ -57,14 +57,17 @@ def extract_from_model(
     options: ExtractOptions,
     spectra_cache: WeightSpectraCache | None = None,
     layout: Layout | Fit | str | None = None,
+    live: bool = False,
 ) -> tuple[dict[str, pa.Table], dict[str, float]]:
     """Every summary of one checkpoint from one pass: ``({table: pa.Table}, {phase: seconds})``.
 
     Tables are ``activation_stats``, ``sketches`` and ``spectra``, each matching
     ``TABLES[name].arrow_schema()`` (no suite/model partition columns). Phases (``PHASES``):
     ``forward``, ``backward`` (0 without gradients), ``summaries`` (activation stats), ``sketches``
-    (Grams), ``svd`` (weight and gradient spectra) and ``matrix_stats``. The model is moved to
-    ``options.device`` and cast to ``options.dtype`` in place. ``spectra_cache`` (given only with a true
+    (Grams), ``svd`` (weight and gradient spectra) and ``matrix_stats``. A loaded checkpoint is moved to
+    ``options.device`` and cast to ``options.dtype`` in place; a ``live`` one (a model in training,
+    ``layerlake.track``) runs as it is, never moved or cast (its parameters may mix dtypes and devices:
+    float32 norms in a bfloat16 model), with ``options`` naming its coarsest dtype. ``spectra_cache`` (given only with a true
     weights hash) supplies weight spectra already taken from the same weights. ``layout`` says where the
     sites and matrices live (a ``Layout``, a preset name, a YAML path, or one already fitted to this
     model); None: the Hugging Face family's preset.
@@ -77,11 +80,14 @@ def extract_from_model(
     timed = Phases(device)
     rows = Rows(ref.step, weights_sha256, probe.probe_id, timed, pass_eps(options, device))
     was_training = model.training
-    model.to(device)
+    if not live:
+        model.to(device)
     try:
         if options.weight_spectra:
             _add_spectra(rows, fitted, options, "weight", spectra_cache)
-        model.to(TORCH_DTYPES[options.dtype]).eval()
+        if not live:
+            model.to(TORCH_DTYPES[options.dtype])
+        model.eval()
         with _grads_enabled(model, options.gradients), pass_precision(options, device):
             ids, positions = probe_tensors(probe, device)
             ov_gradient = OvGradient(fitted) if fitted.layout.probs != AttentionProbs.none else None
@@ -166,6 +172,48 @@ def _check_options(options: ExtractOptions, fitted: Fit, probe: ProbeBatch, mode
         raise ExtractionError(
             "gradients need the language-model loss, but the model has no LM head",
             fix="load a *ForCausalLM model, or set extract.gradients=false",
+        )
+    check_probe_fits(probe, model, options.gradients)
+
+
+def token_embedding(model: nn.Module) -> nn.Embedding | None:
+    """A Hugging Face model's input embedding, else the model's first ``nn.Embedding`` (the token
+    embedding in nanoGPT, litGPT, OLMo-core and torchtitan alike); None if it has none."""
+    found = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(found, nn.Embedding):
+        return found
+    return next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+
+
+def check_probe_fits(probe: ProbeBatch, model: nn.Module, gradients: bool) -> None:
+    """The probe's token ids lie in the model's vocabulary (its first embedding: the token embedding of
+    every supported family) and its sequences fit the model's learned positions where it has a fixed
+    number (``n_positions``: GPT-2; ``block_size``: nanoGPT); with gradients, each sequence has a next
+    token to predict. A ``ProbeError`` naming the fix, before any work: past the table, an embedding
+    fails at every snapshot with a bare IndexError."""
+    if gradients and probe.seq_len < 2:
+        raise ProbeError(
+            f"probe {probe.probe_id} has sequences of {probe.seq_len} token: the gradients' loss predicts "
+            "each next token, so a sequence needs 2 or more",
+            fix="use longer probe sequences, or extract.gradients=false",
+        )
+    tokens = token_embedding(model)
+    if tokens is not None and probe.token_ids:
+        low = min(min(seq) for seq in probe.token_ids)
+        high = max(max(seq) for seq in probe.token_ids)
+        if low < 0 or high >= tokens.num_embeddings:
+            raise ProbeError(
+                f"probe {probe.probe_id} holds token id {low if low < 0 else high}, outside the model's "
+                f"vocabulary of {tokens.num_embeddings} (ids 0 to {tokens.num_embeddings - 1})",
+                fix="tokenize the probe with the model's own tokenizer",
+            )
+    config = getattr(model, "config", None)
+    limit = getattr(config, "n_positions", None) or getattr(config, "block_size", None)
+    if isinstance(limit, int) and probe.seq_len > limit:
+        raise ProbeError(
+            f"probe {probe.probe_id} has sequences of {probe.seq_len} tokens; the model takes at most "
+            f"{limit} (its learned positions)",
+            fix=f"cut the probe's sequences to {limit} tokens or fewer",
         )
 
 
@@ -298,7 +346,11 @@ def _spectra(
         ]
     precision = TORCH_DTYPES[Dtype(options.spectra_precision.value)]
     with timed("svd"):
-        values = metrics.batched_svdvals([(a, b) for *_, a, b in found], dtype=precision)
+        try:
+            values = metrics.batched_svdvals([(a, b) for *_, a, b in found], dtype=precision)
+        except torch.linalg.LinAlgError:
+            raise_non_finite(found, tensor)
+            raise
     with timed("matrix_stats"):
         stats = _entry_stats([(a, b) for _, _, head, a, b in found if head is None])
     spectra = []
@@ -307,6 +359,21 @@ def _spectra(
         cols = a.shape[1] if b is None else b.shape[1]
         spectra.append(Spectrum(layer, matrix, head, a.shape[0], cols, sv, next(stats) if own else None))
     return spectra
+
+
+def raise_non_finite(found: list[tuple], tensor: str) -> None:
+    """An ``ExtractionError`` naming the first matrix of ``found`` ((layer, matrix, head, a, b) entries)
+    that holds a NaN or an infinity, if one does: an SVD of it fails, and the bare LinAlgError would not
+    say that the checkpoint diverged or is corrupt."""
+    for layer, matrix, head, a, b in found:
+        if not all(bool(torch.isfinite(m).all()) for m in (a, b) if m is not None):
+            what = "weights" if tensor == "weight" else "gradients (of the probe's loss)"
+            raise ExtractionError(
+                f"the {what} of layer {layer}'s {matrix}{'' if head is None else f' head {head}'} hold NaN "
+                "or infinite values: a diverged or corrupt checkpoint has no spectrum",
+                fix="check the training's loss up to this step, or leave the step out (steps.only=[...])"
+                + ("" if tensor == "weight" else "; extract.gradients=false keeps the weights' rows"),
+            )
 
 
 def ov_gradient_matrices(ov_gradient: OvGradient, layer: int) -> dict[sites.MatrixKey, sites.Factors]:

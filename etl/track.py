@@ -140,13 +140,7 @@ def live_probe(probe: ProbeBatch | Sequence[Sequence[int]] | Any, rule: str = "l
         return probe
     from layerlake.core.hashing import stable_hash
 
-    rows = probe.tolist() if hasattr(probe, "tolist") else probe
-    token_ids = tuple(tuple(int(t) for t in row) for row in rows)
-    if not token_ids or len({len(r) for r in token_ids}) != 1 or not token_ids[0]:
-        raise ConfigError(
-            "a run's probe must be token ids of equal length (a list of lists, or a 2-d tensor)",
-            fix="pass probe=tokenizer(texts, ...)['input_ids'] cut to one length, or a ProbeBatch",
-        )
+    token_ids = probe_token_ids(probe)
     n, length = len(token_ids), len(token_ids[0])
     if rule == "last":
         positions = tuple((i, length - 1) for i in range(n))
@@ -158,6 +152,48 @@ def live_probe(probe: ProbeBatch | Sequence[Sequence[int]] | Any, rule: str = "l
         )
     probe_id = stable_hash({"token_ids": token_ids, "rule": rule, "positions": positions})[:16]
     return ProbeBatch(probe_id, "live", token_ids, positions, rule)
+
+
+PROBE_SHAPE_FIX = "pass probe=tokenizer(texts, ...)['input_ids'] cut to one length, or a ProbeBatch"
+
+
+def probe_token_ids(probe: Any) -> tuple[tuple[int, ...], ...]:
+    """The token ids of a probe given as a 2-d integer tensor or array, or a list of equal-length lists
+    of ints; a ``ConfigError`` naming what is wrong otherwise (a float tensor would be cut to integers
+    silently, a 1-d one read as one token per sequence)."""
+    import numbers
+
+    dtype, ndim = getattr(probe, "dtype", None), getattr(probe, "ndim", None)
+    if ndim is not None and ndim != 2:
+        raise ConfigError(
+            f"a run's probe must be 2-d (sequences x tokens); this one has shape {tuple(probe.shape)}",
+            fix="pass token ids as sequences x tokens (ids[None] for one sequence)",
+        )
+    floating = getattr(dtype, "is_floating_point", False) or getattr(dtype, "is_complex", False)
+    if floating or getattr(dtype, "kind", None) in ("f", "c"):  # a torch or a numpy dtype
+        raise ConfigError(
+            f"a run's probe must be integer token ids; this one is {dtype}",
+            fix="pass the tokenizer's input_ids (a long tensor), not embeddings or scores",
+        )
+    rows = probe.tolist() if hasattr(probe, "tolist") else probe
+    try:
+        token_ids = tuple(tuple(row) for row in rows)
+    except TypeError:
+        raise ConfigError(
+            "a run's probe must be a list of token-id lists, or a 2-d tensor", fix=PROBE_SHAPE_FIX
+        ) from None
+    if not token_ids or len({len(r) for r in token_ids}) != 1 or not token_ids[0]:
+        raise ConfigError(
+            "a run's probe must be token ids of equal length (a list of lists, or a 2-d tensor)",
+            fix=PROBE_SHAPE_FIX,
+        )
+    odd = next(
+        (t for row in token_ids for t in row if not isinstance(t, numbers.Integral) or isinstance(t, bool)),
+        None,
+    )
+    if odd is not None:
+        raise ConfigError(f"a run's probe must hold integer token ids; it holds {odd!r}", fix=PROBE_SHAPE_FIX)
+    return tuple(tuple(int(t) for t in row) for row in token_ids)
 
 
 # --- the training state a snapshot must leave alone ----------------------------------------------------
@@ -192,9 +228,61 @@ def training_state_kept(model: Any):
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
+@contextmanager
+def gradient_hooks_set_aside(model: Any):
+    """Detach, for the block, the hooks a backward would call besides computing gradients: each
+    parameter's tensor hooks (``register_hook``: gradient clipping or logging, wandb.watch's histograms)
+    and post-accumulate hooks (an optimizer stepping in backward), and every module's backward hooks
+    (its own and the global ones). A snapshot's probe backward must not step, clip or log anything of
+    training. Forward hooks stay: they can be part of the computation (pruning masks, weight norm), and
+    a probe forward is a forward like an evaluation's."""
+    from torch.nn.modules import module as torch_module
+
+    dicts = [torch_module._global_backward_hooks, torch_module._global_backward_pre_hooks]
+    for p in model.parameters():
+        dicts += [p._backward_hooks, p._post_accumulate_grad_hooks]
+    for m in model.modules():
+        dicts += [m._backward_hooks, m._backward_pre_hooks]
+    dicts = [d for d in dicts if d]  # None where a parameter never had a hook
+    saved = [dict(d) for d in dicts]
+    try:
+        for d in dicts:
+            d.clear()  # in place: autograd and the users' handles hold these very dicts
+        yield
+    finally:
+        for d, hooks in zip(dicts, saved, strict=True):
+            d.update(hooks)
+
+
+def check_call(model: Any, fitted: Any, probe: ProbeBatch) -> None:
+    """For a model read through a layout's ``call`` other than Hugging Face's (nanoGPT and the like), one
+    forward of two probe tokens, without gradients and with the training state kept, to see the call
+    give logits for every token: a wrong ``call`` would otherwise fail every snapshot. A sharded model
+    is not checked here (its forward is a collective)."""
+    import torch
+
+    from layerlake.core.choices import ModelCall
+    from layerlake.etl.capture import forward
+    from layerlake.etl.distributed import is_sharded
+
+    if fitted.layout.call == ModelCall.hf or is_sharded(model):
+        return
+    device = next(model.parameters()).device
+    ids = torch.tensor([probe.token_ids[0][:2]], dtype=torch.long, device=device)
+    with training_state_kept(model), torch.no_grad():
+        model.eval()
+        forward(model, ids, fitted.layout.call, logits=True)
+
+
 def model_dtype_and_device(model: Any) -> tuple[str, str]:
-    parameter = next(model.parameters())
-    return str(parameter.dtype).removeprefix("torch."), str(parameter.device)
+    """The coarsest floating dtype among the model's parameters (what its pass's rounding is; a model
+    may keep its norms in float32 beside bfloat16 matrices) and the first parameter's device."""
+    import torch
+
+    floating = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+    first = next(model.parameters())
+    dtype = max(floating, key=lambda d: torch.finfo(d).eps) if floating else first.dtype
+    return str(dtype).removeprefix("torch."), str(first.device)
 
 
 # --- the run handle ------------------------------------------------------------------------------------
@@ -244,11 +332,16 @@ class TrackedRun:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def __enter__(self) -> TrackedRun:
-        self._thread = threading.Thread(
-            target=self._commit_loop, name=f"layerlake-{self.run_id}", daemon=True
-        )
-        self._thread.start()
         return self
+
+    def start_committing(self) -> None:
+        """Start the thread that commits what snapshots and ``log`` queue (``track`` does, so a run used
+        without ``with`` and ended by ``finish()`` commits alike)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._commit_loop, name=f"layerlake-{self.run_id}", daemon=True
+            )
+            self._thread.start()
 
     def __exit__(self, kind, error, tb) -> None:
         if error is None:
@@ -436,7 +529,7 @@ class TrackedRun:
         started = time.perf_counter()
         ref, options = self.snapshot_ref(step), self.snapshot_options(model)
         fitted = self.fitted(model)
-        with training_state_kept(model):
+        with training_state_kept(model), gradient_hooks_set_aside(model):
             if sharded:  # every rank gathers and runs the probe; the writer computes the rows
                 from layerlake.etl.sharded import snapshot_sharded
 
@@ -448,7 +541,7 @@ class TrackedRun:
                 if self._weight_spectra is None:
                     self._weight_spectra = WeightSpectraCache(kept=1)
                 tables, timings = extract_from_model(
-                    model, ref, digest, self.probe, options, self._weight_spectra, fitted
+                    model, ref, digest, self.probe, options, self._weight_spectra, fitted, live=True
                 )
         if not self.writes:
             return None
@@ -655,9 +748,8 @@ def track(
     if batch is not None and model is not None:
         from layerlake.etl.extract import check_options
 
-        check_options(
-            options, batch, unwrap(model), layout
-        )  # a probe, option or layout that cannot work fails now
+        fitted = check_options(options, batch, unwrap(model), layout)  # what cannot work fails now
+        check_call(unwrap(model), fitted, batch)
 
     def start() -> Run:  # the writer's part: the run's row and its probe's, in one manifest line
         from layerlake.etl.probes import probe_row
@@ -681,6 +773,7 @@ def track(
         group, Reduce.parse(reduce, "reduce"), quiet,
     )  # fmt: skip
     tracked.layout = layout
+    tracked.start_committing()
     if tracked.writes and not quiet:
         ranks = f", {group.world} ranks" if group is not None else ""
         what = f"snapshots at {tracked.cadence}" if batch is not None else "scalars only (no probe)"

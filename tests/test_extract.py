@@ -416,3 +416,14 @@ def test_timings_name_every_phase_of_the_pass():
     _, timings = extract_from_model(neox(), REF, SHA, PROBE, ExtractOptions(gradients=True))
     assert set(timings) == set(PHASES)
     assert all(timings[p] > 0 for p in PHASES)
+
+
+def test_a_checkpoint_with_a_nan_weight_fails_naming_the_matrix_not_with_a_bare_svd_error():
+    model = neox()
+    with torch.no_grad():
+        model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight[2, 3] = float("nan")
+    with pytest.raises(
+        ExtractionError, match=r"weights of layer 1's dense_4h_to_h hold NaN or infinite"
+    ) as caught:
+        extract_from_model(model, REF, SHA, PROBE, ExtractOptions())
+    assert "steps.only" in caught.value.fix
