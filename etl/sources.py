@@ -259,6 +259,30 @@ def weights_file(ref: CheckpointRef) -> Path:
     return folder / WEIGHTS_FILE
 
 
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+
+
+def missing_weights(ref: CheckpointRef) -> CheckpointError:
+    """The error for a local checkpoint folder without the weights file layerlake reads, saying what the
+    folder holds instead (a pickled ``pytorch_model.bin`` is not loaded: safetensors only)."""
+    folder = Path(ref.location)
+    wanted = f"{WEIGHTS_FILE} or {STATE_DICT_FILE}" if ref.constructor else WEIGHTS_FILE
+    where = f"checkpoint {folder} ({ref.model} step {ref.step})"
+    if not folder.is_dir():
+        return CheckpointError(f"{where} does not exist", fix="check suite.root and the step folders' names")
+    pickled = [name for name in PICKLED_WEIGHTS if (folder / name).is_file() and name != STATE_DICT_FILE]
+    if pickled and not ref.constructor:
+        return CheckpointError(
+            f"{where} has no {WEIGHTS_FILE}, only {pickled[0]} (a pickle: layerlake reads safetensors only)",
+            fix=f"convert it once: AutoModelForCausalLM.from_pretrained('{folder}').save_pretrained('{folder}')",
+        )
+    return CheckpointError(
+        f"{where} has no {wanted}",
+        fix="rebuild it with `layerlake suite build` (the embedded suite), restore the file, or choose other "
+        "steps (steps.only=[...])",
+    )
+
+
 def _from_state_dict(ref: CheckpointRef, torch_dtype) -> Any:
     """A model built by the ref's constructor, with the state dict of its step folder loaded (strict)."""
     import torch
@@ -266,9 +290,7 @@ def _from_state_dict(ref: CheckpointRef, torch_dtype) -> Any:
     path = weights_file(ref)
     fix = "save the model's state_dict() there (safetensors.torch.save_model, or torch.save to model.pt)"
     if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {ref.location} has no {WEIGHTS_FILE} or {STATE_DICT_FILE}", fix=fix
-        )
+        raise missing_weights(ref)
     try:
         model = build_model(ref)
         if path.name == WEIGHTS_FILE:
@@ -404,10 +426,7 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
         target, kwargs = ref.location, {"use_safetensors": True}
         weights = Path(ref.location) / WEIGHTS_FILE
         if not weights.is_file():
-            raise CheckpointError(
-                f"checkpoint {ref.location} has no {WEIGHTS_FILE}",
-                fix="rebuild it with `layerlake suite build`, or choose other steps (steps.only=[...])",
-            )
+            raise missing_weights(ref)
         check_weights_file(weights)
         what, fix = str(weights), "delete that step folder and rebuild with `layerlake suite build`"
     elif ref.source == "hf":
@@ -501,6 +520,8 @@ def weights_file_fingerprint(ref: CheckpointRef) -> dict:
     if ref.source != SuiteSource.local:
         return {}
     path = weights_file(ref)
+    if not path.is_file():
+        raise missing_weights(ref)
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
 

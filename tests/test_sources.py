@@ -17,6 +17,7 @@ from layerlake.etl.sources import (
     load_checkpoint,
     open_source,
     select_steps,
+    weights_file_fingerprint,
     weights_sha256,
 )
 
@@ -55,6 +56,21 @@ def test_truncated_safetensors_is_a_clear_error(tiny_suite, tmp_path):
         source.load(ref)
     assert str(weights) in caught.value.message and "truncated" in caught.value.message
     assert "rebuild" in caught.value.fix
+
+
+def test_a_step_folder_without_its_weights_file_says_what_it_holds_instead(tiny_suite, tmp_path):
+    suite, root = _copy_model(tiny_suite, tmp_path)
+    (ref,) = open_source(suite, root).refs("tiny-a", [8])
+    weights = Path(ref.location) / "model.safetensors"
+    weights.unlink()
+    for step in (lambda: weights_file_fingerprint(ref), lambda: load_checkpoint(ref)):  # the task's two reads
+        with pytest.raises(CheckpointError, match=r"tiny-a step 8\) has no model.safetensors") as caught:
+            step()
+        assert "layerlake suite build" in caught.value.fix
+    (Path(ref.location) / "pytorch_model.bin").write_bytes(b"a pickle")
+    with pytest.raises(CheckpointError, match=r"only pytorch_model.bin \(a pickle") as caught:
+        load_checkpoint(ref)
+    assert "save_pretrained" in caught.value.fix
 
 
 def test_garbage_safetensors_header_is_a_clear_error(tiny_suite, tmp_path):
