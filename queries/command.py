@@ -23,10 +23,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from rich.console import RenderableType
 from rich.text import Text
 
 from layerlake.core.choices import did_you_mean
+from layerlake.core.duck import STORED_FILE_FIX, reads_a_damaged_file
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.queries.errors import RecipeError
 from layerlake.queries.figures import check_measure
@@ -196,7 +198,9 @@ def query(settings: Any) -> int:
         raise
     except Exception as error:
         job.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
-        raise RecipeError(f"recipe {name!r} failed: {error}", fix=f"see {folder / JOB_FILE}") from error
+        damaged = isinstance(error, duckdb.Error) and reads_a_damaged_file(error)
+        fix = STORED_FILE_FIX if damaged else f"see {folder / JOB_FILE}"
+        raise RecipeError(f"recipe {name!r} failed: {error}", fix=fix) from error
     finally:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / JOB_FILE).write_text(json.dumps(_plain(job), indent=2, default=str) + "\n")
@@ -275,10 +279,12 @@ def _run_and_save(
     from layerlake.core import render
     from layerlake.queries import figures
     from layerlake.queries.loader import run_recipe
+    from layerlake.warehouse.views import hidden_note
 
     con = warehouse.connect(warehouse_root)
     try:
         table = run_recipe(con, recipe.name, bound)
+        note = hidden_note(con)
     finally:
         con.close()
     parquet, csv = render.save(table, folder)
@@ -299,6 +305,9 @@ def _run_and_save(
     for path in (parquet, csv, figure):
         if path is not None:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True, markup=False)
+    if note:  # tasks the views leave out: the answer may lack rows the user expects
+        console.file.flush()
+        Console(stderr=True, highlight=False, soft_wrap=True).print(Text(note))
     return {
         "rows": table.num_rows,
         "result": str(parquet),

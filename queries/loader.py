@@ -29,7 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from layerlake.core.choices import did_you_mean
-from layerlake.core.duck import read_only_statement
+from layerlake.core.duck import STORED_FILE_FIX, read_only_statement, reads_a_damaged_file
 from layerlake.core.errors import ParameterError, SqlError
 from layerlake.core.params import Param
 from layerlake.core.sqlfile import SqlFolder
@@ -168,7 +168,9 @@ def run_recipe(
     except duckdb.Error as error:
         raise RecipeError(
             f"recipe {name!r} failed: {str(error).splitlines()[0]}",
-            fix="check that the warehouse holds the tables it reads (`layerlake check`) and the parameters",
+            fix=STORED_FILE_FIX
+            if reads_a_damaged_file(error)
+            else "check that the warehouse holds the tables it reads (`layerlake check`) and the parameters",
         ) from error
 
 

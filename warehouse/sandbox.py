@@ -50,9 +50,11 @@ import duckdb
 import pyarrow as pa
 
 from layerlake.core.duck import (
+    STORED_FILE_FIX,
     QueryLimits,
     memory_error,
     read_only_statement,
+    reads_a_damaged_file,
     set_memory_limit,
     time_error,
 )
@@ -241,6 +243,7 @@ class Result:
         self.schema: pa.Schema | None = None
         self.ended = False
         self.memory: dict[str, int] | None = None
+        self.note: str | None = None  # what the reader should know of the views (tasks left out)
 
     def open(self) -> None:
         """Wait for the worker to start the statement (its views open), then for the answer's schema
@@ -262,7 +265,8 @@ class Result:
                 yield pa.ipc.read_record_batch(pa.py_buffer(payload), self.schema)
             elif tag == END:
                 self.ended = True
-                self.memory = json.loads(bytes(payload))["memory"]
+                end = json.loads(bytes(payload))
+                self.memory, self.note = end["memory"], end.get("note")
             else:
                 raise QueryError(f"the query's worker answered {tag!r} mid-stream", fix="run the query again")
 
@@ -408,7 +412,7 @@ def _answer(
             for batch in reader:
                 batch = batch.rename_columns(names) if renamed else batch
                 conn.send_bytes(BATCH + batch.serialize().to_pybytes())
-        conn.send_bytes(END + json.dumps({"memory": _memory()}).encode())
+        conn.send_bytes(END + json.dumps({"memory": _memory(), "note": served.note}).encode())
         return True
     except (BrokenPipeError, ConnectionError, EOFError):
         return False  # the parent stopped reading (it left, or killed the answer): nothing to tell
@@ -437,7 +441,7 @@ def _failure(error: BaseException) -> tuple[str, str, str | None]:
     if remote is not None:  # a dataset attached by URL: its server failed, or served other bytes
         return "query", remote.message, remote.fix
     if isinstance(error, duckdb.Error):
-        return "query", f"query failed: {text}", QUERY_FIX
+        return "query", f"query failed: {text}", STORED_FILE_FIX if reads_a_damaged_file(error) else QUERY_FIX
     return "query", f"query failed: {type(error).__name__}: {text}", QUERY_FIX
 
 
@@ -453,9 +457,10 @@ class _Served:
         self.source, self.progress = source, progress
         self._stamp: tuple | None = None
         self._con: Any = None
+        self.note: str | None = None
 
     def connection(self) -> Any:
-        from layerlake.warehouse.views import gather, open_views
+        from layerlake.warehouse.views import gather, hidden_note, open_views
 
         stamp = manifest_stamp([f for f in (self.source.root, *self.source.attach) if f is not None])
         if self._con is None or stamp != self._stamp:
@@ -464,7 +469,7 @@ class _Served:
                 self._con = None
             con = open_views(*gather(self.source.root, self.source.attach), read_only=True)
             con.execute("SET enable_progress_bar = ?", [self.progress])
-            self._con, self._stamp = con, stamp
+            self._con, self._stamp, self.note = con, stamp, hidden_note(con)
         return self._con
 
 

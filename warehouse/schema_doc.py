@@ -62,9 +62,9 @@ def render() -> str:
         "`manifest`: one row per committed file a view reads: "
         + ", ".join(f"`{n}`" for n in MANIFEST_SCHEMA.names)
         + ".",
-        "`failures`: one row per task whose latest entry failed: "
-        + ", ".join(f"`{n}`" for n in FAILURES_SCHEMA.names)
-        + ".",
+        "`failures`: one row per task whose latest entry failed, or that the views leave out because its "
+        "files do not match the manifest (its `error` starts `not shown:`; `layerlake sql` and `query` "
+        "say so on stderr): " + ", ".join(f"`{n}`" for n in FAILURES_SCHEMA.names) + ".",
         "",
         "## SQL macros",
         "",

@@ -20,6 +20,7 @@ SQL. Paths are absolute, so views do not depend on the working directory. Every 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -82,6 +83,7 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
 
     A task is shown only if every file its latest ok entry lists is a regular file inside the root with
     the listed size (``manifest.file_problem``): never half a task, never a path that leaves the root.
+    A task left out for that counts among the failures (``hidden``), so that a reader can say so.
     """
     committed, failed = latest(read_entries(manifest_path(root)))
     old = [e for e in committed.values() if e.schema_version < schema.SCHEMA_VERSION]
@@ -91,20 +93,48 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
             f"{min(e.schema_version for e in old)}; this one reads {schema.SCHEMA_VERSION})",
             fix=f"run `layerlake migrate --root {root}` once: it rewrites the files and keeps every row",
         )
-    shards, checks, paths = (
-        [],
-        FileCheckPass(),
-        {},
-    )  # paths: one Path per file, however many tasks share it (compacted)
+    shards, hidden, checks = [], [], FileCheckPass()
+    paths: dict[str, Path] = {}  # one Path per file, however many tasks share it (compacted)
     for entry in committed.values():
         if is_archived(entry):
             continue  # an archived run (`layerlake runs archive`): kept, not shown
-        if not entry_problems(root, entry, checks=checks):
-            for f in entry.files:
-                if f.table in schema.TABLES:
-                    path = paths.get(f.path) or paths.setdefault(f.path, root / f.path)
-                    shards.append(Shard(f.table, path, root, entry, f))
-    return shards, list(failed.values())
+        problems = entry_problems(root, entry, checks=checks)
+        if problems:
+            hidden.append(hidden_entry(entry, problems))
+            continue
+        for f in entry.files:
+            if f.table in schema.TABLES:
+                path = paths.get(f.path) or paths.setdefault(f.path, root / f.path)
+                shards.append(Shard(f.table, path, root, entry, f))
+    return shards, list(failed.values()) + hidden
+
+
+HIDDEN = "not shown: "  # how a hidden task's error starts in the failures view
+
+
+def hidden_entry(entry: CommitEntry, problems: list[tuple[FileEntry, str]]) -> CommitEntry:
+    """``entry`` as the failures view lists a task left out of the views: its files do not match."""
+    first, problem = problems[0]
+    return dataclasses.replace(
+        entry,
+        status="hidden",
+        error=f"{HIDDEN}{len(problems)} of its files do not match the manifest (first: {first.path}: "
+        f"{problem}); `layerlake check` names them and says how to repair",
+    )
+
+
+def hidden_note(con: duckdb.DuckDBPyConnection) -> str | None:
+    """One line saying how many stored tasks the views leave out (files that do not match the
+    manifest: damaged, or changed by hand), or None when none is."""
+    count, task = con.execute(
+        "SELECT count(*), min(task_id) FROM failures WHERE starts_with(error, ?)", [HIDDEN]
+    ).fetchall()[0]
+    if not count:
+        return None
+    return (
+        f"note: {count} stored task(s) are left out of every view, their files do not match the manifest "
+        f"(first: {task}); `layerlake check` names them, `select * from failures` lists them"
+    )
 
 
 def shared_shards(folder: Path) -> list[Shard]:

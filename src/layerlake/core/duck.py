@@ -249,3 +249,19 @@ def limited(con: duckdb.DuckDBPyConnection, limits: QueryLimits) -> Iterator[Non
         if timer is not None:
             timer.cancel()
             timer.join()  # ended before the body's caller goes on (or the interpreter exits)
+
+
+STORED_FILE_FIX = (
+    "a stored file may be damaged: `layerlake check --verify-files` names it and says how to repair it; "
+    "then run the query again"
+)
+
+
+def reads_a_damaged_file(error: BaseException) -> bool:
+    """Whether a DuckDB error comes from reading a Parquet file that is not whole: a file whose size
+    still matches the manifest but whose bytes were changed (DuckDB's Thrift decoder raises a bare
+    ``duckdb.Error`` such as "don't know what type:"), or a read error that names a Parquet file."""
+    if type(error) is duckdb.Error:
+        return True
+    reading = isinstance(error, (duckdb.IOException, duckdb.InvalidInputException))
+    return reading and "parquet" in str(error).lower()
