@@ -25,6 +25,10 @@ class ExtractionError(EtlError):
     """A site, matrix or option is not available for this model."""
 
 
+class RunFinishedError(EtlError):
+    """A call (``log``, ``snapshot``) on a tracked run that has finished: nothing after its end is stored."""
+
+
 def describe_error(error: BaseException) -> tuple[str, str]:
     """A task's failure as text: a user error's message (or the exception's type and text), and the
     traceback (kept in the manifest)."""

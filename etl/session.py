@@ -19,11 +19,20 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from layerlake.core.errors import ConfigError
-from layerlake.etl.track import Cadence, TrackedRun, live_probe, track
-from layerlake.warehouse.runs import RunStatus, begin_run
+from layerlake.core.paths import default_warehouse_root
+from layerlake.etl.errors import RunFinishedError
+from layerlake.etl.track import Cadence, TrackedRun, exit_status, live_probe, track
+from layerlake.warehouse.layout import MAX_NAME, safe_name
+from layerlake.warehouse.run_admin import MAX_TEXT, tag
+from layerlake.warehouse.runs import RunStatus, begin_run, committed_run
+from layerlake.warehouse.writer import Warehouse
+
+NAME_ROOM = MAX_NAME - 32  # a model name's length that leaves room for the run id's -<time>-<random>
 
 # W&B's init arguments with no meaning in layerlake: accepted, unused (docs/tracking.md says why).
 IGNORED_INIT = ("entity", "group", "job_type", "tags", "notes", "mode", "save_code", "settings", "reinit",
@@ -35,7 +44,8 @@ class _Session:
     run: TrackedRun | None = None
     watched: list[Any] = dataclasses.field(default_factory=list)
     step: int = 0  # the step a log() without one gets (W&B's auto-increment)
-    skipped: set[str] = dataclasses.field(default_factory=set)  # non-numbers already reported
+    ended: str | None = None  # the run id of the run finish() ended last (for log() after it)
+    exit: SystemExit | None = None  # what the last sys.exit() raised (the exit status atexit records)
 
 
 _session = _Session()
@@ -58,24 +68,34 @@ def init(
 ) -> TrackedRun:
     """Start the process's current run (finishing one still open): ``project`` is the suite, ``name`` the
     model name and the start of the run id, ``id`` the run id itself (to resume with ``resume``), ``dir``
-    the warehouse. Other keywords are ``layerlake.track``'s, or W&B's that mean nothing here."""
+    the warehouse. Other keywords are ``layerlake.track``'s, or W&B's that mean nothing here.
+
+    ``project`` and ``name`` may be any text (W&B's display names such as ``"lr=3e-3 bs=8"``): made safe
+    as folder names (``warehouse.layout.safe_name``), the name given is kept as the run's tag ``name``.
+    ``id`` is an identity and must be a safe name already. ``resume="must"`` refuses an ``id`` that does
+    not exist, as W&B does."""
     global _exit_hook
     if _session.run is not None:
         finish()
     track_kwargs = {k: v for k, v in kwargs.items() if k not in IGNORED_INIT}
     config = _plain(config)
-    track_kwargs.setdefault("suite", project or "tracked")
-    track_kwargs.setdefault("model_name", name)
+    track_kwargs.setdefault("suite", safe_name(project, "tracked") if project else "tracked")
+    track_kwargs.setdefault("model_name", safe_name(name, "model")[:NAME_ROOM] if name else None)
     for key, value in (("run_id", id), ("warehouse", dir), ("config", config)):
         if value is not None:
             track_kwargs[key] = value
+    if resume == "must":
+        _check_exists(id, dir)
     if resume is not None:
         track_kwargs["resume"] = resume not in (False, "never")
     run = track(**track_kwargs)
+    if name and name != run.run.model and run.writes:
+        tag(run.warehouse, run.run_id, {"name": str(name)[:MAX_TEXT]})  # the display name, as given
     _session.run = run.__enter__()
-    _session.watched, _session.step, _session.skipped = [], 0, set()
+    _session.watched, _session.step, _session.ended, _session.exit = [], 0, None, None
     if not _exit_hook:
         atexit.register(_finish_at_exit)
+        sys.exit = _recording_exit(sys.exit)
         _exit_hook = True
     return run
 
@@ -88,19 +108,7 @@ def log(data: dict[str, Any], step: int | None = None, commit: bool | None = Non
     if step is None:
         step = _session.step
     _session.step = step + 1 if commit is not False else step
-    numbers = {}
-    for key, value in data.items():
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) or _one_number(value)):
-            if key not in _session.skipped:
-                _session.skipped.add(key)
-                print(
-                    f"layerlake: {key!r} is not a number; scalars holds numbers only (left out)",
-                    file=sys.stderr,
-                )
-            continue
-        numbers[key] = value
-    if numbers:
-        run.log(step, **numbers)
+    run.log_values(step, data)
     for model in _session.watched:
         run.snapshot(step, model)
 
@@ -148,6 +156,12 @@ def watch(
     run.probe, run.options = batch, options
     run.cadence = Cadence.parse(cadence if cadence is not None else log_freq)
     _session.watched = [model]
+    if run.writes and not run.quiet:  # init's line said "scalars only": say what changed
+        print(
+            f"layerlake: run {run.run_id} now snapshots {type(unwrap(model)).__name__} at {run.cadence} "
+            f"through probe {batch.probe_id}",
+            file=sys.stderr,
+        )
 
 
 def finish(exit_code: int | None = None, quiet: bool | None = None, *, error: str | None = None) -> None:
@@ -156,6 +170,7 @@ def finish(exit_code: int | None = None, quiet: bool | None = None, *, error: st
     _session.watched = []
     if run is None:
         return
+    _session.ended = run.run_id
     if quiet:
         run.quiet = True
     if error is None and exit_code:
@@ -164,11 +179,24 @@ def finish(exit_code: int | None = None, quiet: bool | None = None, *, error: st
 
 
 def _finish_at_exit() -> None:
-    """At the process's exit, end a run still open: failed if an exception ended the program."""
+    """At the process's exit, end a run still open: failed if an exception ended the program, or
+    ``sys.exit`` with a code other than 0 or None; finished otherwise."""
     if _session.run is None:
         return
-    uncaught = getattr(sys, "last_value", None)
-    finish(error=None if uncaught is None else f"{type(uncaught).__name__}: {uncaught}")
+    _, error = exit_status(getattr(sys, "last_value", None) or _session.exit)
+    finish(error=error)
+
+
+def _recording_exit(exit: Callable[..., Any]) -> Callable[..., Any]:
+    """``sys.exit`` that keeps what it raises, so the run ends with the script's exit status (an atexit
+    handler cannot see it otherwise; W&B hooks ``sys.exit`` alike). A ``raise SystemExit(1)`` written out
+    is not seen: the run ends finished."""
+
+    def recording_exit(status: Any = None) -> None:
+        _session.exit = SystemExit(status)
+        exit(status)
+
+    return recording_exit
 
 
 def _plain(config: Any) -> Any:
@@ -185,20 +213,30 @@ def _plain(config: Any) -> Any:
     return vars(config) if hasattr(config, "__dict__") else config
 
 
+def _check_exists(run_id: str | None, warehouse: Any) -> None:
+    """``resume="must"``: the run to resume exists (W&B raises otherwise)."""
+    root = Path(warehouse) if warehouse is not None else default_warehouse_root()
+    if run_id is None or committed_run(Warehouse(root), run_id) is None:
+        what = f"run {run_id!r} does not exist in {root}" if run_id else "no id was given"
+        raise ConfigError(
+            f"init(resume='must'): {what}, so there is nothing to resume",
+            fix="pass the id of a run that exists (`layerlake runs` lists them), or resume='allow' to start "
+            "it when it does not",
+        )
+
+
 def _require(call: str) -> TrackedRun:
+    if _session.run is None and _session.ended is not None:
+        raise RunFinishedError(
+            f"layerlake.{call}() after layerlake.finish(): run {_session.ended} has finished; nothing after "
+            "a run's end is stored",
+            fix=f"call layerlake.{call}() before layerlake.finish(), or start another run with layerlake.init()",
+        )
     if _session.run is None:
         raise ConfigError(
             f"layerlake.{call}() before layerlake.init()", fix="call layerlake.init(project=...) first"
         )
     return _session.run
-
-
-def _one_number(value: Any) -> bool:
-    """A one-element tensor or numpy value (``.item()`` gives a number)."""
-    try:
-        return isinstance(value.item(), (int, float))
-    except (AttributeError, ValueError, TypeError, RuntimeError):
-        return False
 
 
 def _one_model(models: Any) -> Any:

@@ -33,8 +33,9 @@ import math
 import queue
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,7 +47,9 @@ import pyarrow as pa
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.core.paths import default_warehouse_root
 from layerlake.etl.distributed import Group, Reduce
+from layerlake.etl.errors import RunFinishedError
 from layerlake.etl.plan import CODE_VERSION
+from layerlake.etl.scalars import as_number, usable_numbers
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse import schema
 from layerlake.warehouse.content import MAX_STEP, SCALARS_BLOCK
@@ -64,7 +67,13 @@ from layerlake.warehouse.runs import (
 from layerlake.warehouse.writer import Warehouse
 
 SCALAR_BLOCK = SCALARS_BLOCK  # steps per scalars task: a resumed run rewrites the block it re-enters
+# How often the committing thread commits the scalars logged since it last did: a run killed outright (an
+# OOM kill, a preemption) loses at most this many seconds of them. Each commit rewrites the open block's
+# task whole (one small file and a manifest line), so a shorter interval costs more files until the run
+# is compacted.
+SCALAR_FLUSH_S = 5.0
 LIVE = "live"
+_FLUSH = "flush"  # queued by flush(): the committing thread commits the scalars logged since it last did
 
 
 # --- when to snapshot ---------------------------------------------------------------------------------
@@ -308,9 +317,16 @@ class TrackedRun:
         default_factory=dict
     )
     _dirty: set[int] = field(default_factory=set)
+    _scalars_lock: threading.Lock = field(default_factory=threading.Lock)  # log() vs the committing thread
+    _said: set[str] = field(default_factory=set)  # names whose unusable value was said (left out)
+    _said_non_finite: set[str] = field(default_factory=set)  # names whose NaN or infinity was said
+    flush_every_s: float = SCALAR_FLUSH_S
     _queue: queue.Queue = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
     _reported: bool = False
+    _recorded: int = 0  # failures recorded in the manifest (the ``failures`` view), of those in ``failures``
+    _finished: bool = False
+    _snapshot_steps: set[int] = field(default_factory=set)  # steps a snapshot was taken (or tried) at
     _weight_spectra: Any = None  # etl.extract.WeightSpectraCache, made at the first snapshot
     layout: Any = None  # where the model's sites live (core.layouts.Layout); None: its Hugging Face family's
 
@@ -344,15 +360,16 @@ class TrackedRun:
             self._thread.start()
 
     def __exit__(self, kind, error, tb) -> None:
-        if error is None:
-            self.finish()
-        else:
-            self.finish(RunStatus.failed, f"{kind.__name__}: {error}")
+        self.finish(*exit_status(error))
 
     def finish(self, status: RunStatus = RunStatus.finished, error: str | None = None) -> None:
         """Flush the scalars, wait for every commit, then record the run's end and compact its files.
         Never raises for what could not be stored (a full disk): that is counted in ``failures`` and
-        the run ends with one line on stderr saying what was lost."""
+        the run ends with one line on stderr saying what was lost. A second call does nothing (the end
+        of a ``with`` block after ``run.finish()``)."""
+        if self._finished:
+            return
+        self._finished = True
         self.flush()
         self._queue.put(None)
         if self._thread is not None:
@@ -378,11 +395,15 @@ class TrackedRun:
             except LayerlakeError as failure:  # compaction is housekeeping: the rows are committed already
                 self.failures.append(f"compaction: {failure.message}")
         if self.failures:  # said even with quiet: something the user expects is not stored
+            recorded = (
+                f"; `select * from failures where run_id = '{self.run_id}'` lists the {self._recorded} recorded"
+                if self._recorded
+                else ""
+            )
             print(
                 f"layerlake: run {self.run_id} ended; {status} with {len(self.snapshots)} snapshot(s) in "
                 f"{self.warehouse.root}; {len(self.failures)} thing(s) could not be stored or done "
-                f"(first: {self.failures[0]}); what was committed is intact; "
-                f"`select * from failures where run_id = '{self.run_id}'` lists those recorded",
+                f"(first: {self.failures[0]}); what was committed is intact{recorded}",
                 file=sys.stderr,
             )
         elif not self.quiet:
@@ -413,18 +434,30 @@ class TrackedRun:
 
     # -- scalars -----------------------------------------------------------------------------------
 
-    def log(self, step: int, reduce: Reduce | str | None = None, **scalars: float) -> None:
-        """Record numbers for ``step`` (loss, lr, grad_norm, tokens_seen ...); NaN and infinity are kept
-        out (counted in ``failures``). Flushed at each snapshot, every block and at the end.
+    def log(
+        self,
+        step: int,
+        values: Mapping[str, Any] | None = None,
+        /,
+        reduce: Reduce | str | None = None,
+        **scalars: Any,
+    ) -> None:
+        """Record numbers for ``step``: ``run.log(step, loss=..., lr=...)``, or any names at all (``step``,
+        ``reduce``, ``train/loss``) as a mapping, ``run.log(step, {"step": 7, "train/loss": 0.5})``. Each
+        value must be one number (``etl.scalars``); NaN and infinity are stored as they are (a diverged
+        loss is a finding), said once per name. Committed by the committing thread within
+        ``flush_every_s`` seconds (and at each snapshot, ``wait`` and the end).
 
         In a distributed job (``etl.distributed``) ``reduce`` says how: ``"rank"`` (the run's default)
         stores this rank's own values with its rank; ``"mean"``, ``"sum"``, ``"min"`` or ``"max"``
         combines them over the ranks (every rank must log the same names at this step) and stores them
         once, as the run's; ``"writer"`` stores the writer's values as the run's and nothing from the
         others. In one process the values are the run's and ``reduce`` changes nothing."""
+        self._check_open("log")
         how = Reduce.parse(reduce, "reduce") if reduce is not None else self.reduce
         step = checked_step(step, "log")
-        numbers = {name: checked_number(name, v, step) for name, v in scalars.items()}
+        named = {**(values or {}), **scalars}
+        numbers = {str(name): checked_number(name, v, step) for name, v in named.items()}
         rank = None
         if self.group is not None and how == Reduce.rank:
             rank = self.group.rank
@@ -437,16 +470,36 @@ class TrackedRun:
             numbers = over_ranks(self.group, step, numbers, how)
             if not self.writes:
                 return
+        self._keep(step, numbers, rank)
+
+    def log_values(self, step: int, values: Mapping[str, Any], reduce: Reduce | str | None = None) -> None:
+        """``log`` for what a library hands over (W&B-style ``log``, Accelerate, Lightning, the Trainer):
+        its numbers are logged; any other value (a bool, a string, a dict, several elements, an int past a
+        float's range) is left out, said once per name, and never raises."""
+        numbers = usable_numbers(values, self._said)
+        if numbers:
+            self.log(step, numbers, reduce=reduce)
+
+    def _keep(self, step: int, numbers: dict[str, float], rank: int | None) -> None:
+        """Put the numbers in their block, for the committing thread to commit."""
         now = datetime.now(timezone.utc)
-        block = self._block(step)
         for name, number in numbers.items():
-            if not math.isfinite(number):
-                self.failures.append(f"step {step}: {name} = {number} (not stored)")
-                continue
-            block[(int(step), name, rank)] = (number, now)
-        self._dirty.add(int(step) // SCALAR_BLOCK)
-        if len(self._dirty) > 1:  # a block is complete once a later one starts
-            self.flush(keep=int(step) // SCALAR_BLOCK)
+            if not math.isfinite(number) and name not in self._said_non_finite:
+                self._said_non_finite.add(name)
+                print(
+                    f"layerlake: run {self.run_id} logged {name} = {number} at step {step} (stored; later "
+                    f"non-finite values of {name} are stored without a word)",
+                    file=sys.stderr,
+                )
+        index = int(step) // SCALAR_BLOCK
+        with self._scalars_lock:
+            block = self._block(step)
+            for name, number in numbers.items():
+                block[(int(step), name, rank)] = (number, now)
+            self._dirty.add(index)
+            complete = len(self._dirty) > 1  # a block is complete once a later one starts
+        if complete:
+            self.flush()
 
     def _block(self, step: int) -> dict:
         index = int(step) // SCALAR_BLOCK
@@ -467,18 +520,22 @@ class TrackedRun:
                 found[(row["step"], row["name"], row["rank"])] = (row["value"], row["logged_at"])
         return found
 
-    def flush(self, keep: int | None = None) -> None:
-        """Queue a commit of every block logged since the last flush (``keep``: that block stays open)."""
-        for index in sorted(self._dirty - ({keep} if keep is not None else set())):
+    def flush(self) -> None:
+        """Have the committing thread commit every block logged since it last did (without waiting)."""
+        self._queue.put(_FLUSH)
+
+    def _commit_scalars(self) -> None:
+        """On the committing thread: commit each block logged since the last time, whole. A block is one
+        task (``scalars_task_id``), so committing it again replaces its rows, never adds to them."""
+        with self._scalars_lock:
+            dirty, self._dirty = sorted(self._dirty), set()
+            blocks = {index: sorted(self._scalars[index].items(), key=_scalar_order) for index in dirty}
+        for index, items in blocks.items():
             rows = [
-                {"step": s, "name": n, "value": v, "logged_at": t, "rank": r}
-                for (s, n, r), (v, t) in sorted(self._scalars[index].items(), key=_scalar_order)
+                {"step": s, "name": n, "value": v, "logged_at": t, "rank": r} for (s, n, r), (v, t) in items
             ]
             table = pa.Table.from_pylist(rows, schema=schema.SCALARS.arrow_schema())
-            self._queue.put(
-                (self._scalars_task(index), {"scalars": table}, {"kind": "scalars", "block": index})
-            )
-            self._dirty.discard(index)
+            self._commit(self._scalars_task(index), {"scalars": table}, {"kind": "scalars", "block": index})
 
     def _scalars_task(self, index: int) -> str:
         """The task of one block: the writer's (the run's values and its own), or a rank's own."""
@@ -494,14 +551,16 @@ class TrackedRun:
         queue their commit; returns whether a snapshot was taken. Raises only for a ``step`` that is no
         step (``checked_step``); a failure to take the snapshot is recorded and training goes on."""
         step = checked_step(step, "snapshot")
-        if not self.probe.probe_id or not (force or self.due(step)):
-            return False  # a run without a probe records scalars only
+        self._check_open("snapshot")
+        if not self.probe.probe_id or not (force or self.due(step)) or step in self._snapshot_steps:
+            return False  # a run without a probe records scalars only; a step is snapshotted once
         from layerlake.etl.distributed import is_sharded, unwrap
 
         model = unwrap(model)  # DDP's module: the replica every rank holds alike
         sharded = self.group is not None and is_sharded(model)
         if not (sharded or self.writes):
             return False  # a replicated model is snapshotted by the writer alone
+        self._snapshot_steps.add(step)  # tried once: a failed snapshot is recorded, not retried at its step
         try:
             taken = self.take(step, model, sharded)
         except Exception as error:  # noqa: BLE001 - a snapshot must never stop the training
@@ -590,24 +649,40 @@ class TrackedRun:
     # -- the committing thread -----------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Block until every snapshot and scalar block queued so far is committed (or recorded failed)."""
+        """Block until every snapshot queued and every number logged so far is committed (or recorded
+        failed)."""
+        self.flush()
         self._queue.join()
 
     def _commit_loop(self) -> None:
+        """The committing thread: each queued snapshot, and the scalars at each ``flush`` and at least
+        every ``flush_every_s`` seconds while numbers are logged (training never waits for it)."""
+        due = time.monotonic() + self.flush_every_s
         while True:
-            item = self._queue.get()
-            if item is None:
-                self._queue.task_done()
-                return
-            task_id, tables, meta = item
             try:
-                self.warehouse.commit(
-                    task_id, self.run.suite, self.run.model, tables, meta, run_id=self.run_id
-                )
-            except Exception as error:  # noqa: BLE001 - a failed commit is recorded, the training goes on
-                self._fail(meta.get("step"), error, task_id)
-            finally:
-                self._queue.task_done()
+                item = self._queue.get(timeout=max(0.0, due - time.monotonic()))
+            except queue.Empty:
+                item = _FLUSH  # the timer (nothing was queued: no task_done)
+            else:
+                try:
+                    if item is None:
+                        return
+                    if item is not _FLUSH:
+                        self._commit(*item)
+                    if item is _FLUSH or time.monotonic() >= due:
+                        self._commit_scalars()
+                        due = time.monotonic() + self.flush_every_s
+                finally:
+                    self._queue.task_done()  # after the commit: wait() returns once it is done
+                continue
+            self._commit_scalars()
+            due = time.monotonic() + self.flush_every_s
+
+    def _commit(self, task_id: str, tables: dict[str, pa.Table], meta: dict) -> None:
+        try:
+            self.warehouse.commit(task_id, self.run.suite, self.run.model, tables, meta, run_id=self.run_id)
+        except Exception as error:  # noqa: BLE001 - a failed commit is recorded, the training goes on
+            self._fail(meta.get("step"), error, task_id)
 
     def _fail(self, step: int | None, error: BaseException, task_id: str | None = None) -> None:
         text = error.message if isinstance(error, LayerlakeError) else f"{type(error).__name__}: {error}"
@@ -622,6 +697,7 @@ class TrackedRun:
                 meta,
                 run_id=self.run_id,
             )
+            self._recorded += 1
         what = (
             f"snapshot of run {self.run_id} at step {step}"
             if step is not None
@@ -641,6 +717,15 @@ class TrackedRun:
     def hook(self, model: Any) -> Callable[[int, dict[str, float]], None]:
         """``hook(step, {"loss": ...})`` for a plain loop: logs and snapshots at the cadence."""
         return after_step(self, model)
+
+    def _check_open(self, call: str) -> None:
+        if self._finished:
+            raise RunFinishedError(
+                f"{call}() on run {self.run_id}, which has finished ({self.run.status}); nothing after a "
+                "run's end is stored",
+                fix=f"call {call}() before run.finish() (or the end of its `with` block), or start another "
+                "run (layerlake.track(...) or layerlake.init(...))",
+            )
 
     def _report(self, text: str) -> None:
         """Say the first failure on stderr at once; later ones are counted and summed up at the end."""
@@ -669,17 +754,25 @@ def checked_step(step: Any, call: str) -> int:
 
 
 def checked_number(name: str, value: Any, step: int) -> float:
-    """A logged value as a float (a Python, numpy or torch number of one element); a ``ConfigError``
-    naming it otherwise."""
-    try:
-        if isinstance(value, (str, bytes, bool)):
-            raise TypeError
-        return float(value.item() if hasattr(value, "item") else value)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
+    """A logged value as a float (a Python, numpy or torch number of one element: ``etl.scalars``); a
+    ``ConfigError`` naming it and why otherwise."""
+    number, why = as_number(value)
+    if number is None:
         raise ConfigError(
-            f"log() at step {step}: {name} = {str(value)[:40]!r} is not a number",
-            fix="log numbers only (a float, an int, or a one-element tensor: loss.item())",
-        ) from None
+            f"log() at step {step}: {name} = {str(value)[:40]!r} is not a number ({why})",
+            fix="log numbers only (a float, an int, or a one-element tensor: loss.item()); a library's "
+            "values go through run.log_values(step, values), which leaves the others out",
+        )
+    return number
+
+
+def exit_status(error: BaseException | None) -> tuple[RunStatus, str | None]:
+    """How a run ends after ``error`` (None: no exception): finished, also for ``SystemExit`` with code 0
+    or None (``sys.exit()``, a script's normal exit); failed with the error's text otherwise
+    (``sys.exit(1)``, ``sys.exit("message")``, an exception, Ctrl-C)."""
+    if error is None or (isinstance(error, SystemExit) and error.code in (0, None)):
+        return RunStatus.finished, None
+    return RunStatus.failed, f"{type(error).__name__}: {error}"
 
 
 def scalars_task_id(run_id: str, block: int, rank: int | None = None) -> str:

@@ -214,9 +214,11 @@ def test_a_script_that_dies_leaves_its_wandb_style_run_failed(tmp_path):
     assert query(tmp_path, "select value from scalars") == [(1.0,)]
 
 
-def test_wandb_style_calls_refuse_what_cannot_work(tmp_path):
+def test_wandb_style_calls_refuse_what_cannot_work(tmp_path, monkeypatch):
     from layerlake.core.errors import ConfigError
+    from layerlake.etl import session
 
+    monkeypatch.setattr(session, "_session", session._Session())  # as in a new process: no run yet
     layerlake.finish()  # nothing open: nothing to do
     with pytest.raises(ConfigError, match="before layerlake.init"):
         layerlake.log({"loss": 1.0})

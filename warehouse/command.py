@@ -415,7 +415,12 @@ def house_checks(root: Path, verify_files: bool) -> list[tuple[str, str, pa.Tabl
             "tasks whose manifest entry no layerlake writer writes (warehouse.content)",
             _rows(malformed),
         ),
-        ("killed_runs", "runs whose process ended without finishing them", _rows(killed)),
+        (
+            "killed_runs",
+            "runs still marked running whose process is gone (a run recorded as killed is a fact, not a "
+            "finding)",
+            _rows(killed),
+        ),
     ]
 
 

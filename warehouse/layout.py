@@ -54,6 +54,14 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def safe_name(text: str, default: str) -> str:
+    """``text`` as a name ``check_name`` accepts: each run of other characters (spaces, '=', '/') becomes
+    '_', leading '.', '_', '+' and '-' are dropped, and it is cut to ``MAX_NAME`` characters (``default``
+    when nothing is left). ``"lr=3e-3 bs=8"`` -> ``"lr_3e-3_bs_8"``."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).lstrip("._+-")[:MAX_NAME]
+    return name or default
+
+
 def checkpoint_task_id(suite: str, model: str, run_id: str, revision: str, probe_id: str) -> str:
     """The task of one checkpoint of one run seen through one probe: a hash of content only, never a
     path, so a moved data folder or a checkpoint imported from elsewhere keeps its task."""

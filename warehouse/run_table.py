@@ -161,9 +161,11 @@ def text(value: Any) -> str:
 
 
 def sort_key(value: Any) -> tuple:
+    """Numbers in order, then NaN (a diverged run's last loss: it compares with no number, so it would
+    leave the order undefined among them), then text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, float(value), "")
-    return (1, 0.0, text(value))
+        return (0, float(value), "") if not math.isnan(value) else (1, 0.0, "")
+    return (2, 0.0, text(value))
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

@@ -13,6 +13,8 @@ probe batch's row in one manifest line), end it with ``end_run``, and write a pr
 from __future__ import annotations
 
 import json
+import math
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -91,10 +93,34 @@ class Run:
 def new_run(run_id: str, suite: str, model: str, kind: RunKind, config: Any = None, **fields: Any) -> Run:
     """A run starting now, with this process's host, pid, layerlake version and git state."""
     commit, dirty = git_state()
-    config_json = json.dumps(config if config is not None else {}, sort_keys=True, default=str)
+    config_json = json.dumps(
+        json_config(config if config is not None else {}), sort_keys=True, allow_nan=False
+    )
     return Run(
         run_id, suite, model, kind, git_commit=commit, git_dirty=dirty, config_json=config_json, **fields
     )
+
+
+NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # JSON has no such numbers
+
+
+def json_config(value: Any) -> Any:
+    """``value`` as plain JSON values, so every reader parses ``config_json`` and compares its numbers as
+    numbers: a numpy number or a one-element tensor or array as its Python number (``.item()``), a tuple or
+    set as a list, NaN and infinities as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, keys as
+    text; an array or a tensor of several values as a list; anything else (a dtype, a path) as its text."""
+    if isinstance(value, dict):
+        return {str(k): json_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_config(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else NON_FINITE_JSON[str(value)]
+    if value is None or isinstance(value, (str, int)):  # bool is an int
+        return value
+    for plain in ("item", "tolist"):  # numpy and torch: one number, else a (nested) list
+        with suppress(AttributeError, TypeError, ValueError, RuntimeError):
+            return json_config(getattr(value, plain)())
+    return str(value)
 
 
 def import_run_id(source: str, model: str) -> str:
@@ -122,7 +148,7 @@ def begin_run(
         before = committed_run(warehouse, run.run_id)
         if before is not None:
             check_restart(warehouse, before, run, resume)
-            run = replace(run, started_at=before.started_at)
+            run = replace(run, started_at=before.started_at, probe_id=run.probe_id or before.probe_id)
         commits = [prepare_run(warehouse, run)]
         if probe is not None and not warehouse.is_committed(
             probe_task_id(run.run_id, str(probe["probe_id"]))
@@ -145,6 +171,13 @@ def check_restart(warehouse: Warehouse, before: Run, run: Run, resume: bool | No
         raise WarehouseError(
             f"run {run.run_id!r} {where} is a run of {before.suite}/{before.model}, not of {run.suite}/{run.model}",
             fix=f"resume it as suite={before.suite!r}, model {before.model!r}, or start another run_id",
+        )
+    if resume and before.probe_id and run.probe_id and before.probe_id != run.probe_id:
+        raise ConfigError(
+            f"run {run.run_id!r} {where} snapshots through probe {before.probe_id}, not probe {run.probe_id}: "
+            "a run's snapshots are compared through one probe",
+            fix="resume it with the probe it started with (the same token ids and rule), or start another "
+            "run_id for this probe",
         )
     alive = process_alive(before.host, before.pid)
     if resume and before.status == RunStatus.running and alive and before.pid != pid():

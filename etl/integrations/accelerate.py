@@ -46,14 +46,13 @@ class LayerlakeTracker(GeneralTracker):
 
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
-        """Numbers of ``values`` (others are left out: ``scalars`` holds numbers), then a snapshot when
-        ``step`` is due. Without a step, one past the last logged."""
+        """Numbers of ``values`` (others, such as bools, strings, dicts or tensors of several elements, are
+        left out, said once per name: ``TrackedRun.log_values``), then a snapshot when ``step`` is due
+        (once per step). Without a step, one past the last logged."""
         run = self._start(None)
         step = step if step is not None else self._next_step
         self._next_step = step + 1
-        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) or hasattr(v, "item")}
-        if numbers:
-            run.log(step, **numbers)
+        run.log_values(step, values)
         if self.model is not None:
             run.snapshot(step, self.model)
 

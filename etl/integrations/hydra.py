@@ -42,12 +42,8 @@ class LayerlakeCallback(Callback):
             return
         if job_return.status == JobStatus.COMPLETED:
             value = job_return.return_value
-            numbers = value if isinstance(value, dict) else {"return_value": value}
-            numbers = {
-                k: v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-            if numbers:
-                run.log(run.last_step, **numbers)
+            if value is not None:
+                run.log_values(run.last_step, value if isinstance(value, dict) else {"return_value": value})
             session.finish()
         else:
             error = job_return._return_value  # the job's exception (JobReturn keeps it there)

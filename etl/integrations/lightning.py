@@ -30,6 +30,7 @@ class LayerlakeCallback(pl.Callback):
         self.track_kwargs = track_kwargs
         self.run: Any = None  # the layerlake.etl.track.TrackedRun of the fit under way
         self.model: Any = None  # what its snapshots read
+        self.step: int | None = None  # trainer.global_step at the last snapshot check
 
     # -- the run's life --------------------------------------------------------------------------------
 
@@ -44,13 +45,16 @@ class LayerlakeCallback(pl.Callback):
         self.run = track(self.model, **kwargs).__enter__()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.step = trainer.global_step
         self.run.snapshot(trainer.global_step, self.model, force=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step % max(1, trainer.log_every_n_steps) == 0:
             self._log(trainer)
-        self.run.snapshot(step, self.model)
+        if step != self.step:  # an optimizer step was taken (not a batch accumulating gradients)
+            self.step = step
+            self.run.snapshot(step, self.model)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer)
@@ -78,13 +82,7 @@ class LayerlakeCallback(pl.Callback):
     # -- helpers -----------------------------------------------------------------------------------------
 
     def _log(self, trainer: pl.Trainer) -> None:
-        numbers = {
-            name: float(value)
-            for name, value in trainer.callback_metrics.items()
-            if getattr(value, "numel", lambda: 1)() == 1
-        }
-        if numbers:
-            self.run.log(trainer.global_step, reduce="writer", **numbers)
+        self.run.log_values(trainer.global_step, trainer.callback_metrics, reduce="writer")
 
     def tracked_model(self, pl_module: pl.LightningModule) -> Any:
         """The model inside ``pl_module`` that snapshots read (see the module's docstring)."""

@@ -25,9 +25,7 @@ class LayerlakeCallback(TrainerCallback):
             self.run.snapshot(state.global_step, model, force=True)  # the model before its first update
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        if numbers:
-            self.run.log(state.global_step, reduce="writer", **numbers)
+        self.run.log_values(state.global_step, logs or {}, reduce="writer")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is not None:

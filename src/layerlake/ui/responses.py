@@ -8,7 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from layerlake.core.errors import LayerlakeError
-from layerlake.core.render import timestamp_text
+from layerlake.core.render import json_safe, timestamp_text
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,13 @@ class Response:
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(status, "application/json", json.dumps(data, default=_json_default).encode())
+    """``data`` as JSON that every browser parses: a NaN or an infinity (a diverged run's last loss) is
+    null, as in the tables (``core.render.json_safe``); the check costs nothing when there is none."""
+    try:
+        text = json.dumps(data, default=_json_default, allow_nan=False)
+    except ValueError:
+        text = json.dumps(json_safe(data), default=_json_default, allow_nan=False)
+    return Response(status, "application/json", text.encode())
 
 
 def error_response(error: LayerlakeError, status: int = 400) -> Response:

@@ -1,5 +1,5 @@
 -- name: non_finite
--- description: NaN or infinite values in statistics, singular values or Gram matrices
+-- description: NaN or infinite values in statistics, singular values or Gram matrices (not in scalars: a logged NaN loss is kept as it was logged, a fact about the run)
 -- grain: one row per offending row; zero rows means the audit passes
 SELECT 'activation_stats' AS table_name, suite, model, run_id, step, layer, site AS what, head
 FROM activation_stats
