@@ -71,7 +71,7 @@ SCALAR_BLOCK = SCALARS_BLOCK  # steps per scalars task: a resumed run rewrites t
 # OOM kill, a preemption) loses at most this many seconds of them. Each commit rewrites the open block's
 # task whole (one small file and a manifest line), so a shorter interval costs more files until the run
 # is compacted.
-SCALAR_FLUSH_S = 30.0  # a kill loses at most this much; each flush rewrites the open block (a file, a manifest line)
+SCALAR_FLUSH_S = 30.0
 LIVE = "live"
 _FLUSH = "flush"  # queued by flush(): the committing thread commits the scalars logged since it last did
 
