@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -78,6 +79,40 @@ def test_csv_json_parquet(root, tmp_path, capsys, monkeypatch):
     assert pq.read_table(out).to_pylist() == [{"step": 0, "nn": 5.0}, {"step": 1, "nn": 5.0}]
     said = capsys.readouterr()
     assert said.out == "" and said.err == f"wrote 2 rows, {out.stat().st_size:,} bytes (parquet) to {out}\n"
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["_manifest/commits.jsonl", "shard", "link", "new.csv"])
+def test_an_output_inside_the_warehouse_is_refused_and_changes_nothing(root, tmp_path, capsys, target):
+    shard = next(Path(root).glob("spectra/**/*.parquet"))
+    path = {"shard": shard, "link": tmp_path / "link.csv"}.get(target, Path(root) / target)
+    if target == "link":
+        path.symlink_to(Path(root) / "_manifest/commits.jsonl")
+    before = _files(root)
+    assert main(["sql", "select 1 as a", "--root", root, "--output", str(path), "--format", "csv"]) == 2
+    err = capsys.readouterr().err
+    assert f"is inside {root}" in err and "write the result outside the warehouse" in err
+    assert _files(root) == before
+    assert main(["check", "--root", root]) == 0
+
+
+def test_an_output_inside_an_attached_folder_is_refused(root, tmp_path, capsys):
+    shared = tmp_path / "shared"
+    assert main(["share", "export", str(shared), "--root", root]) == 0
+    before = _files(shared)
+    args = ["sql", "select 1 as a", "--root", root, "--attach", str(shared)]
+    assert main([*args, "--output", str(shared / "manifest.json"), "--format", "json"]) == 2
+    assert f"is inside {shared}" in capsys.readouterr().err
+    assert _files(shared) == before
+
+
+def test_an_output_that_is_a_folder_is_named_a_folder(root, tmp_path, capsys):
+    assert main(["sql", "select 1 as a", "--root", root, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path} is a folder" in err and "result.parquet" in err
 
 
 def test_schema_describes_views(root, capsys):

@@ -12,6 +12,7 @@ track, import-metrics, share import) make a new warehouse where they are told to
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,15 @@ def _below(path: Path) -> list[Path]:
             elif depth + 1 < SEARCH_DEPTH:
                 queue.append((child, depth + 1))
     return found
+
+
+def enclosing(path: Any, folders: Iterable[Any]) -> Path | None:
+    """The first of ``folders`` that ``path`` is, or lies inside, both with symlinks resolved (a link to a
+    shard is the shard); None when it lies in none. A writer of the user's files (``sql --output``,
+    ``share export``) refuses such a path: a warehouse's files are written by its own writer only."""
+    target = Path(path).expanduser().resolve()
+    for folder in folders:
+        resolved = Path(folder).expanduser().resolve()
+        if target == resolved or resolved in target.parents:
+            return resolved
+    return None
