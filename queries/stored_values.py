@@ -31,6 +31,9 @@ class Named:
     optional: bool = False  # when nothing of this kind is stored at all, the recipe shows the rest: no error
 
 
+# The source the staging view cka_curves gives the CKA computed from stored sketches (beside each imported
+# source's name): an import may not take it (``queries.imports.RESERVED_SOURCES``)
+COMPUTED = "computed"
 # Every base table a recipe may read, so that a value held by any of them is found.
 _ROWS = ("runs", "checkpoints", "sketches", "spectra", "activation_stats", "imported_metrics", "scalars")
 _MODELS = Named("model", _ROWS)
@@ -52,7 +55,7 @@ NAMED: dict[str, Named] = {
     "layer": Named("layer", ("sketches", "spectra", "activation_stats", "imported_metrics")),
     "site": _SITES,
     "sites": _SITES,
-    "source": Named("source", ("imported_metrics",), also=("computed",)),
+    "source": Named("source", ("imported_metrics",), also=(COMPUTED,)),
     "scalar": Named("name", ("scalars",), optional=True),
     # how the stored Grams and spectra were made: a kind never extracted would give no rows
     "estimator": Named("estimator", ("sketches",), optional=True),

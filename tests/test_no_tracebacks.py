@@ -126,6 +126,31 @@ def test_non_utf8_text_in_parquet_is_refused(tmp_path, capsys):
     assert "'model'" in err and "UTF-8" in err
 
 
+@pytest.mark.parametrize(
+    "text,args,message",
+    [
+        (
+            "model,step,layer,site,metric,value,value\nm,1,0,ov,cka,0.5,0.6\n",
+            (),
+            "more than one column named 'value'",
+        ),
+        (HEADER, (), "holds no rows (a header only)"),
+        (HEADER + "m,1,0,ov,cka,0.5\n", ("--source", "computed"), "--source 'computed' is reserved"),
+        (HEADER + "m,1,0,ov,cka,0.5\n", ("--suite", ""), "suite ''"),
+    ],
+)
+def test_a_metrics_file_or_name_that_cannot_be_imported_is_refused_and_stores_nothing(
+    tmp_path, capsys, text, args, message
+):
+    # a duplicated column was a KeyError traceback; a header only imported nothing with exit 0; the
+    # source 'computed' mixed its rows into the computed curves; --suite "" became the configured suite
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    err = refused(capsys, *import_file(tmp_path, path), *args)
+    assert message in err
+    assert not (tmp_path / "wh" / "_manifest" / "commits.jsonl").exists()
+
+
 def test_a_site_that_looks_like_markup_is_printed_as_is(tmp_path, capsys):
     path = tmp_path / "m.csv"
     path.write_text(HEADER + f"m,1,0,{MARKUP},cka,0.5\n")
