@@ -194,11 +194,25 @@ def test_a_query_past_the_memory_limit_is_stopped(root, capsys):
     ("args", "message"),
     [(["--memory-limit", "lots"], "is not a size"), (["--timeout", "-1"], "--timeout SECONDS >= 0"),
      (["--timeout", "nan"], "--timeout SECONDS >= 0"), (["--memory-limit", "1GB'; select 1; --"], "is not a size"),
-     (["--max-rows", "0"], "--max-rows")],
+     (["--max-rows", "0"], "--max-rows"), (["--memory-limit", "1B"], "'1B' is too small"),
+     (["--memory-limit", "10KB"], "'10KB' is too small"), (["--memory-limit", "0.0000001%"], "is too small")],
 )  # fmt: skip
 def test_bad_limits_are_refused(root, capsys, args, message):
     assert main(["sql", "select 1", "--root", root, *args]) == 2
     assert message in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_a_tiny_memory_limit_leaves_this_process_able_to_check_statements(root, capsys):
+    # a limit of a few KB once stayed set on this process's parser connection (its RESET ran out of memory
+    # too): every later statement check failed, in the UI's server as in a notebook
+    from layerlake.core.duck import QueryLimits, read_only_statement
+    from layerlake.core.errors import SqlError
+
+    for size in ("1B", "10KB", "0.0000001%"):
+        with pytest.raises(SqlError, match="too small"):
+            QueryLimits(memory_limit=size).check()
+    read_only_statement("select 1")
+    assert main(["sql", "select 1", "--root", root]) == 0
 
 
 def test_a_stopped_query_leaves_an_existing_output_file_as_it_was(root, tmp_path, capsys):

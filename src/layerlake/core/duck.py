@@ -11,7 +11,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import duckdb
@@ -172,25 +172,41 @@ class QueryLimits:
 
     def memory_bytes(self) -> int:
         """The memory limit in bytes, as DuckDB reads the size (``4GB`` = 4 * 10^9, ``4GiB`` = 4 * 2^30,
-        ``80%`` of this machine's memory)."""
+        ``80%`` of this machine's memory). A size below ``MIN_MEMORY_BYTES`` is refused before DuckDB
+        holds it: under ~16 KB DuckDB cannot even read its own setting back (or reset it)."""
         text = str(self.memory_limit)
-        with parser() as con:
-            try:
-                con.execute("SET memory_limit = ?", [text])  # DuckDB decides what is a size
-                shown = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-            except duckdb.Error as error:
-                raise SqlError(
-                    f"memory limit {text!r} is not a size: {_first_line(error)}", fix=_MEMORY_FIX
-                ) from error
-            finally:
-                con.execute("RESET memory_limit")
-        size = _size_bytes(text) or _size_bytes(shown.replace(" ", ""))  # '80%' reads back as '18.8 GiB'
+        size = _size_bytes(text)
+        if size is None or size >= MIN_MEMORY_BYTES:
+            shown = _duckdb_size(text)
+            size = size or _size_bytes(shown.replace(" ", ""))  # '80%' reads back as '18.8 GiB'
         if size is None or size < MIN_MEMORY_BYTES:
             raise SqlError(
                 f"memory limit {text!r} is too small to run a query (at least {MIN_MEMORY_BYTES >> 20}MiB)",
                 fix=_MEMORY_FIX,
             )
         return size
+
+
+def _duckdb_size(text: str) -> str:
+    """The memory limit ``text`` as DuckDB shows it once set (``SqlError`` when it is not a size; '0
+    bytes' when it is too small to read back). A size we cannot read ourselves ('0.001%') is tried on a
+    connection of its own, so that a tiny one leaves this process's ``parser()`` as it was."""
+    own = _size_bytes(text) is None
+    with nullcontext(memory_connection()) if own else parser() as con:
+        try:
+            con.execute("SET memory_limit = ?", [text])  # DuckDB decides what is a size
+            return con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        except duckdb.OutOfMemoryException:
+            return "0 bytes"
+        except duckdb.Error as error:
+            raise SqlError(
+                f"memory limit {text!r} is not a size: {_first_line(error)}", fix=_MEMORY_FIX
+            ) from error
+        finally:
+            if own:
+                con.close()
+            else:
+                con.execute("RESET memory_limit")
 
 
 def _size_bytes(text: str) -> int | None:
