@@ -49,6 +49,30 @@ def test_writes_are_refused(root, statement):
     assert "read-only" in error.value.message or "one statement" in error.value.message
 
 
+@pytest.mark.parametrize(
+    ("statement", "named"),
+    [
+        ("checkpoint", "a CHECKPOINT statement"),  # DuckDB types it a CALL
+        ("install httpfs", "an INSTALL statement"),  # DuckDB types it a LOAD
+        ("attach 'x.db'", "an ATTACH statement"),
+        ("export database 'x'", "an EXPORT statement"),
+        ("with x as (select 1) insert into spectra select * from x", "an INSERT statement"),
+        ("/* c */ delete from spectra", "a DELETE statement"),
+    ],
+)
+def test_a_refused_statement_is_named_as_written(root, statement, named):
+    with pytest.raises(QueryError) as error:
+        sql([statement, "--root", root])
+    assert f"read-only: {named} is refused" in error.value.message
+
+
+@pytest.mark.parametrize("statement", ["-- only a comment", "/* nothing */", " ; "])
+def test_an_empty_statement_is_named_empty(root, statement):
+    with pytest.raises(QueryError) as error:
+        sql([statement, "--root", root])
+    assert "empty statement" in error.value.message and "got 0" not in error.value.message
+
+
 def test_cli_prints_refusal_and_exits_2(root, capsys):
     assert main(["sql", "delete from spectra", "--root", root]) == 2
     assert "read-only" in capsys.readouterr().err

@@ -72,6 +72,11 @@ def _check(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> duckdb.Statem
         raise SqlError(
             f"cannot parse {what}: {_first_line(error)}", fix="see the views with `layerlake sql --schema`"
         ) from error
+    if not statements:
+        raise SqlError(
+            f"{what} got an empty statement (only whitespace or comments)",
+            fix='write one SELECT, e.g. "select * from checkpoints limit 5"',
+        )
     if len(statements) != 1:
         raise SqlError(f"{what} takes one statement, got {len(statements)}", fix="run one SELECT at a time")
     statement = statements[0]
@@ -80,12 +85,24 @@ def _check(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> duckdb.Statem
         _check(con, explained(statement.query), what)
         return statement
     if kind not in READ_ONLY_STATEMENTS:
-        shown = kind if kind != "UNKNOWN" else f"non-SELECT ({' '.join(statement.query.split()[:3])})"
         raise SqlError(
-            f"{what} is read-only: a {shown} statement is refused",
+            f"{what} is read-only: {refused_kind(statement, kind)} statement is refused",
             fix="write a SELECT (or WITH ... SELECT); to change data, use the layerlake command that writes it",
         )
     return statement
+
+
+def refused_kind(statement: duckdb.Statement, kind: str) -> str:
+    """``a DELETE``, ``an INSERT``, ``a CHECKPOINT``: the refused statement as its user wrote it. DuckDB's
+    parser files several kinds under one type (CHECKPOINT is a CALL, INSTALL a LOAD), so its first word
+    names it, unless that is WITH (whose type says what it does) or a kind the enum does not know."""
+    words = _LEADING_COMMENTS.sub("", statement.query, count=1).split()
+    first = words[0].upper() if words else kind
+    if kind == "UNKNOWN":
+        shown = f"non-SELECT ({' '.join(words[:3])})"
+    else:
+        shown = kind if first in ("WITH", "(") or not first.isalpha() else first
+    return f"{'an' if shown[:1] in 'AEIOU' else 'a'} {shown}"
 
 
 def statement_kind(statement: duckdb.Statement) -> str:
