@@ -68,6 +68,26 @@ def test_unknown_table_to_export_names_the_tables(root, tmp_path, capsys):
     assert "nosuch" in err and "activation_stats" in err
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("import", "ftp://example.com/x"), "the URL scheme ftp:// is not supported"),
+        (("attach", "s3://bucket/x"), "the URL scheme s3:// is not supported"),
+        (("import", "{file}"), "is a file, not a shared dataset folder"),
+        (("import", "{shared}", "--http-timeout", "nan"), "--http-timeout nan is not a time limit"),
+        (("attach", "{shared}", "--http-timeout", "inf"), "--http-timeout inf is not a time limit"),
+    ],
+)
+def test_a_shared_dataset_that_cannot_be_read_is_named(root, tmp_path, capsys, args, message):
+    shared, file = tmp_path / "shared", tmp_path / "file.txt"
+    assert main(["share", "export", str(shared), "--root", root]) == 0
+    file.write_text("not a dataset")
+    capsys.readouterr()
+    argv = [a.format(shared=shared, file=file) for a in args]
+    err = refused(capsys, "share", *argv, "--root", root)
+    assert message in err and "ftp:/example.com" not in err
+
+
 # -- layerlake import-metrics -----------------------------------------------------------------------------
 
 HEADER = "model,step,layer,site,metric,value\n"

@@ -75,6 +75,10 @@ class SharedDataset:
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The parsed ``manifest.json`` of ``folder``; a ``ShareError`` if it is missing or malformed."""
     path = folder / MANIFEST_JSON
+    if folder.exists() and not folder.is_dir():
+        raise ShareError(
+            f"{folder} is a file, not a shared dataset folder", fix="pass the folder `share export` made"
+        )
     if not folder.is_dir():
         raise ShareError(
             f"shared dataset folder {folder} does not exist", fix="pass the folder `share export` made"
