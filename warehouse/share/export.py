@@ -13,7 +13,6 @@ reader that globs the folder sees each row once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from layerlake.warehouse.shards import copy_verified, fsync_dir, now_utc, slices
 from layerlake.warehouse.share import card
 from layerlake.warehouse.share.http import block_digests
 from layerlake.warehouse.share.layout import CARD, CROISSANT, FORMAT, FORMAT_VERSION, MANIFEST_JSON
+from layerlake.warehouse.share.layout import dataset_id as layout_dataset_id
 
 # Meta keys of a commit entry that say where a checkpoint's rows came from (the dataset's provenance).
 DEFAULT_LICENSE = "CC-BY-4.0"  # the statistics an export holds, unless its author says otherwise (--license)
@@ -311,8 +311,7 @@ def build_manifest(
         for e in entries
         if "revision" in e.meta
     ]
-    identity = json.dumps(sorted({(f["path"], f["sha256"]) for f in files}), separators=(",", ":"))
-    dataset_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    dataset_id = layout_dataset_id((f["path"], f["sha256"]) for f in files)
     shared = any(f.shared for e in entries for f in e.files)
     return {
         "format": FORMAT,

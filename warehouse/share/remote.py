@@ -49,6 +49,7 @@ from layerlake.warehouse.share.http import (
 from layerlake.warehouse.share.layout import MANIFEST_JSON
 from layerlake.warehouse.share.verify import (
     Problem,
+    dataset_id_problems,
     listed_files,
     manifest_entries,
     parse_manifest,
@@ -198,6 +199,7 @@ def open_dataset(source: RemoteSource) -> RemoteDataset:
     manifest = parse_manifest(text, where, source.url)
     entries, problems = manifest_entries(manifest)
     problems += listed_files(entries)[1]  # how tasks share files (a compacted warehouse's merged files)
+    problems += dataset_id_problems(manifest)
     dataset = RemoteDataset(source, base, client, manifest, response.body, entries)
     for entry in entries:
         for f in entry.files:
