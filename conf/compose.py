@@ -44,6 +44,23 @@ def compose(overrides: Sequence[str] = ()) -> Config:
         raise explain(error) from error
 
 
+def run_folder(overrides: Sequence[str], multirun: bool = False) -> str:
+    """The folder Hydra makes for a job's outputs (``hydra.run.dir``, or ``hydra.sweep.dir`` for a
+    multirun: under ``paths.runs`` unless overridden), as these overrides compose it now."""
+    from omegaconf import OmegaConf
+
+    register_schemas()
+    linear_list_parsing()
+    overrides = lift_long_lists(first_of_sweeps(overrides))[0]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        node = cfg.hydra.sweep if multirun else cfg.hydra.run
+        return str(OmegaConf.select(node, "dir", throw_on_missing=True))
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
+        raise explain(error) from error
+
+
 def check_overrides(overrides: Sequence[str]) -> Config:
     """Compose once with the first value of every sweep (``a=1,2`` -> ``a=1``), then once more for each
     other value of each sweep (the rest at their first): a wrong key, type or choice in any job of a

@@ -99,6 +99,60 @@ def check_constructor(where: str, constructor: ConstructorConfig) -> None:
         pass
 
 
+def check_at_least(where: str, config: Any, bounds: dict[str, float]) -> None:
+    """Each numeric field of ``config`` named in ``bounds`` is at least its bound (a ``ConfigError`` naming
+    ``where.<field>`` if not); None (not set) and a value still missing are not checked. A negative
+    tokens_per_step stored negative tokens_seen, a negative thread count failed each task later."""
+    from layerlake.core.errors import ConfigError
+
+    for name, low in bounds.items():
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= low:
+            raise ConfigError(
+                f"{where}.{name} is {value}: it must be at least {low:g}",
+                fix=f"set {where}.{name} to a number >= {low:g}",
+            )
+
+
+def check_above(where: str, config: Any, bounds: dict[str, float]) -> None:
+    """Like ``check_at_least``, for a bound the value must exceed (a learning rate of 0 trains nothing)."""
+    from layerlake.core.errors import ConfigError
+
+    for name, low in bounds.items():
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > low:
+            raise ConfigError(
+                f"{where}.{name} is {value}: it must be more than {low:g}",
+                fix=f"set {where}.{name} to a number > {low:g}",
+            )
+
+
+def check_not_empty(where: str, config: Any, names: dict[str, str]) -> None:
+    """Each list of ``config`` named in ``names`` (field -> what it chooses) is None or holds something:
+    an empty list chooses nothing, so an extraction would store no rows (and replace a stored checkpoint's
+    rows with none)."""
+    from layerlake.core.errors import ConfigError
+
+    for name, what in names.items():
+        value = getattr(config, name)
+        if isinstance(value, list) and not value:
+            raise ConfigError(
+                f"{where}{name}=[] chooses no {what}: nothing would be extracted or queried",
+                fix=f"list at least one {what}, or leave {where}{name} out for its default",
+            )
+
+
+def check_steps(where: str, steps: Any) -> None:
+    """A list of checkpoint steps holds no negative step."""
+    from layerlake.core.errors import ConfigError
+
+    bad = [s for s in steps or () if isinstance(s, int) and s < 0]
+    if bad:
+        raise ConfigError(
+            f"{where} holds step {bad[0]}: a step cannot be negative", fix=f"give {where} steps >= 0"
+        )
+
+
 @dataclass
 class ModelSpec:
     """One model of a suite. Shapes are needed to build the embedded suite; hub suites give them too."""
@@ -122,6 +176,7 @@ class ModelSpec:
         from layerlake.core.layouts import load_layout
 
         where = f"suite.models[{self.name}]"
+        check_at_least(where, self, {"n_layers": 1, "d_model": 1, "n_heads": 1, "d_mlp": 1, "n_kv_heads": 1})
         if self.constructor is not None:
             check_constructor(f"{where}.constructor", self.constructor)
             if self.layout is None:
@@ -155,6 +210,15 @@ class TrainConfig:
     # trained into <model>@<variant>/ as run <suite>.<model>.<variant>; in a multirun, named after its sweep
     snapshots: bool = False  # also take the rows of each checkpoint from the live model while it trains
 
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_at_least(
+            "suite.train",
+            self,
+            {"seq_len": 1, "batch_size": 1, "max_steps": 1, "min_lr_ratio": 0, "warmup_steps": 0,
+             "weight_decay": 0, "vocab_size": 1, "torch_threads": 1},
+        )  # fmt: skip
+        check_above("suite.train", self, {"lr": 0})
+
 
 @dataclass
 class RevisionsConfig:
@@ -165,6 +229,9 @@ class RevisionsConfig:
     schedule: StepSchedule = StepSchedule.all  # which of the listed checkpoints to use
     count: int = 32  # log_spaced: about how many
     every: int = 10  # every_kth: k
+
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_at_least("suite.revisions", self, {"count": 1, "every": 1})
 
 
 @dataclass
@@ -184,6 +251,8 @@ class SuiteConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_at_least("suite", self, {"tokens_per_step": 1, "final_step": 0})
+        check_steps("suite.steps", self.steps)
         custom = [m.name for m in self.models if m.constructor is not None]
         if custom and self.source != SuiteSource.local:
             from layerlake.core.errors import ConfigError
@@ -210,6 +279,10 @@ class StepsConfig:
     subset: Optional[str] = None  # name in suite.subsets; None = all
     only: Optional[list[int]] = None  # explicit steps; wins over subset
 
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_not_empty("steps.", self, {"only": "step"})
+        check_steps("steps.only", self.only)
+
 
 @dataclass
 class ProbeConfig:
@@ -221,6 +294,9 @@ class ProbeConfig:
     positions: PositionRule = PositionRule.last
     n_sample: int = 64  # positions=sample: how many (sequence, position) pairs
     seed: int = 0
+
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_at_least("probe", self, {"n_sequences": 1, "seq_len": 1, "n_sample": 1})
 
 
 @dataclass
@@ -237,6 +313,7 @@ class ExecutorConfig:
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
         check_device(self.device)
+        check_at_least("executor", self, {"num_cpus": 1, "num_gpus": 0, "max_retries": 0, "torch_threads": 1})
 
 
 @dataclass
@@ -255,12 +332,19 @@ class ExtractConfig:
     matmul_precision: MatmulPrecision = MatmulPrecision.float32  # tf32: faster on Ampere+ GPUs; see docs
     autocast: Autocast = Autocast.none  # bfloat16: mixed-precision pass; its error: benchmarks/RESULTS.md
 
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_not_empty("extract.", self, {"sites": "site", "kernels": "kernel", "estimators": "estimator"})
+        check_at_least("extract", self, {"near_zero_eps": 0, "batch_size": 1})
+
 
 @dataclass
 class RecipeConfig:
     name: str = MISSING
     params: dict[str, Any] = field(default_factory=dict)
     max_rows: Optional[int] = 20  # rows the terminal table shows (`query --max-rows N`); None: all (`--all`)
+
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_at_least("recipe", self, {"max_rows": 1})
 
 
 @dataclass
@@ -272,6 +356,9 @@ class PlotConfig:
     measure: Optional[str] = (
         None  # recipes that offer a choice of measure (rank_trajectories: per | erank | ...)
     )
+
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_at_least("plot", self, {"ppi": 1})
 
 
 @dataclass
@@ -286,6 +373,9 @@ class Config:
     plot: PlotConfig = field(default_factory=PlotConfig)
     models: Optional[list[str]] = None  # restrict to these model names; None = all of the suite
     progress: bool = True
+
+    def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
+        check_not_empty("", self, {"models": "model"})
 
 
 GROUPS: dict[str, type] = {

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from layerlake.core.hashing import sha256_file
 from layerlake.queries.errors import MetricsImportError
+from layerlake.queries.stored_values import COMPUTED
 
 SITE_MAP = {
     "attention.dense": "ov",
@@ -88,6 +89,14 @@ def read_file(path: Path) -> pa.Table:
 def validate(table: pa.Table, site_map: dict[str, str], where: str) -> pa.Table:
     """The rows as (model, step, layer, site, metric, value) with contract types and mapped sites."""
     names = table.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise MetricsImportError(
+            f"{where} has more than one column named {', '.join(map(repr, twice))}",
+            fix="give each column once: model, step, layer, site (or module), metric, value",
+        )
+    if table.num_rows == 0:
+        raise MetricsImportError(f"{where} holds no rows (a header only)", fix="pass a file with rows")
     if "module" in names and "site" in names:
         raise MetricsImportError(f"{where} has both `site` and `module` columns", fix="keep one of them")
     if "module" in names:
@@ -225,6 +234,21 @@ def content_sha256(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
+# Source names the recipes give rows that were not imported: an import under one of them would mix its
+# values into those rows (cka_curves' source = 'computed': the curves from the stored sketches)
+RESERVED_SOURCES = {COMPUTED: "the CKA the recipes compute from stored sketches"}
+
+
+def check_source(source: str) -> None:
+    """``source`` is not a name the recipes reserve (``RESERVED_SOURCES``)."""
+    if source in RESERVED_SOURCES:
+        raise MetricsImportError(
+            f"--source {source!r} is reserved: it names {RESERVED_SOURCES[source]}, which imported rows "
+            "would be mixed into",
+            fix="name the rows' origin, e.g. --source pythia-paper",
+        )
+
+
 def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict) -> list[Outcome]:
     """Commit validated ``rows`` (from ``validate``) model by model; returns what happened per model."""
     from layerlake.warehouse.layout import check_name
@@ -232,6 +256,7 @@ def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict
     from layerlake.warehouse.writer import Warehouse, discard
 
     check_name("source", source)
+    check_source(source)
     check_name("suite", suite)
     models = sorted(set(rows.column("model").to_pylist()))
     for model in models:
@@ -319,7 +344,7 @@ def main(argv: list[str]) -> int:
 
     site_map = parse_site_map(args.site_map, not args.no_default_site_map)
     rows = validate(read_file(args.file), site_map, str(args.file))
-    suite, root = (args.suite, args.root) if args.suite and args.root else _fill(args.suite, args.root)
+    suite, root = _fill(args.suite, args.root)
     meta = {"file": Path(args.file).name, "file_sha256": sha256_file(Path(args.file)), "site_map": site_map}
     if args.license:
         meta["license"] = args.license
@@ -335,5 +360,9 @@ def main(argv: list[str]) -> int:
 
 
 def _fill(suite: str | None, root: Path | None) -> tuple[str, Path]:
+    """``--suite`` and ``--root``, each the configured one when not given (an empty ``--suite ""`` is
+    given, and refused by name: it once silently became the configured suite)."""
+    if suite is not None and root is not None:
+        return suite, root
     default_suite, default_root = configured_defaults()
-    return suite or default_suite, root or default_root
+    return default_suite if suite is None else suite, default_root if root is None else root

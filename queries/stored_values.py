@@ -31,11 +31,17 @@ class Named:
     optional: bool = False  # when nothing of this kind is stored at all, the recipe shows the rest: no error
 
 
+# The source the staging view cka_curves gives the CKA computed from stored sketches (beside each imported
+# source's name): an import may not take it (``queries.imports.RESERVED_SOURCES``)
+COMPUTED = "computed"
 # Every base table a recipe may read, so that a value held by any of them is found.
 _ROWS = ("runs", "checkpoints", "sketches", "spectra", "activation_stats", "imported_metrics", "scalars")
 _MODELS = Named("model", _ROWS)
 _RUNS = Named("run_id", _ROWS)
-_STEPS = Named("step", _ROWS)
+# A step parameter names a checkpoint (the Grams compared, the reference): the steps of stored rows of
+# checkpoints, not those of logged scalars (a tracked run logs every step; a step that is no checkpoint's
+# gave no rows)
+_STEPS = Named("step", tuple(t for t in _ROWS if t != "scalars"))
 _SITES = Named("site", ("sketches", "activation_stats", "imported_metrics"))
 # In checking order: a parameter earlier in the list narrows where the later ones are looked up.
 NAMED: dict[str, Named] = {
@@ -49,7 +55,7 @@ NAMED: dict[str, Named] = {
     "layer": Named("layer", ("sketches", "spectra", "activation_stats", "imported_metrics")),
     "site": _SITES,
     "sites": _SITES,
-    "source": Named("source", ("imported_metrics",), also=("computed",)),
+    "source": Named("source", ("imported_metrics",), also=(COMPUTED,)),
     "scalar": Named("name", ("scalars",), optional=True),
     # how the stored Grams and spectra were made: a kind never extracted would give no rows
     "estimator": Named("estimator", ("sketches",), optional=True),
@@ -73,7 +79,8 @@ def within(named: Named, tables: frozenset[str]) -> Named:
 
 def check_stored_values(con: Any, params: dict[str, Any]) -> None:
     """Raise ``ParameterError`` for the first value of ``params`` (bound recipe parameters) that names
-    something the warehouse on ``con`` does not hold; None values (meaning "all") are not checked."""
+    something the warehouse on ``con`` does not hold, or for an empty list (which names nothing, and
+    would give no rows); None values (meaning "all") are not checked."""
     scope: dict[str, list[Any]] = {}
     columns = table_columns(con)  # read once: which table has which column
     for name, named in NAMED.items():
@@ -81,6 +88,11 @@ def check_stored_values(con: Any, params: dict[str, Any]) -> None:
         if value is None:
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            raise ParameterError(
+                f"{name}=[] names no {named.column}: the recipe would return no rows",
+                fix=f"list at least one, or leave {name} out (or {name}=null) for all of them",
+            )
         stored = stored_values(con, named, scope, columns)
         missing = [v for v in values if v not in stored and v not in named.also]
         if missing and (stored or not named.optional):

@@ -21,7 +21,7 @@ from layerlake.warehouse.gram import pack
 from layerlake.warehouse.layout import checkpoint_task_id
 from layerlake.warehouse.runs import Run, RunKind, RunStatus, begin_run, commit_probe, end_run
 from layerlake.warehouse.shards import parquet_bytes
-from layerlake.warehouse.share.layout import parse_shard_path
+from layerlake.warehouse.share.layout import dataset_id, parse_shard_path
 from layerlake.warehouse.writer import Warehouse
 
 SUITE, PROBE = "toy", "p0"
@@ -115,7 +115,7 @@ def tamper(
     """Rewrite, in the exported ``folder``, the ``table`` file of the first task that ``task`` accepts:
     its rows through ``rows`` (a file schema table in, one out) and its task entry through ``meta`` (edits
     the entry's JSON in place); the file's name, sha256, size and row count (in the file list, and in an
-    annotations task's meta) are made to match again, so only the content is hostile."""  # fmt: skip
+    annotations task's meta) and the dataset id are made to match again, so only the content is hostile."""  # fmt: skip
     manifest = json.loads((folder / "manifest.json").read_text())
     entry = next(t for t in manifest["tasks"] if any(f["table"] == table for f in t["files"])
                  and (task is None or task(t)))  # fmt: skip
@@ -139,6 +139,9 @@ def tamper(
         entry["meta"][ANNOTATION_COUNTS[table]] = listed["rows"]
     if meta is not None:
         meta(entry)
+    manifest["dataset_id"] = dataset_id(
+        (f["path"], f["sha256"]) for f in manifest["files"]
+    )  # its files' hash
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 

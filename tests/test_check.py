@@ -65,6 +65,15 @@ def test_non_finite_missing_layer_duplicate_weights_and_tokens(good, capsys):
     assert "PASS duplicate_keys" in out
 
 
+def test_a_checkpoint_with_no_rows_of_a_table_the_others_have_fails(good, capsys):
+    # an extraction with no sites (extract.sites=[]) once replaced a checkpoint's rows with none
+    tables = {name: t for name, t in good_tables("m", 30).items() if name != "sketches"}
+    good.commit("t30", "s", "m", tables, {"step": 30})
+    assert check(["--root", str(good.root), "--max-rows", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL missing_layers_or_sites" in out and "(1 rows)" in out and "PASS duplicate_keys" in out
+
+
 def test_verify_files_catches_a_changed_byte(good, capsys):
     entry = good.committed()["t0"]
     sketches = next(f for f in entry.files if f.table == "sketches")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,53 @@ def test_a_group_set_to_null_is_refused_naming_the_groups(group, capsys):
     assert "suite" in error.value.fix and "probe" in error.value.fix
     assert main(["extract", f"{group}=null"]) == 2  # before anything is written or a worker starts
     assert "a config group was set to null" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("extract.sites=[]", "extract.sites=[]"),
+        ("extract.estimators=[]", "extract.estimators=[]"),
+        ("extract.kernels=[]", "extract.kernels=[]"),
+        ("models=[]", "models=[]"),
+        ("steps.only=[]", "steps.only=[]"),
+    ],
+)
+def test_an_empty_list_that_would_choose_nothing_is_refused_naming_the_key(override, key):
+    # extract.sites=[] once replaced a stored checkpoint's rows with none; models=[] extracted 0 checkpoints
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} chooses no ") as error:
+        compose([override])
+    assert "list at least one" in error.value.fix
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("suite.tokens_per_step=-1", "suite.tokens_per_step is -1: it must be at least 1"),
+        ("executor.torch_threads=-2", "executor.torch_threads is -2: it must be at least 1"),
+        ("suite.train.torch_threads=0", "suite.train.torch_threads is 0: it must be at least 1"),
+        ("executor.max_retries=-1", "executor.max_retries is -1: it must be at least 0"),
+        ("executor.num_gpus=-1", "executor.num_gpus is -1: it must be at least 0"),
+        ("probe.n_sequences=0", "probe.n_sequences is 0: it must be at least 1"),
+        ("suite.train.lr=0", "suite.train.lr is 0.0: it must be more than 0"),
+        ("extract.near_zero_eps=nan", "extract.near_zero_eps is nan: it must be at least 0"),
+        ("extract.batch_size=0", "extract.batch_size is 0: it must be at least 1"),
+        ("suite.revisions.count=0", "suite.revisions.count is 0: it must be at least 1"),
+        ("plot.ppi=0", "plot.ppi is 0: it must be at least 1"),
+        ("steps.only=[0,-5]", "steps.only holds step -5: a step cannot be negative"),
+        ("suite.steps=[-1,0]", "suite.steps holds step -1: a step cannot be negative"),
+        ("suite.models=[{name:m,n_layers:0,d_model:8,n_heads:2}]", "suite.models[m].n_layers is 0"),
+    ],
+)
+def test_a_number_out_of_its_range_is_refused_when_composed(override, message, capsys):
+    from layerlake.cli.main import main
+
+    with pytest.raises(ConfigError) as error:
+        compose([override])
+    assert message in error.value.message
+    assert main(["suite", "show", override]) == 2  # the command line says the same, without a traceback
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ") and "Traceback" not in err
 
 
 def test_cli_prints_the_composed_config_and_refuses_a_bad_key():

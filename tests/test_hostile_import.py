@@ -184,6 +184,45 @@ def test_content_no_writer_writes_is_refused_and_changes_nothing(case, export, l
     refused(folder, local, match)
 
 
+def _first_file(change):
+    def edit(manifest: dict) -> None:
+        change(manifest["files"][0])
+
+    return edit
+
+
+MANIFEST_LISTS = {
+    "rows not a number in files": (_first_file(lambda f: f.update(rows="many")), "rows 'many' not"),
+    "rows not the task's in files": (_first_file(lambda f: f.update(rows=999)), "rows '999' not"),
+    "negative bytes in files": (_first_file(lambda f: f.update(bytes=-1)), "bytes '-1' not"),
+    "a file listed twice in files": (lambda m: m["files"].append(dict(m["files"][0])), "listed twice under 'files'"),
+    "a dataset id that is not its files' hash": (
+        lambda m: m.update(dataset_id="../../x"), "dataset_id '../../x' is not its files' hash",
+    ),
+    "a 50 MB string in a task's meta": (
+        lambda m: m["tasks"][0]["meta"].update(note="x" * (50 << 20)), "its meta is 52,42",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_LISTS))
+def test_a_manifest_whose_lists_disagree_or_overflow_is_refused_and_changes_nothing(
+    case, export, local, tmp_path
+):
+    # only tasks[].files was checked: the flat files list, the dataset id and a meta's size were taken as given
+    edit, match = MANIFEST_LISTS[case]
+    folder = tmp_path / "hostile"
+    shutil.copytree(export, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    refused(folder, tmp_path / "empty", match)
+    refused(folder, local, match)
+    before = tree_hash(local)
+    assert main(["share", "attach", str(folder), "--root", str(local), "--sql", "select 1"]) == 2
+    assert tree_hash(local) == before
+
+
 @pytest.fixture(scope="module")
 def malformed(local, tmp_path_factory) -> Path:
     """A warehouse holding a run task whose meta is not a run's (written by hand, as a crafted task

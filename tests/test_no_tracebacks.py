@@ -68,6 +68,26 @@ def test_unknown_table_to_export_names_the_tables(root, tmp_path, capsys):
     assert "nosuch" in err and "activation_stats" in err
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("import", "ftp://example.com/x"), "the URL scheme ftp:// is not supported"),
+        (("attach", "s3://bucket/x"), "the URL scheme s3:// is not supported"),
+        (("import", "{file}"), "is a file, not a shared dataset folder"),
+        (("import", "{shared}", "--http-timeout", "nan"), "--http-timeout nan is not a time limit"),
+        (("attach", "{shared}", "--http-timeout", "inf"), "--http-timeout inf is not a time limit"),
+    ],
+)
+def test_a_shared_dataset_that_cannot_be_read_is_named(root, tmp_path, capsys, args, message):
+    shared, file = tmp_path / "shared", tmp_path / "file.txt"
+    assert main(["share", "export", str(shared), "--root", root]) == 0
+    file.write_text("not a dataset")
+    capsys.readouterr()
+    argv = [a.format(shared=shared, file=file) for a in args]
+    err = refused(capsys, "share", *argv, "--root", root)
+    assert message in err and "ftp:/example.com" not in err
+
+
 # -- layerlake import-metrics -----------------------------------------------------------------------------
 
 HEADER = "model,step,layer,site,metric,value\n"
@@ -124,6 +144,31 @@ def test_non_utf8_text_in_parquet_is_refused(tmp_path, capsys):
     )
     err = refused(capsys, *import_file(tmp_path, path))
     assert "'model'" in err and "UTF-8" in err
+
+
+@pytest.mark.parametrize(
+    "text,args,message",
+    [
+        (
+            "model,step,layer,site,metric,value,value\nm,1,0,ov,cka,0.5,0.6\n",
+            (),
+            "more than one column named 'value'",
+        ),
+        (HEADER, (), "holds no rows (a header only)"),
+        (HEADER + "m,1,0,ov,cka,0.5\n", ("--source", "computed"), "--source 'computed' is reserved"),
+        (HEADER + "m,1,0,ov,cka,0.5\n", ("--suite", ""), "suite ''"),
+    ],
+)
+def test_a_metrics_file_or_name_that_cannot_be_imported_is_refused_and_stores_nothing(
+    tmp_path, capsys, text, args, message
+):
+    # a duplicated column was a KeyError traceback; a header only imported nothing with exit 0; the
+    # source 'computed' mixed its rows into the computed curves; --suite "" became the configured suite
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    err = refused(capsys, *import_file(tmp_path, path), *args)
+    assert message in err
+    assert not (tmp_path / "wh" / "_manifest" / "commits.jsonl").exists()
 
 
 def test_a_site_that_looks_like_markup_is_printed_as_is(tmp_path, capsys):

@@ -184,6 +184,7 @@ def curves_warehouse(root: Path) -> None:
             ["query", "stabilisation", "source=fx", "reference_step=12"],
             "reference_step 12 is not in the warehouse (for suite embedded) (nearest: 10, 0)",
         ),
+        (["query", "stabilisation", "sites=[]"], "sites=[] names no site: the recipe would return no rows"),
         (
             ["query", "stabilisation", "sites=[ovv]"],
             "sites 'ovv' is not in the warehouse (for suite embedded) (did you mean 'ov'?)",
@@ -275,6 +276,24 @@ def test_a_warehouse_of_tracked_runs_only_needs_no_suite_named(tmp_path, capsys,
     assert "6 rows" in said.out and "m-2" in said.out
     assert main([*common, "suite=embedded", f"hydra.run.dir={tmp_path}/b"]) == 2  # named: checked, refused
     assert "suite 'embedded'" in capsys.readouterr().err
+
+
+def test_a_step_only_a_logged_scalar_holds_is_not_a_checkpoint_to_compare_with(tmp_path, capsys):
+    """A tracked run logs scalars at every step; CKA needs a checkpoint's Grams: step 12, logged but not a
+    checkpoint, gave no rows and exit 0."""
+    import layerlake
+
+    curves_warehouse(tmp_path / "warehouse")
+    with layerlake.track(
+        suite="embedded", model_name="m1", run_id="r", warehouse=tmp_path / "warehouse"
+    ) as run:
+        run.log(12, loss=1.0)
+    common = [f"paths.data={tmp_path}", f"hydra.run.dir={tmp_path}/run", "plot.format=none"]
+    assert main(["query", "stabilisation", "source=fx", "reference_step=12", *common]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "reference_step 12 is not in the warehouse" in err and "0, 10" in err
+    assert main(["query", "model_similarity", "step=12", *common]) == 2
+    assert "step 12 is not in the warehouse" in " ".join(capsys.readouterr().err.split())
 
 
 def test_stored_values_are_checked_through_the_python_api_too(tmp_path):

@@ -124,7 +124,10 @@ def test_a_wrong_filter_names_the_columns(source, capsys):
     assert main(["runs", "--root", str(source), "--filter", "lrr > 1"]) == 2
     err = capsys.readouterr().err
     assert "no column 'lrr'" in err and "Traceback" not in err
-    assert main(["runs", "--root", str(source), "--filter", "lr >"]) == 0  # an empty value: a text compare
+    for empty in ("lr >", "status = "):  # matched nothing, silently, with exit 0
+        assert main(["runs", "--root", str(source), "--filter", empty]) == 2
+        assert "has no value after" in capsys.readouterr().err
+    assert main(["runs", "--root", str(source), "--filter", "lr > ''"]) == 0  # an empty text, asked for
     assert main(["runs", "--root", str(source), "--filter", "lr 3"]) == 2
     assert "column op value" in capsys.readouterr().err
 

@@ -178,7 +178,7 @@ def test_export_filters(source, tmp_path):
     assert report.rows == 4 + 1  # 2 layers x 2 sites, one checkpoint row
     with pytest.raises(ShareError, match="unknown table"):
         export_dataset(source, tmp_path / "bad", tables=["nope"])
-    with pytest.raises(ShareError, match="nothing to export"):
+    with pytest.raises(ShareError, match="--models m9: not stored"):
         export_dataset(source, tmp_path / "bad", models=["m9"])
     assert not (tmp_path / "bad").exists()
 
@@ -194,6 +194,38 @@ def test_export_refuses_a_non_empty_folder(source, tmp_path):
     (tmp_path / "empty").mkdir()
     export_dataset(source, tmp_path / "empty")  # an empty folder is fine
     verify_folder(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("steps", [[-5], [10, 11]])
+def test_an_export_of_steps_not_stored_is_refused_naming_them(source, tmp_path, steps):
+    # tasks without a step (the probe batches) pass the step filter: --steps -5 exported only them
+    with pytest.raises(ShareError, match=f"--steps {steps[-1]}: no checkpoint") as error:
+        export_dataset(source, tmp_path / "bad", models=["m1"], steps=steps)
+    assert "0, 10, 20" in error.value.fix
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("inside", ["sketches/x", "_staging/x", "."])
+def test_an_export_into_the_warehouse_is_refused_and_gc_keeps_its_files(tmp_path, inside, capsys):
+    root = tmp_path / "warehouse"
+    build_warehouse(root, models=("m1",), steps=(0,))
+    before = tree_hash(root)
+    dest = root / inside
+    assert main(["share", "export", str(dest), "--root", str(root)]) == 2
+    assert f"is inside the warehouse {root}" in capsys.readouterr().err
+    assert tree_hash(root) == before
+    assert main(["gc", "--root", str(root), "--grace", "0"]) == 0 and tree_hash(root) == before
+
+
+def test_an_export_onto_a_file_or_an_unmakeable_folder_says_so(source, tmp_path, capsys):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("keep me")
+    assert main(["share", "export", str(mine), "--root", str(source)]) == 2
+    assert f"export folder {mine} is a file" in capsys.readouterr().err
+    assert mine.read_text() == "keep me"
+    assert main(["share", "export", str(mine / "x"), "--root", str(source)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot make the export folder {mine / 'x'}" in err and "Traceback" not in err
 
 
 def test_round_trip_every_view_returns_the_same_rows(source, exported, tmp_path):

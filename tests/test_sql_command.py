@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -48,6 +49,30 @@ def test_writes_are_refused(root, statement):
     assert "read-only" in error.value.message or "one statement" in error.value.message
 
 
+@pytest.mark.parametrize(
+    ("statement", "named"),
+    [
+        ("checkpoint", "a CHECKPOINT statement"),  # DuckDB types it a CALL
+        ("install httpfs", "an INSTALL statement"),  # DuckDB types it a LOAD
+        ("attach 'x.db'", "an ATTACH statement"),
+        ("export database 'x'", "an EXPORT statement"),
+        ("with x as (select 1) insert into spectra select * from x", "an INSERT statement"),
+        ("/* c */ delete from spectra", "a DELETE statement"),
+    ],
+)
+def test_a_refused_statement_is_named_as_written(root, statement, named):
+    with pytest.raises(QueryError) as error:
+        sql([statement, "--root", root])
+    assert f"read-only: {named} is refused" in error.value.message
+
+
+@pytest.mark.parametrize("statement", ["-- only a comment", "/* nothing */", " ; "])
+def test_an_empty_statement_is_named_empty(root, statement):
+    with pytest.raises(QueryError) as error:
+        sql([statement, "--root", root])
+    assert "empty statement" in error.value.message and "got 0" not in error.value.message
+
+
 def test_cli_prints_refusal_and_exits_2(root, capsys):
     assert main(["sql", "delete from spectra", "--root", root]) == 2
     assert "read-only" in capsys.readouterr().err
@@ -78,6 +103,40 @@ def test_csv_json_parquet(root, tmp_path, capsys, monkeypatch):
     assert pq.read_table(out).to_pylist() == [{"step": 0, "nn": 5.0}, {"step": 1, "nn": 5.0}]
     said = capsys.readouterr()
     assert said.out == "" and said.err == f"wrote 2 rows, {out.stat().st_size:,} bytes (parquet) to {out}\n"
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["_manifest/commits.jsonl", "shard", "link", "new.csv"])
+def test_an_output_inside_the_warehouse_is_refused_and_changes_nothing(root, tmp_path, capsys, target):
+    shard = next(Path(root).glob("spectra/**/*.parquet"))
+    path = {"shard": shard, "link": tmp_path / "link.csv"}.get(target, Path(root) / target)
+    if target == "link":
+        path.symlink_to(Path(root) / "_manifest/commits.jsonl")
+    before = _files(root)
+    assert main(["sql", "select 1 as a", "--root", root, "--output", str(path), "--format", "csv"]) == 2
+    err = capsys.readouterr().err
+    assert f"is inside {root}" in err and "write the result outside the warehouse" in err
+    assert _files(root) == before
+    assert main(["check", "--root", root]) == 0
+
+
+def test_an_output_inside_an_attached_folder_is_refused(root, tmp_path, capsys):
+    shared = tmp_path / "shared"
+    assert main(["share", "export", str(shared), "--root", root]) == 0
+    before = _files(shared)
+    args = ["sql", "select 1 as a", "--root", root, "--attach", str(shared)]
+    assert main([*args, "--output", str(shared / "manifest.json"), "--format", "json"]) == 2
+    assert f"is inside {shared}" in capsys.readouterr().err
+    assert _files(shared) == before
+
+
+def test_an_output_that_is_a_folder_is_named_a_folder(root, tmp_path, capsys):
+    assert main(["sql", "select 1 as a", "--root", root, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path} is a folder" in err and "result.parquet" in err
 
 
 def test_schema_describes_views(root, capsys):
@@ -159,11 +218,25 @@ def test_a_query_past_the_memory_limit_is_stopped(root, capsys):
     ("args", "message"),
     [(["--memory-limit", "lots"], "is not a size"), (["--timeout", "-1"], "--timeout SECONDS >= 0"),
      (["--timeout", "nan"], "--timeout SECONDS >= 0"), (["--memory-limit", "1GB'; select 1; --"], "is not a size"),
-     (["--max-rows", "0"], "--max-rows")],
+     (["--max-rows", "0"], "--max-rows"), (["--memory-limit", "1B"], "'1B' is too small"),
+     (["--memory-limit", "10KB"], "'10KB' is too small"), (["--memory-limit", "0.0000001%"], "is too small")],
 )  # fmt: skip
 def test_bad_limits_are_refused(root, capsys, args, message):
     assert main(["sql", "select 1", "--root", root, *args]) == 2
     assert message in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_a_tiny_memory_limit_leaves_this_process_able_to_check_statements(root, capsys):
+    # a limit of a few KB once stayed set on this process's parser connection (its RESET ran out of memory
+    # too): every later statement check failed, in the UI's server as in a notebook
+    from layerlake.core.duck import QueryLimits, read_only_statement
+    from layerlake.core.errors import SqlError
+
+    for size in ("1B", "10KB", "0.0000001%"):
+        with pytest.raises(SqlError, match="too small"):
+            QueryLimits(memory_limit=size).check()
+    read_only_statement("select 1")
+    assert main(["sql", "select 1", "--root", root]) == 0
 
 
 def test_a_stopped_query_leaves_an_existing_output_file_as_it_was(root, tmp_path, capsys):

@@ -33,6 +33,7 @@ from layerlake.warehouse import schema
 from layerlake.warehouse import writer as writer_module
 from layerlake.warehouse.errors import ShareError, WarehouseError
 from layerlake.warehouse.share import export_dataset, import_dataset
+from layerlake.warehouse.share.layout import dataset_id
 from layerlake.warehouse.synthetic import checkpoint_tables
 from layerlake.warehouse.writer import HOST, Warehouse
 
@@ -254,7 +255,7 @@ def rewrite(folder: Path, table: str, change) -> None:
 
 def relist(folder: Path, manifest: dict, rel: str, rows: int | None = None) -> None:
     """Make manifest.json agree with the file's new bytes, renaming it after its new hash (a careful
-    forger's export: every sha256 and size matches)."""
+    forger's export: every sha256 and size matches, and the dataset id)."""
     digest = sha256_file(folder / rel)
     new = rel[: -len("0123456789abcdef.parquet")] + f"{digest[:16]}.parquet"
     (folder / rel).rename(folder / new)
@@ -262,6 +263,7 @@ def relist(folder: Path, manifest: dict, rel: str, rows: int | None = None) -> N
         if f["path"] == rel:
             f["path"], f["sha256"], f["bytes"] = new, digest, (folder / new).stat().st_size
             f["rows"] = rows if rows is not None else f["rows"]
+    manifest["dataset_id"] = dataset_id((f["path"], f["sha256"]) for f in manifest["files"])
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -365,6 +367,7 @@ def test_the_same_rows_under_two_tasks_of_one_export_are_refused(good_export, tm
     manifest["files"] += [
         {**f, "task_id": copy, "suite": task["suite"], "model": task["model"]} for f in task["files"]
     ]
+    manifest["dataset_id"] = dataset_id((f["path"], f["sha256"]) for f in manifest["files"])
     (folder / "manifest.json").write_text(json.dumps(manifest))
     local = tmp_path / "local"
     build_warehouse(local, models=("m2",), steps=(5,))

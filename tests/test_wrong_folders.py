@@ -108,6 +108,36 @@ def test_a_wrong_layerlake_data_creates_nothing_for_a_failed_command(project, tm
     assert snapshot(tmp_path) == before  # no runs/ folder under the wrong data folder, nothing anywhere
 
 
+def test_a_layerlake_data_that_is_a_file_is_named_a_file(project, tmp_path, monkeypatch, capsys):
+    wrong = tmp_path / "a-file"
+    wrong.write_text("not a folder")
+    monkeypatch.setenv("LAYERLAKE_DATA", str(wrong))
+    before = snapshot(tmp_path)
+    for argv in (["query", "stabilisation"], ["sql", "select 1"], ["check"], ["suite", "show"]):
+        err = refused(capsys, argv)
+        assert f"{wrong} is a file" in err and "$LAYERLAKE_DATA names it" in err, argv
+        assert "Traceback" not in err and "NotADirectoryError" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_the_fix_for_a_hydra_command_names_its_folder_option_once(project, capsys):
+    err = refused(capsys, ["query", "stabilisation", f"paths.data={project / 'nothing'}"])
+    assert "with paths.warehouse=DIR (or paths.data=DIR, whose warehouse is DIR/warehouse) (or set" in err
+
+
+@pytest.mark.parametrize(
+    "override", ["paths.runs=/proc/layerlake-x", "hydra.run.dir=/proc/layerlake-x", "paths.runs={file}/runs"]
+)
+def test_a_run_folder_that_cannot_be_made_is_named_before_the_job(project, capsys, override):
+    (project / "f").write_text("a file")
+    override = override.format(file=project / "f")
+    before = snapshot(project)
+    for argv in (["query", "stabilisation", override], ["suite", "show", override]):
+        err = refused(capsys, argv)
+        assert "cannot make the run folder" in err and "paths.runs=DIR" in err, argv
+    assert snapshot(project) == before
+
+
 def test_a_shared_dataset_given_as_the_warehouse_says_how_to_read_it(project, capsys):
     assert (
         main(["share", "export", str(project / "shared"), "--root", str(project / "data" / "warehouse")]) == 0

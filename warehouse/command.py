@@ -37,7 +37,7 @@ from layerlake.warehouse.macros import (
 )
 from layerlake.warehouse.sandbox import Result, Sandbox
 from layerlake.warehouse.share.remote import add_remote_arguments, as_source, given_sources, is_url
-from layerlake.warehouse.views import _resolve, connect, source_root
+from layerlake.warehouse.views import _resolve, connect, default_root, source_root
 
 FORMATS = OutputFormat.values()
 
@@ -270,6 +270,8 @@ def sql(argv: list[str]) -> int:
         raise QueryError(
             "no query given", fix='pass one, e.g. layerlake sql "select * from checkpoints limit 5"'
         )
+    if args.output is not None:
+        check_output(args.output, args.root, args.attach)
     fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "table")
     if fmt not in FORMATS:
         raise QueryError(
@@ -281,6 +283,28 @@ def sql(argv: list[str]) -> int:
     with statement_result(args.root, args.attach, args.query, limits, values) as result:
         print_result(result, fmt, args.output, args.max_rows)  # streamed: memory holds a batch
     return 0
+
+
+def check_output(output: str, root: Any, attach: list[Any]) -> None:
+    """Refuse an ``--output`` path that is a folder, or that lies inside the warehouse or a folder the
+    statement reads (``--attach``), symlinks resolved: writing it would overwrite a shard or the manifest
+    behind the writer's back, and ``check`` would then fail."""
+    from layerlake.warehouse.locate import enclosing
+
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise QueryError(
+            f"--output {output} is a folder, not a file",
+            fix=f"give a file path, e.g. --output {path / 'result.parquet'}",
+        )
+    read = [default_root() if root is None else root, *(a for a in attach if not is_url(a))]
+    folder = enclosing(path, read)
+    if folder is not None:
+        raise QueryError(
+            f"--output {output} is inside {folder}, which the statement reads: writing there could "
+            "overwrite its files (a shard, the manifest)",
+            fix="write the result outside the warehouse and the attached folders, e.g. --output ./result.parquet",
+        )
 
 
 def print_result(

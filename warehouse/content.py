@@ -27,6 +27,7 @@ Each row's key (``warehouse/schema.py``) is unique across the whole warehouse: `
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Any
@@ -161,6 +162,11 @@ def _length_problems(table: str, rows: pa.Table) -> list[str]:
     return found
 
 
+# A task's meta (provenance, a run's config and summary) is a few KB; every command reads every manifest
+# line, so a meta larger than this (from a crafted shared dataset) is refused rather than stored.
+MAX_META_BYTES = 1 << 20
+
+
 def meta_problems(entry: CommitEntry) -> list[str]:
     """What is wrong with the manifest entry of a task by itself (no file read)."""
     found = []
@@ -169,6 +175,11 @@ def meta_problems(entry: CommitEntry) -> list[str]:
         if not is_name(value):
             found.append(f"its {what} {str(value)[:60]!r} breaks the name rule")
     meta = entry.meta
+    size = len(json.dumps(meta, separators=(",", ":"), default=str))
+    if size > MAX_META_BYTES:  # a shared task's 50 MB string was copied into the local manifest
+        found.append(
+            f"its meta is {size:,} bytes of JSON, more than the {MAX_META_BYTES:,} a task's meta may take"
+        )
     step = meta.get("step")
     if step is not None and (
         not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP

@@ -11,11 +11,13 @@ track, import-metrics, share import) make a new warehouse where they are told to
 
 from __future__ import annotations
 
+import os
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from layerlake.core.paths import DATA_ENV, default_warehouse_root
+from layerlake.core.paths import DATA_ENV, data_dir_and_source, default_warehouse_root
 from layerlake.warehouse.errors import WarehouseError
 from layerlake.warehouse.layout import MANIFEST_DIR
 
@@ -55,13 +57,21 @@ def warehouse_root(root: Any = None, option: str = "--root") -> Path:
 
 def not_a_warehouse(path: Path, given: bool = True, option: str = "--root") -> NotAWarehouseError:
     """The error for ``path`` (given by the user, or the default): what it is, the nearest warehouse."""
-    if not path.exists():
+    data = path.parent
+    if data.is_file():  # $LAYERLAKE_DATA (or paths.data) names a file: say so, not "no warehouse under it"
+        named = (
+            f" (${DATA_ENV} names it)"
+            if data == data_dir_and_source()[0] and os.environ.get(DATA_ENV)
+            else ""
+        )
+        what = f"{data} is a file, not a data folder{named}"
+    elif not path.exists():
         what = f"no warehouse at {path} (the folder does not exist)"
     elif not path.is_dir():
         what = f"{path} is a file, not a warehouse folder"
     else:
         what = f"{path} is not a warehouse (it has no {MANIFEST_DIR}/ folder)"
-    if not given:
+    if not given and not data.is_file():
         what += f" [the default: ${DATA_ENV}/warehouse, else ./data/warehouse under the working directory]"
     nearest = nearest_warehouses(path)
     if path.is_dir() and is_shared_dataset(path):
@@ -70,7 +80,8 @@ def not_a_warehouse(path: Path, given: bool = True, option: str = "--root") -> N
         listed = ", ".join(str(p) for p in nearest[:3]) + (" ..." if len(nearest) > 3 else "")
         fix = f"the nearest warehouse is {listed}: pass {option} {nearest[0]}"
     else:
-        fix = f"{MAKE_ONE}, or pass the warehouse folder with {option} DIR (or set ${DATA_ENV})"
+        folder = option if "DIR" in option else f"{option} DIR"  # Hydra's option names its DIR already
+        fix = f"{MAKE_ONE}, or pass the warehouse folder with {folder} (or set ${DATA_ENV} to a data folder)"
     return NotAWarehouseError(what, fix=fix)
 
 
@@ -100,3 +111,15 @@ def _below(path: Path) -> list[Path]:
             elif depth + 1 < SEARCH_DEPTH:
                 queue.append((child, depth + 1))
     return found
+
+
+def enclosing(path: Any, folders: Iterable[Any]) -> Path | None:
+    """The first of ``folders`` that ``path`` is, or lies inside, both with symlinks resolved (a link to a
+    shard is the shard); None when it lies in none. A writer of the user's files (``sql --output``,
+    ``share export``) refuses such a path: a warehouse's files are written by its own writer only."""
+    target = Path(path).expanduser().resolve()
+    for folder in folders:
+        resolved = Path(folder).expanduser().resolve()
+        if target == resolved or resolved in target.parents:
+            return resolved
+    return None

@@ -109,6 +109,11 @@ class RunsTable:
                 f"filter {term!r} is not `column op value`",
                 fix=f"write e.g. `lr > 1e-3` or `status = running`; op is one of {' '.join(OPERATORS)}",
             )
+        if not found["value"].strip():  # `status = ` matched nothing, silently: '' asks for empty text
+            raise ParameterError(
+                f"filter {term!r} has no value after {found['op']}",
+                fix=f"write e.g. `{found['column']} {found['op']} running` (or '' for an empty text)",
+            )
         return self.resolve(found["column"]), found["op"], found["value"].strip().strip("'\"")
 
 

@@ -13,7 +13,6 @@ reader that globs the folder sees each row once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from layerlake.warehouse.shards import copy_verified, fsync_dir, now_utc, slices
 from layerlake.warehouse.share import card
 from layerlake.warehouse.share.http import block_digests
 from layerlake.warehouse.share.layout import CARD, CROISSANT, FORMAT, FORMAT_VERSION, MANIFEST_JSON
+from layerlake.warehouse.share.layout import dataset_id as layout_dataset_id
 
 # Meta keys of a commit entry that say where a checkpoint's rows came from (the dataset's provenance).
 DEFAULT_LICENSE = "CC-BY-4.0"  # the statistics an export holds, unless its author says otherwise (--license)
@@ -106,10 +106,8 @@ def export_dataset(
             f"version ({schema.SCHEMA_VERSION}) only; nothing was written",
             fix=f"run `layerlake migrate --root {root}` once, then export again",
         )
-    _check_dest(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
+    _check_dest(dest, root)
+    staging = _make_staging(dest)
     try:
         entries = write_files(root, staging, entries)
         manifest = build_manifest(entries, license, citation)
@@ -204,6 +202,7 @@ def select(entries: list[CommitEntry], selection: Selection) -> list[CommitEntry
         raise ShareError(
             f"unknown table(s) {unknown}", fix=f"choose --tables among {', '.join(schema.TABLES)}"
         )
+    _check_filters(entries, selection)
     chosen = []
     for entry in entries:
         step = entry.meta.get("step")
@@ -232,9 +231,61 @@ def _with_files(entry: CommitEntry, files: tuple[FileEntry, ...]) -> CommitEntry
     return dataclasses.replace(entry, files=files)
 
 
-def _check_dest(dest: Path) -> None:
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+def _check_filters(entries: list[CommitEntry], selection: Selection) -> None:
+    """Every model and step asked for is stored (in the chosen suite): a typo or a step that was never
+    extracted (``--steps -5``) is refused, rather than exporting the rest, or only the probe batches
+    (tasks without a step pass the step filter)."""
+    in_suite = [e for e in entries if selection.suite is None or e.suite == selection.suite]
+    models = sorted({e.model for e in in_suite})
+    unknown = [m for m in selection.models or () if m not in models]
+    if unknown:
+        raise ShareError(
+            f"--models {', '.join(unknown)}: not stored"
+            + (f" in suite {selection.suite}" if selection.suite else ""),
+            fix=f"choose among {', '.join(models) or 'nothing (the warehouse holds no task)'}",
+        )
+    chosen = [e for e in in_suite if selection.models is None or e.model in selection.models]
+    steps = sorted({e.meta["step"] for e in chosen if e.meta.get("step") is not None})
+    missing = [s for s in selection.steps or () if s not in steps]
+    if missing:
+        shown = ", ".join(map(str, steps[:20])) + (" ..." if len(steps) > 20 else "")
+        raise ShareError(
+            f"--steps {', '.join(map(str, missing))}: no checkpoint of that step is stored"
+            + (f" for {', '.join(selection.models)}" if selection.models else ""),
+            fix=f"choose among the stored steps: {shown or 'none'}",
+        )
+
+
+def _check_dest(dest: Path, root: Path) -> None:
+    """``dest`` is a new or empty folder outside the warehouse (whose ``gc`` would delete an export's
+    files there, as files no commit lists)."""
+    from layerlake.warehouse.locate import enclosing
+
+    if enclosing(dest, [root]) is not None:
+        raise ShareError(
+            f"export folder {dest} is inside the warehouse {root}: its files would be taken for "
+            "leftovers and removed by `layerlake gc`",
+            fix="export to a folder outside the warehouse",
+        )
+    if dest.exists() and not dest.is_dir():
+        raise ShareError(f"export folder {dest} is a file", fix="choose a new folder, or an empty one")
+    if dest.exists() and any(dest.iterdir()):
         raise ShareError(f"export folder {dest} is not empty", fix="choose a new folder, or empty this one")
+
+
+def _make_staging(dest: Path) -> Path:
+    """The staging sibling the export is built in (``.<name>.staging-<id>`` beside ``dest``), made
+    with ``dest``'s parents; a ``ShareError`` naming the folder when it cannot be made."""
+    staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:12]}"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as error:
+        raise ShareError(
+            f"cannot make the export folder {dest}: {error.strerror or error} ({error.filename})",
+            fix="choose a folder you can write",
+        ) from None
+    return staging
 
 
 def build_manifest(
@@ -260,8 +311,7 @@ def build_manifest(
         for e in entries
         if "revision" in e.meta
     ]
-    identity = json.dumps(sorted({(f["path"], f["sha256"]) for f in files}), separators=(",", ":"))
-    dataset_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    dataset_id = layout_dataset_id((f["path"], f["sha256"]) for f in files)
     shared = any(f.shared for e in entries for f in e.files)
     return {
         "format": FORMAT,

@@ -16,6 +16,10 @@ export without such files is written as format 1, which every layerlake reads.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
+
 from layerlake.warehouse.layout import ShardName, parse_shard_path, shard_path
 
 MANIFEST_JSON = "manifest.json"
@@ -25,7 +29,15 @@ METADATA_FILES = (MANIFEST_JSON, CARD, CROISSANT)
 FORMAT = "layerlake-share"
 FORMAT_VERSION = 2  # the newest format this layerlake writes and reads
 
+
+def dataset_id(files: Iterable[tuple[str, str]]) -> str:
+    """A dataset's id: the first 16 hex digits of the sha256 of its sorted (path, sha256) pairs, so the
+    same files are the same dataset wherever they are exported, and an import can recompute it."""
+    identity = json.dumps(sorted(set(files)), separators=(",", ":"))
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
 __all__ = [
     "CARD", "CROISSANT", "FORMAT", "FORMAT_VERSION", "MANIFEST_JSON", "METADATA_FILES", "ShardName",
-    "parse_shard_path", "shard_path",
+    "dataset_id", "parse_shard_path", "shard_path",
 ]  # fmt: skip

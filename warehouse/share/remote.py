@@ -22,7 +22,9 @@ filesystem as ``https://``: the revision is pinned to the commit the manifest ca
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ from layerlake.warehouse.share.http import (
 from layerlake.warehouse.share.layout import MANIFEST_JSON
 from layerlake.warehouse.share.verify import (
     Problem,
+    dataset_id_problems,
     listed_files,
     manifest_entries,
     parse_manifest,
@@ -196,6 +199,7 @@ def open_dataset(source: RemoteSource) -> RemoteDataset:
     manifest = parse_manifest(text, where, source.url)
     entries, problems = manifest_entries(manifest)
     problems += listed_files(entries)[1]  # how tasks share files (a compacted warehouse's merged files)
+    problems += dataset_id_problems(manifest)
     dataset = RemoteDataset(source, base, client, manifest, response.body, entries)
     for entry in entries:
         for f in entry.files:
@@ -311,6 +315,25 @@ def add_remote_arguments(parser: Any) -> None:
 
 def given_sources(values: list[Any], args: Any) -> list[Any]:
     """Attach or import arguments with each URL made a ``RemoteSource`` under the command's options."""
-    if args.http_timeout <= 0:
-        raise ShareError(f"--http-timeout {args.http_timeout:g}", fix="give a time limit in seconds > 0")
+    if not math.isfinite(args.http_timeout) or args.http_timeout <= 0:
+        raise ShareError(
+            f"--http-timeout {args.http_timeout:g} is not a time limit",
+            fix="give a time limit in seconds > 0",
+        )
+    for value in values:
+        check_scheme(value)
     return [as_source(v, args.http_timeout, tuple(args.allow_redirect)) if is_url(v) else v for v in values]
+
+
+_ANY_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_scheme(value: Any) -> None:
+    """A value that looks like a URL has one of ``SCHEMES`` (an ``ftp://`` URL was read as a folder
+    ``ftp:/...`` under the working directory, said not to exist)."""
+    if isinstance(value, str) and _ANY_URL.match(value) and not is_url(value):
+        scheme = value.split("://", 1)[0]
+        raise ShareError(
+            f"{value}: the URL scheme {scheme}:// is not supported",
+            fix=f"give a dataset URL starting with {', '.join(SCHEMES)} (hf://datasets/ORG/NAME), or a local folder",
+        )

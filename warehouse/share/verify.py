@@ -39,6 +39,7 @@ from layerlake.warehouse.share.layout import (
     FORMAT_VERSION,
     MANIFEST_JSON,
     METADATA_FILES,
+    dataset_id,
     parse_shard_path,
 )
 
@@ -75,6 +76,10 @@ class SharedDataset:
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The parsed ``manifest.json`` of ``folder``; a ``ShareError`` if it is missing or malformed."""
     path = folder / MANIFEST_JSON
+    if folder.exists() and not folder.is_dir():
+        raise ShareError(
+            f"{folder} is a file, not a shared dataset folder", fix="pass the folder `share export` made"
+        )
     if not folder.is_dir():
         raise ShareError(
             f"shared dataset folder {folder} does not exist", fix="pass the folder `share export` made"
@@ -130,6 +135,7 @@ def verify_folder(folder: str | Path, checksums: bool = True) -> SharedDataset:
     problems += _unlisted(folder, set(files))
     if checksums and not problems:  # every file reads: what each task's rows hold
         problems += _task_content_problems(folder, entries)
+    problems += dataset_id_problems(manifest)  # after the content checks, which run only when all else passes
     if problems:
         raise verify_error(folder, problems)
     return SharedDataset(folder, manifest, tuple(entries))
@@ -159,14 +165,21 @@ def manifest_entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[
     problems: list[Problem] = []
     try:
         entries = [CommitEntry.from_json(t) for t in manifest["tasks"]]
-        files = {f["path"]: f for f in manifest["files"]}
+        files: dict[tuple[str, str], dict] = {}
+        for listed in manifest["files"]:
+            key = (listed["path"], listed["task_id"])
+            if key in files:
+                problems.append(
+                    Problem(listed["path"], f"is listed twice under 'files' for task {key[1]}", _REEXPORT)
+                )
+            files[key] = listed
     except (KeyError, TypeError, ValueError) as error:
         return [], [Problem(MANIFEST_JSON, f"has no valid 'tasks' and 'files' lists ({error!r})", _REEXPORT)]
-    by_task: set[str] = set()
+    by_task: set[tuple[str, str]] = set()
     problems += _meta_problems(entries)
     for entry in entries:
         for f in entry.files:
-            by_task.add(f.path)
+            by_task.add((f.path, entry.task_id))
             name = parse_shard_path(f.path)
             if name is None:
                 problems.append(
@@ -191,11 +204,40 @@ def manifest_entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[
                         f.path, f"holds table {f.table!r}, unknown to this layerlake", "upgrade layerlake"
                     )
                 )
-            elif files.get(f.path, {}).get("sha256") != f.sha256:
-                problems.append(Problem(f.path, "is listed differently under 'files' and 'tasks'", _REEXPORT))
-    for path in sorted(set(files) - by_task):
-        problems.append(Problem(path, "is listed under 'files' but by no task", _REEXPORT))
+            elif differs := _listed_differently(files.get((f.path, entry.task_id)), f, entry):
+                problems.append(
+                    Problem(f.path, f"is listed differently under 'files' and 'tasks' ({differs})", _REEXPORT)
+                )
+    for path, task in sorted(set(files) - by_task):
+        problems.append(Problem(path, f"is listed under 'files' for task {task} but by no task", _REEXPORT))
     return entries, problems
+
+
+def _listed_differently(listed: dict | None, f: FileEntry, entry: CommitEntry) -> str:
+    """How the flat ``files`` entry of a task's file differs from the task's own listing ('' if not):
+    the flat list is what a reader by URL and the dataset card go by, so it must say the same."""
+    if listed is None:
+        return "missing from 'files'"
+    expected = {**f.to_json(), "suite": entry.suite, "model": entry.model}
+    wrong = [k for k, v in expected.items() if listed.get(k) != v or type(listed.get(k)) is not type(v)]
+    wrong += [k for k in ("first_row",) if k in listed and k not in expected]
+    return ", ".join(f"{k} {str(listed.get(k))[:30]!r} not {str(expected.get(k))[:30]!r}" for k in wrong)
+
+
+def dataset_id_problems(manifest: dict[str, Any]) -> list[Problem]:
+    """``dataset_id`` is the hash of the files' (path, sha256) pairs, as an export computes it."""
+    try:
+        expected = dataset_id((f["path"], f["sha256"]) for f in manifest["files"])
+    except (KeyError, TypeError):
+        return []  # named by the check of the lists
+    given = manifest.get("dataset_id")
+    if given != expected:
+        return [
+            Problem(
+                MANIFEST_JSON, f"dataset_id {str(given)[:40]!r} is not its files' hash {expected}", _REEXPORT
+            )
+        ]
+    return []
 
 
 def listed_files(entries: list[CommitEntry]) -> tuple[dict[str, FileEntry], list[Problem]]:

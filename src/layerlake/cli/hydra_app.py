@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from layerlake.cli.commands import Command, resolve
-from layerlake.conf.compose import check_overrides
+from layerlake.conf.compose import check_overrides, run_folder
 from layerlake.conf.overrides import LiftedList, lift_long_lists, linear_list_parsing, set_lifted
 from layerlake.conf.schema import CONF_DIR, register_schemas, to_settings
 from layerlake.core.errors import ConfigError, LayerlakeError
@@ -105,6 +105,33 @@ def precheck(flags: list[str], overrides: list[str], command: Command | None = N
         from layerlake.warehouse.locate import HYDRA_OPTION, warehouse_root
 
         warehouse_root(settings.paths.warehouse, option=HYDRA_OPTION)
+    if runs_a_job:
+        check_run_folder(run_folder(overrides, multirun="--multirun" in flags))
+
+
+def check_run_folder(folder: str) -> None:
+    """Hydra can make the job's run folder: the nearest folder above it that exists is a folder in
+    which one can be made (tried with a temporary folder, removed at once), so that a data folder that
+    is a file, or a run folder under /proc, is a ``ConfigError`` naming it, not Hydra's traceback."""
+    import tempfile
+
+    from layerlake.core.paths import DATA_ENV, data_dir_and_source
+
+    path = Path(folder).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    fix = "set paths.runs=DIR (or paths.data=DIR, or hydra.run.dir=DIR) to a folder you can write"
+    if not existing.is_dir():
+        data, source = data_dir_and_source()
+        named = f" (${DATA_ENV} names it)" if existing == data and source == f"${DATA_ENV}" else ""
+        fix = f"set ${DATA_ENV} to a folder, or {fix}" if named else fix
+        raise ConfigError(f"cannot make the run folder {path}: {existing} is a file{named}", fix=fix)
+    try:
+        Path(tempfile.mkdtemp(dir=existing, prefix=".layerlake-run-check-")).rmdir()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot make the run folder {path}: no folder can be made in {existing} ({error.strerror or error})",
+            fix=fix,
+        ) from None
 
 
 NO_JOB_FLAGS = ("--cfg", "--info", "--help", "--hydra-help", "--shell-completion")

@@ -11,7 +11,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import duckdb
@@ -72,6 +72,11 @@ def _check(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> duckdb.Statem
         raise SqlError(
             f"cannot parse {what}: {_first_line(error)}", fix="see the views with `layerlake sql --schema`"
         ) from error
+    if not statements:
+        raise SqlError(
+            f"{what} got an empty statement (only whitespace or comments)",
+            fix='write one SELECT, e.g. "select * from checkpoints limit 5"',
+        )
     if len(statements) != 1:
         raise SqlError(f"{what} takes one statement, got {len(statements)}", fix="run one SELECT at a time")
     statement = statements[0]
@@ -80,12 +85,24 @@ def _check(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> duckdb.Statem
         _check(con, explained(statement.query), what)
         return statement
     if kind not in READ_ONLY_STATEMENTS:
-        shown = kind if kind != "UNKNOWN" else f"non-SELECT ({' '.join(statement.query.split()[:3])})"
         raise SqlError(
-            f"{what} is read-only: a {shown} statement is refused",
+            f"{what} is read-only: {refused_kind(statement, kind)} statement is refused",
             fix="write a SELECT (or WITH ... SELECT); to change data, use the layerlake command that writes it",
         )
     return statement
+
+
+def refused_kind(statement: duckdb.Statement, kind: str) -> str:
+    """``a DELETE``, ``an INSERT``, ``a CHECKPOINT``: the refused statement as its user wrote it. DuckDB's
+    parser files several kinds under one type (CHECKPOINT is a CALL, INSTALL a LOAD), so its first word
+    names it, unless that is WITH (whose type says what it does) or a kind the enum does not know."""
+    words = _LEADING_COMMENTS.sub("", statement.query, count=1).split()
+    first = words[0].upper() if words else kind
+    if kind == "UNKNOWN":
+        shown = f"non-SELECT ({' '.join(words[:3])})"
+    else:
+        shown = kind if first in ("WITH", "(") or not first.isalpha() else first
+    return f"{'an' if shown[:1] in 'AEIOU' else 'a'} {shown}"
 
 
 def statement_kind(statement: duckdb.Statement) -> str:
@@ -172,25 +189,41 @@ class QueryLimits:
 
     def memory_bytes(self) -> int:
         """The memory limit in bytes, as DuckDB reads the size (``4GB`` = 4 * 10^9, ``4GiB`` = 4 * 2^30,
-        ``80%`` of this machine's memory)."""
+        ``80%`` of this machine's memory). A size below ``MIN_MEMORY_BYTES`` is refused before DuckDB
+        holds it: under ~16 KB DuckDB cannot even read its own setting back (or reset it)."""
         text = str(self.memory_limit)
-        with parser() as con:
-            try:
-                con.execute("SET memory_limit = ?", [text])  # DuckDB decides what is a size
-                shown = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-            except duckdb.Error as error:
-                raise SqlError(
-                    f"memory limit {text!r} is not a size: {_first_line(error)}", fix=_MEMORY_FIX
-                ) from error
-            finally:
-                con.execute("RESET memory_limit")
-        size = _size_bytes(text) or _size_bytes(shown.replace(" ", ""))  # '80%' reads back as '18.8 GiB'
+        size = _size_bytes(text)
+        if size is None or size >= MIN_MEMORY_BYTES:
+            shown = _duckdb_size(text)
+            size = size or _size_bytes(shown.replace(" ", ""))  # '80%' reads back as '18.8 GiB'
         if size is None or size < MIN_MEMORY_BYTES:
             raise SqlError(
                 f"memory limit {text!r} is too small to run a query (at least {MIN_MEMORY_BYTES >> 20}MiB)",
                 fix=_MEMORY_FIX,
             )
         return size
+
+
+def _duckdb_size(text: str) -> str:
+    """The memory limit ``text`` as DuckDB shows it once set (``SqlError`` when it is not a size; '0
+    bytes' when it is too small to read back). A size we cannot read ourselves ('0.001%') is tried on a
+    connection of its own, so that a tiny one leaves this process's ``parser()`` as it was."""
+    own = _size_bytes(text) is None
+    with nullcontext(memory_connection()) if own else parser() as con:
+        try:
+            con.execute("SET memory_limit = ?", [text])  # DuckDB decides what is a size
+            return con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        except duckdb.OutOfMemoryException:
+            return "0 bytes"
+        except duckdb.Error as error:
+            raise SqlError(
+                f"memory limit {text!r} is not a size: {_first_line(error)}", fix=_MEMORY_FIX
+            ) from error
+        finally:
+            if own:
+                con.close()
+            else:
+                con.execute("RESET memory_limit")
 
 
 def _size_bytes(text: str) -> int | None:
