@@ -103,14 +103,15 @@ def recipe_figure(
     table: pa.Table,
     measure: str | None = None,
     layers: pa.Table | None = None,
-    window: tuple[int, int, int] | None = None,
+    window: tuple[int, int, int, int] | None = None,
 ) -> dict[str, Any] | None:
     """The Vega-Lite spec of ``recipe``'s figure over its result ``table`` (run with the bound
     ``params``); None when the recipe draws nothing or the result is empty. ``measure`` picks one of
     ``measures(recipe.plot)``; ``layers`` (a bands figure only): the per-layer rows behind the bands,
     drawn as points whose tooltip names the layer. ``window``: ``(width, height, page)`` of the UI's
-    window in CSS pixels: the panels that fit it, page ``page`` of them (``usermeta.paging`` says which
-    and how many pages); without it, a file's first ``MAX_PANELS`` panels."""
+    window in CSS pixels and the most panels across it may hold (0: as many as fit): the panels that fit
+    it, page ``page`` of them (``usermeta.paging`` says which and how many pages, ``usermeta.columns``
+    how many across); without it, a file's first ``MAX_PANELS`` panels."""
     kind, options = parse_spec(recipe.plot)
     if kind == "none" or table.num_rows == 0:
         return None
@@ -132,7 +133,7 @@ def recipe_figure(
         options["left"] = str(params.get(options["left"][1:]))
     cell = (options["x"], options["y"]) if kind == "heatmap" else None
     square = kind == "heatmap" and options["x"].rstrip("_ab") == options["y"].rstrip("_ab")
-    fit = None if window is None else fit_window(*window, square=square)
+    fit = None if window is None else fit_window(*window, square=square, twin=kind == "twin")
     facet, panels_note, paging = _facet(rows, options.get("panels", ""), table.column_names, cell, fit)
     if len(rows) > MAX_ROWS:  # one panel larger than the budget: its first rows
         panels_note = [f"first {MAX_ROWS:,} of {len(rows):,} rows drawn: choose fewer models= or sites="]
@@ -163,8 +164,8 @@ def recipe_figure(
         (spec.get("spec") or spec)["resolve"] = {"scale": {"y": "independent"}}
     used = drawn_fields(spec)
     spec["data"]["values"] = [{k: v for k, v in row.items() if k in used} for row in rows]
-    if window is not None and paging:
-        spec["usermeta"] = {"paging": paging}
+    if window is not None:
+        spec["usermeta"] = {"paging": paging, "columns": fit.columns} if paging else {"columns": 1}
     return spec
 
 
@@ -295,11 +296,16 @@ class Fit:
     page: int = 0
 
 
-def fit_window(width: int, height: int, page: int = 0, square: bool = False) -> Fit:
-    """The panels a window of ``width`` x ``height`` CSS pixels shows without scrolling sideways, and
-    about as many rows as fit its height (at least one; a figure's title and legend take ~260 px)."""
+def fit_window(
+    width: int, height: int, page: int = 0, most: int = 0, square: bool = False, twin: bool = False
+) -> Fit:
+    """The panels a window of ``width`` x ``height`` CSS pixels shows without scrolling sideways (at most
+    ``most`` across when given), and about as many rows as fit its height (at least one; a figure's
+    title and legend take ~260 px). Beside its panel, each column takes its axis and spacing (~45 px; a
+    twin figure's right axis ~110 more), the figure its left axis and legend (~110 px, more for a long
+    legend: the page asks again with fewer columns when the figure drew wider than its box)."""
     panel_w, panel_h = (300, 300) if square else (WIDTH, HEIGHT)
-    columns = max(1, min(MAX_COLUMNS, (width - 110) // (panel_w + 45)))
+    columns = max(1, min(most or MAX_COLUMNS, MAX_COLUMNS, (width - 110) // (panel_w + 45 + 110 * twin)))
     rows = max(1, min(6, (height - 260) // (panel_h + 75)))
     return Fit(columns, columns * rows, max(0, page))
 

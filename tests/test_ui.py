@@ -180,8 +180,13 @@ def test_it_binds_this_machine_only_unless_told_and_warns_then(root, tmp_path):
 def test_no_endpoint_writes(server, root, method):
     before = (root / "_manifest" / "commits.jsonl").read_bytes()
     for path in ("/", "/api/sql?q=select+1", "/api/recipe?name=stabilisation"):
-        status, _, _ = get(server + path, method)
-        assert status == 405
+        status, kind, _ = get(server + path, method)
+        assert status == (415 if (method, path[:8]) == ("POST", "/api/sql") else 405)  # POST: a form only
+        assert kind == "application/json"
+    request = urllib.request.Request(server + "/api/sql", data=b"q=delete+from+checkpoints", method=method)
+    with pytest.raises(urllib.error.HTTPError) as refused:  # a statement POSTed is checked as one sent by GET
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == (400 if method == "POST" else 405)
     assert (root / "_manifest" / "commits.jsonl").read_bytes() == before
 
 

@@ -225,3 +225,57 @@ def test_a_narrow_window_pages_the_panels(browser, server):  # noqa: F811
         assert width <= 760, "the figure fits the window's width"
     finally:
         browser.set_window_size(1400, 1000)
+
+
+@pytest.fixture(scope="module")
+def four_models(tmp_path_factory):
+    """Four models' spectra of four matrices: the rank page draws a row of panels per model, a column
+    per matrix: four across a wide window."""
+    import threading
+
+    import numpy as np
+
+    from layerlake.ui.app import UiApp
+    from layerlake.ui.server import make_server
+    from layerlake.warehouse.synthetic import checkpoint_tables
+    from layerlake.warehouse.writer import Warehouse
+
+    folder = tmp_path_factory.mktemp("four") / "warehouse"
+    rng = np.random.default_rng(0)
+    for model in ("model-one", "model-two", "model-three", "model-four"):
+        for step in (0, 10, 100, 1000):
+            spectra = {
+                (layer, matrix): np.sort(rng.random(6))[::-1]
+                for layer in range(3)
+                for matrix in ("dense_4h_to_h", "dense_h_to_4h", "query_key_value", "dense")
+            }
+            Warehouse(folder).commit(
+                f"{model}-{step}",
+                "s",
+                model,
+                checkpoint_tables(model, step, {}, spectra, d=8),
+                {"step": step},
+            )
+    httpd = make_server(UiApp(folder))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield "http://{}:{}".format(*httpd.server_address[:2])
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("size", [(1400, 1000), (1000, 800)])
+def test_a_figure_with_its_axes_and_legends_fits_its_box(browser, four_models, size):
+    browser.set_window_size(*size)
+    try:
+        browser.get(four_models + "/ranks")
+        wait_for(browser, status_says("rows"), "the rank figure")
+        time.sleep(1)  # a figure drawn too wide is asked for again with fewer panels across
+        wait_for(browser, status_says("rows"), "the rank figure, drawn again")
+        figure, box = browser.execute_script(
+            "const box = document.querySelector('main'); const f = box.querySelector('#chart svg, #chart canvas');"
+            "return [f.getBoundingClientRect().right, box.getBoundingClientRect().right]"
+        )
+        assert figure <= box, f"the figure ends at {figure} px, its box at {box} px"
+        assert "dense_h_to_4h" in chart_text(browser)
+    finally:
+        browser.set_window_size(1400, 1000)

@@ -60,6 +60,7 @@ from layerlake.core.duck import (
 )
 from layerlake.core.errors import LayerlakeError, SqlError
 from layerlake.core.render import unique_names
+from layerlake.warehouse.clip import Clip, Clipper
 from layerlake.warehouse.errors import QueryError
 from layerlake.warehouse.share.http import from_duckdb
 from layerlake.warehouse.share.remote import is_url
@@ -173,13 +174,18 @@ class Sandbox:
 
     @contextmanager
     def query(
-        self, sql: str, variables: dict[str, Any] | None = None, what: str = "`layerlake sql`"
+        self,
+        sql: str,
+        variables: dict[str, Any] | None = None,
+        what: str = "`layerlake sql`",
+        clip: Clip | None = None,
     ) -> Iterator[Result]:
         """The answer of the read-only statement ``sql`` (staging ``variables`` set for it) as a
         ``Result`` to iterate batch by batch; ``QueryError`` when it is refused, fails or passes a limit
         (``what`` names the statement's origin in a refusal). The time limit counts from when a worker
         with open views starts the statement. Leaving the block before the end of the answer stops the
-        worker (it is not reused)."""
+        worker (it is not reused). ``clip``: only one page of the answer, cut by the worker (``clip``
+        module); ``Result.clip`` then says what was cut, and how many rows the answer has."""
         forking = self._context.get_start_method() == "fork"
         if not forking:
             check_statement(sql, what)  # refused here, before a worker is taken
@@ -197,7 +203,7 @@ class Sandbox:
                     worker = None
                     raise
             result = Result(worker, self.limits)
-            worker.send((sql, dict(variables or {}), what))
+            worker.send((sql, dict(variables or {}), what, clip))
             result.open()
             yield result
         finally:
@@ -244,6 +250,7 @@ class Result:
         self.ended = False
         self.memory: dict[str, int] | None = None
         self.note: str | None = None  # what the reader should know of the views (tasks left out)
+        self.clip: dict[str, Any] | None = None  # with a Clip: ``Clipper.summary()``, once ended
 
     def open(self) -> None:
         """Wait for the worker to start the statement (its views open), then for the answer's schema
@@ -266,7 +273,7 @@ class Result:
             elif tag == END:
                 self.ended = True
                 end = json.loads(bytes(payload))
-                self.memory, self.note = end["memory"], end.get("note")
+                self.memory, self.note, self.clip = end["memory"], end.get("note"), end.get("clip")
             else:
                 raise QueryError(f"the query's worker answered {tag!r} mid-stream", fix="run the query again")
 
@@ -383,17 +390,24 @@ def serve(conn: Any, parent_pid: int, source: Source, setup: Setup) -> None:
     _bound_memory(setup.memory_bytes)
     while True:
         try:
-            sql, variables, what = conn.recv()
+            sql, variables, what, clip = conn.recv()
         except (EOFError, OSError):
             return
-        if not _answer(conn, served, sql, variables, what, setup.limits):
+        if not _answer(conn, served, sql, variables, what, setup.limits, clip):
             return
 
 
 def _answer(
-    conn: Any, served: _Served, sql: str, variables: dict[str, Any], what: str, limits: QueryLimits
+    conn: Any,
+    served: _Served,
+    sql: str,
+    variables: dict[str, Any],
+    what: str,
+    limits: QueryLimits,
+    clip: Clip | None = None,
 ) -> bool:
-    """Run one statement and send its answer; False when this worker must end (memory, or no parent)."""
+    """Run one statement and send its answer (with ``clip``: the page it names, cut); False when this
+    worker must end (memory, or no parent)."""
     from layerlake.warehouse.macros import staging_values
 
     try:
@@ -409,10 +423,16 @@ def _answer(
             renamed = names != reader.schema.names
             schema = pa.schema([f.with_name(n) for f, n in zip(reader.schema, names, strict=True)])
             conn.send_bytes(SCHEMA + schema.serialize().to_pybytes())
+            clipper = Clipper(clip) if clip is not None else None
             for batch in reader:
                 batch = batch.rename_columns(names) if renamed else batch
-                conn.send_bytes(BATCH + batch.serialize().to_pybytes())
-        conn.send_bytes(END + json.dumps({"memory": _memory(), "note": served.note}).encode())
+                sent = clipper.take(batch) if clipper is not None else batch
+                if sent is not None:
+                    conn.send_bytes(BATCH + sent.serialize().to_pybytes())
+        end = {"memory": _memory(), "note": served.note}
+        if clipper is not None:
+            end["clip"] = clipper.summary()
+        conn.send_bytes(END + json.dumps(end).encode())
         return True
     except (BrokenPipeError, ConnectionError, EOFError):
         return False  # the parent stopped reading (it left, or killed the answer): nothing to tell

@@ -1,6 +1,8 @@
 """The web UI's requests and answers, without sockets: ``UiApp.respond(method, path, query)``.
 
-Read-only by construction: only GET and HEAD are answered (anything else is 405); no request value
+Read-only by construction: only GET and HEAD are answered (anything else is 405), and a POST of a form
+to the endpoints that only read (``POST_PATHS``: a SQL statement or a list of runs too long for an
+address), checked as a GET is; no request value
 becomes a file path (static files and recipes are looked up in fixed tables by name); SQL typed in the
 console passes the same read-only check and runs under the same time and memory limits as ``layerlake
 sql``; recipe parameters are validated against their declared types and bound, never formatted into SQL.
@@ -37,10 +39,13 @@ from layerlake.core.render import json_rows, write_stream
 from layerlake.queries import figures
 from layerlake.ui import pages, runs_page
 from layerlake.ui.guard import Served
-from layerlake.ui.responses import Response, error_response, json_response
+from layerlake.ui.responses import Response, console_rows, error_response, json_response
+from layerlake.warehouse.clip import Clip
 from layerlake.warehouse.sandbox import Sandbox, manifest_stamp
 
+POST_PATHS = ("/api/sql", "/api/scalars")  # reading endpoints that also take their fields as a POSTed form
 PAGE_ROWS = 100  # rows per page of a table
+SQL_PAGE_BYTES = 1 << 20  # the most a console page holds (Arrow's bytes; its JSON is about as large)
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -169,15 +174,20 @@ class UiApp:
         try:
             self._overview({})
             runs_page.RunsPages(self).table()  # the runs table, built once per warehouse version
-            for recipe_name, title in pages.FIGURE_PAGES.values():
+        except LayerlakeError:
+            pass  # the page will say what is wrong when it is opened
+        for recipe_name, title in pages.FIGURE_PAGES.values():
+            recipe = load_recipe(recipe_name)
+            try:
                 self._form_page(recipe_name, title)
-                recipe = load_recipe(recipe_name)
+                if _nothing_stored(recipe, self._stored(recipe)):
+                    continue  # the page asks for nothing
                 first = {
                     p.name: pages.preselected(p, self._stored(recipe).get(p.name)) for p in recipe.params
                 }
                 self._recipe({"name": recipe_name, **{k: v for k, v in first.items() if v}})
-        except LayerlakeError:
-            pass  # the page will say what is wrong when it is opened
+            except LayerlakeError:
+                continue  # that page will say what is wrong when it is opened; the next is still warmed
 
     # -- dispatch ------------------------------------------------------------------------------------
 
@@ -207,15 +217,18 @@ class UiApp:
             refused = self.served.refusal(headers)
             if refused is not None:
                 return json_response({"error": refused, "fix": f"open {self.served.url} in the browser"}, 403)
-        if method not in ("GET", "HEAD"):
-            return Response(405, "text/plain", b"read-only: only GET", {"Allow": "GET, HEAD"})
+        if method not in ("GET", "HEAD") and not (method == "POST" and path in POST_PATHS):
+            return json_response(
+                {"error": f"{method} {path} is refused: the UI is read-only",
+                 "fix": f"use GET (POST only a form to {' or '.join(POST_PATHS)}, which read)"}, 405,
+            ).with_headers({"Allow": "GET, HEAD"})  # fmt: skip
         if path == "/favicon.ico":
             return Response(204, "image/x-icon", b"")
         if path.startswith("/static/"):
             return self._static(path.removeprefix("/static/"))
         handler = self.routes.get(path)
         if handler is None:
-            return Response(404, "text/plain", b"not found")
+            return json_response({"error": f"no page {path!r}", "fix": "start from the overview, /"}, 404)
         try:
             return handler(query_params(query))
         except LayerlakeError as error:
@@ -253,7 +266,7 @@ class UiApp:
             return Response(200, STATIC_TYPES[".js"], self.vega_bundle(), {"Cache-Control": "max-age=3600"})
         files = {p.name: p for p in STATIC_DIR.iterdir() if p.suffix in STATIC_TYPES}  # a fixed table
         if name not in files:
-            return Response(404, "text/plain", b"not found")
+            return json_response({"error": f"no file {name!r}", "fix": "the pages load their own files"}, 404)
         return Response(200, STATIC_TYPES[files[name].suffix], files[name].read_bytes())
 
     # -- endpoints -----------------------------------------------------------------------------------
@@ -333,21 +346,18 @@ class UiApp:
         return json_response({"rows": rows, "chart": figures.scalar_figure(rows, name)})
 
     def _sql(self, params: dict[str, str]) -> Response:
-        """One page of a console statement's result, run in a worker process under the limits."""
+        """One page of a console statement's result, run in a worker process under the limits; the
+        worker sends only that page, its long cells cut and within a byte budget (``warehouse.clip``):
+        whatever the statement, the answer stays small."""
         text = params.get("q", "")
         page = _page_number(params.get("page", "0"))
-        kept, total = [], 0
-        start, end = page * PAGE_ROWS, (page + 1) * PAGE_ROWS
-        with self.sandbox().query(text, what="the SQL console") as result:
-            for batch in result:  # streamed: only the page is kept
-                lo, hi = max(start - total, 0), min(end - total, batch.num_rows)
-                if lo < hi:
-                    kept.append(batch.slice(lo, hi - lo))
-                total += batch.num_rows
-            table = pa.Table.from_batches(kept, result.schema)
+        clip = Clip(page * PAGE_ROWS, (page + 1) * PAGE_ROWS, page_bytes=SQL_PAGE_BYTES)
+        with self.sandbox().query(text, what="the SQL console", clip=clip) as result:
+            table = pa.Table.from_batches(list(result), result.schema)
+            summary = result.clip or {}
         return json_response({
-            "columns": table.column_names, "rows": json_rows(table), "total": total, "page": page,
-            "page_rows": PAGE_ROWS,
+            "columns": table.column_names, "rows": console_rows(table), "total": summary.get("rows", 0),
+            "page": page, "page_rows": PAGE_ROWS, "cut": _cut_note(summary),
         })  # fmt: skip
 
     def _recipe(self, params: dict[str, str]) -> Response:
@@ -378,7 +388,7 @@ class UiApp:
         bound: dict[str, Any],
         fmt: str,
         measure: str | None,
-        window: tuple[int, int, int] | None = None,
+        window: tuple[int, int, int, int] | None = None,
     ) -> Response:
         name = recipe.name
         points = figures.parse_spec(recipe.plot)[1].get("points") if fmt == "json" else None
@@ -429,10 +439,13 @@ class UiApp:
         from layerlake.queries.loader import load_recipe
 
         recipe = load_recipe(name)
-        return self.cached(
-            ("form", name, title),
-            lambda: self._page(pages.recipe_form(recipe, self._stored(recipe), title, self._scoped(recipe))),
-        )
+
+        def page() -> Response:
+            stored = self._stored(recipe)
+            empty = _nothing_stored(recipe, stored)
+            return self._page(pages.recipe_form(recipe, stored, title, self._scoped(recipe), empty))
+
+        return self.cached(("form", name, title), page)
 
     def _stored(self, recipe: Any) -> dict[str, list[Any]]:
         """The stored values a recipe's form offers: parameter -> sorted values."""
@@ -448,13 +461,16 @@ class UiApp:
         con = self.warehouse.cursor()
         try:
             columns = table_columns(con)
-            return {
+            stored = {
                 p.name: sorted(
                     stored_values(con, within(NAMED[p.name], tables), {}, columns), key=figures.natural_key
                 )
                 for p in recipe.params
                 if p.name in NAMED and p.name not in OFFERED_AS_CHOICES
             }
+            if "source" in stored and con.execute("select exists (select 1 from sketches)").fetchall()[0][0]:
+                stored["source"].insert(0, "computed")  # the CKA computed from sketches: there are some
+            return stored
         finally:
             con.close()
 
@@ -488,6 +504,22 @@ class UiApp:
             }
         finally:
             con.close()
+
+
+def _nothing_stored(recipe: Any, stored: dict[str, list[Any]]) -> str:
+    """Why ``recipe``'s form cannot run yet: a required parameter naming something stored (the model of
+    the checkpoint x checkpoint page) of which the warehouse stores nothing; empty when it can run."""
+    from layerlake.queries.loader import read_tables
+    from layerlake.queries.stored_values import NAMED, within
+
+    for p in recipe.params:
+        if p.name in stored and not stored[p.name] and not p.optional and p.default is None:
+            tables = " or ".join(within(NAMED[p.name], read_tables(recipe)).tables)
+            return (
+                f"no {tables} stored yet: this page draws them. `layerlake extract` stores them for a suite, "
+                "a tracked run for its snapshots (layerlake.track(model, probe=...), run.snapshot(step, model))"
+            )
+    return ""
 
 
 # Stored-value parameters a form offers as its closed set of choices, not as the values stored.
@@ -531,23 +563,44 @@ def shared_staging(con: Any, recipe: Any, companion: Any, bound: dict[str, Any])
             con.execute(f"DROP TABLE IF EXISTS temp.{view}")
 
 
+def _cut_note(summary: dict[str, Any]) -> str:
+    """What the console page leaves out (``Clipper.summary()``), in words; empty when nothing."""
+    parts = []
+    if summary.get("cut_cells"):
+        parts.append(
+            f"{summary['cut_cells']} long cells cut (texts and bytes after {summary['cell_chars']:,}, "
+            f"lists after {summary['cell_items']:,} items)"
+        )
+    if summary.get("page_full"):
+        shown = f"only the first {summary['sent']} rows" if summary["sent"] else "no row"
+        parts.append(
+            f"{shown} of this page shown: a page holds {summary['page_bytes'] // (1 << 20)} MB at most"
+        )
+    if parts:
+        parts.append("select fewer or shorter columns (left(text, 100), len(list)) to see the rest")
+    return "; ".join(parts)
+
+
 def _shared(recipe: Any, bound: dict[str, Any]) -> dict[str, Any]:
     """The values of ``bound`` that ``recipe`` also takes (a figure's companion recipe)."""
     names = {p.name for p in recipe.params}
     return {k: v for k, v in bound.items() if k in names}
 
 
-WINDOW_FIELDS = ("fit_width", "fit_height", "panel_page")  # what the page's script sends beside the form
+# what the page's script sends beside the form; fit_columns: at most that many panels across (0: as many
+# as the width holds), sent again with one fewer when a figure drew wider than its box
+WINDOW_FIELDS = ("fit_width", "fit_height", "panel_page", "fit_columns")
 
 
-def _window(params: dict[str, str]) -> tuple[int, int, int] | None:
-    """``(width, height, page)`` of the browser window the figure must fit (popped from ``params``);
-    None when the request does not say (a link, a download): the figure's first panels, as in a file."""
+def _window(params: dict[str, str]) -> tuple[int, int, int, int] | None:
+    """``(width, height, page, columns)`` of the browser window the figure must fit (popped from
+    ``params``); None when the request does not say (a link, a download): the figure's first panels, as
+    in a file."""
     given = [params.pop(name, "") for name in WINDOW_FIELDS]
     if not any(given):
         return None
-    width, height, page = (_page_number(text or "0") for text in given)
-    return max(width, 320), max(height, 400), page
+    width, height, page, columns = (_page_number(text or "0") for text in given)
+    return max(width, 320), max(height, 400), page, columns
 
 
 def query_params(query: str) -> dict[str, str]:

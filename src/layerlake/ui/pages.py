@@ -76,7 +76,7 @@ def run(run_id: str) -> str:
         '<p id="badge"></p>'
         '<section class="two"><div><h2>run</h2><div id="facts"></div></div>'
         '<div><h2>tags and notes</h2><div id="tags"></div><div id="notes"></div></div></section>'
-        '<section><h2>logged values</h2><div id="logged"></div></section>'
+        '<section><h2>logged values</h2><p id="logged-note" class="hint"></p><div id="logged"></div></section>'
         '<section><h2>snapshots</h2><div id="snapshots"></div></section>'
         '<section><h2>CKA of each layer to the final snapshot</h2><div id="cka"></div></section>'
         '<section><h2>rank trajectories</h2><div id="ranks"></div></section>'
@@ -135,11 +135,13 @@ def recipe_form(
     stored: dict[str, list[Any]] | None = None,
     title: str | None = None,
     scoped: dict[str, dict[str, list[Any]]] | None = None,
+    empty: str = "",
 ) -> str:
     """A recipe's parameters as a form: a select for a closed set or for what the warehouse stores
     (``stored``: parameter -> its stored values; a list parameter takes several), a text field else.
     ``scoped`` (parameter -> model -> values): the values each model holds, which the page's script
-    offers when that model is chosen (its layers only); the first options are the preselected model's."""
+    offers when that model is chosen (its layers only); the first options are the preselected model's.
+    ``empty``: why the form cannot run yet (nothing of what it draws is stored), shown instead of a figure."""
     from layerlake.queries.figures import measures
 
     stored = stored or {}
@@ -156,7 +158,13 @@ def recipe_form(
                 held = scoped[p.name][model] or held  # the preselected model's own values
             values = [_text(v) for v in held]
             chosen = preselected(p, held)
-            control = _select(p.name, values, chosen, blank=p.optional and not p.is_list, multiple=p.is_list)
+            # optional: a blank means its default; where that default is a value (source = computed),
+            # null is offered by name instead (null = every source side by side)
+            single = p.optional and not p.is_list
+            every = p.name if single and p.default is not None else None
+            control = _select(
+                p.name, values, chosen, blank=single and not every, multiple=p.is_list, every=every
+            )
         elif choices is not None and not p.is_list:
             control = _select(p.name, list(choices), default, blank=p.optional)
         else:
@@ -174,7 +182,8 @@ def recipe_form(
     )
     body = (
         (heading if title and title != recipe.name else "") + f"<p>{escape(recipe.description)}</p>"
-        f"<form id='recipe-form' data-recipe='{escape(recipe.name)}' data-scoped='{escape(scoped_json)}'>"
+        f"<form id='recipe-form' data-recipe='{escape(recipe.name)}' data-scoped='{escape(scoped_json)}'"
+        f" data-empty='{escape(empty)}'>"
         f"{''.join(fields)}"
         "<button type='submit'>run</button></form>"
         "<p id='downloads'></p><div id='panel-pager' class='pager'></div><div id='chart'></div>"
@@ -185,18 +194,32 @@ def recipe_form(
 
 def preselected(param: Any, stored: list[Any] | None) -> str:
     """The value a form shows for ``param`` before anyone touches it (what its first run sends): the
-    default; for a required parameter without one, the first stored value (the first model ...)."""
+    default when the warehouse stores it (or stores nothing of the kind), else the first stored value
+    (a warehouse of imported metrics only: its first source, not ``computed``, which it lacks); for a
+    required parameter without a default, the first stored value (the first model ...)."""
     if param.default is not None:
-        return _text(param.default)
+        default = _text(param.default)
+        if stored and not param.is_list and default not in (_text(v) for v in stored):
+            return _text(stored[0])
+        return default
     if stored and not param.optional and not param.is_list:
         return _text(stored[0])
     return ""
 
 
-def _select(name: str, values: list[str], chosen: str, blank: bool = False, multiple: bool = False) -> str:
+def _select(
+    name: str,
+    values: list[str],
+    chosen: str,
+    blank: bool = False,
+    multiple: bool = False,
+    every: str | None = None,
+) -> str:
     options = "".join(f"<option{' selected' if v == chosen else ''}>{escape(v)}</option>" for v in values)
     if blank:
         options = "<option value=''>(default)</option>" + options
+    if every:  # sends null, which the parameter reads as "all of them"
+        options += f"<option value='null'>(every {escape(every)})</option>"
     more = f" multiple size='{min(len(values), 5)}' title='none chosen = all'" if multiple else ""
     return f"<select name='{escape(name)}'{more}>{options}</select>"
 

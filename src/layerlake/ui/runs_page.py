@@ -31,7 +31,10 @@ from layerlake.ui import pages
 from layerlake.ui.responses import Response, html_response, json_response
 from layerlake.warehouse import run_table, schema
 
-MAX_UPDATE_ROWS = 20_000  # logged values sent in one update (a page asks again for the rest)
+# Logged values one answer sends, over all the run's series: a series with more is thinned (``_logged``),
+# never cut off. Each series gets an equal share, at least SERIES_POINTS_MIN (a run logging 500 names).
+LOGGED_POINTS = 20_000
+SERIES_POINTS_MIN = 200
 # Tables whose rows a snapshot writes, with a step column: what the run page counts per snapshot.
 SNAPSHOT_TABLES = tuple(
     name for name, t in schema.TABLES.items() if "step" in t.column_names and name not in ("scalars",)
@@ -131,7 +134,7 @@ class RunsPages:
             notes = json_rows(con.sql(
                 "select note, noted_at from run_notes where run_id = $r order by noted_at", params={"r": run_id}
             ).to_arrow_table())  # fmt: skip
-            logged = _logged(con, run_id, None)
+            logged, thinned = _logged(con, run_id, None)
             snapshots = _snapshots(con, run_id)
         finally:
             con.close()
@@ -141,7 +144,7 @@ class RunsPages:
             config = {}
         return {
             "run": run, "config": run_table.flatten(config), "tags": tags, "notes": notes, "logged": logged,
-            "last_step": max((r["step"] for r in logged), default=None), "snapshots": snapshots,
+            "thinned": thinned, "last_step": max((r["step"] for r in logged), default=None), "snapshots": snapshots,
             "logged_chart": run_figures.logged_figure(logged), "version": version_text(self.app.warehouse.version()),
         }  # fmt: skip
 
@@ -161,7 +164,7 @@ class RunsPages:
             status = con.execute(
                 "select status, ended_at, error from runs where run_id = ?", [run_id]
             ).fetchall()[0]
-            logged = _logged(con, run_id, after)
+            logged, thinned = _logged(con, run_id, after)
             count = con.execute(
                 "select count(distinct step) from checkpoints where run_id = ?", [run_id]
             ).fetchall()[0][0]
@@ -170,7 +173,7 @@ class RunsPages:
             con.close()
         return {
             "status": status[0], "ended_at": status[1], "error": status[2], "logged": logged,
-            "snapshots": snapshots, "version": version_text(self.app.warehouse.version()),
+            "thinned": thinned, "snapshots": snapshots, "version": version_text(self.app.warehouse.version()),
         }  # fmt: skip
 
     def run_figures(self, params: dict[str, str]) -> Any:
@@ -295,13 +298,47 @@ def _key_value(row: dict[str, Any], key: str) -> Any:
     return row.get("seed") if key == "seed" else row.get(f"config.{key}")
 
 
-def _logged(con: Any, run_id: str, after: int | None) -> list[dict[str, Any]]:
-    """The run's logged values (the run's own: rank NULL), after step ``after`` when given."""
-    return json_rows(con.sql(
-        "select name, step, value from scalars where run_id = $r and rank is null "
-        "and ($after is null or step > $after) order by name, step limit $n",
-        params={"r": run_id, "after": after, "n": MAX_UPDATE_ROWS},
-    ).to_arrow_table())  # fmt: skip
+def _logged(con: Any, run_id: str, after: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The run's logged values (the run's own: rank NULL), after step ``after`` when given, and which
+    series were thinned (name, stored, shown). Every series is sent: one holding more than its share of
+    ``LOGGED_POINTS`` is thinned to about that share, evenly spaced by step, keeping its first and last
+    values and its lowest and highest."""
+    where = {"r": run_id, "after": after}
+    counts = dict(con.execute(LOGGED_COUNTS_SQL, where).fetchall())
+    if not counts:
+        return [], []
+    share = max(SERIES_POINTS_MIN, LOGGED_POINTS // len(counts))
+    rows = json_rows(con.sql(THINNED_SQL, params={**where, "k": share}).to_arrow_table())
+    shown: dict[str, int] = {}
+    for r in rows:
+        shown[r["name"]] = shown.get(r["name"], 0) + 1
+    thinned = [
+        {"name": name, "stored": n, "shown": shown.get(name, 0)}
+        for name, n in sorted(counts.items())
+        if shown.get(name, 0) < n
+    ]
+    return rows, thinned
+
+
+LOGGED_COUNTS_SQL = (
+    "select name, count(*) from scalars where run_id = $r and rank is null "
+    "and ($after is null or step > $after) group by name"
+)
+# each series' values by step (i: 0, 1 ... n - 1): the first of each of k equal runs of them, the last, the
+# lowest and the highest (finite) value; a series of at most k values whole
+THINNED_SQL = """
+with logged as (
+    select name, step, value,
+        row_number() over (partition by name order by step) - 1 as i,
+        count(*) over (partition by name) as n,
+        row_number() over (partition by name order by if(isfinite(value), value, null) asc nulls last) as low,
+        row_number() over (partition by name order by if(isfinite(value), value, null) desc nulls last) as high
+    from scalars where run_id = $r and rank is null and ($after is null or step > $after)
+)
+select name, step, value from logged
+where n <= $k or i = 0 or (i * $k) // n > ((i - 1) * $k) // n or i = n - 1 or low = 1 or high = 1
+order by name, step
+"""
 
 
 def _snapshots(con: Any, run_id: str) -> list[dict[str, Any]]:

@@ -13,10 +13,13 @@ from urllib.parse import urlsplit
 
 from layerlake.core.duck import QueryLimits
 from layerlake.core.errors import LayerlakeError
-from layerlake.ui.app import Response, UiApp
+from layerlake.ui.app import POST_PATHS, Response, UiApp
+from layerlake.ui.responses import json_response
 from layerlake.warehouse.command import add_limit_arguments, add_root_argument
 
 LOCAL = "127.0.0.1"
+MAX_BODY = 4 << 20  # the longest POST body read: a long SQL statement, a few thousand run ids to compare
+FORM = "application/x-www-form-urlencoded"
 # Everything from this server only (no CDN can load); Vega compiles its expressions with eval.
 CSP = "default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:"
 
@@ -25,9 +28,13 @@ def handler_for(app: UiApp) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "layerlake"
 
-        def _answer(self, head_only: bool = False) -> None:
+        def _answer(self, head_only: bool = False, body: str | None = None) -> None:
             parts = urlsplit(self.path)
-            response = app.respond(self.command, parts.path, parts.query, self.headers.items())
+            query = parts.query if body is None else body
+            response = app.respond(self.command, parts.path, query, self.headers.items())
+            self._reply(response, head_only)
+
+        def _reply(self, response: Response, head_only: bool = False) -> None:
             try:
                 self._send(response, head_only)
             except (BrokenPipeError, ConnectionResetError):
@@ -51,15 +58,72 @@ def handler_for(app: UiApp) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:  # noqa: N802
             self._answer(head_only=True)
 
+        def do_POST(self) -> None:  # noqa: N802
+            """A form POSTed to a reading endpoint (``POST_PATHS``: a statement too long for an address);
+            the app answers the rest with 405, and checks the headers as for GET."""
+            if urlsplit(self.path).path not in POST_PATHS:
+                self._answer()
+                return
+            body = self._form_body()
+            if body is not None:
+                self._answer(body=body)
+
+        def _form_body(self) -> str | None:
+            """The request's form fields as text; None when refused (the refusal is sent)."""
+            length = self.headers.get("Content-Length", "")
+            kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            refusal = None
+            if not (length.isascii() and length.isdigit()):
+                refusal = 411, "a POST needs a Content-Length", "send the form as a browser does"
+            elif int(length) > MAX_BODY:
+                refusal = 413, f"the form is {int(length):,} bytes, more than {MAX_BODY:,}", "send less"
+            elif kind != FORM:
+                refusal = (
+                    415,
+                    f"a POST's body must be a form ({FORM}), not {kind or 'untyped'}",
+                    "send a form",
+                )
+            if refusal is None:
+                try:
+                    return self.rfile.read(int(length)).decode("ascii")
+                except UnicodeDecodeError:
+                    refusal = 400, "the form holds bytes that are not percent-escaped", "percent-escape them"
+            self.close_connection = True  # what is left of the body is not read
+            self._reply(json_response({"error": refusal[1], "fix": refusal[2]}, refusal[0]))
+            return None
+
         def _refuse(self) -> None:
             self._answer()  # the app answers 405 to every method that could write
 
-        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+        do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own refusals (a request line over 64 KiB, a method without a ``do_``, a
+            malformed request) as the app's answers: JSON with its headers, never an HTML page."""
+            self.close_connection = True
+            if self.request_version in ("HTTP/0.9", ""):  # a line it could not read: answer with headers
+                self.request_version = "HTTP/1.0"
+            self._reply(server_refusal(code, self.command, message), head_only=self.command == "HEAD")
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             return  # quiet: the terminal shows the URL and errors only
 
     return Handler
+
+
+def server_refusal(code: int, method: str | None, message: str | None) -> Response:
+    """The JSON answer to a request that http.server refused before the app saw it."""
+    if code == 414:
+        error = "the request's address is longer than 64 KiB"
+        fix = "send a long statement from the SQL console's form (it POSTs it), or fewer values"
+    elif code == 501:  # no do_<METHOD>: as the app answers a method that could write
+        return json_response(
+            {"error": f"method {method!r} is not served: the UI is read-only", "fix": "use GET"}, 405
+        ).with_headers({"Allow": "GET, HEAD", "Connection": "close"})
+    else:
+        error = f"the request was refused: {message or 'malformed'}"
+        fix = "send a well-formed HTTP/1.1 request (a browser does)"
+    return json_response({"error": error, "fix": fix}, code).with_headers({"Connection": "close"})
 
 
 class Server(ThreadingHTTPServer):

@@ -7,9 +7,17 @@ export function say(text, isError) {
   status.className = isError ? "error" : "status";
 }
 
-export async function getJson(url) {
-  const response = await fetch(url);
-  const data = await response.json();
+// GET url; with fields, POST them as a form (a SQL statement or a list of runs too long for an address)
+export async function getJson(url, fields) {
+  const response = await (fields ? fetch(url, { method: "POST", body: new URLSearchParams(fields) }) : fetch(url));
+  const text = await response.text();
+  let data;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw new Error("the server answered " + response.status + " " + response.statusText + ", not JSON: " +
+                    text.slice(0, 200) + "\nfix: reload the page; if it persists, report it");
+  }
   if (!response.ok) throw new Error(data.error + (data.fix ? "\nfix: " + data.fix : ""));
   return data;
 }
@@ -18,6 +26,7 @@ export function cell(value) {
   if (value === null || value === undefined) return "";
   if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toPrecision(6);
   if (Array.isArray(value)) return "[" + value.length + " values]";
+  if (typeof value === "object") return JSON.stringify(value);  // a STRUCT or MAP: its fields
   return String(value);
 }
 
@@ -59,7 +68,7 @@ async function overview() {
 async function sql(pageNumber) {
   const q = document.getElementById("q").value;
   say("running ...");
-  const data = await getJson("/api/sql?" + new URLSearchParams({ q, page: pageNumber }));
+  const data = await getJson("/api/sql", { q, page: pageNumber });
   show("result", table(data.columns, data.rows));
   const pager = document.getElementById("pager");
   pager.replaceChildren();
@@ -71,15 +80,25 @@ async function sql(pageNumber) {
     button.onclick = () => sql(target).catch((e) => say(e.message, true));
     pager.appendChild(button);
   }
-  say(data.total + " rows; page " + (data.page + 1) + " of " + (last + 1));
+  say(data.total + " rows; page " + (data.page + 1) + " of " + (last + 1) + (data.cut ? "\n" + data.cut : ""));
 }
 
 let panelPage = 0;  // which page of a figure's panels is drawn (the panels that fit the window)
+let fitColumns = 0;  // the most panels across (0: as many as the server reckons fit the width)
 
 function windowFields() {
   // the figure is drawn to fit the chart's width and the window's height; more panels go on other pages
   const width = document.getElementById("chart").clientWidth || window.innerWidth;
-  return { fit_width: Math.round(width), fit_height: window.innerHeight, panel_page: panelPage };
+  return { fit_width: Math.round(width), fit_height: window.innerHeight, panel_page: panelPage, fit_columns: fitColumns };
+}
+
+function overflows(chartSpec) {
+  // a figure drawn wider than its box (long legends, axis titles): the columns to ask for instead, or 0
+  const box = document.getElementById("chart");
+  const figure = box.querySelector("svg, canvas");
+  const columns = chartSpec && chartSpec.usermeta ? chartSpec.usermeta.columns : 1;
+  if (!figure || columns < 2 || figure.getBoundingClientRect().right <= box.getBoundingClientRect().right + 1) return 0;
+  return columns - 1;
 }
 
 function panelPager(form, chartSpec) {
@@ -91,7 +110,7 @@ function panelPager(form, chartSpec) {
     const button = document.createElement("button");
     button.textContent = label;
     button.disabled = target < 0 || target >= paging.pages;
-    button.onclick = () => { panelPage = target; run(() => recipe(form)); };
+    button.onclick = () => { panelPage = target; run(() => recipe(form)); };  // same columns
     pager.appendChild(button);
   }
   const text = document.createElement("span");
@@ -120,14 +139,24 @@ async function recipe(form) {
     downloads.appendChild(link);
   }
   await chart("chart", data.chart);
+  const fewer = overflows(data.chart);
+  if (fewer) { fitColumns = fewer; panelPage = 0; return recipe(form); }  // one column fewer, until it fits
   panelPager(form, data.chart);
   say(data.total + " rows" + (data.total > data.rows.length ? " (first " + data.rows.length + " shown)" : ""));
 }
 
+function chosenRuns() {
+  // /compare?runs=a,b picks them; the runs table hands over a long choice in this tab's session storage
+  const given = new URLSearchParams(window.location.search);
+  if (given.get("from") === "runs") {
+    try { return JSON.parse(sessionStorage.getItem("layerlake.compare")); } catch (e) { return null; }
+  }
+  return given.get("runs") ? given.get("runs").split(",") : null;
+}
+
 async function runsPage() {
   const data = await getJson("/api/runs");
-  const given = new URLSearchParams(window.location.search).get("runs");
-  const chosen = given ? given.split(",") : null;
+  const chosen = chosenRuns();
   const list = document.getElementById("run-list");
   list.replaceChildren();
   for (const r of data.runs) {
@@ -149,11 +178,18 @@ async function runsPage() {
   say(data.runs.length + " runs");
 }
 
-async function compare() {
+async function compare(first) {
   const runs = [...document.querySelectorAll("#run-list input:checked")].map((b) => b.value);
   const name = document.getElementById("scalar").value;
+  if (first && (runs.length === 0 || !name)) {  // an empty state, not an error: nothing to overlay yet
+    show("chart", Object.assign(document.createElement("p"), { className: "hint", textContent: name
+      ? "no run chosen: tick the runs to compare, then compare"
+      : "nothing logged yet: a run's values appear here once it logs them (run.log(step, loss=...))" }));
+    say(document.querySelectorAll("#run-list input").length + " runs");
+    return;
+  }
   say("loading ...");
-  const data = await getJson("/api/scalars?" + new URLSearchParams({ runs: runs.join(","), name }));
+  const data = await getJson("/api/scalars", { runs: runs.join(","), name });
   await chart("chart", data.chart);
   say(runs.length + " runs compared; " + data.rows.length + " values of " + name);
 }
@@ -163,7 +199,7 @@ export function run(task) { task().catch((e) => say(e.message, true)); }
 if (page === "overview") run(overview);
 if (page === "runs") {
   document.getElementById("runs-form").onsubmit = (e) => { e.preventDefault(); run(compare); };
-  run(async () => { await runsPage(); await compare(); });
+  run(async () => { await runsPage(); await compare(true); });
 }
 if (page === "sql") {
   document.getElementById("sql-form").onsubmit = (e) => { e.preventDefault(); run(() => sql(0)); };
@@ -199,13 +235,20 @@ if (page === "recipe") {
     } else element.value = given.get(element.name);
     if (element.name === "model") applyScope(form);
   }
-  form.onsubmit = (e) => { e.preventDefault(); panelPage = 0; run(() => recipe(form)); };
+  form.onsubmit = (e) => { e.preventDefault(); panelPage = 0; fitColumns = 0; run(() => recipe(form)); };
   form.onchange = (e) => {  // a changed selection draws again
     if (e.target.name === "model") applyScope(form);
     panelPage = 0;
+    fitColumns = 0;
     run(() => recipe(form));
   };
   let resized = null;  // a resized window draws the figure again to fit, once the resizing stops
-  window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(() => run(() => recipe(form)), 400); });
-  run(() => recipe(form));
+  window.addEventListener("resize", () => {
+    clearTimeout(resized);
+    resized = setTimeout(() => { fitColumns = 0; run(() => recipe(form)); }, 400);
+  });
+  if (form.dataset.empty) {  // nothing stored that this page draws: say so calmly, ask nothing
+    show("chart", Object.assign(document.createElement("p"), { className: "hint", textContent: form.dataset.empty }));
+    say("nothing to draw yet");
+  } else run(() => recipe(form));
 }

@@ -3,6 +3,7 @@
 import { cell, chart, getJson, run, say, show, table } from "./app.js";
 
 const page = document.body.dataset.page;
+const MAX_ADDRESS = 4000;  // the longest /compare?runs=... address made; more runs go by session storage
 const POLL_MS = 2000;  // how often a live page asks whether the warehouse changed (a cheap answer)
 
 function element(tag, text, className) {
@@ -156,14 +157,18 @@ function runsTablePage() {
   document.getElementById("compare").onclick = () => {
     const chosen = [...tableState.selected];
     if (chosen.length === 0) { say("tick the runs to compare", true); return; }
-    window.location.href = "/compare?runs=" + encodeURIComponent(chosen.join(","));
+    const address = "/compare?runs=" + encodeURIComponent(chosen.join(","));
+    if (address.length <= MAX_ADDRESS) { window.location.href = address; return; }
+    sessionStorage.setItem("layerlake.compare", JSON.stringify(chosen));  // too many for an address
+    window.location.href = "/compare?from=runs";
   };
   run(loadRuns);
 }
 
 // --- one run ------------------------------------------------------------------------------------------
 
-const runState = { id: null, logged: [], lastStep: null, snapshots: [], version: null, status: null };
+const runState = { id: null, logged: [], thinned: [], lastStep: null, snapshots: [], version: null, status: null };
+const LOGGED_KEPT = 30000;  // values a live page holds before it asks for the run's values thinned again
 
 function facts(r) {
   const rows = [
@@ -198,7 +203,17 @@ function drawSnapshots() {
   show("snapshots", runState.snapshots.length ? grid(columns, runState.snapshots) : element("p", "no snapshots"));
 }
 
+function thinnedNote(thinned) {
+  // a series with more values than a page draws comes thinned (evenly by step, its first, last, lowest and
+  // highest values kept): the page says so, per series
+  return thinned.map((t) => t.name + ": " + t.shown.toLocaleString("en") + " of " + t.stored.toLocaleString("en"))
+    .join("; ");
+}
+
 async function drawLogged() {
+  const note = thinnedNote(runState.thinned);
+  document.getElementById("logged-note").textContent = note
+    ? "thinned to draw (evenly spaced by step; the first, last, lowest and highest values kept): " + note : "";
   if (runState.logged.length === 0) { show("logged", element("p", "nothing logged")); return; }
   const spec = runState.loggedSpec;
   spec.data.values = runState.logged;
@@ -217,8 +232,8 @@ async function runPage() {
   runState.id = document.getElementById("run-page").dataset.run;
   const data = await getJson("/api/run?" + new URLSearchParams({ id: runState.id }));
   Object.assign(runState, {
-    logged: data.logged, lastStep: data.last_step, snapshots: data.snapshots, version: data.version,
-    status: data.run.status, loggedSpec: data.logged_chart,
+    logged: data.logged, thinned: data.thinned, lastStep: data.last_step, snapshots: data.snapshots,
+    version: data.version, status: data.run.status, loggedSpec: data.logged_chart,
   });
   drawBadge();
   show("facts", facts(data.run));
@@ -253,9 +268,11 @@ async function update(version) {
   runState.version = version;
   runState.status = data.status;
   drawBadge();
-  if (data.logged.length) {
+  if (data.thinned.length || runState.logged.length + data.logged.length > LOGGED_KEPT) {
+    await reloadLogged();  // too many to add: every series again, each thinned to its share
+  } else if (data.logged.length) {
     runState.logged = runState.logged.concat(data.logged);
-    runState.lastStep = Math.max(runState.lastStep ?? -Infinity, ...data.logged.map((r) => r.step));
+    runState.lastStep = data.logged.reduce((m, r) => Math.max(m, r.step), runState.lastStep ?? -Infinity);
     if (!runState.loggedSpec) {  // the first values of a run that had logged none: the figure once
       runState.loggedSpec = (await getJson("/api/run?" + new URLSearchParams({ id: runState.id }))).logged_chart;
     }
@@ -268,6 +285,13 @@ async function update(version) {
   }
   say(runState.logged.length + " logged values, " + runState.snapshots.length + " snapshots" +
       (runState.status === "running" ? " (live)" : ""));
+}
+
+async function reloadLogged() {
+  const data = await getJson("/api/run?" + new URLSearchParams({ id: runState.id }));
+  Object.assign(runState, { logged: data.logged, thinned: data.thinned, lastStep: data.last_step });
+  runState.loggedSpec = runState.loggedSpec || data.logged_chart;
+  await drawLogged();
 }
 
 // --- a sweep ------------------------------------------------------------------------------------------
