@@ -272,3 +272,20 @@ def test_a_corrupt_tokenizer_is_an_error_and_suite_build_repairs_it(odd_data, ti
     out = capsys.readouterr().out.replace("\n", "")
     assert "tiny-a: reuse" in out and "tiny-b: reuse" in out  # trained again to the same bytes
     assert tokenizer.read_bytes() == good
+
+
+# -- layerlake ui ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_refused_by_the_parser(root, port, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["ui", "--root", root, "--port", port])
+    assert stopped.value.code == 2
+    assert "is not a port number (0 to 65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "10.255.1.1"])
+def test_a_host_that_is_no_address_of_this_machine_is_named_not_the_port(root, host, capsys):
+    err = refused(capsys, "ui", "--root", root, "--host", host, "--port", "0", "--no-warm-up")
+    assert f"cannot listen on {host}:0" in err and "give --host an address of this machine" in err

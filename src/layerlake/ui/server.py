@@ -155,7 +155,9 @@ def ui_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--host", default=LOCAL, help=f"address to listen on (default {LOCAL}: this machine only)"
     )
-    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    parser.add_argument(
+        "--port", type=port_number, default=8765, help="port (default 8765; 0 = any free port)"
+    )
     add_limit_arguments(parser)  # the SQL console's, as `layerlake sql`'s
     parser.add_argument(
         "--no-warm-up",
@@ -163,6 +165,29 @@ def ui_parser() -> argparse.ArgumentParser:
         help="compute nothing before a page asks (default: the pages' first data is computed on start)",
     )
     return parser
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free one); argparse names the option and the value otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535; 0 = any free port)")
+    return port
+
+
+def listen_fix(error: OSError, host: str) -> str:
+    """What to do when the server cannot bind: another port when this one is taken or forbidden,
+    another address when the host is none of this machine's."""
+    import errno
+
+    if error.errno in (errno.EADDRINUSE, errno.EACCES):
+        return "choose another port with --port N (or --port 0 for any free one)"
+    return (
+        f"give --host an address of this machine ({LOCAL} for this machine only, 0.0.0.0 for all), not {host}"
+    )
 
 
 def _prepare(app: UiApp, warm: bool) -> None:
@@ -191,7 +216,7 @@ def ui(argv: list[str]) -> int:
     except OSError as error:
         raise LayerlakeError(
             f"cannot listen on {args.host}:{args.port}: {error.strerror or error}",
-            fix="choose another port with --port N (or --port 0 for any free one)",
+            fix=listen_fix(error, args.host),
         ) from error
     # in the background, in the order a browser asks: the Vega script, then the pages' first data
     threading.Thread(target=_prepare, args=(app, not args.no_warm_up), daemon=True).start()
