@@ -657,11 +657,14 @@ class TrackedRun:
     def _commit_loop(self) -> None:
         """The committing thread: each queued snapshot, and the scalars at each ``flush`` and at least
         every ``flush_every_s`` seconds while numbers are logged (training never waits for it)."""
-        due = time.monotonic() + self.flush_every_s
+        flushed = time.monotonic()  # the period is read at least every second: a run may change it later
         while True:
+            wait = min(1.0, flushed + self.flush_every_s - time.monotonic())
             try:
-                item = self._queue.get(timeout=max(0.0, due - time.monotonic()))
+                item = self._queue.get(timeout=max(0.0, wait))
             except queue.Empty:
+                if time.monotonic() < flushed + self.flush_every_s:
+                    continue
                 item = _FLUSH  # the timer (nothing was queued: no task_done)
             else:
                 try:
@@ -669,14 +672,14 @@ class TrackedRun:
                         return
                     if item is not _FLUSH:
                         self._commit(*item)
-                    if item is _FLUSH or time.monotonic() >= due:
+                    if item is _FLUSH or time.monotonic() >= flushed + self.flush_every_s:
                         self._commit_scalars()
-                        due = time.monotonic() + self.flush_every_s
+                        flushed = time.monotonic()
                 finally:
                     self._queue.task_done()  # after the commit: wait() returns once it is done
                 continue
             self._commit_scalars()
-            due = time.monotonic() + self.flush_every_s
+            flushed = time.monotonic()
 
     def _commit(self, task_id: str, tables: dict[str, pa.Table], meta: dict) -> None:
         try:

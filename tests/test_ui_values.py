@@ -110,16 +110,17 @@ def test_every_answer_is_json_when_config_and_logged_values_are_not_finite(serve
     assert status == 200
     rows = {r["run_id"]: r for r in table["rows"]}
     assert {"cfg", "ok"} <= set(rows)
+    # a config stores them as JSON strings when the run starts (warehouse.runs.json_config); shown as stored
     assert (rows["cfg"]["config.inf"], rows["cfg"]["config.nan"], rows["cfg"]["config.neg"]) == (
-        "inf",
-        "nan",
-        "-inf",
+        "Infinity",
+        "NaN",
+        "-Infinity",
     )
     assert (
         rows["cfg"]["last.loss"] == "nan" and rows["ok"]["last.loss"] == 1.0
     )  # the last logged value is NaN
     status, run = api(server, "/api/run", id="cfg")
-    assert status == 200 and run["config"]["inf"] == "inf" and run["config"]["nan"] == "nan"
+    assert status == 200 and run["config"]["inf"] == "Infinity" and run["config"]["nan"] == "NaN"
     drawn = [r["value"] for r in run["logged"]]
     assert drawn == [3.0, 2.0, 1.0, None, None, None, None], "a figure's value that is not finite is null"
     for path, params in (
@@ -301,7 +302,8 @@ def test_the_runs_table_and_a_run_page_show_values_that_are_not_finite(browser, 
         browser, lambda d: f"of {MANY + 3} runs" in status_of(d)[0], f"the runs table: {status_of(browser)}"
     )
     row = browser.find_element(By.CSS_SELECTOR, "#runs tr[data-run='cfg']").text
-    assert "inf" in row and "nan" in row and "-inf" in row
+    assert "Infinity" in row and "NaN" in row and "-Infinity" in row  # the config, as stored
+    assert row.split()[-1] == "nan"  # the last logged value, a float: its text
     browser.get(server + "/run?id=cfg")
     wait_for(browser, lambda d: "7 logged values" in status_of(d)[0], f"the run page: {status_of(browser)}")
     assert status_of(browser)[1] != "error"
