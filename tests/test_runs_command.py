@@ -127,7 +127,24 @@ def test_a_wrong_filter_names_the_columns(source, capsys):
     for empty in ("lr >", "status = "):  # matched nothing, silently, with exit 0
         assert main(["runs", "--root", str(source), "--filter", empty]) == 2
         assert "has no value after" in capsys.readouterr().err
-    assert main(["runs", "--root", str(source), "--filter", "lr > ''"]) == 0  # an empty text, asked for
+    assert main(["runs", "--root", str(source), "--filter", "status = ''"]) == 0  # an empty text, asked for
+    capsys.readouterr()
+    for unordered, holds in (
+        ("lr < nan", "holds numbers"),
+        ("lr > ''", "holds numbers"),
+        ("started_at > abc", "holds times"),
+    ):
+        assert main(["runs", "--root", str(source), "--filter", unordered]) == 2  # matched all or none
+        assert holds in capsys.readouterr().err
+    con = layerlake.connect(source)
+    (last,) = con.sql("select max(started_at) + interval 1 second from runs").fetchall()[0]
+    con.close()
+    later = last.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")  # a space, not ISO's T
+    assert main(["runs", "--root", str(source), "--filter", f"started_at < {later}"]) == 0
+    out = capsys.readouterr().out  # every run (a filter that leaves some out says "N of 3 runs")
+    assert "3 runs in" in out and "of 3 runs" not in out  # compared as times: 'T' sorts after ' ' as text
+    assert main(["runs", "--root", str(source), "--filter", "started_at < 2000-01-01"]) == 0
+    assert "0 of 3 runs" in capsys.readouterr().out
     assert main(["runs", "--root", str(source), "--filter", "lr 3"]) == 2
     assert "column op value" in capsys.readouterr().err
 

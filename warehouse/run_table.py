@@ -36,6 +36,8 @@ RUN_COLUMNS = (
 DEFAULT_HIDDEN = ("sweep_dir", "host", "git_commit")  # columns a page shows only when asked
 PREFIXES = ("config.", "last.", "tag.")
 OPERATORS = ("!=", ">=", "<=", "=", ">", "<", "~")
+ORDERING = (">=", "<=", ">", "<")
+_TIME = re.compile(r"^\d{4}(-\d{2}(-\d{2}([ T]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?([+-]\d{2}:\d{2}|Z)?)?)?)?$")
 _TERM = re.compile(r"^\s*(?P<column>[^\s=!<>~]+)\s*(?P<op>!=|>=|<=|=|>|<|~)\s*(?P<value>.*?)\s*$")
 
 RUNS_SQL = (
@@ -114,7 +116,27 @@ class RunsTable:
                 f"filter {term!r} has no value after {found['op']}",
                 fix=f"write e.g. `{found['column']} {found['op']} running` (or '' for an empty text)",
             )
-        return self.resolve(found["column"]), found["op"], found["value"].strip().strip("'\"")
+        column, op, wanted = self.resolve(found["column"]), found["op"], found["value"].strip().strip("'\"")
+        if op in ORDERING:
+            self._check_ordered(term, column, wanted)
+        return column, op, wanted
+
+    def _check_ordered(self, term: str, column: str, wanted: str) -> None:
+        """An order (``<``, ``>=`` ...) on a column of numbers needs a number, and on one of times a time
+        written from its year on (``2026-12``, ``2026-12-07 18:00``): text compared otherwise matched every
+        run or none, silently (``lr < nan``, ``started_at > abc``)."""
+        values = [r[column] for r in self.rows if r.get(column) is not None]
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if _number(wanted) is None:
+                raise ParameterError(
+                    f"filter {term!r}: {column} holds numbers, and {wanted!r} is not one",
+                    fix=f"compare {column} with a number, e.g. `{column} > 1e-3`",
+                )
+        elif values and all(isinstance(v, datetime) for v in values) and not _TIME.match(wanted):
+            raise ParameterError(
+                f"filter {term!r}: {column} holds times, and {wanted!r} is not one",
+                fix=f"write the time from its year on, e.g. `{column} > 2026-12-07` or `{column} < 2026-12-07 18:30`",
+            )
 
 
 def split_terms(filter_text: str) -> list[str]:
@@ -144,6 +166,8 @@ def _comparable(value: Any, wanted: str) -> tuple[Any, Any]:
     shown, given = text(value), wanted
     if isinstance(value, bool):
         given = wanted.lower()
+    if isinstance(value, datetime):
+        given = wanted.replace(" ", "T", 1)  # `2026-12-07 18:30` as the ISO text it is compared with
     return shown, given
 
 
