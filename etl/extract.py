@@ -168,6 +168,12 @@ def _check_options(options: ExtractOptions, fitted: Fit, probe: ProbeBatch, mode
             f"the debiased estimator needs n >= 4 probe rows; probe {probe.probe_id} has {probe.n}",
             fix="use more probe sequences/positions or extract.estimators=[biased]",
         )
+    if fitted.layout.call == ModelCall.hf and not hasattr(model, "get_output_embeddings"):
+        raise ExtractionError(
+            f"layout {fitted.layout.name!r} calls the model as a Hugging Face one (call: hf), but "
+            f"{type(model).__name__} is not one",
+            fix="set the layout's call: tokens (model(ids) returns the logits) or tokens_targets (nanoGPT)",
+        )
     if options.gradients and fitted.layout.call == ModelCall.hf and model.get_output_embeddings() is None:
         raise ExtractionError(
             "gradients need the language-model loss, but the model has no LM head",

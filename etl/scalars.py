@@ -37,12 +37,25 @@ def as_number(value: Any) -> tuple[float | None, str]:
         return None, f"a {type(value).__name__}"
 
 
+def storable_name(name: Any) -> str | None:
+    """``name`` as the text a scalars row stores, or None when no Parquet file can hold it (a lone
+    surrogate such as '\\ud800': UTF-8 has no encoding for it, and the whole block's commit would fail)."""
+    text = str(name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
 def usable_numbers(values: Mapping[str, Any], said: set[str]) -> dict[str, float]:
     """The numbers of ``values`` (a library's dict of logged values) as floats; every other value is left
     out, said on stderr the first time its name is met (``said`` holds the names said already)."""
     numbers = {}
     for name, value in values.items():
         number, why = as_number(value)
+        if storable_name(name) is None:
+            number, why = None, "its name is not text UTF-8 can encode"
         if number is not None:
             numbers[str(name)] = number
         elif name not in said:
@@ -55,4 +68,4 @@ def usable_numbers(values: Mapping[str, Any], said: set[str]) -> dict[str, float
     return numbers
 
 
-__all__ = ["as_number", "usable_numbers"]
+__all__ = ["as_number", "storable_name", "usable_numbers"]

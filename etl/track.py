@@ -28,6 +28,7 @@ who writes, ``log(..., reduce=...)``; ``etl.sharded``: snapshots of an FSDP2 mod
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import queue
@@ -35,6 +36,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -47,9 +49,9 @@ import pyarrow as pa
 from layerlake.core.errors import ConfigError, LayerlakeError
 from layerlake.core.paths import default_warehouse_root
 from layerlake.etl.distributed import Group, Reduce
-from layerlake.etl.errors import RunFinishedError
+from layerlake.etl.errors import ProbeError, RunFinishedError
 from layerlake.etl.plan import CODE_VERSION
-from layerlake.etl.scalars import as_number, usable_numbers
+from layerlake.etl.scalars import as_number, storable_name, usable_numbers
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse import schema
 from layerlake.warehouse.content import MAX_STEP, SCALARS_BLOCK
@@ -239,7 +241,7 @@ def training_state_kept(model: Any):
 
 @contextmanager
 def gradient_hooks_set_aside(model: Any):
-    """Detach, for the block, the hooks a backward would call besides computing gradients: each
+    """Silence, for the block, the hooks a backward would call besides computing gradients: each
     parameter's tensor hooks (``register_hook``: gradient clipping or logging, wandb.watch's histograms)
     and post-accumulate hooks (an optimizer stepping in backward), and every module's backward hooks
     (its own and the global ones). A snapshot's probe backward must not step, clip or log anything of
@@ -255,19 +257,28 @@ def gradient_hooks_set_aside(model: Any):
     dicts = [d for d in dicts if d]  # None where a parameter never had a hook
     saved = [dict(d) for d in dicts]
     try:
-        for d in dicts:
-            d.clear()  # in place: autograd and the users' handles hold these very dicts
+        for d in dicts:  # values swapped in place: autograd and the users' handles hold these very dicts,
+            for key in d:  # and a hook the user removes meanwhile (handle.remove()) stays removed
+                d[key] = _ignored_hook
         yield
     finally:
         for d, hooks in zip(dicts, saved, strict=True):
-            d.update(hooks)
+            for key, hook in hooks.items():
+                if d.get(key) is _ignored_hook:
+                    d[key] = hook
+
+
+def _ignored_hook(*args: Any, **kwargs: Any) -> None:
+    """What a set-aside hook is meanwhile: it changes nothing (None keeps the gradient as it is)."""
+    return None
 
 
 def check_call(model: Any, fitted: Any, probe: ProbeBatch) -> None:
     """For a model read through a layout's ``call`` other than Hugging Face's (nanoGPT and the like), one
-    forward of two probe tokens, without gradients and with the training state kept, to see the call
-    give logits for every token: a wrong ``call`` would otherwise fail every snapshot. A sharded model
-    is not checked here (its forward is a collective)."""
+    forward of the probe's first sequence, without gradients and with the training state kept, to see
+    the call give logits for every token and the model take the probe's length (a table of learned
+    positions shorter than it): either would otherwise fail every snapshot. A sharded model is not
+    checked here (its forward is a collective)."""
     import torch
 
     from layerlake.core.choices import ModelCall
@@ -277,10 +288,19 @@ def check_call(model: Any, fitted: Any, probe: ProbeBatch) -> None:
     if fitted.layout.call == ModelCall.hf or is_sharded(model):
         return
     device = next(model.parameters()).device
-    ids = torch.tensor([probe.token_ids[0][:2]], dtype=torch.long, device=device)
+    ids = torch.tensor([probe.token_ids[0]], dtype=torch.long, device=device)  # whole: positions too
     with training_state_kept(model), torch.no_grad():
         model.eval()
-        forward(model, ids, fitted.layout.call, logits=True)
+        try:
+            forward(model, ids, fitted.layout.call, logits=True)
+        except (IndexError, RuntimeError, AssertionError, ValueError, TypeError) as error:
+            raise ProbeError(
+                f"the probe's first sequence ({len(ids[0])} tokens) does not go through "
+                f"{type(model).__name__} as its layout calls it ({fitted.layout.call}): "
+                f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}",
+                fix="use a probe of the model's vocabulary and at most its context length (its learned "
+                "positions), and the layout call its forward takes (tokens or tokens_targets)",
+            ) from error
 
 
 def model_dtype_and_device(model: Any) -> tuple[str, str]:
@@ -353,6 +373,8 @@ class TrackedRun:
     def start_committing(self) -> None:
         """Start the thread that commits what snapshots and ``log`` queue (``track`` does, so a run used
         without ``with`` and ended by ``finish()`` commits alike)."""
+        if self.group is None:  # one process: ended at its exit if the program does not end it
+            _OPEN_RUNS[id(self)] = self
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._commit_loop, name=f"layerlake-{self.run_id}", daemon=True
@@ -370,6 +392,7 @@ class TrackedRun:
         if self._finished:
             return
         self._finished = True
+        _OPEN_RUNS.pop(id(self), None)
         self.flush()
         self._queue.put(None)
         if self._thread is not None:
@@ -457,7 +480,7 @@ class TrackedRun:
         how = Reduce.parse(reduce, "reduce") if reduce is not None else self.reduce
         step = checked_step(step, "log")
         named = {**(values or {}), **scalars}
-        numbers = {str(name): checked_number(name, v, step) for name, v in named.items()}
+        numbers = {checked_name(name, step): checked_number(name, v, step) for name, v in named.items()}
         rank = None
         if self.group is not None and how == Reduce.rank:
             rank = self.group.rank
@@ -650,7 +673,9 @@ class TrackedRun:
 
     def wait(self) -> None:
         """Block until every snapshot queued and every number logged so far is committed (or recorded
-        failed)."""
+        failed); at once after the end (nothing is left to commit, and no thread to commit it)."""
+        if self._finished or self._thread is None:
+            return
         self.flush()
         self._queue.join()
 
@@ -673,13 +698,21 @@ class TrackedRun:
                     if item is not _FLUSH:
                         self._commit(*item)
                     if item is _FLUSH or time.monotonic() >= flushed + self.flush_every_s:
-                        self._commit_scalars()
+                        self._commit_scalars_recorded()
                         flushed = time.monotonic()
                 finally:
                     self._queue.task_done()  # after the commit: wait() returns once it is done
                 continue
-            self._commit_scalars()
+            self._commit_scalars_recorded()
             flushed = time.monotonic()
+
+    def _commit_scalars_recorded(self) -> None:
+        """``_commit_scalars``, its failure recorded: the committing thread must outlive anything one
+        batch of numbers does (a name no Parquet file can hold), or every later commit would be lost."""
+        try:
+            self._commit_scalars()
+        except Exception as error:  # noqa: BLE001 - recorded; the run's end line says it
+            self._fail(None, error, f"scalars.{self.run_id}")
 
     def _commit(self, task_id: str, tables: dict[str, pa.Table], meta: dict) -> None:
         try:
@@ -756,6 +789,18 @@ def checked_step(step: Any, call: str) -> int:
     return value
 
 
+def checked_name(name: Any, step: int) -> str:
+    """A logged value's name as stored (``etl.scalars.storable_name``); a ``ConfigError`` naming it
+    otherwise, before it reaches a block whose every later commit it would fail."""
+    text = storable_name(name)
+    if text is None:
+        raise ConfigError(
+            f"log() at step {step}: the name {name!r} is not text UTF-8 can encode (a lone surrogate)",
+            fix="log under a name of plain text (decode bytes with errors='replace')",
+        )
+    return text
+
+
 def checked_number(name: str, value: Any, step: int) -> float:
     """A logged value as a float (a Python, numpy or torch number of one element: ``etl.scalars``); a
     ``ConfigError`` naming it and why otherwise."""
@@ -767,6 +812,21 @@ def checked_number(name: str, value: Any, step: int) -> float:
             "values go through run.log_values(step, values), which leaves the others out",
         )
     return number
+
+
+_OPEN_RUNS: weakref.WeakValueDictionary[int, TrackedRun] = weakref.WeakValueDictionary()
+
+
+def _end_open_runs_at_exit() -> None:
+    """At the process's exit, end each run of this process still open (``track()`` used without ``with``
+    and never finished): what it logged and snapshotted is committed, and it ends finished, or failed
+    when an exception ended the program. A distributed run is left to its ranks (its end is collective)."""
+    status, error = exit_status(getattr(sys, "last_value", None))
+    for run in list(_OPEN_RUNS.values()):
+        run.finish(status, error)
+
+
+atexit.register(_end_open_runs_at_exit)
 
 
 def exit_status(error: BaseException | None) -> tuple[RunStatus, str | None]:

@@ -362,3 +362,41 @@ def test_resuming_a_run_with_another_probe_is_refused_naming_both(tmp_path, caps
         "scalars only" in err
         and f"run watched now snapshots GPTNeoXForCausalLM at every 4 steps through probe {first}" in err
     )
+
+
+# --- the committing thread and the end of a run used without `with` ------------------------------------------
+
+
+def test_a_name_utf8_cannot_hold_is_refused_and_a_failing_commit_leaves_the_thread_committing(tmp_path):
+    run = layerlake.track(suite="toy", run_id="names", warehouse=tmp_path, quiet=True)
+    with pytest.raises(ConfigError, match="is not text UTF-8 can encode"):
+        run.log(0, {"bad\ud800name": 1.0})  # in a block it failed every later commit of that block
+    run.log_values(0, {"bad\ud800name": 1.0, "loss": 2.0})  # a library's: left out, the rest kept
+    real_commit = run._commit_scalars
+    run._commit_scalars = lambda: (_ for _ in ()).throw(RuntimeError("disk gone"))  # one failing flush
+    run.wait()
+    run._commit_scalars = real_commit
+    run.log(1, loss=3.0)
+    run.finish()
+    assert query(tmp_path, "select step, name, value from scalars order by step") == [
+        (0, "loss", 2.0),
+        (1, "loss", 3.0),
+    ]
+    assert any("disk gone" in f for f in run.failures)
+    run.wait()  # after the end: returns at once (no thread is left to commit)
+
+
+UNFINISHED_RUN = """\
+import layerlake
+run = layerlake.track(suite="toy", run_id="unfinished", quiet=True)  # no `with`, no finish()
+for step in range(50):
+    run.log(step, loss=float(step))
+"""
+
+
+def test_a_run_the_program_never_ends_is_ended_at_exit_with_its_numbers(tmp_path):
+    root = tmp_path / "warehouse"
+    done = python(UNFINISHED_RUN, root)
+    assert done.returncode == 0, done.stderr
+    assert query(root, "select count(*) from scalars") == [(50,)]
+    assert query(root, "select status from runs") == [("finished",)]

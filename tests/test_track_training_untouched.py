@@ -138,8 +138,39 @@ def test_a_probe_that_does_not_fit_the_model_fails_when_the_run_starts(tmp_path,
 def test_a_layout_call_that_gives_no_logit_per_token_fails_when_the_run_starts(tmp_path):
     model = nanogpt.gpt()  # forward(ids) without targets gives the last position's logits only
     wrong = dataclasses.replace(PRESETS["nanogpt"], call=ModelCall.tokens)
-    with pytest.raises(LayerlakeError, match=r"gave Tensor\(1, 1, 40\), not logits of shape \(1, 2, vocab\)"):
+    with pytest.raises(LayerlakeError, match=r"gave Tensor\(1, 1, 40\), not logits of shape \(1, 8, vocab\)"):
         layerlake.track(model, layout=wrong, suite="toy", warehouse=tmp_path, probe=PROBE)
     with layerlake.track(model, layout="nanogpt", suite="toy", warehouse=tmp_path, probe=PROBE) as run:
         assert run.snapshot(0, model)
     assert run.failures == []
+
+
+def test_a_hook_the_model_swaps_during_a_snapshot_stays_swapped(tmp_path):
+    # a forward hook that replaces a gradient hook at each forward (remove the old handle, register anew):
+    # a snapshot must not bring back the hook the model removed while its hooks were set aside
+    model = tiny_models.neox(seed=0)
+    weight = model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight
+    handles: list = []
+
+    def swap(*_args) -> None:
+        for handle in handles:
+            handle.remove()
+        handles[:] = [weight.register_hook(lambda grad: grad * 0.5)]
+
+    model.gpt_neox.layers[0].register_forward_hook(swap)
+    with layerlake.track(model, suite="toy", warehouse=tmp_path, probe=PROBE, cadence=1) as run:
+        batch = batches(1)[0]
+        model(input_ids=batch, labels=batch).loss.backward()
+        assert run.snapshot(0, model)
+    assert len(weight._backward_hooks) == 1  # the one the model holds a handle of
+
+
+def test_a_model_that_cannot_take_the_probe_as_its_layout_calls_it_fails_when_the_run_starts(tmp_path):
+    short = nanogpt.gpt(block_size=6)  # learned positions: 6 of them, the probe has 8 tokens
+    layout = dataclasses.replace(PRESETS["nanogpt"], call=ModelCall.tokens_targets)
+    short.config.block_size = None  # the size the static check reads is gone: the forward must find it
+    with pytest.raises(LayerlakeError, match=r"first sequence \(8 tokens\) does not go through GPT"):
+        layerlake.track(short, layout=layout, suite="toy", warehouse=tmp_path, probe=PROBE)
+    hf_call = dataclasses.replace(PRESETS["nanogpt"], call=ModelCall.hf)
+    with pytest.raises(LayerlakeError, match="calls the model as a Hugging Face one"):
+        layerlake.track(nanogpt.gpt(), layout=hf_call, suite="toy", warehouse=tmp_path, probe=PROBE)
