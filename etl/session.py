@@ -27,12 +27,12 @@ from layerlake.core.errors import ConfigError
 from layerlake.core.paths import default_warehouse_root
 from layerlake.etl.errors import RunFinishedError
 from layerlake.etl.track import Cadence, TrackedRun, exit_status, live_probe, track
-from layerlake.warehouse.layout import MAX_NAME, safe_name
+from layerlake.warehouse.layout import MANIFEST_DIR, MAX_RUN_ID, safe_name
 from layerlake.warehouse.run_admin import MAX_TEXT, tag
 from layerlake.warehouse.runs import RunStatus, begin_run, committed_run
 from layerlake.warehouse.writer import Warehouse
 
-NAME_ROOM = MAX_NAME - 32  # a model name's length that leaves room for the run id's -<time>-<random>
+NAME_ROOM = MAX_RUN_ID - 32  # a model name's length that leaves room for the run id's -<time>-<random>
 
 # W&B's init arguments with no meaning in layerlake: accepted, unused (docs/tracking.md says why).
 IGNORED_INIT = ("entity", "group", "job_type", "tags", "notes", "mode", "save_code", "settings", "reinit",
@@ -86,6 +86,10 @@ def init(
             track_kwargs[key] = value
     if resume == "must":
         _check_exists(id, dir)
+    stored = _stored_run(id, dir) if id is not None and resume not in (None, False, "never") else None
+    if stored is not None:  # resumed by its id, as W&B does: its own suite and model unless named
+        track_kwargs["suite"] = stored.suite if project is None else track_kwargs["suite"]
+        track_kwargs["model_name"] = stored.model if name is None else track_kwargs["model_name"]
     if resume is not None:
         track_kwargs["resume"] = resume not in (False, "never")
     run = track(**track_kwargs)
@@ -140,9 +144,11 @@ def watch(
     from layerlake.etl.extract import check_options
 
     batch = live_probe(probe, probe_rule)
-    if run.probe.probe_id and run.probe.probe_id != batch.probe_id:
+    known = run.probe.probe_id or run.run.probe_id  # a resumed run's probe is in its stored row
+    if known and known != batch.probe_id:
         raise ConfigError(
-            f"run {run.run_id} snapshots through probe {run.probe.probe_id} already; a run has one probe",
+            f"run {run.run_id} snapshots through probe {known} already, not {batch.probe_id}; a run has "
+            "one probe",
             fix="watch with the same probe, or start another run (layerlake.init) for another probe",
         )
     options = dataclasses.replace(run.options, gradients=log in ("gradients", "all"))
@@ -211,6 +217,12 @@ def _plain(config: Any) -> Any:
     except ImportError:
         pass
     return vars(config) if hasattr(config, "__dict__") else config
+
+
+def _stored_run(run_id: str, warehouse: Any) -> Any:
+    """The committed run ``run_id`` of the warehouse (``dir``, else the default), or None."""
+    root = Path(warehouse) if warehouse is not None else default_warehouse_root()
+    return committed_run(Warehouse(root), run_id) if (root / MANIFEST_DIR).is_dir() else None
 
 
 def _check_exists(run_id: str | None, warehouse: Any) -> None:

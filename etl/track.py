@@ -55,7 +55,7 @@ from layerlake.etl.scalars import as_number, storable_name, usable_numbers
 from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse import schema
 from layerlake.warehouse.content import MAX_STEP, SCALARS_BLOCK
-from layerlake.warehouse.layout import check_name, checkpoint_task_id
+from layerlake.warehouse.layout import MAX_RUN_ID, check_name, checkpoint_task_id
 from layerlake.warehouse.runs import (
     Run,
     RunKind,
@@ -915,6 +915,11 @@ def track(
         chosen = run_id or new_run_id(name, hydra)
         for kind, value in (("suite", suite), ("model", name), ("run id", chosen)):
             check_name(kind, value)
+        if len(chosen) > MAX_RUN_ID:  # its tags, notes and scalars' task ids would pass MAX_NAME
+            raise ConfigError(
+                f"run id {chosen!r} has {len(chosen)} characters; a run id has at most {MAX_RUN_ID}",
+                fix=f"pass a shorter run_id (or model_name: an id made from it keeps {MAX_RUN_ID - 24} of it)",
+            )
         run = new_run(
             chosen, suite, name, RunKind.train, config if config is not None else hydra.get("config", {}), seed=seed,
             overrides=tuple(hydra.get("overrides", ())), sweep_dir=hydra.get("sweep_dir"), job_num=hydra.get("job_num"),
@@ -946,7 +951,8 @@ def new_run_id(model: str, hydra: dict) -> str:
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     job = f"-job{hydra['job_num']}" if hydra.get("job_num") is not None else ""
-    return f"{model}{job}-{stamp}-{uuid.uuid4().hex[:4]}"
+    suffix = f"{job}-{stamp}-{uuid.uuid4().hex[:4]}"
+    return model[: MAX_RUN_ID - len(suffix)] + suffix  # a long model name is cut, never the time
 
 
 def hydra_context() -> dict[str, Any]:

@@ -341,6 +341,11 @@ def test_wandb_display_names_become_safe_names_and_the_name_given_is_a_tag(tmp_p
         project="team/proj", name="lr=3e-3 bs=8", id=run_id, resume="must", dir=tmp_path, quiet=True
     )
     layerlake.finish()  # a run that exists is resumed
+    assert layerlake.init(id=run_id, resume="must", dir=tmp_path, quiet=True).run.model == "lr_3e-3_bs_8"
+    layerlake.finish()  # by its id alone, as W&B resumes: its own suite and model
+    long = layerlake.init(project="toy", name="x" * 200, dir=tmp_path, quiet=True)  # its tag's task id fits
+    layerlake.finish()
+    assert query(tmp_path, f"select value from run_tags where run_id = '{long.run_id}'") == [("x" * 200,)]
 
 
 def test_resuming_a_run_with_another_probe_is_refused_naming_both(tmp_path, capsys, fresh_session):
@@ -362,6 +367,14 @@ def test_resuming_a_run_with_another_probe_is_refused_naming_both(tmp_path, caps
         "scalars only" in err
         and f"run watched now snapshots GPTNeoXForCausalLM at every 4 steps through probe {first}" in err
     )
+    with layerlake.track(
+        model, suite="toy", run_id="snapped", warehouse=tmp_path, probe=PROBE, quiet=True
+    ) as run:
+        run.snapshot(0, model)
+    layerlake.init(project="toy", id="snapped", resume=True, dir=tmp_path)  # W&B's way: its probe is stored
+    with pytest.raises(ConfigError, match=f"through probe {first} already, not {second}"):
+        layerlake.watch(model, probe=OTHER_PROBE, log_freq=4)
+    layerlake.finish()
 
 
 # --- the committing thread and the end of a run used without `with` ------------------------------------------

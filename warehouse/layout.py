@@ -24,6 +24,8 @@ SHARD_PATTERN = "<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet"
 MANIFEST_DIR = "_manifest"
 STAGING_DIR = "_staging"
 MAX_NAME = 128  # a path component of at most this many characters (file systems allow 255 bytes)
+# A run id leaves room for the task ids named after it (annotations.<run>, scalars.<run>.<block>.rank<r>)
+MAX_RUN_ID = MAX_NAME - 28
 NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
 _NAME = re.compile(rf"^{NAME}$")
 _SHARD = re.compile(
