@@ -796,7 +796,7 @@ def checked_name(name: Any, step: int) -> str:
     if text is None:
         raise ConfigError(
             f"log() at step {step}: the name {name!r} is not text UTF-8 can encode (a lone surrogate)",
-            fix="log under a name of plain text (decode bytes with errors='replace')",
+            fix="log under a name of plain text (bytes decoded as UTF-8 with replacement characters)",
         )
     return text
 
