@@ -266,7 +266,9 @@ def test_extract_on_a_terminal_draws_bars_with_the_rate_and_time_left(
     assert command.extract(settings) == 0
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().err)  # without the control codes
     assert BAR in text and "all checkpoints" in text and "checkpoints/h" in text
-    assert re.search(r"about \d+ (s|min \d+ s) left", text) and "done" in text  # the overall bar's note
+    assert "done" in text  # the overall bar's note at the end; its "about N s left" while running is
+    # checked in test_extraction_draws_bars_with_the_rate_on_a_terminal: 3 tiny checkpoints can all end
+    # between two redraws of the bars (as on a loaded CI machine), so a real run may never show it
     assert "[1/3]" not in text and "ok tiny-a step0" in text  # no plain lines; a line above the bars
 
 

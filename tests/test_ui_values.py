@@ -25,6 +25,7 @@ from layerlake.core.duck import QueryLimits
 from layerlake.ui.app import UiApp
 from layerlake.ui.server import make_server
 from layerlake.warehouse import schema
+from layerlake.warehouse.layout import MAX_RUN_ID
 from layerlake.warehouse.writer import Warehouse
 
 CHROMIUM = shutil.which("chromium")
@@ -58,7 +59,7 @@ def root(tmp_path_factory) -> Path:
             run.log(step, a_loss=1 / (step + 1), b_lr=0.1, c_gnorm=(step * 7919) % 1000, d_acc=step / BIG_STEPS,
                     loss=5.0 - step / 1000 + (0.25 if step == 2345 else 0.0))  # fmt: skip
     for i in range(MANY):
-        with layerlake.track(suite="many", model_name="m", run_id=f"many-{i:02d}-" + "x" * 110,
+        with layerlake.track(suite="many", model_name="m", run_id=f"many-{i:02d}-" + "x" * (MAX_RUN_ID - 8),
                              warehouse=root, quiet=True) as run:  # fmt: skip
             run.log(0, loss=float(i))
     return root
@@ -246,7 +247,7 @@ def test_a_long_statement_and_many_runs_are_posted_with_the_same_checks(server):
     assert len(statement) > 65_536
     status, _, body = post(server, "/api/sql", {"q": statement})
     assert status == 200 and strict_json(body)["rows"] == [{"n": 0}]
-    ids = [f"many-{i:02d}-" + "x" * 110 for i in range(MANY)] * 15  # 70 KB of run ids
+    ids = [f"many-{i:02d}-" + "x" * (MAX_RUN_ID - 8) for i in range(MANY)] * 18  # 70 KB of run ids
     status, _, body = post(server, "/api/scalars", {"runs": ",".join(ids), "name": "loss"})
     assert status == 200 and len(strict_json(body)["rows"]) == MANY
     status, _, body = post(server, "/api/sql", {"q": "select 1"}, {"Origin": "http://evil.example"})
