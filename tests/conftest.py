@@ -7,6 +7,7 @@ composes the same tiny config under another data folder (for tests that must not
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,25 @@ def tiny_suite(tmp_path_factory):
     settings = compose_settings(data)
     assert build(settings) == 0
     return settings, Path(settings.paths.suites)
+
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium at 1400 x 1000 for the UI tests (one per test module)."""
+    pytest.importorskip("selenium", reason="pip install selenium (the dev extra)")
+    if CHROMIUM is None or DRIVER is None:
+        pytest.skip("no Chromium or chromedriver: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()

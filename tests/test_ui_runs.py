@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -27,8 +26,6 @@ from layerlake.ui.app import UiApp
 from layerlake.ui.server import make_server
 
 HERE = Path(__file__).resolve().parent
-CHROMIUM = shutil.which("chromium")
-DRIVER = shutil.which("chromedriver")
 PROBE = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18], [19, 20, 21, 22, 23, 24]]
 
 TRAIN = """
@@ -215,23 +212,6 @@ def test_the_pages_only_answer_get(server):
 
 
 # --- in a browser -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    pytest.importorskip("selenium", reason="pip install selenium (the dev extra)")
-    if CHROMIUM is None or DRIVER is None:
-        pytest.skip("no Chromium or chromedriver: apt-get install chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def wait_for(driver, condition, what: str):

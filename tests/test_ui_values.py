@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import socket
 import threading
 import urllib.parse
@@ -19,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from test_ui import get
+from test_ui_runs import wait_for
 
 import layerlake
 from layerlake.core.duck import QueryLimits
@@ -28,8 +28,6 @@ from layerlake.warehouse import schema
 from layerlake.warehouse.layout import MAX_RUN_ID
 from layerlake.warehouse.writer import Warehouse
 
-CHROMIUM = shutil.which("chromium")
-DRIVER = shutil.which("chromedriver")
 SERIES = ("a_loss", "b_lr", "c_gnorm", "d_acc", "loss")  # loss sorts last: a cut by name order lost it
 BIG_STEPS = 5_000
 MANY = 40  # runs whose ids, all ticked, make an address longer than the runs table sends
@@ -259,33 +257,6 @@ def test_a_long_statement_and_many_runs_are_posted_with_the_same_checks(server):
 
 
 # --- in a browser ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    pytest.importorskip("selenium", reason="pip install selenium (the dev extra)")
-    if CHROMIUM is None or DRIVER is None:
-        pytest.skip("no Chromium or chromedriver: apt-get install chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
-
-
-def wait_for(driver, condition, what: str):
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    ignored = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(driver, 60, poll_frequency=0.2, ignored_exceptions=ignored).until(
-        condition, message=what
-    )
 
 
 def status_of(driver) -> tuple[str, str]:
