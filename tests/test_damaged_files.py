@@ -4,6 +4,7 @@ query with a fix that points at `layerlake check --verify-files`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,22 @@ def test_a_file_changed_at_the_same_size_fails_the_query_pointing_at_verify_file
     finally:
         con.close()
     assert "--verify-files" in failure.value.fix
+
+
+def test_a_task_left_out_here_but_shown_from_an_attached_copy_gives_no_note(root, tmp_path, capfd):
+    assert main(["share", "export", str(tmp_path / "shared"), "--root", str(root)]) == 0
+    path = spectra_file(root, "t1")
+    path.write_bytes(path.read_bytes()[:100])
+    capfd.readouterr()
+    argv = [
+        "share",
+        "attach",
+        str(tmp_path / "shared"),
+        "--root",
+        str(root),
+        "--sql",
+        "select count(*) from spectra",
+    ]
+    assert main(argv) == 0
+    printed = capfd.readouterr()
+    assert re.search(r"│\s+3\s+│", printed.out) and "note:" not in printed.err  # the copy fills the gap

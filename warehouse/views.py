@@ -220,6 +220,8 @@ def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[
             continue
         seen.add(key)
         kept.append(shard)
+    shown = {s.entry.task_id for s in kept if s.entry}  # a task hidden here but shown from an attached copy
+    failures = [f for f in failures if not (f.status == "hidden" and f.task_id in shown)]  # is not left out
     return [s._replace(partial=True) if s.path in dropped else s for s in kept], failures
 
 
