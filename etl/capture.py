@@ -34,6 +34,7 @@ class Gathered:
     _seq: torch.Tensor | None = None  # sequence index inside the micro-batch, per selected row
     _tok: torch.Tensor | None = None  # token index, per selected row
     _rows: torch.Tensor | None = None  # where the selected rows go in the (n, f) buffer
+    in_backward: bool = False  # a forward now is activation checkpointing's recomputation: not stored again
 
     def select(self, positions: torch.Tensor, start: int, stop: int) -> None:
         """Point the hooks at the probe positions of sequences ``start <= s < stop``.
@@ -47,9 +48,9 @@ class Gathered:
 
     def store(self, key: Key, output: torch.Tensor) -> None:
         """Copy the selected rows of one (batch, seq, features) output into the key's buffer."""
-        if self._rows is None or self._rows.numel() == 0:
+        if self.in_backward or self._rows is None or self._rows.numel() == 0:
             return
-        rows = output[self._seq, self._tok].detach().to(torch.float64)
+        rows = output.detach()[self._seq, self._tok].to(torch.float64)  # detached first: saves nothing
         buf = self.buffers.get(key)
         if buf is None:
             buf = self.buffers[key] = rows.new_zeros(self.n, rows.shape[-1])
@@ -110,6 +111,7 @@ def run_pass(
     batch_size: int | None = None,
     call: ModelCall = ModelCall.hf,
     ov_gradient=None,
+    apart_from_training: bool = False,
 ) -> tuple[dict[Key, torch.Tensor], dict[str, float]]:
     """One pass of the probe ``ids`` (n_sequences x seq_len) through ``model``.
 
@@ -120,6 +122,13 @@ def run_pass(
     count, so the accumulated ``.grad`` equals the full batch's. ``call`` says how the model takes token
     ids and gives logits (a layout's ``call``); ``ov_gradient`` (an ``etl.ov_gradient.OvGradient``)
     accumulates the heads' OV gradients during the same pass.
+
+    ``apart_from_training`` (a model in training): the gradients are taken by ``torch.autograd.grad``
+    and added to ``.grad`` here, so no parameter's gradient accumulator runs. Training libraries hang
+    their own work on those nodes (Megatron's ``main_grad`` accumulation, DeepSpeed's and DDP's gradient
+    reductions), and no handle reaches them to set them aside; a probe's gradient must not reach them.
+    A model whose forward uses reentrant checkpointing cannot give gradients that way:
+    ``ReentrantCheckpoint`` is raised, and the caller runs the pass again with a plain backward.
     """
     device = ids.device
     gathered = Gathered(n=int(positions.shape[0]))
@@ -140,7 +149,11 @@ def run_pass(
             times["forward"] += time.perf_counter() - t0
             if gradients:
                 t0 = time.perf_counter()
-                loss.backward()
+                with recomputing(gathered, ov_gradient):
+                    if apart_from_training:
+                        add_gradients(loss, model)
+                    else:
+                        loss.backward()
                 _sync(device)
                 times["backward"] += time.perf_counter() - t0
             del logits
@@ -149,6 +162,41 @@ def run_pass(
             ov_gradient.check_complete(chunks)
     gathered.check_complete()
     return gathered.buffers, times
+
+
+@contextmanager
+def recomputing(gathered: Gathered, ov_gradient) -> Iterator[None]:
+    """For the block (a backward): the forwards that run are activation checkpointing's recomputations
+    of blocks already captured, and the hooks store nothing of them (rows would count twice)."""
+    parts = [gathered] + ([ov_gradient] if ov_gradient is not None else [])
+    for part in parts:
+        part.in_backward = True
+    try:
+        yield
+    finally:
+        for part in parts:
+            part.in_backward = False
+
+
+class ReentrantCheckpoint(Exception):
+    """The model's forward checkpoints reentrantly (``torch.utils.checkpoint(..., use_reentrant=True)``,
+    Megatron's checkpoint function), which cannot give gradients to ``torch.autograd.grad``."""
+
+
+def add_gradients(loss: torch.Tensor, model: nn.Module) -> None:
+    """Add the gradient of ``loss`` to each parameter's ``.grad`` without running any gradient
+    accumulator node (``run_pass``'s ``apart_from_training``). The sum is out of place: autograd may
+    hand two parameters one gradient tensor (``w1 + w2``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    except RuntimeError as error:
+        if ".grad()" in str(error) and "compatible" in str(error):  # torch's and Megatron's words
+            raise ReentrantCheckpoint(str(error)) from error
+        raise
+    for param, grad in zip(params, grads, strict=True):
+        if grad is not None:
+            param.grad = grad if param.grad is None else param.grad + grad
 
 
 def forward(model: nn.Module, ids: torch.Tensor, call: ModelCall, logits: bool) -> torch.Tensor | None:

@@ -88,23 +88,12 @@ def extract_from_model(
         if not live:
             model.to(TORCH_DTYPES[options.dtype])
         model.eval()
-        with _grads_enabled(model, options.gradients), pass_precision(options, device):
+        with pass_precision(options, device):
             ids, positions = probe_tensors(probe, device)
-            ov_gradient = OvGradient(fitted) if fitted.layout.probs != AttentionProbs.none else None
-            captured, pass_times = capture.run_pass(
-                model,
-                ids,
-                positions,
-                capture_targets(fitted, options.sites),
-                gradients=options.gradients,
-                batch_size=options.batch_size,
-                call=fitted.layout.call,
-                ov_gradient=ov_gradient,
-            )
-            timed.seconds.update(pass_times)
-            _add_activations(rows, captured, fitted, options)
-            if options.gradients:
-                _add_spectra(rows, fitted, options, "grad", ov_gradient=ov_gradient)
+            try:
+                _pass_rows(rows, model, ids, positions, fitted, options, timed, apart_from_training=live)
+            except capture.ReentrantCheckpoint:  # its gradients need a plain backward: the pass again
+                _pass_rows(rows, model, ids, positions, fitted, options, timed)
     finally:
         model.train(was_training)
     return rows.tables(), timed.seconds
@@ -546,6 +535,25 @@ class Phases:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.seconds[phase] += time.perf_counter() - start
+
+
+def _pass_rows(
+    rows: Rows, model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, fitted: Fit,
+    options: ExtractOptions, timed: Phases, apart_from_training: bool = False,
+) -> None:  # fmt: skip
+    """The probe's pass (``capture.run_pass``) and the rows it gives: activation summaries and sketches,
+    and gradient spectra (read while the pass's ``.grad`` is there)."""
+    with _grads_enabled(model, options.gradients):
+        ov_gradient = OvGradient(fitted) if fitted.layout.probs != AttentionProbs.none else None
+        captured, pass_times = capture.run_pass(
+            model, ids, positions, capture_targets(fitted, options.sites),
+            gradients=options.gradients, batch_size=options.batch_size, call=fitted.layout.call,
+            ov_gradient=ov_gradient, apart_from_training=apart_from_training,
+        )  # fmt: skip
+        timed.seconds.update(pass_times)
+        _add_activations(rows, captured, fitted, options)
+        if options.gradients:
+            _add_spectra(rows, fitted, options, "grad", ov_gradient=ov_gradient)
 
 
 @contextmanager

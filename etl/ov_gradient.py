@@ -59,6 +59,9 @@ class OvGradient:
     _layers: dict[int, _Layer] = field(default_factory=dict)
     _current: int | None = None
     reductions: int = 0
+    in_backward: bool = (
+        False  # a forward now is activation checkpointing's recomputation (capture.recomputing)
+    )
 
     @contextmanager
     def attached(self) -> Iterator[OvGradient]:
@@ -96,12 +99,15 @@ class OvGradient:
 
     def _keep_x(self, layer: int):
         def hook(module, args, output) -> None:
-            self._layers.setdefault(layer, _Layer()).x = args[0].detach()
+            if not self.in_backward:
+                self._layers.setdefault(layer, _Layer()).x = args[0].detach()
 
         return hook
 
     def _enter(self, layer: int):
         def hook(module, args) -> None:
+            if self.in_backward:
+                return
             state = self._layers.setdefault(layer, _Layer())
             state.sdpa = state.probs = None  # this forward's (a probs_module's hook fills it after this)
             self._current = layer
@@ -110,6 +116,8 @@ class OvGradient:
 
     def _leave(self, layer: int):
         def hook(module, args, output) -> None:
+            if self.in_backward:
+                return
             self._current = None
             state = self._layers[layer]
             if state.sdpa is None and state.probs is None and isinstance(output, tuple) and len(output) > 1:
@@ -121,7 +129,8 @@ class OvGradient:
 
     def _keep_probs(self, layer: int):
         def hook(module, args, output) -> None:
-            self._layers.setdefault(layer, _Layer()).probs = output.detach()
+            if not self.in_backward:
+                self._layers.setdefault(layer, _Layer()).probs = output.detach()
 
         return hook
 

@@ -114,6 +114,120 @@ def test_a_snapshot_calls_none_of_the_hooks_a_training_backward_calls(tmp_path):
         assert torch.equal(a, b), name
 
 
+def main_grad_training(track: bool, root: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], int]:
+    """A tiny model trained as Megatron-LM trains: a hook on each parameter's gradient accumulator node
+    adds ``.grad`` into a float32 ``main_grad`` and frees it (DeepSpeed and DDP hang their reductions
+    on the same nodes); the optimizer steps on ``main_grad``. No handle of those hooks is kept where a
+    snapshot could reach it."""
+    model = tiny_models.neox(seed=0)
+    main_grads = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    calls = [0]
+    accumulators = []  # the nodes live as long as something holds them, as in Megatron
+
+    def accumulate(name: str, param: torch.nn.Parameter):
+        def hook(*_args) -> None:
+            calls[0] += 1
+            main_grads[name].add_(param.grad)
+            param.grad = None
+
+        return hook
+
+    for name, param in model.named_parameters():
+        node = param.expand_as(param).grad_fn.next_functions[0][0]
+        node.register_hook(accumulate(name, param))
+        accumulators.append(node)
+    run = layerlake.track(model, suite="toy", warehouse=root, probe=PROBE, cadence=1) if track else None
+    for step, batch in enumerate(batches(3)):
+        model(input_ids=batch, labels=batch).loss.backward()
+        if run is not None:
+            assert run.snapshot(step, model)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.sub_(0.1 * main_grads[name])
+                main_grads[name].zero_()
+    if run is not None:
+        run.finish()
+        assert run.failures == []
+    return model, main_grads, calls[0]
+
+
+def test_a_snapshot_leaves_the_hooks_on_gradient_accumulators_alone(tmp_path):
+    plain, _, plain_calls = main_grad_training(False, tmp_path)
+    tracked, _, tracked_calls = main_grad_training(True, tmp_path)
+    assert plain_calls > 0 and tracked_calls == plain_calls
+    for (name, a), b in zip(plain.named_parameters(), tracked.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    con = layerlake.connect(tmp_path)
+    grads = con.sql("select count(*) from spectra where tensor = 'grad' and sv[1] > 0").fetchall()[0][0]
+    con.close()
+    assert grads > 0  # the probe's gradients were taken all the same
+
+
+class Checkpointed(torch.nn.Module):
+    """A tiny GPT-NeoX whose blocks run under activation checkpointing in every mode (as torchtitan's
+    checkpoint wrapper does): each block's forward runs again in the backward. ``mode``: None (no
+    checkpointing), "reentrant" (only a plain backward can give its gradients) or "non-reentrant"."""
+
+    def __init__(self, mode: str | None) -> None:
+        super().__init__()
+        self.inner = tiny_models.neox(seed=0)
+        self.config = self.inner.config  # where the layout finds the number of heads
+        self.mode = mode
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        neox = self.inner.gpt_neox
+        hidden = neox.embed_in(ids)
+        rotary = neox.rotary_emb(hidden, torch.arange(ids.shape[1]).unsqueeze(0))
+        for layer in neox.layers:
+            block = lambda h, layer=layer: layer(h, position_embeddings=rotary)  # noqa: E731
+            hidden = (
+                block(hidden)
+                if self.mode is None
+                else checkpoint(block, hidden, use_reentrant=self.mode == "reentrant")
+            )
+        return self.inner.lm_head(neox.final_layer_norm(hidden))
+
+
+def stored_rows(root: Path) -> dict[str, list]:
+    """The snapshot's rows that depend on the pass, in a fixed order: activation summaries, spectra."""
+    con = layerlake.connect(root)
+    found = {
+        "activations": con.sql(
+            "select layer, site, coalesce(head, -1), mean_norm, max_abs from activation_stats order by 1, 2, 3"
+        ).fetchall(),
+        "spectra": con.sql(
+            "select tensor, layer, matrix, coalesce(head, -1), sv[1], list_sum(sv) from spectra order by all"
+        ).fetchall(),
+    }
+    con.close()
+    return found
+
+
+@pytest.mark.parametrize("mode", ["reentrant", "non-reentrant"])
+def test_a_model_with_activation_checkpointing_gives_the_rows_of_the_same_model_without(tmp_path, mode):
+    # the blocks' forwards run again in the backward: their outputs are captured once, the ov gradient
+    # reduced once; reentrant checkpointing, which autograd.grad cannot take, gets a plain backward
+    layout = dataclasses.replace(PRESETS["gpt_neox"], blocks="inner.gpt_neox.layers.*", call=ModelCall.tokens)
+
+    def rows(mode: str | None) -> dict[str, list]:
+        model, root = Checkpointed(mode), tmp_path / str(mode)
+        with layerlake.track(model, layout=layout, suite="toy", warehouse=root, probe=PROBE) as run:
+            assert run.snapshot(0, model)
+        assert run.failures == []
+        return stored_rows(root)
+
+    checkpointed, reference = rows(mode), rows(None)
+    assert {r[0] for r in reference["spectra"]} == {"weight", "grad"}
+    assert {r[2] for r in reference["spectra"]} >= {"ov", "ov_product_rule"}
+    for table, found in checkpointed.items():
+        keys = 3 if table == "activations" else 4
+        assert [r[:keys] for r in found] == [r[:keys] for r in reference[table]], table
+        for got, want in zip(found, reference[table], strict=True):
+            assert got[keys:] == pytest.approx(want[keys:], rel=1e-5, abs=1e-9), (table, got[:keys])
+
+
 @pytest.mark.parametrize(
     ("model", "probe", "says"),
     [
