@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from hostile_data import NOW, build, probe_row, set_column, tamper, tree_hash
+from share_http import Server
 
 import layerlake
 from layerlake.cli.main import main
@@ -105,6 +106,39 @@ def test_an_archived_run_exports_and_imports_archived(local, tmp_path):
     import_dataset(tmp_path / "export", tmp_path / "fresh")
     assert [e.run_id for e in run_admin.archived_runs(Warehouse(tmp_path / "fresh"))] == ["r1"]
     assert main(["check", "--root", str(tmp_path / "fresh")]) == 0
+
+
+def visible_rows(root: Path | None, attach: list) -> dict[str, int]:
+    con = layerlake.connect(root, attach=attach) if root else layerlake.connect(attach=attach)
+    try:
+        return {t: con.sql(f"select count(*) from {t}").fetchall()[0][0] for t in TABLES}
+    finally:
+        con.close()
+
+
+def test_an_archived_run_stays_hidden_however_a_copy_of_it_is_attached(local, tmp_path):
+    # a copy made before the archive must not bring the run back, and a dataset whose run is archived
+    # shows it attached as it shows it imported: by folder, by URL and as an attached warehouse
+    before_archive = tmp_path / "before"
+    export_dataset(local, before_archive)
+    archived = tmp_path / "archived"
+    shutil.copytree(local, archived)
+    run_admin.archive(Warehouse(archived), ["r1"])
+    archived_export = tmp_path / "archived-export"
+    export_dataset(archived, archived_export)
+    import_dataset(archived_export, tmp_path / "imported")
+    nothing = dict.fromkeys(TABLES, 0)
+    assert visible_rows(tmp_path / "imported", []) == nothing
+    assert visible_rows(archived, []) == nothing
+    assert visible_rows(archived, [before_archive]) == nothing  # the local archive rules its copies
+    assert visible_rows(None, [archived_export]) == nothing
+    assert visible_rows(None, [archived]) == nothing
+    with Server(archived_export) as server:
+        assert visible_rows(None, [server.url]) == nothing
+    shown = visible_rows(None, [before_archive])  # the copy alone still shows what it holds
+    assert shown["runs"] == 1 and all(shown.values())
+    run_admin.archive(Warehouse(archived), ["r1"], restore=True)
+    assert visible_rows(archived, [archived_export]) == shown  # the first copy decides, both ways
 
 
 def test_the_same_dataset_imports_again_as_present(local, export):

@@ -78,12 +78,14 @@ def duck_type(type_: pa.DataType) -> str:
     return names[type_]
 
 
-def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
+def committed_shards(root: Path, archived: bool = False) -> tuple[list[Shard], list[CommitEntry]]:
     """The files of a warehouse root that readers may see, and its standing failures.
 
     A task is shown only if every file its latest ok entry lists is a regular file inside the root with
     the listed size (``manifest.file_problem``): never half a task, never a path that leaves the root.
     A task left out for that counts among the failures (``hidden``), so that a reader can say so.
+    ``archived``: the archived runs' files come too, unchecked (``gather`` needs to know their tasks,
+    whose copies elsewhere stay hidden with them).
     """
     committed, failed = latest(read_entries(manifest_path(root)))
     old = [e for e in committed.values() if e.schema_version < schema.SCHEMA_VERSION]
@@ -96,8 +98,10 @@ def committed_shards(root: Path) -> tuple[list[Shard], list[CommitEntry]]:
     shards, hidden, checks = [], [], FileCheckPass()
     paths: dict[str, Path] = {}  # one Path per file, however many tasks share it (compacted)
     for entry in committed.values():
-        if is_archived(entry):
-            continue  # an archived run (`layerlake runs archive`): kept, not shown
+        if is_archived(entry):  # an archived run (`layerlake runs archive`): kept, not shown
+            if archived:
+                shards += [Shard(f.table, root / f.path, root, entry, f) for f in entry.files]
+            continue
         problems = entry_problems(root, entry, checks=checks)
         if problems:
             hidden.append(hidden_entry(entry, problems))
@@ -195,19 +199,21 @@ def source_root(root: Any, attach: Iterable[Any] = ()) -> Path | None:
 
 def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[CommitEntry]]:
     """Shards of ``root`` (None: no local warehouse) and of every attached folder, one per (table, task):
-    a task seen twice is kept once (first wins). A merged file (``compact``) some of whose tasks are
-    shown from another copy is read by its kept tasks' slices only (``Shard.partial``), so each task's
-    rows show once whether either side is compacted or not."""
+    a task seen twice is kept once (first wins), and shown unless that first copy is archived: a run
+    archived here stays hidden whatever copy of it is attached, and one archived in a shared dataset
+    stays hidden when it is attached, as when it is imported. A merged file (``compact``) some of whose
+    tasks are shown from another copy is read by its kept tasks' slices only (``Shard.partial``), so each
+    task's rows show once whether either side is compacted or not."""
     from layerlake.warehouse.share.remote import is_url, remote_files
 
-    shards, failures = committed_shards(root) if root is not None else ([], [])
+    shards, failures = committed_shards(root, archived=True) if root is not None else ([], [])
     for other in attach:
         if is_url(other):  # http(s):// or hf://: read in place, by ranges (warehouse.share.remote)
             shards += [Shard(*listed) for listed in remote_files(other)]
             continue
         folder = Path(other).expanduser().resolve()
         if is_warehouse(folder):
-            more, more_failed = committed_shards(folder)
+            more, more_failed = committed_shards(folder, archived=True)
             failures += more_failed
         else:
             more = shared_shards(folder)
@@ -220,6 +226,7 @@ def gather(root: Path | None, attach: Iterable[Any]) -> tuple[list[Shard], list[
             continue
         seen.add(key)
         kept.append(shard)
+    kept = [s for s in kept if not (s.entry and is_archived(s.entry))]  # an archive file holds its run alone
     shown = {s.entry.task_id for s in kept if s.entry}  # a task hidden here but shown from an attached copy
     failures = [f for f in failures if not (f.status == "hidden" and f.task_id in shown)]  # is not left out
     return [s._replace(partial=True) if s.path in dropped else s for s in kept], failures
