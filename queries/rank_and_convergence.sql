@@ -7,6 +7,8 @@
 --    tied); negative = higher rank converges
 --    earlier. agreement: the paper's share of layers where "good CKA" (mean CKA above the model's median
 --    over layers) and "good PER" (PER above its median) agree: both above, or both at or below.
+--    A layer with no CKA value at any step, or no PER, is left out of every column (n_layers counts the
+--    layers judged): its convergence is unknown, neither good nor never stabilised.
 -- grain: one row per (suite, model, source, probe_id, site, tensor)
 -- plot: none
 -- uses: layer_stabilisation, spectra_ranks
@@ -32,7 +34,7 @@ layers as (
     join site_matrix as m using (site)
     join final_per as p on p.suite = s.suite and p.model = s.model and p.run_id = s.run_id and p.matrix = m.matrix and p.layer = s.layer
         and (p.probe_id is null or p.probe_id = s.probe_id)  -- a gradient's PER: from the same probe's gradient
-    where s.head is null
+    where s.head is null and s.mean_cka is not null and p.per is not null
 ),
 ranked as (
     select

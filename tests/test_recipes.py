@@ -126,3 +126,25 @@ def test_group_by_null_puts_every_run_of_a_model_together():
     con = connection(load_inputs("runs"))
     rows = queries.run_recipe(con, "stabilisation_across_runs", {"suite": "fx", "threshold": 0.8}).to_pylist()
     assert {r["group_value"] for r in rows} == {None} and {r["n_runs"] for r in rows} == {2}
+
+
+def test_a_layer_without_any_cka_counts_in_rank_and_convergence_as_a_layer_not_there():
+    # its convergence is unknown: neither a disagreement of "good CKA" with "good PER" nor a layer that
+    # never stabilised (it counted as both)
+    fixture = json.loads((FIXTURES / "rank_and_convergence.json").read_text())
+
+    def rows(change) -> list[dict]:
+        inputs = load_inputs(fixture["input"])
+        inputs["imported_metrics"] = [change(r) for r in inputs["imported_metrics"]]
+        con = connection({k: [r for r in v if r is not None] for k, v in inputs.items()})
+        return queries.run_recipe(con, fixture["recipe"], fixture["params"]).to_pylist()
+
+    def layer_2_of_mlp_out(row: dict) -> bool:
+        return row["layer"] == 2 and row["site"] == "mlp_out"
+
+    without_cka = rows(lambda r: {**r, "value": None} if layer_2_of_mlp_out(r) else r)
+    absent = rows(lambda r: None if layer_2_of_mlp_out(r) else r)
+    whole = rows(lambda r: r)
+    assert without_cka == absent
+    assert [r["n_layers"] for r in without_cka] == [4, 5] and [r["n_layers"] for r in whole] == [5, 5]
+    assert without_cka[1] == whole[1]  # the other site is untouched
