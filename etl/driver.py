@@ -23,6 +23,7 @@ from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress, Throughput, checkpoint_cost
 from layerlake.etl.sources import weights_file
 from layerlake.etl.task import ExtractTask, extract_run_id
+from layerlake.warehouse.errors import WarehouseError
 from layerlake.warehouse.manifest import CommitEntry
 from layerlake.warehouse.runs import (
     Run,
@@ -115,6 +116,18 @@ def end_runs(
         )
 
 
+def end_runs_after(warehouse: Warehouse, runs: dict[str, Run], error: BaseException) -> None:
+    """Each extraction run as failed with ``error``, which stopped the extraction; if even that cannot be
+    written (a full disk), the runs stay as they are (readers show them killed) and ``error`` is what is
+    raised."""
+    stopped = f"the extraction stopped: {type(error).__name__}: {error}"
+    for run in runs.values():
+        try:
+            end_run(warehouse, run, RunStatus.failed, stopped)
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            return
+
+
 class WeightRows:
     """Which committed task holds each checkpoint's weight rows (``spectra`` and ``matrix_stats`` with
     tensor = 'weight': they depend on the weights, not on the probe). A checkpoint extracted through
@@ -175,7 +188,13 @@ def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport, weight
         tables, meta["weight_rows_in"] = without_weight_rows(tables), holder
     spectra = tables.get("spectra")
     meta["weight_rows"] = spectra is not None and "weight" in spectra.column("tensor").to_pylist()
-    weights.add(warehouse.commit(task.task_id, ref.suite, ref.model, tables, meta, run_id=ref.run_id))
+    try:
+        entry = warehouse.commit(task.task_id, ref.suite, ref.model, tables, meta, run_id=ref.run_id)
+    except WarehouseError as error:  # rows the contract refuses: this checkpoint fails, the others go on
+        warehouse.record_failure(task.task_id, ref.suite, ref.model, str(error), meta, run_id=ref.run_id)
+        report.failed.append((task_label(task), str(error)))
+        return
+    weights.add(entry)
     report.committed.append(task_label(task))
 
 
@@ -346,6 +365,9 @@ def run_extract(settings: Config) -> ExtractReport:
                         progress.advance(outcome)
                 except KeyboardInterrupt:  # what was committed stays; the report says what is left
                     report.interrupted = True
+                except BaseException as error:  # the runs end failed, not left running, then it goes on up
+                    end_runs_after(warehouse, runs, error)
+                    raise
             done = set(report.committed)
             report.throughput = progress.throughput(
                 Counter(t.ref.model for t in todo if task_label(t) not in done)

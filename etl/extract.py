@@ -74,6 +74,7 @@ def extract_from_model(
     """
     fitted = layout if isinstance(layout, Fit) else fit(model, layout)
     _check_options(options, fitted, probe, model)
+    check_finite_parameters(model)
     device = torch.device(options.device)
     if options.torch_threads:
         torch.set_num_threads(options.torch_threads)
@@ -356,6 +357,19 @@ def _spectra(
     return spectra
 
 
+def check_finite_parameters(model: nn.Module) -> None:
+    """An ``ExtractionError`` naming the first parameter holding a NaN or an infinity, if one does: a
+    LayerNorm or embedding of NaN makes every activation NaN, and what fails then (an SVD, the attention
+    check) would not say that the checkpoint diverged or is corrupt. One pass over the weights, on their
+    device, cheap beside the spectra."""
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param.detach()).all()):
+            raise ExtractionError(
+                f"the weights of {name} hold NaN or infinite values: a diverged or corrupt checkpoint",
+                fix="check the training's loss up to this step, or leave the step out (steps.only=[...])",
+            )
+
+
 def raise_non_finite(found: list[tuple], tensor: str) -> None:
     """An ``ExtractionError`` naming the first matrix of ``found`` ((layer, matrix, head, a, b) entries)
     that holds a NaN or an infinity, if one does: an SVD of it fails, and the bare LinAlgError would not
@@ -413,6 +427,12 @@ class Rows:
     ) -> None:
         """One ``activation_stats`` row and one ``sketches`` row per kernel and estimator."""
         key = {"layer": layer, "site": site, "head": head, "probe_id": self.probe_id}
+        if not bool(torch.isfinite(x).all()):
+            raise ExtractionError(
+                f"the activations at layer {layer}'s {site}{'' if head is None else f' head {head}'} hold NaN or "
+                "infinite values, from finite weights: the forward overflowed",
+                fix="extract in float32 where it ran in less (executor.dtype=float32), or leave the step out (steps.only=[...])",
+            )
         with self.timed("summaries"):
             summary = metrics.activation_summary(x, options.near_zero_eps)
         summary["sv"] = np.asarray(summary["sv"], dtype=np.float64)

@@ -229,6 +229,12 @@ class OvGradient:
         self, layer: int, head: int, a: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     ) -> None:
         """``A_h V_h`` must be the attention output the model computed (else the recomputation is wrong)."""
+        if not bool(torch.isfinite(out).all()):
+            raise ExtractionError(
+                f"layer {layer}'s attention output holds NaN or infinite values: the forward overflowed "
+                f"({out.dtype}) or the checkpoint is corrupt, and no gradient of it means anything",
+                fix="extract in float32 where it ran in less (executor.dtype=float32), or leave the step out (steps.only=[...])",
+            )
         tolerance = _TOLERANCE.get(out.dtype, _LOW_PRECISION_TOLERANCE)
         scale = out.abs().max().item() or 1.0
         error = (torch.matmul(a, v) - out.to(a.dtype)).abs().max().item()

@@ -16,6 +16,7 @@ from layerlake.etl.task import CheckpointRef, ExtractOptions, ProbeBatch
 from layerlake.warehouse.gram import unpack
 from layerlake.warehouse.macros import install_functions
 from layerlake.warehouse.schema import TABLES
+from layerlake.warehouse.writer import Warehouse
 
 REF = CheckpointRef("tiny", "m", 64, "step64", 64 * 1024, "local", "/nowhere")
 SHA = "f" * 64
@@ -423,7 +424,52 @@ def test_a_checkpoint_with_a_nan_weight_fails_naming_the_matrix_not_with_a_bare_
     with torch.no_grad():
         model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight[2, 3] = float("nan")
     with pytest.raises(
-        ExtractionError, match=r"weights of layer 1's dense_4h_to_h hold NaN or infinite"
+        ExtractionError, match=r"weights of gpt_neox.layers.1.mlp.dense_4h_to_h.weight hold NaN or infinite"
     ) as caught:
         extract_from_model(model, REF, SHA, PROBE, ExtractOptions())
     assert "steps.only" in caught.value.fix
+
+
+@pytest.mark.parametrize("gradients", [True, False])
+@pytest.mark.parametrize(
+    "parameter", ["gpt_neox.layers.0.input_layernorm.weight", "gpt_neox.embed_in.weight", "lm_head.weight"]
+)
+def test_a_nan_outside_the_matrices_with_spectra_is_named_not_blamed_on_the_attention(parameter, gradients):
+    # a NaN LayerNorm or embedding makes every activation NaN: the error must name the parameter, not
+    # fail in an SVD without a name or blame the attention's recomputed probabilities
+    model = neox()
+    with torch.no_grad():
+        model.get_parameter(parameter).view(-1)[0] = float("inf")
+    with pytest.raises(ExtractionError, match=rf"weights of {parameter} hold NaN or infinite values"):
+        extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=gradients))
+
+
+def test_activations_that_overflow_from_finite_weights_are_named(tmp_path):
+    model = neox()
+    with torch.no_grad():  # finite, but the MLP's output overflows float32 at every position
+        model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.fill_(3e38)
+    with pytest.raises(
+        ExtractionError, match=r"activations at layer 1's mlp_out hold NaN or infinite values"
+    ):
+        extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=False))
+    model = neox()
+    with torch.no_grad():  # the attention's values overflow: its gradient pass names that, not the attention
+        model.gpt_neox.layers[0].attention.query_key_value.weight.fill_(3e38)
+    with pytest.raises(ExtractionError, match=r"layer \d's attention output holds NaN or infinite values"):
+        extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True))
+
+
+def test_an_all_zero_matrix_and_its_zero_gradient_are_stored(tmp_path):
+    # a zero-initialised output projection: Hoyer sparsity is undefined (NULL), every other number stands
+    model = neox()
+    with torch.no_grad():
+        model.gpt_neox.layers[1].attention.dense.weight.zero_()
+    tables, _ = extract_from_model(model, REF, SHA, PROBE, ExtractOptions(gradients=True))
+    Warehouse(tmp_path).commit("t", "tiny", "m", tables, {}, run_id="r")  # the contract takes the rows
+    stats = {(r["tensor"], r["matrix"]): r for r in rows(tables["matrix_stats"], layer=1)}
+    zero = stats[("weight", "dense")]
+    assert zero["hoyer"] is None and zero["gini"] == 0.0 and zero["inf_norm"] == 0.0
+    assert stats[("grad", "query_key_value")]["hoyer"] is None  # nothing flows back through a zero W_O
+    assert stats[("weight", "query_key_value")]["hoyer"] is not None
+    (spectrum,) = rows(tables["spectra"], layer=1, matrix="dense", tensor="weight", head=None)
+    assert list(spectrum["sv"]) == [0.0] * len(spectrum["sv"])

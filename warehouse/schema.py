@@ -350,6 +350,7 @@ MATRIX_STATS = Table(
             pa.float64(),
             "Hoyer sparsity (sqrt(n) - ||w||_1 / ||w||_2) / (sqrt(n) - 1): 0 = all entries equal in magnitude, "
             "1 = one nonzero entry (NULL for an all-zero matrix or a single entry)",
+            nullable=True,
         ),
         _c("inf_norm", pa.float64(), "max_ij |w_ij| (torch.norm(W, p=inf) as pico-analyze takes it)"),
         _GRAD_PROBE,
