@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from layerlake.conf.schema import Config
+from layerlake.conf.schema import Config, ModelSpec
 from layerlake.core.choices import SuiteSource
 from layerlake.core.hashing import sha256_file
 from layerlake.etl.downloads import HubDownloads
@@ -165,10 +165,40 @@ def without_weight_rows(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
     }
 
 
-def record(warehouse: Warehouse, outcome: Outcome, report: ExtractReport, weights: WeightRows) -> None:
+def shape_mismatch(spec: ModelSpec, tables: dict[str, pa.Table]) -> str | None:
+    """How the checkpoint's shape (its ``checkpoints`` row: layers, width, heads) differs from what the
+    suite declares for its model, or None. Checkpoints of one model are compared with each other (CKA
+    across steps, trajectories): one of another shape would be compared as if it were the same model."""
+    checkpoint = tables.get("checkpoints")
+    if checkpoint is None or checkpoint.num_rows != 1:
+        return None
+    found = checkpoint.to_pylist()[0]
+    declared = {"n_layers": spec.n_layers, "d_model": spec.d_model, "n_heads": spec.n_heads}
+    wrong = [f"{key} {found[key]}, not {value}" for key, value in declared.items() if found[key] != value]
+    return "; ".join(wrong) or None
+
+
+def record(
+    warehouse: Warehouse,
+    outcome: Outcome,
+    report: ExtractReport,
+    weights: WeightRows,
+    specs: dict[str, ModelSpec] | None = None,
+) -> None:
     task = outcome.task
     meta = task_meta(task)
     ref = task.ref
+    spec = (specs or {}).get(ref.model)
+    mismatch = shape_mismatch(spec, outcome.result.tables) if spec and outcome.result else None
+    if mismatch:
+        outcome = dataclasses.replace(
+            outcome,
+            result=None,
+            error=f"the checkpoint is not of model {ref.model}'s shape ({mismatch}): its rows would be "
+            f"compared with the model's other checkpoints as one model's; fix: point {ref.model}'s "
+            f"checkpoints at its own weights, or correct suite.models[{ref.model}] (n_layers, d_model, n_heads)",
+            detail=None,
+        )
     if outcome.result is None:
         meta["traceback"] = outcome.detail
         warehouse.record_failure(
@@ -357,9 +387,10 @@ def run_extract(settings: Config) -> ExtractReport:
             costs = {spec.name: checkpoint_cost(spec) for spec in settings.suite.models}
             with ExtractProgress(per_model, enabled=settings.progress, priors=costs) as progress:
                 weights = WeightRows(warehouse.committed())
+                specs = {spec.name: spec for spec in settings.suite.models}
                 try:
                     for outcome in executor.run(todo):
-                        record(warehouse, outcome, report, weights)
+                        record(warehouse, outcome, report, weights, specs)
                         report.resubmitted += outcome.resubmitted > 0
                         downloads.recorded(outcome.task)  # once committed: a download not kept is deleted
                         progress.advance(outcome)

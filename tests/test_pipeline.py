@@ -277,3 +277,53 @@ def test_cli_names_a_missing_checkpoint_folder_and_exits_non_zero(tiny_suite, tm
     proc = run_cli(settings, "extract")
     assert proc.returncode != 0
     assert gone.revision in proc.stderr and "fix:" in proc.stderr
+
+
+def rewrite_weights(location: str, change) -> None:
+    """The checkpoint's model.safetensors with ``change(tensors)`` applied (a dict of name -> tensor)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(location) / "model.safetensors"
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_a_checkpoint_with_an_all_zero_matrix_is_extracted_with_the_others(tiny_suite, tmp_path):
+    # a zero-initialised output projection at step 0: Hoyer sparsity is NULL, the run finishes
+    settings, _ = tiny_suite
+    suites = copy_suite(settings, tmp_path / "suites")
+    settings = with_paths(settings, tmp_path / "data", suites)
+    plan = make_plan(settings)
+    first = next(t.ref for t in plan.tasks if t.ref.model == "tiny-a")
+    rewrite_weights(first.location, lambda t: t["gpt_neox.layers.0.attention.dense.weight"].zero_())
+    report = run_extract(settings)
+    assert report.ok, report.failed
+    assert len(report.committed) == len(plan.tasks)
+    con = warehouse.connect(settings.paths.warehouse)
+    nulls = con.sql(
+        "select tensor, matrix from matrix_stats where hoyer is null and model = 'tiny-a' and step = ? order by 1",
+        params=[first.step],
+    ).fetchall()
+    assert ("weight", "dense") in nulls
+    assert con.sql("select distinct status from runs").fetchall() == [("finished",)]
+
+
+def test_a_checkpoint_of_another_shape_under_a_model_fails_alone_naming_both_shapes(tiny_suite, tmp_path):
+    # tiny-b's weights (2 layers, width 64, 4 heads) in one of tiny-a's step folders (1 layer, 32, 2)
+    settings, _ = tiny_suite
+    suites = copy_suite(settings, tmp_path / "suites")
+    settings = with_paths(settings, tmp_path / "data", suites)
+    plan = make_plan(settings)
+    a = [t.ref for t in plan.tasks if t.ref.model == "tiny-a"]
+    b = next(t.ref for t in plan.tasks if t.ref.model == "tiny-b" and t.ref.step == a[-1].step)
+    shutil.rmtree(a[-1].location)
+    shutil.copytree(b.location, a[-1].location)
+    report = run_extract(settings)
+    assert [label for label, _ in report.failed] == [f"tiny-a {a[-1].revision}"]
+    assert "n_layers 2, not 1; d_model 64, not 32; n_heads 4, not 2" in report.failed[0][1]
+    assert len(report.committed) == len(plan.tasks) - 1
+    con = warehouse.connect(settings.paths.warehouse)
+    assert con.sql(
+        "select count(*) from checkpoints where model = 'tiny-a' and d_model <> 32"
+    ).fetchall() == [(0,)]
