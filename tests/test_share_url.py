@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -285,6 +287,24 @@ def test_slow_server_hits_the_time_limit_named(shared, served, tmp_path, capsys)
     assert main(["share", "attach", url, "--http-timeout", "0.5", "--root", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "time limit of 0.5 s (--http-timeout)" in err and "fix:" in err
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["body", "head-and-body"])
+def test_a_server_sending_a_byte_a_second_is_stopped_at_the_time_limit(shared, tmp_path, head):
+    """The time limit holds for the whole answer, not for each socket read: a server that sends one byte a
+    second (its body only, or from its status line on) ends the command at --http-timeout. The command
+    runs in a process of its own, so that a time limit that does not hold fails the test (at the outer
+    60 s) instead of hanging it."""
+    with Server(shared) as server:
+        server.trickle_s, server.trickle_head = 1.0, head
+        done = subprocess.run(
+            [sys.executable, "-m", "layerlake.cli", "share", "attach", server.url + "/export",
+             "--http-timeout", "2", "--root", str(tmp_path / "none")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "did not answer within the time limit of 2 s (--http-timeout)" in done.stderr
+    assert "fix:" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_hub_urls_through_the_same_path(shared, tmp_path, monkeypatch):
