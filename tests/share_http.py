@@ -8,7 +8,8 @@ plain attribute set while it runs: ``delay_s`` (seconds to wait before each answ
 (a URL prefix every request is redirected to, 302), ``fail_after`` (requests answered before the
 server closes every further connection unanswered), ``trickle_s`` (send each answer's body one byte
 every so many seconds; with ``trickle_head``, its status line and headers too). ``sent`` counts body
-bytes, ``requests`` the requests. Use as a context manager: the server stops at the end.
+bytes, ``requests`` the requests, ``paths`` their paths. Use as a context manager: the server stops at
+the end.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Server:
         self.trickle_head = False
         self.sent = 0
         self.requests = 0
+        self.paths: list[str] = []  # the path of every request, in order
         self.lock = threading.Lock()
         outer = self
 
@@ -65,6 +67,7 @@ class Server:
     def reset(self) -> None:
         with self.lock:
             self.sent = self.requests = 0
+            self.paths = []
         self.delay_s, self.redirect, self.fail_after = 0.0, None, None
         self.trickle_s, self.trickle_head = 0.0, False
 
@@ -82,6 +85,7 @@ class Server:
         with self.lock:
             self.requests += 1
             count = self.requests
+            self.paths.append(handler.path)
         if self.trickle_s and self.trickle_head and not isinstance(handler.wfile, Trickle):
             handler.wfile = Trickle(handler.wfile, self.trickle_s)  # from the status line on
         if self.fail_after is not None and count > self.fail_after:

@@ -289,6 +289,37 @@ def test_slow_server_hits_the_time_limit_named(shared, served, tmp_path, capsys)
     assert "time limit of 0.5 s (--http-timeout)" in err and "fix:" in err
 
 
+@pytest.mark.parametrize(
+    "lie", ["format_version_text", "sha256_number", "path_number", "bytes_text", "bytes_float", "bytes_negative",
+            "tasks_null"]
+)  # fmt: skip
+def test_a_manifest_field_of_another_type_is_refused_by_url_before_any_file_is_read(
+    shared, tmp_path, lie, capsys
+):
+    """The liars of ``test_share_faults.LIES`` served by URL: refused from the manifest alone, named, with
+    the fix, exit 2 and no traceback (a negative size reached DuckDB, which failed with an internal
+    error; a float one failed every query with ``std::bad_cast``); nothing is downloaded or created."""
+    import test_share_faults
+
+    folder, server = copy_served(shared, tmp_path)
+    test_share_faults.SHARD = sketch_path(folder)
+    test_share_faults.tell_lie(folder, lie)
+    said = test_share_faults.LIES[lie][1]
+    with server:
+        url = server.url + "/export"
+        for command in (
+            ["share", "attach", url], ["share", "attach", url, "--sql", "select count(*) from sketches"],
+            ["sql", "--attach", url, "select count(*) from sketches"], ["share", "import", url],
+        ):  # fmt: skip
+            assert main([*command, "--root", str(tmp_path / "wh")]) == 2
+            err = capsys.readouterr().err
+            assert said in err and "fix:" in err and "Traceback" not in err and "INTERNAL" not in err
+        with pytest.raises(ShareError, match="manifest.json"):
+            import_dataset(url, tmp_path / "wh")
+        assert {p.rsplit("/", 1)[-1] for p in server.paths} == {"manifest.json"}  # and nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no warehouse, no download folder
+
+
 @pytest.mark.parametrize("head", [False, True], ids=["body", "head-and-body"])
 def test_a_server_sending_a_byte_a_second_is_stopped_at_the_time_limit(shared, tmp_path, head):
     """The time limit holds for the whole answer, not for each socket read: a server that sends one byte a
