@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -318,6 +320,69 @@ def test_a_manifest_field_of_another_type_is_refused_by_url_before_any_file_is_r
             import_dataset(url, tmp_path / "wh")
         assert {p.rsplit("/", 1)[-1] for p in server.paths} == {"manifest.json"}  # and nothing else
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no warehouse, no download folder
+
+
+def _import_in_a_process(url: str, root: Path) -> subprocess.Popen:
+    """``share import URL`` in a process of its own, with SIGTERM's default action (whatever the suite's),
+    once its download folder is beside the warehouse (the server answers slowly: it is still at work)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerlake.cli", "share", "import", url, "--root", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )  # fmt: skip
+    for _ in range(1200):  # 60 s at most
+        if list(root.parent.glob(".layerlake-download-*")) or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None and list(root.parent.glob(".layerlake-download-*")), proc.communicate()
+    return proc
+
+
+def test_an_import_by_url_stopped_by_sigterm_removes_its_download_folder(shared, tmp_path):
+    """SIGTERM (a scheduler, `timeout`) stops an import by URL as Ctrl-C does: its download folder is
+    removed, it says `terminated` and exits 143, and the warehouse is as it was (SIGTERM's default
+    left the folder, which nothing removed)."""
+    folder, server = copy_served(shared, tmp_path)
+    local = tmp_path / "wh"
+    build_warehouse(local, models=("m3",), steps=(5,))
+    before = tree_hash(local)
+    with server:
+        server.delay_s = 1.0
+        proc = _import_in_a_process(server.url + "/export", local)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "wh"]  # no download folder left
+    assert tree_hash(local) == before
+
+
+def test_what_a_killed_import_by_url_left_is_removed_by_gc_and_the_next_import(shared, tmp_path, capsys):
+    """SIGKILL leaves the download folder; its owner's lock is then free, so `gc` removes it (and the
+    next import would), while the folder of an import at work is kept."""
+    from layerlake.warehouse.writer import DOWNLOAD_OWNER, download_folder
+
+    folder, server = copy_served(shared, tmp_path)
+    local = tmp_path / "wh"
+    build_warehouse(local, models=("m3",), steps=(5,))
+    with server:
+        server.delay_s = 1.0
+        proc = _import_in_a_process(server.url + "/export", local)
+        proc.kill()
+        proc.communicate(timeout=60)
+        (left,) = tmp_path.glob(".layerlake-download-*")
+        assert main(["gc", "--root", str(local), "--dry-run"]) == 0
+        assert "would remove 1 files" in capsys.readouterr().out and left.exists()  # its lock file
+        assert main(["gc", "--root", str(local)]) == 0
+        assert "removed 1 files" in capsys.readouterr().out and not left.exists()
+        with download_folder(local) as working:  # an import at work in this process: its lock is held
+            assert main(["gc", "--root", str(local)]) == 0 and working.is_dir()
+        assert not working.exists()
+        (tmp_path / ".layerlake-download-x").mkdir()  # as a SIGKILL leaves it: the lock free
+        (tmp_path / ".layerlake-download-x" / DOWNLOAD_OWNER).touch()
+        server.reset()
+        assert main(["share", "import", server.url + "/export", "--root", str(local)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "wh"]
+    assert main(["check", "--root", str(local)]) == 0
 
 
 @pytest.mark.parametrize("head", [False, True], ids=["body", "head-and-body"])
