@@ -6,8 +6,10 @@ file URLs (``/datasets/ORG/NAME/resolve/REVISION/PATH`` from ``folder/ORG/NAME/P
 ``X-Repo-Commit`` header, a revision other than ``main`` or the commit answering 404). Knobs, each a
 plain attribute set while it runs: ``delay_s`` (seconds to wait before each answer's body), ``redirect``
 (a URL prefix every request is redirected to, 302), ``fail_after`` (requests answered before the
-server closes every further connection unanswered). ``sent`` counts body bytes, ``requests`` the
-requests. Use as a context manager: the server stops at the end.
+server closes every further connection unanswered), ``trickle_s`` (send each answer's body one byte
+every so many seconds; with ``trickle_head``, its status line and headers too). ``sent`` counts body
+bytes, ``requests`` the requests, ``paths`` their paths. Use as a context manager: the server stops at
+the end.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ class Server:
         self.delay_s = 0.0
         self.redirect: str | None = None
         self.fail_after: int | None = None
+        self.trickle_s = 0.0
+        self.trickle_head = False
         self.sent = 0
         self.requests = 0
+        self.paths: list[str] = []  # the path of every request, in order
         self.lock = threading.Lock()
         outer = self
 
@@ -62,7 +67,9 @@ class Server:
     def reset(self) -> None:
         with self.lock:
             self.sent = self.requests = 0
+            self.paths = []
         self.delay_s, self.redirect, self.fail_after = 0.0, None, None
+        self.trickle_s, self.trickle_head = 0.0, False
 
     def file(self, path: str) -> tuple[Path | None, dict[str, str]]:
         path = unquote(urlsplit(path).path)
@@ -78,6 +85,9 @@ class Server:
         with self.lock:
             self.requests += 1
             count = self.requests
+            self.paths.append(handler.path)
+        if self.trickle_s and self.trickle_head and not isinstance(handler.wfile, Trickle):
+            handler.wfile = Trickle(handler.wfile, self.trickle_s)  # from the status line on
         if self.fail_after is not None and count > self.fail_after:
             handler.close_connection = True  # the server is gone: the connection closes unanswered
             return
@@ -111,8 +121,39 @@ class Server:
         if self.delay_s:
             time.sleep(self.delay_s)
         try:
-            handler.wfile.write(body)
+            if self.trickle_s and not isinstance(handler.wfile, Trickle):
+                Trickle(handler.wfile, self.trickle_s).write(body)
+            else:
+                handler.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             return
         with self.lock:
             self.sent += len(body)
+
+
+class Trickle:
+    """A connection's writing side sending one byte every ``seconds`` (a server that is up, but slow
+    beyond any time limit on a single socket read)."""
+
+    def __init__(self, out, seconds: float) -> None:
+        self.out, self.seconds, self.gone = out, seconds, False
+
+    def write(self, data: bytes) -> int:
+        for i in range(len(data)):
+            if self.gone:  # the client left: nothing more to send
+                break
+            try:
+                self.out.write(data[i : i + 1])
+                self.out.flush()
+            except OSError:
+                self.gone = True
+                break
+            time.sleep(self.seconds)
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.out.flush()
+            except OSError:
+                self.gone = True

@@ -79,3 +79,24 @@ def test_a_corrupt_appended_line_is_an_error_naming_its_number(tmp_path):
         handle.write(json.dumps({"status": "ok"}).encode() + b"\n")
     with pytest.raises(manifest.ManifestError, match="line 2"):
         follower.read()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [("bytes", 9502.0, "bytes 9502.0 (a float) is not a whole number >= 0"),
+     ("rows", "40", 'rows "40" (text) is not a whole number >= 0'),
+     ("bytes", -1, "bytes -1 (int) is not a whole number >= 0"),
+     ("sha256", 12345, "sha256 12345 (int) is not text")],
+)  # fmt: skip
+def test_a_line_holding_a_field_of_another_type_is_an_error_naming_it(tmp_path, field, value, said):
+    """The warehouse's own manifest is read by the parser of shared manifests, held to the same types: a
+    float size (which an import once let through) is named, not read as a size."""
+    path = tmp_path / "commits.jsonl"
+    listed = {"table": "sketches", "path": "sketches/s/m/t0-0123456789abcdef.parquet", "sha256": "0" * 64,
+              "rows": 4, "bytes": 9502, field: value}  # fmt: skip
+    line = entry("t0").to_json() | {"files": [listed]}
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(manifest.ManifestError, match="line 1") as error:
+        read_entries(path)
+    assert said in error.value.message and "task t0, file sketches/s/m/t0-" in error.value.message
+    assert "correct the value it names" in error.value.fix

@@ -7,6 +7,7 @@ catch it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -133,3 +134,74 @@ def test_not_a_shared_folder(tmp_path):
         import_dataset(tmp_path, tmp_path / "wh")
     with pytest.raises(ShareError, match="does not exist"):
         import_dataset(tmp_path / "nope", tmp_path / "wh")
+
+
+def _files_of(manifest: dict, path: str) -> list[dict]:
+    """Every listing of ``path``: in the flat ``files`` list and in its task's ``files``."""
+    tasks = [f for t in manifest["tasks"] for f in t["files"]]
+    return [f for f in manifest["files"] + tasks if f["path"] == path]
+
+
+def _set(key: str, value):
+    def change(manifest: dict) -> None:
+        for f in _files_of(manifest, SHARD):
+            f[key] = value(f) if callable(value) else value
+
+    return change
+
+
+# A manifest whose lists agree with each other and whose dataset_id is recomputed (a careful liar), with
+# one field of another type or range than a writer writes: (the change, what the error says of it).
+LIES = {
+    "format_version_text": (lambda m: m.update(format_version="two"), 'format_version "two" (text), not a whole'),
+    "format_version_list": (lambda m: m.update(format_version=[2]), "format_version [2] (a list), not a whole"),
+    "sha256_number": (_set("sha256", 12345), "sha256 12345 (int) is not text"),
+    "path_number": (_set("path", 7), "path 7 (int) is not text"),
+    "bytes_text": (_set("bytes", lambda f: str(f["bytes"])), "(text) is not a whole number >= 0"),
+    "bytes_float": (_set("bytes", lambda f: float(f["bytes"])), ".0 (a float) is not a whole number >= 0"),
+    "bytes_negative": (_set("bytes", -5), "bytes -5 (int) is not a whole number >= 0"),
+    "rows_bool": (_set("rows", True), "rows true (true or false) is not a whole number"),
+    "first_row_text": (_set("first_row", "0"), 'first_row "0" (text) is not a whole number'),
+    "tasks_null": (lambda m: m.update(tasks=None), "'tasks' is null, not a list"),
+    "task_files_object": (lambda m: m["tasks"][0].update(files={"a": 1}), 'files {"a": 1} (an object) is not a list'),
+    "meta_list": (lambda m: m["tasks"][0].update(meta=[[1, 2]]), "meta [[1, 2]] (a list) is not a JSON object"),
+    "task_text": (lambda m: m["tasks"].append("hello"), 'an entry is "hello" (text), not a JSON object'),
+}  # fmt: skip
+
+
+def tell_lie(folder: Path, lie: str) -> None:
+    """Change ``folder/manifest.json`` as ``LIES[lie]`` says, both lists alike, its dataset_id recomputed."""
+    from layerlake.warehouse.share.layout import dataset_id
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    LIES[lie][0](manifest)
+    with contextlib.suppress(TypeError):  # a path that is a number sorts with no text: no id to compute
+        manifest["dataset_id"] = dataset_id((f["path"], f["sha256"]) for f in manifest["files"])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("lie", LIES)
+def test_a_manifest_field_of_another_type_is_refused_naming_it_alone(lie, good, tmp_path, capsys):
+    """Every field of a shared manifest is held to the type and range a writer writes (a float size was
+    imported, stored in the warehouse's own manifest, and carried into its next export); a manifest
+    whose lists cannot be read is named alone: no file is then said to be unlisted or to be deleted."""
+    folder = tmp_path / "shared"
+    shutil.copytree(good, folder)
+    tell_lie(folder, lie)
+    local = tmp_path / "wh"
+    build_warehouse(local, models=("m2",), steps=(5,))
+    before = tree_hash(local)
+    with pytest.raises(ShareError) as error:
+        import_dataset(folder, local)
+    assert LIES[lie][1] in error.value.message and "manifest.json" in error.value.message
+    assert "export it again" in error.value.fix
+    for command in (["share", "import", str(folder)], ["share", "attach", str(folder)],
+                    ["share", "attach", str(folder), "--sql", "select count(*) from sketches"]):  # fmt: skip
+        assert main([*command, "--root", str(local)]) == 2
+        err = capsys.readouterr().err
+        assert LIES[lie][1] in err and "fix:" in err and "Traceback" not in err
+        assert (
+            "is not listed" not in err and "delete" not in err
+        )  # the manifest is the problem, not the files
+    assert main(["share", "import", str(folder), "--root", str(tmp_path / "new")]) == 2
+    assert tree_hash(local) == before and not (tmp_path / "new").exists()

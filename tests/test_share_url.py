@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -285,6 +289,118 @@ def test_slow_server_hits_the_time_limit_named(shared, served, tmp_path, capsys)
     assert main(["share", "attach", url, "--http-timeout", "0.5", "--root", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "time limit of 0.5 s (--http-timeout)" in err and "fix:" in err
+
+
+@pytest.mark.parametrize(
+    "lie", ["format_version_text", "sha256_number", "path_number", "bytes_text", "bytes_float", "bytes_negative",
+            "tasks_null"]
+)  # fmt: skip
+def test_a_manifest_field_of_another_type_is_refused_by_url_before_any_file_is_read(
+    shared, tmp_path, lie, capsys
+):
+    """The liars of ``test_share_faults.LIES`` served by URL: refused from the manifest alone, named, with
+    the fix, exit 2 and no traceback (a negative size reached DuckDB, which failed with an internal
+    error; a float one failed every query with ``std::bad_cast``); nothing is downloaded or created."""
+    import test_share_faults
+
+    folder, server = copy_served(shared, tmp_path)
+    test_share_faults.SHARD = sketch_path(folder)
+    test_share_faults.tell_lie(folder, lie)
+    said = test_share_faults.LIES[lie][1]
+    with server:
+        url = server.url + "/export"
+        for command in (
+            ["share", "attach", url], ["share", "attach", url, "--sql", "select count(*) from sketches"],
+            ["sql", "--attach", url, "select count(*) from sketches"], ["share", "import", url],
+        ):  # fmt: skip
+            assert main([*command, "--root", str(tmp_path / "wh")]) == 2
+            err = capsys.readouterr().err
+            assert said in err and "fix:" in err and "Traceback" not in err and "INTERNAL" not in err
+        with pytest.raises(ShareError, match="manifest.json"):
+            import_dataset(url, tmp_path / "wh")
+        assert {p.rsplit("/", 1)[-1] for p in server.paths} == {"manifest.json"}  # and nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no warehouse, no download folder
+
+
+def _import_in_a_process(url: str, root: Path) -> subprocess.Popen:
+    """``share import URL`` in a process of its own, with SIGTERM's default action (whatever the suite's),
+    once its download folder is beside the warehouse (the server answers slowly: it is still at work)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerlake.cli", "share", "import", url, "--root", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )  # fmt: skip
+    for _ in range(1200):  # 60 s at most
+        if list(root.parent.glob(".layerlake-download-*")) or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None and list(root.parent.glob(".layerlake-download-*")), proc.communicate()
+    return proc
+
+
+def test_an_import_by_url_stopped_by_sigterm_removes_its_download_folder(shared, tmp_path):
+    """SIGTERM (a scheduler, `timeout`) stops an import by URL as Ctrl-C does: its download folder is
+    removed, it says `terminated` and exits 143, and the warehouse is as it was (SIGTERM's default
+    left the folder, which nothing removed)."""
+    folder, server = copy_served(shared, tmp_path)
+    local = tmp_path / "wh"
+    build_warehouse(local, models=("m3",), steps=(5,))
+    before = tree_hash(local)
+    with server:
+        server.delay_s = 1.0
+        proc = _import_in_a_process(server.url + "/export", local)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "wh"]  # no download folder left
+    assert tree_hash(local) == before
+
+
+def test_what_a_killed_import_by_url_left_is_removed_by_gc_and_the_next_import(shared, tmp_path, capsys):
+    """SIGKILL leaves the download folder; its owner's lock is then free, so `gc` removes it (and the
+    next import would), while the folder of an import at work is kept."""
+    from layerlake.warehouse.writer import DOWNLOAD_OWNER, download_folder
+
+    folder, server = copy_served(shared, tmp_path)
+    local = tmp_path / "wh"
+    build_warehouse(local, models=("m3",), steps=(5,))
+    with server:
+        server.delay_s = 1.0
+        proc = _import_in_a_process(server.url + "/export", local)
+        proc.kill()
+        proc.communicate(timeout=60)
+        (left,) = tmp_path.glob(".layerlake-download-*")
+        assert main(["gc", "--root", str(local), "--dry-run"]) == 0
+        assert "would remove 1 files" in capsys.readouterr().out and left.exists()  # its lock file
+        assert main(["gc", "--root", str(local)]) == 0
+        assert "removed 1 files" in capsys.readouterr().out and not left.exists()
+        with download_folder(local) as working:  # an import at work in this process: its lock is held
+            assert main(["gc", "--root", str(local)]) == 0 and working.is_dir()
+        assert not working.exists()
+        (tmp_path / ".layerlake-download-x").mkdir()  # as a SIGKILL leaves it: the lock free
+        (tmp_path / ".layerlake-download-x" / DOWNLOAD_OWNER).touch()
+        server.reset()
+        assert main(["share", "import", server.url + "/export", "--root", str(local)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "wh"]
+    assert main(["check", "--root", str(local)]) == 0
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["body", "head-and-body"])
+def test_a_server_sending_a_byte_a_second_is_stopped_at_the_time_limit(shared, tmp_path, head):
+    """The time limit holds for the whole answer, not for each socket read: a server that sends one byte a
+    second (its body only, or from its status line on) ends the command at --http-timeout. The command
+    runs in a process of its own, so that a time limit that does not hold fails the test (at the outer
+    60 s) instead of hanging it."""
+    with Server(shared) as server:
+        server.trickle_s, server.trickle_head = 1.0, head
+        done = subprocess.run(
+            [sys.executable, "-m", "layerlake.cli", "share", "attach", server.url + "/export",
+             "--http-timeout", "2", "--root", str(tmp_path / "none")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "did not answer within the time limit of 2 s (--http-timeout)" in done.stderr
+    assert "fix:" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_hub_urls_through_the_same_path(shared, tmp_path, monkeypatch):

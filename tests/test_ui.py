@@ -437,3 +437,42 @@ def test_the_checkpoint_page_offers_models_with_sketches_and_their_own_layers(tm
     assert re.findall(r">([^<]+)</option>", layer) == ["0", "1"]
     scoped = json.loads(html.unescape(re.search(r"data-scoped='([^']*)'", body)[1]))
     assert scoped["layer"] == {"m1": ["0", "1"], "m2": ["0", "1", "2", "3"]}
+
+
+def test_an_export_alone_is_served_with_attach_and_no_local_warehouse(root, tmp_path):
+    """A collaborator holding only an export: `ui --root EXPORT` points at `--attach EXPORT`, which serves
+    the folder alone, as `layerlake sql --attach` and `share attach` do (it refused: no warehouse)."""
+    import os
+
+    from layerlake.warehouse.share import export_dataset
+
+    export = tmp_path / "export"
+    export_dataset(root, export)
+    env = {**os.environ, "LAYERLAKE_DATA": str(tmp_path / "data")}  # no warehouse there, nor under the cwd
+    ui = [sys.executable, "-m", "layerlake.cli", "ui", "--port", "0", "--no-warm-up"]
+    refused = subprocess.run([*ui, "--root", str(export)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                             timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and f"--attach {export}" in refused.stderr
+    proc = subprocess.Popen([*ui, "--attach", str(export)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        served = re.search(r"serving (.*) at (http://127\.0\.0\.1:\d+)/", line)
+        assert served, (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert served[1] == str(export)
+        sql = urllib.parse.quote("select count(*) as n from runs")
+        status, _, body = get(f"{served[2]}/api/sql?q={sql}")
+        assert status == 200, body
+        con = layerlake.connect(root)
+        try:
+            runs = con.sql("select count(*) from runs").fetchall()[0][0]
+        finally:
+            con.close()
+        assert json.loads(body)["rows"] == [{"n": runs}] and runs > 0
+        status, _, body = get(f"{served[2]}/api/overview")
+        assert status == 200 and b"alpha" in body
+        assert get(served[2] + "/")[0] == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert not (tmp_path / "data").exists()

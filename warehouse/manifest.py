@@ -98,21 +98,112 @@ class CommitEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], line: int = 0) -> CommitEntry:
-        files = tuple(
-            FileEntry(f["table"], f["path"], f["sha256"], f["rows"], f["bytes"], f.get("first_row"))
-            for f in data["files"]
-        )
+        """The entry ``data`` (a manifest line, or a task of a shared dataset's ``manifest.json``), every
+        field of the type (and range) a writer writes: ``ValueError`` / ``KeyError`` naming the field
+        otherwise, so that no value of another type reaches a reader (a float size was read as a
+        size, written into the next export, and broke every query of it by URL)."""
+        if type(data) is not dict:
+            raise ValueError(f"an entry is {describe_value(data)}, not a JSON object")
+        try:
+            status, task, suite, model, raw_files = (
+                data["status"], data["task_id"], data["suite"], data["model"], data["files"]
+            )  # fmt: skip
+            version, committed_at = data["schema_version"], data["committed_at"]
+        except KeyError as missing:
+            raise ValueError(f"task {data.get('task_id')}: no {missing.args[0]!r} field") from None
+        meta, error, run_id = data.get("meta"), data.get("error"), data.get("run_id") or ""
+        if type(task) is not str:
+            raise ValueError(f"task_id {describe_value(task)} is not text")
+        if type(raw_files) is not list:
+            raise ValueError(f"task {task}: files {describe_value(raw_files)} is not a list")
+        files = tuple([_file_entry(f, task) for f in raw_files])
+        if meta is None:
+            meta = {}
+        if not (
+            type(status) is str and type(suite) is str and type(model) is str and type(committed_at) is str
+            and type(meta) is dict and type(version) is int and version >= 1 and type(run_id) is str
+            and (error is None or type(error) is str)
+        ):  # fmt: skip
+            _entry_problem(data)
         fields = {
-            "status": str(data["status"]), "task_id": str(data["task_id"]), "suite": str(data["suite"]),
-            "model": str(data["model"]), "files": files, "meta": dict(data.get("meta") or {}),
-            "schema_version": int(data["schema_version"]), "committed_at": str(data["committed_at"]),
-            "error": data.get("error"), "run_id": str(data.get("run_id") or ""), "line": line,
+            "status": status, "task_id": task, "suite": suite, "model": model, "files": files, "meta": meta,
+            "schema_version": version, "committed_at": committed_at, "error": error, "run_id": run_id,
+            "line": line,
         }  # fmt: skip
         # Filled in one step rather than through the frozen __init__'s eleven setattr calls: connect reads
         # every entry of the manifest, tens of thousands on a long-tracked warehouse.
         entry = object.__new__(cls)
         entry.__dict__.update(fields)
         return entry
+
+
+MAX_COUNT = (
+    1 << 63
+) - 1  # the largest size or row number a file entry may list (int64, as Parquet and DuckDB)
+
+
+def _entry_problem(data: dict[str, Any]) -> None:
+    """``ValueError`` naming the field of the entry ``data`` that is not of its type."""
+    where = f"task {data['task_id']}"
+    for key in ("status", "suite", "model", "committed_at"):
+        if type(data[key]) is not str:
+            raise ValueError(f"{where}: {key} {describe_value(data[key])} is not text")
+    for key, value in (("run_id", data.get("run_id") or ""), ("error", data.get("error") or "")):
+        if type(value) is not str:
+            raise ValueError(f"{where}: {key} {describe_value(value)} is not text")
+    if type(data.get("meta") or {}) is not dict:
+        raise ValueError(f"{where}: meta {describe_value(data['meta'])} is not a JSON object")
+    raise ValueError(
+        f"{where}: schema_version {describe_value(data['schema_version'])} is not a whole number >= 1"
+    )
+
+
+def _file_entry(f: Any, task: str) -> FileEntry:
+    """One file of an entry's ``files``, its fields checked: text, and sizes and rows that are whole
+    numbers in 0..``MAX_COUNT`` (not floats, not booleans)."""
+    if type(f) is not dict:
+        raise ValueError(f"task {task}: a file is {describe_value(f)}, not a JSON object")
+    try:
+        table, path, sha256, rows, size = f["table"], f["path"], f["sha256"], f["rows"], f["bytes"]
+    except KeyError as missing:
+        raise ValueError(f"task {task}: a file has no {missing.args[0]!r} field") from None
+    first_row = f.get("first_row")
+    if (
+        type(table) is str and type(path) is str and type(sha256) is str and type(rows) is int
+        and type(size) is int and 0 <= rows <= MAX_COUNT and 0 <= size <= MAX_COUNT
+        and (first_row is None or (type(first_row) is int and 0 <= first_row <= MAX_COUNT))
+    ):  # fmt: skip
+        return FileEntry(table, path, sha256, rows, size, first_row)
+    if type(path) is not str:  # which field is wrong (the common case above costs one test per field)
+        raise ValueError(f"task {task}: a file's path {describe_value(path)} is not text")
+    where = f"task {task}, file {path}"
+    for name, value in (("table", table), ("sha256", sha256)):
+        if type(value) is not str:
+            raise ValueError(f"{where}: {name} {describe_value(value)} is not text")
+    for name, value in (("rows", rows), ("bytes", size), ("first_row", first_row)):
+        if value is not None or name != "first_row":
+            raise_unless_count(name, value, where)
+    raise AssertionError("unreachable")
+
+
+def raise_unless_count(name: str, value: Any, where: str) -> None:
+    """``ValueError`` unless ``value`` is a whole number in 0..``MAX_COUNT`` (a bool or a float is not)."""
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{where}: {name} {describe_value(value)} is not a whole number >= 0")
+
+
+def describe_value(value: Any) -> str:
+    """A value as an error names it: its JSON (cut), and its type (``9502.0 (a float)``)."""
+    if value is None:
+        return "null"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    kind = {bool: "true or false", float: "a float", str: "text", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+    return f"{text[:40]}{'...' if len(text) > 40 else ''} ({kind})"
 
 
 def is_archived(entry: CommitEntry) -> bool:
@@ -235,7 +326,8 @@ def parse_lines(path: Path, data: bytes, first_line: int = 1) -> list[CommitEntr
         except (ValueError, KeyError, TypeError) as error:
             raise ManifestError(
                 f"manifest {path} line {number} is not a valid commit entry ({error})",
-                fix="restore the line from a backup, or delete it to forget that commit (its files become orphans)",
+                fix="correct the value it names (as a writer writes it), restore the line from a backup, or delete it "
+                "to forget that commit (its files become orphans)",
             ) from error
     return entries
 
@@ -367,7 +459,7 @@ BATCH_STATUS = "batch"
 
 
 def _entries_of_line(data: dict[str, Any], line: int) -> list[CommitEntry]:
-    if data.get("status") == BATCH_STATUS:
+    if type(data) is dict and data.get("status") == BATCH_STATUS:
         return [CommitEntry.from_json(item, line=line) for item in data["entries"]]
     return [CommitEntry.from_json(data, line=line)]
 

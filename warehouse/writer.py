@@ -34,13 +34,16 @@ reader that reads the whole file sees every row once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -106,6 +109,72 @@ def is_stale_staging(path: Path, now: float | None = None) -> bool:
         except PermissionError:
             pass  # alive, another user's
     return age > STALE_AFTER_S
+
+
+DOWNLOAD_PREFIX = ".layerlake-download-"  # beside the warehouse: an import by URL's downloaded files
+_PREPARING_PREFIX = ".layerlake-preparing-download-"  # a download folder before its owner holds its lock
+DOWNLOAD_OWNER = ".owner"  # in a download folder: locked (flock) by its import for as long as it runs
+
+
+@contextmanager
+def download_folder(root: Path) -> Iterator[Path]:
+    """An empty folder beside the warehouse at ``root`` (so that its files can be hard-linked in), for an
+    import by URL to download into; removed when the block ends, however it ends. Its import holds a
+    lock on ``DOWNLOAD_OWNER`` inside it while it lives, which the kernel releases when the process dies
+    (a SIGKILL, a power cut): a folder whose lock is free is a leftover, and ``gc`` and the next import
+    remove it (``stale_downloads``). The lock is taken before the folder has its findable name, so no
+    folder in use is ever taken for a leftover."""
+    near = root.parent if root.parent.is_dir() else Path(tempfile.gettempdir())
+    for leftover in stale_downloads(near):
+        shutil.rmtree(leftover, ignore_errors=True)
+    preparing = Path(tempfile.mkdtemp(prefix=_PREPARING_PREFIX, dir=near))
+    folder = near / (DOWNLOAD_PREFIX + preparing.name[len(_PREPARING_PREFIX) :])
+    fd = os.open(preparing / DOWNLOAD_OWNER, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(preparing, folder)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(preparing, ignore_errors=True)
+        os.close(fd)  # the lock goes last: a folder half removed is never someone else's to remove
+
+
+def stale_downloads(parent: Path) -> list[Path]:
+    """Download folders in ``parent`` whose import is gone: their owner's lock is free (or, made before
+    downloads were locked, or by an import killed before it took its lock, older than
+    ``STALE_AFTER_S``)."""
+    found = []
+    for folder in sorted(parent.glob(_PREPARING_PREFIX + "*")):  # killed between two calls: very rare
+        with contextlib.suppress(FileNotFoundError):
+            if (
+                folder.is_dir()
+                and not folder.is_symlink()
+                and time.time() - folder.stat().st_mtime > STALE_AFTER_S
+            ):
+                found.append(folder)
+    for folder in sorted(parent.glob(DOWNLOAD_PREFIX + "*")):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder / DOWNLOAD_OWNER, os.O_RDWR)
+        except FileNotFoundError:
+            try:
+                if time.time() - folder.stat().st_mtime > STALE_AFTER_S:
+                    found.append(folder)
+            except FileNotFoundError:
+                pass
+            continue
+        except OSError:
+            continue  # not ours to judge (another user's, unreadable)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            found.append(folder)  # nobody holds it: its import is gone
+        except BlockingIOError:
+            pass  # an import at work
+        finally:
+            os.close(fd)
+    return found
 
 
 @dataclass(frozen=True)
@@ -568,11 +637,16 @@ class Warehouse:
         return since
 
     def gc(self, dry_run: bool = False, grace_s: float = ORPHAN_GRACE_S) -> list[Path]:
-        """Remove stale staging files and orphan shards; returns them. Holds the writer lock."""
+        """Remove stale staging files, orphan shards, and what an import by URL that was killed left
+        beside the warehouse (``stale_downloads``); returns the files. Holds the writer lock."""
         with self.lock():
-            candidates = self.stale_staging() + self.orphans(grace_s)
+            downloads = stale_downloads(self.root.parent) if self.root.parent.is_dir() else []
+            left = [p for folder in downloads for p in sorted(folder.rglob("*")) if not p.is_dir()]
+            candidates = self.stale_staging() + self.orphans(grace_s) + left
             if not dry_run:
                 recovery = self.recover()  # an interrupted maintenance step's files go at once, no grace
+                for folder in downloads:
+                    shutil.rmtree(folder, ignore_errors=True)
                 for path in candidates:
                     path.unlink(missing_ok=True)
                 forget_unlisted(self.root)

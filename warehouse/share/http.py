@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import threading
 import time
 from collections import OrderedDict
@@ -45,7 +46,7 @@ from layerlake.warehouse.errors import ShareError
 
 DEFAULT_TIMEOUT_S = 60.0  # one request's whole answer; --http-timeout changes it
 MAX_REDIRECTS = 5
-CHUNK = 1 << 16  # bytes read from the socket at a time (the time limit is checked between chunks)
+CHUNK = 1 << 16  # bytes read from an answer at a time (every read from the socket is under the time limit)
 BLOCK_BYTES = 64 << 10  # the unit of fetching and checking; DuckDB reads 4 KiB-aligned ranges of any size
 DIGEST_HEX = 32  # hex digits of each block's sha256 the manifest lists (128 bits; 0.05 % of the data)
 KEEP_BYTES = 64 << 20  # checked blocks kept in memory, for all files together (``KeptBlocks``)
@@ -142,6 +143,7 @@ class HttpClient:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile: once more, fresh
             con = self._connection(scheme, host, port, deadline, fresh=attempt == 1)
+            con.response_class = _deadline_response(deadline)  # this request's answer, under its deadline
             try:
                 con.request("GET", path, headers=headers)
                 answer = con.getresponse()
@@ -199,14 +201,57 @@ def _read_all(answer: http.client.HTTPResponse, deadline: float, late: Callable[
     while True:
         if time.monotonic() > deadline:
             raise late()
-        if answer.fp is not None and answer.fp.raw is not None:  # the socket read waits until the deadline
-            sock = getattr(answer.fp.raw, "_sock", None)
-            if sock is not None:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-        block = answer.read(CHUNK)
+        block = answer.read(CHUNK)  # each read from the socket waits until the deadline at most
         if not block:
             return b"".join(parts)
         parts.append(block)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reading side under one deadline: each ``recv`` may wait only for the time left, and none
+    starts after it. ``http.client`` reads a status line, headers and a body through a buffered reader
+    that loops over ``recv`` until it has what it asked for (a line, a whole read's size); a socket
+    timeout alone restarts at every byte received, so a server sending one byte a second would never
+    be stopped."""
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        super().__init__()
+        self._sock, self._deadline = sock, deadline
+        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open while the answer is read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer did not arrive within the time limit")
+        self._sock.settimeout(left)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What ``http.client.HTTPResponse`` reads an answer from: the socket under the request's deadline."""
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self._sock, self._deadline = sock, deadline
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+def _deadline_response(deadline: float) -> Callable[..., http.client.HTTPResponse]:
+    """An ``HTTPConnection.response_class`` whose answers are read under ``deadline`` (``_DeadlineReader``)."""
+
+    def response(sock: Any, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_DeadlineSocket(sock, deadline), *args, **kwargs)
+
+    return response
 
 
 def check_status(response: Response, what: str, partial: bool) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from layerlake.core.signals import terminate_as_interrupt
 from layerlake.warehouse import schema
 from layerlake.warehouse.errors import ManifestError, ShareError
 from layerlake.warehouse.manifest import (
@@ -42,7 +42,7 @@ from layerlake.warehouse.shards import now_utc, slices_file, write_durable
 from layerlake.warehouse.share.remote import as_source, download, is_url
 from layerlake.warehouse.share.verify import SharedDataset, verify_folder
 from layerlake.warehouse.views import default_root
-from layerlake.warehouse.writer import Warehouse, discard
+from layerlake.warehouse.writer import Warehouse, discard, download_folder
 
 _SHOWN = 8  # conflicting rows named in an error; the rest are counted
 
@@ -412,16 +412,14 @@ def _conflict_error(dataset: SharedDataset, root: Path, conflicts: list[str], wh
 def import_url(source: Any, root: Path, dry_run: bool = False) -> Any:
     """``share import URL``: ``download`` into a temporary folder beside the warehouse (so files it holds
     already are linked, not copied), verify that folder as any shared folder, import it, remove it. A
-    failure anywhere leaves the warehouse as it was; errors name the URL, not the temporary folder."""
+    failure anywhere leaves the warehouse as it was; errors name the URL, not the temporary folder.
+    SIGTERM unwinds as Ctrl-C does (``core.signals``), so the folder goes then too; one a SIGKILL left
+    is removed by the next import and by ``gc`` (``warehouse.writer.download_folder``)."""
     source = as_source(source)
-    near = root.parent if root.parent.is_dir() else None
-    folder = Path(tempfile.mkdtemp(prefix=".layerlake-download-", dir=near))
-    try:
+    with terminate_as_interrupt(), download_folder(root) as folder:
         download(source, root if root.is_dir() else None, folder)
         try:
             dataset = verify_folder(folder, checksums=True)
             return import_verified(replace(dataset, source=source.url), root, dry_run)
         except ShareError as error:
             raise type(error)(error.message.replace(str(folder), source.url), fix=error.fix) from error
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

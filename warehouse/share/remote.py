@@ -111,7 +111,7 @@ class RemoteDataset:
         listed = self._blocks().get(f.path, {})
         block, digests = listed.get("block_bytes", 0), listed.get("block_sha256", "")
         if not (
-            isinstance(block, int)
+            type(block) is int
             and block > 0
             and isinstance(digests, str)
             and len(digests) == DIGEST_HEX * -(-f.bytes // block)
@@ -197,7 +197,7 @@ def open_dataset(source: RemoteSource) -> RemoteDataset:
     except UnicodeDecodeError as error:
         raise ShareError(f"{where} is not UTF-8 JSON ({error})", fix="check the URL") from error
     manifest = parse_manifest(text, where, source.url)
-    entries, problems = manifest_entries(manifest)
+    entries, problems = manifest_entries(manifest, source.url)
     problems += listed_files(entries)[1]  # how tasks share files (a compacted warehouse's merged files)
     problems += dataset_id_problems(manifest)
     dataset = RemoteDataset(source, base, client, manifest, response.body, entries)

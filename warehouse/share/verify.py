@@ -4,7 +4,9 @@ Checks, in order (all problems are collected, then reported together):
 
 1. ``manifest.json`` is readable, of format ``layerlake-share``, and its ``schema_version`` is not newer
    than this layerlake's ``warehouse.schema.SCHEMA_VERSION`` (a newer one is refused at once);
-2. its task entries are possible: each listed once, committed, with a run and a sane step;
+2. its ``tasks`` and ``files`` lists are lists whose every field has the type and range a writer writes
+   (``CommitEntry.from_json``); if not, that alone is reported (nothing else can be checked against
+   them); its task entries are possible: each listed once, committed, with a run and a sane step;
 3. every listed file has a shard path (``<table>/<suite>/<model>/<task_id>-<sha256[:16]>.parquet``) that
    agrees with its table, suite, model, task and hash, a table this layerlake knows, and a task entry;
    a file several tasks share (format 2: a compacted warehouse's merged file) is split into their
@@ -33,7 +35,7 @@ import pyarrow.parquet as pq
 from layerlake.warehouse import content, schema
 from layerlake.warehouse.errors import ShareError
 from layerlake.warehouse.gram import values_column
-from layerlake.warehouse.manifest import CommitEntry, FileEntry, file_problem
+from layerlake.warehouse.manifest import CommitEntry, FileEntry, describe_value, file_problem
 from layerlake.warehouse.share.layout import (
     FORMAT,
     FORMAT_VERSION,
@@ -106,7 +108,7 @@ def parse_manifest(text: str, path: str, folder: str) -> dict[str, Any]:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ShareError(f"{path} is not a {FORMAT} manifest (format {found!r})", fix=_REEXPORT)
     version = data.get("schema_version")
-    if not isinstance(version, int):
+    if type(version) is not int:  # a bool is no version either
         raise ShareError(f"{path} has no integer schema_version", fix=_REEXPORT)
     if version > schema.SCHEMA_VERSION:
         raise ShareError(
@@ -114,7 +116,12 @@ def parse_manifest(text: str, path: str, folder: str) -> dict[str, Any]:
             f"{schema.SCHEMA_VERSION}; nothing was read",
             fix=f"upgrade layerlake to a release with schema version {version} or later",
         )
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+    format_version = data.get("format_version", 1)
+    if type(format_version) is not int:
+        raise ShareError(
+            f"{path} has format_version {describe_value(format_version)}, not a whole number", fix=_REEXPORT
+        )
+    if format_version > FORMAT_VERSION:
         raise ShareError(
             f"{path} has format_version {data.get('format_version')}, newer than {FORMAT_VERSION}",
             fix="upgrade layerlake",
@@ -126,7 +133,7 @@ def verify_folder(folder: str | Path, checksums: bool = True) -> SharedDataset:
     """Verify the shared dataset at ``folder`` (see the module docstring); raises ``ShareError``."""
     folder = Path(folder).expanduser().resolve()
     manifest = read_manifest(folder)
-    entries, problems = manifest_entries(manifest)
+    entries, problems = manifest_entries(manifest, folder)
     files, slice_problems = listed_files(entries)
     problems += slice_problems
     for f in files.values():
@@ -160,21 +167,22 @@ def _task_content_problems(folder: Path, entries: list[CommitEntry]) -> list[Pro
     return problems
 
 
-def manifest_entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]]:
-    """The manifest's task entries, cross-checked with its flat file list and the shard path rule."""
+def manifest_entries(manifest: dict[str, Any], where: Path | str) -> tuple[list[CommitEntry], list[Problem]]:
+    """The manifest's task entries, cross-checked with its flat file list and the shard path rule. A
+    manifest whose lists cannot be read (``unusable_lists``) is refused at once, naming that alone: what
+    it lists cannot be checked against the files."""
+    entries, unusable = unusable_lists(manifest)
+    if unusable:
+        raise verify_error(where, unusable)
     problems: list[Problem] = []
-    try:
-        entries = [CommitEntry.from_json(t) for t in manifest["tasks"]]
-        files: dict[tuple[str, str], dict] = {}
-        for listed in manifest["files"]:
-            key = (listed["path"], listed["task_id"])
-            if key in files:
-                problems.append(
-                    Problem(listed["path"], f"is listed twice under 'files' for task {key[1]}", _REEXPORT)
-                )
-            files[key] = listed
-    except (KeyError, TypeError, ValueError) as error:
-        return [], [Problem(MANIFEST_JSON, f"has no valid 'tasks' and 'files' lists ({error!r})", _REEXPORT)]
+    files: dict[tuple[str, str], dict] = {}
+    for listed in manifest["files"]:
+        key = (listed["path"], listed["task_id"])
+        if key in files:
+            problems.append(
+                Problem(listed["path"], f"is listed twice under 'files' for task {key[1]}", _REEXPORT)
+            )
+        files[key] = listed
     by_task: set[tuple[str, str]] = set()
     problems += _meta_problems(entries)
     for entry in entries:
@@ -210,6 +218,41 @@ def manifest_entries(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[
                 )
     for path, task in sorted(set(files) - by_task):
         problems.append(Problem(path, f"is listed under 'files' for task {task} but by no task", _REEXPORT))
+    return entries, problems
+
+
+def unusable_lists(manifest: dict[str, Any]) -> tuple[list[CommitEntry], list[Problem]]:
+    """The task entries of ``manifest``, and what makes its ``tasks`` and ``files`` lists unreadable: not
+    lists, a task entry missing a field or holding one of another type or range
+    (``CommitEntry.from_json``: a size that is a float, text or negative, a path or sha256 that is a
+    number ...), a flat ``files`` entry that is not an object naming its path and task."""
+    tasks, listed = manifest.get("tasks"), manifest.get("files")
+    problems, entries = [], []
+    for name, value in (("tasks", tasks), ("files", listed)):
+        if type(value) is not list:
+            problems.append(
+                Problem(MANIFEST_JSON, f"'{name}' is {describe_value(value)}, not a list", _REEXPORT)
+            )
+    for i, task in enumerate(tasks if type(tasks) is list else []):
+        try:
+            entries.append(CommitEntry.from_json(task))
+        except (KeyError, TypeError, ValueError) as error:
+            problems.append(Problem(MANIFEST_JSON, f"tasks[{i}]: {error}", _REEXPORT))
+    for i, f in enumerate(listed if type(listed) is list else []):
+        if type(f) is not dict:
+            problems.append(
+                Problem(MANIFEST_JSON, f"files[{i}] is {describe_value(f)}, not an object", _REEXPORT)
+            )
+            continue
+        for key in ("path", "task_id"):
+            if type(f.get(key)) is not str:
+                problems.append(
+                    Problem(
+                        MANIFEST_JSON,
+                        f"files[{i}]: {key} {describe_value(f.get(key))} is not text",
+                        _REEXPORT,
+                    )
+                )
     return entries, problems
 
 

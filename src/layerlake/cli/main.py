@@ -14,6 +14,7 @@ import sys
 from layerlake.cli.commands import COMMANDS
 from layerlake.core.errors import EXTRA_MODULES, LayerlakeError, require_extra
 from layerlake.core.render import print_error
+from layerlake.core.signals import TERMINATED_EXIT, Terminated
 
 
 def usage() -> str:
@@ -96,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     except LayerlakeError as error:
         print_error(error)
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM where a command cleans up (``core.signals``)
+        if isinstance(stop, Terminated):
+            print("terminated", file=sys.stderr)
+            return TERMINATED_EXIT
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `layerlake ... | head`: the reader left; say nothing more, exit quietly

@@ -92,8 +92,8 @@ class ServedWarehouse:
     """The served warehouse: one read-only connection, opened again when the manifest changed (a run
     that is still tracking shows its new snapshots on the next request); a cursor per request."""
 
-    def __init__(self, root: Path, attach: tuple[Path, ...] = ()) -> None:
-        self.root, self.attach = root, attach
+    def __init__(self, root: Path | None, attach: tuple[Path, ...] = ()) -> None:
+        self.root, self.attach = root, attach  # root None: the attached folders alone (no local warehouse)
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
         self._con: Any = None
@@ -112,17 +112,22 @@ class ServedWarehouse:
         return tuple(process_alive(host, pid) is not False for host, pid in self._running)
 
     def _manifest_stamp(self) -> tuple:
-        return manifest_stamp([self.root, *self.attach])
+        return manifest_stamp([f for f in (self.root, *self.attach) if f is not None])
+
+    def _open(self) -> Any:
+        from layerlake.warehouse.views import connect, gather, open_views
+
+        if self.root is None:  # as `layerlake sql --attach` serves folders alone (``warehouse.sandbox``)
+            return open_views(*gather(None, self.attach), read_only=True)
+        return connect(self.root, read_only=True, attach=self.attach)
 
     def cursor(self) -> Any:
-        from layerlake.warehouse.views import connect
-
         with self._lock:
             stamp = self.version()
             if self._con is None or stamp != self._stamp:
                 if self._con is not None:
                     self._con.close()
-                self._con = connect(self.root, read_only=True, attach=self.attach)
+                self._con = self._open()
                 self._running = self._con.execute(
                     "select host, pid from runs where status = 'running'"
                 ).fetchall()
@@ -138,7 +143,9 @@ class ServedWarehouse:
 
 
 class UiApp:
-    def __init__(self, root: Path, attach: tuple[Path, ...] = (), limits: QueryLimits | None = None) -> None:
+    def __init__(
+        self, root: Path | None, attach: tuple[Path, ...] = (), limits: QueryLimits | None = None
+    ) -> None:
         self.warehouse = ServedWarehouse(root, attach)
         self.limits = limits or QueryLimits()
         self.routes = {

@@ -201,16 +201,17 @@ def _prepare(app: UiApp, warm: bool) -> None:
 
 
 def ui(argv: list[str]) -> int:
-    """``layerlake ui [--root DIR] [--port N] [--host ADDR]``: serve until Ctrl-C."""
-    from layerlake.warehouse.views import _resolve, connect
+    """``layerlake ui [--root DIR] [--attach DIR ...] [--port N] [--host ADDR]``: serve until Ctrl-C."""
+    from layerlake.warehouse.views import source_root
 
     args = ui_parser().parse_args(argv)
     started = time.perf_counter()
-    root = _resolve(args.root)
     limits = QueryLimits(args.timeout, args.memory_limit)
     limits.check()  # a wrong --timeout or --memory-limit fails here, not at the first console query
-    connect(root, attach=args.attach).close()  # a warehouse that cannot be read fails here, by name
-    app = UiApp(root, tuple(Path(a).expanduser().resolve() for a in args.attach), limits)
+    attach = tuple(Path(a).expanduser().resolve() for a in args.attach)
+    root = source_root(args.root, attach)  # None: attached folders and no local warehouse, served alone
+    app = UiApp(root, attach, limits)
+    app.warehouse.cursor().close()  # a warehouse or folder that cannot be read fails here, by name
     try:
         server = make_server(app, args.host, args.port)
     except OSError as error:
@@ -226,7 +227,8 @@ def ui(argv: list[str]) -> int:
             file=sys.stderr,
         )
     host, port = server.server_address[:2]
-    print(f"layerlake ui: serving {root} at http://{host}:{port}/ (ready in {time.perf_counter() - started:.1f} s; "
+    served = root if root is not None else " + ".join(str(a) for a in attach)
+    print(f"layerlake ui: serving {served} at http://{host}:{port}/ (ready in {time.perf_counter() - started:.1f} s; "
           "Ctrl-C stops)", flush=True)  # fmt: skip
     try:
         server.serve_forever()
