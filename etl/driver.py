@@ -15,13 +15,13 @@ import pyarrow as pa
 
 from layerlake.conf.schema import Config
 from layerlake.core.choices import SuiteSource
-from layerlake.core.hashing import sha256_file
+from layerlake.etl.checkpoint_files import unchanged
 from layerlake.etl.downloads import HubDownloads
-from layerlake.etl.errors import ExtractionError
+from layerlake.etl.errors import CheckpointError, ExtractionError
 from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress, Throughput, checkpoint_cost
-from layerlake.etl.sources import weights_file
+from layerlake.etl.sources import checkpoint_files, local_weights
 from layerlake.etl.task import ExtractTask, extract_run_id
 from layerlake.warehouse.manifest import CommitEntry
 from layerlake.warehouse.runs import (
@@ -41,7 +41,7 @@ from layerlake.warehouse.writer import Warehouse
 class ExtractReport:
     planned: int = 0
     skipped: int = 0
-    replaced: int = 0  # committed before with other extraction options: extracted again, rows replaced
+    replaced: int = 0  # committed before with other options or from other weights: extracted again
     committed: list[str] = field(default_factory=list)  # "model step"
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
@@ -198,20 +198,25 @@ def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, 
     ]
 
 
-def weights_unchanged(task: ExtractTask, recorded: dict) -> bool:
-    """Whether a local checkpoint's weights file is the one its committed rows were made from: the same
-    size and mtime (cheap), else the same sha256 (read once, e.g. after a copy that did not keep mtimes).
-    Hub checkpoints are named by their revision, which the hub does not change."""
+def files_unchanged(task: ExtractTask, recorded: dict) -> bool:
+    """Whether a local checkpoint's files are those its committed rows were made from (``recorded``, the
+    task's ``sources.checkpoint_fingerprint``: the weights, whole or sharded), compared by
+    ``checkpoint_files.unchanged``. A folder whose files cannot be listed now (its weights or a listed
+    shard gone, a malformed index) keeps its committed rows: the task would only fail. An entry committed
+    before shards were fingerprinted recorded the weights file alone, and is compared on it. Hub
+    checkpoints are named by their revision, which the hub does not change."""
     if task.ref.source != SuiteSource.local or not recorded:
         return True
-    path = weights_file(task.ref)
     try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return True  # nothing to compare with: keep the committed rows (the task would only fail)
-    if (stat.st_size, stat.st_mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")):
+        paths = checkpoint_files(task.ref)
+        if "files" not in recorded:  # {"size", "mtime_ns", "sha256"} of model.safetensors (or model.pt)
+            weights = local_weights(task.ref)
+            if weights.index is not None:
+                return False  # sharded now, one file then
+            return unchanged(weights.paths, {"files": {weights.main.name: recorded}})
+    except CheckpointError:
         return True
-    return stat.st_size == recorded.get("size") and sha256_file(path) == recorded.get("sha256")
+    return unchanged(paths, recorded)
 
 
 def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int]:
@@ -222,7 +227,7 @@ def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[lis
         entry = committed.get(task.task_id)
         if entry is None or warehouse.problems(entry):
             todo.append(task)
-        elif entry.meta.get("config_hash") != task.options.config_hash() or not weights_unchanged(
+        elif entry.meta.get("config_hash") != task.options.config_hash() or not files_unchanged(
             task, entry.meta.get("weights_file") or {}
         ):
             todo.append(task)

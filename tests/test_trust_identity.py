@@ -121,6 +121,25 @@ def test_a_checkpoint_whose_weights_changed_is_extracted_again(extracted):
     assert again.duplicates == [("tiny-a", 8, 0)]
 
 
+def test_an_entry_that_fingerprinted_its_weights_file_alone_is_compared_on_it(extracted):
+    """A manifest entry committed before every weights file (an index and its shards) was fingerprinted
+    recorded the weights file's size, mtime and sha256 alone: it stays committed (an upgrade extracts
+    nothing again) until that file changes."""
+    from types import SimpleNamespace
+
+    from layerlake.etl.checkpoint_files import file_fingerprint
+    from layerlake.etl.driver import files_unchanged
+    from layerlake.etl.sources import open_source
+
+    (ref,) = open_source(extracted.suite, extracted.paths.suites).refs("tiny-a", [8])
+    task, folder = SimpleNamespace(ref=ref), Path(ref.location)
+    legacy = file_fingerprint(folder / "model.safetensors")
+    assert set(legacy) == {"size", "mtime_ns", "sha256"}
+    assert files_unchanged(task, legacy)
+    shutil.copy(folder.parent / "step0" / "model.safetensors", folder / "model.safetensors")
+    assert not files_unchanged(task, legacy)
+
+
 def write_schema1(root: Path, into: Path, moved_copy: bool = True) -> None:
     """The warehouse at ``root`` as layerlake's schema 1 stored it: files under key=value folders without
     the identity columns, task ids hashing the checkpoint's absolute folder, and (``moved_copy``) the
