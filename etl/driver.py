@@ -41,7 +41,8 @@ from layerlake.warehouse.writer import Warehouse
 class ExtractReport:
     planned: int = 0
     skipped: int = 0
-    replaced: int = 0  # committed before with other options or from other weights: extracted again
+    replaced: int = 0  # committed before with other options or from other files: extracted again
+    changed: int = 0  # of those replaced, the checkpoints whose files (weights, config.json) changed since
     committed: list[str] = field(default_factory=list)  # "model step"
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
@@ -200,11 +201,11 @@ def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, 
 
 def files_unchanged(task: ExtractTask, recorded: dict) -> bool:
     """Whether a local checkpoint's files are those its committed rows were made from (``recorded``, the
-    task's ``sources.checkpoint_fingerprint``: the weights, whole or sharded), compared by
+    task's ``sources.checkpoint_fingerprint``: the weights, whole or sharded, and config.json), compared by
     ``checkpoint_files.unchanged``. A folder whose files cannot be listed now (its weights or a listed
     shard gone, a malformed index) keeps its committed rows: the task would only fail. An entry committed
-    before shards were fingerprinted recorded the weights file alone, and is compared on it. Hub
-    checkpoints are named by their revision, which the hub does not change."""
+    before config.json and shards were fingerprinted recorded the weights file alone, and is compared on
+    it. Hub checkpoints are named by their revision, which the hub does not change."""
     if task.ref.source != SuiteSource.local or not recorded:
         return True
     try:
@@ -219,25 +220,28 @@ def files_unchanged(task: ExtractTask, recorded: dict) -> bool:
     return unchanged(paths, recorded)
 
 
-def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int]:
-    """Tasks not yet committed, committed with other extraction options or from other weights (their
-    rows get replaced), or whose files no longer verify; and how many of them are replacements."""
-    todo, replaced = [], 0
+def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int, int]:
+    """Tasks not yet committed, committed with other extraction options or from checkpoint files that
+    changed since (weights or config.json: their rows get replaced), or whose files no longer verify; how
+    many of them are replacements, and how many of those are for changed checkpoint files."""
+    todo, replaced, changed = [], 0, 0
     for task in plan.tasks:
         entry = committed.get(task.task_id)
         if entry is None or warehouse.problems(entry):
             todo.append(task)
-        elif entry.meta.get("config_hash") != task.options.config_hash() or not files_unchanged(
-            task, entry.meta.get("weights_file") or {}
-        ):
+        elif entry.meta.get("config_hash") != task.options.config_hash():
             todo.append(task)
             replaced += 1
-    return todo, replaced
+        elif not files_unchanged(task, entry.meta.get("weights_file") or {}):
+            todo.append(task)
+            replaced += 1
+            changed += 1
+    return todo, replaced, changed
 
 
 def announce_replacements(warehouse: Warehouse, todo: list[ExtractTask], committed: dict) -> int:
     """Say on stderr, before anything runs, how many stored rows the plan replaces (the committed rows
-    of checkpoints extracted before with other extraction options or from other weights), per table;
+    of checkpoints extracted before with other extraction options or from files that changed), per table;
     returns that row count (0: nothing said)."""
     from rich.console import Console
 
@@ -255,8 +259,9 @@ def announce_replacements(warehouse: Warehouse, todo: list[ExtractTask], committ
     rows = sum(tables.values())
     detail = ", ".join(f"{table} {count:,}" for table, count in sorted(tables.items()))
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"{checkpoints} checkpoint(s) were extracted before with other extraction options or from other "
-        f"weights: extracting them again replaces their {rows:,} stored rows ({detail}) as each one commits"
+        f"{checkpoints} checkpoint(s) were extracted before with other extraction options or from checkpoint "
+        f"files that changed since (weights or config.json): extracting them again replaces their {rows:,} "
+        f"stored rows ({detail}) as each one commits"
     )
     return rows
 
@@ -327,7 +332,7 @@ def run_extract(settings: Config) -> ExtractReport:
     warehouse.check_version()
     report = ExtractReport(planned=len(plan.tasks))
     committed = warehouse.committed()  # the manifest, read once for the whole plan
-    todo, report.replaced = tasks_to_run(warehouse, plan, committed)
+    todo, report.replaced, report.changed = tasks_to_run(warehouse, plan, committed)
     report.skipped = report.planned - len(todo)
     check_families(todo)
     announce_replacements(warehouse, todo, committed)

@@ -40,6 +40,7 @@ from typing import Any
 from layerlake.conf.schema import ModelSpec, StepsConfig, SuiteConfig
 from layerlake.core.choices import Dtype, SuiteSource
 from layerlake.etl.checkpoint_files import (
+    CONFIG_FILE,
     WEIGHTS_FILE,
     WEIGHTS_INDEX,
     WeightFiles,
@@ -281,9 +282,19 @@ def local_weights(ref: CheckpointRef) -> WeightFiles:
 
 
 def checkpoint_files(ref: CheckpointRef) -> list[Path]:
-    """Every file of a local checkpoint its fingerprint covers: the weights (``local_weights``: one file,
-    or the index and every shard it lists)."""
-    return list(local_weights(ref).paths)
+    """Every file of a local checkpoint its rows are made from, which its fingerprint covers: the weights
+    (``local_weights``: one file, or the index and every shard it lists), a Hugging Face model's
+    ``config.json`` (the architecture and its options, e.g. ``use_parallel_residual``, ``rotary_pct``,
+    ``layer_norm_eps``: they change the forward), and with ``trust_remote_code`` the folder's Python files
+    (the model's code). Not ``generation_config.json`` (generation only) nor tokenizer files: the probe's
+    token ids come from the suite's tokenizer and are part of the task's identity (its ``probe_id``)."""
+    folder = Path(ref.location)
+    paths = list(local_weights(ref).paths)
+    if not ref.constructor and (folder / CONFIG_FILE).is_file():
+        paths.append(folder / CONFIG_FILE)
+    if ref.trust_remote_code:
+        paths += sorted(folder.glob("*.py"))
+    return paths
 
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
@@ -619,7 +630,7 @@ def check_loading_info(ref: CheckpointRef, info: dict) -> None:
 
 def checkpoint_fingerprint(ref: CheckpointRef) -> dict:
     """For a local checkpoint, the size, mtime and sha256 of every file its rows are made from
-    (``checkpoint_files``: the weights, whole or every shard and the index), what the
+    (``checkpoint_files``: the weights, whole or every shard and the index, and config.json), what the
     driver compares to tell whether a committed checkpoint changed on disk; empty for a hub checkpoint
     (its revision names it: the hub changes a revision's files only by a new commit, and suites do not
     move their checkpoint branches)."""

@@ -117,7 +117,7 @@ class LoadedTask:
     task: ExtractTask
     options: ExtractOptions  # the task's options, with ``device`` resolved (``auto`` -> cuda:0 or cpu)
     loaded: LoadedCheckpoint
-    weights_file: dict  # the local checkpoint's weights files' fingerprint, taken before loading
+    weights_file: dict  # the local checkpoint's files' fingerprint (weights, config.json), before loading
     load_seconds: float
     load_span: tuple[float, float] = (0.0, 0.0)  # when the load started and ended (Unix seconds)
 

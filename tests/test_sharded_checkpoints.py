@@ -2,7 +2,7 @@
 ``save_pretrained`` writes a model larger than ``max_shard_size`` (Pythia 1.4b and up on the hub).
 
 A sharded checkpoint loads, from a local folder and from the hub cache, with the ``weights_sha256`` and the
-rows of the same weights stored whole; its fingerprint covers the index and every shard.
+rows of the same weights stored whole; its fingerprint covers the index, every shard and config.json.
 Hostile shards and indexes each fail their task with a ``CheckpointError`` naming the file and the fix.
 Every checkpoint here is the tiny suite's tiny-a, saved again with a small ``max_shard_size``.
 """
@@ -121,6 +121,7 @@ def test_a_sharded_checkpoint_has_the_weights_sha256_and_the_rows_of_the_whole_o
     ]
     assert set(entry.meta["weights_file"]["files"]) == {
         INDEX,
+        "config.json",
         *(p.name for p in shards(folder)),
     }
 
@@ -136,7 +137,7 @@ def test_a_changed_shard_is_extracted_again(tiny_suite, sharded, tmp_path):
     tensors[name] = tensors[name] + 1
     save_file(tensors, last, metadata={"format": "pt"})
     again = run_extract(settings)
-    assert again.committed == [f"tiny-a step{STEP}"] and again.replaced == 1
+    assert again.committed == [f"tiny-a step{STEP}"] and again.replaced == again.changed == 1
     con = warehouse.connect(settings.paths.warehouse)
     try:
         (stored,) = con.sql("select weights_sha256 from checkpoints").fetchall()[0]
