@@ -31,9 +31,13 @@ def print_report(report: ExtractReport, warehouse: str, console: Console) -> Non
         soft_wrap=True,  # a path is never broken over lines, in a file or a pipe either
     )
     if report.replaced:
+        options, changed = report.replaced - report.changed, report.changed
+        why = [f"{options} with other extraction options"] if options else []
+        if changed:
+            why.append(f"{changed} from checkpoint files that changed since (weights or config.json)")
         console.print(
             Text(
-                f"{report.replaced} checkpoint(s) had been extracted with other extraction options: "
+                f"{report.replaced} checkpoint(s) had been extracted before, {' and '.join(why)}: "
                 "extracted again, their rows replaced (one set of rows per checkpoint and probe)"
             )
         )

@@ -15,13 +15,13 @@ import pyarrow as pa
 
 from layerlake.conf.schema import Config, ModelSpec
 from layerlake.core.choices import SuiteSource
-from layerlake.core.hashing import sha256_file
+from layerlake.etl.checkpoint_files import unchanged
 from layerlake.etl.downloads import HubDownloads
-from layerlake.etl.errors import ExtractionError
+from layerlake.etl.errors import CheckpointError, ExtractionError
 from layerlake.etl.executors import Outcome, make_executor
 from layerlake.etl.plan import Plan, make_plan
 from layerlake.etl.progress import ExtractProgress, Throughput, checkpoint_cost
-from layerlake.etl.sources import weights_file
+from layerlake.etl.sources import checkpoint_files, local_weights
 from layerlake.etl.task import ExtractTask, extract_run_id
 from layerlake.warehouse.errors import WarehouseError
 from layerlake.warehouse.manifest import CommitEntry
@@ -42,7 +42,8 @@ from layerlake.warehouse.writer import Warehouse
 class ExtractReport:
     planned: int = 0
     skipped: int = 0
-    replaced: int = 0  # committed before with other extraction options: extracted again, rows replaced
+    replaced: int = 0  # committed before with other options or from other files: extracted again
+    changed: int = 0  # of those replaced, the checkpoints whose files (weights, config.json) changed since
     committed: list[str] = field(default_factory=list)  # "model step"
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
@@ -247,41 +248,49 @@ def find_weight_duplicates(warehouse: Warehouse, plan: Plan) -> list[tuple[str, 
     ]
 
 
-def weights_unchanged(task: ExtractTask, recorded: dict) -> bool:
-    """Whether a local checkpoint's weights file is the one its committed rows were made from: the same
-    size and mtime (cheap), else the same sha256 (read once, e.g. after a copy that did not keep mtimes).
-    Hub checkpoints are named by their revision, which the hub does not change."""
+def files_unchanged(task: ExtractTask, recorded: dict) -> bool:
+    """Whether a local checkpoint's files are those its committed rows were made from (``recorded``, the
+    task's ``sources.checkpoint_fingerprint``: the weights, whole or sharded, and config.json), compared by
+    ``checkpoint_files.unchanged``. A folder whose files cannot be listed now (its weights or a listed
+    shard gone, a malformed index) keeps its committed rows: the task would only fail. An entry committed
+    before config.json and shards were fingerprinted recorded the weights file alone, and is compared on
+    it. Hub checkpoints are named by their revision, which the hub does not change."""
     if task.ref.source != SuiteSource.local or not recorded:
         return True
-    path = weights_file(task.ref)
     try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return True  # nothing to compare with: keep the committed rows (the task would only fail)
-    if (stat.st_size, stat.st_mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")):
+        paths = checkpoint_files(task.ref)
+        if "files" not in recorded:  # {"size", "mtime_ns", "sha256"} of model.safetensors (or model.pt)
+            weights = local_weights(task.ref)
+            if weights.index is not None:
+                return False  # sharded now, one file then
+            return unchanged(weights.paths, {"files": {weights.main.name: recorded}})
+    except CheckpointError:
         return True
-    return stat.st_size == recorded.get("size") and sha256_file(path) == recorded.get("sha256")
+    return unchanged(paths, recorded)
 
 
-def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int]:
-    """Tasks not yet committed, committed with other extraction options or from other weights (their
-    rows get replaced), or whose files no longer verify; and how many of them are replacements."""
-    todo, replaced = [], 0
+def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int, int]:
+    """Tasks not yet committed, committed with other extraction options or from checkpoint files that
+    changed since (weights or config.json: their rows get replaced), or whose files no longer verify; how
+    many of them are replacements, and how many of those are for changed checkpoint files."""
+    todo, replaced, changed = [], 0, 0
     for task in plan.tasks:
         entry = committed.get(task.task_id)
         if entry is None or warehouse.problems(entry):
             todo.append(task)
-        elif entry.meta.get("config_hash") != task.options.config_hash() or not weights_unchanged(
-            task, entry.meta.get("weights_file") or {}
-        ):
+        elif entry.meta.get("config_hash") != task.options.config_hash():
             todo.append(task)
             replaced += 1
-    return todo, replaced
+        elif not files_unchanged(task, entry.meta.get("weights_file") or {}):
+            todo.append(task)
+            replaced += 1
+            changed += 1
+    return todo, replaced, changed
 
 
 def announce_replacements(warehouse: Warehouse, todo: list[ExtractTask], committed: dict) -> int:
     """Say on stderr, before anything runs, how many stored rows the plan replaces (the committed rows
-    of checkpoints extracted before with other extraction options or from other weights), per table;
+    of checkpoints extracted before with other extraction options or from files that changed), per table;
     returns that row count (0: nothing said)."""
     from rich.console import Console
 
@@ -299,8 +308,9 @@ def announce_replacements(warehouse: Warehouse, todo: list[ExtractTask], committ
     rows = sum(tables.values())
     detail = ", ".join(f"{table} {count:,}" for table, count in sorted(tables.items()))
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"{checkpoints} checkpoint(s) were extracted before with other extraction options or from other "
-        f"weights: extracting them again replaces their {rows:,} stored rows ({detail}) as each one commits"
+        f"{checkpoints} checkpoint(s) were extracted before with other extraction options or from checkpoint "
+        f"files that changed since (weights or config.json): extracting them again replaces their {rows:,} "
+        f"stored rows ({detail}) as each one commits"
     )
     return rows
 
@@ -371,7 +381,7 @@ def run_extract(settings: Config) -> ExtractReport:
     warehouse.check_version()
     report = ExtractReport(planned=len(plan.tasks))
     committed = warehouse.committed()  # the manifest, read once for the whole plan
-    todo, report.replaced = tasks_to_run(warehouse, plan, committed)
+    todo, report.replaced, report.changed = tasks_to_run(warehouse, plan, committed)
     report.skipped = report.planned - len(todo)
     check_families(todo)
     announce_replacements(warehouse, todo, committed)

@@ -39,11 +39,21 @@ from typing import Any
 
 from layerlake.conf.schema import ModelSpec, StepsConfig, SuiteConfig
 from layerlake.core.choices import Dtype, SuiteSource
-from layerlake.core.hashing import sha256_file
+from layerlake.etl.checkpoint_files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX,
+    WeightFiles,
+    check_shards,
+    fingerprint,
+    local_weight_files,
+    missing_shard,
+    read_index,
+    shard_names,
+)
 from layerlake.etl.errors import CheckpointError, SuiteError
 from layerlake.etl.task import CheckpointRef, extract_run_id
 
-WEIGHTS_FILE = "model.safetensors"
 STATE_DICT_FILE = "model.pt"  # a custom model's state dict saved with torch.save (read weights_only)
 HUB_CONNECT_TIMEOUT = 3.0  # seconds to open one TCP connection to the hub (or its proxy)
 log = logging.getLogger(__name__)
@@ -251,30 +261,72 @@ def build_model(ref: CheckpointRef, device: str | None = None) -> Any:
         return factory(**spec["kwargs"])
 
 
-def weights_file(ref: CheckpointRef) -> Path:
-    """A local checkpoint's weights file: ``model.safetensors``, else (a state dict) ``model.pt``."""
+LOCAL_FIX = (
+    "save the checkpoint again (save_pretrained writes the index and its shards together), restore its "
+    "files, or choose other steps (steps.only=[...])"
+)
+
+
+def local_weights(ref: CheckpointRef) -> WeightFiles:
+    """A local checkpoint's weights: ``model.safetensors``, else a sharded checkpoint's index and the
+    shards it lists (``etl.checkpoint_files``), else, for a model built by a constructor, its state dict
+    ``model.pt``. A folder with none of them, or an index naming a shard that is not there, is a
+    ``CheckpointError`` saying what the folder holds."""
     folder = Path(ref.location)
-    if ref.constructor and not (folder / WEIGHTS_FILE).is_file() and (folder / STATE_DICT_FILE).is_file():
-        return folder / STATE_DICT_FILE
-    return folder / WEIGHTS_FILE
+    files = local_weight_files(folder, LOCAL_FIX) if folder.is_dir() else None
+    if files is None and ref.constructor and (folder / STATE_DICT_FILE).is_file():
+        files = WeightFiles(None, (folder / STATE_DICT_FILE,))
+    if files is None:
+        raise missing_weights(ref)
+    return files
+
+
+def checkpoint_files(ref: CheckpointRef) -> list[Path]:
+    """Every file of a local checkpoint its rows are made from, which its fingerprint covers: the weights
+    (``local_weights``: one file, or the index and every shard it lists), a Hugging Face model's
+    ``config.json`` (the architecture and its options, e.g. ``use_parallel_residual``, ``rotary_pct``,
+    ``layer_norm_eps``: they change the forward), and with ``trust_remote_code`` the folder's Python files
+    (the model's code). Not ``generation_config.json`` (generation only) nor tokenizer files: the probe's
+    token ids come from the suite's tokenizer and are part of the task's identity (its ``probe_id``)."""
+    folder = Path(ref.location)
+    paths = list(local_weights(ref).paths)
+    if not ref.constructor and (folder / CONFIG_FILE).is_file():
+        paths.append(folder / CONFIG_FILE)
+    if ref.trust_remote_code:
+        paths += sorted(folder.glob("*.py"))
+    return paths
 
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
 
 def missing_weights(ref: CheckpointRef) -> CheckpointError:
-    """The error for a local checkpoint folder without the weights file layerlake reads, saying what the
-    folder holds instead (a pickled ``pytorch_model.bin`` is not loaded: safetensors only)."""
+    """The error for a local checkpoint folder without the weights files layerlake reads, saying what the
+    folder holds instead: a pickled ``pytorch_model.bin``, whole or sharded, is not loaded (safetensors
+    only); shards without their index."""
     folder = Path(ref.location)
-    wanted = f"{WEIGHTS_FILE} or {STATE_DICT_FILE}" if ref.constructor else WEIGHTS_FILE
+    wanted = f"{WEIGHTS_FILE} (nor a sharded {WEIGHTS_INDEX})"
+    if ref.constructor:
+        wanted = f"{WEIGHTS_FILE} or {STATE_DICT_FILE} (nor a sharded {WEIGHTS_INDEX})"
     where = f"checkpoint {folder} ({ref.model} step {ref.step})"
     if not folder.is_dir():
         return CheckpointError(f"{where} does not exist", fix="check suite.root and the step folders' names")
     pickled = [name for name in PICKLED_WEIGHTS if (folder / name).is_file() and name != STATE_DICT_FILE]
     if pickled and not ref.constructor:
+        what = (
+            f"{pickled[0]} and the pickled shards it lists" if pickled[0].endswith(".index.json")
+            else pickled[0]
+        )  # fmt: skip
         return CheckpointError(
-            f"{where} has no {WEIGHTS_FILE}, only {pickled[0]} (a pickle: layerlake reads safetensors only)",
+            f"{where} has no {wanted}, only {what} (a pickle: layerlake reads safetensors only)",
             fix=f"convert it once: AutoModelForCausalLM.from_pretrained('{folder}').save_pretrained('{folder}')",
+        )
+    shards = sorted(p.name for p in folder.glob("model-*-of-*.safetensors"))
+    if shards:
+        return CheckpointError(
+            f"{where} has shards ({', '.join(shards[:3])}{' ...' if len(shards) > 3 else ''}) but no "
+            f"{WEIGHTS_INDEX} saying which tensor each holds",
+            fix=f"restore {WEIGHTS_INDEX} (save_pretrained writes it beside the shards) or save the checkpoint again",
         )
     return CheckpointError(
         f"{where} has no {wanted}",
@@ -283,21 +335,35 @@ def missing_weights(ref: CheckpointRef) -> CheckpointError:
     )
 
 
+def check_weight_files(files: WeightFiles, fix: str = LOCAL_FIX) -> None:
+    """Every file of ``files`` checked as one whole ``model.safetensors`` is (``check_weights_file``, each
+    shard), and a sharded checkpoint's shards against its index (``checkpoint_files.check_shards``)."""
+    for shard in files.shards:
+        check_weights_file(shard)
+    check_shards(files, fix)
+
+
 def _from_state_dict(ref: CheckpointRef, torch_dtype) -> Any:
     """A model built by the ref's constructor, with the state dict of its step folder loaded (strict)."""
     import torch
 
-    path = weights_file(ref)
-    fix = "save the model's state_dict() there (safetensors.torch.save_model, or torch.save to model.pt)"
-    if not path.is_file():
-        raise missing_weights(ref)
+    files = local_weights(ref)
+    path = files.main
+    fix = (
+        "save the model's state_dict() there (safetensors.torch.save_model, huggingface_hub's "
+        "save_torch_state_dict for shards, or torch.save to model.pt)"
+    )
     try:
         model = build_model(ref)
-        if path.name == WEIGHTS_FILE:
-            check_weights_file(path)
+        if path.name != STATE_DICT_FILE:
+            check_weight_files(files, fix)
             from safetensors.torch import load_model
 
-            missing, unexpected = load_model(model, path, strict=False)
+            missing, unexpected = set(), set()
+            for i, shard in enumerate(files.shards):  # a parameter is missing when no shard holds it
+                lacks, extra = load_model(model, shard, strict=False)
+                missing = set(lacks) if i == 0 else missing & set(lacks)
+                unexpected |= set(extra)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -424,11 +490,9 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
 
     if ref.source == "local":
         target, kwargs = ref.location, {"use_safetensors": True}
-        weights = Path(ref.location) / WEIGHTS_FILE
-        if not weights.is_file():
-            raise missing_weights(ref)
-        check_weights_file(weights)
-        what, fix = str(weights), "delete that step folder and rebuild with `layerlake suite build`"
+        weights = local_weights(ref)
+        check_weight_files(weights)
+        what, fix = str(weights.main), "delete that step folder and rebuild with `layerlake suite build`"
     elif ref.source == "hf":
         target, kwargs = ref.location, {"revision": ref.revision, "cache_dir": hub_cache_dir()}
         local_only, why = hub_local_only()
@@ -449,6 +513,11 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
         raise CheckpointError(f"checkpoint {ref.model}@{ref.revision} has unknown source {ref.source!r}",
                               fix="use source local or hf")  # fmt: skip
     try:
+        if ref.source == "hf":
+            # the revision's weights, downloaded (or read from the cache) and checked before loading
+            files = hub_weight_files(ref, local_only)
+            if files is not None:
+                check_weight_files(files, hub_fix(files))
         return AutoModelForCausalLM.from_pretrained(
             target,
             dtype=torch_dtype,
@@ -465,6 +534,52 @@ def _from_pretrained(ref: CheckpointRef, torch_dtype):
             f"{type(error).__name__}: {_first_line(error)}{_cached_hint(ref)}",
             fix=fix,
         ) from error
+
+
+def hub_weight_files(ref: CheckpointRef, local_only: bool) -> WeightFiles | None:
+    """The safetensors files of a hub revision in the hub cache, downloaded unless ``local_only``:
+    ``model.safetensors``, else the index and every shard it lists, resolved as ``from_pretrained``
+    resolves them (which then finds them cached). None when the revision has neither (or, offline, the
+    cache holds neither): ``from_pretrained`` then reads what it finds (a pickle weights-only) or says
+    what is missing. A shard the index lists that the revision (or the cache) lacks is a
+    ``CheckpointError`` naming it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def fetch(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(
+                ref.location, name, revision=ref.revision, cache_dir=hub_cache_dir(), local_files_only=local_only,
+            ))  # fmt: skip
+        except EntryNotFoundError:  # not in the revision, or (offline) not in the cache
+            return None
+
+    single = fetch(WEIGHTS_FILE)
+    if single is not None:
+        return WeightFiles(None, (single,))
+    index = fetch(WEIGHTS_INDEX)
+    if index is None:
+        return None
+    fix = hub_fix(WeightFiles(index, ()))
+    weight_map = read_index(index, fix)
+    shards = []
+    for name in shard_names(weight_map):
+        shard = fetch(name)
+        if shard is None:
+            absent = "the hub cache does not hold" if local_only else "the revision does not hold"
+            raise missing_shard(index, name, weight_map, f"{absent} ({ref.location}@{ref.revision})", fix)
+        shards.append(shard)
+    return WeightFiles(index, tuple(shards), weight_map)
+
+
+def hub_fix(files: WeightFiles) -> str:
+    """What to do about a hub revision's broken weights in the cache: delete that revision (its snapshot
+    folder is named by its commit) and download it again; a repo whose own files disagree cannot be used."""
+    commit = files.main.parent.name
+    return (
+        f"delete the revision from the hub cache (`hf cache rm {commit}`) and run again to download it afresh; "
+        "if the repo's own files are inconsistent, choose other steps (steps.only=[...])"
+    )
 
 
 def model_type_of(ref: CheckpointRef) -> str | None:
@@ -513,17 +628,15 @@ def check_loading_info(ref: CheckpointRef, info: dict) -> None:
     )  # fmt: skip
 
 
-def weights_file_fingerprint(ref: CheckpointRef) -> dict:
-    """For a local checkpoint, its weights file's size, mtime and sha256 (what the driver compares to
-    tell whether a committed checkpoint changed on disk); empty for a hub checkpoint (its revision is
-    content-addressed by the hub)."""
+def checkpoint_fingerprint(ref: CheckpointRef) -> dict:
+    """For a local checkpoint, the size, mtime and sha256 of every file its rows are made from
+    (``checkpoint_files``: the weights, whole or every shard and the index, and config.json), what the
+    driver compares to tell whether a committed checkpoint changed on disk; empty for a hub checkpoint
+    (its revision names it: the hub changes a revision's files only by a new commit, and suites do not
+    move their checkpoint branches)."""
     if ref.source != SuiteSource.local:
         return {}
-    path = weights_file(ref)
-    if not path.is_file():
-        raise missing_weights(ref)
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
+    return fingerprint(checkpoint_files(ref))
 
 
 def hub_cache_dir() -> str:

@@ -157,7 +157,7 @@ class ExtractTask:
         through one probe is one task, so a re-run finds (and skips) what was committed before, wherever
         the data folder has moved. The options are not part of it: extracting a checkpoint again with
         other options replaces its rows (the driver compares ``options.config_hash()``), and so does a
-        checkpoint whose weights changed (the driver compares the weights file's hash)."""
+        checkpoint whose files changed (the driver compares the hashes of its weights and config.json)."""
         from layerlake.warehouse.layout import checkpoint_task_id
 
         ref = self.ref
@@ -183,4 +183,5 @@ class TaskResult:
     timings: dict  # phase -> seconds: load, forward, backward, svd, total
     n_params: int = 0
     placement: dict = field(default_factory=dict)  # pid, Ray GPU ids, device: where it ran
-    weights_file: dict = field(default_factory=dict)  # local checkpoints: {"size", "mtime_ns", "sha256"}
+    # a local checkpoint's files (weights, config.json): {"files": {name: {"size", "mtime_ns", "sha256"}}}
+    weights_file: dict = field(default_factory=dict)

@@ -117,7 +117,7 @@ class LoadedTask:
     task: ExtractTask
     options: ExtractOptions  # the task's options, with ``device`` resolved (``auto`` -> cuda:0 or cpu)
     loaded: LoadedCheckpoint
-    weights_file: dict  # the local weights file's fingerprint, taken before loading
+    weights_file: dict  # the local checkpoint's files' fingerprint (weights, config.json), before loading
     load_seconds: float
     load_span: tuple[float, float] = (0.0, 0.0)  # when the load started and ended (Unix seconds)
 
@@ -136,14 +136,14 @@ def load_task(task: ExtractTask) -> LoadedTask:
     holds device memory). Safe to run in a background thread while another task computes."""
     from transformers.utils import logging as hf_logging
 
-    from layerlake.etl.sources import load_checkpoint, weights_file_fingerprint
+    from layerlake.etl.sources import checkpoint_fingerprint, load_checkpoint
 
     hf_logging.disable_progress_bar()  # the extraction's own progress display reports each checkpoint
     use_torch_threads(task.options)
     device = resolve_device(task.options.device)
     options = task.options if device == task.options.device else _with_device(task.options, device)
     start, started_at = time.perf_counter(), time.time()
-    fingerprint = weights_file_fingerprint(task.ref)  # before loading: what the rows were made from
+    fingerprint = checkpoint_fingerprint(task.ref)  # before loading: what the rows were made from
     loaded = load_checkpoint(task.ref, device="cpu", dtype=options.dtype)
     return LoadedTask(
         task, options, loaded, fingerprint, time.perf_counter() - start, (started_at, time.time())

@@ -24,6 +24,14 @@ MODEL = (
 OVERRIDES = (MODEL, "suite.name=mine", "suite.steps=[0,8]", "extract.gradients=true", "probe.seq_len=16")
 
 
+def save_sharded(model, folder) -> None:
+    """The state dict as safetensors shards and their index (huggingface_hub's ``save_torch_state_dict``)."""
+    from huggingface_hub import save_torch_state_dict
+
+    save_torch_state_dict(model.state_dict(), folder, max_shard_size="8KB")
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) >= 2
+
+
 def make_suite(root, steps=(0, 8), save=save_model):
     """<root>/suites/mine/gpt-s/step<N>/ holding each step's state dict, and the suite's tokenizer."""
     folder = root / "suites" / "mine"
@@ -35,15 +43,20 @@ def make_suite(root, steps=(0, 8), save=save_model):
         (folder / "gpt-s" / f"step{step}").mkdir(parents=True)
         if save is save_model:
             save_model(model, str(folder / "gpt-s" / f"step{step}" / "model.safetensors"))
+        elif save is save_sharded:
+            save_sharded(model, folder / "gpt-s" / f"step{step}")
         else:
             torch.save(model.state_dict(), folder / "gpt-s" / f"step{step}" / "model.pt")
         models[step] = model
     return models
 
 
-@pytest.mark.parametrize("save", ["safetensors", "torch.save"])
+SAVES = {"safetensors": save_model, "sharded safetensors": save_sharded, "torch.save": torch.save}
+
+
+@pytest.mark.parametrize("save", sorted(SAVES))
 def test_extract_reads_state_dicts_through_a_constructor_and_a_layout(tmp_path, save):
-    models = make_suite(tmp_path, save=save_model if save == "safetensors" else torch.save)
+    models = make_suite(tmp_path, save=SAVES[save])
     settings = compose_settings(tmp_path, *OVERRIDES)
     report = run_extract(settings)
     assert report.ok, report.failed

@@ -14,10 +14,10 @@ from layerlake.etl.errors import CheckpointError, SuiteError
 from layerlake.etl.probes import build_probe
 from layerlake.etl.sources import (
     check_weights_file,
+    checkpoint_fingerprint,
     load_checkpoint,
     open_source,
     select_steps,
-    weights_file_fingerprint,
     weights_sha256,
 )
 
@@ -63,7 +63,7 @@ def test_a_step_folder_without_its_weights_file_says_what_it_holds_instead(tiny_
     (ref,) = open_source(suite, root).refs("tiny-a", [8])
     weights = Path(ref.location) / "model.safetensors"
     weights.unlink()
-    for step in (lambda: weights_file_fingerprint(ref), lambda: load_checkpoint(ref)):  # the task's two reads
+    for step in (lambda: checkpoint_fingerprint(ref), lambda: load_checkpoint(ref)):  # the task's two reads
         with pytest.raises(CheckpointError, match=r"tiny-a step 8\) has no model.safetensors") as caught:
             step()
         assert "layerlake suite build" in caught.value.fix

@@ -121,6 +121,94 @@ def test_a_checkpoint_whose_weights_changed_is_extracted_again(extracted):
     assert again.duplicates == [("tiny-a", 8, 0)]
 
 
+def checkpoint_rows(root: Path | str, model: str, step: int) -> dict[str, list]:
+    """Every row of one checkpoint, per table (the runs' rows aside: they hold times)."""
+    con = warehouse.connect(root)
+    try:
+        return {
+            table: sorted(
+                map(
+                    repr,
+                    con.sql(
+                        f"select * from {table} where model = $m and step = $s",
+                        params={"m": model, "s": step},
+                    ).fetchall(),
+                )
+            )
+            for table in ("checkpoints", "activation_stats", "sketches", "spectra", "matrix_stats")
+        }
+    finally:
+        con.close()
+
+
+def test_a_checkpoint_whose_config_changed_is_extracted_again(extracted, tmp_path):
+    """config.json alone changes (use_parallel_residual flipped; the weights file untouched): the checkpoint
+    is extracted again, its rows replaced by those a fresh warehouse gets from the folder as it is now."""
+    import io
+
+    from rich.console import Console
+
+    from layerlake.etl.command import print_report
+
+    config_file = Path(extracted.paths.suites) / "embedded" / "tiny-a" / "step8" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["use_parallel_residual"] = not config["use_parallel_residual"]
+    config_file.write_text(json.dumps(config))
+    again = run_extract(extracted)
+    assert again.committed == ["tiny-a step8"] and again.replaced == again.changed == 1
+    out = io.StringIO()
+    print_report(again, extracted.paths.warehouse, Console(file=out, width=300))
+    assert "1 from checkpoint files that changed since (weights or config.json)" in out.getvalue()
+    assert "with other extraction options" not in out.getvalue()
+
+    fresh = under(extracted, tmp_path / "fresh", suites=Path(extracted.paths.suites))
+    fresh = dataclasses.replace(fresh, models=["tiny-a"], steps=dataclasses.replace(fresh.steps, only=[8]))
+    assert run_extract(fresh).ok
+    stored = checkpoint_rows(extracted.paths.warehouse, "tiny-a", 8)
+    assert stored == checkpoint_rows(fresh.paths.warehouse, "tiny-a", 8)
+    assert (
+        f'"use_parallel_residual": {json.dumps(config["use_parallel_residual"])}' in stored["checkpoints"][0]
+    )
+    assert run_extract(extracted).committed == []  # and then it is committed as it is
+
+
+def test_the_fingerprint_covers_what_changes_the_forward(extracted):
+    """config.json always, the folder's Python files with trust_remote_code (the model's own code); not
+    generation_config.json (generation only) nor tokenizer files (the probe's ids are the task's identity)."""
+    from layerlake.etl.sources import checkpoint_fingerprint, open_source
+
+    (ref,) = open_source(extracted.suite, extracted.paths.suites).refs("tiny-a", [8])
+    folder = Path(ref.location)
+    (folder / "modeling_mine.py").write_text("# a model's own code\n")
+    (folder / "tokenizer.json").write_text("{}")
+    assert set(checkpoint_fingerprint(ref)["files"]) == {"model.safetensors", "config.json"}
+    remote = dataclasses.replace(ref, trust_remote_code=True)
+    assert set(checkpoint_fingerprint(remote)["files"]) == {
+        "model.safetensors",
+        "config.json",
+        "modeling_mine.py",
+    }
+
+
+def test_an_entry_that_fingerprinted_its_weights_file_alone_is_compared_on_it(extracted):
+    """A manifest entry committed before config.json (and shards) were fingerprinted recorded the weights
+    file's size, mtime and sha256 alone: it stays committed (an upgrade extracts nothing again) until that
+    file changes."""
+    from types import SimpleNamespace
+
+    from layerlake.etl.checkpoint_files import file_fingerprint
+    from layerlake.etl.driver import files_unchanged
+    from layerlake.etl.sources import open_source
+
+    (ref,) = open_source(extracted.suite, extracted.paths.suites).refs("tiny-a", [8])
+    task, folder = SimpleNamespace(ref=ref), Path(ref.location)
+    legacy = file_fingerprint(folder / "model.safetensors")
+    assert set(legacy) == {"size", "mtime_ns", "sha256"}
+    assert files_unchanged(task, legacy)
+    shutil.copy(folder.parent / "step0" / "model.safetensors", folder / "model.safetensors")
+    assert not files_unchanged(task, legacy)
+
+
 def write_schema1(root: Path, into: Path, moved_copy: bool = True) -> None:
     """The warehouse at ``root`` as layerlake's schema 1 stored it: files under key=value folders without
     the identity columns, task ids hashing the checkpoint's absolute folder, and (``moved_copy``) the
