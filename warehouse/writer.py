@@ -41,6 +41,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -164,6 +165,7 @@ class Warehouse:
             ) from error
         self._manifest = ManifestFollower(self.manifest)
         self._lock_depth = 0
+        self._lock_owner: int | None = None  # the thread holding the lock through this object
         self._step: journal.Step | None = None  # the maintenance step this object runs, if any
 
     # -- reading the manifest -------------------------------------------------------------------------
@@ -211,10 +213,13 @@ class Warehouse:
 
     @contextmanager
     def lock(self, wait: bool = True) -> Iterator[bool]:
-        """Hold the writer lock (blocks while another process holds it); re-entrant for this object, so
-        a caller that plans under the lock can publish under it. ``wait=False`` does not block: the
-        block gets False, and no lock, when another process holds it."""
-        if self._lock_depth:
+        """Hold the writer lock (blocks while another process, or another thread, holds it); re-entrant
+        for the thread holding it through this object, so a caller that plans under the lock can publish
+        under it. ``wait=False`` does not block: the block gets False, and no lock, when another holds it.
+        Re-entrance is per thread: a tracked run's committing thread and its training thread (which records
+        a failed snapshot) share one object, and each must wait for the other's lock."""
+        me = threading.get_ident()
+        if self._lock_depth and self._lock_owner == me:
             self._lock_depth += 1
             try:
                 yield True
@@ -222,16 +227,19 @@ class Warehouse:
                 self._lock_depth -= 1
             return
         fd = os.open(self.root / MANIFEST_DIR / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        held = False
         try:
-            try:
+            try:  # a flock belongs to its open file: this fd waits for any other, in this process too
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return
-            self._lock_depth = 1
+            held = True
+            self._lock_depth, self._lock_owner = 1, me
             yield True
         finally:
-            self._lock_depth = 0
+            if held:
+                self._lock_depth, self._lock_owner = 0, None
             os.close(fd)  # closing releases the flock
 
     # -- staging: files written outside every path a reader looks at ----------------------------------
