@@ -321,3 +321,74 @@ def test_archiving_a_compacted_run_hides_exactly_its_rows(tmp_path, compacted):
     assert main(["runs", "restore", "r1", "--root", str(root)]) == 0
     assert content(root) == before
     assert check(["--root", str(root), "--verify-files"]) == 0
+
+
+WORKLOAD = Path(__file__).parent / "track_workload.py"
+
+
+@pytest.fixture
+def training(tmp_path):
+    """``start(run_id)``: a real process tracking run ``run_id`` (a tiny model, a snapshot per step) that
+    holds after step 2's snapshot is committed until the test lets it go (``go``), then ends its run."""
+    jobs = []
+
+    def start(run_id: str) -> subprocess.Popen:
+        job = subprocess.Popen(
+            [sys.executable, str(WORKLOAD), str(tmp_path / "wh"), run_id, "--steps", "5", "--hold-at", "2"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        jobs.append(job)
+        for line in job.stdout:
+            if line.strip() == "holding":
+                return job
+        raise AssertionError(f"the tracking process ended before it held: {job.stderr.read()}")
+
+    yield start
+    for job in jobs:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+
+
+def go(job: subprocess.Popen) -> str:
+    """Let a held tracking process train on to its end; its stderr."""
+    out, err = job.communicate("\n", timeout=300)
+    assert job.returncode == 0 and "done" in out, err
+    return err
+
+
+def snapshots(root: Path, run_id: str) -> list[int]:
+    con = layerlake.connect(root)
+    try:
+        found = con.execute(
+            "select distinct step from checkpoints where run_id = $r order by 1", {"r": run_id}
+        )
+        return [step for (step,) in found.fetchall()]
+    finally:
+        con.close()
+
+
+def test_a_run_still_training_cannot_be_deleted_or_archived(tmp_path, training, capsys):
+    """Its process would go on committing: a deleted run came back `finished` with its later snapshots
+    only, an archived one ended half shown. Refused while its process lives, whatever --force says;
+    once it has ended, archived whole."""
+    root = tmp_path / "wh"
+    job = training("live")
+    before = (root / "_manifest" / "commits.jsonl").read_bytes()
+    for args in (["delete", "live"], ["archive", "live"], ["archive", "live", "--force"]):
+        assert main(["runs", *args, "--root", str(root)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert (
+            "'live' is still running" in err
+            and f"process {job.pid} on" in err
+            and "wait until it ends" in err
+        )
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == before
+    go(job)
+    assert snapshots(root, "live") == [0, 1, 2, 3, 4]
+    assert main(["runs", "archive", "live", "--root", str(root)]) == 0
+    assert "live" not in run_rows(root)
+    capsys.readouterr()
+    assert main(["runs", "--archived", "--root", str(root)]) == 0
+    assert "live" in capsys.readouterr().out
+    assert check(["--root", str(root)]) == 0
