@@ -392,3 +392,35 @@ def test_a_run_still_training_cannot_be_deleted_or_archived(tmp_path, training, 
     assert main(["runs", "--archived", "--root", str(root)]) == 0
     assert "live" in capsys.readouterr().out
     assert check(["--root", str(root)]) == 0
+
+
+@pytest.mark.parametrize("verb", ["archive", "delete"])
+def test_a_training_process_stores_nothing_more_once_its_run_is_archived_or_deleted(
+    tmp_path, training, capsys, monkeypatch, verb
+):
+    """A run recorded by a process of another host cannot be checked: refused without --force, taken with
+    it. Should that process still be training, its next commit finds its run gone (asked under the writer
+    lock) and stores nothing more, its end included: a deleted run does not come back, an archived one
+    stays archived whole."""
+    from layerlake.warehouse import run_admin
+
+    root = tmp_path / "wh"
+    job = training("far")
+    monkeypatch.setattr(run_admin, "process_alive", lambda host, pid: None)  # as if of another host
+    assert main(["runs", verb, "far", "--root", str(root)]) == 2
+    assert "cannot be checked from" in capsys.readouterr().err
+    assert main(["runs", verb, "far", "--force", "--root", str(root)]) == 0
+    err = " ".join(go(job).split())
+    assert f"run far was {verb}d (" in err and "nothing more of it is stored (training goes on)" in err
+    assert "far" not in run_rows(root)
+    con = layerlake.connect(root)
+    assert con.sql("select count(*) from failures where run_id = 'far'").fetchall() == [(0,)]
+    con.close()
+    capsys.readouterr()
+    assert main(["runs", "--archived", "--root", str(root)]) == 0
+    assert ("far" in capsys.readouterr().out) == (verb == "archive")
+    if verb == "archive":  # whole: restored, it holds what it held when archived (its end never came)
+        assert main(["runs", "restore", "far", "--root", str(root)]) == 0
+        assert snapshots(root, "far") == [0, 1, 2]
+        assert main(["runs", "--mark-killed", "--root", str(root)]) == 0
+    assert check(["--root", str(root)]) == 0

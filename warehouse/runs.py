@@ -158,6 +158,22 @@ def begin_run(
     return run
 
 
+def standing(warehouse: Warehouse, run: Run) -> str | None:
+    """Why a run being written (a tracked run, from its process) may no longer be written into: its row
+    was deleted, archived, or belongs to another start of that run id; None while it stands. Asked under
+    the writer lock right before each commit, so ``runs delete`` or ``runs archive`` (which hold that lock)
+    cannot slip in between."""
+    entry = warehouse.entry(run.task_id)
+    if entry is None:
+        return "deleted (`layerlake runs delete`)"
+    if is_archived(entry):
+        return f"archived (`layerlake runs archive`; `layerlake runs restore {run.run_id}` shows it again)"
+    stored = run_of(entry)
+    if stored is not None and stored.started_at != run.started_at:
+        return f"deleted, and started again by another process (started {stored.started_at:%Y-%m-%d %H:%M})"
+    return None
+
+
 def check_restart(warehouse: Warehouse, before: Run, run: Run, resume: bool | None) -> None:
     """Refuse to start ``run`` again over ``before`` (its committed row) where that would mix two runs."""
     where = f"in {warehouse.root}"

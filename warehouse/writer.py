@@ -186,6 +186,10 @@ class Warehouse:
         """Every file (relative path) that a latest ok entry lists: what readers may see."""
         return {f.path for e in self._manifest.read().committed.values() for f in e.files}
 
+    def entry(self, task_id: str) -> CommitEntry | None:
+        """The task's latest ok entry, or None (without copying ``committed()``: one lookup)."""
+        return self._manifest.read().committed.get(task_id)
+
     def is_committed(self, task_id: str) -> bool:
         """True when the task has an ok entry and every file it lists exists with the listed size."""
         entry = self.committed().get(task_id)
