@@ -424,3 +424,26 @@ def test_a_training_process_stores_nothing_more_once_its_run_is_archived_or_dele
         assert snapshots(root, "far") == [0, 1, 2]
         assert main(["runs", "--mark-killed", "--root", str(root)]) == 0
     assert check(["--root", str(root)]) == 0
+
+
+def test_a_commit_that_would_leave_a_run_partly_archived_is_refused(root):
+    """The writer's own rule, under the lock every commit takes, so no race with `runs archive` passes it:
+    a task shown beside an archived run's hidden ones (a write into it), or hidden beside a shown run's."""
+    from layerlake.warehouse.errors import WarehouseError
+
+    assert main(["runs", "archive", "r2", "--root", str(root)]) == 0
+    store = Warehouse(root)
+    hidden, lines = content(root), (root / "_manifest" / "commits.jsonl").read_bytes()
+    with pytest.raises(WarehouseError, match="run 'r2' is archived .* partly archived") as refused:
+        store.commit("r2-ck9", "s", "m", checkpoint("m", 9), {"step": 9}, run_id="r2")
+    assert "layerlake runs restore r2" in refused.value.fix
+    with pytest.raises(WarehouseError, match="run 'r1' is not archived .* partly archived"):
+        store.commit("r1-ck9", "s", "m", checkpoint("m", 9), {"step": 9, "archived": True}, run_id="r1")
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == lines and content(root) == hidden
+    assert not list((root / "_staging").iterdir())
+    assert main(["runs", "restore", "r2", "--root", str(root)]) == 0  # the whole run at once: taken
+    store.commit("r2-ck9", "s", "m", checkpoint("m", 9), {"step": 9}, run_id="r2")
+    assert main(["runs", "archive", "r2", "--root", str(root)]) == 0
+    assert main(["runs", "delete", "r2", "--root", str(root)]) == 0
+    assert "r2" not in run_rows(root) and store.archived_runs() == set()
+    assert check(["--root", str(root)]) == 0

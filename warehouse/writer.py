@@ -62,6 +62,7 @@ from layerlake.warehouse.manifest import (
     append_batch,
     append_entry,
     entry_problems,
+    is_archived,
     latest,
     manifest_path,
 )
@@ -189,6 +190,10 @@ class Warehouse:
     def entry(self, task_id: str) -> CommitEntry | None:
         """The task's latest ok entry, or None (without copying ``committed()``: one lookup)."""
         return self._manifest.read().committed.get(task_id)
+
+    def archived_runs(self) -> set[str]:
+        """The run ids that have an archived task (``layerlake runs archive``)."""
+        return set(self._manifest.read().archived.values())
 
     def is_committed(self, task_id: str) -> bool:
         """True when the task has an ok entry and every file it lists exists with the listed size."""
@@ -371,14 +376,43 @@ class Warehouse:
                     unshared = self._unshare([e for e, _ in commits if e is not None], rewritten)
                 finally:
                     leftovers += rewritten
-                self.place(leftovers)
                 entries = [entry for entry, _ in commits if entry is not None] + unshared
+                self._check_archived_whole(entries)
+                self.place(leftovers)
                 if len(entries) == 1:
                     append_entry(self.manifest, entries[0])
                 elif entries:
                     append_batch(self.manifest, entries, now_utc())
         finally:
             discard(leftovers)
+
+    def _check_archived_whole(self, entries: list[CommitEntry]) -> None:
+        """Refuse, under the lock, entries that would leave a run partly archived: a task shown beside
+        archived ones (a write into an archived run: its new rows would show while the rest stays
+        hidden), or an archived task beside shown ones. ``runs archive`` and ``runs restore`` change every
+        task of a run in one line, and every other writer checks its run before it starts; this is the
+        check no race between those and a commit can pass. Costs a lookup per entry unless a run
+        involved is archived."""
+        archived = self.archived_runs()
+        involved = {e.run_id for e in entries if e.run_id in archived or is_archived(e)}
+        if not involved:
+            return
+        after = {t: e for t, e in self.committed().items() if e.run_id in involved}
+        for entry in entries:
+            if entry.status == "ok":
+                after[entry.task_id] = entry
+            elif entry.status == "retired":
+                after.pop(entry.task_id, None)
+        for run_id in sorted(involved):
+            marks = {is_archived(e) for e in after.values() if e.run_id == run_id}
+            if len(marks) > 1:
+                was = "is" if run_id in archived else "is not"
+                raise WarehouseError(
+                    f"run {run_id!r} {was} archived in {self.root}: this commit would leave it partly "
+                    "archived (some of its rows shown, others hidden); nothing was committed",
+                    fix=f"restore it first (layerlake runs restore {run_id} --root {self.root}), then write "
+                    "into it; archive it again afterwards if it should stay hidden",
+                )
 
     def _unshare(self, new_entries: list[CommitEntry], staged: list[Staged]) -> list[CommitEntry]:
         """Tasks being replaced whose rows sit in a file shared with other tasks (compacted): that file
