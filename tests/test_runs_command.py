@@ -447,3 +447,24 @@ def test_a_commit_that_would_leave_a_run_partly_archived_is_refused(root):
     assert main(["runs", "delete", "r2", "--root", str(root)]) == 0
     assert "r2" not in run_rows(root) and store.archived_runs() == set()
     assert check(["--root", str(root)]) == 0
+
+
+def test_tracking_into_an_archived_run_is_refused_until_it_is_restored(root):
+    """`track(resume=True)` on an archived run committed its new tasks shown beside its hidden ones: refused
+    before anything is written (the run's row, its probe's), naming the fix; restored, it resumes."""
+    from layerlake.warehouse.errors import WarehouseError
+
+    assert main(["runs", "archive", "r1", "--root", str(root)]) == 0
+    lines = (root / "_manifest" / "commits.jsonl").read_bytes()
+    for resume, doing in ((True, "cannot resume it"), (False, "cannot start a new run under its id")):
+        with pytest.raises(WarehouseError, match=f"run r1 is archived in .*{doing}") as refused:
+            layerlake.track(suite="s", model_name="m", run_id="r1", warehouse=root, resume=resume, quiet=True)
+        assert f"layerlake runs restore r1 --root {root}" in refused.value.fix
+        assert "start another run_id" in refused.value.fix
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == lines
+    assert main(["runs", "restore", "r1", "--root", str(root)]) == 0
+    with layerlake.track(
+        suite="s", model_name="m", run_id="r1", warehouse=root, resume=True, quiet=True
+    ) as run:
+        run.log(9, loss=0.5)
+    assert check(["--root", str(root)]) == 0
