@@ -406,12 +406,14 @@ class Warehouse:
         for run_id in sorted(involved):
             marks = {is_archived(e) for e in after.values() if e.run_id == run_id}
             if len(marks) > 1:
-                was = "is" if run_id in archived else "is not"
+                was = run_id in archived
                 raise WarehouseError(
-                    f"run {run_id!r} {was} archived in {self.root}: this commit would leave it partly "
-                    "archived (some of its rows shown, others hidden); nothing was committed",
+                    f"run {run_id!r} {'is' if was else 'is not'} archived in {self.root}: this commit would "
+                    "leave it partly archived (some of its rows shown, others hidden); nothing was committed",
                     fix=f"restore it first (layerlake runs restore {run_id} --root {self.root}), then write "
-                    "into it; archive it again afterwards if it should stay hidden",
+                    "into it; archive it again afterwards if it should stay hidden"
+                    if was
+                    else f"commit its tasks shown, or archive the whole run (layerlake runs archive {run_id})",
                 )
 
     def _unshare(self, new_entries: list[CommitEntry], staged: list[Staged]) -> list[CommitEntry]:
