@@ -18,7 +18,10 @@ reader and cut away by the next writer):
   reading one).
 
 Each plans under the writer lock what it would change (``RunPlan``) and, without ``dry_run``, publishes
-it under that same lock, so no run's task committed in between is missed.
+it under that same lock, so no run's task committed in between is missed. ``archive`` and ``delete``
+refuse a run still being written (``check_not_writing``); a run archived is written into by no writer
+until restored (``warehouse.runs.refuse_archived``, and ``Warehouse.publish`` refuses a line that would
+leave a run partly archived).
 """
 
 from __future__ import annotations
