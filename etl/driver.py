@@ -34,6 +34,7 @@ from layerlake.warehouse.runs import (
     committed_run,
     end_run,
     new_run,
+    refuse_archived,
 )
 from layerlake.warehouse.writer import Warehouse
 
@@ -379,6 +380,8 @@ def run_extract(settings: Config) -> ExtractReport:
     plan = make_plan(settings)
     warehouse = Warehouse(settings.paths.warehouse)
     warehouse.check_version()
+    run_ids = {t.ref.run_id for t in plan.tasks} | {extract_run_id(plan.suite, m) for m in plan.models}
+    refuse_archived(warehouse, run_ids, "extract into it", "or leave its model out (models=[...])")
     report = ExtractReport(planned=len(plan.tasks))
     committed = warehouse.committed()  # the manifest, read once for the whole plan
     todo, report.replaced, report.changed = tasks_to_run(warehouse, plan, committed)

@@ -65,8 +65,9 @@ from layerlake.warehouse.runs import (
     end_run,
     mark_killed,
     new_run,
+    standing,
 )
-from layerlake.warehouse.writer import Warehouse
+from layerlake.warehouse.writer import Warehouse, discard
 
 SCALAR_BLOCK = SCALARS_BLOCK  # steps per scalars task: a resumed run rewrites the block it re-enters
 # How often the committing thread commits the scalars logged since it last did: a run killed outright (an
@@ -346,6 +347,7 @@ class TrackedRun:
     _reported: bool = False
     _recorded: int = 0  # failures recorded in the manifest (the ``failures`` view), of those in ``failures``
     _finished: bool = False
+    _gone: str | None = None  # why the run may no longer be written into (deleted or archived under it)
     _snapshot_steps: set[int] = field(default_factory=set)  # steps a snapshot was taken (or tried) at
     _weight_spectra: Any = None  # etl.extract.WeightSpectraCache, made at the first snapshot
     layout: Any = None  # where the model's sites live (core.layouts.Layout); None: its Hugging Face family's
@@ -403,14 +405,20 @@ class TrackedRun:
             if status is None:
                 return  # this rank has nothing to record: the writer does
         try:
-            self.run = end_run(self.warehouse, self.run, status, error)
+            with self.warehouse.lock():  # as every commit: the run must still stand (``standing``)
+                gone = self._gone or standing(self.warehouse, self.run)
+                if gone is None:
+                    self.run = end_run(self.warehouse, self.run, status, error)
+            if gone is not None:
+                self.run = self.run.ended(status, error)
+                self._stopped(gone, "its end")
         except LayerlakeError as failure:  # its row still says running: `layerlake check` will name it killed
             self.run = self.run.ended(status, error)
             self.failures.append(
                 f"the run's end ({failure.message}; `layerlake check` will list it as killed)"
             )
         # a rank other than the writer leaves the files to the writer
-        if self.compact_on_finish and self.writes:
+        if self.compact_on_finish and self.writes and self._gone is None:
             try:
                 from layerlake.warehouse.compact import compact
 
@@ -715,25 +723,51 @@ class TrackedRun:
             self._fail(None, error, f"scalars.{self.run_id}")
 
     def _commit(self, task_id: str, tables: dict[str, pa.Table], meta: dict) -> None:
+        """Commit one task of the run, unless the run no longer stands: asked under the writer lock right
+        before the manifest line (``standing``), so a run deleted or archived while it trains (``layerlake
+        runs delete --force``, from another host) is never written into again: nothing of it comes back
+        and nothing of it shows half archived."""
         try:
-            self.warehouse.commit(task_id, self.run.suite, self.run.model, tables, meta, run_id=self.run_id)
+            prepared = self.warehouse.prepare(
+                task_id, self.run.suite, self.run.model, tables, meta, run_id=self.run_id
+            )
+            with self.warehouse.lock():
+                gone = self._gone or standing(self.warehouse, self.run)
+                if gone is None:
+                    self.warehouse.publish([prepared])
+            if gone is not None:
+                discard(prepared[1])
+                self._stopped(gone, task_id)
         except Exception as error:  # noqa: BLE001 - a failed commit is recorded, the training goes on
             self._fail(meta.get("step"), error, task_id)
+
+    def _stopped(self, why: str, what: str) -> None:
+        """The run was deleted or archived under it: ``what`` is not stored, and neither is anything
+        later (said once on stderr, counted in ``failures``; nothing is recorded in the manifest)."""
+        if self._gone is None:
+            self._gone = why
+            print(
+                f"layerlake: run {self.run_id} was {why} in {self.warehouse.root} while it trained; nothing "
+                "more of it is stored (training goes on)",
+                file=sys.stderr,
+            )
+        self.failures.append(f"{what}: not stored, the run was {why}")
 
     def _fail(self, step: int | None, error: BaseException, task_id: str | None = None) -> None:
         text = error.message if isinstance(error, LayerlakeError) else f"{type(error).__name__}: {error}"
         self.failures.append(f"step {step}: {text}" if step is not None else f"{task_id}: {text}")
         meta = {"kind": "snapshot", "step": step, "traceback": "".join(traceback.format_exception(error))}
         with suppress(Exception):  # nothing more can be recorded; the report below still says it
-            self.warehouse.record_failure(
-                task_id or self.task_id(step or 0),
-                self.run.suite,
-                self.run.model,
-                text,
-                meta,
-                run_id=self.run_id,
-            )
-            self._recorded += 1
+            if self._gone is None:  # a run deleted or archived under it gets no failure entries either
+                self.warehouse.record_failure(
+                    task_id or self.task_id(step or 0),
+                    self.run.suite,
+                    self.run.model,
+                    text,
+                    meta,
+                    run_id=self.run_id,
+                )
+                self._recorded += 1
         what = (
             f"snapshot of run {self.run_id} at step {step}"
             if step is not None

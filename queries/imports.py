@@ -252,7 +252,14 @@ def check_source(source: str) -> None:
 def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict) -> list[Outcome]:
     """Commit validated ``rows`` (from ``validate``) model by model; returns what happened per model."""
     from layerlake.warehouse.layout import check_name
-    from layerlake.warehouse.runs import RunKind, RunStatus, import_run_id, new_run, prepare_run
+    from layerlake.warehouse.runs import (
+        RunKind,
+        RunStatus,
+        import_run_id,
+        new_run,
+        prepare_run,
+        refuse_archived,
+    )
     from layerlake.warehouse.writer import Warehouse, discard
 
     check_name("source", source)
@@ -289,6 +296,13 @@ def import_table(rows: pa.Table, root: Path, suite: str, source: str, meta: dict
         discard([s for _, staged in prepared for s in staged])
         raise
     if prepared:
+        try:  # a write into an archived run is refused (its new rows would show, the rest stay hidden)
+            refuse_archived(
+                store, {e.run_id for e, _ in prepared}, "import into it", "or import under another --source"
+            )
+        except BaseException:
+            discard([s for _, staged in prepared for s in staged])
+            raise
         store.publish(prepared)  # every model at once: one manifest line, all of them or none
     return outcomes
 

@@ -140,3 +140,22 @@ def test_site_map_option_and_missing_file(tmp_path, capsys):
     assert sites == {"attn_ov", "mlp.dense_4h_to_h", "attention.query_key_value"}
     assert run(tmp_path, str(tmp_path / "nope.csv")) == 2
     assert "no metrics file" in capsys.readouterr().err
+
+
+def test_importing_into_an_archived_run_is_refused_until_it_is_restored(tmp_path, capsys):
+    """The rule of every writer: a write into an archived run is refused (its new rows would show while the
+    rest stays hidden), the whole import with it; an import that changes nothing is no write."""
+    assert run(tmp_path, str(write_csv(tmp_path / "m.csv"))) == 0
+    root = tmp_path / "wh"
+    assert main(["runs", "archive", "paper.pythia-70m-deduped", "--root", str(root)]) == 0
+    capsys.readouterr()
+    before = manifest_lines(tmp_path)
+    assert run(tmp_path, str(write_csv(tmp_path / "m.csv"))) == 0  # unchanged: nothing written
+    changed = [(*r[:5], 0.5) if r[4] == "cka_scores" else r for r in ROWS]
+    assert run(tmp_path, str(write_csv(tmp_path / "changed.csv", changed))) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "run paper.pythia-70m-deduped is archived" in err and "cannot import into it" in err
+    assert f"layerlake runs restore paper.pythia-70m-deduped --root {root}" in err
+    assert manifest_lines(tmp_path) == before and not list((root / "_staging").iterdir())
+    assert main(["runs", "restore", "paper.pythia-70m-deduped", "--root", str(root)]) == 0
+    assert run(tmp_path, str(write_csv(tmp_path / "changed.csv", changed))) == 0

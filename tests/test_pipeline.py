@@ -327,3 +327,37 @@ def test_a_checkpoint_of_another_shape_under_a_model_fails_alone_naming_both_sha
     assert con.sql(
         "select count(*) from checkpoints where model = 'tiny-a' and d_model <> 32"
     ).fetchall() == [(0,)]
+
+
+def test_extracting_into_an_archived_run_is_refused_until_it_is_restored(tiny_suite, tmp_path, capsys):
+    """`extract` into an archived run counted its hidden checkpoints as committed (skipped) and committed
+    the new step shown, with no run row shown: refused before any task runs, naming the run and both
+    fixes. The suite's own runs (tracked while it trained) are the ones its checkpoints' rows join."""
+    from layerlake.cli.main import main
+    from layerlake.etl.task import extract_run_id
+    from layerlake.warehouse.errors import WarehouseError
+
+    settings, _ = tiny_suite
+    data = tmp_path / "data"
+    shutil.copytree(settings.paths.warehouse, data / "warehouse")  # the suite's runs, as built
+    settings = with_paths(settings, data)
+    first = dataclasses.replace(settings, steps=dataclasses.replace(settings.steps, only=[0, 4]))
+    more = dataclasses.replace(settings, steps=dataclasses.replace(settings.steps, only=[0, 4, 8]))
+    assert run_extract(first).ok
+    root = Path(settings.paths.warehouse)
+    run_id = extract_run_id(settings.suite.name, "tiny-b")
+    assert main(["runs", "archive", run_id, "--root", str(root)]) == 0
+    lines = (root / "_manifest" / "commits.jsonl").read_bytes()
+    with pytest.raises(
+        WarehouseError, match=f"run {run_id} is archived .* cannot extract into it"
+    ) as refused:
+        run_extract(more)
+    assert f"layerlake runs restore {run_id} --root {root}" in refused.value.fix
+    assert "leave its model out" in refused.value.fix
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == lines
+    assert main(["runs", "restore", run_id, "--root", str(root)]) == 0
+    assert run_extract(more).ok
+    con = warehouse.connect(root)
+    steps = con.sql("select model, step from checkpoints group by all order by all").fetchall()
+    con.close()
+    assert steps == [(model, step) for model in ("tiny-a", "tiny-b") for step in (0, 4, 8)]

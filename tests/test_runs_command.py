@@ -321,3 +321,150 @@ def test_archiving_a_compacted_run_hides_exactly_its_rows(tmp_path, compacted):
     assert main(["runs", "restore", "r1", "--root", str(root)]) == 0
     assert content(root) == before
     assert check(["--root", str(root), "--verify-files"]) == 0
+
+
+WORKLOAD = Path(__file__).parent / "track_workload.py"
+
+
+@pytest.fixture
+def training(tmp_path):
+    """``start(run_id)``: a real process tracking run ``run_id`` (a tiny model, a snapshot per step) that
+    holds after step 2's snapshot is committed until the test lets it go (``go``), then ends its run."""
+    jobs = []
+
+    def start(run_id: str) -> subprocess.Popen:
+        job = subprocess.Popen(
+            [sys.executable, str(WORKLOAD), str(tmp_path / "wh"), run_id, "--steps", "5", "--hold-at", "2"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        jobs.append(job)
+        for line in job.stdout:
+            if line.strip() == "holding":
+                return job
+        raise AssertionError(f"the tracking process ended before it held: {job.stderr.read()}")
+
+    yield start
+    for job in jobs:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+
+
+def go(job: subprocess.Popen) -> str:
+    """Let a held tracking process train on to its end; its stderr."""
+    out, err = job.communicate("\n", timeout=300)
+    assert job.returncode == 0 and "done" in out, err
+    return err
+
+
+def snapshots(root: Path, run_id: str) -> list[int]:
+    con = layerlake.connect(root)
+    try:
+        found = con.execute(
+            "select distinct step from checkpoints where run_id = $r order by 1", {"r": run_id}
+        )
+        return [step for (step,) in found.fetchall()]
+    finally:
+        con.close()
+
+
+def test_a_run_still_training_cannot_be_deleted_or_archived(tmp_path, training, capsys):
+    """Its process would go on committing: a deleted run came back `finished` with its later snapshots
+    only, an archived one ended half shown. Refused while its process lives, whatever --force says;
+    once it has ended, archived whole."""
+    root = tmp_path / "wh"
+    job = training("live")
+    before = (root / "_manifest" / "commits.jsonl").read_bytes()
+    for args in (["delete", "live"], ["archive", "live"], ["archive", "live", "--force"]):
+        assert main(["runs", *args, "--root", str(root)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert (
+            "'live' is still running" in err
+            and f"process {job.pid} on" in err
+            and "wait until it ends" in err
+        )
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == before
+    go(job)
+    assert snapshots(root, "live") == [0, 1, 2, 3, 4]
+    assert main(["runs", "archive", "live", "--root", str(root)]) == 0
+    assert "live" not in run_rows(root)
+    capsys.readouterr()
+    assert main(["runs", "--archived", "--root", str(root)]) == 0
+    assert "live" in capsys.readouterr().out
+    assert check(["--root", str(root)]) == 0
+
+
+@pytest.mark.parametrize("verb", ["archive", "delete"])
+def test_a_training_process_stores_nothing_more_once_its_run_is_archived_or_deleted(
+    tmp_path, training, capsys, monkeypatch, verb
+):
+    """A run recorded by a process of another host cannot be checked: refused without --force, taken with
+    it. Should that process still be training, its next commit finds its run gone (asked under the writer
+    lock) and stores nothing more, its end included: a deleted run does not come back, an archived one
+    stays archived whole."""
+    from layerlake.warehouse import run_admin
+
+    root = tmp_path / "wh"
+    job = training("far")
+    monkeypatch.setattr(run_admin, "process_alive", lambda host, pid: None)  # as if of another host
+    assert main(["runs", verb, "far", "--root", str(root)]) == 2
+    assert "cannot be checked from" in capsys.readouterr().err
+    assert main(["runs", verb, "far", "--force", "--root", str(root)]) == 0
+    err = " ".join(go(job).split())
+    assert f"run far was {verb}d (" in err and "nothing more of it is stored (training goes on)" in err
+    assert "far" not in run_rows(root)
+    con = layerlake.connect(root)
+    assert con.sql("select count(*) from failures where run_id = 'far'").fetchall() == [(0,)]
+    con.close()
+    capsys.readouterr()
+    assert main(["runs", "--archived", "--root", str(root)]) == 0
+    assert ("far" in capsys.readouterr().out) == (verb == "archive")
+    if verb == "archive":  # whole: restored, it holds what it held when archived (its end never came)
+        assert main(["runs", "restore", "far", "--root", str(root)]) == 0
+        assert snapshots(root, "far") == [0, 1, 2]
+        assert main(["runs", "--mark-killed", "--root", str(root)]) == 0
+    assert check(["--root", str(root)]) == 0
+
+
+def test_a_commit_that_would_leave_a_run_partly_archived_is_refused(root):
+    """The writer's own rule, under the lock every commit takes, so no race with `runs archive` passes it:
+    a task shown beside an archived run's hidden ones (a write into it), or hidden beside a shown run's."""
+    from layerlake.warehouse.errors import WarehouseError
+
+    assert main(["runs", "archive", "r2", "--root", str(root)]) == 0
+    store = Warehouse(root)
+    hidden, lines = content(root), (root / "_manifest" / "commits.jsonl").read_bytes()
+    with pytest.raises(WarehouseError, match="run 'r2' is archived .* partly archived") as refused:
+        store.commit("r2-ck9", "s", "m", checkpoint("m", 9), {"step": 9}, run_id="r2")
+    assert "layerlake runs restore r2" in refused.value.fix
+    with pytest.raises(WarehouseError, match="run 'r1' is not archived .* partly archived"):
+        store.commit("r1-ck9", "s", "m", checkpoint("m", 9), {"step": 9, "archived": True}, run_id="r1")
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == lines and content(root) == hidden
+    assert not list((root / "_staging").iterdir())
+    assert main(["runs", "restore", "r2", "--root", str(root)]) == 0  # the whole run at once: taken
+    store.commit("r2-ck9", "s", "m", checkpoint("m", 9), {"step": 9}, run_id="r2")
+    assert main(["runs", "archive", "r2", "--root", str(root)]) == 0
+    assert main(["runs", "delete", "r2", "--root", str(root)]) == 0
+    assert "r2" not in run_rows(root) and store.archived_runs() == set()
+    assert check(["--root", str(root)]) == 0
+
+
+def test_tracking_into_an_archived_run_is_refused_until_it_is_restored(root):
+    """`track(resume=True)` on an archived run committed its new tasks shown beside its hidden ones: refused
+    before anything is written (the run's row, its probe's), naming the fix; restored, it resumes."""
+    from layerlake.warehouse.errors import WarehouseError
+
+    assert main(["runs", "archive", "r1", "--root", str(root)]) == 0
+    lines = (root / "_manifest" / "commits.jsonl").read_bytes()
+    for resume, doing in ((True, "cannot resume it"), (False, "cannot start a new run under its id")):
+        with pytest.raises(WarehouseError, match=f"run r1 is archived in .*{doing}") as refused:
+            layerlake.track(suite="s", model_name="m", run_id="r1", warehouse=root, resume=resume, quiet=True)
+        assert f"layerlake runs restore r1 --root {root}" in refused.value.fix
+        assert "start another run_id" in refused.value.fix
+    assert (root / "_manifest" / "commits.jsonl").read_bytes() == lines
+    assert main(["runs", "restore", "r1", "--root", str(root)]) == 0
+    with layerlake.track(
+        suite="s", model_name="m", run_id="r1", warehouse=root, resume=True, quiet=True
+    ) as run:
+        run.log(9, loss=0.5)
+    assert check(["--root", str(root)]) == 0

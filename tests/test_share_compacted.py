@@ -136,3 +136,63 @@ def test_slices_that_overlap_or_leave_rows_out_are_refused(compacted, tmp_path, 
     err = capsys.readouterr().err
     assert "rows start at" in err and "Traceback" not in err
     assert not local.exists()
+
+
+@pytest.mark.parametrize(
+    "part",
+    [{"tables": ["sketches", "runs", "scalars"]}, {"steps": [0, 1, 2]}],
+    ids=["more-tables-of-its-tasks", "more-tasks"],
+)
+def test_an_import_into_an_archived_run_is_refused_whole(tmp_path, part):
+    """A run archived here gets no rows from an import, the rule of every writer: an export with more of
+    its tables gave its archived tasks the files of a merged file, copied whole with a shown run's rows
+    (a view reads a file whole: all of them showed); one with more of its steps showed those. Refused whole,
+    naming the run and both fixes; the first (restore, import, archive) leaves it hidden exactly."""
+    from test_runs_command import make_warehouse, run_rows
+
+    from layerlake.warehouse.errors import ShareError
+
+    src = make_warehouse(tmp_path / "src", steps=6)  # runs r1 and r2 of model m, c of model n
+    compact(src, small_bytes=1 << 30, target_bytes=1 << 30)
+    shared = {f.path for e in Warehouse(src).committed().values() if e.run_id == "r2" for f in e.files}
+    assert any(
+        f.path in shared for e in Warehouse(src).committed().values() if e.run_id == "r1" for f in e.files
+    )
+    export_dataset(src, tmp_path / "part", **part)
+    export_dataset(src, tmp_path / "full")
+    dst = tmp_path / "dst"
+    import_dataset(tmp_path / "part", dst)
+    assert main(["runs", "archive", "r1", "--root", str(dst)]) == 0
+    lines, shown = (dst / "_manifest" / "commits.jsonl").read_bytes(), run_rows(dst)
+    with pytest.raises(
+        ShareError, match=r"holds new rows of run\(s\) r1, archived in the warehouse"
+    ) as refused:
+        import_dataset(tmp_path / "full", dst)
+    assert (
+        f"layerlake runs restore r1 --root {dst}" in refused.value.fix
+        and "without its rows" in refused.value.fix
+    )
+    assert (dst / "_manifest" / "commits.jsonl").read_bytes() == lines and run_rows(dst) == shown
+    assert main(["runs", "restore", "r1", "--root", str(dst)]) == 0
+    import_dataset(tmp_path / "full", dst)
+    assert main(["runs", "archive", "r1", "--root", str(dst)]) == 0
+    assert run_rows(dst) == {run: n for run, n in run_rows(src).items() if run != "r1"}
+    assert main(["check", "--root", str(dst), "--verify-files"]) == 0
+
+
+def test_an_import_hiding_part_of_a_run_shown_here_is_refused(tmp_path):
+    """A run archived in the dataset and shown here: its new tasks would come hidden beside its shown ones."""
+    from test_runs_command import make_warehouse, run_rows
+
+    from layerlake.warehouse.errors import ShareError
+
+    src = make_warehouse(tmp_path / "src", steps=4)
+    export_dataset(src, tmp_path / "part", steps=[0, 1])
+    assert main(["runs", "archive", "r1", "--root", str(src)]) == 0
+    export_dataset(src, tmp_path / "later")
+    dst = tmp_path / "dst"
+    import_dataset(tmp_path / "part", dst)
+    lines, shown = (dst / "_manifest" / "commits.jsonl").read_bytes(), run_rows(dst)
+    with pytest.raises(ShareError, match=r"holds run\(s\) r1 archived, which the warehouse at .* shows"):
+        import_dataset(tmp_path / "later", dst)
+    assert (dst / "_manifest" / "commits.jsonl").read_bytes() == lines and run_rows(dst) == shown

@@ -420,14 +420,14 @@ def test_snapshots_are_committed_off_the_training_thread(tmp_path, monkeypatch):
     import threading
 
     committed_on = []
-    original = Warehouse.commit
+    original = Warehouse.publish
 
-    def commit(self, task_id, suite, model, tables, meta, **kwargs):
-        if meta.get("kind") == "extract":  # a snapshot's rows (the run's own record is written at start)
+    def publish(self, commits):
+        if any(e is not None and e.meta.get("kind") == "extract" for e, _ in commits):  # a snapshot's rows
             committed_on.append(threading.get_ident())
-        return original(self, task_id, suite, model, tables, meta, **kwargs)
+        return original(self, commits)
 
-    monkeypatch.setattr(Warehouse, "commit", commit)
+    monkeypatch.setattr(Warehouse, "publish", publish)
     model = tiny_models.neox(seed=0)
     with layerlake.track(
         model, suite="toy", run_id="bg", warehouse=tmp_path, probe=PROBE, cadence=[0, 1]

@@ -207,3 +207,28 @@ def test_sigkill_while_committing_leaves_only_complete_tasks(tmp_path):
     # Readers ignore anything else on disk; gc only removes what no entry lists.
     w.gc()
     assert all(w.is_committed(t) for t in visible)
+
+
+def test_the_writer_lock_is_re_entrant_per_thread_only(tmp_path):
+    """A tracked run's committing thread and its training thread (which records a failed snapshot) share
+    one ``Warehouse``: while one holds the lock, the other must wait for it, not enter it as its own."""
+    import threading
+
+    store = Warehouse(tmp_path)
+    held, release, seen = threading.Event(), threading.Event(), []
+
+    def holder() -> None:
+        with store.lock():
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    with store.lock(wait=False) as got:
+        seen.append(got)
+    release.set()
+    thread.join()
+    with store.lock(wait=False) as got, store.lock(wait=False) as again:  # its own: re-entrant
+        seen += [got, again]
+    assert seen == [False, True, True]

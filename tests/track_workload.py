@@ -1,9 +1,11 @@
 """A training process for the tracking fault and concurrency tests: a tiny GPT-NeoX model trained for
 ``--steps`` updates through ``layerlake.track``, a snapshot at every step of ``--cadence``.
 
-    python tests/track_workload.py WAREHOUSE RUN_ID [--steps N] [--cadence K] [--seed S] [--resume]
+    python tests/track_workload.py WAREHOUSE RUN_ID [--steps N] [--cadence K] [--seed S] [--resume] [--hold-at S]
 
 Prints ``snapshot <step>`` as each snapshot is queued (the first five once committed), and ``done`` at the end.
+With ``--hold-at S`` it prints ``holding`` once step S's snapshot is committed and waits for a line on stdin
+before it trains on: a run still training, for as long as a test needs one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
         "--start", type=int, default=0, help="first tracked step (a resumed run re-tracks from here)"
     )
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--hold-at", type=int, default=None, help="after this step, wait for a line on stdin")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     model = tiny_models.neox(seed=args.seed).train()
@@ -55,6 +58,10 @@ def main() -> None:
                 if step < 5:
                     run.wait()  # the first five committed before they are announced: the kill test relies on them
                 print(f"snapshot {step}", flush=True)
+            if step == args.hold_at:
+                run.wait()
+                print("holding", flush=True)
+                sys.stdin.readline()
     print("done", flush=True)
 
 

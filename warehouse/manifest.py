@@ -14,7 +14,8 @@ An entry::
 
 ``retired`` ends a task: no file of it is shown any more (a migration re-keys tasks this way, and
 ``layerlake runs delete`` removes a run so). An ok entry whose meta holds ``"archived": true`` (``layerlake
-runs archive``) stays committed, its files kept and listed, but the views do not show it.
+runs archive``) stays committed, its files kept and listed, but the views do not show it. A run is
+archived whole or not at all: ``Warehouse.publish`` refuses a line that would leave it partly archived.
 
 A batch line (written by ``layerlake share import``) holds several entries at once: see ``append_batch``.
 """
@@ -352,6 +353,7 @@ class ManifestFollower:
         self.entries: list[CommitEntry] = []
         self.committed: dict[str, CommitEntry] = {}
         self.failed: dict[str, CommitEntry] = {}
+        self.archived: dict[str, str] = {}  # task id -> run id of every committed archived task
 
     def read(self) -> ManifestFollower:
         try:
@@ -374,6 +376,11 @@ class ManifestFollower:
         added = parse_lines(self.path, data[:end], self.lines + 1)
         self.entries.extend(added)
         apply_latest(self.committed, self.failed, added)
+        for entry in added:  # kept as it goes: every commit asks whether its run is archived
+            if entry.status == "ok" and is_archived(entry):
+                self.archived[entry.task_id] = entry.run_id
+            elif entry.status != "failed":
+                self.archived.pop(entry.task_id, None)
         self.lines += data.count(b"\n", 0, end)
         self.offset += end
         self.sample = (self.sample + data[:end])[-self.SAMPLE :]

@@ -18,7 +18,10 @@ reader and cut away by the next writer):
   reading one).
 
 Each plans under the writer lock what it would change (``RunPlan``) and, without ``dry_run``, publishes
-it under that same lock, so no run's task committed in between is missed.
+it under that same lock, so no run's task committed in between is missed. ``archive`` and ``delete``
+refuse a run still being written (``check_not_writing``); a run archived is written into by no writer
+until restored (``warehouse.runs.refuse_archived``, and ``Warehouse.publish`` refuses a line that would
+leave a run partly archived).
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from layerlake.core.choices import did_you_mean
+from layerlake.core.choices import RunStatus, did_you_mean
+from layerlake.core.provenance import host, process_alive
 from layerlake.warehouse import schema
 from layerlake.warehouse.content import ANNOTATION_COUNTS, ANNOTATIONS, MAX_TEXT, TAG_KEY
 from layerlake.warehouse.errors import WarehouseError
 from layerlake.warehouse.layout import annotations_task_id
 from layerlake.warehouse.manifest import ARCHIVED, CommitEntry, is_archived, read_task_rows
+from layerlake.warehouse.runs import run_of
 from layerlake.warehouse.writer import Staged, Warehouse, discard, now_utc
 
 
@@ -93,10 +98,15 @@ def plan(store: Warehouse, run_id: str, archived: bool | None = False) -> RunPla
     return RunPlan(run_id, tasks, failures)
 
 
-def delete(store: Warehouse, run_ids: Iterable[str], dry_run: bool = False) -> list[RunPlan]:
-    """Retire every task of each run, in one manifest line; returns what went (or would go)."""
+def delete(
+    store: Warehouse, run_ids: Iterable[str], dry_run: bool = False, force: bool = False
+) -> list[RunPlan]:
+    """Retire every task of each run, in one manifest line; returns what went (or would go). A run still
+    being written is refused (``check_not_writing``)."""
     with store.lock():
         plans = [plan(store, r, archived=None) for r in _unique(run_ids)]
+        for p in plans:
+            check_not_writing(store, p.run_id, "delete", force)
         if not dry_run:
             retired = [_retired(e) for p in plans for e in (*p.tasks, *p.failures)]
             store.publish([(e, []) for e in retired])
@@ -104,14 +114,57 @@ def delete(store: Warehouse, run_ids: Iterable[str], dry_run: bool = False) -> l
 
 
 def archive(
-    store: Warehouse, run_ids: Iterable[str], dry_run: bool = False, restore: bool = False
+    store: Warehouse,
+    run_ids: Iterable[str],
+    dry_run: bool = False,
+    restore: bool = False,
+    force: bool = False,
 ) -> list[RunPlan]:
-    """Hide each run and all its rows (``restore``: show them again), in one manifest line."""
+    """Hide each run and all its rows (``restore``: show them again), in one manifest line. A run still
+    being written is refused (``check_not_writing``)."""
     with store.lock():
         plans = [plan(store, r, archived=restore) for r in _unique(run_ids)]
+        for p in plans if not restore else ():
+            check_not_writing(store, p.run_id, "archive", force)
         if not dry_run:
             store.publish([_archived(store, e, not restore) for p in plans for e in p.tasks])
     return plans
+
+
+def check_not_writing(store: Warehouse, run_id: str, verb: str, force: bool = False) -> None:
+    """Refuse to ``verb`` (archive, delete) a run whose row says ``running`` while its process is alive
+    (on this host: ``process_alive``, the test ``track(resume=True)`` and the stale-run scan use): that
+    process keeps committing, and its later snapshots would bring a deleted run back or show beside an
+    archived run's hidden rows. A run whose process is gone (shown as killed) is taken as it is. A run
+    recorded by a process of another host (or without a pid) cannot be checked from here: refused unless
+    ``force``. Called under the writer lock, which every commit of a tracked run also takes, so the
+    run cannot commit between this check and the change."""
+    entry = store.committed().get(f"run.{run_id}")
+    run = run_of(entry) if entry is not None else None
+    if run is None or run.status != RunStatus.running:
+        return
+    alive = process_alive(run.host, run.pid)
+    if alive is False:
+        return
+    if alive:
+        raise WarehouseError(
+            f"run {run_id!r} is still running: process {run.pid} on {run.host} is alive and keeps "
+            f"committing its rows; {verb} refused, nothing was changed",
+            fix=f"wait until it ends, or stop process {run.pid} on {run.host}, then {verb} it (a run whose "
+            "process is gone shows as killed, and `layerlake runs --mark-killed` records it so)",
+        )
+    if not force:
+        where = f"process {run.pid} on {run.host}" if run.pid is not None else "a process with no pid"
+        raise WarehouseError(
+            f"run {run_id!r} is recorded running by {where}, which cannot be checked from {host()}; "
+            f"{verb} refused, nothing was changed",
+            fix=(
+                f"{verb} it on {run.host}, where its process can be checked, or "
+                if run.pid is not None
+                else ""
+            )
+            + "pass --force once you know it has ended (a process still tracking it stops storing its rows)",
+        )
 
 
 def archived_runs(store: Warehouse) -> list[CommitEntry]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -141,10 +142,13 @@ def begin_run(
     in one manifest line.
 
     Decided under the writer lock, so two processes starting one run id at once cannot both begin it:
-    ``resume=False`` refuses a run id that exists; ``resume=True`` refuses a run still ``running`` in a
-    live process of this host (naming host and pid), and a run of another suite or model; None (an
-    extraction's run, started again by every ``extract``) refuses only another suite or model."""
+    an archived run is refused whatever ``resume`` says (``refuse_archived``); ``resume=False`` refuses a
+    run id that exists; ``resume=True`` refuses a run still ``running`` in a live process of this host
+    (naming host and pid), and a run of another suite or model; None (an extraction's run, started again
+    by every ``extract``) refuses only another suite or model."""
     with warehouse.lock():
+        doing = {False: "start a new run under its id", True: "resume it"}.get(resume, "start it again")
+        refuse_archived(warehouse, [run.run_id], doing, "or start another run_id")
         before = committed_run(warehouse, run.run_id)
         if before is not None:
             check_restart(warehouse, before, run, resume)
@@ -156,6 +160,40 @@ def begin_run(
             commits.append(prepare_probe(warehouse, run.run_id, run.suite, run.model, probe))
         warehouse.publish(commits)
     return run
+
+
+def refuse_archived(warehouse: Warehouse, run_ids: Iterable[str], doing: str, other_fix: str = "") -> None:
+    """The one rule of every write into a run (tracking, ``extract``, ``import-metrics``, ``share
+    import``): an archived run is written into only once restored. Its new rows would show while the rest
+    of it stays hidden (``Warehouse.publish`` refuses such a commit too; this says so before any work).
+    ``doing``: what was asked ("continue it"); ``other_fix``: the caller's other way out."""
+    archived = sorted(set(run_ids) & warehouse.archived_runs())
+    if not archived:
+        return
+    names = ", ".join(archived)
+    raise WarehouseError(
+        f"run{'s' if len(archived) > 1 else ''} {names} {'are' if len(archived) > 1 else 'is'} archived in "
+        f"{warehouse.root}: a write into an archived run is refused (its new rows would show while the rest "
+        f"stays hidden); cannot {doing}; nothing was written",
+        fix=f"restore it first: layerlake runs restore {' '.join(archived)} --root {warehouse.root}"
+        + (f"; {other_fix}" if other_fix else ""),
+    )
+
+
+def standing(warehouse: Warehouse, run: Run) -> str | None:
+    """Why a run being written (a tracked run, from its process) may no longer be written into: its row
+    was deleted, archived, or belongs to another start of that run id; None while it stands. Asked under
+    the writer lock right before each commit, so ``runs delete`` or ``runs archive`` (which hold that lock)
+    cannot slip in between."""
+    entry = warehouse.entry(run.task_id)
+    if entry is None:
+        return "deleted (`layerlake runs delete`)"
+    if is_archived(entry):
+        return f"archived (`layerlake runs archive`; `layerlake runs restore {run.run_id}` shows it again)"
+    stored = run_of(entry)
+    if stored is not None and stored.started_at != run.started_at:
+        return f"deleted, and started again by another process (started {stored.started_at:%Y-%m-%d %H:%M})"
+    return None
 
 
 def check_restart(warehouse: Warehouse, before: Run, run: Run, resume: bool | None) -> None:

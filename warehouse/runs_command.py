@@ -176,19 +176,34 @@ def _change_parser(name: str, description: str) -> argparse.ArgumentParser:
 
 
 def delete_parser() -> argparse.ArgumentParser:
-    return _change_parser(
-        "delete",
-        "Remove runs and every row of them from every table, all or nothing (one manifest line). "
-        "Their files go at the next `layerlake gc` after its grace period.",
+    return _forced(
+        _change_parser(
+            "delete",
+            "Remove runs and every row of them from every table, all or nothing (one manifest line). "
+            "Their files go at the next `layerlake gc` after its grace period. A run still running (its "
+            "process alive) is refused.",
+        )
     )
 
 
 def archive_parser() -> argparse.ArgumentParser:
-    return _change_parser(
-        "archive",
-        "Hide runs and all their rows from every view and page, all or nothing, keeping their files "
-        "(`layerlake runs restore RUN` shows them again).",
+    return _forced(
+        _change_parser(
+            "archive",
+            "Hide runs and all their rows from every view and page, all or nothing, keeping their files "
+            "(`layerlake runs restore RUN` shows them again). A run still running (its process alive) is "
+            "refused.",
+        )
     )
+
+
+def _forced(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--force", action="store_true",
+        help="also a run recorded running by a process of another host (which cannot be checked from "
+        "here): only once you know it has ended",
+    )  # fmt: skip
+    return parser
 
 
 def restore_parser() -> argparse.ArgumentParser:
@@ -197,12 +212,14 @@ def restore_parser() -> argparse.ArgumentParser:
 
 def delete(argv: list[str]) -> int:
     args = delete_parser().parse_args(argv)
-    return _change(args, "delete", lambda store: run_admin.delete(store, args.runs, args.dry_run))
+    return _change(args, "delete", lambda store: run_admin.delete(store, args.runs, args.dry_run, args.force))
 
 
 def archive(argv: list[str]) -> int:
     args = archive_parser().parse_args(argv)
-    return _change(args, "archive", lambda store: run_admin.archive(store, args.runs, args.dry_run))
+    return _change(
+        args, "archive", lambda store: run_admin.archive(store, args.runs, args.dry_run, force=args.force)
+    )
 
 
 def restore(argv: list[str]) -> int:

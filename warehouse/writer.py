@@ -44,6 +44,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -64,6 +65,7 @@ from layerlake.warehouse.manifest import (
     append_batch,
     append_entry,
     entry_problems,
+    is_archived,
     latest,
     manifest_path,
 )
@@ -233,6 +235,7 @@ class Warehouse:
             ) from error
         self._manifest = ManifestFollower(self.manifest)
         self._lock_depth = 0
+        self._lock_owner: int | None = None  # the thread holding the lock through this object
         self._step: journal.Step | None = None  # the maintenance step this object runs, if any
 
     # -- reading the manifest -------------------------------------------------------------------------
@@ -252,6 +255,14 @@ class Warehouse:
     def listed_paths(self) -> set[str]:
         """Every file (relative path) that a latest ok entry lists: what readers may see."""
         return {f.path for e in self._manifest.read().committed.values() for f in e.files}
+
+    def entry(self, task_id: str) -> CommitEntry | None:
+        """The task's latest ok entry, or None (without copying ``committed()``: one lookup)."""
+        return self._manifest.read().committed.get(task_id)
+
+    def archived_runs(self) -> set[str]:
+        """The run ids that have an archived task (``layerlake runs archive``)."""
+        return set(self._manifest.read().archived.values())
 
     def is_committed(self, task_id: str) -> bool:
         """True when the task has an ok entry and every file it lists exists with the listed size."""
@@ -280,10 +291,13 @@ class Warehouse:
 
     @contextmanager
     def lock(self, wait: bool = True) -> Iterator[bool]:
-        """Hold the writer lock (blocks while another process holds it); re-entrant for this object, so
-        a caller that plans under the lock can publish under it. ``wait=False`` does not block: the
-        block gets False, and no lock, when another process holds it."""
-        if self._lock_depth:
+        """Hold the writer lock (blocks while another process, or another thread, holds it); re-entrant
+        for the thread holding it through this object, so a caller that plans under the lock can publish
+        under it. ``wait=False`` does not block: the block gets False, and no lock, when another holds it.
+        Re-entrance is per thread: a tracked run's committing thread and its training thread (which records
+        a failed snapshot) share one object, and each must wait for the other's lock."""
+        me = threading.get_ident()
+        if self._lock_depth and self._lock_owner == me:
             self._lock_depth += 1
             try:
                 yield True
@@ -291,16 +305,19 @@ class Warehouse:
                 self._lock_depth -= 1
             return
         fd = os.open(self.root / MANIFEST_DIR / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        held = False
         try:
-            try:
+            try:  # a flock belongs to its open file: this fd waits for any other, in this process too
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return
-            self._lock_depth = 1
+            held = True
+            self._lock_depth, self._lock_owner = 1, me
             yield True
         finally:
-            self._lock_depth = 0
+            if held:
+                self._lock_depth, self._lock_owner = 0, None
             os.close(fd)  # closing releases the flock
 
     # -- staging: files written outside every path a reader looks at ----------------------------------
@@ -428,14 +445,45 @@ class Warehouse:
                     unshared = self._unshare([e for e, _ in commits if e is not None], rewritten)
                 finally:
                     leftovers += rewritten
-                self.place(leftovers)
                 entries = [entry for entry, _ in commits if entry is not None] + unshared
+                self._check_archived_whole(entries)
+                self.place(leftovers)
                 if len(entries) == 1:
                     append_entry(self.manifest, entries[0])
                 elif entries:
                     append_batch(self.manifest, entries, now_utc())
         finally:
             discard(leftovers)
+
+    def _check_archived_whole(self, entries: list[CommitEntry]) -> None:
+        """Refuse, under the lock, entries that would leave a run partly archived: a task shown beside
+        archived ones (a write into an archived run: its new rows would show while the rest stays
+        hidden), or an archived task beside shown ones. ``runs archive`` and ``runs restore`` change every
+        task of a run in one line, and every other writer checks its run before it starts; this is the
+        check no race between those and a commit can pass. Costs a lookup per entry unless a run
+        involved is archived."""
+        archived = self.archived_runs()
+        involved = {e.run_id for e in entries if e.run_id in archived or is_archived(e)}
+        if not involved:
+            return
+        after = {t: e for t, e in self.committed().items() if e.run_id in involved}
+        for entry in entries:
+            if entry.status == "ok":
+                after[entry.task_id] = entry
+            elif entry.status == "retired":
+                after.pop(entry.task_id, None)
+        for run_id in sorted(involved):
+            marks = {is_archived(e) for e in after.values() if e.run_id == run_id}
+            if len(marks) > 1:
+                was = run_id in archived
+                raise WarehouseError(
+                    f"run {run_id!r} {'is' if was else 'is not'} archived in {self.root}: this commit would "
+                    "leave it partly archived (some of its rows shown, others hidden); nothing was committed",
+                    fix=f"restore it first (layerlake runs restore {run_id} --root {self.root}), then write "
+                    "into it; archive it again afterwards if it should stay hidden"
+                    if was
+                    else f"commit its tasks shown, or archive the whole run (layerlake runs archive {run_id})",
+                )
 
     def _unshare(self, new_entries: list[CommitEntry], staged: list[Staged]) -> list[CommitEntry]:
         """Tasks being replaced whose rows sit in a file shared with other tasks (compacted): that file

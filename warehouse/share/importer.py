@@ -34,6 +34,7 @@ from layerlake.warehouse.manifest import (
     CommitEntry,
     FileEntry,
     entry_problems,
+    is_archived,
     latest,
     manifest_path,
     read_entries,
@@ -218,7 +219,38 @@ def plan_import(dataset: SharedDataset, root: Path) -> Plan:
             plan.new.append((imported_entry(dataset, entry, local, new), new))
     if conflicts:
         raise _conflict_error(dataset, root, conflicts)
+    refuse_archived_runs(dataset, root, committed, plan)
     return plan
+
+
+def refuse_archived_runs(
+    dataset: SharedDataset, root: Path, committed: dict[str, CommitEntry], plan: Plan
+) -> None:
+    """Refuse the whole import where it would write into a run archived here (``warehouse.runs.
+    refuse_archived``, the rule of every writer: new tasks of it would show, and a task it has gaining
+    files would list a merged file whole, with other runs' rows), or add hidden tasks to a run shown here
+    (archived in the dataset). Tasks the warehouse has already (present) are no write: they pass."""
+    here = {e.run_id for e in committed.values() if is_archived(e)}
+    shown = {e.run_id for e in committed.values() if not is_archived(e)}
+    into = sorted({e.run_id for e, _ in plan.new if e.run_id in here})
+    if into:
+        names = " ".join(into)
+        raise ShareError(
+            f"shared dataset {dataset.folder} holds new rows of run(s) {', '.join(into)}, archived in the "
+            f"warehouse at {root}: a write into an archived run is refused (its new rows would show while the "
+            "rest of it stays hidden); nothing was imported",
+            fix=f"restore it first (layerlake runs restore {names} --root {root}), import again, then archive "
+            f"it again if it should stay hidden (layerlake runs archive {names}); or import an export without "
+            "its rows",
+        )
+    hiding = sorted({e.run_id for e, _ in plan.new if is_archived(e) and e.run_id in shown})
+    if hiding:
+        raise ShareError(
+            f"shared dataset {dataset.folder} holds run(s) {', '.join(hiding)} archived, which the warehouse "
+            f"at {root} shows: importing their new tasks hidden would leave them partly archived; nothing was "
+            "imported",
+            fix="import an export made after `layerlake runs restore` in its warehouse, or one without their rows",
+        )
 
 
 def classify(
