@@ -224,3 +224,19 @@ def test_times_print_to_the_second():
         cell(datetime(2025, 1, 31, 14, 5, 9, tzinfo=timezone(timedelta(hours=2))))
         == "2025-01-31 14:05:09+0200"
     )
+
+
+def test_a_runs_status_and_kind_stay_however_many_number_columns_there_are():
+    """`layerlake runs` at 80 columns with config values: status and kind are what it is read for;
+    they were dropped as descriptive text while every number column stayed."""
+    n = 3
+    table = pa.table({
+        "run_id": [f"neox-64-seed{i}" for i in range(n)],
+        "status": ["finished", "running", "failed"],
+        "kind": ["train", "train", "extract"],
+        "suite": ["mine"] * n,
+        "started_at": ["2026-12-07 21:00:00"] * n,
+        **{f"config.number_{i}": [0.003 * (i + 1)] * n for i in range(8)},
+    })  # fmt: skip
+    out = printed(table, "runs", hoist_constants=False)
+    assert "status" in out and "running" in out and "kind" in out and "extract" in out

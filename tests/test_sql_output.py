@@ -184,3 +184,26 @@ def test_a_forking_sandbox_refuses_a_write_and_keeps_the_worker_it_forked_first(
         with box.query("select count(*) as n from sketches") as result:
             assert result.read_all().to_pylist() == [{"n": 1}]
         assert box._idle == [worker] and worker.alive
+
+
+FORKSERVER_SIGINT = """
+import signal, sys
+from multiprocessing import forkserver
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's foreground job has it
+from layerlake.warehouse.sandbox import Sandbox
+sandbox = Sandbox(None, (sys.argv[1],))
+pid = forkserver._forkserver._forkserver_pid
+status = open(f"/proc/{pid}/status").read()  # read at once: its preload (seconds) is still importing
+ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+print("ignored" if ignored & (1 << (signal.SIGINT - 1)) else "caught")
+print("parent", "default" if signal.getsignal(signal.SIGINT) is signal.default_int_handler else "changed")
+sandbox.close()
+"""
+
+
+def test_the_fork_server_of_the_sql_workers_ignores_ctrl_c_from_its_start(root):
+    # Ctrl-C on `layerlake ui` or `sql` while the fork server imported its preload printed the server's
+    # KeyboardInterrupt traceback: it must start with SIGINT ignored, and the parent keep its handler
+    done = subprocess.run([sys.executable, "-c", FORKSERVER_SIGINT, root], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ignored", "parent", "default"]

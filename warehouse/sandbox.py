@@ -135,6 +135,7 @@ class Sandbox:
         self._context = multiprocessing.get_context(start)
         if start == "forkserver":  # the server imports DuckDB, Arrow and the views once, for every worker
             self._context.set_forkserver_preload([__name__])
+            start_forkserver_deaf_to_ctrl_c()
         self._spill = Path(tempfile.mkdtemp(prefix="layerlake-sql-"))
         self._setup = Setup(self.limits, self.limits.memory_bytes(), str(self._spill), progress)
         self._slots = threading.BoundedSemaphore(max_workers)
@@ -374,6 +375,23 @@ def _how(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit status {code}"
+
+
+def start_forkserver_deaf_to_ctrl_c() -> None:
+    """Start multiprocessing's fork server (if it is not running) with SIGINT ignored, as a disposition
+    it inherits: it ignores SIGINT itself only once its preload (DuckDB, Arrow, the views: seconds) is
+    imported, and a Ctrl-C sent to the terminal's process group meanwhile printed its traceback. The
+    parent's handler is back at once; off the main thread (no handler can be set there) it starts as is."""
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- the worker's side ------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ IDENTITY = frozenset(
     ("suite", "model", "source", "site", "layer", "head", "step", "tensor", "matrix", "estimator", "kernel",
      "metric", "revision", "view", "column", "macro", "audit", "table_name", "task_id", "staging view")
 )  # fmt: skip
+STATES = frozenset(("status", "kind"))  # text that is never dropped, though no identity (not repeated)
 # Where a long name may break onto the next line: after these (``embedded-`` / ``llama-s``), never inside
 # a word; a piece longer than its column is the only thing ever cut.
 BREAK_AFTER = "-_./:, "
@@ -247,9 +248,10 @@ def _comfortable(table: pa.Table, name: str, size: tuple[int, int, int]) -> tupl
 
 
 def is_key(table: pa.Table, name: str, first: str, telling: frozenset[str] = frozenset()) -> bool:
-    """A column always shown: an identity column, the first column, a number column, or one of
-    ``telling`` (text without which two shown rows would look the same)."""
-    return name == first or _identity(name) or _numeric(table, name) or name in telling
+    """A column always shown: an identity column, the first column, a number column, a run's ``status``
+    or ``kind`` (what `layerlake runs` is read for), or one of ``telling`` (text without which two shown
+    rows would look the same)."""
+    return name == first or _identity(name) or _numeric(table, name) or name in telling or name in STATES
 
 
 def telling(table: pa.Table, names: list[str]) -> frozenset[str]:
