@@ -107,6 +107,24 @@ def test_an_empty_list_that_would_choose_nothing_is_refused_naming_the_key(overr
         ("steps.only=[0,-5]", "steps.only holds step -5: a step cannot be negative"),
         ("suite.steps=[-1,0]", "suite.steps holds step -1: a step cannot be negative"),
         ("suite.models=[{name:m,n_layers:0,d_model:8,n_heads:2}]", "suite.models[m].n_layers is 0"),
+        # numpy's default_rng refused a negative seed with a traceback (probe.positions=sample)
+        ("probe.seed=-1", "probe.seed is -1: it must be at least 0"),
+        ("probe.seed=9223372036854775808", "probe.seed is 9223372036854775808: it must be at most"),
+        # a million torch threads killed the process; the cap is fixed, so a Ray node's cores do not matter
+        ("executor.torch_threads=1000000", "executor.torch_threads is 1000000: it must be at most 1,024"),
+        ("suite.train.torch_threads=1025", "suite.train.torch_threads is 1025: it must be at most 1,024"),
+        # a step of 2^62 overflowed int64 tokens_seen in its task; track() refuses steps past 10^12 alike
+        (
+            "suite.steps=[0,4611686018427387904]",
+            "suite.steps holds step 4611686018427387904: past the largest",
+        ),
+        ("steps.only=[1000000000001]", "steps.only holds step 1000000000001: past the largest step"),
+        ("suite.final_step=1000000000001", "suite.final_step is 1000000000001: it must be at most"),
+        ("+suite.subsets.late=[1000000000001]", "suite.subsets.late holds step 1000000000001: past the"),
+        (
+            "suite.tokens_per_step=10000000000000000",
+            "step 512 x suite.tokens_per_step 10000000000000000 is 5,120,000,000,000,000,000 tokens seen",
+        ),
     ],
 )
 def test_a_number_out_of_its_range_is_refused_when_composed(override, message, capsys):
@@ -153,3 +171,13 @@ def test_extract_defaults_are_one_set():
             want = tuple(from_schema) if isinstance(from_schema, list) else from_schema
             assert getattr(options, f.name) == want, f"ExtractOptions.{f.name} differs from extract.{f.name}"
     assert options.gradients is True
+
+
+def test_the_step_bound_is_the_one_track_and_the_warehouse_use():
+    from layerlake.core.limits import MAX_STEP
+    from layerlake.warehouse import content
+
+    assert content.MAX_STEP == MAX_STEP == 10**12
+    compose([f"suite.steps=[0,{MAX_STEP}]", "suite.tokens_per_step=1"])  # the bound itself is a step
+    with pytest.raises(ConfigError, match="past the largest step the warehouse stores"):
+        compose([f"suite.steps=[0,{MAX_STEP + 1}]", "suite.tokens_per_step=1"])
