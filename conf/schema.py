@@ -9,7 +9,7 @@ and validated against it. Nothing is registered inside the groups themselves, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -193,6 +193,26 @@ def check_tokens_seen(suite: Any, steps: Any) -> None:
         )
 
 
+def check_no_repeats(
+    where: str, config: Any, names: dict[str, str], why: str = "its rows would be extracted and stored twice"
+) -> None:
+    """Each list of ``config`` named in ``names`` (field -> what it chooses) names each value once (a model
+    spec by its name): a value listed twice stored its rows twice (``extract.sites=[attn_out,attn_out]``:
+    duplicate keys that ``layerlake check`` then failed)."""
+    from layerlake.core.errors import ConfigError
+
+    for name, what in names.items():
+        seen: set[Any] = set()
+        for value in getattr(config, name) or ():
+            key = getattr(value, "name", value) if is_dataclass(value) else str(value)
+            if key in seen:
+                raise ConfigError(
+                    f"{where}{name} lists {what} {key!r} twice: {why}",
+                    fix=f"list each {what} of {where}{name} once",
+                )
+            seen.add(key)
+
+
 @dataclass
 class ModelSpec:
     """One model of a suite. Shapes are needed to build the embedded suite; hub suites give them too."""
@@ -300,6 +320,7 @@ class SuiteConfig:
         check_tokens_seen(
             self, [*self.steps, *(s for v in self.subsets.values() for s in v), self.final_step]
         )
+        check_no_repeats("suite.", self, {"models": "model"}, why="one of the two would be silently left out")
         custom = [m.name for m in self.models if m.constructor is not None]
         if custom and self.source != SuiteSource.local:
             from layerlake.core.errors import ConfigError
@@ -383,6 +404,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
         check_not_empty("extract.", self, {"sites": "site", "kernels": "kernel", "estimators": "estimator"})
+        check_no_repeats("extract.", self, {"sites": "site", "kernels": "kernel", "estimators": "estimator"})
         check_at_least("extract", self, {"near_zero_eps": 0, "batch_size": 1})
 
 
@@ -425,6 +447,7 @@ class Config:
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
         check_not_empty("", self, {"models": "model"})
+        check_no_repeats("", self, {"models": "model"})
         if isinstance(self.suite, SuiteConfig) and isinstance(self.steps, StepsConfig):
             # a hub suite's steps.only need not be in suite.steps (its revisions are listed from the hub)
             check_tokens_seen(self.suite, self.steps.only or ())

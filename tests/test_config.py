@@ -181,3 +181,45 @@ def test_the_step_bound_is_the_one_track_and_the_warehouse_use():
     compose([f"suite.steps=[0,{MAX_STEP}]", "suite.tokens_per_step=1"])  # the bound itself is a step
     with pytest.raises(ConfigError, match="past the largest step the warehouse stores"):
         compose([f"suite.steps=[0,{MAX_STEP + 1}]", "suite.tokens_per_step=1"])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["extract.sites=[attn_out,mlp_out,attn_out]"], "extract.sites lists site 'attn_out' twice"),
+        (["extract.kernels=[linear,linear]"], "extract.kernels lists kernel 'linear' twice"),
+        (
+            ["extract.estimators=[biased,debiased,biased]"],
+            "extract.estimators lists estimator 'biased' twice",
+        ),
+        (["models=[embedded-s,embedded-m,embedded-s]"], "models lists model 'embedded-s' twice"),
+        (
+            [
+                "suite.models=[{name:m,n_layers:1,d_model:8,n_heads:2},{name:m,n_layers:2,d_model:8,n_heads:2}]"
+            ],
+            "suite.models lists model 'm' twice",
+        ),
+        # a long plain list skips Hydra's grammar (conf/overrides.py): it is checked whole all the same
+        ([f"models=[{','.join(f'm{i}' for i in range(80))},m7]"], "models lists model 'm7' twice"),
+        (
+            ["extract.sites=[" + ",".join(["ov", "attn_out"] * 40) + "]"],
+            "extract.sites lists site 'ov' twice",
+        ),
+    ],
+)
+def test_a_value_listed_twice_is_refused_naming_the_key_and_the_value(overrides, message, capsys):
+    # extract.sites=[attn_out,attn_out] stored every attn_out row twice: duplicate keys `check` then failed
+    from layerlake.cli.main import main
+
+    with pytest.raises(ConfigError) as error:
+        compose(overrides)
+    assert error.value.message.startswith(message) and "once" in error.value.fix
+    assert main(["extract", "--cfg", "job", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ") and "Traceback" not in err
+
+
+def test_a_negative_step_inside_a_long_list_is_refused():
+    # Hydra composes a long list with its first element only: the rest was never checked
+    with pytest.raises(ConfigError, match="steps.only holds step -5: a step cannot be negative"):
+        compose([f"steps.only=[{','.join(str(i) for i in range(80))},-5]"])
