@@ -9,7 +9,7 @@ and validated against it. Nothing is registered inside the groups themselves, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -475,8 +475,39 @@ def register_recipe(name: str, params: dict[str, Any]) -> None:
 
 
 def to_settings(cfg: Any) -> Config:
-    """The composed ``DictConfig`` as plain, fully resolved dataclasses (closed sets as ``Choice`` members)."""
+    """The composed ``DictConfig`` as plain, fully resolved dataclasses (closed sets as ``Choice`` members);
+    a key the schema does not know (added with ``+``) is a ``ConfigError`` (``check_known_keys``)."""
     resolved = OmegaConf.to_object(cfg)
     if not isinstance(resolved, Config):
         raise TypeError(f"the composed config is a {type(resolved).__name__}, not a Config")
+    check_known_keys(resolved)
     return resolved
+
+
+def check_known_keys(node: Any, where: str = "") -> None:
+    """Every key of the settings is a field of its schema. Hydra's ``+`` adds a key the schema lacks
+    (``+extract.batchsize=4``), and OmegaConf keeps it as a stray attribute that nothing reads: the option
+    was silently ignored. Dict-typed keys (``recipe.params``, ``suite.subsets``, a constructor's
+    ``kwargs``) take any name; Hydra's own keys (``hydra.*``) are not part of the settings."""
+    from layerlake.core.choices import did_you_mean
+    from layerlake.core.errors import ConfigError
+
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            check_known_keys(item, f"{where}[{getattr(item, 'name', index)}]")
+        return
+    if not is_dataclass(node):
+        return
+    known = [f.name for f in fields(node)]
+    for name in vars(node):
+        if name not in known:
+            key, parent = f"{where}.{name}" if where else name, where or "the top level"
+            full = [f"{where}.{k}" if where else k for k in known]
+            raise ConfigError(
+                f"unknown config key {key!r}{did_you_mean(key, full)}: no option of that name exists, so "
+                "nothing would read it",
+                fix=f"{parent} takes: {', '.join(known)}; see every key and its current value with "
+                "`layerlake <command> --cfg job`",
+            )
+    for name in known:
+        check_known_keys(getattr(node, name), f"{where}.{name}" if where else name)

@@ -223,3 +223,41 @@ def test_a_negative_step_inside_a_long_list_is_refused():
     # Hydra composes a long list with its first element only: the rest was never checked
     with pytest.raises(ConfigError, match="steps.only holds step -5: a step cannot be negative"):
         compose([f"steps.only=[{','.join(str(i) for i in range(80))},-5]"])
+
+
+@pytest.mark.parametrize(
+    "override,key,near",
+    [
+        ("+extract.batchsize=4", "extract.batchsize", "extract.batch_size"),
+        ("+probe.n_sequencez=4", "probe.n_sequencez", "probe.n_sequences"),
+        ("+suite.train.lrate=0.1", "suite.train.lrate", "suite.train.lr"),
+        ("+executor.num_cpu=2", "executor.num_cpu", "executor.num_cpus"),
+        ("+model=[a]", "model", "models"),
+    ],
+)
+def test_a_key_added_with_plus_that_the_schema_lacks_is_refused(override, key, near):
+    # `+extract.batchsize=4` composed, was kept as a stray attribute and silently ignored
+    with pytest.raises(ConfigError) as error:
+        compose([override])
+    assert error.value.message.startswith(f"unknown config key {key!r} (did you mean {near!r}")
+    assert key.rpartition(".")[0] + " takes: " in error.value.fix or "the top level takes" in error.value.fix
+
+
+@pytest.mark.parametrize(
+    "command",  # demo and suite build print their config (--cfg job): the same check, without the work
+    [["extract"], ["suite", "show"], ["query", "stabilisation"], ["demo", "--cfg", "job"], ["suite", "build", "--cfg", "job"]],
+)  # fmt: skip
+def test_every_command_that_composes_refuses_a_key_added_with_plus(command, tmp_path, capsys):
+    from layerlake.cli.main import main
+
+    assert main([*command, f"paths.data={tmp_path}", "+extract.batchsize=4"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'extract.batchsize' (did you mean 'extract.batch_size'" in err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before anything is built, extracted or made
+
+
+def test_keys_added_with_plus_where_any_name_is_a_key_still_compose():
+    # a dict's keys (recipe parameters, suite subsets, a constructor's kwargs) and Hydra's own keys
+    settings = compose(["+suite.subsets.mine=[0,4]", "+hydra.job.env_set.LAYERLAKE_X=1", "hydra.job.name=x"])
+    assert settings.suite.subsets["mine"] == [0, 4]
