@@ -343,11 +343,14 @@ def load_checkpoint(ref: CheckpointRef, device: str = "cpu", dtype: str = "float
     return LoadedCheckpoint(model=model, config=model.config, weights_sha256=digest, n_params=n_params)
 
 
-def check_weights_file(path: str | Path) -> None:
-    """Raise ``CheckpointError`` unless ``path`` is a complete safetensors file.
+def check_weights_file(path: str | Path) -> dict[str, dict]:
+    """The tensors a complete safetensors file lists (name -> its header entry: ``dtype``, ``shape``,
+    ``data_offsets``); a ``CheckpointError`` naming the file otherwise.
 
-    Reads only the header: 8 bytes (little-endian header length h), h bytes of JSON giving each
-    tensor's ``data_offsets``; a complete file is exactly 8 + h + max(end offset) bytes long.
+    Reads only the header: 8 bytes (little-endian header length h), h bytes of JSON: an object whose
+    entries (but ``__metadata__``) each give a tensor's dtype, shape and ``data_offsets``; a complete file
+    is exactly 8 + h + max(end offset) bytes long. A file that cannot be read (permissions, an I/O error)
+    and a header of any other form are errors naming the file, never a bare Python exception.
     """
     path = Path(path)
     fix = f"delete {path.parent} and rebuild it (`layerlake suite build`) or download it again"
@@ -358,18 +361,53 @@ def check_weights_file(path: str | Path) -> None:
             if size < 8 or header_len > size - 8:
                 raise ValueError(f"header of {header_len} bytes in a {size}-byte file")
             header = json.loads(handle.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        tensors = _header_tensors(header)
+        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
     except FileNotFoundError:
         raise CheckpointError(f"weights file {path} does not exist", fix=fix) from None
-    except (ValueError, KeyError, TypeError, IndexError) as error:
+    except OSError as error:  # permissions, an I/O error: the file is there but cannot be read
         raise CheckpointError(
-            f"weights file {path} is corrupt: unreadable header ({error})", fix=fix
+            f"cannot read weights file {path}: {error.strerror or type(error).__name__}",
+            fix=f"make {path} readable by the user running layerlake (its permissions or owner), or {fix}",
+        ) from None
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:200]
+        raise CheckpointError(
+            f"weights file {path} is corrupt: unreadable header ({reason})", fix=fix
         ) from None
     if size != 8 + header_len + end:
         raise CheckpointError(
             f"weights file {path} is truncated or corrupt: {size} bytes, its header says {8 + header_len + end}",
             fix=fix,
         )
+    return tensors
+
+
+def _header_tensors(header: Any) -> dict[str, dict]:
+    """The tensor entries of a parsed safetensors header; a ``ValueError`` saying what is malformed."""
+    if not isinstance(header, dict):
+        raise ValueError(f"a JSON {type(header).__name__}, not an object of tensors")
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise ValueError(f"tensor {name!r} is described by a JSON {type(entry).__name__}, not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise ValueError(f"tensor {name!r} has no dtype")
+        if not isinstance(shape, list) or not all(_count(n) for n in shape):
+            raise ValueError(f"tensor {name!r} has no shape of non-negative integers ({str(shape)[:40]})")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(n) for n in offsets)):
+            raise ValueError(f"tensor {name!r} has no data_offsets [begin, end] ({str(offsets)[:40]})")
+        if offsets[0] > offsets[1]:
+            raise ValueError(f"tensor {name!r} ends before it begins ({offsets})")
+        tensors[name] = entry
+    return tensors
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def weights_sha256(model) -> str:
@@ -522,8 +560,15 @@ def weights_file_fingerprint(ref: CheckpointRef) -> dict:
     path = weights_file(ref)
     if not path.is_file():
         raise missing_weights(ref)
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
+    try:
+        stat = path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
+    except OSError as error:  # unreadable (permissions, an I/O error): named, as check_weights_file does
+        raise CheckpointError(
+            f"cannot read weights file {path} ({ref.model} step {ref.step}): "
+            f"{error.strerror or type(error).__name__}",
+            fix=f"make {path} readable by the user running layerlake (its permissions or owner), or restore it",
+        ) from None
 
 
 def hub_cache_dir() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -422,3 +423,91 @@ def test_the_renamed_eviction_key_and_a_negative_budget_are_clear_errors(compose
         compose(tmp_path, "suite.download_budget_gb=-1")
     settings = compose(tmp_path, "suite.keep_downloads=true", "suite.download_budget_gb=2.5")
     assert settings.suite.keep_downloads is True and settings.suite.download_budget_gb == 2.5
+
+
+# --- weights files that lie or cannot be read --------------------------------------------------------------
+
+
+def rewrite_header(path: Path, change) -> None:
+    """Rewrite a safetensors file's header with ``change(header)``, keeping its tensors' bytes."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+
+
+DENSE_4H_TO_H = "gpt_neox.layers.0.mlp.dense_4h_to_h.weight"  # tiny-a: [32, 64]
+DENSE_H_TO_4H = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"  # tiny-a: [64, 32]
+
+
+@pytest.mark.parametrize(
+    "header,said",
+    [
+        (b"[1,2,3]", "a JSON list, not an object of tensors"),  # was AttributeError
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # was RecursionError
+        (b'{"a": 1}', "tensor 'a' is described by a JSON int"),
+        (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [true, true]}}', "no data_offsets"),
+        (b'{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}', "no shape of non-negative"),
+        (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}', "no data_offsets"),
+        (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}', "ends before it begins"),
+    ],
+)
+def test_a_malformed_header_is_a_checkpoint_error_naming_the_file(tiny_suite, tmp_path, header, said):
+    suite, root = _copy_model(tiny_suite, tmp_path)
+    (ref,) = open_source(suite, root).refs("tiny-a", [4])
+    weights = Path(ref.location) / "model.safetensors"
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    for read in (lambda: check_weights_file(weights), lambda: load_checkpoint(ref)):
+        with pytest.raises(CheckpointError) as caught:
+            read()
+        assert f"weights file {weights} is corrupt: unreadable header (" in caught.value.message
+        assert said in caught.value.message
+        assert "rebuild" in caught.value.fix
+
+
+READ_AS_ANOTHER_USER = """
+import json, sys
+from layerlake.etl.errors import CheckpointError
+from layerlake.etl.sources import check_weights_file, weights_file_fingerprint
+from layerlake.etl.task import CheckpointRef
+
+ref = CheckpointRef("embedded", "tiny-a", 8, "step8", 0, "local", sys.argv[1])
+said = []
+for read in (lambda: check_weights_file(sys.argv[1] + "/model.safetensors"), lambda: weights_file_fingerprint(ref)):
+    try:
+        read()
+        said.append(None)
+    except CheckpointError as error:
+        said.append([error.message, error.fix])
+print(json.dumps(said))
+"""
+
+
+def test_an_unreadable_weights_file_is_a_checkpoint_error_naming_it(tiny_suite, tmp_path):
+    # a PermissionError was the task's bare error (no file named in a fix); sha256_file caught nothing
+    import os
+    import subprocess
+    import sys
+
+    suite, root = _copy_model(tiny_suite, tmp_path)
+    (ref,) = open_source(suite, root).refs("tiny-a", [8])
+    weights = Path(ref.location) / "model.safetensors"
+    weights.chmod(0)
+    command = [sys.executable, "-c", READ_AS_ANOTHER_USER, ref.location]
+    if os.geteuid() == 0:  # root reads any file: read it without the capabilities that allow that
+        caps = "-dac_override,-dac_read_search"
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads any file, and setpriv is missing to drop that capability")
+        command = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "setpriv" in done.stderr:
+        pytest.skip(f"cannot drop root's capabilities here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for said in json.loads(done.stdout):
+        assert said is not None, "an unreadable file was read"
+        message, fix = said
+        assert f"cannot read weights file {weights}" in message and "Permission denied" in message
+        assert f"make {weights} readable" in fix
