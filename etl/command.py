@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from layerlake.conf.schema import Config
-from layerlake.etl.driver import ExtractReport, run_extract
+from layerlake.etl.driver import REEXTRACTED, ExtractReport, run_extract
 from layerlake.etl.progress import Throughput, format_duration
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ def print_report(report: ExtractReport, warehouse: str, console: Console) -> Non
     if report.replaced:
         console.print(
             Text(
-                f"{report.replaced} checkpoint(s) had been extracted with other extraction options: "
-                "extracted again, their rows replaced (one set of rows per checkpoint and probe)"
+                f"{report.replaced} checkpoint(s) had been {REEXTRACTED}: extracted again, the rows of each "
+                "one that committed replaced (one set of rows per checkpoint and probe), those of a failed one kept"
             )
         )
     if report.throughput is not None:

@@ -41,7 +41,7 @@ from layerlake.warehouse.writer import Warehouse
 class ExtractReport:
     planned: int = 0
     skipped: int = 0
-    replaced: int = 0  # committed before with other extraction options: extracted again, rows replaced
+    replaced: int = 0  # committed before with other options or from other weights: extracted again
     committed: list[str] = field(default_factory=list)  # "model step"
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("model step", error)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)  # (model, step, same-as step)
@@ -214,6 +214,9 @@ def weights_unchanged(task: ExtractTask, recorded: dict) -> bool:
     return stat.st_size == recorded.get("size") and sha256_file(path) == recorded.get("sha256")
 
 
+REEXTRACTED = "extracted before with other extraction options or from other weights"  # said before and after
+
+
 def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int]:
     """Tasks not yet committed, committed with other extraction options or from other weights (their
     rows get replaced), or whose files no longer verify; and how many of them are replacements."""
@@ -250,8 +253,8 @@ def announce_replacements(warehouse: Warehouse, todo: list[ExtractTask], committ
     rows = sum(tables.values())
     detail = ", ".join(f"{table} {count:,}" for table, count in sorted(tables.items()))
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"{checkpoints} checkpoint(s) were extracted before with other extraction options or from other "
-        f"weights: extracting them again replaces their {rows:,} stored rows ({detail}) as each one commits"
+        f"{checkpoints} checkpoint(s) were {REEXTRACTED}: extracting them again replaces their {rows:,} stored "
+        f"rows ({detail}) as each one commits"
     )
     return rows
 
