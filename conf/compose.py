@@ -66,9 +66,9 @@ def check_overrides(overrides: Sequence[str]) -> Config:
     other value of each sweep (the rest at their first): a wrong key, type or choice in any job of a
     multirun fails here, before a job runs or anything is written. ``hydra.*`` overrides are checked too.
     Returns the first composition (the first job's config)."""
-    overrides = lift_long_lists(overrides)[0]  # a long plain list is checked by its first element
+    overrides, lifted = lift_long_lists(overrides)  # a long plain list is composed with its first element,
     base = first_of_sweeps(overrides)
-    first = compose(base)
+    first = set_lifted(compose(base), lifted)  # then checked whole (a value listed twice, a negative step)
     for index, values in _sweeps(overrides):
         for value in values[1:]:
             compose([*base[:index], value, *base[index + 1 :]])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 _installed = False
@@ -91,12 +91,15 @@ def lift_long_lists(overrides: Sequence[str]) -> tuple[list[str], list[LiftedLis
 
 def set_lifted(settings: Any, lifted: Sequence[LiftedList]) -> Any:
     """Put each lifted list back into the composed ``settings`` (dataclasses and dicts), each element
-    converted to the type Hydra gave the first one (``[1,2]`` for a ``list[str]`` key -> ``["1","2"]``)."""
+    converted to the type Hydra gave the first one (``[1,2]`` for a ``list[str]`` key -> ``["1","2"]``).
+    The checks of each dataclass on the way (``__post_init__``, from the innermost out) run again on the
+    whole list: Hydra checked its first element only (``models=[a,...,a]`` named a model twice)."""
     for item in lifted:
         *parents, leaf = item.key.split(".")
-        node = settings
+        node, path = settings, [settings]
         for name in parents:
             node = node[name] if isinstance(node, dict) else getattr(node, name)
+            path.append(node)
         composed = node[leaf] if isinstance(node, dict) else getattr(node, leaf)
         kind = type(composed[0]) if isinstance(composed, list) and composed else None
         values = [kind(v) for v in item.values] if kind in (str, int, float) else list(item.values)
@@ -104,4 +107,7 @@ def set_lifted(settings: Any, lifted: Sequence[LiftedList]) -> Any:
             node[leaf] = values
         else:
             setattr(node, leaf, values)
+        for checked in reversed(path):
+            if is_dataclass(checked) and hasattr(checked, "__post_init__"):
+                checked.__post_init__()
     return settings

@@ -9,7 +9,7 @@ and validated against it. Nothing is registered inside the groups themselves, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,9 +34,13 @@ from layerlake.core.choices import (
     VSlice,
     check_device,
 )
+from layerlake.core.limits import MAX_STEP, MAX_THREADS, MAX_TOKENS
 from layerlake.core.paths import default_data_dir
 
 CONF_DIR = Path(__file__).resolve().parent
+THREADS_CAP = (
+    "a fixed cap, above any machine's cores: more threads only slow torch down, and 10^6 killed the process"
+)
 
 
 def _register_resolvers() -> None:
@@ -142,8 +146,23 @@ def check_not_empty(where: str, config: Any, names: dict[str, str]) -> None:
             )
 
 
+def check_at_most(where: str, config: Any, bounds: dict[str, tuple[float, str]]) -> None:
+    """Each numeric field of ``config`` named in ``bounds`` (field -> (bound, why)) is at most its bound (a
+    ``ConfigError`` naming ``where.<field>``, the bound and why if not); None is not checked."""
+    from layerlake.core.errors import ConfigError
+
+    for name, (high, why) in bounds.items():
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value <= high:
+            raise ConfigError(
+                f"{where}.{name} is {value}: it must be at most {high:,} ({why})",
+                fix=f"set {where}.{name} to a number <= {high:,}",
+            )
+
+
 def check_steps(where: str, steps: Any) -> None:
-    """A list of checkpoint steps holds no negative step."""
+    """A list of checkpoint steps holds no negative step, and none past ``MAX_STEP`` (the steps the
+    warehouse stores, as ``layerlake.track`` checks them: a step of 2^62 overflowed its tokens_seen)."""
     from layerlake.core.errors import ConfigError
 
     bad = [s for s in steps or () if isinstance(s, int) and s < 0]
@@ -151,6 +170,47 @@ def check_steps(where: str, steps: Any) -> None:
         raise ConfigError(
             f"{where} holds step {bad[0]}: a step cannot be negative", fix=f"give {where} steps >= 0"
         )
+    big = [s for s in steps or () if isinstance(s, int) and s > MAX_STEP]
+    if big:
+        raise ConfigError(
+            f"{where} holds step {big[0]}: past the largest step the warehouse stores ({MAX_STEP:,})",
+            fix=f"give {where} training steps (a count from 0), not a timestamp or a token count",
+        )
+
+
+def check_tokens_seen(suite: Any, steps: Any) -> None:
+    """The largest of ``steps`` times the suite's tokens per step fits the stored ``tokens_seen``."""
+    from layerlake.core.errors import ConfigError
+
+    tokens = suite.tokens_per_step
+    top = max((s for s in steps if isinstance(s, int) and not isinstance(s, bool)), default=None)
+    if isinstance(tokens, int) and top is not None and top * tokens > MAX_TOKENS:
+        raise ConfigError(
+            f"step {top} x suite.tokens_per_step {tokens} is {top * tokens:,} tokens seen: more than the "
+            f"warehouse stores ({MAX_TOKENS:,})",
+            fix="set suite.tokens_per_step to the tokens of one training step (batch size x sequence length), "
+            "and the steps to training steps",
+        )
+
+
+def check_no_repeats(
+    where: str, config: Any, names: dict[str, str], why: str = "its rows would be extracted and stored twice"
+) -> None:
+    """Each list of ``config`` named in ``names`` (field -> what it chooses) names each value once (a model
+    spec by its name): a value listed twice stored its rows twice (``extract.sites=[attn_out,attn_out]``:
+    duplicate keys that ``layerlake check`` then failed)."""
+    from layerlake.core.errors import ConfigError
+
+    for name, what in names.items():
+        seen: set[Any] = set()
+        for value in getattr(config, name) or ():
+            key = getattr(value, "name", value) if is_dataclass(value) else str(value)
+            if key in seen:
+                raise ConfigError(
+                    f"{where}{name} lists {what} {key!r} twice: {why}",
+                    fix=f"list each {what} of {where}{name} once",
+                )
+            seen.add(key)
 
 
 @dataclass
@@ -217,6 +277,7 @@ class TrainConfig:
             {"seq_len": 1, "batch_size": 1, "max_steps": 1, "min_lr_ratio": 0, "warmup_steps": 0,
              "weight_decay": 0, "vocab_size": 1, "torch_threads": 1},
         )  # fmt: skip
+        check_at_most("suite.train", self, {"torch_threads": (MAX_THREADS, THREADS_CAP)})
         check_above("suite.train", self, {"lr": 0})
 
 
@@ -253,6 +314,13 @@ class SuiteConfig:
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
         check_at_least("suite", self, {"tokens_per_step": 1, "final_step": 0})
         check_steps("suite.steps", self.steps)
+        for name, steps in self.subsets.items():
+            check_steps(f"suite.subsets.{name}", steps)
+        check_at_most("suite", self, {"final_step": (MAX_STEP, "the largest step the warehouse stores")})
+        check_tokens_seen(
+            self, [*self.steps, *(s for v in self.subsets.values() for s in v), self.final_step]
+        )
+        check_no_repeats("suite.", self, {"models": "model"}, why="one of the two would be silently left out")
         custom = [m.name for m in self.models if m.constructor is not None]
         if custom and self.source != SuiteSource.local:
             from layerlake.core.errors import ConfigError
@@ -296,7 +364,8 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
-        check_at_least("probe", self, {"n_sequences": 1, "seq_len": 1, "n_sample": 1})
+        check_at_least("probe", self, {"n_sequences": 1, "seq_len": 1, "n_sample": 1, "seed": 0})
+        check_at_most("probe", self, {"seed": (2**63 - 1, "probes.seed is a 64-bit integer")})
 
 
 @dataclass
@@ -314,6 +383,7 @@ class ExecutorConfig:
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
         check_device(self.device)
         check_at_least("executor", self, {"num_cpus": 1, "num_gpus": 0, "max_retries": 0, "torch_threads": 1})
+        check_at_most("executor", self, {"torch_threads": (MAX_THREADS, THREADS_CAP)})
 
 
 @dataclass
@@ -334,6 +404,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
         check_not_empty("extract.", self, {"sites": "site", "kernels": "kernel", "estimators": "estimator"})
+        check_no_repeats("extract.", self, {"sites": "site", "kernels": "kernel", "estimators": "estimator"})
         check_at_least("extract", self, {"near_zero_eps": 0, "batch_size": 1})
 
 
@@ -376,6 +447,10 @@ class Config:
 
     def __post_init__(self) -> None:  # runs when the composed config becomes this dataclass
         check_not_empty("", self, {"models": "model"})
+        check_no_repeats("", self, {"models": "model"})
+        if isinstance(self.suite, SuiteConfig) and isinstance(self.steps, StepsConfig):
+            # a hub suite's steps.only need not be in suite.steps (its revisions are listed from the hub)
+            check_tokens_seen(self.suite, self.steps.only or ())
 
 
 GROUPS: dict[str, type] = {
@@ -400,8 +475,39 @@ def register_recipe(name: str, params: dict[str, Any]) -> None:
 
 
 def to_settings(cfg: Any) -> Config:
-    """The composed ``DictConfig`` as plain, fully resolved dataclasses (closed sets as ``Choice`` members)."""
+    """The composed ``DictConfig`` as plain, fully resolved dataclasses (closed sets as ``Choice`` members);
+    a key the schema does not know (added with ``+``) is a ``ConfigError`` (``check_known_keys``)."""
     resolved = OmegaConf.to_object(cfg)
     if not isinstance(resolved, Config):
         raise TypeError(f"the composed config is a {type(resolved).__name__}, not a Config")
+    check_known_keys(resolved)
     return resolved
+
+
+def check_known_keys(node: Any, where: str = "") -> None:
+    """Every key of the settings is a field of its schema. Hydra's ``+`` adds a key the schema lacks
+    (``+extract.batchsize=4``), and OmegaConf keeps it as a stray attribute that nothing reads: the option
+    was silently ignored. Dict-typed keys (``recipe.params``, ``suite.subsets``, a constructor's
+    ``kwargs``) take any name; Hydra's own keys (``hydra.*``) are not part of the settings."""
+    from layerlake.core.choices import did_you_mean
+    from layerlake.core.errors import ConfigError
+
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            check_known_keys(item, f"{where}[{getattr(item, 'name', index)}]")
+        return
+    if not is_dataclass(node):
+        return
+    known = [f.name for f in fields(node)]
+    for name in vars(node):
+        if name not in known:
+            key, parent = f"{where}.{name}" if where else name, where or "the top level"
+            full = [f"{where}.{k}" if where else k for k in known]
+            raise ConfigError(
+                f"unknown config key {key!r}{did_you_mean(key, full)}: no option of that name exists, so "
+                "nothing would read it",
+                fix=f"{parent} takes: {', '.join(known)}; see every key and its current value with "
+                "`layerlake <command> --cfg job`",
+            )
+    for name in known:
+        check_known_keys(getattr(node, name), f"{where}.{name}" if where else name)

@@ -38,7 +38,8 @@ def print_report(report: ExtractReport, warehouse: str, console: Console) -> Non
         console.print(
             Text(
                 f"{report.replaced} checkpoint(s) had been extracted before, {' and '.join(why)}: "
-                "extracted again, their rows replaced (one set of rows per checkpoint and probe)"
+                "extracted again, the rows of each one that committed replaced (one set of rows per checkpoint "
+                "and probe), those of a failed one kept"
             )
         )
     if report.throughput is not None:

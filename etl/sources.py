@@ -353,10 +353,16 @@ def _from_state_dict(ref: CheckpointRef, torch_dtype) -> Any:
         "save the model's state_dict() there (safetensors.torch.save_model, huggingface_hub's "
         "save_torch_state_dict for shards, or torch.save to model.pt)"
     )
+    described = f"the model suite.models[{ref.model}].constructor builds"
+    fits = f"set suite.models[{ref.model}].constructor.kwargs to the ones the weights were saved with"
     try:
         model = build_model(ref)
         if path.name != STATE_DICT_FILE:
             check_weight_files(files, fix)
+            found = {
+                k: v for shard in files.shards for k, v in header_found(check_weights_file(shard)).items()
+            }
+            check_weights_fit(ref, path, found, parameters_expected(model), described, fits)
             from safetensors.torch import load_model
 
             missing, unexpected = set(), set()
@@ -368,6 +374,13 @@ def _from_state_dict(ref: CheckpointRef, torch_dtype) -> Any:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("model"), dict):
                 state = state["model"]  # a training checkpoint holding the model's state dict
+            if isinstance(state, dict):
+                found = {
+                    k: (str(v.dtype).removeprefix("torch."), not (v.is_floating_point() or v.is_complex()),
+                        tuple(v.shape))
+                    for k, v in state.items() if isinstance(v, torch.Tensor)
+                }  # fmt: skip
+                check_weights_fit(ref, path, found, parameters_expected(model), described, fits)
             missing, unexpected = model.load_state_dict(state, strict=False)
     except CheckpointError:
         raise
@@ -399,7 +412,16 @@ def load_checkpoint(ref: CheckpointRef, device: str = "cpu", dtype: str = "float
             model.to(device)
         config = json.loads(ref.constructor)["kwargs"]
         return LoadedCheckpoint(model=model, config=config, weights_sha256=digest, n_params=n_params)
-    model, info = _from_pretrained(ref, getattr(torch, dtype.value))
+    if ref.source == SuiteSource.local:
+        check_weights_fit_config(ref, Path(ref.location))  # dtypes and shapes, before anything is loaded
+    try:
+        model, info = _from_pretrained(ref, getattr(torch, dtype.value))
+    except CheckpointError:
+        if ref.source == SuiteSource.hf:  # the failed load cached the files: name the tensor that misfits
+            check_weights_fit_config(ref, hub_snapshot(ref))
+        raise
+    if ref.source == SuiteSource.hf:
+        check_weights_fit_config(ref, hub_snapshot(ref))
     check_loading_info(ref, info)
     model.eval()
     digest = weights_sha256(model)
@@ -409,11 +431,19 @@ def load_checkpoint(ref: CheckpointRef, device: str = "cpu", dtype: str = "float
     return LoadedCheckpoint(model=model, config=model.config, weights_sha256=digest, n_params=n_params)
 
 
-def check_weights_file(path: str | Path) -> None:
-    """Raise ``CheckpointError`` unless ``path`` is a complete safetensors file.
+# safetensors' integer and boolean dtypes: a tensor the model holds as floating point stored as one of
+# these is its bytes read as integers (a header that lies about the dtype stored garbage, exit 0)
+INTEGER_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
 
-    Reads only the header: 8 bytes (little-endian header length h), h bytes of JSON giving each
-    tensor's ``data_offsets``; a complete file is exactly 8 + h + max(end offset) bytes long.
+
+def check_weights_file(path: str | Path) -> dict[str, dict]:
+    """The tensors a complete safetensors file lists (name -> its header entry: ``dtype``, ``shape``,
+    ``data_offsets``); a ``CheckpointError`` naming the file otherwise.
+
+    Reads only the header: 8 bytes (little-endian header length h), h bytes of JSON: an object whose
+    entries (but ``__metadata__``) each give a tensor's dtype, shape and ``data_offsets``; a complete file
+    is exactly 8 + h + max(end offset) bytes long. A file that cannot be read (permissions, an I/O error)
+    and a header of any other form are errors naming the file, never a bare Python exception.
     """
     path = Path(path)
     fix = f"delete {path.parent} and rebuild it (`layerlake suite build`) or download it again"
@@ -424,18 +454,163 @@ def check_weights_file(path: str | Path) -> None:
             if size < 8 or header_len > size - 8:
                 raise ValueError(f"header of {header_len} bytes in a {size}-byte file")
             header = json.loads(handle.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        tensors = _header_tensors(header)
+        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
     except FileNotFoundError:
         raise CheckpointError(f"weights file {path} does not exist", fix=fix) from None
-    except (ValueError, KeyError, TypeError, IndexError) as error:
+    except OSError as error:  # permissions, an I/O error: the file is there but cannot be read
         raise CheckpointError(
-            f"weights file {path} is corrupt: unreadable header ({error})", fix=fix
+            f"cannot read weights file {path}: {error.strerror or type(error).__name__}",
+            fix=f"make {path} readable by the user running layerlake (its permissions or owner), or {fix}",
+        ) from None
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:200]
+        raise CheckpointError(
+            f"weights file {path} is corrupt: unreadable header ({reason})", fix=fix
         ) from None
     if size != 8 + header_len + end:
         raise CheckpointError(
             f"weights file {path} is truncated or corrupt: {size} bytes, its header says {8 + header_len + end}",
             fix=fix,
         )
+    return tensors
+
+
+def _header_tensors(header: Any) -> dict[str, dict]:
+    """The tensor entries of a parsed safetensors header; a ``ValueError`` saying what is malformed."""
+    if not isinstance(header, dict):
+        raise ValueError(f"a JSON {type(header).__name__}, not an object of tensors")
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise ValueError(f"tensor {name!r} is described by a JSON {type(entry).__name__}, not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise ValueError(f"tensor {name!r} has no dtype")
+        if not isinstance(shape, list) or not all(_count(n) for n in shape):
+            raise ValueError(f"tensor {name!r} has no shape of non-negative integers ({str(shape)[:40]})")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(n) for n in offsets)):
+            raise ValueError(f"tensor {name!r} has no data_offsets [begin, end] ({str(offsets)[:40]})")
+        if offsets[0] > offsets[1]:
+            raise ValueError(f"tensor {name!r} ends before it begins ({offsets})")
+        tensors[name] = entry
+    return tensors
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_weights_fit(ref: CheckpointRef, path: Path, found: dict[str, tuple[str, bool, tuple]],
+                      expected: dict[str, tuple[Any, tuple]], described: str, fix: str,
+                      prefix: str = "") -> None:  # fmt: skip
+    """The weights a file holds fit the parameters of the model they are loaded into, before they are:
+
+    - ``found``: name -> (dtype as the file says it, whether that is an integer or boolean type, shape);
+    - ``expected``: the model's parameters, name -> (torch dtype, shape); ``described``: which model.
+
+    A tensor the model holds as floating point that the file stores as integers is refused (its bytes
+    would be read as integers and stored as garbage, exit 0), as is one of another shape (transformers
+    said only "look at the above report!", a report printed to the local executor's stdout and lost on
+    Ray's). Names are matched exactly, or across the model's base ``prefix`` (``gpt_neox``); a name that
+    matches none is left to the loader, which reports what it cannot place."""
+    integers, shapes = [], []
+    for name, (dtype, integer, shape) in found.items():
+        named = (name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")) if prefix else (name,)
+        key = next((k for k in named if k in expected), None)
+        if key is None:
+            continue
+        model_dtype, model_shape = expected[key]
+        if integer and model_dtype.is_floating_point:
+            integers.append(f"{name} ({dtype}; the model holds {str(model_dtype).removeprefix('torch.')})")
+        if tuple(shape) != tuple(model_shape):
+            shapes.append(f"{name} is {list(shape)} in the file, {list(model_shape)} in the model")
+    where = f"checkpoint {path} ({ref.model} step {ref.step})"
+    if integers:
+        raise CheckpointError(
+            f"{where} stores {len(integers)} floating-point parameter(s) as integers, so their bytes would be "
+            f"read as integers: {'; '.join(integers[:3])}",
+            fix=f"its header declares the wrong dtype: re-save the checkpoint from the model that trained it "
+            f"(save_pretrained, or safetensors' save_file), or delete {path.parent} and rebuild it "
+            "(`layerlake suite build`) or download it again",
+        )
+    if shapes:
+        raise CheckpointError(
+            f"{where}: {len(shapes)} tensor(s) of the weights have another shape than {described}: "
+            f"{'; '.join(shapes[:3])}",
+            fix=fix,
+        )
+
+
+def header_found(tensors: dict[str, dict]) -> dict[str, tuple[str, bool, tuple]]:
+    """``check_weights_file``'s tensors as ``check_weights_fit`` reads them."""
+    return {k: (v["dtype"], v["dtype"] in INTEGER_DTYPES, tuple(v["shape"])) for k, v in tensors.items()}
+
+
+def parameters_expected(model: Any) -> dict[str, tuple[Any, tuple]]:
+    """A model's parameters (tied ones under each of their names) as ``check_weights_fit`` reads them."""
+    return {name: (p.dtype, tuple(p.shape)) for name, p in model.named_parameters(remove_duplicate=False)}
+
+
+_CONFIG_PARAMETERS: dict[tuple[str, bool], tuple[dict[str, tuple[Any, tuple]], str]] = {}
+
+
+def config_parameters(
+    folder: Path, trust_remote_code: bool
+) -> tuple[dict[str, tuple[Any, tuple]], str] | None:
+    """The parameters of the model ``folder``'s config.json describes, built on the meta device (names,
+    dtypes and shapes, no memory), and its base model prefix; once per process and config; None when
+    that model cannot be built here (the load itself then says why)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        text = (folder / "config.json").read_text()
+        key = (text, trust_remote_code)
+        if key not in _CONFIG_PARAMETERS:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            _CONFIG_PARAMETERS.clear()  # one config at a time: a suite's checkpoints share theirs
+            _CONFIG_PARAMETERS[key] = parameters_expected(model), model.base_model_prefix or ""
+        return _CONFIG_PARAMETERS[key]
+    except Exception:  # no or an unreadable config.json, an unknown model type: from_pretrained reports it
+        return None
+
+
+def check_weights_fit_config(ref: CheckpointRef, folder: Path | None) -> None:
+    """A Hugging Face checkpoint folder's ``model.safetensors`` fits the model its config.json describes
+    (``check_weights_fit``). A folder without that one file (sharded weights, a hub checkpoint not in
+    the cache) is left to the loader."""
+    path = folder / WEIGHTS_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        return
+    tensors = check_weights_file(path)
+    built = config_parameters(folder, ref.trust_remote_code)
+    if built is None:
+        return
+    expected, prefix = built
+    check_weights_fit(
+        ref, path, header_found(tensors), expected, "the model its config.json describes", prefix=prefix,
+        fix="use the config.json the weights were saved with (hidden_size, intermediate_size, "
+        "num_attention_heads, vocab_size ...); if it is that one, the file's header is wrong: re-save the "
+        "checkpoint from the model that trained it",
+    )  # fmt: skip
+
+
+def hub_snapshot(ref: CheckpointRef) -> Path | None:
+    """The hub cache's folder of a hub checkpoint's revision, when its weights file is cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(
+            ref.location, WEIGHTS_FILE, cache_dir=hub_cache_dir(), revision=ref.revision
+        )
+    except Exception:  # an odd repo id or revision: nothing cached to check
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def weights_sha256(model) -> str:
@@ -636,7 +811,14 @@ def checkpoint_fingerprint(ref: CheckpointRef) -> dict:
     move their checkpoint branches)."""
     if ref.source != SuiteSource.local:
         return {}
-    return fingerprint(checkpoint_files(ref))
+    try:
+        return fingerprint(checkpoint_files(ref))
+    except OSError as error:  # unreadable (permissions, an I/O error): named, as check_weights_file does
+        where = getattr(error, "filename", None) or ref.location
+        raise CheckpointError(
+            f"cannot read {where} ({ref.model} step {ref.step}): {error.strerror or type(error).__name__}",
+            fix=f"make {where} readable by the user running layerlake (its permissions or owner), or restore it",
+        ) from None
 
 
 def hub_cache_dir() -> str:

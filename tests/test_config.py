@@ -107,6 +107,24 @@ def test_an_empty_list_that_would_choose_nothing_is_refused_naming_the_key(overr
         ("steps.only=[0,-5]", "steps.only holds step -5: a step cannot be negative"),
         ("suite.steps=[-1,0]", "suite.steps holds step -1: a step cannot be negative"),
         ("suite.models=[{name:m,n_layers:0,d_model:8,n_heads:2}]", "suite.models[m].n_layers is 0"),
+        # numpy's default_rng refused a negative seed with a traceback (probe.positions=sample)
+        ("probe.seed=-1", "probe.seed is -1: it must be at least 0"),
+        ("probe.seed=9223372036854775808", "probe.seed is 9223372036854775808: it must be at most"),
+        # a million torch threads killed the process; the cap is fixed, so a Ray node's cores do not matter
+        ("executor.torch_threads=1000000", "executor.torch_threads is 1000000: it must be at most 1,024"),
+        ("suite.train.torch_threads=1025", "suite.train.torch_threads is 1025: it must be at most 1,024"),
+        # a step of 2^62 overflowed int64 tokens_seen in its task; track() refuses steps past 10^12 alike
+        (
+            "suite.steps=[0,4611686018427387904]",
+            "suite.steps holds step 4611686018427387904: past the largest",
+        ),
+        ("steps.only=[1000000000001]", "steps.only holds step 1000000000001: past the largest step"),
+        ("suite.final_step=1000000000001", "suite.final_step is 1000000000001: it must be at most"),
+        ("+suite.subsets.late=[1000000000001]", "suite.subsets.late holds step 1000000000001: past the"),
+        (
+            "suite.tokens_per_step=10000000000000000",
+            "step 512 x suite.tokens_per_step 10000000000000000 is 5,120,000,000,000,000,000 tokens seen",
+        ),
     ],
 )
 def test_a_number_out_of_its_range_is_refused_when_composed(override, message, capsys):
@@ -153,3 +171,93 @@ def test_extract_defaults_are_one_set():
             want = tuple(from_schema) if isinstance(from_schema, list) else from_schema
             assert getattr(options, f.name) == want, f"ExtractOptions.{f.name} differs from extract.{f.name}"
     assert options.gradients is True
+
+
+def test_the_step_bound_is_the_one_track_and_the_warehouse_use():
+    from layerlake.core.limits import MAX_STEP
+    from layerlake.warehouse import content
+
+    assert content.MAX_STEP == MAX_STEP == 10**12
+    compose([f"suite.steps=[0,{MAX_STEP}]", "suite.tokens_per_step=1"])  # the bound itself is a step
+    with pytest.raises(ConfigError, match="past the largest step the warehouse stores"):
+        compose([f"suite.steps=[0,{MAX_STEP + 1}]", "suite.tokens_per_step=1"])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["extract.sites=[attn_out,mlp_out,attn_out]"], "extract.sites lists site 'attn_out' twice"),
+        (["extract.kernels=[linear,linear]"], "extract.kernels lists kernel 'linear' twice"),
+        (
+            ["extract.estimators=[biased,debiased,biased]"],
+            "extract.estimators lists estimator 'biased' twice",
+        ),
+        (["models=[embedded-s,embedded-m,embedded-s]"], "models lists model 'embedded-s' twice"),
+        (
+            [
+                "suite.models=[{name:m,n_layers:1,d_model:8,n_heads:2},{name:m,n_layers:2,d_model:8,n_heads:2}]"
+            ],
+            "suite.models lists model 'm' twice",
+        ),
+        # a long plain list skips Hydra's grammar (conf/overrides.py): it is checked whole all the same
+        ([f"models=[{','.join(f'm{i}' for i in range(80))},m7]"], "models lists model 'm7' twice"),
+        (
+            ["extract.sites=[" + ",".join(["ov", "attn_out"] * 40) + "]"],
+            "extract.sites lists site 'ov' twice",
+        ),
+    ],
+)
+def test_a_value_listed_twice_is_refused_naming_the_key_and_the_value(overrides, message, capsys):
+    # extract.sites=[attn_out,attn_out] stored every attn_out row twice: duplicate keys `check` then failed
+    from layerlake.cli.main import main
+
+    with pytest.raises(ConfigError) as error:
+        compose(overrides)
+    assert error.value.message.startswith(message) and "once" in error.value.fix
+    assert main(["extract", "--cfg", "job", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ") and "Traceback" not in err
+
+
+def test_a_negative_step_inside_a_long_list_is_refused():
+    # Hydra composes a long list with its first element only: the rest was never checked
+    with pytest.raises(ConfigError, match="steps.only holds step -5: a step cannot be negative"):
+        compose([f"steps.only=[{','.join(str(i) for i in range(80))},-5]"])
+
+
+@pytest.mark.parametrize(
+    "override,key,near",
+    [
+        ("+extract.batchsize=4", "extract.batchsize", "extract.batch_size"),
+        ("+probe.n_sequencez=4", "probe.n_sequencez", "probe.n_sequences"),
+        ("+suite.train.lrate=0.1", "suite.train.lrate", "suite.train.lr"),
+        ("+executor.num_cpu=2", "executor.num_cpu", "executor.num_cpus"),
+        ("+model=[a]", "model", "models"),
+    ],
+)
+def test_a_key_added_with_plus_that_the_schema_lacks_is_refused(override, key, near):
+    # `+extract.batchsize=4` composed, was kept as a stray attribute and silently ignored
+    with pytest.raises(ConfigError) as error:
+        compose([override])
+    assert error.value.message.startswith(f"unknown config key {key!r} (did you mean {near!r}")
+    assert key.rpartition(".")[0] + " takes: " in error.value.fix or "the top level takes" in error.value.fix
+
+
+@pytest.mark.parametrize(
+    "command",  # demo and suite build print their config (--cfg job): the same check, without the work
+    [["extract"], ["suite", "show"], ["query", "stabilisation"], ["demo", "--cfg", "job"], ["suite", "build", "--cfg", "job"]],
+)  # fmt: skip
+def test_every_command_that_composes_refuses_a_key_added_with_plus(command, tmp_path, capsys):
+    from layerlake.cli.main import main
+
+    assert main([*command, f"paths.data={tmp_path}", "+extract.batchsize=4"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'extract.batchsize' (did you mean 'extract.batch_size'" in err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before anything is built, extracted or made
+
+
+def test_keys_added_with_plus_where_any_name_is_a_key_still_compose():
+    # a dict's keys (recipe parameters, suite subsets, a constructor's kwargs) and Hydra's own keys
+    settings = compose(["+suite.subsets.mine=[0,4]", "+hydra.job.env_set.LAYERLAKE_X=1", "hydra.job.name=x"])
+    assert settings.suite.subsets["mine"] == [0, 4]

@@ -105,3 +105,33 @@ def test_a_layout_that_does_not_fit_fails_before_any_task_runs(tmp_path):
     with pytest.raises(ExtractionError, match=r"gpt-s \(mine/gpt-s/step0\): layout 'litgpt' on GPT: value"):
         run_extract(settings)
     assert not list((tmp_path / "warehouse").rglob("*.parquet"))
+
+
+def test_a_state_dict_that_does_not_fit_the_constructors_model_names_the_tensor(tmp_path):
+    # a tensor of another shape, or integers for a float weight (a torch.save, or a header that lies),
+    # was a first line of torch's error without the shapes, or loaded as integers cast to float
+    import json
+
+    make_suite(tmp_path, steps=(0, 8, 16), save=torch.save)
+    folder = tmp_path / "suites" / "mine" / "gpt-s"
+    fc = "transformer.h.1.mlp.c_fc.weight"  # [64, 16]
+    state = torch.load(folder / "step8" / "model.pt", weights_only=True)
+    torch.save({**state, fc: state[fc].to(torch.int32)}, folder / "step8" / "model.pt")
+    model = nanogpt.gpt(seed=16, n_layer=2, n_head=4, n_embd=16, vocab_size=320, block_size=64)
+    (folder / "step16" / "model.pt").unlink()
+    save_model(model, str(folder / "step16" / "model.safetensors"))
+    weights = folder / "step16" / "model.safetensors"
+    data = weights.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header[fc]["shape"] = [16, 64]  # transposed: the same bytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    weights.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+    settings = compose_settings(tmp_path, *OVERRIDES, "suite.steps=[0,8,16]")
+    report = run_extract(settings)
+    failed = dict(report.failed)
+    assert len(report.committed) == 1 and set(failed) == {"gpt-s step8", "gpt-s step16"}
+    assert f"{fc} (int32; the model holds float32)" in failed["gpt-s step8"]
+    assert f"{fc} is [16, 64] in the file, [64, 16] in the model" in failed["gpt-s step16"]
+    assert "suite.models[gpt-s].constructor.kwargs" in failed["gpt-s step16"]

@@ -289,3 +289,63 @@ def test_a_port_out_of_range_is_refused_by_the_parser(root, port, capsys):
 def test_a_host_that_is_no_address_of_this_machine_is_named_not_the_port(root, host, capsys):
     err = refused(capsys, "ui", "--root", root, "--host", host, "--port", "0", "--no-warm-up")
     assert f"cannot listen on {host}:0" in err and "give --host an address of this machine" in err
+
+
+def _rewrite_header(path: Path, change) -> None:
+    """Rewrite a safetensors file's header with ``change(header)``, keeping its tensors' bytes."""
+    import json
+
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+
+
+def test_weights_that_lie_fail_their_own_task_with_a_fix_and_the_stored_rows_stay(
+    tiny_suite, tiny_overrides, tmp_path, capsys
+):
+    # a header declaring I32 for a float32 weight stored garbage with exit 0; a header that is a JSON list
+    # failed with a bare AttributeError; the final report said "with other extraction options" of
+    # checkpoints whose weights had changed
+    import re
+
+    from layerlake import warehouse
+
+    _, suites = tiny_suite
+    shutil.copytree(suites, tmp_path / "suites")
+    args = ["extract", f"paths.data={tmp_path}", *tiny_overrides, "models=[tiny-a]", "steps.only=[0,4,8,16]"]
+    assert main(args) == 0
+    query = "select step, count(*), any_value(weights_sha256) from spectra group by step order by step"
+    before = warehouse.connect(str(tmp_path / "warehouse")).sql(query).fetchall()
+    folder = tmp_path / "suites" / "embedded" / "tiny-a"
+    _rewrite_header(
+        folder / "step4" / "model.safetensors",
+        lambda h: h["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"].update(dtype="I32"),
+    )
+    blob = (folder / "step8" / "model.safetensors").read_bytes()
+    listed = b"[1, 2, 3]".ljust(16)
+    (folder / "step8" / "model.safetensors").write_bytes(
+        len(listed).to_bytes(8, "little") + listed + blob[8:]
+    )
+    shutil.copyfile(folder / "step24" / "model.safetensors", folder / "step16" / "model.safetensors")
+    capsys.readouterr()
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    said = re.sub(r"[│┃\s]+", " ", captured.out + captured.err)
+    assert "Traceback" not in said and said.count("fix:") == 2
+    assert "gpt_neox.layers.0.mlp.dense_4h_to_h.weight (I32; the model holds float32)" in said
+    assert "is corrupt: unreadable header (a JSON list, not an object of tensors)" in said
+    assert (
+        "3 checkpoint(s) were extracted before with other extraction options or from checkpoint files that "
+        "changed since (weights or config.json)" in said
+    )
+    assert (
+        "3 checkpoint(s) had been extracted before, 3 from checkpoint files that changed since (weights or "
+        "config.json): extracted again, the rows of each one that committed replaced" in said
+    )
+    after = warehouse.connect(str(tmp_path / "warehouse")).sql(query).fetchall()
+    assert after[:3] == before[:3]  # the failed checkpoints keep their rows; step 16 has its new weights'
+    assert after[3][:2] == before[3][:2] and after[3][2] != before[3][2]

@@ -36,11 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from layerlake.core.choices import Estimator, Kernel, Matrix, PositionRule, RunKind, RunStatus, Site, Tensor
+from layerlake.core.limits import MAX_STEP, MAX_TOKENS
 from layerlake.warehouse import schema
 from layerlake.warehouse.layout import MAX_NAME, NAME, annotations_task_id
 from layerlake.warehouse.manifest import ARCHIVED, CommitEntry
 
-MAX_STEP = 10**12  # more than any training run takes; a larger step is a corrupt or lying row
 MAX_INDEX = 100_000  # layers and heads
 MAX_SIZE = 1 << 20  # rows, columns and probe positions of one matrix
 SCALARS_BLOCK = 1000  # steps per scalars task (etl.track.SCALAR_BLOCK)
@@ -70,7 +70,7 @@ NAMES = ("suite", "model", "run_id", "probe_id")  # columns holding a name (NULL
 BOUNDS = {"step": (0, MAX_STEP), "layer": (0, MAX_INDEX), "head": (0, MAX_INDEX), "rank": (0, MAX_INDEX),
           "n": (1, MAX_SIZE), "d": (1, MAX_SIZE), "rows": (1, MAX_SIZE), "cols": (1, MAX_SIZE),
           "n_sequences": (1, MAX_SIZE), "seq_len": (1, MAX_SIZE), "pid": (0, 1 << 32), "job_num": (0, 1 << 31),
-          "tokens_seen": (0, 1 << 62), "n_params": (0, 1 << 50), "n_layers": (1, MAX_INDEX),
+          "tokens_seen": (0, MAX_TOKENS), "n_params": (0, 1 << 50), "n_layers": (1, MAX_INDEX),
           "d_model": (1, MAX_SIZE), "n_heads": (1, MAX_INDEX), "d_head": (1, MAX_SIZE)}  # fmt: skip
 
 

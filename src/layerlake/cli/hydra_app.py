@@ -155,7 +155,7 @@ def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
     overrides = [f"hydra.job.name={job_name(name)}", *overrides]  # a later hydra.job.name=... wins
     given = overrides
     overrides, lifted = lift_long_lists(overrides)  # models=[...20,000 names] skips the grammar
-    precheck(flags, overrides, command)
+    precheck(flags, given, command)  # a long list is checked whole there, before Hydra makes a run folder
     if wants_help(flags):
         print(f"layerlake {name}: {command.help}\n")
     outcome: dict[str, int] = {"code": 0}
