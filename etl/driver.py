@@ -265,9 +265,9 @@ def files_unchanged(task: ExtractTask, recorded: dict) -> bool:
             if weights.index is not None:
                 return False  # sharded now, one file then
             return unchanged(weights.paths, {"files": {weights.main.name: recorded}})
-    except CheckpointError:
+        return unchanged(paths, recorded)
+    except (CheckpointError, OSError):  # unreadable now (permissions, an I/O error): the task would only fail
         return True
-    return unchanged(paths, recorded)
 
 
 def tasks_to_run(warehouse: Warehouse, plan: Plan, committed: dict) -> tuple[list[ExtractTask], int, int]:
