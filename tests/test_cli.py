@@ -146,3 +146,17 @@ def test_a_bad_value_in_a_later_job_of_a_sweep_fails_before_any_job_runs(tmp_pat
     err = capsys.readouterr().err
     assert "probe.seq_len" in err and "many" in err and "Traceback" not in err
     assert not Path(tmp_path / "runs").exists()  # no job started
+
+
+def test_a_command_run_in_process_puts_logging_back(tmp_path, capsys):
+    # Hydra configures logging for its job (a handler on the stderr of that moment, one on the job's log
+    # file): left in place, a later command or the caller's code logged into a closed stream ("--- Logging
+    # error ---" in the next test's output) and into the finished job's file
+    import logging
+
+    from layerlake.cli.main import main
+
+    root, ours = logging.getLogger(), logging.getLogger("layerlake.etl.progress")
+    before = (list(root.handlers), root.level, ours.getEffectiveLevel())
+    assert main(["suite", "show", f"paths.data={tmp_path}"]) == 0
+    assert (list(root.handlers), root.level, ours.getEffectiveLevel()) == before

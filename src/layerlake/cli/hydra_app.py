@@ -10,7 +10,9 @@ which receives the command's own log lines (``hydra.job_logging`` in ``conf/conf
 
 from __future__ import annotations
 
+import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -174,13 +176,45 @@ def run_hydra_command(name: str, command: Command, args: list[str]) -> int:
     saved = sys.argv
     sys.argv = [f"layerlake {name}", *flags, *overrides]
     try:
-        job()
+        with logging_kept():
+            job()
     except SystemExit as done:  # Hydra exits by itself after --help, --hydra-help and its own errors
         return done.code if isinstance(done.code, int) else int(done.code is not None)
     finally:
         sys.argv = saved
         forget_job()
     return outcome["code"]
+
+
+@contextmanager
+def logging_kept():
+    """Put the process's logging back after a Hydra job: Hydra configures it for the job (a console
+    handler on the stderr of that moment, a handler on the run folder's log file, layerlake's level), and
+    left so, a later command or the caller's own code (a notebook, a test) logged into a stream that may
+    be closed and into a finished job's file. The job's own handlers are closed."""
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    state = {id(lg): (lg, list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    try:
+        yield
+    finally:
+        for logger, handlers, level, propagate, disabled in state.values():
+            for handler in [h for h in logger.handlers if h not in handlers]:
+                logger.removeHandler(handler)
+                handler.close()
+            for handler in handlers:
+                if handler not in logger.handlers:
+                    logger.addHandler(handler)
+            logger.setLevel(level)
+            logger.propagate, logger.disabled = propagate, disabled
+        for name, logger in list(logging.root.manager.loggerDict.items()):  # made by the job's config
+            if (
+                isinstance(logger, logging.Logger)
+                and id(logger) not in state
+                and name.split(".")[0] == "layerlake"
+            ):
+                logger.setLevel(logging.NOTSET)
 
 
 def forget_job() -> None:
