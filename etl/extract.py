@@ -361,9 +361,13 @@ def check_finite_parameters(model: nn.Module) -> None:
     """An ``ExtractionError`` naming the first parameter holding a NaN or an infinity, if one does: a
     LayerNorm or embedding of NaN makes every activation NaN, and what fails then (an SVD, the attention
     check) would not say that the checkpoint diverged or is corrupt. One pass over the weights, on their
-    device, cheap beside the spectra."""
-    for name, param in model.named_parameters():
-        if param.is_floating_point() and not bool(torch.isfinite(param.detach()).all()):
+    device, and one wait for it (a GPU is asked once, not once per parameter); cheap beside the spectra."""
+    named = [(name, p.detach()) for name, p in model.named_parameters() if p.is_floating_point()]
+    finite = [torch.isfinite(p).all() for _, p in named]
+    if not finite or bool(torch.stack([f.to(finite[0].device) for f in finite]).all()):
+        return
+    for (name, _), ok in zip(named, finite, strict=True):
+        if not bool(ok):
             raise ExtractionError(
                 f"the weights of {name} hold NaN or infinite values: a diverged or corrupt checkpoint",
                 fix="check the training's loss up to this step, or leave the step out (steps.only=[...])",

@@ -150,3 +150,15 @@ def set_column(table: pa.Table, column: str, values: list) -> pa.Table:
     return table.set_column(
         index, table.schema.field(column), pa.array(values, table.schema.field(column).type)
     )
+
+
+def rewrite_header(path: Path, change: Callable[[dict], None]) -> None:
+    """Rewrite a safetensors file's header with ``change(header)``, keeping its tensors' bytes (a weights
+    file that lies about its tensors)."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hostile_data import rewrite_header
 from rich.console import Console
 
 from layerlake.cli.main import main
@@ -291,19 +292,6 @@ def test_a_host_that_is_no_address_of_this_machine_is_named_not_the_port(root, h
     assert f"cannot listen on {host}:0" in err and "give --host an address of this machine" in err
 
 
-def _rewrite_header(path: Path, change) -> None:
-    """Rewrite a safetensors file's header with ``change(header)``, keeping its tensors' bytes."""
-    import json
-
-    data = path.read_bytes()
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    change(header)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
-
-
 def test_weights_that_lie_fail_their_own_task_with_a_fix_and_the_stored_rows_stay(
     tiny_suite, tiny_overrides, tmp_path, capsys
 ):
@@ -321,7 +309,7 @@ def test_weights_that_lie_fail_their_own_task_with_a_fix_and_the_stored_rows_sta
     query = "select step, count(*), any_value(weights_sha256) from spectra group by step order by step"
     before = warehouse.connect(str(tmp_path / "warehouse")).sql(query).fetchall()
     folder = tmp_path / "suites" / "embedded" / "tiny-a"
-    _rewrite_header(
+    rewrite_header(
         folder / "step4" / "model.safetensors",
         lambda h: h["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"].update(dtype="I32"),
     )

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hostile_data import rewrite_header
 
 from layerlake.conf.schema import ModelSpec, ProbeConfig, StepsConfig, SuiteConfig
 from layerlake.etl.errors import CheckpointError, SuiteError
@@ -426,17 +427,6 @@ def test_the_renamed_eviction_key_and_a_negative_budget_are_clear_errors(compose
 
 
 # --- weights files that lie or cannot be read --------------------------------------------------------------
-
-
-def rewrite_header(path: Path, change) -> None:
-    """Rewrite a safetensors file's header with ``change(header)``, keeping its tensors' bytes."""
-    data = path.read_bytes()
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    change(header)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
 
 
 DENSE_4H_TO_H = "gpt_neox.layers.0.mlp.dense_4h_to_h.weight"  # tiny-a: [32, 64]
